@@ -1,0 +1,31 @@
+"""Registry of pretraining methods, selected by ``config.method``."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rsjax.methods.base import Method
+from rsjax.methods.moco import MoCo
+from rsjax.methods.simclr import SimCLR
+from rsjax.methods.swimdiff import SwiMDiff
+
+_REGISTRY: dict[str, type[Method]] = {
+    "simclr": SimCLR,
+    "moco": MoCo,
+    "swimdiff": SwiMDiff,
+}
+
+
+def register(name: str, cls: type[Method]) -> None:
+    _REGISTRY[name] = cls
+
+
+def get_method(config: ml_collections.ConfigDict) -> Method:
+    name = config.method
+    if name not in _REGISTRY:
+        raise ValueError(f"config.method={name!r} is unknown; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name](config)
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,124 @@
+"""Building blocks shared by the experiment configs in ``configs/``.
+
+Each ``configs/<experiment>.py`` has ``get_config(arg=None)``; ``arg`` selects a variant
+(``smoke``, the demo default, paper scale). Keys every pretraining config has:
+``total_steps`` (fixes the schedule), ``stop_after_steps`` (end early with a checkpoint;
+rerun continues), ``batch_size`` (global), ``seed``, ``model.name``, ``method``,
+``data.name``, ``data.data_dir``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, known: tuple[str, ...]) -> str:
+    variant = (arg or "").strip() or known[0]
+    if variant not in known:
+        raise ValueError(f"unknown config variant {variant!r}; known variants: {', '.join(known)}")
+    return variant
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    from rsjax.data.pipeline import default_data_config
+
+    d = default_data_config()
+    for k, v in overrides.items():
+        d[k] = v
+    return d
+
+
+def pretrain_base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = "simclr"
+    c.seed = 0
+    c.total_steps = 300
+    c.stop_after_steps = 0
+    c.batch_size = 64
+    c.dtype = "float32"          # compute dtype; params, loss and optimizer stay float32
+    c.log_every = 10
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 3
+    c.max_nonfinite_steps = 5    # consecutive refused steps before the run stops
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"    # resnet18 | resnet50 | tiny (smoke tests)
+    c.model.stem = "standard"    # standard (7x7/2 + maxpool) | cifar (3x3/1, no maxpool)
+    c.model.in_channels = 13
+    c.model.proj_hidden_dim = 512
+    c.model.proj_dim = 128
+    c.model.proj_layers = 2
+    c.model.proj_bn = True
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.temperature = 0.2
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 2e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.warmup_steps = 10
+    c.optimizer.final_lr_fraction = 0.0
+    c.optimizer.grad_clip = 0.0
+
+    c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.enabled = True
+    c.eval.train_split = "train"
+    c.eval.test_split = "test"
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    c.eval.linear_epochs = 300
+    c.eval.batch_size = 256
+    c.eval.max_train = 0         # 0 = all
+    c.eval.max_test = 0
+    return c
+
+
+def add_moco(c: ml_collections.ConfigDict, *, queue_size: int, momentum: float = 0.99) -> None:
+    c.moco = ml_collections.ConfigDict()
+    c.moco.queue_size = queue_size
+    c.moco.momentum = momentum
+    c.moco.cosine_momentum = False
+    c.model.proj_bn = False      # MoCo v2's MLP head has no BatchNorm
+    c.loss.scene_mode = "none"
+
+
+def add_swimdiff(c: ml_collections.ConfigDict) -> None:
+    c.swimdiff = ml_collections.ConfigDict()
+    c.swimdiff.lambda_c = 1.0
+    c.swimdiff.lambda_d = 1.0
+    c.swimdiff.denoiser_channels = 32
+    c.swimdiff.denoiser_mults = (1, 2, 4)
+    c.swimdiff.time_dim = 128
+    c.swimdiff.num_timesteps = 1000
+    c.swimdiff.beta_start = 1e-4
+    c.swimdiff.beta_end = 0.02
+    c.swimdiff.x0_scale = 3.0    # standardized view / 3 -> clip to [-1, 1]
+    c.loss.scene_mode = "soft"
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A few steps of a tiny model on the tiny synthetic dataset (used by the test suite)."""
+    c.model.name = "tiny"
+    c.model.proj_hidden_dim = 32
+    c.model.proj_dim = 16
+    c.total_steps = 4
+    c.batch_size = 16
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.optimizer.warmup_steps = 1
+    c.data.builder_config = "tiny"
+    c.data.image_size = 32
+    if c.data.get("scenes_per_batch", 0):
+        c.data.scenes_per_batch = 4
+        c.data.samples_per_scene = 4
+    if "moco" in c:
+        c.moco.queue_size = 64
+    if "swimdiff" in c:
+        c.swimdiff.denoiser_channels = 8
+        c.swimdiff.time_dim = 16
+    c.eval.linear_epochs = 20
+    c.eval.batch_size = 64
+    return c

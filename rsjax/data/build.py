@@ -1,0 +1,229 @@
+"""Build rsjax's TFDS datasets (array_record, no TensorFlow needed).
+
+Usage::
+
+    python -m rsjax.data.build NAME --manual_dir=DIR --data_dir=OUT [--config=CONFIG] [--skip_bad]
+
+``NAME`` is a folder under ``tfds_builders/`` (``rs_synthetic``, ``eurosat_rgb``, ...). The
+builder class is the ``Builder`` exported by the package ``tfds_builders.<NAME>``. Builders of
+real datasets read the original files from ``--manual_dir`` (nothing is downloaded);
+``rs_synthetic`` ignores it.
+
+Atomicity: TFDS writes every split into ``<data_dir>/<name>/<config>/<version>.incomplete.XXXX``
+and renames that folder to ``<version>`` only after all splits and ``dataset_info.json`` are
+written (``tfds.core.utils.incomplete_dir``); a failed or killed build leaves no half dataset
+under the final name, and an existing dataset is never overwritten. A file lock serializes
+concurrent builds of the same dataset (several processes of one multi-process run calling
+:func:`ensure_built` at once).
+
+``--skip_bad``: builders that can meet unreadable input files read ``self.skip_bad`` (or accept a
+``skip_bad`` constructor argument); when set they log and skip a bad file instead of stopping
+with an error naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import inspect
+import logging
+import os
+import pathlib
+import re
+import tempfile
+import time
+from typing import Optional
+
+import tensorflow_datasets as tfds
+
+log = logging.getLogger(__name__)
+
+# Datasets that need no --manual_dir and can be built on first use.
+SELF_CONTAINED = ("rs_synthetic",)
+
+_BUILDERS_PACKAGE = "tfds_builders"
+
+
+def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` (TFDS's own default)."""
+    return os.path.expanduser(tfds.core.constants.DATA_DIR)
+
+
+def available_builders() -> tuple[str, ...]:
+    """Names of the builder packages under ``tfds_builders/``."""
+    pkg = importlib.import_module(_BUILDERS_PACKAGE)
+    root = pathlib.Path(pkg.__file__).parent
+    return tuple(sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and (p / "__init__.py").exists() and not p.name.startswith("_")))
+
+
+def get_builder_class(name: str) -> type:
+    """Imports ``tfds_builders.<name>`` and returns its ``Builder`` class.
+
+    Raises:
+      ValueError: no such builder package; the message lists the available ones.
+    """
+    base = name.split("/")[0].split(":")[0]
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", base):
+        raise ValueError(
+            f"invalid dataset name {name!r}; available: {', '.join(available_builders())}")
+    try:
+        mod = importlib.import_module(f"{_BUILDERS_PACKAGE}.{base}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith(f"{_BUILDERS_PACKAGE}.{base}"):
+            raise ValueError(
+                f"no TFDS builder for dataset {base!r} (expected package "
+                f"{_BUILDERS_PACKAGE}/{base}/); available: {', '.join(available_builders())}"
+            ) from None
+        raise
+    cls = getattr(mod, "Builder", None)
+    if cls is None:
+        candidates = [v for v in vars(mod).values()
+                      if inspect.isclass(v) and issubclass(v, tfds.core.DatasetBuilder)
+                      and getattr(v, "name", None) == base]
+        if not candidates:
+            raise ValueError(f"package {mod.__name__} defines no `Builder` class")
+        cls = candidates[0]
+    return cls
+
+
+def get_builder(name: str, data_dir: Optional[str] = None, config: Optional[str] = None,
+                **kwargs) -> tfds.core.DatasetBuilder:
+    """Instantiates the builder of ``name`` (with ``config`` or its default) on ``data_dir``.
+
+    Falls back to ``tfds.builder`` (read-only from ``data_dir``, or a TFDS catalog dataset) when
+    ``tfds_builders/<name>`` does not exist.
+    """
+    data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+    try:
+        cls = get_builder_class(name)
+    except ValueError:
+        full = name if config is None else f"{name}/{config}"
+        try:
+            return tfds.builder(full, data_dir=data_dir)
+        except Exception:  # noqa: BLE001 - re-raise our clearer error below
+            pass
+        raise
+    if config is not None and cls.BUILDER_CONFIGS:
+        known = [c.name for c in cls.BUILDER_CONFIGS]
+        if config not in known:
+            raise ValueError(
+                f"dataset {name!r} has no builder config {config!r} (config key "
+                f"data.builder_config); known configs: {', '.join(known)}"
+            )
+    return cls(config=config, data_dir=data_dir, **kwargs)
+
+
+def is_built(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether ``builder``'s dataset (this config and version) is completely written.
+
+    Checks for ``dataset_info.json`` first: TFDS's ``is_prepared`` logs a misleading warning
+    for a folder that does not exist yet."""
+    return (builder.data_path / "dataset_info.json").exists() and builder.is_prepared()
+
+
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str, config: Optional[str]):
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, f".rsjax_build_{name}_{config or 'default'}.lock")
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+                  config: Optional[str] = None, *, skip_bad: bool = False,
+                  progress: bool = True) -> str:
+    """Builds ``name`` (array_record) into ``data_dir`` and returns the dataset version folder.
+
+    Reuses an existing build. ``manual_dir`` holds the original files for real datasets and is
+    ignored by ``rs_synthetic``.
+    """
+    data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+    if manual_dir is not None:
+        manual_dir = os.path.expanduser(manual_dir)
+        if not os.path.isdir(manual_dir) and name not in SELF_CONTAINED:
+            raise FileNotFoundError(f"--manual_dir {manual_dir!r} is not a directory")
+    kwargs = {}
+    cls = get_builder_class(name)
+    if skip_bad and "skip_bad" in inspect.signature(cls.__init__).parameters:
+        kwargs["skip_bad"] = True
+    with _build_lock(data_dir, name, config):
+        builder = get_builder(name, data_dir, config, **kwargs)
+        if skip_bad:
+            builder.skip_bad = True
+        if is_built(builder):
+            log.info("dataset %s already built at %s", builder.info.full_name, builder.data_dir)
+            return builder.data_dir
+        if progress:
+            tfds.enable_progress_bar()
+        else:
+            tfds.disable_progress_bar()
+        t0 = time.perf_counter()
+        # Nothing is downloaded; a throw-away download dir keeps data_dir free of `downloads/`.
+        with tempfile.TemporaryDirectory(prefix="rsjax_dl_") as dl_dir:
+            download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+            builder.download_and_prepare(
+                download_dir=dl_dir, download_config=download_config, file_format="array_record")
+        log.info("built %s in %.1f s at %s", builder.info.full_name, time.perf_counter() - t0,
+                 builder.data_dir)
+        return builder.data_dir
+
+
+def ensure_built(name: str, data_dir: Optional[str] = None, config: Optional[str] = None) -> str:
+    """Returns the folder of a built dataset, building self-contained ones on first use.
+
+    ``rs_synthetic`` (the embedded default) is generated into ``data_dir`` when missing; any
+    other dataset must have been built with ``python -m rsjax.data.build NAME --manual_dir=...``
+    and a missing build raises FileNotFoundError saying so.
+    """
+    data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+    builder = get_builder(name, data_dir, config)
+    if is_built(builder):
+        return builder.data_dir
+    base = name.split("/")[0]
+    if base in SELF_CONTAINED:
+        return build_dataset(base, data_dir, config=config, progress=False)
+    raise FileNotFoundError(
+        f"dataset {name!r} (config {config!r}) is not built in {data_dir!r} (config key "
+        f"data.data_dir). Build it from the original files with: python -m rsjax.data.build "
+        f"{base} --manual_dir=DIR --data_dir={data_dir}" + (f" --config={config}" if config else "")
+    )
+
+
+def main(argv):
+    from absl import flags  # imported here so library users do not define flags
+
+    flags_ = flags.FLAGS
+    if len(argv) != 2:
+        raise SystemExit(
+            "usage: python -m rsjax.data.build NAME --manual_dir=DIR --data_dir=OUT "
+            f"[--config=CONFIG] [--skip_bad]; available NAMEs: {', '.join(available_builders())}"
+        )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    t0 = time.perf_counter()
+    path = build_dataset(argv[1], flags_.data_dir, flags_.manual_dir, flags_.config,
+                         skip_bad=flags_.skip_bad)
+    print(f"{argv[1]}: ready after {time.perf_counter() - t0:.1f} s -> {path}")
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("manual_dir", None, "Folder with the original dataset files.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir to write to (default: $TFDS_DATA_DIR "
+                        "or ~/tensorflow_datasets).")
+    flags.DEFINE_string("config", None, "Builder config name (default: the builder's default).")
+    flags.DEFINE_bool("skip_bad", False, "Skip unreadable input files instead of failing.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,651 @@
+"""Grain input pipelines over TFDS array_record data sources.
+
+Pretraining (:func:`make_pretrain_iterator`)
+--------------------------------------------
+Every global batch is a pure function of ``(seed, global batch index)``:
+
+* An *epoch plan* (numpy, seeded by ``(seed, epoch)``) lists, for each step of the epoch, the
+  ``global_batch_size`` *units* of that global batch. A unit is one stored example, or one of
+  the ``g x g`` adjacent sub-crops of an example when ``crops_as_scenes = g > 0``.
+* Process ``p`` of ``P`` materializes rows ``[p * b_local, (p + 1) * b_local)`` of each global
+  batch (``b_local = global_batch_size / P``), so concatenating the slices of all processes
+  gives exactly the batch a single process would produce: the order does not depend on the
+  process count.
+* Augmentations draw from ``np.random.default_rng([seed, batch_index, row])``: the same unit
+  at the same position gets the same two views after a resume, on any number of processes.
+* The stream is a ``grain.MapDataset`` over global batch indices (``range -> map``), turned into
+  an ``IterDataset`` with thread prefetching (``grain.ReadOptions``) and optionally worker
+  processes (``mp_prefetch``; batches are dealt to workers whole, so the output does not depend
+  on the worker count). Resuming slices the MapDataset at the saved batch index, which is exact.
+
+Batch composition:
+
+* ``scenes_per_batch = 0``: plain random batches; each epoch is a fresh permutation of all
+  units (``epoch = floor(units / global_batch)`` steps; the remainder is dropped, a different
+  remainder each epoch).
+* ``scenes_per_batch = S > 0``: each global batch holds ``S`` *distinct* scenes each
+  contributing ``k = samples_per_scene`` units, laid out scene by scene (rows
+  ``[j*k, (j+1)*k)`` are scene ``j``); ``global_batch_size`` must equal ``S * k``. Per epoch
+  every scene's units are shuffled and cut into ``max(1, n_s // k)`` groups of ``k`` (a scene
+  with fewer than ``k`` units repeats units, with different augmentations). Batches then
+  take ``S`` scenes with the most groups left, ties broken at random (for equal-sized
+  scenes: a uniformly random set of scenes per batch, each scene once per round); this keeps
+  every batch feasible, so an epoch has exactly ``T`` steps, the largest ``T`` with
+  ``sum_s min(groups_s, T) >= S * T`` (= total groups // S for equal-sized scenes).
+* ``crops_as_scenes = g > 0``: every stored image is cut into ``g x g`` adjacent crops of
+  ``H // g`` pixels that share the scene id "source image" (the record index), so datasets
+  made of single patches (EuroSAT) can form scenes. Otherwise the scene id is the dataset's
+  ``scene_id`` feature when it has one (``rs_synthetic``: the tile), else the record index.
+
+Batch: ``view1``, ``view2`` float32 ``[b_local, image_size, image_size, C]`` normalized with
+the registry's per-band statistics, ``scene_id`` int32 ``[b_local]``, ``label`` int32 ``[b_local]`` (-1 for
+unlabelled or multi-label data).
+
+Checkpointing: ``it.get_state()`` returns **bytes**: UTF-8 JSON ``{"format", "next_batch",
+"fingerprint"}`` (``json.loads`` gives a JSON-serializable dict), the same convention as
+``grain.DataLoaderIterator``, so ``grain.checkpoint.CheckpointSave(it)`` works with Orbax.
+``it.set_state(state)`` accepts that bytes, the decoded str or the dict, checks that seed,
+dataset and batch layout match, and continues at ``next_batch``. ``next_batch`` counts global
+batches, so a run can also resume with a different number of processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import threading
+from typing import Any, Iterator, Optional
+
+import grain
+import ml_collections
+import numpy as np
+
+from rsjax.data import augment, registry
+
+STATE_FORMAT = "rsjax.data.pipeline/v1"
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Defaults of the ``config.data`` block the pipelines read.
+
+    Fields:
+      name: registry / TFDS dataset name (``rs_synthetic`` = embedded default, built on use).
+      builder_config: TFDS builder config (``default``, ``tiny``, ...); None/'' = builder default.
+      data_dir: TFDS data dir; None = ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
+      train_split, eval_split: TFDS split names for pretraining and evaluation.
+      auto_build: build self-contained datasets (rs_synthetic) into data_dir when missing.
+      scenes_per_batch: 0 = plain random batches; S > 0 = S distinct scenes per global batch.
+      samples_per_scene: units per scene in scene-aware batches (k); batch = S * k.
+      crops_as_scenes: g > 0 cuts each image into g x g adjacent crops sharing a scene id.
+      crop_scale_min, crop_scale_max: area range of the random resized crop.
+      flip_rot: random flips and 90-degree rotations.
+      jitter_strength, jitter_prob, band_jitter: brightness/contrast (all bands alike) and
+        optional per-band gain.
+      blur_prob, blur_sigma_min, blur_sigma_max: Gaussian blur (sigma in output pixels).
+      num_workers: grain worker processes (0 = in-process).
+      num_threads: grain reader threads per process; prefetch_batches: batches read ahead.
+    """
+    c = ml_collections.ConfigDict()
+    c.name = "rs_synthetic"
+    c.builder_config = ml_collections.config_dict.placeholder(str)
+    c.builder_config = "default"
+    c.data_dir = ml_collections.config_dict.placeholder(str)
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.auto_build = True
+    c.scenes_per_batch = 0
+    c.samples_per_scene = 2
+    c.crops_as_scenes = 0
+    c.crop_scale_min = 0.2
+    c.crop_scale_max = 1.0
+    c.flip_rot = True
+    c.jitter_strength = 0.4
+    c.jitter_prob = 0.8
+    c.band_jitter = 0.0
+    c.blur_prob = 0.5
+    c.blur_sigma_min = 0.1
+    c.blur_sigma_max = 1.0
+    c.num_workers = 0
+    c.num_threads = 2
+    c.prefetch_batches = 2
+    return c
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """Reads ``cfg.key`` from a ConfigDict / object / Mapping, falling back to the default
+    config (so configs written before a field existed keep working)."""
+    if isinstance(cfg, collections.abc.Mapping):
+        if key in cfg:
+            return cfg[key]
+    elif hasattr(cfg, key):
+        return getattr(cfg, key)
+    if default is not None:
+        return default
+    return _DEFAULTS[key]
+
+
+_DEFAULTS = default_data_config().to_dict()
+
+
+# ----------------------------------------------------------------------------------------
+# Data source
+# ----------------------------------------------------------------------------------------
+
+class DataSource:
+    """A TFDS split opened lazily (per process, thread-safe); picklable for grain workers."""
+
+    def __init__(self, name: str, split: str, builder_config: Optional[str] = None,
+                 data_dir: Optional[str] = None, auto_build: bool = True):
+        self.name = name
+        self.split = split
+        self.builder_config = builder_config or None
+        self.data_dir = os.path.expanduser(data_dir) if data_dir else None
+        self.auto_build = auto_build
+        self._lock = threading.Lock()
+        self._source = None
+        self._builder = None
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_source"] = None
+        d["_builder"] = None
+        d["_lock"] = None
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
+    @property
+    def builder(self):
+        self._open()
+        return self._builder
+
+    def _open(self):
+        if self._source is not None:
+            return self._source
+        with self._lock:
+            if self._source is None:
+                from rsjax.data import build  # heavy tfds import only when data is needed
+
+                if self.auto_build:
+                    build.ensure_built(self.name, self.data_dir, self.builder_config)
+                builder = build.get_builder(self.name, self.data_dir, self.builder_config)
+                if not build.is_built(builder):
+                    raise FileNotFoundError(
+                        f"dataset {self.name!r} (config {self.builder_config!r}) is not built in "
+                        f"{builder.data_dir_root!r}; run python -m rsjax.data.build {self.name} "
+                        f"--manual_dir=DIR --data_dir={builder.data_dir_root}")
+                splits = list(builder.info.splits.keys())
+                if self.split not in splits:
+                    raise ValueError(
+                        f"dataset {self.name!r} has no split {self.split!r} (config keys "
+                        f"data.train_split / data.eval_split); splits: {splits}")
+                self._builder = builder
+                self._source = builder.as_data_source(split=self.split)
+        return self._source
+
+    def __len__(self) -> int:
+        return len(self._open())
+
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.builder.info.features.keys())
+
+    def read(self, indices) -> list[dict]:
+        src = self._open()
+        idx = [int(i) for i in indices]
+        if hasattr(src, "__getitems__"):
+            return list(src.__getitems__(idx))
+        return [src[i] for i in idx]
+
+    def column(self, key: str, chunk: int = 512) -> np.ndarray:
+        """All values of scalar feature ``key`` in record order (decodes only that key)."""
+        src = self._open()
+        n = len(src)
+        feats = self.builder.info.features
+        skip = {k: _skip_decoding() for k in feats.keys() if k != key}
+        try:
+            lite = self.builder.as_data_source(split=self.split, decoders=skip)
+        except Exception:  # noqa: BLE001 - decoders unsupported: decode everything
+            lite = src
+        out = []
+        for s in range(0, n, chunk):
+            rows = lite.__getitems__(list(range(s, min(n, s + chunk))))
+            out.extend(int(np.asarray(r[key]).reshape(())) for r in rows)
+        return np.asarray(out, np.int64)
+
+
+def _skip_decoding():
+    import tensorflow_datasets as tfds
+
+    return tfds.decode.SkipDecoding()
+
+
+def open_source(cfg_data: Any, split: str) -> DataSource:
+    """:class:`DataSource` for ``split`` of the dataset named by ``cfg_data``."""
+    return DataSource(
+        _get(cfg_data, "name"), split, _get(cfg_data, "builder_config", ""),
+        _get(cfg_data, "data_dir", ""), bool(_get(cfg_data, "auto_build")))
+
+
+_SCENE_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def unit_scene_ids(source: DataSource, crops_as_scenes: int = 0) -> np.ndarray:
+    """Scene id of every unit (``[len(source) * g * g]``, int64; see module docstring)."""
+    g2 = max(1, crops_as_scenes) ** 2
+    n = len(source)
+    if crops_as_scenes > 0:
+        return np.repeat(np.arange(n, dtype=np.int64), g2)
+    key = (source.name, source.builder_config, source.data_dir, source.split, n)
+    if key not in _SCENE_CACHE:
+        if "scene_id" in source.features():
+            _SCENE_CACHE[key] = source.column("scene_id")
+        else:
+            _SCENE_CACHE[key] = np.arange(n, dtype=np.int64)
+    return _SCENE_CACHE[key]
+
+
+# ----------------------------------------------------------------------------------------
+# Epoch plans
+# ----------------------------------------------------------------------------------------
+
+class EpochPlan:
+    """Which units form each global batch of each epoch (pure function of seed and epoch).
+
+    ``plan.batch(b)`` -> int64 ``[global_batch_size]`` unit ids of global batch ``b``.
+    """
+
+    def __init__(self, unit_scenes: np.ndarray, global_batch_size: int, seed: int,
+                 scenes_per_batch: int = 0, samples_per_scene: int = 1):
+        self.num_units = int(len(unit_scenes))
+        self.batch_size = int(global_batch_size)
+        self.seed = int(seed)
+        self.scenes_per_batch = int(scenes_per_batch)
+        self.samples_per_scene = int(samples_per_scene)
+        if self.num_units == 0:
+            raise ValueError("the dataset split is empty")
+        if self.scenes_per_batch > 0:
+            s, k = self.scenes_per_batch, self.samples_per_scene
+            if k < 1:
+                raise ValueError(f"data.samples_per_scene must be >= 1, got {k}")
+            if s * k != self.batch_size:
+                raise ValueError(
+                    f"scene-aware batching needs batch_size == data.scenes_per_batch * "
+                    f"data.samples_per_scene, got {self.batch_size} != {s} * {k}")
+            _, inverse, counts = np.unique(unit_scenes, return_inverse=True, return_counts=True)
+            self._inverse = inverse.astype(np.int64)
+            self._counts = counts.astype(np.int64)
+            order = np.argsort(self._inverse, kind="stable")
+            self._members = np.split(order, np.cumsum(counts)[:-1])
+            if len(counts) < s:
+                raise ValueError(
+                    f"data.scenes_per_batch={s} but the split has only {len(counts)} scenes")
+            self._groups_per_scene = np.maximum(1, counts // k)
+            self.steps_per_epoch = _max_distinct_batches(self._groups_per_scene, s)
+        else:
+            self.steps_per_epoch = max(1, self.num_units // self.batch_size)
+        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_lock"] = None
+        d["_cache"] = collections.OrderedDict()
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
+    def epoch(self, e: int) -> np.ndarray:
+        """``[steps_per_epoch, global_batch_size]`` unit ids of epoch ``e`` (cached, 2 epochs)."""
+        with self._lock:
+            if e in self._cache:
+                self._cache.move_to_end(e)
+                return self._cache[e]
+        plan = self._scene_epoch(e) if self.scenes_per_batch > 0 else self._plain_epoch(e)
+        with self._lock:
+            self._cache[e] = plan
+            while len(self._cache) > 2:
+                self._cache.popitem(last=False)
+        return plan
+
+    def batch(self, b: int) -> np.ndarray:
+        e, step = divmod(int(b), self.steps_per_epoch)
+        return self.epoch(e)[step]
+
+    def _plain_epoch(self, e: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, e, 1])
+        need = self.steps_per_epoch * self.batch_size
+        perms = [rng.permutation(self.num_units) for _ in range(-(-need // self.num_units))]
+        return np.concatenate(perms)[:need].reshape(self.steps_per_epoch, self.batch_size)
+
+    def _scene_epoch(self, e: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, e, 2])
+        s, k, steps = self.scenes_per_batch, self.samples_per_scene, self.steps_per_epoch
+        counts, ng = self._counts, self._groups_per_scene
+        n_scenes = len(counts)
+        # 1. Groups: shuffle every scene's units at once (sort by (scene, random key)) and cut
+        #    the first ng * k of them into ng groups of k; groups of a scene are contiguous.
+        order = np.lexsort((rng.random(self.num_units), self._inverse))
+        unit_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        group_start = np.concatenate([[0], np.cumsum(ng)[:-1]])
+        g_scene = np.repeat(np.arange(n_scenes), ng)
+        g_idx = np.arange(int(ng.sum())) - group_start[g_scene]
+        full = (counts >= k)[g_scene]
+        rows = np.empty((len(g_scene), k), np.int64)
+        pos = unit_start[g_scene[full]][:, None] + g_idx[full][:, None] * k + np.arange(k)[None]
+        rows[full] = order[pos]
+        for sc in np.nonzero(counts < k)[0]:  # small scene: fill its one group by repeating
+            mem = order[unit_start[sc]:unit_start[sc] + counts[sc]]
+            reps = np.concatenate([rng.permutation(mem) for _ in range(-(-k // len(mem)))])
+            rows[group_start[sc]] = reps[:k]
+        # 2. Batches of s distinct scenes, largest-remaining-first with random tie-breaks:
+        #    picking the s scenes with the most groups left keeps every later batch feasible
+        #    (so exactly `steps` batches come out), and random picks inside a count bucket mix
+        #    scenes well when counts are equal (the common case).
+        remaining = np.minimum(ng, steps).tolist()
+        used = [0] * n_scenes
+        buckets: dict[int, list[int]] = collections.defaultdict(list)
+        for sc in rng.permutation(n_scenes).tolist():
+            buckets[remaining[sc]].append(sc)
+        top = max(remaining)
+        draws = iter(rng.random(steps * s).tolist())
+        plan = np.empty((steps, s * k), np.int64)
+        for t in range(steps):
+            chosen = []
+            c = top
+            while len(chosen) < s:
+                while not buckets.get(c):
+                    c -= 1
+                    if c <= 0:  # cannot happen when steps is feasible (see EpochPlan)
+                        raise RuntimeError("scene-aware batching ran out of scenes")
+                bucket = buckets[c]
+                j = int(next(draws) * len(bucket))
+                bucket[j], bucket[-1] = bucket[-1], bucket[j]
+                chosen.append(bucket.pop())
+            for i, sc in enumerate(chosen):
+                plan[t, i * k:(i + 1) * k] = rows[group_start[sc] + used[sc]]
+                used[sc] += 1
+                remaining[sc] -= 1
+                if remaining[sc] > 0:
+                    buckets[remaining[sc]].append(sc)
+            while top > 0 and not buckets.get(top):
+                top -= 1
+        return plan[rng.permutation(steps)]
+
+
+def _max_distinct_batches(groups_per_scene: np.ndarray, s: int) -> int:
+    """Largest T such that T batches of s distinct scenes can be drawn from scenes holding
+    ``groups_per_scene`` groups each: feasible iff ``sum_i min(n_i, T) >= s * T``
+    (monotone in T, so binary search)."""
+    ng = np.asarray(groups_per_scene, np.int64)
+    lo, hi = 0, int(ng.sum()) // s
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if int(np.minimum(ng, mid).sum()) >= s * mid:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        raise ValueError(f"data.scenes_per_batch={s} but the split has only {len(ng)} scenes")
+    return lo
+
+
+# ----------------------------------------------------------------------------------------
+# Pretraining batches
+# ----------------------------------------------------------------------------------------
+
+def _sub_crop(img: np.ndarray, g: int, sub: int) -> np.ndarray:
+    """Sub-crop ``sub`` (row-major) of the ``g x g`` grid of adjacent crops of ``img``."""
+    if g <= 1:
+        return img
+    h, w = img.shape[:2]
+    ch, cw = h // g, w // g
+    cy, cx = divmod(int(sub), g)
+    return img[cy * ch:(cy + 1) * ch, cx * cw:(cx + 1) * cw]
+
+
+def _scalar_label(ex: dict) -> int:
+    if "label" not in ex:
+        return -1
+    lab = np.asarray(ex["label"])
+    return int(lab) if lab.ndim == 0 else -1
+
+
+class _MakeBatch:
+    """Global batch index -> this process's slice of that batch (picklable for workers)."""
+
+    def __init__(self, source: DataSource, plan: EpochPlan, unit_scenes: np.ndarray,
+                 info: registry.DatasetInfo, aug: augment.AugmentConfig, seed: int,
+                 crops_as_scenes: int, process_index: int, local_batch: int):
+        self.source = source
+        self.plan = plan
+        self.unit_scenes = unit_scenes.astype(np.int32)
+        self.info = info
+        self.aug = aug
+        self.seed = int(seed)
+        self.g = int(crops_as_scenes)
+        self.p = int(process_index)
+        self.bl = int(local_batch)
+        self.mean = np.asarray(info.mean, np.float32)
+        self.inv_std = np.float32(1.0) / np.asarray(info.std, np.float32)
+
+    def __call__(self, b: int) -> dict[str, np.ndarray]:
+        b = int(b)
+        rows = np.arange(self.p * self.bl, (self.p + 1) * self.bl)
+        units = self.plan.batch(b)[rows]
+        g2 = max(1, self.g) ** 2
+        exs = self.source.read(units // g2)
+        v1 = np.empty((self.bl, self.aug.out_size, self.aug.out_size, self.info.num_bands),
+                      np.float32)
+        v2 = np.empty_like(v1)
+        labels = np.empty((self.bl,), np.int32)
+        inv_scale = np.float32(1.0 / self.info.scale)
+        for i, (ex, unit, row) in enumerate(zip(exs, units, rows)):
+            img = _sub_crop(np.asarray(ex["image"]), self.g, unit % g2)
+            if img.ndim != 3 or img.shape[-1] != self.info.num_bands:
+                raise ValueError(
+                    f"dataset {self.info.name!r}: record {int(unit // g2)} of split "
+                    f"{self.source.split!r} has image shape {img.shape}, expected [H, W, "
+                    f"{self.info.num_bands}] (bands {self.info.bands})")
+            x = img.astype(np.float32) * inv_scale
+            rng = np.random.default_rng([self.seed, b, int(row)])
+            a, c = augment.two_views(x, rng, self.aug)
+            np.subtract(a, self.mean, out=v1[i])
+            v1[i] *= self.inv_std
+            np.subtract(c, self.mean, out=v2[i])
+            v2[i] *= self.inv_std
+            labels[i] = _scalar_label(ex)
+        return {"view1": v1, "view2": v2, "scene_id": self.unit_scenes[units], "label": labels}
+
+
+class PretrainIterator:
+    """Checkpointable iterator over this process's slices of the global pretraining batches.
+
+    ``get_state()`` -> bytes (UTF-8 JSON); ``set_state(bytes | str | dict)`` resumes exactly.
+    Also usable with ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (Orbax).
+    """
+
+    def __init__(self, batches: grain.MapDataset, *, fingerprint: dict, num_threads: int,
+                 prefetch: int, num_workers: int, steps_per_epoch: int):
+        self._batches = batches
+        self._fingerprint = fingerprint
+        self._num_threads = num_threads
+        self._prefetch = prefetch
+        self._num_workers = num_workers
+        self.steps_per_epoch = steps_per_epoch
+        self._next = 0
+        self._it: Optional[Iterator] = None
+
+    def _start(self):
+        ds = self._batches[self._next:] if self._next else self._batches
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(
+            num_threads=self._num_threads, prefetch_buffer_size=self._prefetch))
+        if self._num_workers > 0:
+            from absl import flags
+
+            # grain's worker processes read absl flags; outside an absl app (tests, notebooks)
+            # they have not been parsed yet: use their defaults.
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self._num_workers, per_worker_buffer_size=self._prefetch))
+        self._it = iter(it_ds)
+
+    def start_prefetch(self) -> None:
+        """Starts reading ahead now (grain's checkpoint handler calls this after restore)."""
+        if self._it is None:
+            self._start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            self._start()
+        batch = next(self._it)  # StopIteration ends finite (num_epochs) streams
+        if self._num_workers > 0:
+            # Worker output lives in grain SharedMemoryArrays; hand out plain arrays so the
+            # shared memory is released now rather than whenever the caller drops the batch.
+            batch = {k: np.array(v) for k, v in batch.items()}
+        self._next += 1
+        return batch
+
+    @property
+    def next_batch(self) -> int:
+        """Global index of the batch the next ``next()`` returns."""
+        return self._next
+
+    def get_state(self) -> bytes:
+        return json.dumps({"format": STATE_FORMAT, "next_batch": self._next,
+                           "fingerprint": self._fingerprint}, sort_keys=True).encode("utf-8")
+
+    def set_state(self, state: bytes | str | dict) -> None:
+        if isinstance(state, (bytes, bytearray)):
+            state = state.decode("utf-8")
+        if isinstance(state, str):
+            state = json.loads(state)
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a {STATE_FORMAT} iterator state: {state!r:.200}")
+        saved = state.get("fingerprint", {})
+        for key, value in self._fingerprint.items():
+            if key in saved and saved[key] != value:
+                raise ValueError(
+                    f"cannot resume data iterator: {key} was {saved[key]!r} when the state was "
+                    f"saved but is {value!r} now")
+        self.close()
+        self._next = int(state["next_batch"])
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, image_size: int,
+                           process_index: int = 0, process_count: int = 1,
+                           num_epochs: Optional[int] = None) -> PretrainIterator:
+    """Two-view pretraining batches for this process (see the module docstring).
+
+    Args:
+      cfg_data: the ``config.data`` block (:func:`default_data_config` lists its fields).
+      global_batch_size: rows of one global batch (all processes together).
+      seed: data seed: plans, shuffling and augmentations derive from it.
+      image_size: side of each view in pixels.
+      process_index, process_count: this process and the number of processes
+        (``jax.process_index()``, ``jax.process_count()``).
+      num_epochs: None = infinite; else stop after ``num_epochs * steps_per_epoch`` batches.
+
+    Returns:
+      :class:`PretrainIterator` yielding ``{"view1", "view2", "scene_id", "label"}``.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(f"batch_size {global_batch_size} is not divisible by the number of "
+                         f"processes {process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    name = _get(cfg_data, "name")
+    info = registry.get_dataset_info(name)
+    source = open_source(cfg_data, _get(cfg_data, "train_split"))
+    g = int(_get(cfg_data, "crops_as_scenes") or 0)
+    unit_scenes = unit_scene_ids(source, g)
+    spb = int(_get(cfg_data, "scenes_per_batch") or 0)
+    k = int(_get(cfg_data, "samples_per_scene"))
+    plan = EpochPlan(unit_scenes, global_batch_size, seed, spb, k)
+    aug = augment.AugmentConfig(
+        out_size=int(image_size),
+        crop_scale=(float(_get(cfg_data, "crop_scale_min")),
+                    float(_get(cfg_data, "crop_scale_max"))),
+        flip_rot=bool(_get(cfg_data, "flip_rot")),
+        jitter_strength=float(_get(cfg_data, "jitter_strength")),
+        jitter_prob=float(_get(cfg_data, "jitter_prob")),
+        band_jitter=float(_get(cfg_data, "band_jitter")),
+        blur_prob=float(_get(cfg_data, "blur_prob")),
+        blur_sigma=(float(_get(cfg_data, "blur_sigma_min")),
+                    float(_get(cfg_data, "blur_sigma_max"))),
+    )
+    fn = _MakeBatch(source, plan, unit_scenes, info, aug, seed, g, process_index,
+                    global_batch_size // process_count)
+    length = sys.maxsize if num_epochs is None else int(num_epochs) * plan.steps_per_epoch
+    batches = grain.MapDataset.range(length).map(fn)
+    fingerprint = {
+        "dataset": name, "builder_config": source.builder_config, "split": source.split,
+        "num_units": plan.num_units, "global_batch_size": int(global_batch_size),
+        "seed": int(seed), "image_size": int(image_size), "scenes_per_batch": spb,
+        "samples_per_scene": k if spb else None, "crops_as_scenes": g,
+    }
+    return PretrainIterator(
+        batches, fingerprint=fingerprint,
+        num_threads=int(_get(cfg_data, "num_threads")),
+        prefetch=max(1, int(_get(cfg_data, "prefetch_batches"))),
+        num_workers=int(_get(cfg_data, "num_workers") or 0),
+        steps_per_epoch=plan.steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation arrays
+# ----------------------------------------------------------------------------------------
+
+def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None,
+                image_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Whole split as arrays for evaluation (kNN, linear probe): no augmentation.
+
+    Args:
+      cfg_data: the ``config.data`` block.
+      split: TFDS split name (e.g. ``cfg_data.eval_split``).
+      max_examples: keep the first N records (TFDS stores records in a shuffled order, so the
+        first N are a random-like sample).
+      image_size: optional side to resize (bilinear, antialiased) every image to.
+
+    Returns:
+      ``images`` float32 ``[N, H, W, C]`` normalized with the registry statistics and
+      ``labels`` int32 ``[N]`` (``[N, num_classes]`` multi-hot for multi-label data; -1 when
+      the dataset has no label).
+    """
+    info = registry.get_dataset_info(_get(cfg_data, "name"))
+    source = open_source(cfg_data, split)
+    n = len(source)
+    if max_examples is not None:
+        n = min(n, int(max_examples))
+    images, labels = [], []
+    for s in range(0, n, 256):
+        for ex in source.read(range(s, min(n, s + 256))):
+            x = registry.normalize(np.asarray(ex["image"]), info)
+            if image_size and x.shape[0] != image_size:
+                x = augment.resize(x, int(image_size))
+            images.append(x)
+            lab = np.asarray(ex["label"]) if "label" in ex else np.asarray(-1)
+            labels.append(lab.astype(np.int32))
+    if not images:
+        raise ValueError(f"split {split!r} of {info.name!r} is empty")
+    return np.stack(images), np.stack(labels)

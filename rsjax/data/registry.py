@@ -1,0 +1,311 @@
+"""Dataset metadata as data: bands, wavelengths, ground resolution, normalization, classes.
+
+Every number that a pipeline needs to turn stored pixels into network input lives here, never
+inline in code (DESIGN.md section 5). Normalization is two steps, per band ``c``::
+
+    x_float = x_raw / scale                  # reflectance in [0, ~1] or 8-bit RGB in [0, 1]
+    x_norm  = (x_float - mean[c]) / std[c]   # mean / std are in the *scaled* units
+
+``scale`` is 10000 for Sentinel-2 reflectance (the SSL4EO convention: L1C/L2A digital numbers
+are reflectance x 1e4) and 255 for 8-bit RGB. ``bands`` is the storage order of the last axis
+in the TFDS builder of that dataset; builders must write bands in exactly this order.
+
+Statistics provenance (all in scaled units, i.e. already divided by ``scale``):
+
+* ``rs_synthetic``: measured on the procedural generator (``rsjax.data.synthetic``), 96 tiles
+  of the ``default`` config, seed 0 (``python -c "import rsjax.data.synthetic as s;
+  print(s.band_statistics())"``).
+* ``eurosat_rgb``: measured on all 27,000 JPEGs of ``shared/data/eurosat_rgb`` (pixels / 255).
+* ``eurosat_ms``: the widely used EuroSAT-MS training statistics (as reported by TorchGeo's
+  EuroSAT data module) reordered into Sentinel-2 band order; estimates, no MS tifs at hand.
+* ``bigearthnet``: the statistics published by the BigEarthNet team (BigEarthNet-S2 v1.0 L2A).
+* ``ssl4eo_s12``: the S2 L1C statistics published with SSL4EO-S12 (zhu-xlab).
+* ``levir_cd``: measured on the 11 LEVIR-CD sample pairs in ``shared/data/levir_cd_samples``
+  (A and B images); a rough estimate from 22 images of 256 x 256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+# Sentinel-2 MSI band names (storage order of L1C products) and central wavelengths (S2A, nm),
+# ground sampling distance in metres of each band's native grid.
+S2_BANDS: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+)
+S2_WAVELENGTHS_NM: dict[str, float] = {
+    "B01": 443.0, "B02": 490.0, "B03": 560.0, "B04": 665.0, "B05": 705.0, "B06": 740.0,
+    "B07": 783.0, "B08": 842.0, "B8A": 865.0, "B09": 945.0, "B10": 1375.0, "B11": 1610.0,
+    "B12": 2190.0,
+}
+S2_GSD_M: dict[str, float] = {
+    "B01": 60.0, "B02": 10.0, "B03": 10.0, "B04": 10.0, "B05": 20.0, "B06": 20.0, "B07": 20.0,
+    "B08": 10.0, "B8A": 20.0, "B09": 60.0, "B10": 60.0, "B11": 20.0, "B12": 20.0,
+}
+# Nominal centre wavelengths used for 8-bit RGB products (R, G, B).
+RGB_WAVELENGTHS_NM: tuple[float, float, float] = (665.0, 560.0, 490.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of one dataset, as stored by its TFDS builder.
+
+    Attributes:
+      name: registry / TFDS builder name.
+      bands: band names in storage order (last image axis).
+      wavelengths_nm: centre wavelength of each band, same order as ``bands``.
+      gsd_m: ground sampling distance of each band as stored (after any resampling the
+        builder does, e.g. BigEarthNet 20/60 m bands are upsampled to the 10 m grid).
+      mean, std: per-band statistics of ``x_raw / scale``.
+      scale: divide raw pixel values by this first (10000 for S2 reflectance, 255 for 8 bit).
+      num_classes: number of classes of the dataset's label (0 when unlabelled).
+      class_names: names of the classes, ``len == num_classes``.
+      image_size: height (= width) in pixels of one stored example.
+      multi_label: True when ``label`` is a multi-hot vector (BigEarthNet).
+      task: 'classification' | 'multilabel' | 'change_detection' | 'pretraining'.
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    wavelengths_nm: tuple[float, ...]
+    gsd_m: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_size: int
+    multi_label: bool = False
+    task: str = "classification"
+
+    def __post_init__(self):
+        n = len(self.bands)
+        for field in ("wavelengths_nm", "gsd_m", "mean", "std"):
+            if len(getattr(self, field)) != n:
+                raise ValueError(
+                    f"DatasetInfo({self.name!r}).{field} has {len(getattr(self, field))} "
+                    f"entries but there are {n} bands {self.bands}"
+                )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"DatasetInfo({self.name!r}).std must be positive: {self.std}")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"DatasetInfo({self.name!r}) has num_classes={self.num_classes} but "
+                f"{len(self.class_names)} class_names"
+            )
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.bands)
+
+    def band_index(self, band: str) -> int:
+        """Index of ``band`` in storage order; ValueError naming the known bands otherwise."""
+        try:
+            return self.bands.index(band)
+        except ValueError:
+            raise ValueError(
+                f"dataset {self.name!r} has no band {band!r}; its bands are {self.bands}"
+            ) from None
+
+    def as_metadata(self) -> dict:
+        """JSON-serializable dict (for tfds.core.MetadataDict / config dumps)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def _s2(bands: Sequence[str]):
+    return (
+        tuple(bands),
+        tuple(S2_WAVELENGTHS_NM[b] for b in bands),
+        tuple(S2_GSD_M[b] for b in bands),
+    )
+
+
+# Land-cover classes of the procedural generator (rsjax.data.synthetic); order = class id.
+SYNTHETIC_CLASSES: tuple[str, ...] = (
+    "water", "forest", "cropland", "grassland", "urban", "bare_soil",
+)
+
+EUROSAT_CLASSES: tuple[str, ...] = (
+    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
+)
+
+# BigEarthNet 19-class nomenclature (Sumbul et al. 2020, "BigEarthNet-MM"), alphabetical order
+# as used by most loaders.
+BIGEARTHNET19_CLASSES: tuple[str, ...] = (
+    "Agro-forestry areas",
+    "Arable land",
+    "Beaches, dunes, sands",
+    "Broad-leaved forest",
+    "Coastal wetlands",
+    "Complex cultivation patterns",
+    "Coniferous forest",
+    "Industrial or commercial units",
+    "Inland waters",
+    "Inland wetlands",
+    "Land principally occupied by agriculture, with significant areas of natural vegetation",
+    "Marine waters",
+    "Mixed forest",
+    "Moors, heathland and sclerophyllous vegetation",
+    "Natural grassland and sparsely vegetated areas",
+    "Pastures",
+    "Permanent crops",
+    "Transitional woodland, shrub",
+    "Urban fabric",
+)
+
+_BEN_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+
+_REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register(info: DatasetInfo, *, overwrite: bool = False) -> DatasetInfo:
+    """Adds ``info`` to the registry (used by builders of new datasets and by tests)."""
+    if info.name in _REGISTRY and not overwrite:
+        raise ValueError(f"dataset {info.name!r} is already registered")
+    _REGISTRY[info.name] = info
+    return info
+
+
+register(DatasetInfo(
+    "rs_synthetic",
+    *_s2(S2_BANDS),
+    mean=(0.1113, 0.1076, 0.1182, 0.1108, 0.1455, 0.2062, 0.2340, 0.2451, 0.2522, 0.0804,
+          0.0070, 0.2131, 0.1516),
+    std=(0.0537, 0.0470, 0.0419, 0.0608, 0.0650, 0.0904, 0.1101, 0.1177, 0.1220, 0.0380,
+         0.0081, 0.1099, 0.0934),
+    scale=10000.0,
+    num_classes=len(SYNTHETIC_CLASSES),
+    class_names=SYNTHETIC_CLASSES,
+    image_size=32,
+))
+
+register(DatasetInfo(
+    "eurosat_rgb",
+    bands=("R", "G", "B"),
+    wavelengths_nm=RGB_WAVELENGTHS_NM,
+    gsd_m=(10.0, 10.0, 10.0),
+    mean=(0.34438, 0.38029, 0.40777),
+    std=(0.20266, 0.13690, 0.11555),
+    scale=255.0,
+    num_classes=10,
+    class_names=EUROSAT_CLASSES,
+    image_size=64,
+))
+
+register(DatasetInfo(
+    "eurosat_ms",
+    *_s2(S2_BANDS),
+    mean=(0.13544, 0.11182, 0.10429, 0.09476, 0.11995, 0.19998, 0.23692, 0.22968, 0.25941,
+          0.07321, 0.00121, 0.18190, 0.11189),
+    std=(0.02457, 0.03330, 0.03951, 0.05938, 0.05664, 0.08612, 0.10866, 0.11180, 0.12316,
+         0.04049, 0.00048, 0.10026, 0.07613),
+    scale=10000.0,
+    num_classes=10,
+    class_names=EUROSAT_CLASSES,
+    image_size=64,
+))
+
+register(DatasetInfo(
+    "bigearthnet",
+    bands=_BEN_BANDS,
+    wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in _BEN_BANDS),
+    # The builder resamples every band onto the 120 x 120 grid of the 10 m bands.
+    gsd_m=(10.0,) * len(_BEN_BANDS),
+    mean=(0.034077, 0.042994, 0.061422, 0.059024, 0.095068, 0.179246, 0.207547, 0.221895,
+          0.226646, 0.224606, 0.159443, 0.100933),
+    std=(0.055481, 0.057242, 0.058288, 0.067589, 0.072990, 0.109601, 0.127345, 0.136546,
+         0.135614, 0.130233, 0.107919, 0.081887),
+    scale=10000.0,
+    num_classes=len(BIGEARTHNET19_CLASSES),
+    class_names=BIGEARTHNET19_CLASSES,
+    image_size=120,
+    multi_label=True,
+    task="multilabel",
+))
+
+register(DatasetInfo(
+    "ssl4eo_s12",
+    *_s2(S2_BANDS),
+    mean=(0.16129, 0.13976, 0.13223, 0.13731, 0.15610, 0.21084, 0.23907, 0.23187, 0.25810,
+          0.08377, 0.00220, 0.21952, 0.15374),
+    std=(0.07910, 0.08543, 0.08787, 0.11449, 0.11275, 0.11642, 0.12760, 0.12495, 0.13459,
+         0.05775, 0.00475, 0.13400, 0.11429),
+    scale=10000.0,
+    num_classes=0,
+    class_names=(),
+    image_size=264,
+    task="pretraining",
+))
+
+register(DatasetInfo(
+    "levir_cd",
+    bands=("R", "G", "B"),
+    wavelengths_nm=RGB_WAVELENGTHS_NM,
+    gsd_m=(0.5, 0.5, 0.5),
+    mean=(0.42139, 0.42027, 0.37585),
+    std=(0.21720, 0.20907, 0.19826),
+    scale=255.0,
+    num_classes=2,
+    class_names=("no_change", "change"),
+    image_size=256,
+    task="change_detection",
+))
+
+
+def known_datasets() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """Returns the :class:`DatasetInfo` registered as ``name``.
+
+    A TFDS-style ``name/config`` suffix is ignored (``rs_synthetic/tiny`` -> ``rs_synthetic``).
+
+    Raises:
+      ValueError: unknown name; the message lists the known names.
+    """
+    base = name.split("/")[0].split(":")[0]
+    try:
+        return _REGISTRY[base]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r} (config key data.name); known datasets: "
+            f"{', '.join(known_datasets())}"
+        ) from None
+
+
+def normalize(x_raw: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    """``(x_raw / info.scale - mean[c]) / std[c]`` over the last axis, as float32.
+
+    Args:
+      x_raw: array ``[..., C]`` of stored pixel values (uint8 / uint16 / float), ``C`` equal to
+        ``info.num_bands``.
+      info: the dataset's registry entry.
+
+    Returns:
+      float32 array of the same shape.
+    """
+    x = np.asarray(x_raw)
+    if x.shape[-1] != info.num_bands:
+        raise ValueError(
+            f"dataset {info.name!r} has {info.num_bands} bands {info.bands} but the image has "
+            f"shape {x.shape} (last axis = bands)"
+        )
+    mean = np.asarray(info.mean, np.float32)
+    inv_std = np.float32(1.0) / np.asarray(info.std, np.float32)
+    # One fused affine map: x * (1 / (scale * std)) - mean / std.
+    out = x.astype(np.float32)
+    out *= inv_std / np.float32(info.scale)
+    out -= mean * inv_std
+    return out
+
+
+def denormalize(x: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    """Inverse of :func:`normalize`, back to *scaled* units (``x_raw / scale``), float32."""
+    return (np.asarray(x, np.float32) * np.asarray(info.std, np.float32)
+            + np.asarray(info.mean, np.float32))

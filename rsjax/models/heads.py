@@ -1,0 +1,209 @@
+"""Heads on top of the encoder: the contrastive projector and SwiMDiff's conditional denoiser.
+
+``ProjectionHead``: [Dense -> BN -> ReLU] x (num_layers - 1) -> Dense (SimCLR / MoCo v2 / FALSE
+projector; e.g. hidden 2048, out 128).
+
+``Denoiser``: the small conditional DDPM UNet eps_theta(x_t, t, c) of DESIGN section 3.2.
+
+* time: sinusoidal embedding of the integer timestep (``_timestep_embedding``) -> Dense ->
+  SiLU -> Dense, added (after a per-block Dense) inside every residual block.
+* levels: level l works at resolution H / 2**l with ``base_channels * channel_mults[l]``
+  channels. Down path: one residual block per level (then the conditioning is added,
+  then the result is kept as the skip), stride-2 3x3 conv between levels. Middle: two
+  residual blocks. Up path: nearest x2 upsample + 3x3 conv between levels, concat the
+  skip, one residual block. Output: GroupNorm -> SiLU -> 3x3 conv to ``out_channels``.
+* conditioning: every encoder map c_k (any resolution) is projected by its own 1x1 conv
+  (``cond_proj_k``) to the channel count of the level whose resolution is closest in
+  log2 scale (ties go to the finer level), bilinearly resized to that level's H x W if it
+  differs, and added there. No stop-gradient: the diffusion loss trains the encoder.
+* normalisation: GroupNorm (batch-independent, so no cross-device statistics needed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _timestep_embedding(t, dim: int, max_period: float = 10000.0):
+    """Sinusoidal embedding of timesteps t [B] -> [B, dim] float32.
+
+    emb[:, i] = sin(t * f_i), emb[:, half + i] = cos(t * f_i), f_i = max_period ** (-i / half),
+    half = dim // 2 (a zero column is appended when dim is odd).
+    """
+    t = jnp.asarray(t, jnp.float32).reshape(-1)
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
+    args = t[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class ProjectionHead(nn.Module):
+    """MLP projector: [Dense -> BN -> ReLU] x (num_layers - 1) -> Dense [-> BN if last_bn].
+
+    Without BN (``use_bn=False``) the hidden Dense layers carry a bias; with BN they do not
+    (the BN shift replaces it). Submodules: ``dense_0``, ``bn_0``, ..., ``dense_out`` (``bn_out``).
+    """
+
+    hidden_dim: int
+    out_dim: int
+    num_layers: int = 2
+    use_bn: bool = True
+    last_bn: bool = False
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        if self.num_layers < 1:
+            raise ValueError(f"ProjectionHead.num_layers must be >= 1, got {self.num_layers}")
+
+        def bn(name):
+            return nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                axis_name=self.bn_axis_name,
+                name=name,
+            )
+
+        x = jnp.asarray(x, self.dtype)
+        for i in range(self.num_layers - 1):
+            x = nn.Dense(
+                self.hidden_dim, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=jnp.float32, name=f"dense_{i}"
+            )(x)
+            if self.use_bn:
+                x = bn(f"bn_{i}")(x)
+            x = nn.relu(x)
+        x = nn.Dense(
+            self.out_dim, use_bias=not self.last_bn, dtype=self.dtype, param_dtype=jnp.float32, name="dense_out"
+        )(x)
+        if self.last_bn:
+            x = bn("bn_out")(x)
+        return x.astype(jnp.float32)
+
+
+def _groups(channels: int, max_groups: int) -> int:
+    return math.gcd(channels, max_groups)
+
+
+class _ResBlock(nn.Module):
+    """GN -> SiLU -> conv3x3 (+ time) -> GN -> SiLU -> conv3x3, plus a (1x1 conv) shortcut."""
+
+    channels: int
+    num_groups: int = 8
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb):
+        conv = lambda c, k, name: nn.Conv(  # noqa: E731
+            c, (k, k), padding=k // 2, dtype=self.dtype, param_dtype=jnp.float32, name=name
+        )
+        h = nn.GroupNorm(_groups(x.shape[-1], self.num_groups), dtype=self.dtype, name="norm1")(x)
+        h = conv(self.channels, 3, "conv1")(nn.silu(h))
+        h = h + nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="time_proj")(temb)[
+            :, None, None, :
+        ]
+        h = nn.GroupNorm(_groups(self.channels, self.num_groups), dtype=self.dtype, name="norm2")(h)
+        h = conv(self.channels, 3, "conv2")(nn.silu(h))
+        if x.shape[-1] != self.channels:
+            x = conv(self.channels, 1, "skip")(x)
+        return x + h
+
+
+class Denoiser(nn.Module):
+    """Conditional DDPM UNet predicting the noise eps from (x_t, t, encoder features).
+
+    Attributes:
+      out_channels: number of image bands (output channels = input channels).
+      base_channels: channels at full resolution.
+      channel_mults: per-level channel multipliers; len(channel_mults) - 1 downsamplings.
+      time_dim: width of the sinusoidal embedding and of the time MLP.
+      num_groups: maximal GroupNorm group count (gcd with the channel count is used).
+      dtype: compute dtype; parameters and the returned eps stay float32.
+    """
+
+    out_channels: int
+    base_channels: int = 32
+    channel_mults: Sequence[int] = (1, 2, 4)
+    time_dim: int = 128
+    num_groups: int = 8
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_t, t, cond=None, *, train: bool):
+        """x_t [B, H, W, C], t [B] int, cond: list of NHWC maps (or None) -> eps [B, H, W, C] float32.
+
+        ``train`` is accepted for interface symmetry; the denoiser has no dropout or BN.
+        """
+        del train
+        if x_t.ndim != 4:
+            raise ValueError(f"Denoiser expects x_t as [B, H, W, C], got shape {x_t.shape}")
+        if x_t.shape[-1] != self.out_channels:
+            raise ValueError(f"Denoiser.out_channels={self.out_channels} but x_t has {x_t.shape[-1]} bands")
+        n_levels = len(self.channel_mults)
+        factor = 2 ** (n_levels - 1)
+        b, h, w, _ = x_t.shape
+        if h % factor or w % factor:
+            raise ValueError(f"Denoiser input H, W = {h}, {w} must be divisible by {factor}")
+        chans = [self.base_channels * m for m in self.channel_mults]
+        level_hw = [(h // 2**lvl, w // 2**lvl) for lvl in range(n_levels)]
+
+        # Time embedding.
+        temb = _timestep_embedding(t, self.time_dim)
+        temb = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="time_mlp_0")(temb)
+        temb = nn.silu(temb)
+        temb = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="time_mlp_1")(temb)
+
+        # Conditioning: project each map to its closest level and sum per level.
+        cond_at_level: list[Any] = [None] * n_levels
+        for k, c in enumerate(cond or []):
+            if c.ndim != 4 or c.shape[0] != b:
+                raise ValueError(f"cond[{k}] must be NHWC with batch {b}, got shape {c.shape}")
+            ch_h = c.shape[1]
+            dist = [abs(math.log2(ch_h / lh)) for lh, _ in level_hw]
+            lvl = min(range(n_levels), key=lambda i: (dist[i], i))
+            p = nn.Conv(chans[lvl], (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name=f"cond_proj_{k}")(
+                jnp.asarray(c, self.dtype)
+            )
+            if p.shape[1:3] != level_hw[lvl]:
+                p = jax.image.resize(p, (b, *level_hw[lvl], p.shape[-1]), method="bilinear")
+            cond_at_level[lvl] = p if cond_at_level[lvl] is None else cond_at_level[lvl] + p
+
+        conv3 = lambda c, name, stride=1: nn.Conv(  # noqa: E731
+            c, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+            dtype=self.dtype, param_dtype=jnp.float32, name=name,
+        )
+
+        x = conv3(chans[0], "conv_in")(jnp.asarray(x_t, self.dtype))
+        skips = []
+        for lvl in range(n_levels):
+            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, name=f"down_{lvl}")(x, temb)
+            if cond_at_level[lvl] is not None:
+                x = x + cond_at_level[lvl].astype(x.dtype)
+            skips.append(x)
+            if lvl < n_levels - 1:
+                x = conv3(chans[lvl + 1], f"downsample_{lvl}", stride=2)(x)
+
+        x = _ResBlock(chans[-1], self.num_groups, self.dtype, name="mid_0")(x, temb)
+        x = _ResBlock(chans[-1], self.num_groups, self.dtype, name="mid_1")(x, temb)
+
+        for lvl in reversed(range(n_levels)):
+            if lvl < n_levels - 1:
+                x = jax.image.resize(x, (b, *level_hw[lvl], x.shape[-1]), method="nearest")
+                x = conv3(chans[lvl], f"upsample_{lvl}")(x)
+            x = jnp.concatenate([x, skips[lvl]], axis=-1)
+            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, name=f"up_{lvl}")(x, temb)
+
+        x = nn.GroupNorm(_groups(chans[0], self.num_groups), dtype=self.dtype, name="norm_out")(x)
+        x = conv3(self.out_channels, "conv_out")(nn.silu(x))
+        return x.astype(jnp.float32)

@@ -1,0 +1,404 @@
+"""The one generic pretraining loop.
+
+mesh -> data -> init -> jitted train_step -> log / checkpoint -> evaluate.
+
+The train step is a pure function ``(state, batch) -> (state, metrics)`` jitted once over
+the mesh with the state replicated and donated, and the batch sharded on ``data``; the
+per-step randomness is ``fold_in(PRNGKey(config.seed), step)`` split into named streams.
+A step whose loss or gradients are not finite is refused: the state keeps its previous
+parameters and optimizer state, the step counter advances, and the refusal is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm.auto import tqdm
+
+from rsjax import checkpoint as ckpt_lib
+from rsjax import methods
+from rsjax import sharding as shd
+from rsjax import workdir as workdir_lib
+
+RNG_STREAMS = ("dropout", "diffusion_t", "diffusion_noise", "augment")
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; the next start resumes.
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive train steps with a non-finite loss or gradient."""
+
+
+# --------------------------------------------------------------------------------------
+# Config checks
+# --------------------------------------------------------------------------------------
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the offending key for values out of range."""
+    def need(cond, key, msg):
+        if not cond:
+            raise ValueError(f"config.{key}={_get(config, key)!r}: {msg}")
+
+    need(config.total_steps > 0, "total_steps", "must be > 0")
+    need(config.batch_size > 0, "batch_size", "must be > 0")
+    need(config.stop_after_steps >= 0, "stop_after_steps", "must be >= 0 (0 = run to total_steps)")
+    need(config.optimizer.lr > 0, "optimizer.lr", "must be > 0")
+    need(config.log_every > 0, "log_every", "must be > 0")
+    need(config.checkpoint_every > 0, "checkpoint_every", "must be > 0")
+    if "loss" in config and "temperature" in config.loss:
+        need(config.loss.temperature > 0, "loss.temperature", "must be > 0")
+    need(config.model.in_channels > 0, "model.in_channels", "must be > 0")
+    if config.data.get("scenes_per_batch", 0):
+        spb, sps = config.data.scenes_per_batch, config.data.samples_per_scene
+        need(spb * sps == config.batch_size, "data.scenes_per_batch",
+             f"scenes_per_batch x samples_per_scene ({spb} x {sps}) must equal batch_size {config.batch_size}")
+
+
+def _get(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+# --------------------------------------------------------------------------------------
+# Optimizer
+# --------------------------------------------------------------------------------------
+def make_schedule(config) -> optax.Schedule:
+    o = config.optimizer
+    warmup = int(o.get("warmup_steps", 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else o.lr,
+        peak_value=o.lr,
+        warmup_steps=warmup,
+        decay_steps=max(config.total_steps, warmup + 1),
+        end_value=o.lr * o.get("final_lr_fraction", 0.0),
+    )
+
+
+def _decay_mask(params):
+    # No weight decay on biases and normalisation parameters (rank <= 1).
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    o = config.optimizer
+    lr = make_schedule(config)
+    name = o.name
+    if name == "adamw":
+        tx = optax.adamw(lr, b1=o.get("b1", 0.9), b2=o.get("b2", 0.999), weight_decay=o.weight_decay, mask=_decay_mask)
+    elif name == "adam":
+        tx = optax.adam(lr)
+    elif name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(o.weight_decay, mask=_decay_mask),
+            optax.sgd(lr, momentum=o.get("momentum", 0.9), nesterov=o.get("nesterov", False)),
+        )
+    elif name == "lars":
+        tx = optax.lars(lr, weight_decay=o.weight_decay, weight_decay_mask=_decay_mask,
+                        trust_ratio_mask=_decay_mask, momentum=o.get("momentum", 0.9))
+    else:
+        raise ValueError(f"config.optimizer.name={name!r}: expected adamw, adam, sgd or lars")
+    if o.get("grad_clip", 0.0):
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    return tx
+
+
+# --------------------------------------------------------------------------------------
+# State and step
+# --------------------------------------------------------------------------------------
+def init_state(method, tx, sample_batch, seed: int) -> dict:
+    """The train state as a plain dict pytree (checkpointed as is)."""
+    params, batch_stats, extra = method.init(jax.random.PRNGKey(seed), sample_batch)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": tx.init(params),
+        "extra": extra,
+        "nonfinite_run": jnp.zeros((), jnp.int32),    # consecutive refused steps
+        "nonfinite_total": jnp.zeros((), jnp.int32),
+    }
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_train_step(method, tx, config):
+    """Returns the pure ``(state, batch) -> (state, metrics)`` step (not yet jitted)."""
+    root_key = jax.random.PRNGKey(config.seed)
+    schedule = make_schedule(config)
+
+    def train_step(state, batch):
+        train_step.trace_count += 1  # runs only while tracing: counts compilations
+        step = state["step"]
+        step_key = jax.random.fold_in(root_key, step)
+        rngs = {name: jax.random.fold_in(step_key, i) for i, name in enumerate(RNG_STREAMS)}
+
+        def loss_fn(params):
+            return method.loss(params, state["batch_stats"], state["extra"], batch, rngs, step)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # Zero non-finite grads before the update so the (discarded) update stays finite.
+        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+        updates, opt_state = tx.update(safe_grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        extra = method.update_extra(params, aux["batch_stats"], state["extra"], aux, step)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = {
+            "step": step + 1,
+            "params": keep(params, state["params"]),
+            "batch_stats": keep(aux["batch_stats"], state["batch_stats"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "extra": keep(extra, state["extra"]),
+            "nonfinite_run": jnp.where(finite, 0, state["nonfinite_run"] + 1),
+            "nonfinite_total": state["nonfinite_total"] + (~finite).astype(jnp.int32),
+        }
+        metrics = {
+            "loss": loss.astype(jnp.float32),
+            "lr": schedule(step),
+            "grad_norm": optax.global_norm(safe_grads),
+            "finite": finite,
+            "nonfinite_run": new_state["nonfinite_run"],
+            **{k: v.astype(jnp.float32) for k, v in aux["metrics"].items()},
+        }
+        return new_state, metrics
+
+    train_step.trace_count = 0
+    return train_step
+
+
+def jit_train_step(train_step, mesh):
+    rep, dat = shd.replicated(mesh), shd.data_sharded(mesh)
+    return jax.jit(train_step, in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def sample_batch(config, batch_size: int = 2) -> dict:
+    s, c = config.data.image_size, config.model.in_channels
+    return {
+        "view1": np.zeros((batch_size, s, s, c), np.float32),
+        "view2": np.zeros((batch_size, s, s, c), np.float32),
+        "scene_id": np.arange(batch_size, dtype=np.int32),
+        "label": np.zeros((batch_size,), np.int32),
+    }
+
+
+def create_state(method, tx, config, mesh):
+    """Initialises the replicated train state directly on the mesh.
+
+    The init program runs once, so on CPU it is compiled without backend optimisation:
+    XLA:CPU otherwise spends tens of seconds optimising the unrolled threefry hashes of
+    the parameter initialisers for no run-time benefit.
+    """
+    batch = sample_batch(config)
+    lowered = jax.jit(lambda b: init_state(method, tx, b, config.seed),
+                      out_shardings=shd.replicated(mesh)).lower(batch)
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return lowered.compile(compiler_options=options)(batch)
+
+
+# --------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, checkpoints and exits."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread (e.g. a notebook worker)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+def _data_config_with_defaults(config):
+    from rsjax.data import pipeline
+
+    d = pipeline.default_data_config()
+    d.update(config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data))
+    return d
+
+
+def make_data_iterator(config, workdir: str):
+    from rsjax.data import build, pipeline
+
+    data_cfg = _data_config_with_defaults(config)
+    build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.get("builder_config"))
+    return pipeline.make_pretrain_iterator(
+        data_cfg,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        image_size=config.data.image_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def check_bands(config) -> None:
+    from rsjax.data import registry
+
+    info = registry.get_dataset_info(config.data.name)
+    if len(info.bands) != config.model.in_channels:
+        raise ValueError(
+            f"config.model.in_channels={config.model.in_channels} does not match dataset "
+            f"{config.data.name!r} with {len(info.bands)} bands {list(info.bands)}"
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Pretrains ``config.method`` and evaluates the encoder; returns the final summary."""
+    shd.maybe_initialize_distributed()
+    validate_config(config)
+    check_bands(config)
+    mesh = shd.make_mesh()
+    shd.check_batch_divisible(config.batch_size, mesh)
+    is_main = jax.process_index() == 0
+    wd = workdir_lib.Workdir(workdir, config, is_main=is_main)
+
+    method = methods.get_method(config)
+    tx = make_optimizer(config)
+    state = create_state(method, tx, config, mesh)
+    train_step = make_train_step(method, tx, config)
+    p_step = jit_train_step(train_step, mesh)
+
+    data_iter = make_data_iterator(config, workdir)
+    manager = ckpt_lib.make_manager(workdir, max_to_keep=config.get("keep_checkpoints", 3))
+    start_step = 0
+    restored = ckpt_lib.restore_latest(manager, state)
+    if restored is not None:
+        start_step, state, data_state = restored
+        data_iter.set_state(data_state)
+        logging.info("resumed from step %d", start_step)
+        if is_main:
+            print(f"Resuming {workdir} from step {start_step}", flush=True)
+    wd.truncate_metrics(start_step)
+
+    total = config.total_steps
+    stop_at = min(total, config.stop_after_steps) if config.stop_after_steps else total
+    config_dict = config.to_dict()
+
+    def save(step):
+        ckpt_lib.save(manager, step, state, json.loads(data_iter.get_state()), config_dict)
+
+    bar = tqdm(total=total, initial=start_step, desc=f"{config.method}", disable=not is_main,
+               dynamic_ncols=True, unit="step")
+    pending = None  # metrics of the previous step, read one step late to keep dispatch async
+    step = start_step
+    t0 = time.time()
+    with _StopFlag() as stop:
+        while step < stop_at:
+            batch = shd.host_to_global(next(data_iter), mesh)
+            state, metrics = p_step(state, batch)
+            step += 1
+            if pending is not None:
+                _handle_metrics(wd, bar, *pending, config)
+            pending = (step, metrics)
+            if step % config.checkpoint_every == 0 and step < stop_at:
+                _handle_metrics(wd, bar, *pending, config)
+                pending = None
+                save(step)
+            if stop.signum is not None:
+                break
+        if pending is not None:
+            _handle_metrics(wd, bar, *pending, config, force_log=True)
+        if step > start_step or restored is None:
+            save(step)
+        bar.close()
+    elapsed = time.time() - t0
+    summary = {"step": step, "total_steps": total, "train_seconds": elapsed, "compiles": train_step.trace_count}
+    if is_main:
+        wd.plot_loss_curve()
+    if stop.signum is not None and step < stop_at:
+        print(f"Stopped by signal {stop.signum} at step {step}; checkpoint written. Rerun the same command to resume.",
+              flush=True)
+        wd.close()
+        sys.exit(PREEMPTED_EXIT_CODE)
+    if step >= total and config.get("eval", {}).get("enabled", True):
+        summary["eval"] = evaluate_pretrained(method, state, config, wd)
+    elif step < total and is_main:
+        print(f"Stopped after step {step} of {total} (stop_after_steps); rerun to continue.", flush=True)
+    wd.close()
+    return summary
+
+
+def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False):
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    run = int(m.pop("nonfinite_run"))
+    if not m.pop("finite"):
+        msg = f"step {step}: non-finite loss or gradient (loss={m['loss']}); step refused"
+        logging.warning(msg)
+        wd.log_event(step, "nonfinite", msg)
+    if run >= config.max_nonfinite_steps:
+        raise NonFiniteError(
+            f"{run} consecutive steps with a non-finite loss or gradient (last at step {step}); "
+            f"stopping. The last good checkpoint in {wd.path}/checkpoints is intact. "
+            f"Lower config.optimizer.lr or check the data for NaN/inf."
+        )
+    bar.update(step - bar.n)
+    if step % config.log_every == 0 or force_log or step == config.total_steps:
+        bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+        wd.log_metrics(step, m)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation of the pretrained encoder on the dataset's labels
+# --------------------------------------------------------------------------------------
+def evaluate_pretrained(method, state, config, wd) -> dict:
+    from rsjax.data import pipeline
+    from rsjax.evaluate import classification as cls
+
+    ecfg = config.eval
+    data_cfg = _data_config_with_defaults(config)
+    x_tr, y_tr = pipeline.load_arrays(data_cfg, ecfg.train_split, max_examples=ecfg.get("max_train", None) or None)
+    x_te, y_te = pipeline.load_arrays(data_cfg, ecfg.test_split, max_examples=ecfg.get("max_test", None) or None)
+    host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    encode = jax.jit(lambda x: method.encode(host_state["params"], host_state["batch_stats"], x))
+    f_tr = cls.extract_features(encode, x_tr, batch_size=ecfg.batch_size, desc="features train")
+    f_te = cls.extract_features(encode, x_te, batch_size=ecfg.batch_size, desc="features test")
+    num_classes = int(max(y_tr.max(), y_te.max()) + 1)
+    knn = cls.knn_predict(f_tr, y_tr, f_te, num_classes=num_classes, k=ecfg.knn_k, temperature=ecfg.knn_temperature)
+    lin = cls.linear_probe(f_tr, y_tr, f_te, num_classes=num_classes, epochs=ecfg.linear_epochs, seed=config.seed)
+    metrics = {
+        "knn_top1": cls.accuracy(knn, y_te),
+        "linear_top1": cls.accuracy(lin, y_te),
+        "linear_per_class": cls.per_class_accuracy(lin, y_te, num_classes),
+        "num_train": int(len(y_tr)),
+        "num_test": int(len(y_te)),
+        "chance": float(np.bincount(y_te).max() / len(y_te)),
+    }
+    if wd.is_main:
+        print(f"kNN top-1 (k={ecfg.knn_k}): {metrics['knn_top1']:.2%} | linear probe top-1: "
+              f"{metrics['linear_top1']:.2%} | majority-class baseline {metrics['chance']:.2%} "
+              f"({metrics['num_test']} test crops)", flush=True)
+        wd.write_eval_report("pretrain_knn_linear", metrics, config)
+        wd.plot_confusion(cls.confusion_matrix(lin, y_te, num_classes), "confusion_linear.png")
+    return metrics

@@ -1,0 +1,163 @@
+"""What a run writes into its workdir, and the checks that keep earlier work safe.
+
+``config.json`` (the full config; a rerun with a different config is refused, except for
+``stop_after_steps`` and the keys in :data:`MUTABLE_KEYS`), ``metrics.jsonl`` (a row per
+logged step with ``step`` and ``loss``), ``events.jsonl`` (warnings such as refused
+steps), TensorBoard events in ``tb/``, ``loss_curve.png`` and, after evaluation,
+``eval_report.json`` and pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+# Keys that may change between a run and its continuation without changing its result.
+MUTABLE_KEYS = ("stop_after_steps", "log_every", "eval", "data.num_workers", "data.data_dir")
+
+
+class ConfigMismatchError(ValueError):
+    pass
+
+
+def _flatten(d: Any, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def _mutable(key: str) -> bool:
+    return any(key == m or key.startswith(m + ".") for m in MUTABLE_KEYS)
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if _mutable(k):
+            continue
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)):
+            va, vb = list(va), list(vb)
+        if va != vb:
+            diffs.append(f"{k}: {va!r} -> {vb!r}")
+    return diffs
+
+
+class Workdir:
+    def __init__(self, path: str, config: ml_collections.ConfigDict, *, is_main: bool = True):
+        self.path = os.path.abspath(path)
+        self.is_main = is_main
+        self.metrics_path = os.path.join(self.path, "metrics.jsonl")
+        self.events_path = os.path.join(self.path, "events.jsonl")
+        self._tb = None
+        cfg_path = os.path.join(self.path, "config.json")
+        new = json.loads(config.to_json_best_effort())
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                try:
+                    old = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ConfigMismatchError(f"{cfg_path} is not valid JSON ({e}); refusing to overwrite it") from None
+            diffs = config_diff(old, new)
+            if diffs:
+                raise ConfigMismatchError(
+                    f"workdir {self.path} holds a run with a different config ({'; '.join(diffs[:5])}"
+                    f"{' ...' if len(diffs) > 5 else ''}); use a new --workdir or the same config "
+                    f"(only {', '.join(MUTABLE_KEYS)} may change)"
+                )
+        if is_main:
+            os.makedirs(self.path, exist_ok=True)
+            tmp = cfg_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(new, f, indent=2, sort_keys=True)
+            os.replace(tmp, cfg_path)
+
+    # -- metrics -------------------------------------------------------------------------
+    def truncate_metrics(self, step: int) -> None:
+        """Drops rows logged after ``step`` (the checkpoint resumed from), so a resumed run's
+        metrics equal an uninterrupted run's."""
+        if not self.is_main or not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            rows = [line for line in f if line.strip()]
+        keep = []
+        for line in rows:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError):
+                continue  # a torn last line from a killed run
+        tmp = self.metrics_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.metrics_path)
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        if not self.is_main:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        tb = self._writer()
+        if tb is not None:
+            for k, v in metrics.items():
+                tb.add_scalar(f"train/{k}", float(v), int(step))
+            tb.flush()
+
+    def log_event(self, step: int, kind: str, message: str) -> None:
+        if not self.is_main:
+            return
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps({"step": int(step), "kind": kind, "message": message}) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not os.path.exists(self.metrics_path):
+            return []
+        with open(self.metrics_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def _writer(self):
+        if self._tb is None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # optional: metrics.jsonl is the record of truth
+                self._tb = False
+                return None
+            self._tb = SummaryWriter(os.path.join(self.path, "tb"))
+        return self._tb or None
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()
+            self._tb = None
+
+    # -- reports and pictures --------------------------------------------------------------
+    def write_eval_report(self, task: str, metrics: dict, config, name: str = "eval_report.json") -> str:
+        path = os.path.join(self.path, name)
+        cfg = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"task": task, "metrics": metrics, "config": cfg}, f, indent=2)
+        os.replace(tmp, path)
+        return path
+
+    def plot_loss_curve(self, name: str = "loss_curve.png") -> str | None:
+        rows = self.read_metrics()
+        if not rows:
+            return None
+        from rsjax import plots
+
+        return plots.loss_curve(rows, os.path.join(self.path, name))
+
+    def plot_confusion(self, cm, name: str, class_names=None) -> str:
+        from rsjax import plots
+
+        return plots.confusion_matrix(cm, os.path.join(self.path, name), class_names=class_names)

@@ -1,0 +1,213 @@
+"""Trainer tests: global-batch equivalence across device counts, single trace, refused
+non-finite steps, resume equality, config checks, and the :smoke variant of every config."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rsjax import methods, train
+from rsjax import sharding as shd
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if not p.name.startswith("_"))
+
+
+def load_config(name: str, variant: str = "smoke"):
+    from ml_collections import config_flags  # noqa: F401  (same loader the CLI uses)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}", REPO / "configs" / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    from rsjax.data import build
+
+    d = str(tmp_path_factory.mktemp("tfds"))
+    build.ensure_built("rs_synthetic", d, config="tiny")
+    return d
+
+
+def _random_batch(config, b, seed=0):
+    rng = np.random.default_rng(seed)
+    s, c = config.data.image_size, config.model.in_channels
+    return {
+        "view1": rng.normal(size=(b, s, s, c)).astype(np.float32),
+        "view2": rng.normal(size=(b, s, s, c)).astype(np.float32),
+        # two crops per scene so scene-wide matching has false negatives
+        "scene_id": np.repeat(np.arange(b // 2), 2).astype(np.int32),
+        "label": np.zeros((b,), np.int32),
+    }
+
+
+def _grads_and_loss(config, mesh, batch):
+    method = methods.get_method(config)
+    tx = train.make_optimizer(config)
+    state = train.create_state(method, tx, config, mesh)
+    step = train.make_train_step(method, tx, config)
+    rngs = {n: jax.random.PRNGKey(i) for i, n in enumerate(train.RNG_STREAMS)}
+
+    def lg(state, batch):
+        f = lambda p: method.loss(p, state["batch_stats"], state["extra"], batch, rngs, state["step"])  # noqa: E731
+        (loss, aux), g = jax.value_and_grad(f, has_aux=True)(state["params"])
+        return loss, g, aux["batch_stats"]
+
+    rep, dat = shd.replicated(mesh), shd.data_sharded(mesh)
+    gbatch = jax.device_put(batch, dat)
+    loss, grads, bs = jax.jit(lg, in_shardings=(rep, dat), out_shardings=rep)(state, gbatch)
+    new_state, metrics = train.jit_train_step(step, mesh)(state, gbatch)
+    return jax.device_get((loss, grads, bs, metrics["loss"], new_state["extra"]))
+
+
+def test_swimdiff_step_same_on_1_and_8_devices():
+    assert jax.device_count() == 8
+    config = load_config("swimdiff.py")
+    batch = _random_batch(config, 16)
+    one = _grads_and_loss(config, shd.make_mesh(jax.devices()[:1]), batch)
+    eight = _grads_and_loss(config, shd.make_mesh(jax.devices()), batch)
+    np.testing.assert_allclose(one[0], eight[0], rtol=1e-5)
+    np.testing.assert_allclose(one[3], eight[3], rtol=1e-5)
+    flat1, flat8 = jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])
+    assert len(flat1) == len(flat8) > 10
+    for a, b in zip(flat1, flat8):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    for a, b in zip(jax.tree.leaves(one[2]), jax.tree.leaves(eight[2])):  # global BN statistics
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(one[4]), jax.tree.leaves(eight[4])):  # queue, EMA encoder
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_step_traces_once_and_refuses_nonfinite():
+    config = load_config("simclr.py")
+    mesh = shd.make_mesh()
+    method = methods.get_method(config)
+    tx = train.make_optimizer(config)
+    state = train.create_state(method, tx, config, mesh)
+    step = train.make_train_step(method, tx, config)
+    p_step = train.jit_train_step(step, mesh)
+    good = jax.device_put(_random_batch(config, 16), shd.data_sharded(mesh))
+    for _ in range(2):
+        state, m = p_step(state, good)
+    params_before = jax.device_get(state["params"])
+    bad = _random_batch(config, 16)
+    bad["view1"][3, 0, 0, 0] = np.nan
+    state, m = p_step(state, jax.device_put(bad, shd.data_sharded(mesh)))
+    assert step.trace_count == 1
+    assert not bool(m["finite"]) and int(m["nonfinite_run"]) == 1
+    assert int(state["step"]) == 3 and int(state["nonfinite_total"]) == 1
+    for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(jax.device_get(state["params"]))):
+        np.testing.assert_array_equal(a, b)
+    state, m = p_step(state, good)
+    assert bool(m["finite"]) and int(m["nonfinite_run"]) == 0
+    assert step.trace_count == 1
+
+
+@pytest.mark.parametrize("config_file", CONFIGS)
+def test_smoke_variant_runs_end_to_end(config_file, synth_dir, tmp_path):
+    config = load_config(config_file)
+    if config.get("data") is not None and config.data.name == "rs_synthetic":
+        config.data.data_dir = synth_dir
+    from rsjax import main as main_lib
+
+    summary = main_lib.run(config, str(tmp_path / "wd"))
+    wd = tmp_path / "wd"
+    assert (wd / "config.json").exists()
+    if config.get("job", "pretrain") == "pretrain":
+        rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["step"] == config.total_steps and np.isfinite(rows[-1]["loss"])
+        assert (wd / "loss_curve.png").exists() and list((wd / "tb").glob("events*"))
+        report = json.loads((wd / "eval_report.json").read_text())
+        assert 0.0 <= report["metrics"]["knn_top1"] <= 1.0
+        assert summary["compiles"] == 1
+
+
+def _params(workdir):
+    from rsjax import checkpoint
+
+    enc, bs, meta = checkpoint.load_encoder_for_export(str(workdir))
+    return enc, meta
+
+
+def test_resume_equals_uninterrupted(synth_dir, tmp_path):
+    config = load_config("swimdiff.py")
+    config.data.data_dir = synth_dir
+    config.eval.enabled = False
+    config.total_steps = 6
+    config.checkpoint_every = 100
+    train.train_and_evaluate(config, str(tmp_path / "full"))
+
+    config.stop_after_steps = 2
+    s = train.train_and_evaluate(config, str(tmp_path / "split"))
+    assert s["step"] == 2
+    config.stop_after_steps = 4
+    train.train_and_evaluate(config, str(tmp_path / "split"))
+    config.stop_after_steps = 0
+    train.train_and_evaluate(config, str(tmp_path / "split"))
+
+    def losses(d):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses("full") == losses("split")
+    a, meta = _params(tmp_path / "full")
+    b, _ = _params(tmp_path / "split")
+    assert meta["step"] == 6
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_config_mismatch_refused_and_workdir_kept(synth_dir, tmp_path):
+    config = load_config("simclr.py")
+    config.data.data_dir = synth_dir
+    config.eval.enabled = False
+    wd = tmp_path / "wd"
+    train.train_and_evaluate(config, str(wd))
+    before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
+    config.loss.temperature = 0.7
+    from rsjax.workdir import ConfigMismatchError
+
+    with pytest.raises(ConfigMismatchError, match=r"loss\.temperature: 0\.2 -> 0\.7"):
+        train.train_and_evaluate(config, str(wd))
+    after = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
+    assert before == after
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [("loss.temperature", -0.1, "loss.temperature"), ("batch_size", 12, "divisible"),
+     ("model.in_channels", 3, "in_channels")],
+)
+def test_bad_config_values_get_clear_errors(synth_dir, tmp_path, key, value, match):
+    config = load_config("simclr.py")
+    config.data.data_dir = synth_dir
+    node = config
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(ValueError, match=match):
+        train.train_and_evaluate(config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
+def test_cli_unknown_key_is_one_line_error(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run(
+        [sys.executable, "-m", "rsjax.main", f"--config={REPO}/configs/swimdiff.py:smoke",
+         f"--workdir={tmp_path}/wd", "--config.no_such_key=1"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )
+    assert r.returncode != 0
+    assert "no_such_key" in r.stderr
+    assert not (tmp_path / "wd").exists()
