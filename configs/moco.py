@@ -4,13 +4,15 @@ Run:
   python -m rsjax.main --config=configs/moco.py --workdir=runs/moco
   python -m rsjax.main --config=configs/moco.py:smoke --workdir=/tmp/smoke
 
+(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
+
 Variants: demo (default; ResNet-18 on the synthetic scenes), smoke (tiny, 4 steps),
 paper (ResNet-50, batch 256, queue 65,536, m 0.999, SGD lr 0.03, tau 0.2, bf16).
 """
 
 from rsjax import configs_lib
 
-VARIANTS = ("demo", "smoke", "paper")
+VARIANTS = ("demo", "smoke", "paper", "bench", "bench_eurosat")
 
 
 def get_config(arg=None):
@@ -21,6 +23,8 @@ def get_config(arg=None):
     c.loss.temperature = 0.2
     if variant == "smoke":
         return configs_lib.smoke(c)
+    if variant in ("bench", "bench_eurosat"):
+        return configs_lib.bench(c, variant)
     if variant == "paper":
         c.model.name = "resnet50"
         c.model.proj_hidden_dim = 2048

@@ -4,13 +4,15 @@ Run:
   python -m rsjax.main --config=configs/simclr.py --workdir=runs/simclr
   python -m rsjax.main --config=configs/simclr.py:smoke --workdir=/tmp/smoke
 
+(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
+
 Variants: demo (default; ResNet-18 on the synthetic scenes, same budget as the SwiMDiff demo),
 smoke (tiny, 4 steps), imagenet_style (ResNet-50, batch 256, LARS, tau 0.5 — set data.*).
 """
 
 from rsjax import configs_lib
 
-VARIANTS = ("demo", "smoke", "imagenet_style")
+VARIANTS = ("demo", "smoke", "imagenet_style", "bench", "bench_eurosat")
 
 
 def get_config(arg=None):
@@ -20,6 +22,8 @@ def get_config(arg=None):
     c.loss.temperature = 0.2
     if variant == "smoke":
         return configs_lib.smoke(c)
+    if variant in ("bench", "bench_eurosat"):
+        return configs_lib.bench(c, variant)
     if variant == "imagenet_style":
         c.model.name = "resnet50"
         c.model.proj_hidden_dim = 2048

@@ -6,6 +6,8 @@ Run:
   python -m rsjax.main --config=configs/swimdiff.py:ssl4eo --workdir=runs/ssl4eo \
       --config.data.data_dir=/path/to/tfds
 
+(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
+
 Variants:
   demo (default)  ResNet-18 on the embedded synthetic 13-band scenes, 32 px crops, scene-aware
                   batches (16 scenes x 4 crops), ~2-4 min on a 2-core CPU, ends with kNN and
@@ -18,7 +20,7 @@ Variants:
 
 from rsjax import configs_lib
 
-VARIANTS = ("demo", "smoke", "ssl4eo")
+VARIANTS = ("demo", "smoke", "ssl4eo", "bench", "bench_eurosat")
 
 
 def get_config(arg=None):
@@ -32,6 +34,8 @@ def get_config(arg=None):
     c.data.samples_per_scene = 4
     if variant == "smoke":
         return configs_lib.smoke(c)
+    if variant in ("bench", "bench_eurosat"):
+        return configs_lib.bench(c, variant)
     if variant == "ssl4eo":
         c.model.name = "resnet50"
         c.model.proj_hidden_dim = 2048

@@ -20,7 +20,7 @@ def parse_arg(arg: str | None, known: tuple[str, ...]) -> str:
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-    from rsjax.data.pipeline import default_data_config
+    from rsjax.data.defaults import default_data_config
 
     d = default_data_config()
     for k, v in overrides.items():
@@ -121,4 +121,26 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         c.swimdiff.time_dim = 16
     c.eval.linear_epochs = 20
     c.eval.batch_size = 64
+    return c
+
+
+def bench(c: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
+    """Throughput-benchmark shapes (``python -m rsjax.bench``), matching the PyTorch peer's.
+
+    ``bench``: ResNet-50, 224 px, batch 256 (x2 views), 3 bands, bf16.
+    ``bench_eurosat``: ResNet-18, 64 px, batch 512, 3 bands, bf16 (the EuroSAT SimCLR peer).
+    """
+    c.dtype = "bfloat16"
+    c.model.in_channels = 3
+    c.data.name = "eurosat_rgb"
+    c.data.builder_config = ""
+    c.model.proj_hidden_dim = 2048 if kind == "bench" else 512
+    c.model.name, c.batch_size, c.data.image_size = (
+        ("resnet50", 256, 224) if kind == "bench" else ("resnet18", 512, 64))
+    c.optimizer.name = "sgd"
+    c.optimizer.lr = 0.1
+    if "moco" in c:
+        c.moco.queue_size = 16 * c.batch_size
+    if c.data.get("scenes_per_batch", 0):
+        c.data.scenes_per_batch = c.batch_size // c.data.samples_per_scene
     return c

@@ -17,8 +17,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# config.job -> "module:function(config, workdir)". Modules are imported lazily.
 JOBS = {
     "pretrain": "rsjax.train:train_and_evaluate",
+    "eval_classification": "rsjax.evaluate.classification_job:run",
+    "eval_multilabel": "rsjax.evaluate.multilabel_job:run",
+    "change_detection": "rsjax.evaluate.change_detection:run",
+    "segmentation": "rsjax.evaluate.segmentation:run",
+    "noisy_label": "rsjax.noisy_label:run",
+    "noisy_label_study": "rsjax.noisy_label:run_study",
+    "study_eurosat": "rsjax.study:run",
 }
 
 

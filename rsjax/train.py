@@ -136,16 +136,42 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def make_batch_transform(config):
+    """For device-resident data: raw ``image`` batch -> standardized ``view1``/``view2``,
+    augmented on device with the ``augment`` stream (see rsjax.data.device_augment)."""
+    from rsjax.data import device_augment, registry
+
+    info = registry.get_dataset_info(config.data.name)
+    aug = device_augment.DeviceAugmentConfig.from_data_config(config.data, config.data.image_size)
+
+    def transform(batch, key):
+        if "view1" in batch:
+            return batch
+        v1, v2 = device_augment.two_views(key, batch["image"], aug, scale=info.scale, mean=info.mean,
+                                          std=info.std, regions=batch.get("region"))
+        out = {k: v for k, v in batch.items() if k not in ("image", "region")}
+        return {**out, "view1": v1, "view2": v2}
+
+    return transform
+
+
 def make_train_step(method, tx, config):
-    """Returns the pure ``(state, batch) -> (state, metrics)`` step (not yet jitted)."""
+    """Returns the pure ``(state, batch) -> (state, metrics)`` step (not yet jitted).
+
+    A batch with raw ``image`` instead of ``view1``/``view2`` (the device-resident input
+    path) is augmented inside the step from the ``augment`` random stream.
+    """
     root_key = jax.random.PRNGKey(config.seed)
     schedule = make_schedule(config)
+    transform = make_batch_transform(config) if config.data.get("device_resident", False) else None
 
     def train_step(state, batch):
         train_step.trace_count += 1  # runs only while tracing: counts compilations
         step = state["step"]
         step_key = jax.random.fold_in(root_key, step)
         rngs = {name: jax.random.fold_in(step_key, i) for i, name in enumerate(RNG_STREAMS)}
+        if transform is not None:
+            batch = transform(batch, rngs["augment"])
 
         def loss_fn(params):
             return method.loss(params, state["batch_stats"], state["extra"], batch, rngs, step)
@@ -241,17 +267,24 @@ class _StopFlag:
 # The loop
 # --------------------------------------------------------------------------------------
 def _data_config_with_defaults(config):
-    from rsjax.data import pipeline
+    from rsjax.data.defaults import default_data_config
 
-    d = pipeline.default_data_config()
+    d = default_data_config()
     d.update(config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data))
     return d
 
 
-def make_data_iterator(config, workdir: str):
+def make_data_iterator(config, workdir: str, mesh=None):
+    data_cfg = _data_config_with_defaults(config)
+    if data_cfg.device_resident:
+        from rsjax.data import device_data
+
+        images, labels = device_data.load_raw(data_cfg, data_cfg.train_split)
+        return device_data.DeviceIterator(images, labels, global_batch_size=config.batch_size,
+                                          seed=config.seed, mesh=mesh or shd.make_mesh(),
+                                          crops_as_scenes=data_cfg.crops_as_scenes)
     from rsjax.data import build, pipeline
 
-    data_cfg = _data_config_with_defaults(config)
     build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.get("builder_config"))
     return pipeline.make_pretrain_iterator(
         data_cfg,
@@ -290,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = make_train_step(method, tx, config)
     p_step = jit_train_step(train_step, mesh)
 
-    data_iter = make_data_iterator(config, workdir)
+    data_iter = make_data_iterator(config, workdir, mesh)
     manager = ckpt_lib.make_manager(workdir, max_to_keep=config.get("keep_checkpoints", 3))
     start_step = 0
     restored = ckpt_lib.restore_latest(manager, state)
@@ -314,11 +347,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending = None  # metrics of the previous step, read one step late to keep dispatch async
     step = start_step
     t0 = time.time()
+    compile_s = 0.0
     with _StopFlag() as stop:
         while step < stop_at:
-            batch = shd.host_to_global(next(data_iter), mesh)
+            batch = next(data_iter)
+            if not isinstance(batch["label"], jax.Array):
+                batch = shd.host_to_global(batch, mesh)
             state, metrics = p_step(state, batch)
             step += 1
+            if step == start_step + 1:  # the first call compiles: keep it out of train time
+                jax.block_until_ready(metrics)
+                compile_s, t0 = time.time() - t0, time.time()
             if pending is not None:
                 _handle_metrics(wd, bar, *pending, config)
             pending = (step, metrics)
@@ -334,7 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             save(step)
         bar.close()
     elapsed = time.time() - t0
-    summary = {"step": step, "total_steps": total, "train_seconds": elapsed, "compiles": train_step.trace_count}
+    summary = {"step": step, "total_steps": total, "train_seconds": elapsed, "compile_seconds": compile_s,
+               "compiles": train_step.trace_count}
     if is_main:
         wd.plot_loss_curve()
     if stop.signum is not None and step < stop_at:
@@ -372,14 +412,24 @@ def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False):
 # --------------------------------------------------------------------------------------
 # Evaluation of the pretrained encoder on the dataset's labels
 # --------------------------------------------------------------------------------------
-def evaluate_pretrained(method, state, config, wd) -> dict:
+def load_eval_arrays(data_cfg, split: str, max_examples=None):
+    """Standardized images + labels of ``split`` (original folder when data.manual_dir is set)."""
+    if data_cfg.get("manual_dir"):
+        from rsjax.data import device_data
+
+        return device_data.normalized_eval_arrays(data_cfg, split, max_examples=max_examples)
     from rsjax.data import pipeline
+
+    return pipeline.load_arrays(data_cfg, split, max_examples=max_examples)
+
+
+def evaluate_pretrained(method, state, config, wd) -> dict:
     from rsjax.evaluate import classification as cls
 
     ecfg = config.eval
     data_cfg = _data_config_with_defaults(config)
-    x_tr, y_tr = pipeline.load_arrays(data_cfg, ecfg.train_split, max_examples=ecfg.get("max_train", None) or None)
-    x_te, y_te = pipeline.load_arrays(data_cfg, ecfg.test_split, max_examples=ecfg.get("max_test", None) or None)
+    x_tr, y_tr = load_eval_arrays(data_cfg, ecfg.train_split, ecfg.get("max_train", None) or None)
+    x_te, y_te = load_eval_arrays(data_cfg, ecfg.test_split, ecfg.get("max_test", None) or None)
     host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     encode = jax.jit(lambda x: method.encode(host_state["params"], host_state["batch_stats"], x))
     f_tr = cls.extract_features(encode, x_tr, batch_size=ecfg.batch_size, desc="features train")

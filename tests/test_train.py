@@ -144,15 +144,13 @@ def test_resume_equals_uninterrupted(synth_dir, tmp_path):
     config = load_config("swimdiff.py")
     config.data.data_dir = synth_dir
     config.eval.enabled = False
-    config.total_steps = 6
+    config.total_steps = 5
     config.checkpoint_every = 100
     train.train_and_evaluate(config, str(tmp_path / "full"))
 
     config.stop_after_steps = 2
     s = train.train_and_evaluate(config, str(tmp_path / "split"))
     assert s["step"] == 2
-    config.stop_after_steps = 4
-    train.train_and_evaluate(config, str(tmp_path / "split"))
     config.stop_after_steps = 0
     train.train_and_evaluate(config, str(tmp_path / "split"))
 
@@ -162,7 +160,7 @@ def test_resume_equals_uninterrupted(synth_dir, tmp_path):
     assert losses("full") == losses("split")
     a, meta = _params(tmp_path / "full")
     b, _ = _params(tmp_path / "split")
-    assert meta["step"] == 6
+    assert meta["step"] == 5
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
 

@@ -172,6 +172,11 @@ def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optiona
                 download_dir=dl_dir, download_config=download_config, file_format="array_record")
         log.info("built %s in %.1f s at %s", builder.info.full_name, time.perf_counter() - t0,
                  builder.data_dir)
+        skipped = getattr(builder, "skipped_files", None)
+        if skipped:  # builders of real data with --skip_bad (tfds_builders/_common.py)
+            log.warning("%s: skipped %d bad input file(s) (listed in the dataset metadata "
+                        "`skipped_files`): %s", builder.info.full_name, len(skipped),
+                        ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
         return builder.data_dir
 
 

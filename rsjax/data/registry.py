@@ -309,3 +309,153 @@ def denormalize(x: np.ndarray, info: DatasetInfo) -> np.ndarray:
     """Inverse of :func:`normalize`, back to *scaled* units (``x_raw / scale``), float32."""
     return (np.asarray(x, np.float32) * np.asarray(info.std, np.float32)
             + np.asarray(info.mean, np.float32))
+
+
+# ------------------------------------------------------------------------------------------
+# Entries added with the TFDS builders of real datasets (tfds_builders/). Statistics
+# provenance of these entries (scaled units):
+#
+# * ``oscd`` and ``dynamic_world``: no data at hand; they reuse the ``ssl4eo_s12`` Sentinel-2
+#   L1C statistics (same product level), all bands stored on the 10 m grid.
+# * ``rs_segmentation/potsdam``, ``/vaihingen``, ``/loveda``: measured on the mmsegmentation
+#   sample crops in ``shared/data/seg_samples_mmseg`` (1, 1 and 3 images): rough estimates.
+# * ``rs_segmentation/deepglobe`` and ``/nyc4band``: PLACEHOLDERS (ImageNet RGB statistics;
+#   NIR 0.40 / 0.20), no data at hand; re-measure once the data are available.
+#
+# Datasets with several builder configs that differ in bands (``rs_segmentation``) register
+# one entry per config under ``<name>/<config>``; :func:`get_config_info` finds it.
+# ------------------------------------------------------------------------------------------
+
+_L1C_MEAN = _REGISTRY["ssl4eo_s12"].mean
+_L1C_STD = _REGISTRY["ssl4eo_s12"].std
+
+DYNAMIC_WORLD_CLASSES: tuple[str, ...] = (
+    "water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub", "built",
+    "bare", "snow_and_ice",
+)
+ISPRS_CLASSES: tuple[str, ...] = (
+    "impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter",
+)
+LOVEDA_CLASSES: tuple[str, ...] = (
+    "background", "building", "road", "water", "barren", "forest", "agriculture",
+)
+DEEPGLOBE_CLASSES: tuple[str, ...] = (
+    "urban_land", "agriculture_land", "rangeland", "forest_land", "water", "barren_land",
+)
+NYC_LANDCOVER_CLASSES: tuple[str, ...] = (
+    "tree_canopy", "grass_shrubs", "bare_soil", "water", "buildings", "roads",
+    "other_impervious", "railroads",
+)
+NIR_WAVELENGTH_NM = 842.0  # nominal (Sentinel-2 B08 centre) for aerial near-infrared bands
+
+register(DatasetInfo(
+    "oscd",
+    bands=S2_BANDS,
+    wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in S2_BANDS),
+    gsd_m=(10.0,) * len(S2_BANDS),  # the builder stores every band on the 10 m grid
+    mean=_L1C_MEAN,
+    std=_L1C_STD,
+    scale=10000.0,
+    num_classes=2,
+    class_names=("no_change", "change"),
+    image_size=128,
+    task="change_detection",
+))
+
+register(DatasetInfo(
+    "dynamic_world",
+    bands=S2_BANDS,
+    wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in S2_BANDS),
+    gsd_m=(10.0,) * len(S2_BANDS),
+    mean=_L1C_MEAN,
+    std=_L1C_STD,
+    scale=10000.0,
+    num_classes=len(DYNAMIC_WORLD_CLASSES),
+    class_names=DYNAMIC_WORLD_CLASSES,
+    image_size=256,
+    task="segmentation",
+))
+
+register(DatasetInfo(
+    "rs_segmentation/potsdam",
+    bands=("R", "G", "B"),
+    wavelengths_nm=RGB_WAVELENGTHS_NM,
+    gsd_m=(0.05,) * 3,
+    mean=(0.31824, 0.31165, 0.28182),
+    std=(0.17249, 0.11180, 0.09602),
+    scale=255.0,
+    num_classes=len(ISPRS_CLASSES),
+    class_names=ISPRS_CLASSES,
+    image_size=256,
+    task="segmentation",
+))
+
+register(DatasetInfo(
+    "rs_segmentation/vaihingen",
+    bands=("NIR", "R", "G"),  # IRRG false colour
+    wavelengths_nm=(NIR_WAVELENGTH_NM, 665.0, 560.0),
+    gsd_m=(0.09,) * 3,
+    mean=(0.31273, 0.29459, 0.29086),
+    std=(0.17411, 0.14145, 0.14056),
+    scale=255.0,
+    num_classes=len(ISPRS_CLASSES),
+    class_names=ISPRS_CLASSES,
+    image_size=256,
+    task="segmentation",
+))
+
+register(DatasetInfo(
+    "rs_segmentation/loveda",
+    bands=("R", "G", "B"),
+    wavelengths_nm=RGB_WAVELENGTHS_NM,
+    gsd_m=(0.3,) * 3,
+    mean=(0.28397, 0.31670, 0.30247),
+    std=(0.11497, 0.10546, 0.09244),
+    scale=255.0,
+    num_classes=len(LOVEDA_CLASSES),
+    class_names=LOVEDA_CLASSES,
+    image_size=512,
+    task="segmentation",
+))
+
+register(DatasetInfo(
+    "rs_segmentation/deepglobe",
+    bands=("R", "G", "B"),
+    wavelengths_nm=RGB_WAVELENGTHS_NM,
+    gsd_m=(0.5,) * 3,
+    mean=(0.485, 0.456, 0.406),  # placeholder (ImageNet)
+    std=(0.229, 0.224, 0.225),
+    scale=255.0,
+    num_classes=len(DEEPGLOBE_CLASSES),
+    class_names=DEEPGLOBE_CLASSES,
+    image_size=612,
+    task="segmentation",
+))
+
+register(DatasetInfo(
+    "rs_segmentation/nyc4band",
+    bands=("NIR", "R", "G", "B"),
+    wavelengths_nm=(NIR_WAVELENGTH_NM,) + RGB_WAVELENGTHS_NM,
+    gsd_m=(0.15,) * 4,  # 6-inch orthophotos
+    mean=(0.40, 0.485, 0.456, 0.406),  # placeholder (NIR guess + ImageNet RGB)
+    std=(0.20, 0.229, 0.224, 0.225),
+    scale=255.0,
+    num_classes=len(NYC_LANDCOVER_CLASSES),
+    class_names=NYC_LANDCOVER_CLASSES,
+    image_size=256,
+    task="segmentation",
+))
+
+
+def get_config_info(name: str, config: str | None = None) -> DatasetInfo:
+    """Registry entry of dataset ``name`` built with builder config ``config``.
+
+    Returns the per-config entry ``<name>/<config>`` when one is registered (datasets whose
+    configs differ in bands, e.g. ``rs_segmentation``), else :func:`get_dataset_info`.
+    ``name`` may itself be ``<name>/<config>``.
+    """
+    base, _, suffix = name.partition("/")
+    config = config or suffix or None
+    if config and f"{base}/{config}" in _REGISTRY:
+        return _REGISTRY[f"{base}/{config}"]
+    return get_dataset_info(base)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_collections
 
 from rsjax.methods.base import Method
+from rsjax.methods.dino import DINO
+from rsjax.methods.false import FALSE
 from rsjax.methods.moco import MoCo
 from rsjax.methods.simclr import SimCLR
 from rsjax.methods.swimdiff import SwiMDiff
@@ -13,6 +15,8 @@ _REGISTRY: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "moco": MoCo,
     "swimdiff": SwiMDiff,
+    "false": FALSE,
+    "dino": DINO,
 }
 
 

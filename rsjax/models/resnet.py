@@ -35,6 +35,16 @@ i.e. torchvision's ``layer{i}.{j}.X`` is flax ``layer{i}_{j}/X`` and torchvision
 
 ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters and BN statistics stay
 float32, and the pooled features are returned as float32.
+
+Dilation (for dense prediction, e.g. DeepLabv3+ output stride 16 / 8): ``replace_stride_with_dilation``
+= (layer2, layer3, layer4) flags with torchvision's semantics. A flagged stage keeps stride 1
+and multiplies the running dilation by 2; the first block of that stage still uses the
+previous dilation (its 3x3 convs), the following blocks the new one; 3x3 convs pad
+``dilation`` pixels on each side so the spatial size is kept. Only strides and dilations
+change, never parameter names or shapes, so a checkpoint trained without dilation loads
+unchanged. (torchvision refuses dilation in BasicBlock; rsjax allows it for ResNet-18/34:
+both 3x3 convs of the block are dilated.) Output stride with the standard stem: 32 (default),
+16 = (False, False, True), 8 = (False, True, True); see :func:`dilation_for_output_stride`.
 """
 
 from __future__ import annotations
@@ -88,13 +98,14 @@ def feature_dim(name: str) -> int:
     return stage_channels(name)[-1]
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-    pad = kernel // 2
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str, dilation: int = 1) -> nn.Conv:
+    pad = dilation * (kernel // 2)
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
         use_bias=False,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -124,13 +135,14 @@ class BasicBlock(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        out = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+        out = _conv(self.planes, 3, self.stride, self.dtype, "conv1", self.dilation)(x)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn1")(out)
         out = nn.relu(out)
-        out = _conv(self.planes, 3, 1, self.dtype, "conv2")(out)
+        out = _conv(self.planes, 3, 1, self.dtype, "conv2", self.dilation)(out)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn2", zero=self.zero_init_residual)(out)
         if self.stride != 1 or x.shape[-1] != self.planes:
             x = _conv(self.planes, 1, self.stride, self.dtype, "downsample_conv")(x)
@@ -146,6 +158,7 @@ class Bottleneck(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -153,7 +166,7 @@ class Bottleneck(nn.Module):
         out = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn1")(out)
         out = nn.relu(out)
-        out = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(out)
+        out = _conv(self.planes, 3, self.stride, self.dtype, "conv2", self.dilation)(out)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn2")(out)
         out = nn.relu(out)
         out = _conv(out_ch, 1, 1, self.dtype, "conv3")(out)
@@ -177,6 +190,8 @@ class ResNet(nn.Module):
         inside ``shard_map``/``pmap``; under ``jit`` with a sharded global batch the
         statistics are already global).
       zero_init_residual: zero-initialise the last BN scale in each block (torchvision option).
+      replace_stride_with_dilation: (layer2, layer3, layer4) flags: replace that stage's stride
+        2 by dilation (torchvision semantics, see the module docstring). Default: no dilation.
     """
 
     stage_sizes: Sequence[int]
@@ -186,6 +201,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
+    replace_stride_with_dilation: Sequence[bool] = (False, False, False)
 
     @property
     def stage_channels(self) -> tuple[int, int, int, int]:
@@ -198,16 +214,23 @@ class ResNet(nn.Module):
         return self.stage_channels[-1]
 
     @nn.compact
-    def __call__(self, x, *, train: bool, return_features: bool = False):
+    def __call__(self, x, *, train: bool, return_features: bool = False, return_stem: bool = False):
         """Encode ``x`` [B, H, W, C] (NHWC, any C).
 
         Returns the globally average-pooled layer4 output [B, feature_dim] in float32, or
         with ``return_features=True`` the tuple ``(pooled, [c1, c2, c3, c4])`` where ``ci`` is
         the output of layer i (NHWC, compute dtype; strides 4/8/16/32 with the standard
-        stem, 1/2/4/8 with the cifar stem).
+        stem, 1/2/4/8 with the cifar stem; dilated stages keep the previous stride).
+        With ``return_features=True, return_stem=True`` the tuple is
+        ``(pooled, [c1, c2, c3, c4], stem)`` where ``stem`` is the conv1 -> bn1 -> ReLU output
+        before the max pool (stride 2 with the standard stem, 1 with the cifar stem; the
+        UNet decoder's highest-resolution skip).
         """
         if len(self.stage_sizes) != 4:
             raise ValueError(f"ResNet needs 4 stage sizes, got {tuple(self.stage_sizes)}")
+        if len(tuple(self.replace_stride_with_dilation)) != 3:
+            raise ValueError("replace_stride_with_dilation needs 3 flags (layer2, layer3, layer4), got "
+                             f"{tuple(self.replace_stride_with_dilation)}")
         _check_block(self.block)
         if self.stem not in _STEMS:
             raise ValueError(f"ResNet stem must be one of {_STEMS}, got {self.stem!r}")
@@ -221,21 +244,27 @@ class ResNet(nn.Module):
             x = _conv(self.width, 3, 1, self.dtype, "conv1")(x)
         x = _bn(train, self.dtype, self.bn_axis_name, "bn1")(x)
         x = nn.relu(x)
+        stem = x
         if self.stem == "standard":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         block_cls = BasicBlock if self.block == "basic" else Bottleneck
         features = []
+        dilation = 1
         for i, n_blocks in enumerate(self.stage_sizes):
             planes = self.width * (2**i)
+            stage_stride, previous_dilation = (2 if i > 0 else 1), dilation
+            if i > 0 and self.replace_stride_with_dilation[i - 1]:
+                dilation *= stage_stride
+                stage_stride = 1
             for j in range(n_blocks):
-                stride = 2 if (i > 0 and j == 0) else 1
                 x = block_cls(
                     planes=planes,
-                    stride=stride,
+                    stride=stage_stride if j == 0 else 1,
                     dtype=self.dtype,
                     bn_axis_name=self.bn_axis_name,
                     zero_init_residual=self.zero_init_residual,
+                    dilation=previous_dilation if j == 0 else dilation,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
             features.append(x)
@@ -243,7 +272,7 @@ class ResNet(nn.Module):
         # Average in float32 so bf16 runs do not lose precision in the reduction.
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if return_features:
-            return pooled, features
+            return (pooled, features, stem) if return_stem else (pooled, features)
         return pooled
 
 
@@ -254,8 +283,13 @@ def create_encoder(
     stem: str = "standard",
     bn_axis_name: str | None = None,
     zero_init_residual: bool = False,
+    replace_stride_with_dilation: Sequence[bool] = (False, False, False),
 ) -> ResNet:
-    """Build encoder ``name`` in ``resnet18 | resnet34 | resnet50 | tiny``."""
+    """Build encoder ``name`` in ``resnet18 | resnet34 | resnet50 | tiny``.
+
+    ``replace_stride_with_dilation``: (layer2, layer3, layer4) flags, see
+    :func:`dilation_for_output_stride`; parameter names and shapes do not depend on it.
+    """
     stage_sizes, block, width = _arch(name)
     if stem not in _STEMS:
         raise ValueError(f"stem must be one of {_STEMS}, got {stem!r}")
@@ -267,4 +301,16 @@ def create_encoder(
         dtype=dtype,
         bn_axis_name=bn_axis_name,
         zero_init_residual=zero_init_residual,
+        replace_stride_with_dilation=tuple(bool(f) for f in replace_stride_with_dilation),
     )
+
+
+def dilation_for_output_stride(output_stride: int) -> tuple[bool, bool, bool]:
+    """``replace_stride_with_dilation`` flags giving layer4 ``output_stride`` (standard stem).
+
+    32 -> no dilation; 16 -> layer4 dilated (rate 2); 8 -> layer3 and layer4 dilated (rates 2, 4).
+    """
+    table = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}
+    if output_stride not in table:
+        raise ValueError(f"output_stride must be one of {sorted(table)}, got {output_stride!r}")
+    return table[output_stride]

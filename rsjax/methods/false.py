@@ -1,0 +1,78 @@
+"""FALSE (Zhang et al., GRSL 2022): NT-Xent with false-negative self-determination (FNSD)
+and confidence calibration (FNCC), DESIGN §3.3.
+
+SimCLR-style: both views go through encoder + projector in ONE forward pass (BatchNorm
+statistics over the 2B images of the global batch), and the loss is
+``mean(rsjax.losses.false_nt_xent(z1, z2, ...))`` over the 2B anchors of the GLOBAL batch
+(the step is jitted over the whole mesh, so the similarity matrix spans every device).
+
+Config keys: ``loss.temperature`` (tau, 0.5), ``loss.threshold`` (gate T on the positive
+cosine, 0.9), ``loss.alpha`` (FNCC confidence, 1.0; README suggests 0.9), ``loss.fnsd_mode``
+(``official``: one (anchor, false-negative) pair per global batch, as the VISSL code but over
+the full matrix and correct on any device count; ``per_anchor``: one false negative per gated
+anchor). ``alpha = 0`` or ``threshold > 1`` is exactly SimCLR.
+
+Metrics besides the loss (no gradient, O(B^2) on a matrix the loss forms anyway):
+
+* ``false_gated``: number of anchors whose positive cosine reaches the gate T;
+* ``false_calibrated``: number of anchors whose loss FNCC lowered, i.e. where
+  ``false_nt_xent < nt_xent`` (1 or 0 in ``official`` mode; an anchor whose calibration
+  term underflows in float32 is not counted, which does not happen at tau ~ 0.5);
+* ``loss_ntxent``: the plain NT-Xent of the same embeddings, for comparison.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rsjax import losses
+from rsjax.methods.base import Method
+
+
+class FALSE(Method):
+    name = "false"
+
+    def __init__(self, config):
+        super().__init__(config)
+        mode = config.loss.get("fnsd_mode", "official")
+        if mode not in losses.FNSD_MODES:
+            raise ValueError(f"config.loss.fnsd_mode={mode!r}: expected one of {losses.FNSD_MODES}")
+        if float(config.loss.get("alpha", 1.0)) < 0:
+            raise ValueError(f"config.loss.alpha={config.loss.alpha!r}: must be >= 0")
+
+    def loss_kwargs(self) -> dict:
+        c = self.config.loss
+        return dict(
+            temperature=c.temperature,
+            threshold=float(c.get("threshold", 0.9)),
+            alpha=float(c.get("alpha", 1.0)),
+            fnsd_mode=c.get("fnsd_mode", "official"),
+        )
+
+    def loss(self, params, batch_stats, extra, batch, rngs, step):
+        del extra, rngs, step
+        b = batch["view1"].shape[0]
+        x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+        z, new_bs = self.embed(params, batch_stats, x, train=True)
+        z1, z2 = z[:b], z[b:]
+        kw = self.loss_kwargs()
+        per_example = losses.false_nt_xent(z1, z2, **kw)
+        loss = jnp.mean(per_example)
+
+        # Diagnostics (stop_gradient: they must not change the gradient of the loss).
+        zs1, zs2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
+        plain = losses.nt_xent(zs1, zs2, temperature=kw["temperature"])
+        n1 = zs1 / jnp.maximum(jnp.linalg.norm(zs1, axis=-1, keepdims=True), 1e-12)
+        n2 = zs2 / jnp.maximum(jnp.linalg.norm(zs2, axis=-1, keepdims=True), 1e-12)
+        cos_pos = jnp.sum(n1 * n2, axis=-1)  # both views of pair i share this cosine
+        gated = 2.0 * jnp.sum((cos_pos >= kw["threshold"]).astype(jnp.float32))
+        calibrated = jnp.sum((jax.lax.stop_gradient(per_example) < plain).astype(jnp.float32))
+        metrics = {
+            "loss_contrastive": loss,
+            "loss_ntxent": jnp.mean(plain),
+            "false_gated": gated,
+            "false_calibrated": calibrated,
+            "cos_pos": jnp.mean(cos_pos),
+        }
+        return loss, {"batch_stats": new_bs, "metrics": metrics}

@@ -1,0 +1,195 @@
+"""The EuroSAT study: pretrain every method the same way, evaluate every encoder the same way.
+
+Job ``study_eurosat`` (``configs/study_eurosat.py``). For each arm (method + overrides) and
+seed: build the arm's pretraining config from its own config file plus the study's shared
+settings (encoder, epochs, batch, optimizer, data), pretrain in ``<workdir>/<arm>_s<seed>``
+with :func:`rsjax.train.train_and_evaluate`, then extract frozen features of the train and
+test splits and score a linear probe and kNN on the test split. Arms already finished (their
+``arm_result.json`` exists) are not rerun, so an interrupted study continues where it
+stopped. Writes ``study.json``, ``study.md`` (method x metric, mean +- std over seeds) and
+``study.png``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_config_module(name: str):
+    path = os.path.join(REPO, "configs", f"{name}.py")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path} for the study arm is missing")
+    spec = importlib.util.spec_from_file_location(f"rsjax_cfg_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _set(c, dotted: str, value):
+    *parents, last = dotted.split(".")
+    for p in parents:
+        c = c[p]
+    c[last] = value
+
+
+def arm_config(study: ml_collections.ConfigDict, arm: str, seed: int, num_train: int) -> ml_collections.ConfigDict:
+    arms = _load_config_module("study_eurosat").ARMS
+    if arm not in arms:
+        raise ValueError(f"config.study.arms: unknown arm {arm!r}; known: {sorted(arms)}")
+    file, overrides = arms[arm]
+    c = _load_config_module(file).get_config(None)
+    c.seed = seed
+    c.dtype = study.dtype
+    c.batch_size = study.batch_size
+    c.model.name = study.model.name
+    c.model.stem = study.model.stem
+    c.model.in_channels = study.model.in_channels
+    c.model.proj_hidden_dim = 512
+    c.model.proj_dim = 128
+    c.loss.temperature = study.temperature
+    steps_per_epoch = max(1, num_train // study.batch_size)
+    c.total_steps = int(study.get("max_steps_per_arm", 0) or study.epochs * steps_per_epoch)
+    c.optimizer.name = study.optimizer.name
+    c.optimizer.lr = study.optimizer.lr
+    c.optimizer.weight_decay = study.optimizer.weight_decay
+    c.optimizer.warmup_steps = int(study.optimizer.warmup_fraction * c.total_steps)
+    c.data = ml_collections.ConfigDict(study.data.to_dict())
+    if c.method == "swimdiff":
+        c.data.crops_as_scenes = study.swimdiff_crops_as_scenes
+        c.data.scenes_per_batch = 0
+    if "moco" in c:
+        c.moco.queue_size = 16 * study.batch_size
+    c.eval.enabled = False
+    c.log_every = max(1, min(50, c.total_steps // 4))
+    c.checkpoint_every = c.total_steps
+    for k, v in overrides.items():
+        _set(c, k, v)
+    return c
+
+
+def _encoder_eval(encode_fn, x_tr, y_tr, x_te, y_te, ecfg, seed):
+    from rsjax.evaluate import classification as cls
+
+    f_tr = cls.extract_features(encode_fn, x_tr, batch_size=ecfg.batch_size, desc="features train")
+    f_te = cls.extract_features(encode_fn, x_te, batch_size=ecfg.batch_size, desc="features test")
+    k = int(max(y_tr.max(), y_te.max()) + 1)
+    knn = cls.knn_predict(f_tr, y_tr, f_te, num_classes=k, k=ecfg.knn_k, temperature=ecfg.knn_temperature)
+    lin = cls.linear_probe(f_tr, y_tr, f_te, num_classes=k, epochs=ecfg.linear_epochs, seed=seed)
+    return {"linear": cls.accuracy(lin, y_te), "knn": cls.accuracy(knn, y_te)}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    from rsjax import checkpoint, plots, train
+    from rsjax.data import registry
+    from rsjax.data.defaults import default_data_config
+    from rsjax.models import resnet
+
+    os.makedirs(workdir, exist_ok=True)
+    data = default_data_config()
+    data.update(config.data.to_dict())
+    if data.device_resident and data.manual_dir and not data.cache_dir:
+        data.cache_dir = os.path.join(os.path.abspath(workdir), "cache")
+    config.unlock() if hasattr(config, "unlock") else None
+    config.data = data
+    info = registry.get_dataset_info(data.name)
+    if len(info.bands) != config.model.in_channels:
+        raise ValueError(f"config.model.in_channels={config.model.in_channels} but {data.name} has {len(info.bands)} bands")
+
+    ecfg = config.eval
+    x_tr, y_tr = train.load_eval_arrays(data, data.train_split, ecfg.max_train or None)
+    x_te, y_te = train.load_eval_arrays(data, data.eval_split, ecfg.max_test or None)
+    if data.device_resident:
+        from rsjax.data import device_data
+
+        num_train = device_data.load_raw(data, data.train_split)[0].shape[0]
+    else:
+        num_train = len(y_tr)
+    if x_tr.shape[1] != data.image_size:
+        from rsjax.data import augment
+
+        x_tr = np.stack([augment.resize(x, data.image_size) for x in x_tr])
+        x_te = np.stack([augment.resize(x, data.image_size) for x in x_te])
+
+    seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
+    arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
+    results: dict[str, dict] = {}
+    dtype = {"bfloat16": jax.numpy.bfloat16}.get(config.dtype, jax.numpy.float32)
+
+    if config.study.include_random_init:
+        enc = resnet.create_encoder(config.model.name, stem=config.model.stem, dtype=dtype)
+        runs = []
+        for seed in seeds:
+            variables = jax.jit(lambda x: enc.init(jax.random.PRNGKey(seed), x, train=False))(x_tr[:2])
+            fn = jax.jit(lambda x, v=variables: enc.apply(v, x, train=False))
+            runs.append(_encoder_eval(fn, x_tr, y_tr, x_te, y_te, ecfg, seed))
+        results["random_init"] = {"runs": runs, "pretrain_s": 0.0}
+
+    for arm in arms:
+        runs = []
+        for seed in seeds:
+            arm_wd = os.path.join(workdir, f"{arm}_s{seed}")
+            done = os.path.join(arm_wd, "arm_result.json")
+            if os.path.exists(done):
+                with open(done) as f:
+                    runs.append(json.load(f))
+                continue
+            cfg = arm_config(config, arm, seed, num_train)
+            print(f"== study arm {arm} (seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
+            summary = train.train_and_evaluate(cfg, arm_wd)
+            params, batch_stats, meta = checkpoint.load_encoder_for_export(arm_wd)
+            enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype)
+            variables = {"params": params, "batch_stats": batch_stats}
+            fn = jax.jit(lambda x, v=variables: enc.apply(v, x, train=False))
+            r = _encoder_eval(fn, x_tr, y_tr, x_te, y_te, ecfg, seed)
+            r.update(seed=seed, pretrain_s=summary["train_seconds"], steps=summary["step"],
+                     images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9))
+            with open(done, "w") as f:
+                json.dump(r, f)
+            runs.append(r)
+            print(f"   {arm} s{seed}: linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s)", flush=True)
+        results[arm] = {"runs": runs, "pretrain_s": float(np.mean([r["pretrain_s"] for r in runs]))}
+        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
+            break
+
+    for r in results.values():
+        for m in ("linear", "knn"):
+            vals = [x[m] for x in r["runs"]]
+            r[f"{m}_mean"], r[f"{m}_std"] = float(np.mean(vals)), float(np.std(vals))
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "seeds": seeds,
+        "num_train": int(num_train),
+        "num_test": int(len(y_te)),
+        "results": results,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    with open(os.path.join(workdir, "study.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    md = markdown_table(report)
+    with open(os.path.join(workdir, "study.md"), "w") as f:
+        f.write(md)
+    plots.bars({k: 100 * v["linear_mean"] for k, v in results.items()}, os.path.join(workdir, "study.png"),
+               errors={k: 100 * v["linear_std"] for k, v in results.items()}, ylabel="linear probe top-1 (%)",
+               title=f"{data.name}: linear probe on frozen features")
+    print(md, flush=True)
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"{report['date']}, {report['device']}, seeds {report['seeds']}, "
+             f"{report['num_train']} train / {report['num_test']} test",
+             "", "| method | linear top-1 | kNN top-1 | pretrain s |", "|---|---|---|---|"]
+    for name, r in report["results"].items():
+        pm = lambda m: f"{100 * r[m + '_mean']:.1f} ± {100 * r[m + '_std']:.1f}"  # noqa: E731
+        lines.append(f"| {name} | {pm('linear')} | {pm('knn')} | {r['pretrain_s']:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,337 @@
+"""Helpers shared by the TFDS builders of real datasets (files read from ``--manual_dir``).
+
+* File readers that turn any decoding problem into :class:`BadFileError` naming the file
+  (PIL for jpg/png, tifffile for tif; truncated images are errors, never silently padded).
+* :class:`ManualDataMixin`: the ``skip_bad`` contract of ``rsjax.data.build`` (a ``skip_bad``
+  constructor argument / attribute; a bad input either stops the build with an error naming the
+  file or is skipped, logged and counted in the dataset metadata as ``num_skipped`` /
+  ``skipped_files``).
+* Bilinear resampling (used for the 20 m / 60 m Sentinel-2 bands) and the crop grid used to
+  cut large tiles into fixed-size crops.
+
+Nothing in here downloads anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import re
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class BadFileError(ValueError):
+    """An input file is unreadable, truncated, missing or has the wrong size/contents.
+
+    ``str(err)`` starts with the path of the offending file; ``err.path`` holds it.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+# ------------------------------------------------------------------------------ readers
+
+def read_pil(path, mode: Optional[str] = None) -> np.ndarray:
+    """Decodes a jpg/png/bmp/tif with PIL into a numpy array (fully loaded, no lazy decode).
+
+    Args:
+      path: the file.
+      mode: optional PIL mode to convert to (``"RGB"``, ``"L"``); None keeps the file's mode.
+
+    Raises:
+      BadFileError: the file is missing, not an image, truncated or otherwise undecodable.
+    """
+    from PIL import Image
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadFileError(path, "file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()  # raises OSError on truncated data (LOAD_TRUNCATED_IMAGES is off)
+            if mode is not None and im.mode != mode:
+                im = im.convert(mode)
+            return np.array(im)
+    except BadFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
+        raise BadFileError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def read_tif(path) -> np.ndarray:
+    """Reads the first image of a (Geo)TIFF with tifffile (all samples, native dtype).
+
+    Raises:
+      BadFileError: missing, not a TIFF, truncated or undecodable.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadFileError(path, "file is missing")
+    try:
+        import tifffile
+    except ImportError as e:  # pragma: no cover - tifffile is a dependency
+        raise ImportError("reading .tif files needs `pip install tifffile`") from e
+    try:
+        arr = tifffile.imread(path, key=0)
+    except Exception as e:  # noqa: BLE001 - tifffile/struct/zlib errors for corrupt files
+        raise BadFileError(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
+    return np.asarray(arr)
+
+
+def read_image(path, mode: Optional[str] = None) -> np.ndarray:
+    """:func:`read_tif` for ``.tif``/``.tiff`` files, else :func:`read_pil` (with ``mode``)."""
+    if str(path).lower().endswith((".tif", ".tiff")):
+        return read_tif(path)
+    return read_pil(path, mode)
+
+
+def to_hwc(arr: np.ndarray, channels: int, path) -> np.ndarray:
+    """Returns ``arr`` as ``[H, W, channels]``, accepting band-first ``[channels, H, W]`` too
+    (GeoTIFFs written with separate planes) and ``[H, W]`` when ``channels == 1``.
+
+    Raises:
+      BadFileError: any other shape.
+    """
+    if arr.ndim == 2 and channels == 1:
+        return arr[..., None]
+    if arr.ndim == 3:
+        if arr.shape[-1] == channels:
+            return arr
+        if arr.shape[0] == channels:
+            return np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+    raise BadFileError(path, f"expected an image with {channels} bands, got array of shape "
+                       f"{arr.shape}")
+
+
+def as_uint16(arr: np.ndarray, path) -> np.ndarray:
+    """Integer or float reflectance -> uint16 (floats are rounded); out-of-range is an error."""
+    if arr.dtype == np.uint16:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
+        a = arr.astype(np.float64) if np.issubdtype(arr.dtype, np.floating) else arr
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(a).all():
+            raise BadFileError(path, "image contains NaN or infinite values")
+        lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise BadFileError(path, f"values {lo}..{hi} do not fit uint16 reflectance")
+        return np.rint(a).astype(np.uint16) if np.issubdtype(a.dtype, np.floating) \
+            else a.astype(np.uint16)
+    raise BadFileError(path, f"unsupported pixel type {arr.dtype}")
+
+
+# --------------------------------------------------------------------------- resampling
+
+def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize of ``[H, W]`` or ``[H, W, C]`` to ``[out_h, out_w(, C)]``, same dtype.
+
+    Half-pixel-centre convention (``align_corners=False``, as ``cv2.INTER_LINEAR`` and
+    ``torch.nn.functional.interpolate(mode="bilinear")``): output pixel ``i`` samples the input
+    at ``(i + 0.5) * H / out_h - 0.5``, clamped to the border; no antialiasing (used for
+    upsampling coarse Sentinel-2 bands onto the 10 m grid). Integer outputs are rounded to the
+    nearest integer.
+    """
+    img = np.asarray(img)
+    h, w = img.shape[:2]
+    if (h, w) == (out_h, out_w):
+        return img
+
+    def axis(n_in, n_out):
+        x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        x = np.clip(x, 0.0, n_in - 1)
+        i0 = np.floor(x).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, x - i0
+
+    y0, y1, fy = axis(h, out_h)
+    x0, x1, fx = axis(w, out_w)
+    a = img.astype(np.float64)
+    extra = (None,) * (a.ndim - 2)
+    fy = fy[(slice(None), None) + extra]
+    fx = fx[(None, slice(None)) + extra]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    out = top * (1 - fy) + bottom * fy
+    if np.issubdtype(img.dtype, np.integer):
+        info = np.iinfo(img.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(img.dtype)
+
+
+# -------------------------------------------------------------------------------- crops
+
+def crop_offsets(size: int, crop: int) -> list[int]:
+    """Start offsets of ``crop``-sized windows covering ``[0, size)`` on a regular grid.
+
+    Windows start every ``crop`` pixels; when ``size`` is not a multiple of ``crop`` the last
+    window is shifted back to end exactly at the border (it overlaps its neighbour), so no
+    pixel is lost and no padding is needed. ``size < crop`` gives ``[0]`` (the caller pads).
+    """
+    if size <= crop:
+        return [0]
+    offs = list(range(0, size - crop + 1, crop))
+    if offs[-1] + crop < size:
+        offs.append(size - crop)
+    return offs
+
+
+def crop_grid(h: int, w: int, crop: int) -> list[tuple[int, int]]:
+    """Row-major ``(y, x)`` offsets of :func:`crop_offsets` in both axes."""
+    return [(y, x) for y in crop_offsets(h, crop) for x in crop_offsets(w, crop)]
+
+
+def take_crop(arr: np.ndarray, y: int, x: int, crop: int, fill=0) -> np.ndarray:
+    """``arr[y:y+crop, x:x+crop]`` as a contiguous array, padded with ``fill`` at the bottom /
+    right when the image is smaller than ``crop``."""
+    out = arr[y:y + crop, x:x + crop]
+    if out.shape[0] < crop or out.shape[1] < crop:
+        pad = [(0, crop - out.shape[0]), (0, crop - out.shape[1])] + [(0, 0)] * (out.ndim - 2)
+        out = np.pad(out, pad, constant_values=fill)
+    return np.ascontiguousarray(out)
+
+
+# ------------------------------------------------------------------------------- files
+
+def natural_key(s: str):
+    """Sort key that orders embedded numbers numerically (``img_2`` < ``img_10``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def list_files(folder, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[pathlib.Path]:
+    """Files directly in ``folder`` with one of ``extensions`` (case-insensitive), sorted by name
+    (python ``sorted`` of the names); hidden files are ignored."""
+    folder = pathlib.Path(folder)
+    exts = tuple(e.lower() for e in extensions)
+    return sorted((p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".")
+                   and p.name.lower().endswith(exts)), key=lambda p: p.name)
+
+
+def find_dir(root, predicate, max_depth: int = 4) -> Optional[pathlib.Path]:
+    """Breadth-first search under ``root`` (``root`` included) for the first folder where
+    ``predicate(path)`` is true; folders are visited in sorted order. None when there is none."""
+    root = pathlib.Path(root)
+    level = [root]
+    for _ in range(max_depth + 1):
+        nxt = []
+        for d in level:
+            if predicate(d):
+                return d
+            try:
+                nxt.extend(sorted(p for p in d.iterdir()
+                                  if p.is_dir() and not p.name.startswith(".")))
+            except OSError:
+                continue
+        level = nxt
+    return None
+
+
+def split_name(folder_name: str) -> Optional[str]:
+    """Canonical TFDS split name of a folder / prefix name, or None (``val`` -> ``validation``)."""
+    n = folder_name.lower()
+    return {"train": "train", "training": "train", "val": "validation", "valid": "validation",
+            "validation": "validation", "test": "test", "testing": "test"}.get(n)
+
+
+def manual_dir(dl_manager, dataset: str, expect: str) -> pathlib.Path:
+    """``dl_manager.manual_dir`` as a pathlib.Path, with an error explaining ``--manual_dir``."""
+    try:
+        d = pathlib.Path(os.fspath(dl_manager.manual_dir))
+    except (AssertionError, ValueError) as e:
+        raise FileNotFoundError(
+            f"{dataset} is built from local files: pass --manual_dir=DIR (config: the folder "
+            f"holding {expect}); nothing is downloaded. ({e})") from None
+    if not d.is_dir():
+        raise FileNotFoundError(f"{dataset}: --manual_dir {d} is not a directory")
+    return d
+
+
+# ---------------------------------------------------------------------------- skip_bad
+
+class ManualDataMixin:
+    """``skip_bad`` handling for builders of real datasets (mix in before the TFDS base).
+
+    Use :meth:`_bad_file` in ``except BadFileError`` blocks: it re-raises unless ``skip_bad``
+    is set, in which case it logs the file, counts it and returns (the caller skips the
+    example). :meth:`_report_skipped` at the end of each split writes ``num_skipped`` and
+    ``skipped_files`` into the dataset metadata (saved in ``metadata.json`` when the build
+    completes) and logs the count.
+    """
+
+    def __init__(self, *args, skip_bad: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip_bad = bool(skip_bad)
+        self.skipped_files: list[str] = []
+
+    def _bad_file(self, err: BadFileError, root=None) -> None:
+        if not getattr(self, "skip_bad", False):
+            raise err
+        path = err.path
+        if root is not None:
+            try:
+                path = os.path.relpath(err.path, os.fspath(root))
+            except ValueError:
+                pass
+        if not hasattr(self, "skipped_files"):
+            self.skipped_files = []
+        if path not in self.skipped_files:
+            self.skipped_files.append(path)
+        log.warning("%s: skipping bad input %s (%s)", self.name, path, err.reason)
+
+    def _report_skipped(self, split: str) -> None:
+        skipped = list(getattr(self, "skipped_files", []))
+        md = self.info.metadata
+        if md is not None:
+            md["num_skipped"] = len(skipped)
+            md["skipped_files"] = skipped
+        if skipped:
+            log.warning("%s: %d bad input file(s) skipped so far (after split %r)", self.name,
+                        len(skipped), split)
+
+
+def skip_metadata() -> dict:
+    """Initial metadata entries updated by :meth:`ManualDataMixin._report_skipped`."""
+    return {"num_skipped": 0, "skipped_files": []}
+
+
+def iter_with_skip(builder: ManualDataMixin, items: Iterable, fn, root=None) -> Iterator:
+    """Yields from ``fn(item)`` (a generator of ``(key, example)``) for every item, routing
+    :class:`BadFileError` through ``builder._bad_file`` (raise, or skip the item).
+
+    Examples of an item are collected before being yielded so that a bad file found in the
+    middle of an item (e.g. the mask of the third crop's tile) skips the whole item.
+    """
+    for item in items:
+        try:
+            out = list(fn(item))
+        except BadFileError as e:
+            builder._bad_file(e, root)
+            continue
+        yield from out
+
+
+# ----------------------------------------------------------------------- Sentinel-2 files
+
+_S2_BAND_FILE = re.compile(r"(?:^|_)B(\d{1,2}|8A)\.tiff?$", re.IGNORECASE)
+
+
+def s2_band_files(folder) -> dict[str, pathlib.Path]:
+    """``{band name: file}`` of the single-band Sentinel-2 tifs in ``folder``: files named
+    ``B01.tif`` / ``B1.tif`` / ``B8A.tif`` or ``<anything>_B01.tif``; band names are normalized
+    to the ``registry.S2_BANDS`` spelling (``B01`` .. ``B12``, ``B8A``)."""
+    out = {}
+    for p in list_files(folder, (".tif", ".tiff")):
+        m = _S2_BAND_FILE.search(p.name)
+        if m:
+            tok = m.group(1).upper()
+            out["B8A" if tok == "8A" else f"B{int(tok):02d}"] = p
+    return out
