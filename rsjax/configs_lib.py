@@ -144,3 +144,55 @@ def bench(c: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
     if c.data.get("scenes_per_batch", 0):
         c.data.scenes_per_batch = c.batch_size // c.data.samples_per_scene
     return c
+
+
+# --------------------------------------------------------------------------------------
+# Downstream evaluation jobs (rsjax.evaluate.*)
+# --------------------------------------------------------------------------------------
+def eval_base(job: str) -> ml_collections.ConfigDict:
+    """Keys shared by the evaluation configs (``configs/eval_*.py``, ``cd_*.py``, ``seg.py``).
+
+    ``pretrained``: workdir of a pretraining run whose encoder is evaluated ('' = random init);
+    ``pretrained_step``: its checkpoint step (0 = latest). The checkpoint's architecture, stem
+    and band count must equal ``model.name``, ``model.stem`` and ``model.in_channels``.
+    """
+    c = ml_collections.ConfigDict()
+    c.job = job
+    c.seed = 0
+    c.dtype = "float32"
+    c.log_every = 10
+    c.pretrained = ""
+    c.pretrained_step = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.stem = "standard"
+    c.model.in_channels = 13
+
+    c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.train_split = "train"
+    c.eval.test_split = "test"
+    c.eval.batch_size = 256      # feature extraction / inference batch (a multiple of the device count)
+    c.eval.max_train = 0         # 0 = all records
+    c.eval.max_test = 0
+    return c
+
+
+def add_dense_train(c: ml_collections.ConfigDict, *, steps: int, batch_size: int, crop_size: int,
+                    lr: float, optimizer: str = "adamw", schedule: str = "cosine") -> None:
+    """``config.train`` of the dense-prediction jobs (change detection, segmentation)."""
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = steps
+    c.train.batch_size = batch_size
+    c.train.crop_size = crop_size          # random crop side for training (<= 0: whole image)
+    c.train.optimizer = optimizer          # adamw | adam | sgd
+    c.train.lr = lr
+    c.train.weight_decay = 1e-4
+    c.train.momentum = 0.9
+    c.train.schedule = schedule            # cosine | poly | constant
+    c.train.poly_power = 0.9
+    c.train.warmup_steps = 0
+    c.train.freeze_encoder = False
+    c.train.dice_weight = 1.0

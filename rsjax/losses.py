@@ -23,7 +23,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-__all__ = ["nt_xent", "scene_infonce", "false_nt_xent", "ce_dice"]
+__all__ = ["nt_xent", "scene_infonce", "false_nt_xent", "ce_dice", "bce_dice"]
 
 SCENE_MODES = ("none", "mask", "soft")
 FNSD_MODES = ("official", "per_anchor")
@@ -353,3 +353,39 @@ def ce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_wei
     card = jnp.sum(p, axis=(1, 2)) + jnp.sum(y, axis=(1, 2))
     dice = (2.0 * inter + eps) / (card + eps)
     return ce + dice_weight * (1.0 - jnp.mean(dice, axis=-1))
+
+
+def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_weight=1.0) -> jax.Array:
+    r"""Binary cross entropy + soft Dice of the positive class, per example (change detection).
+
+    For example b with valid pixels ``V = {x : labels[b, x] != ignore_index}`` (all pixels
+    when ``ignore_index`` is None), ``p = sigmoid(logits)`` and ``y`` in {0, 1}::
+
+        BCE_b  = (1 / |V|) * sum_{x in V} [softplus(l_x) - y_x * l_x]     (= -y log p - (1-y) log(1-p))
+        Dice_b = (2 * sum_{x in V} p_x y_x + eps) / (sum_{x in V} p_x + sum_{x in V} y_x + eps)
+        loss_b = BCE_b + dice_weight * (1 - Dice_b)
+
+    with ``eps = 1`` as in :func:`ce_dice` (an example without change that predicts none
+    scores Dice ~1). An example with no valid pixel gives exactly 0.
+
+    Args:
+      logits: [B, H, W] change logits.
+      labels: [B, H, W] {0, 1} (``ignore_index`` marks pixels to skip).
+
+    Returns:
+      [B] float32.
+    """
+    chex.assert_rank([logits, labels], 3)
+    chex.assert_equal_shape([logits, labels])
+    eps = 1.0
+    logits = jnp.asarray(logits, jnp.float32)
+    labels = jnp.asarray(labels)
+    valid = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    validf = valid.astype(jnp.float32)
+    y = jnp.where(valid, labels, 0).astype(jnp.float32)
+    n_valid = jnp.sum(validf, axis=(1, 2))
+    bce = jnp.sum((jax.nn.softplus(logits) - y * logits) * validf, axis=(1, 2)) / jnp.maximum(n_valid, 1.0)
+    p = jax.nn.sigmoid(logits) * validf
+    inter = jnp.sum(p * y, axis=(1, 2))
+    dice = (2.0 * inter + eps) / (jnp.sum(p, axis=(1, 2)) + jnp.sum(y, axis=(1, 2)) + eps)
+    return jnp.where(n_valid > 0, bce + dice_weight * (1.0 - dice), 0.0)

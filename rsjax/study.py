@@ -93,7 +93,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from rsjax.data.defaults import default_data_config
     from rsjax.models import resnet
 
-    os.makedirs(workdir, exist_ok=True)
+    from rsjax import workdir as workdir_lib
+
+    workdir_lib.Workdir(workdir, config)  # writes config.json; refuses a workdir of another study
     data = default_data_config()
     data.update(config.data.to_dict())
     if data.device_resident and data.manual_dir and not data.cache_dir:

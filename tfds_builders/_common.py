@@ -69,7 +69,8 @@ def read_pil(path, mode: Optional[str] = None) -> np.ndarray:
 
 
 def read_tif(path) -> np.ndarray:
-    """Reads the first image of a (Geo)TIFF with tifffile (all samples, native dtype).
+    """Reads the first image series of a (Geo)TIFF with tifffile (all samples, native dtype):
+    ``[H, W]``, ``[H, W, C]`` (contiguous samples) or ``[C, H, W]`` (separate planes / pages).
 
     Raises:
       BadFileError: missing, not a TIFF, truncated or undecodable.
@@ -82,8 +83,11 @@ def read_tif(path) -> np.ndarray:
     except ImportError as e:  # pragma: no cover - tifffile is a dependency
         raise ImportError("reading .tif files needs `pip install tifffile`") from e
     try:
-        arr = tifffile.imread(path, key=0)
+        arr = tifffile.imread(path)
     except Exception as e:  # noqa: BLE001 - tifffile/struct/zlib errors for corrupt files
+        if "imagecodecs" in str(e):  # a compressed TIFF, not a bad one: never skip it
+            raise ImportError(f"{path}: reading this compressed TIFF needs `pip install "
+                              f"imagecodecs` ({e})") from e
         raise BadFileError(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
     return np.asarray(arr)
 

@@ -24,11 +24,14 @@ is its own scene and ids are stable across configs and unaffected by skipped fil
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Sequence
 
 import numpy as np
+import tensorflow_datasets as tfds
 
+from rsjax.data import registry
 from tfds_builders import _common
 
 
@@ -98,13 +101,6 @@ SPLIT_CODES = {0: "train", 1: "test", 2: "validation"}
 
 
 # ------------------------------------------------------------------------------ builders
-
-import dataclasses  # noqa: E402
-
-import tensorflow_datasets as tfds  # noqa: E402
-
-from rsjax.data import registry  # noqa: E402
-
 
 @dataclasses.dataclass
 class EuroSATConfig(tfds.core.BuilderConfig):

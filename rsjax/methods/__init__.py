@@ -8,6 +8,7 @@ from rsjax.methods.base import Method
 from rsjax.methods.dino import DINO
 from rsjax.methods.false import FALSE
 from rsjax.methods.moco import MoCo
+from rsjax.methods.noisy_label import NoisyLabelSegmentation
 from rsjax.methods.simclr import SimCLR
 from rsjax.methods.swimdiff import SwiMDiff
 
@@ -17,6 +18,7 @@ _REGISTRY: dict[str, type[Method]] = {
     "swimdiff": SwiMDiff,
     "false": FALSE,
     "dino": DINO,
+    "noisy_label": NoisyLabelSegmentation,
 }
 
 

@@ -30,10 +30,8 @@ SIZE = _INFO.image_size  # 264
 _TEN_M = tuple(b for b in _INFO.bands if registry.S2_GSD_M[b] == 10.0)
 
 
-def _has_locations(d: pathlib.Path) -> bool:
-    if d.name == "s2c":
-        return True
-    return False
+def _is_s2c(d: pathlib.Path) -> bool:
+    return d.name == "s2c"
 
 
 class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
@@ -73,7 +71,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         root = _common.manual_dir(dl_manager, self.name, "s2c/<location>/<season>/B*.tif")
-        s2c = _common.find_dir(root, _has_locations, max_depth=4)
+        s2c = _common.find_dir(root, _is_s2c, max_depth=4)
         if s2c is None:
             raise FileNotFoundError(f"{root}: no s2c/ folder (s2c/<location>/<season>/B*.tif)")
         locations = sorted(p for p in s2c.iterdir() if p.is_dir() and not p.name.startswith("."))
