@@ -196,3 +196,108 @@ def add_dense_train(c: ml_collections.ConfigDict, *, steps: int, batch_size: int
     c.train.warmup_steps = 0
     c.train.freeze_encoder = False
     c.train.dice_weight = 1.0
+
+
+def noisy_label_base() -> ml_collections.ConfigDict:
+    """Task-specific pretraining with noisy labels (``rsjax.noisy_label``; DESIGN §3.4): the demo
+    scale (ResNet-18 UNet on the synthetic 13-band scenes, 32 px) shared by
+    ``configs/noisy_label.py`` and ``configs/noisy_label_study.py``. Keys are documented in
+    ``rsjax.noisy_label``."""
+    c = ml_collections.ConfigDict()
+    c.job = "noisy_label"
+    c.method = "noisy_label"
+    c.seed = 0
+    c.epochs = 0                 # > 0: total_steps = epochs * ceil(num_train / batch_size)
+    c.total_steps = 300
+    c.stop_after_steps = 0
+    c.batch_size = 32
+    c.dtype = "float32"
+    c.log_every = 10
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 2
+    c.max_nonfinite_steps = 5
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.stem = "standard"
+    c.model.in_channels = 13
+    c.model.num_classes = 6      # classes of the pretraining masks
+    c.model.decoder = "unet"     # pretraining decoder (the paper: UNet)
+    c.model.output_stride = 32
+    c.model.decoder_channels = ()  # () = the decoder's default widths
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.dice_weight = 1.0     # CE + dice_weight * Dice
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.lr = 2e-3
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.warmup_steps = 10
+    c.optimizer.final_lr_fraction = 0.0
+    c.optimizer.grad_clip = 0.0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "rs_synthetic"
+    c.data.builder_config = ml_collections.config_dict.placeholder(str)
+    c.data.builder_config = "default"
+    c.data.data_dir = ml_collections.config_dict.placeholder(str)
+    c.data.auto_build = True
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.image_size = 32
+    c.data.flip_rot = True       # random flips + 90-degree rotations (image and mask alike)
+    c.data.max_train = 0         # 0 = the whole split
+
+    c.noise = ml_collections.ConfigDict()
+    c.noise.flip_rate = 0.3      # probability that a connected region changes class
+    c.noise.flip_mode = "regions"  # regions | blobs (then flip_rate = pixel fraction)
+    c.noise.blob_radius = 6.0
+    c.noise.erosion = 1          # boundary noise in px (see rsjax.data.label_noise)
+    c.noise.erosion_class = -1   # -1: all classes, random order; c: erode (>0) / dilate (<0) class c
+    c.noise.seed = 0
+
+    c.analysis = ml_collections.ConfigDict()
+    c.analysis.every = 50        # per-layer weight statistics + Fisher ratios every N steps (0 = off)
+    c.analysis.max_images = 128  # clean test crops used for it
+
+    c.transfer = ml_collections.ConfigDict()
+    c.transfer.enabled = True
+    c.transfer.decoders = ("unet", "deeplabv3plus", "pspnet")
+    c.transfer.split = "test"    # scenes disjoint from pretraining
+    c.transfer.train_scene_fraction = 0.5
+    c.transfer.max_train_images = 0
+    c.transfer.max_examples = 0
+    # synthetic classes merged: water | forest, cropland, grassland | urban, bare soil
+    c.transfer.class_map = (0, 1, 1, 1, 2, 2)
+    c.transfer.class_names = ("water", "vegetation", "built_or_bare")
+    c.transfer.total_steps = 150
+    c.transfer.batch_size = 32
+    c.transfer.freeze_encoder = False
+    c.transfer.compare_random_init = True
+    c.transfer.optimizer = ml_collections.ConfigDict()
+    c.transfer.optimizer.name = "adam"
+    c.transfer.optimizer.lr = 1e-3
+    c.transfer.optimizer.weight_decay = 0.0
+    c.transfer.optimizer.warmup_steps = 10
+    c.transfer.optimizer.final_lr_fraction = 0.0
+    c.transfer.optimizer.grad_clip = 0.0
+    return c
+
+
+def noisy_label_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Tiny UNet, a few steps on the tiny synthetic dataset, UNet transfer only."""
+    c.model.name = "tiny"
+    c.total_steps = 4
+    c.batch_size = 16
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.optimizer.warmup_steps = 1
+    c.data.builder_config = "tiny"
+    c.analysis.every = 2
+    c.analysis.max_images = 16
+    c.transfer.decoders = ("unet",)
+    c.transfer.total_steps = 3
+    c.transfer.batch_size = 16
+    c.transfer.optimizer.warmup_steps = 1
+    return c

@@ -557,7 +557,7 @@ def validate(config) -> None:
         if not cond:
             raise ValueError(f"config.{key}: {msg}")
 
-    need(config.total_steps > 0, "total_steps", "must be > 0")
+    need(config.total_steps > 0 or config.get("epochs", 0) > 0, "total_steps", "must be > 0 (or set epochs)")
     need(config.batch_size > 0, "batch_size", "must be > 0")
     need(config.optimizer.lr > 0, "optimizer.lr", "must be > 0")
     need(0.0 <= config.noise.flip_rate <= 1.0, "noise.flip_rate", "must be in [0, 1]")
@@ -643,6 +643,15 @@ def plot_transfer(path, results: dict, title: str):
 # --------------------------------------------------------------------------------------
 # Jobs
 # --------------------------------------------------------------------------------------
+def resolve_steps(config, num_train: int) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``total_steps = epochs * ceil(num_train / batch_size)`` when
+    ``config.epochs > 0`` (the paper's 200 epochs on a dataset of unknown size)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.get("epochs", 0):
+        config.total_steps = int(config.epochs) * math.ceil(num_train / config.batch_size)
+    return config
+
+
 def _prepare(config):
     validate(config)
     shd.maybe_initialize_distributed()
@@ -654,7 +663,7 @@ def _prepare(config):
     pre = load_split(d, d.get("train_split", "train"), image_size=d.image_size,
                      max_examples=d.get("max_train", 0) or None)
     _check_data(config, pre)
-    ana = load_split(d, d.get("test_split", "test"), image_size=d.image_size,
+    ana = load_split(d, d.get("eval_split", "test"), image_size=d.image_size,
                      max_examples=config.analysis.get("max_images", 0) or None)
     return mesh, pre, ana
 
@@ -670,6 +679,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from rsjax.evaluate import metrics
 
     mesh, pre, ana = _prepare(config)
+    config = resolve_steps(config, len(pre))
     k = pre.info.num_classes
     labels = noisy_labels(config, pre.labels, k)
     rate = label_noise.noise_rate(pre.labels, labels, IGNORE_INDEX)
@@ -836,8 +846,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     t_start = time.time()
     is_main = jax.process_index() == 0
-    wd = workdir_lib.Workdir(workdir, config, is_main=is_main)
     mesh, pre, ana = _prepare(config)
+    config = resolve_steps(config, len(pre))
+    wd = workdir_lib.Workdir(workdir, config, is_main=is_main)
     k = pre.info.num_classes
     trainer = _pretrain_trainer(config, mesh, k)
     tr_train, tr_test, names = downstream_data(config, k)

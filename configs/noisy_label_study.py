@@ -1,0 +1,44 @@
+"""Study: clean vs noisy labels for task-specific segmentation pretraining (DESIGN §3.4).
+
+Every arm pretrains the same ResNet UNet (same initialisation, data order and budget) on the
+synthetic scenes' masks with a different label-noise rate (0 = clean), transfers its encoder
+to UNet / DeepLabv3+ / PSPNet on held-out scenes with merged classes, and records per-layer
+weight statistics and feature discriminability (Fisher ratio) over pretraining.
+
+Run:
+  python -m rsjax.main --config=configs/noisy_label_study.py --workdir=runs/nl_study
+  python -m rsjax.main --config=configs/noisy_label_study.py:smoke --workdir=/tmp/smoke
+
+Variants:
+  demo (default)  ResNet-18, flip rates 0 / 0.25 / 0.5 / 0.75 of the connected regions (+ 1 px
+                  boundary shift on the noisy arms), 200 pretraining steps per arm, 100 transfer
+                  steps per (encoder, decoder) plus the random-init encoder.
+  smoke           tiny ResNet, clean + one noisy arm, 4 + 3 steps, UNet transfer (< 60 s on CPU).
+
+Outputs: study.json (table, transfer scores, per-layer analysis), study.md, study_miou.png,
+study_layers.png, eval_report.json; each arm's pretraining run in arms/<arm>/ (resumable,
+exportable with python -m rsjax.export --workdir=.../arms/<arm>).
+"""
+
+import ml_collections
+
+from rsjax import configs_lib
+
+VARIANTS = ("demo", "smoke")
+
+
+def get_config(arg=None):
+    variant = configs_lib.parse_arg(arg, VARIANTS)
+    c = configs_lib.noisy_label_base()
+    c.job = "noisy_label_study"
+    c.total_steps = 200
+    c.checkpoint_every = 200
+    c.analysis.every = 25
+    c.transfer.total_steps = 100
+    c.study = ml_collections.ConfigDict()
+    c.study.noise_rates = (0.0, 0.25, 0.5, 0.75)
+    c.study.include_random_init = True
+    if variant == "smoke":
+        configs_lib.noisy_label_smoke(c)
+        c.study.noise_rates = (0.0, 0.5)
+    return c
