@@ -10,9 +10,11 @@ Run:
   python -m rsjax.main --config=configs/seg.py:smoke --workdir=/tmp/smoke
 
 Variants:
-  default         `rs_segmentation` (TFDS builder: image [H, W, 3] uint8, mask [H, W] uint8, 6
-                  Potsdam-style classes, 255 = ignore), ResNet-18 + UNet, 256 px crops, batch 16,
-                  AdamW 1e-3 cosine, 8k steps, CE + Dice.
+  default         `rs_segmentation` config `potsdam` (TFDS builder: image [256, 256, 3] uint8,
+                  mask [256, 256] uint8 with 0 = ignore and 1..6 = the 6 ISPRS classes, i.e.
+                  data.reduce_zero_label; other configs: --config.data.builder_config=vaihingen |
+                  loveda (+ --config.model.num_classes=7) | deepglobe), ResNet-18 + UNet, 256 px
+                  crops, batch 16, AdamW 1e-3 cosine, 8k steps, CE + Dice.
                   model.decoder = unet | deeplabv3plus | pspnet; model.output_stride = 8 | 16 | 32
                   (0 = the decoder's usual: UNet 32, DeepLabv3+ 16, PSPNet 8).
   false_protocol  FALSE's fine-tuning protocol (MMSegmentation style): ResNet-50 DeepLabv3+
@@ -39,11 +41,12 @@ def get_config(arg=None):
     c.model.num_classes = 6
     c.model.decoder_channels = ()      # () = default widths
     c.model.dropout_rate = ml_collections.config_dict.placeholder(float)  # None = decoder default
-    c.data = configs_lib.data_config(name="rs_segmentation", builder_config=None, image_size=256)
+    c.data = configs_lib.data_config(name="rs_segmentation", builder_config="potsdam", image_size=256)
     c.data.image_key = "image"
     c.data.mask_key = "mask"
     c.data.ignore_index = ml_collections.config_dict.placeholder(int)
     c.data.ignore_index = 255
+    c.data.reduce_zero_label = True    # stored 0 = ignore, v = class v - 1 (rs_segmentation builder)
     c.data.class_names = ()            # () = the registry's class names
     configs_lib.add_dense_train(c, steps=8000, batch_size=16, crop_size=256, lr=1e-3)
     c.eval.batch_size = 8
@@ -72,6 +75,7 @@ def get_config(arg=None):
     c.data.builder_config = "default"
     c.data.image_size = 32
     c.data.ignore_index = None
+    c.data.reduce_zero_label = False
     c.train.crop_size = 32
     c.train.steps = 300
     c.train.batch_size = 32

@@ -48,6 +48,7 @@ def get_config(arg=None):
     c.study.include_random_init = True
     c.study.stop_after_arm = ""            # for time-limited slots: stop after this arm; rerun continues
     c.epochs = 100
+    c.max_steps_per_arm = 0                # > 0 caps every arm's steps (smoke tests)
     c.batch_size = 512
     c.dtype = "bfloat16"
     c.model = ml_collections.ConfigDict()
@@ -65,6 +66,8 @@ def get_config(arg=None):
         crop_scale_min=0.2, jitter_strength=0.5, jitter_prob=0.8, saturation=0.4, gray_prob=0.2,
         blur_prob=0.0, crops_as_scenes=0)
     c.swimdiff_crops_as_scenes = 2         # SwiMDiff arms: 2x2 adjacent crops of one image = a scene
+    c.swimdiff_diffusion_size = 32         # denoise a 32 px downsample of the 64 px view
+    c.swimdiff_denoiser_channels = 16
     c.eval = ml_collections.ConfigDict()
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.07

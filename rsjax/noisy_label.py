@@ -115,12 +115,12 @@ def _data_cfg(config_data) -> ml_collections.ConfigDict:
 
 def masks_to_labels(mask: np.ndarray, ignore_value) -> np.ndarray:
     """Stored masks -> int32 labels with -1 = ignore (see module docstring)."""
-    mask = np.asarray(mask)
+    mask = np.asarray(mask).astype(np.int32)
     if ignore_value is None:
-        return mask.astype(np.int32)
+        return mask
     if int(ignore_value) == 0:
-        return mask.astype(np.int32) - 1
-    return np.where(mask == ignore_value, IGNORE_INDEX, mask).astype(np.int32)
+        return mask - 1
+    return np.where(mask == int(ignore_value), IGNORE_INDEX, mask).astype(np.int32)
 
 
 def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
@@ -184,7 +184,7 @@ def noisy_labels(config, labels: np.ndarray, num_classes: int) -> np.ndarray:
         blob_radius=float(n.get("blob_radius", 6.0)), seed=int(n.get("seed", 0)), ignore_index=IGNORE_INDEX)
 
 
-def downstream_data(config, pre_classes: int):
+def downstream_data(config):
     """(train, test, class_names) of the transfer task (see module docstring)."""
     t = config.transfer
     data_block = t.get("data", None) or config.data
@@ -208,7 +208,6 @@ def downstream_data(config, pre_classes: int):
     train_idx, test_idx = np.flatnonzero(is_train), np.flatnonzero(~is_train)
     if t.get("max_train_images", 0):
         train_idx = train_idx[: int(t.max_train_images)]
-    del pre_classes
     return data.subset(train_idx), data.subset(test_idx), names
 
 
@@ -371,6 +370,8 @@ class SegTrainer:
 
         n = len(data) if not max_images else min(len(data), int(max_images))
         k = self.num_classes
+        # host trees (a restored / fetched state) go to the devices once, not once per batch
+        params, batch_stats = jax.device_put((state["params"], state["batch_stats"]), shd.replicated(self.mesh))
         cm = np.zeros((k, k), np.int64)
         acc = None
         preds = []
@@ -382,7 +383,7 @@ class SegTrainer:
             if e - s < bs:  # fixed shapes: one compilation
                 x = np.concatenate([x, np.zeros((bs - (e - s),) + x.shape[1:], x.dtype)])
                 y = np.concatenate([y, np.full((bs - (e - s),) + y.shape[1:], IGNORE_INDEX, y.dtype)])
-            pred, stats = self._predict(state["params"], state["batch_stats"], x, y)
+            pred, stats = self._predict(params, batch_stats, x, y)
             pred = np.asarray(jax.device_get(pred))[: e - s]
             cm += metrics.dense_confusion_matrix(pred, data.labels[s:e], k, IGNORE_INDEX)
             if len(preds) * bs < keep_pred:
@@ -588,7 +589,8 @@ def _rgb(x_norm: np.ndarray, info) -> np.ndarray:
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def plot_masks(path, data: SegData, columns: list[tuple[str, np.ndarray]], num_classes: int, n: int = 4):
+def plot_masks(path, data: SegData, columns: list[tuple[str, np.ndarray]], num_classes: int, n: int = 4,
+               class_names=None):
     """Rows = the first ``n`` examples of ``data``: RGB composite, then one class map per column."""
     import matplotlib
 
@@ -608,7 +610,15 @@ def plot_masks(path, data: SegData, columns: list[tuple[str, np.ndarray]], num_c
             axes[i, j].set_yticks([])
             if i == 0:
                 axes[i, j].set_title(title, fontsize=8)
-    fig.tight_layout()
+    names = list(class_names or data.class_names)[:num_classes]
+    if names:
+        from matplotlib.patches import Patch
+
+        fig.legend(handles=[Patch(color=cmap(c), label=nm) for c, nm in enumerate(names)], loc="lower center",
+                   ncol=min(len(names), 6), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -705,12 +715,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main:
         print(f"pretraining task (clean test labels, {k} classes): mIoU {pre_scores['miou']:.3f}, "
               f"OA {pre_scores['overall_accuracy']:.3f}", flush=True)
-        plot_masks(os.path.join(wd.path, "predictions.png"), ana, [("clean label", ana.labels), ("prediction", pred)], k)
+        plot_masks(os.path.join(wd.path, "predictions.png"), ana, [("clean label", ana.labels),
+                                                                     ("prediction (pretraining task)", pred)], k)
         plot_masks(os.path.join(wd.path, "label_noise.png"), pre, [("clean mask", pre.labels),
                                                                     ("noisy training mask", labels)], k)
         wd.plot_confusion(cm, "confusion_pretrain.png", class_names=list(pre.class_names))
     if config.transfer.get("enabled", True):
-        tr_train, tr_test, names = downstream_data(config, k)
+        tr_train, tr_test, names = downstream_data(config)
         trainers = transfer_trainers(config, mesh, len(names))
         encoder = (state["params"]["encoder"], state["batch_stats"]["encoder"])
         encoders = {"pretrained": encoder}
@@ -817,7 +828,7 @@ def plot_study_layers(path, analysis: dict[str, list[dict]]):
         steps = [r["step"] for r in rows]
         for i, g in enumerate(groups):
             axes[1, 0].plot(steps, [r["weights"][g]["rel_change"] for r in rows], styles[j],
-                            color=plt.get_cmap("tab20")(i % 20), label=f"{g} ({a})" if True else None)
+                            color=plt.get_cmap("tab20")(i % 20), label=g if j == 0 else None)
         for i, lv in enumerate(levels):
             axes[1, 1].plot(steps, [r["fisher"][lv] for r in rows], styles[j],
                             color=plt.get_cmap("tab20")(i % 20), label=f"{lv} ({a})")
@@ -830,6 +841,7 @@ def plot_study_layers(path, analysis: dict[str, list[dict]]):
         ax.grid(alpha=0.3)
         ax.tick_params(axis="x", labelsize=7)
     axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=5, ncol=2)
     axes[1, 1].legend(fontsize=5, ncol=2)
     for ax in axes[0]:
         ax.tick_params(axis="x", rotation=45)
@@ -851,7 +863,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     wd = workdir_lib.Workdir(workdir, config, is_main=is_main)
     k = pre.info.num_classes
     trainer = _pretrain_trainer(config, mesh, k)
-    tr_train, tr_test, names = downstream_data(config, k)
+    tr_train, tr_test, names = downstream_data(config)
     trainers = transfer_trainers(config, mesh, len(names))
     decoders = list(config.transfer.decoders)
 

@@ -66,6 +66,8 @@ def arm_config(study: ml_collections.ConfigDict, arm: str, seed: int, num_train:
     if c.method == "swimdiff":
         c.data.crops_as_scenes = study.swimdiff_crops_as_scenes
         c.data.scenes_per_batch = 0
+        c.swimdiff.diffusion_size = study.get("swimdiff_diffusion_size", 0)
+        c.swimdiff.denoiser_channels = study.get("swimdiff_denoiser_channels", c.swimdiff.denoiser_channels)
     if "moco" in c:
         c.moco.queue_size = 16 * study.batch_size
     c.eval.enabled = False

@@ -75,15 +75,10 @@ def _get(config, dotted):
 # Optimizer
 # --------------------------------------------------------------------------------------
 def make_schedule(config) -> optax.Schedule:
-    o = config.optimizer
-    warmup = int(o.get("warmup_steps", 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else o.lr,
-        peak_value=o.lr,
-        warmup_steps=warmup,
-        decay_steps=max(config.total_steps, warmup + 1),
-        end_value=o.lr * o.get("final_lr_fraction", 0.0),
-    )
+    """Learning-rate schedule named by ``optimizer.schedule`` (warm-up + cosine by default)."""
+    from rsjax import schedules
+
+    return schedules.from_config(config)
 
 
 def _decay_mask(params):

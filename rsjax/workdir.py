@@ -16,7 +16,8 @@ from typing import Any
 import ml_collections
 
 # Keys that may change between a run and its continuation without changing its result.
-MUTABLE_KEYS = ("stop_after_steps", "log_every", "eval", "data.num_workers", "data.data_dir")
+MUTABLE_KEYS = ("stop_after_steps", "log_every", "eval", "data.num_workers", "data.data_dir",
+                "data.cache_dir", "transfer", "analysis")
 
 
 class ConfigMismatchError(ValueError):

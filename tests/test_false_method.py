@@ -98,8 +98,6 @@ def test_cosine_restarts_schedule():
         schedules.from_config(config)
 
 
-@pytest.mark.xfail(reason="needs the hook `optimizer.schedule` -> rsjax.schedules in train.make_schedule",
-                   strict=False)
 def test_trainer_uses_restart_schedule():
     config = load_config("false", "demo")
     trainer, ours = train.make_schedule(config), schedules.from_config(config)

@@ -43,14 +43,16 @@ def load_raw(cfg_data: Any, split: str, *, max_examples: int | None = None):
         from rsjax.data import pipeline
 
         source = pipeline.open_source(cfg_data, split)
-        n = len(source) if max_examples is None else min(len(source), max_examples)
+        n = len(source)
         rows = []
         for s in range(0, n, 512):
             rows.extend(source.read(range(s, min(n, s + 512))))
         images = np.stack([np.asarray(r["image"]) for r in rows])
         labels = np.asarray([np.asarray(r.get("label", -1)).reshape(()) for r in rows], np.int32)
-    if max_examples is not None:
-        images, labels = images[:max_examples], labels[:max_examples]
+    if max_examples is not None and max_examples < len(labels):
+        # Class-folder arrays are sorted by class: take a fixed random subset, not a prefix.
+        keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:max_examples])
+        images, labels = images[keep], labels[keep]
     return images, labels
 
 

@@ -174,8 +174,8 @@ def overlay(test: dict, pred: np.ndarray, info, path: str, n: int = 4) -> str:
 
 
 def run(config, workdir: str) -> dict:
+    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before anything is written
     wd = workdir_lib.Workdir(workdir, config)
-    loaded = common.load_pretrained(config)
     info = common.dataset_info(config)
     train, test = load_data(config)
     try:

@@ -122,7 +122,7 @@ def _prepare(raw: np.ndarray, info: registry.DatasetInfo, image_size: int | None
 def load_data(config):
     """``(x_train, y_train, x_test, y_test, class_names)``: float32 normalized images, labels."""
     d = common.data_config(config)
-    info = registry.get_dataset_info(d.name)
+    info = common.dataset_info(config)
     size = int(d.get("image_size", 0) or 0) or None
     ec = config.eval
     if d.get("folder", ""):
@@ -311,8 +311,8 @@ def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, loaded
 
 
 def run(config, workdir: str) -> dict:
-    wd = workdir_lib.Workdir(workdir, config)
-    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before data is read
+    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before anything is written
+    wd = workdir_lib.Workdir(workdir, config)  # a mismatching checkpoint fails before data is read
     x_tr, y_tr, x_te, y_te, names = load_data(config)
     try:
         return evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, names, loaded)

@@ -43,9 +43,9 @@ def compute_dtype(config) -> Any:
 
 def data_config(config) -> ml_collections.ConfigDict:
     """``config.data`` on top of the pipeline defaults (configs may omit fields)."""
-    from rsjax.data import pipeline
+    from rsjax.data.defaults import default_data_config  # not pipeline: no grain import needed
 
-    d = pipeline.default_data_config()
+    d = default_data_config()
     extra = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
     with d.unlocked():
         d.update(extra)
@@ -53,7 +53,8 @@ def data_config(config) -> ml_collections.ConfigDict:
 
 
 def dataset_info(config) -> registry.DatasetInfo:
-    return registry.get_dataset_info(config.data.name)
+    """Registry entry of ``config.data.name`` for its ``builder_config`` (per-config bands/stats)."""
+    return registry.get_config_info(config.data.name, config.data.get("builder_config", None) or None)
 
 
 def check_bands(config, num_bands: int, what: str) -> None:
@@ -270,7 +271,7 @@ def train_loop(*, loss_fn: Callable, variables: dict, tx: optax.GradientTransfor
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "batch_stats": new_bs, "opt_state": opt_state}
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     p_step = jax.jit(step_fn, in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=(0,))
     state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": variables["params"],

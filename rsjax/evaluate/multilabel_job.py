@@ -34,7 +34,6 @@ import optax
 
 from rsjax import plots
 from rsjax import workdir as workdir_lib
-from rsjax.data import registry
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import classification_job as cjob
 from rsjax.evaluate import common
@@ -50,7 +49,7 @@ def targets_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
 def load_data(config):
     """``(x_train, t_train, x_test, t_test, class_names)`` with multi-hot targets."""
     d = common.data_config(config)
-    info = registry.get_dataset_info(d.name)
+    info = common.dataset_info(config)
     ec = config.eval
     size = int(d.get("image_size", 0) or 0) or None
     out = []
@@ -150,8 +149,8 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, loaded
 
 
 def run(config, workdir: str) -> dict:
+    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before anything is written
     wd = workdir_lib.Workdir(workdir, config)
-    loaded = common.load_pretrained(config)
     x_tr, t_tr, x_te, t_te, names = load_data(config)
     try:
         return evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, names, loaded)

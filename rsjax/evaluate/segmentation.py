@@ -22,9 +22,15 @@ accuracy (totals over all valid test pixels, :mod:`rsjax.evaluate.metrics`).
 
 Dataset contract (the ``rs_segmentation`` TFDS builder, read through ``tfds.data_source``):
 features ``image`` [H, W, C] (uint8 / uint16, band order and statistics of the registry entry
-of ``data.name``) and ``mask`` [H, W] uint8 class ids in ``[0, model.num_classes)``, with
-``data.ignore_index`` (e.g. 255) for no-data pixels; splits ``train`` / ``test``; one image
-size per split. Other feature names: ``data.image_key`` / ``data.mask_key``.
+of ``data.name`` / ``data.builder_config``) and ``mask`` [H, W] uint8; splits ``train`` /
+``test``; one image size per split. Other feature names: ``data.image_key`` / ``data.mask_key``.
+Mask encodings:
+
+* ``data.reduce_zero_label = True`` (the ``rs_segmentation`` builder, mmseg's
+  ``reduce_zero_label``): stored 0 (and 255) = ignore, ``v`` in 1..K = class ``v - 1``; the job
+  maps them to ``data.ignore_index`` (255) and 0..K-1.
+* ``False``: class ids in ``[0, model.num_classes)`` as stored, ``data.ignore_index`` (or None)
+  marks no-data pixels (the synthetic dataset).
 
 Writes ``eval_report.json`` (task ``segmentation``), ``metrics.jsonl``, ``loss_curve.png``,
 ``segmentation_overlay.png`` (image, ground truth, prediction) and ``per_class_iou.png``.
@@ -48,13 +54,28 @@ from rsjax.models import decoders
 
 
 def load_data(config):
-    """``(train, test)`` dicts of raw arrays ``{"image", "mask"}``."""
+    """``(train, test)`` dicts of raw arrays ``{"image", "mask"}`` (masks as stored)."""
     d = common.data_config(config)
     keys = {"image": d.get("image_key", "image"), "mask": d.get("mask_key", "mask")}
     ec = config.eval
     train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None)
     test = common.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None)
     return train, test
+
+
+def reduce_zero_label(mask: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Stored 0 / 255 -> ``ignore_index``, ``v`` -> ``v - 1`` (uint8 in, int32 out)."""
+    m = np.asarray(mask).astype(np.int32)
+    return np.where((m == 0) | (m == 255), ignore_index, m - 1).astype(np.int32)
+
+
+def _labels(config, arrays: dict) -> dict:
+    if not config.data.get("reduce_zero_label", False):
+        return arrays
+    ignore = config.data.get("ignore_index", None)
+    if ignore is None:
+        raise ValueError("config.data.reduce_zero_label=True needs config.data.ignore_index (e.g. 255)")
+    return {**arrays, "mask": reduce_zero_label(arrays["mask"], int(ignore))}
 
 
 # model.output_stride = 0 picks the usual choice of each decoder.
@@ -95,10 +116,12 @@ def _check(arrays, info, config, split, ignore):
 
 def evaluate_arrays(config, wd, train: dict, test: dict, *, info: registry.DatasetInfo | None = None,
                     loaded=None, class_names=None) -> dict:
-    """Trains and evaluates on raw arrays ``{"image", "mask"}`` (images in stored units)."""
+    """Trains and evaluates on raw arrays ``{"image", "mask"}`` (images in stored units, masks
+    as stored: ``data.reduce_zero_label`` is applied here)."""
     t0 = time.time()
     info = info or common.dataset_info(config)
     ignore = config.data.get("ignore_index", None)
+    train, test = _labels(config, train), _labels(config, test)
     for name, arrays in (("train", train), ("test", test)):
         _check(arrays, info, config, name, ignore)
     num_classes = int(config.model.num_classes)
@@ -194,8 +217,8 @@ def overlay(test: dict, pred: np.ndarray, info, num_classes: int, names, ignore,
 
 
 def run(config, workdir: str) -> dict:
+    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before anything is written
     wd = workdir_lib.Workdir(workdir, config)
-    loaded = common.load_pretrained(config)
     info = common.dataset_info(config)
     train, test = load_data(config)
     try:

@@ -54,6 +54,9 @@ class SwiMDiff(MoCo):
                 {"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
                 x, train=False, return_features=True,
             )
+            size = int(self.config.swimdiff.get("diffusion_size", 0) or 0)
+            if size:
+                x = jnp.zeros((x.shape[0], size, size, x.shape[-1]), x.dtype)
             t = jnp.zeros((x.shape[0],), jnp.int32)
             params["denoiser"] = self.denoiser.init(k_den, x, t, feats, train=False)["params"]
         return params, batch_stats, extra
@@ -61,6 +64,12 @@ class SwiMDiff(MoCo):
     def diffusion_loss(self, params, x, feats, rngs):
         cfg = self.config.swimdiff
         x0 = jnp.clip(x.astype(jnp.float32) / cfg.x0_scale, -1.0, 1.0)
+        size = int(cfg.get("diffusion_size", 0) or 0)
+        if size and size != x0.shape[1]:
+            # The denoiser runs at full resolution and, unlike the encoder, never downsamples
+            # early: at 64-224 px it costs several times the encoder. Denoising an
+            # antialiased downsample keeps the pixel-level constraint at a fraction of the cost.
+            x0 = jax.image.resize(x0, (x0.shape[0], size, size, x0.shape[-1]), "linear", antialias=True)
         b = x0.shape[0]
         t = jax.random.randint(rngs["diffusion_t"], (b,), 0, cfg.num_timesteps)
         noise = jax.random.normal(rngs["diffusion_noise"], x0.shape, jnp.float32)
