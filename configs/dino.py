@@ -6,7 +6,7 @@ Run:
   python -m rsjax.main --config=configs/dino.py:paper --workdir=runs/dino_rn50
 
 Variants:
-  demo (default)  ResNet-18 on the embedded synthetic 13-band scenes: 2 global views of 32 px
+  demo (default)  half-width ResNet-10 (resnet10_w32) on the embedded synthetic 13-band scenes: 2 global views of 32 px
                   from the host pipeline + 4 local crops of 16 px made on device, head
                   1024-1024-128 -> K = 1024, batch 64, 300 steps, AdamW (the demo budget of the
                   other methods).

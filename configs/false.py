@@ -8,7 +8,7 @@ Run:
   python -m rsjax.main --config=configs/false.py --workdir=runs/false_a0 --config.loss.alpha=0
 
 Variants:
-  demo (default)  ResNet-18 on the embedded synthetic 13-band scenes, 32 px, batch 64, 300 steps:
+  demo (default)  half-width ResNet-10 (resnet10_w32) on the embedded synthetic 13-band scenes, 32 px, batch 64, 300 steps:
                   the budget and AdamW optimizer of the SimCLR / SwiMDiff demos, so runs compare;
                   FALSE's own loss settings (tau 0.5, T 0.9, alpha 1, fnsd_mode official).
   smoke           tiny ResNet, 4 steps on the tiny synthetic dataset (the test suite).

@@ -6,7 +6,7 @@ Run:
 
 (`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
 
-Variants: demo (default; ResNet-18 on the synthetic scenes), smoke (tiny, 4 steps),
+Variants: demo (default; half-width ResNet-10 on the synthetic scenes), smoke (tiny, 4 steps),
 paper (ResNet-50, batch 256, queue 65,536, m 0.999, SGD lr 0.03, tau 0.2, bf16).
 """
 

@@ -6,7 +6,7 @@ Run:
 
 (`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
 
-Variants: demo (default; ResNet-18 on the synthetic scenes, same budget as the SwiMDiff demo),
+Variants: demo (default; half-width ResNet-10 on the synthetic scenes, same budget as the SwiMDiff demo),
 smoke (tiny, 4 steps), imagenet_style (ResNet-50, batch 256, LARS, tau 0.5 — set data.*).
 """
 

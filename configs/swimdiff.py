@@ -9,8 +9,9 @@ Run:
 (`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
 
 Variants:
-  demo (default)  ResNet-18 on the embedded synthetic 13-band scenes, 32 px crops, scene-aware
-                  batches (16 scenes x 4 crops), ~2-4 min on a 2-core CPU, ends with kNN and
+  demo (default)  a half-width ResNet-10 (`resnet10_w32`; pass --config.model.name=resnet18 on a
+                  GPU) on the embedded synthetic 13-band scenes, 32 px crops, scene-aware batches
+                  (16 scenes x 4 crops), 300 steps: ~3-4 min on a 2-core CPU; ends with kNN and
                   linear-probe accuracy on the synthetic land-cover labels.
   smoke           tiny ResNet, 4 steps on the tiny synthetic dataset (the test suite).
   ssl4eo          paper scale: ResNet-50, 13 bands, batch 256, MoCo queue 65,536, SSL4EO-S12
@@ -56,5 +57,6 @@ def get_config(arg=None):
         c.data.scenes_per_batch = 64
         c.data.samples_per_scene = 4
         c.swimdiff.denoiser_channels = 64
+        c.swimdiff.diffusion_size = 56
         c.eval.enabled = False  # SSL4EO has no labels: evaluate downstream jobs instead
     return c

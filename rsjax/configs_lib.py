@@ -42,10 +42,11 @@ def pretrain_base() -> ml_collections.ConfigDict:
     c.max_nonfinite_steps = 5    # consecutive refused steps before the run stops
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "resnet18"    # resnet18 | resnet50 | tiny (smoke tests)
+    # resnet18 | resnet50 | resnet10_w32 (the CPU demo default) | tiny (smoke tests)
+    c.model.name = "resnet10_w32"
     c.model.stem = "standard"    # standard (7x7/2 + maxpool) | cifar (3x3/1, no maxpool)
     c.model.in_channels = 13
-    c.model.proj_hidden_dim = 512
+    c.model.proj_hidden_dim = 256
     c.model.proj_dim = 128
     c.model.proj_layers = 2
     c.model.proj_bn = True
@@ -89,7 +90,7 @@ def add_swimdiff(c: ml_collections.ConfigDict) -> None:
     c.swimdiff = ml_collections.ConfigDict()
     c.swimdiff.lambda_c = 1.0
     c.swimdiff.lambda_d = 1.0
-    c.swimdiff.denoiser_channels = 32
+    c.swimdiff.denoiser_channels = 16
     c.swimdiff.denoiser_mults = (1, 2, 4)
     c.swimdiff.time_dim = 128
     c.swimdiff.num_timesteps = 1000
@@ -144,7 +145,7 @@ def bench(c: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
         c.moco.queue_size = 16 * c.batch_size
     if "swimdiff" in c:
         c.swimdiff.diffusion_size = 56 if kind == "bench" else 32
-        c.swimdiff.denoiser_channels = 32 if kind == "bench" else 16
+        c.swimdiff.denoiser_channels = 16 if kind == "bench" else 16
     if c.data.get("scenes_per_batch", 0):
         c.data.scenes_per_batch = c.batch_size // c.data.samples_per_scene
     return c

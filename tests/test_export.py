@@ -23,84 +23,17 @@ from rsjax.export import (  # noqa: E402
     load_state_dict,
     save_encoder,
     torch_name_table,
+    torch_resnet,
 )
-from rsjax.models.resnet import ARCHS, create_encoder  # noqa: E402
+from rsjax.models.resnet import create_encoder  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
-# Reference torch ResNet with torchvision's module names, written for this test.
+# Reference torch ResNet with torchvision's module names, written independently of the Flax
+# model (rsjax.export.torch_resnet; the notebooks use it too).
 
 
-class RefBasic(tnn.Module):
-    expansion = 1
-
-    def __init__(self, cin, planes, stride):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.relu = tnn.ReLU()
-        self.downsample = None
-        if stride != 1 or cin != planes:
-            self.downsample = tnn.Sequential(tnn.Conv2d(cin, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        s = x if self.downsample is None else self.downsample(x)
-        return self.relu(y + s)
-
-
-class RefBottleneck(tnn.Module):
-    expansion = 4
-
-    def __init__(self, cin, planes, stride):
-        super().__init__()
-        cout = planes * 4
-        self.conv1 = tnn.Conv2d(cin, planes, 1, 1, 0, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.conv3 = tnn.Conv2d(planes, cout, 1, 1, 0, bias=False)
-        self.bn3 = tnn.BatchNorm2d(cout)
-        self.relu = tnn.ReLU()
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        s = x if self.downsample is None else self.downsample(x)
-        return self.relu(y + s)
-
-
-class RefResNet(tnn.Module):
-    def __init__(self, arch, in_ch):
-        super().__init__()
-        sizes, block, width = ARCHS[arch]
-        cls = RefBasic if block == "basic" else RefBottleneck
-        self.conv1 = tnn.Conv2d(in_ch, width, 7, 2, 3, bias=False)
-        self.bn1 = tnn.BatchNorm2d(width)
-        self.relu = tnn.ReLU()
-        self.maxpool = tnn.MaxPool2d(3, 2, 1)
-        cin = width
-        for i, n in enumerate(sizes):
-            blocks = []
-            for j in range(n):
-                blocks.append(cls(cin, width * 2**i, 2 if (i > 0 and j == 0) else 1))
-                cin = width * 2**i * cls.expansion
-            setattr(self, f"layer{i + 1}", tnn.Sequential(*blocks))
-        self.avgpool = tnn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        feats = []
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-            feats.append(x)
-        return torch.flatten(self.avgpool(x), 1), feats
+def RefResNet(arch, in_ch):
+    return torch_resnet.reference_resnet(arch, in_ch)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ ARCHS: dict[str, tuple[tuple[int, ...], str, int]] = {
     "resnet18": ((2, 2, 2, 2), "basic", 64),
     "resnet34": ((3, 4, 6, 3), "basic", 64),
     "resnet50": ((3, 4, 6, 3), "bottleneck", 64),
+    # ResNet-10 at half width: the CPU demo encoder (~1/8 of ResNet-18's FLOPs).
+    "resnet10_w32": ((1, 1, 1, 1), "basic", 32),
     # A 4-stage ResNet with one BasicBlock per stage and 8 base channels, for fast CPU tests.
     "tiny": ((1, 1, 1, 1), "basic", 8),
 }

@@ -1,0 +1,58 @@
+"""Model FLOPs of a JAX function, counted from its jaxpr (backend independent).
+
+Counts 2 x multiply-accumulates of every ``dot_general`` and ``conv_general_dilated``
+(forward and, when the function differentiates, the backward ones it contains), recursing
+into sub-jaxprs (pjit, custom_jvp/vjp, scan bodies x length, cond: the costliest branch).
+Elementwise work is ignored: this is the "model FLOPs" of MFU, not hardware FLOPs. XLA's
+own cost analysis is not used because after compilation convolutions become library calls
+(cuDNN) that it does not count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.extend import core as jcore
+
+
+def _size(shape) -> int:
+    return int(math.prod(shape)) if shape else 1
+
+
+def _eqn_flops(eqn) -> float:
+    name = eqn.primitive.name
+    if name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        contract = _size([lhs[d] for d in lc])
+        return 2.0 * _size(eqn.outvars[0].aval.shape) * contract
+    if name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        dn = eqn.params["dimension_numbers"]
+        out_feat_dim = dn.rhs_spec[0]
+        per_out = _size(rhs) / rhs[out_feat_dim]  # kernel spatial x in_features / groups
+        return 2.0 * _size(eqn.outvars[0].aval.shape) * per_out
+    return 0.0
+
+
+def _jaxpr_flops(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        total += _eqn_flops(eqn)
+        name = eqn.primitive.name
+        subs = [v for v in eqn.params.values() if isinstance(v, (jcore.ClosedJaxpr, jcore.Jaxpr))]
+        if name == "cond":
+            branches = eqn.params.get("branches", ())
+            total += max((_jaxpr_flops(b.jaxpr) for b in branches), default=0.0)
+            continue
+        mult = eqn.params.get("length", 1) if name == "scan" else 1
+        for s in subs:
+            total += mult * _jaxpr_flops(s.jaxpr if isinstance(s, jcore.ClosedJaxpr) else s)
+    return total
+
+
+def count_flops(fn, *args, **kwargs) -> float:
+    """FLOPs of one call of ``fn(*args, **kwargs)`` (args may be ShapeDtypeStructs)."""
+    closed = jax.make_jaxpr(fn)(*args, **kwargs)
+    return _jaxpr_flops(closed.jaxpr)

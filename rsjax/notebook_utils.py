@@ -1,0 +1,231 @@
+"""Small helpers behind the Colab notebooks in ``colab/`` (they only import rsjax).
+
+Environment variables (set by ``tests/test_notebooks.py`` to run every notebook headless on
+CPU in seconds; a person running a notebook leaves them unset):
+
+``RSJAX_NOTEBOOK_SMOKE=1``     use the configs' ``smoke`` variant (tiny ResNet, a few steps)
+                                instead of the notebook's own choice.
+``RSJAX_NOTEBOOK_DATA_DIR``    TFDS data dir (``config.data.data_dir``) instead of the notebook's.
+``RSJAX_NOTEBOOK_WORKDIR``     run directory instead of the notebook's.
+``RSJAX_NOTEBOOK_OUT``         output folder of the export notebook.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+import numpy as np
+
+SMOKE_ENV = "RSJAX_NOTEBOOK_SMOKE"
+DATA_DIR_ENV = "RSJAX_NOTEBOOK_DATA_DIR"
+WORKDIR_ENV = "RSJAX_NOTEBOOK_WORKDIR"
+OUT_ENV = "RSJAX_NOTEBOOK_OUT"
+
+# configs/ sits next to the rsjax package in a checkout (`pip install -e .`).
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------
+def smoke_mode() -> bool:
+    """True when ``$RSJAX_NOTEBOOK_SMOKE`` is set to 1/true/yes (the test suite)."""
+    return os.environ.get(SMOKE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def variant(default: str) -> str:
+    """The config variant a notebook runs: ``smoke`` under the test suite, else ``default``."""
+    return "smoke" if smoke_mode() else default
+
+
+def data_dir(default: str | None = None) -> str | None:
+    """``$RSJAX_NOTEBOOK_DATA_DIR`` if set, else ``default`` (None = TFDS's default folder)."""
+    return os.environ.get(DATA_DIR_ENV) or default
+
+
+def workdir(default: str) -> str:
+    """``$RSJAX_NOTEBOOK_WORKDIR`` if set, else ``default``."""
+    return os.environ.get(WORKDIR_ENV) or default
+
+
+def out_dir(default: str) -> str:
+    """``$RSJAX_NOTEBOOK_OUT`` if set, else ``default``."""
+    return os.environ.get(OUT_ENV) or default
+
+
+# --------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------
+def config_file(name: str) -> pathlib.Path:
+    """``configs/<name>.py`` of the checkout (``name`` may also be a path to a config file)."""
+    p = pathlib.Path(name)
+    if p.suffix == ".py" and p.exists():
+        return p
+    path = REPO_ROOT / "configs" / f"{p.stem}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist (configs/ is read from the rsjax checkout "
+                                f"{REPO_ROOT}; install rsjax with `pip install -e .` from a clone)")
+    return path
+
+
+def set_key(config, dotted: str, value) -> None:
+    """``config.<dotted> = value`` for a dotted key such as ``data.data_dir``; an unknown key raises
+    KeyError naming it (as ``--config.<key>=...`` on the command line would)."""
+    node = config
+    *parents, last = dotted.split(".")
+    for i, p in enumerate(parents):
+        if p not in node:
+            raise KeyError(f"config key {'.'.join(parents[:i + 1])!r} does not exist")
+        node = node[p]
+    if last not in node:
+        raise KeyError(f"config key {dotted!r} does not exist")
+    node[last] = value
+
+
+def load_config(name: str, variant: str | None = None, overrides: Mapping[str, Any] | None = None):
+    """``configs/<name>.py:<variant>`` with dotted-key ``overrides`` applied, the same config
+    ``python -m rsjax.main --config=configs/<name>.py:<variant> --config.<key>=<value>`` runs."""
+    path = config_file(name)
+    spec = importlib.util.spec_from_file_location(f"rsjax_nb_cfg_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config(variant)
+    for k, v in (overrides or {}).items():
+        set_key(config, k, v)
+    return config
+
+
+def command_line(name: str, variant: str | None, workdir: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """The ``python -m rsjax.main`` command equivalent to :func:`load_config` + training."""
+    cfg = f"configs/{name}.py" + (f":{variant}" if variant else "")
+    parts = ["python -m rsjax.main", f"--config={cfg}", f"--workdir={workdir}"]
+    parts += [f"--config.{k}={v}" for k, v in (overrides or {}).items() if v is not None]
+    return " \\\n    ".join(parts)
+
+
+def summarize_config(config, keys=("method", "model.name", "model.in_channels", "batch_size", "total_steps",
+                                   "stop_after_steps", "dtype", "optimizer.name", "optimizer.lr",
+                                   "data.name", "data.data_dir", "data.image_size", "checkpoint_every")) -> str:
+    """One ``key = value`` line per (present) key."""
+    lines = []
+    for k in keys:
+        node = config
+        try:
+            for p in k.split("."):
+                node = node[p]
+        except (KeyError, AttributeError):
+            continue
+        lines.append(f"{k:<20} = {node!r}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Devices
+# --------------------------------------------------------------------------------------
+def device_report() -> str:
+    """Platform, device count and kinds, process count (what ``jax.devices()`` sees)."""
+    import jax
+
+    devs = jax.devices()
+    kinds = sorted({d.device_kind for d in devs})
+    return (f"platform {jax.default_backend()}: {jax.device_count()} devices ({', '.join(kinds)}), "
+            f"{jax.local_device_count()} local, {jax.process_count()} process(es)")
+
+
+def batch_report(config, mesh) -> str:
+    """Checks ``config.batch_size`` against ``mesh`` (ValueError naming the key if it does not divide)
+    and says how it is split."""
+    from rsjax import sharding
+
+    sharding.check_batch_divisible(config.batch_size, mesh)
+    n = mesh.devices.size
+    return (f"global batch {config.batch_size} over {n} devices (mesh axis {mesh.axis_names[0]!r}): "
+            f"{config.batch_size // n} examples per device")
+
+
+# --------------------------------------------------------------------------------------
+# Run results
+# --------------------------------------------------------------------------------------
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows of ``<workdir>/metrics.jsonl`` (``step``, ``loss``, ...)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: has the run logged a step yet?")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss(workdir: str, *, title: str | None = None):
+    """A matplotlib Figure of every ``loss*`` column of ``metrics.jsonl`` against step.
+
+    Built without pyplot, so it displays in a notebook (as a cell's last expression) whatever
+    matplotlib backend is active, and nothing is left open.
+    """
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(workdir)
+    keys = sorted({k for r in rows for k in r if k.startswith("loss")}, key=lambda k: (k != "loss", k))
+    fig = Figure(figsize=(6.5, 3.5))
+    ax = fig.subplots()
+    steps = [r["step"] for r in rows]
+    for k in keys:
+        ax.plot(steps, [r.get(k, np.nan) for r in rows], marker="o" if len(rows) < 20 else None, label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or os.path.basename(os.path.abspath(workdir)))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def read_eval_report(workdir: str) -> dict:
+    """``<workdir>/eval_report.json`` (``{"task", "metrics", "config"}``)."""
+    path = os.path.join(workdir, "eval_report.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: the run has not finished its evaluation "
+                                f"(it is written after total_steps when config.eval.enabled)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps of the complete checkpoints in ``<workdir>/checkpoints`` (empty when none)."""
+    from rsjax import checkpoint
+
+    if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+        return []
+    return sorted(int(s) for s in checkpoint.make_manager(workdir, read_only=True).all_steps())
+
+
+# --------------------------------------------------------------------------------------
+# Encoders
+# --------------------------------------------------------------------------------------
+def sample_images(workdir: str, n: int = 8, split: str | None = None) -> np.ndarray:
+    """``n`` standardized images (NHWC float32) of the run's dataset, the encoder's input."""
+    from rsjax import checkpoint, train
+
+    config = checkpoint.read_config(workdir)
+    data_cfg = train._data_config_with_defaults(config)
+    split = split or config.get("eval", {}).get("test_split", data_cfg.eval_split)
+    x, _ = train.load_eval_arrays(data_cfg, split, max_examples=n)
+    return np.asarray(x, np.float32)
+
+
+def flax_features(workdir: str, images: np.ndarray, *, step: int | None = None) -> np.ndarray:
+    """Pooled eval-mode features ``[N, C]`` of the run's encoder (checkpoint ``step``, latest if
+    None) computed by the Flax model, the values an export must reproduce."""
+    import jax
+
+    from rsjax import checkpoint
+    from rsjax.models.resnet import create_encoder
+
+    params, batch_stats, meta = checkpoint.load_encoder_for_export(workdir, step)
+    model = create_encoder(meta["arch"], stem=meta.get("stem", "standard"))
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    out = apply({"params": params, "batch_stats": batch_stats}, np.asarray(images, np.float32))
+    return np.asarray(out, np.float32)
