@@ -36,7 +36,24 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False)
     )
 
 
+def _save_replicated_from_one_device() -> None:
+    """On CPU, writes each replicated array from its first replica.
+
+    Orbax's default "replica-parallel" save cuts every replicated array into one slice per
+    device with eager JAX ops, which on XLA:CPU is one compilation per distinct shape: about
+    15 s for the first save of even the smoke model and seconds for every later one, with
+    nothing gained (the same host writes all slices). Accelerators keep Orbax's default.
+    """
+    if getattr(_save_replicated_from_one_device, "done", False):
+        return
+    if jax.default_backend() == "cpu":  # backends are up: called after distributed init
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    _save_replicated_from_one_device.done = True  # type: ignore[attr-defined]
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config_dict: dict) -> None:
+    _save_replicated_from_one_device()
     manager.save(
         step,
         args=ocp.args.Composite(

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rsjax.data import registry
+from rsjax.data import folders, registry
 from tfds_builders import _common
 
 
@@ -70,31 +70,9 @@ def list_class_files(root: pathlib.Path, classes: Sequence[str], ext: str
     return out
 
 
-def stratified_split(counts: Sequence[int], *, test_fraction: float = 0.2, split_seed: int = 0,
-                     validation_fraction: float = 0.0, validation_seed: int = 1
-                     ) -> list[np.ndarray]:
-    """Split of every class's indices (see the module docstring).
-
-    Args:
-      counts: number of images of each class, in class order.
-
-    Returns:
-      one int array per class: 0 = train, 1 = test, 2 = validation for each index ``0..n-1``.
-    """
-    rng = np.random.default_rng(split_seed)
-    assign = []
-    for n in counts:
-        perm = rng.permutation(n)
-        a = np.zeros(n, np.int64)
-        a[perm[:round(test_fraction * n)]] = 1
-        assign.append(a)
-    if validation_fraction > 0:
-        vrng = np.random.default_rng(validation_seed)
-        for a, n in zip(assign, counts):
-            train_idx = np.nonzero(a == 0)[0]
-            perm = vrng.permutation(train_idx)
-            a[perm[:round(validation_fraction * n)]] = 2
-    return assign
+# The split rule lives in the library so that the TFDS builder, the folder readers of the
+# evaluation jobs and the GPU-resident study split identically.
+stratified_split = folders.split_assignments
 
 
 SPLIT_CODES = {0: "train", 1: "test", 2: "validation"}

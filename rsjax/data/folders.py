@@ -35,16 +35,36 @@ def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[lis
     return classes, files
 
 
-def stratified_split(counts: Sequence[int], *, test_fraction: float = 0.2, seed: int = 0) -> list[np.ndarray]:
-    """Per class a boolean array ``is_test`` (index = position in the name-sorted file list)."""
-    rng = np.random.default_rng(seed)
-    out = []
+def split_assignments(counts: Sequence[int], *, test_fraction: float = 0.2, split_seed: int = 0,
+                     validation_fraction: float = 0.0, validation_seed: int = 1
+                     ) -> list[np.ndarray]:
+    """Split of every class's indices (see the module docstring).
+
+    Args:
+      counts: number of images of each class, in class order.
+
+    Returns:
+      one int array per class: 0 = train, 1 = test, 2 = validation for each index ``0..n-1``.
+    """
+    rng = np.random.default_rng(split_seed)
+    assign = []
     for n in counts:
         perm = rng.permutation(n)
-        is_test = np.zeros(n, bool)
-        is_test[perm[: int(round(test_fraction * n))]] = True
-        out.append(is_test)
-    return out
+        a = np.zeros(n, np.int64)
+        a[perm[:round(test_fraction * n)]] = 1
+        assign.append(a)
+    if validation_fraction > 0:
+        vrng = np.random.default_rng(validation_seed)
+        for a, n in zip(assign, counts):
+            train_idx = np.nonzero(a == 0)[0]
+            perm = vrng.permutation(train_idx)
+            a[perm[:round(validation_fraction * n)]] = 2
+    return assign
+
+
+def stratified_split(counts: Sequence[int], *, test_fraction: float = 0.2, seed: int = 0) -> list[np.ndarray]:
+    """Per class a boolean array ``is_test`` (index = position in the name-sorted file list)."""
+    return [a == 1 for a in split_assignments(counts, test_fraction=test_fraction, split_seed=seed)]
 
 
 def _decode(path: str) -> np.ndarray:

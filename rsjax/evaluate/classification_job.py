@@ -63,20 +63,16 @@ def folder_split(root: str, *, test_fraction: float = 0.2, seed: int = 0, max_pe
     indices into the sorted class-folder names. ``max_per_class`` keeps the first N files of
     each class's permutation (test first, same fraction) for quick tests.
     """
+    from rsjax.data import folders
+
     if not os.path.isdir(root):
         raise FileNotFoundError(f"config.data.folder={root!r} is not a directory")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise ValueError(f"{root} has no class sub-folders")
-    rng = np.random.default_rng(seed)
+    classes, files = folders.class_folder_files(root, IMAGE_EXTENSIONS)
+    assign = folders.split_assignments([len(f) for f in files], test_fraction=test_fraction, split_seed=seed)
     tr_f, tr_y, te_f, te_y = [], [], [], []
-    for c, name in enumerate(classes):
-        files = sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise ValueError(f"class folder {os.path.join(root, name)} holds no images ({IMAGE_EXTENSIONS})")
-        perm = [os.path.join(root, name, f) for f in rng.permutation(files)]
-        n_test = int(round(test_fraction * len(files)))
-        test, train = perm[:n_test], perm[n_test:]
+    for c, (name, fs, a) in enumerate(zip(classes, files, assign)):
+        test = [os.path.join(root, name, f) for f, k in zip(fs, a) if k == 1]
+        train = [os.path.join(root, name, f) for f, k in zip(fs, a) if k != 1]
         if max_per_class:
             k_test = int(round(test_fraction * max_per_class))
             test, train = test[:k_test], train[:max_per_class - k_test]
