@@ -26,13 +26,21 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py[:variant]).")
-flags.DEFINE_integer("steps", 20, "Timed steps.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after the compiling call.")
-flags.DEFINE_enum("peer", "none", ["none", "torch"], "Also time the PyTorch peer in this process.")
-flags.DEFINE_bool("peer_compile", True, "torch.compile the peer step.")
-flags.DEFINE_enum("input", "views", ["views", "device_augment"], "Input of the timed step.")
-flags.DEFINE_string("out", "", "Write the JSON here (default: print only).")
+_CONFIG = None
+
+
+def _define_flags():
+    """Flags exist only when this module runs as a program, so importing it (tests,
+    notebooks) never clashes with ``rsjax.main``'s ``--config``."""
+    global _CONFIG
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py[:variant]).")
+    flags.DEFINE_integer("steps", 20, "Timed steps.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after the compiling call.")
+    flags.DEFINE_enum("peer", "none", ["none", "torch"], "Also time the PyTorch peer in this process.")
+    flags.DEFINE_bool("peer_compile", True, "torch.compile the peer step.")
+    flags.DEFINE_enum("input", "views", ["views", "device_augment"], "Input of the timed step.")
+    flags.DEFINE_string("out", "", "Write the JSON here (default: print only).")
+    flags.mark_flags_as_required(["config"])
 
 # Dense bf16 peak FLOP/s (no sparsity) by device kind substring.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "v5e": 197e12, "v4": 275e12}
@@ -177,5 +185,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
+    _define_flags()
     app.run(main)

@@ -2,8 +2,10 @@
 
 Layout: ``<workdir>/checkpoints/<step>/{state,data,config}``. Orbax writes each step into a
 temporary directory and renames it when complete, so a run killed mid-write never leaves a
-partial step that looks complete. When the newest complete step cannot be read (truncated
-or edited files) the manager warns naming it and falls back to the previous one.
+partial step that looks complete (a leftover ``<step>.orbax-checkpoint-tmp-*`` folder is
+ignored). When the newest step cannot be read (truncated or edited files, or a step folder
+copied incompletely) :func:`restore_latest` warns naming it, renames it to
+``<step>.unreadable`` and falls back to the previous one.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False)
         read_only=read_only,
         enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(
-        checkpoint_dir(workdir), item_names=("state", "data", "config"), options=options
-    )
+    _save_replicated_from_one_device()
+    # Handlers named up front (not only item names) so that a read-only manager can read a
+    # step's array metadata before restoring anything (see load_encoder_for_export).
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers, options=options)
 
 
 def _save_replicated_from_one_device() -> None:
@@ -47,13 +52,22 @@ def _save_replicated_from_one_device() -> None:
     if getattr(_save_replicated_from_one_device, "done", False):
         return
     if jax.default_backend() == "cpu":  # backends are up: called after distributed init
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+        from absl import logging as absl_logging
+
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about the override
+        try:
+            # Keep the default handler's array-metadata store: the PyTree handlers read it back.
+            store = getattr(ocp.type_handlers.get_type_handler(jax.Array), "_array_metadata_store", None)
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False, array_metadata_store=store),
+                override=True)
+        finally:
+            absl_logging.set_verbosity(verbosity)
     _save_replicated_from_one_device.done = True  # type: ignore[attr-defined]
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config_dict: dict) -> None:
-    _save_replicated_from_one_device()
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -69,9 +83,13 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
 def restore_latest(manager: ocp.CheckpointManager, state_template: Any):
     """Restores the newest readable step. Returns (step, state, data_state) or None.
 
-    A step that fails to restore is reported (warning naming its path) and skipped in
-    favour of the previous one; it is left on disk for inspection.
+    A step that fails to restore (truncated or edited files) is reported with a warning
+    naming its path and skipped in favour of the previous one. It is kept for inspection
+    but renamed to ``<step>.unreadable`` (see :func:`_set_aside`), so it no longer counts as
+    a checkpoint and the resumed run can write that step again.
     """
+    unreadable = []
+    found = None
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             restored = manager.restore(
@@ -82,13 +100,42 @@ def restore_latest(manager: ocp.CheckpointManager, state_template: Any):
                 ),
             )
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: fall back
+            unreadable.append(step)
             path = os.path.join(str(manager.directory), str(step))
-            msg = f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); falling back to an earlier step"
+            msg = (f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                   f"falling back to an earlier step")
             log.warning(msg)
-            print(f"WARNING: {msg}", flush=True)
+            if jax.process_index() == 0:
+                print(f"WARNING: {msg}", flush=True)
             continue
-        return step, restored["state"], restored["data"]["iterator"]
-    return None
+        found = step, restored["state"], restored["data"]["iterator"]
+        break
+    _set_aside(manager, unreadable)
+    return found
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
+    """Renames unreadable step folders ``<step>`` to ``<step>.unreadable[N]``.
+
+    Orbax lists every integer-named folder as a step, complete or not, and refuses to save
+    a step that exists: left in place, a corrupt step would make the resumed run crash when
+    it reaches that step again. Process 0 renames; all processes then re-list the steps.
+    """
+    if not steps:
+        return
+    if jax.process_index() == 0:
+        for step in steps:
+            src = os.path.join(str(manager.directory), str(step))
+            dst, n = f"{src}.unreadable", 1
+            while os.path.exists(dst):
+                dst, n = f"{src}.unreadable{n}", n + 1
+            os.rename(src, dst)
+            print(f"WARNING: moved the unreadable checkpoint {src} to {dst}", flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("rsjax_checkpoint_set_aside")
+    manager.reload()
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -99,14 +146,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_encoder_for_export(workdir: str, step: int | None = None):
-    """Returns (encoder_params, encoder_batch_stats, meta) of a pretraining run as numpy trees."""
+def read_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
+    """``(step, train state as numpy arrays)`` of checkpoint ``step`` (None = latest) of a run.
+
+    Restores onto this process's first device whatever mesh wrote the checkpoint: without a
+    target Orbax would rebuild the saved sharding and refuse a run trained on other devices
+    (8 GPUs, 2 hosts) when exporting or evaluating on this machine ("Topology mismatch").
+    """
     import numpy as np
 
-    from rsjax import methods
-    from rsjax.data import registry
-
-    config = read_config(workdir)
     manager = make_manager(workdir, read_only=True)
     steps = manager.all_steps()
     if not steps:
@@ -115,9 +163,20 @@ def load_encoder_for_export(workdir: str, step: int | None = None):
         step = max(steps)
     elif step not in steps:
         raise ValueError(f"--step={step} not found in {checkpoint_dir(workdir)}; available: {sorted(steps)}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    state = restored["state"]
-    to_np = lambda t: jax.tree.map(np.asarray, t)  # noqa: E731
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device),
+                          manager.item_metadata(step)["state"])
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return int(step), jax.tree.map(np.asarray, restored["state"])
+
+
+def load_encoder_for_export(workdir: str, step: int | None = None):
+    """Returns (encoder_params, encoder_batch_stats, meta) of a pretraining run as numpy trees."""
+    from rsjax import methods
+    from rsjax.data import registry
+
+    config = read_config(workdir)
+    step, state = read_state(workdir, step)
     info = registry.get_dataset_info(config.data.name)
     method = methods.get_method(config)
     del method  # validates the config names an existing method
@@ -133,4 +192,4 @@ def load_encoder_for_export(workdir: str, step: int | None = None):
         "method": config.method,
         "dataset": config.data.name,
     }
-    return to_np(state["params"]["encoder"]), to_np(state["batch_stats"]["encoder"]), meta
+    return state["params"]["encoder"], state["batch_stats"]["encoder"], meta

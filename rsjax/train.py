@@ -6,7 +6,19 @@ The train step is a pure function ``(state, batch) -> (state, metrics)`` jitted 
 the mesh with the state replicated and donated, and the batch sharded on ``data``; the
 per-step randomness is ``fold_in(PRNGKey(config.seed), step)`` split into named streams.
 A step whose loss or gradients are not finite is refused: the state keeps its previous
-parameters and optimizer state, the step counter advances, and the refusal is counted.
+parameters and optimizer state, the step counter advances, and the refusal is counted
+(``events.jsonl``); ``max_nonfinite_steps`` refusals in a row stop the run with
+:class:`NonFiniteError`, leaving the last checkpoint as it was.
+
+SIGTERM / SIGINT finish the current step, write a checkpoint and exit with
+:data:`PREEMPTED_EXIT_CODE` (all processes of a multi-process run agree on the step).
+
+Fault-injection hooks for tests and debugging (environment variables, never in configs,
+so they change neither ``config.json`` nor the compiled step):
+
+* ``RSJAX_DEBUG_STEP_SLEEP=S``: sleep S seconds after every step (time to send a signal).
+* ``RSJAX_DEBUG_NONFINITE_FROM_STEP=N``: from step N on (1-based), one pixel of every host
+  batch is NaN, as if the model had diverged; exercises the refusal path end to end.
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.optimizer.lr > 0, "optimizer.lr", "must be > 0")
     need(config.log_every > 0, "log_every", "must be > 0")
     need(config.checkpoint_every > 0, "checkpoint_every", "must be > 0")
+    need(config.get("keep_checkpoints", 3) >= 1, "keep_checkpoints", "must be >= 1")
+    need(config.get("max_nonfinite_steps", 5) >= 1, "max_nonfinite_steps", "must be >= 1")
     if "loss" in config and "temperature" in config.loss:
         need(config.loss.temperature > 0, "loss.temperature", "must be > 0")
     need(config.model.in_channels > 0, "model.in_channels", "must be > 0")
@@ -162,6 +176,10 @@ def make_train_step(method, tx, config):
 
     def train_step(state, batch):
         train_step.trace_count += 1  # runs only while tracing: counts compilations
+        stop_any = None
+        if "stop" in batch:  # multi-process runs: whether any process was signalled (_StopFlag)
+            batch = dict(batch)
+            stop_any = jnp.any(batch.pop("stop"))
         step = state["step"]
         step_key = jax.random.fold_in(root_key, step)
         rngs = {name: jax.random.fold_in(step_key, i) for i, name in enumerate(RNG_STREAMS)}
@@ -196,6 +214,8 @@ def make_train_step(method, tx, config):
             "nonfinite_run": new_state["nonfinite_run"],
             **{k: v.astype(jnp.float32) for k, v in aux["metrics"].items()},
         }
+        if stop_any is not None:
+            metrics["stop"] = stop_any
         return new_state, metrics
 
     train_step.trace_count = 0
@@ -235,7 +255,14 @@ def create_state(method, tx, config, mesh):
 # Signals
 # --------------------------------------------------------------------------------------
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop finishes the step, checkpoints and exits."""
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, checkpoints and exits.
+
+    Processes of a multi-process run must stop after the same step (the last checkpoint is
+    written collectively) although a scheduler's signals reach them at different moments:
+    each process adds its flag to the batch (``stop``, one bool per local row) and the step
+    reports ``any`` over the global batch in its metrics, which every process reads at the
+    same point of the loop. No extra host synchronisation, one or two extra steps.
+    """
 
     def __init__(self):
         self.signum = None
@@ -258,6 +285,27 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _debug_hooks() -> tuple[float, int]:
+    """``(sleep seconds per step, first non-finite step or 0)`` from the RSJAX_DEBUG_* variables."""
+    def read(name, kind):
+        value = os.environ.get(name, "")
+        try:
+            return kind(value) if value else kind(0)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value!r} is not a {kind.__name__}") from None
+
+    return read("RSJAX_DEBUG_STEP_SLEEP", float), read("RSJAX_DEBUG_NONFINITE_FROM_STEP", int)
+
+
+def _poison(batch: dict) -> dict:
+    """A copy of the host batch with one NaN pixel in ``view1`` (debug hook)."""
+    batch = dict(batch)
+    v = np.array(batch["view1"], copy=True)
+    v.reshape(-1)[0] = np.nan
+    batch["view1"] = v
+    return batch
+
+
 # --------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------
@@ -272,9 +320,11 @@ def _data_config_with_defaults(config):
 def make_data_iterator(config, workdir: str, mesh=None):
     data_cfg = _data_config_with_defaults(config)
     if data_cfg.device_resident:
-        from rsjax.data import device_data
+        from rsjax.data import device_data, pipeline, registry
 
         images, labels = device_data.load_raw(data_cfg, data_cfg.train_split)
+        pipeline.check_images(images, registry.get_dataset_info(data_cfg.name),
+                              where=f"split {data_cfg.train_split!r}", stacked=True)
         return device_data.DeviceIterator(images, labels, global_batch_size=config.batch_size,
                                           seed=config.seed, mesh=mesh or shd.make_mesh(),
                                           crops_as_scenes=data_cfg.crops_as_scenes)
@@ -334,8 +384,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stop_at = min(total, config.stop_after_steps) if config.stop_after_steps else total
     config_dict = config.to_dict()
 
+    last_saved = start_step if restored is not None else None
+
     def save(step):
+        nonlocal last_saved
+        if step == last_saved:  # e.g. a signal right after a periodic checkpoint
+            return
         ckpt_lib.save(manager, step, state, json.loads(data_iter.get_state()), config_dict)
+        last_saved = step
+
+    sleep_s, nonfinite_from = _debug_hooks()
+    multi = jax.process_count() > 1
+    local_rows = config.batch_size // jax.process_count()
+    stop_seen = False  # multi-process: a step's metrics said some process was signalled
 
     bar = tqdm(total=total, initial=start_step, desc=f"{config.method}", disable=not is_main,
                dynamic_ncols=True, unit="step")
@@ -343,38 +404,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = start_step
     t0 = time.time()
     compile_s = 0.0
-    with _StopFlag() as stop:
-        while step < stop_at:
-            batch = next(data_iter)
-            if not isinstance(batch["label"], jax.Array):
-                batch = shd.host_to_global(batch, mesh)
-            state, metrics = p_step(state, batch)
-            step += 1
-            if step == start_step + 1:  # the first call compiles: keep it out of train time
-                jax.block_until_ready(metrics)
-                compile_s, t0 = time.time() - t0, time.time()
+    try:
+        with _StopFlag() as stop:
+            while step < stop_at:
+                batch = next(data_iter)
+                if multi:
+                    flag = np.full((local_rows,), stop.signum is not None)
+                    batch = {**batch, "stop": flag if not isinstance(batch["label"], jax.Array)
+                             else shd.host_to_global(flag, mesh)}
+                if not isinstance(batch["label"], jax.Array):
+                    if nonfinite_from and step + 1 >= nonfinite_from:
+                        batch = _poison(batch)
+                    batch = shd.host_to_global(batch, mesh)
+                state, metrics = p_step(state, batch)
+                step += 1
+                if step == start_step + 1:  # the first call compiles: keep it out of train time
+                    jax.block_until_ready(metrics)
+                    compile_s, t0 = time.time() - t0, time.time()
+                if pending is not None:
+                    stop_seen |= _handle_metrics(wd, bar, *pending, config)
+                pending = (step, metrics)
+                if step % config.checkpoint_every == 0 and step < stop_at:
+                    stop_seen |= _handle_metrics(wd, bar, *pending, config)
+                    pending = None
+                    save(step)
+                if sleep_s:
+                    time.sleep(sleep_s)
+                if stop_seen if multi else stop.signum is not None:
+                    break
             if pending is not None:
-                _handle_metrics(wd, bar, *pending, config)
-            pending = (step, metrics)
-            if step % config.checkpoint_every == 0 and step < stop_at:
-                _handle_metrics(wd, bar, *pending, config)
-                pending = None
+                _handle_metrics(wd, bar, *pending, config, force_log=True)
+            if step > start_step or restored is None:
                 save(step)
-            if stop.signum is not None:
-                break
-        if pending is not None:
-            _handle_metrics(wd, bar, *pending, config, force_log=True)
-        if step > start_step or restored is None:
-            save(step)
-        bar.close()
+    finally:
+        bar.close()  # also on errors: a progress bar redrawn after the error message hides it
     elapsed = time.time() - t0
     summary = {"step": step, "total_steps": total, "train_seconds": elapsed, "compile_seconds": compile_s,
-               "compiles": train_step.trace_count}
+               "compiles": train_step.trace_count, "nonfinite_steps": int(jax.device_get(state["nonfinite_total"]))}
+    if summary["nonfinite_steps"] and is_main:
+        print(f"{summary['nonfinite_steps']} step(s) refused for a non-finite loss or gradient "
+              f"(listed in {wd.events_path})", flush=True)
     if is_main:
         wd.plot_loss_curve()
-    if stop.signum is not None and step < stop_at:
-        print(f"Stopped by signal {stop.signum} at step {step}; checkpoint written. Rerun the same command to resume.",
-              flush=True)
+    if (stop_seen if multi else stop.signum is not None) and step < stop_at:
+        if is_main:
+            print(f"Stopped by signal {stop.signum or 'on another process'} at step {step}; checkpoint written. "
+                  f"Rerun the same command to resume.", flush=True)
         wd.close()
         sys.exit(PREEMPTED_EXIT_CODE)
     if step >= total and config.get("eval", {}).get("enabled", True):
@@ -385,8 +460,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False):
+def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False) -> bool:
+    """Logs one step's metrics (and refuses it when non-finite); returns its ``stop`` bit."""
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    stop_any = bool(m.pop("stop", 0.0))
     run = int(m.pop("nonfinite_run"))
     if not m.pop("finite"):
         msg = f"step {step}: non-finite loss or gradient (loss={m['loss']}); step refused"
@@ -402,6 +479,7 @@ def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False):
     if step % config.log_every == 0 or force_log or step == config.total_steps:
         bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
         wd.log_metrics(step, m)
+    return stop_any
 
 
 # --------------------------------------------------------------------------------------
@@ -425,6 +503,11 @@ def evaluate_pretrained(method, state, config, wd) -> dict:
     data_cfg = _data_config_with_defaults(config)
     x_tr, y_tr = load_eval_arrays(data_cfg, ecfg.train_split, ecfg.get("max_train", None) or None)
     x_te, y_te = load_eval_arrays(data_cfg, ecfg.test_split, ecfg.get("max_test", None) or None)
+    for split, y in ((ecfg.train_split, y_tr), (ecfg.test_split, y_te)):
+        if y.ndim != 1 or (y < 0).any():
+            raise ValueError(
+                f"dataset {config.data.name!r} split {split!r} has no single-class labels (missing = -1, or "
+                f"multi-hot); the kNN / linear-probe evaluation needs them: set config.eval.enabled=False")
     host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     encode = jax.jit(lambda x: method.encode(host_state["params"], host_state["batch_stats"], x))
     f_tr = cls.extract_features(encode, x_tr, batch_size=ecfg.batch_size, desc="features train")

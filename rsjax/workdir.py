@@ -5,6 +5,12 @@
 logged step with ``step`` and ``loss``), ``events.jsonl`` (warnings such as refused
 steps), TensorBoard events in ``tb/``, ``loss_curve.png`` and, after evaluation,
 ``eval_report.json`` and pictures.
+
+Every file a job names relative to the workdir goes through :meth:`Workdir.file`, which
+refuses names that would land outside it (``..``, absolute paths, symlinks leading out).
+The only write locations outside the workdir are chosen explicitly by the user: the
+``--workdir`` itself, ``data.data_dir`` (TFDS datasets), ``data.cache_dir`` (decoded-array
+cache) and the ``--out`` files of ``rsjax.export`` / ``rsjax.bench``.
 """
 
 from __future__ import annotations
@@ -141,8 +147,21 @@ class Workdir:
             self._tb = None
 
     # -- reports and pictures --------------------------------------------------------------
+    def file(self, name: str) -> str:
+        """Absolute path of the output file ``name`` inside the workdir.
+
+        Raises:
+          ValueError: ``name`` would write outside the workdir.
+        """
+        root = os.path.realpath(self.path)
+        path = os.path.realpath(os.path.join(root, name))
+        if not name or os.path.commonpath([root, path]) != root or path == root:
+            raise ValueError(f"output file name {name!r} would write outside the workdir {self.path}; "
+                             f"use a plain file name")
+        return path
+
     def write_eval_report(self, task: str, metrics: dict, config, name: str = "eval_report.json") -> str:
-        path = os.path.join(self.path, name)
+        path = self.file(name)
         cfg = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -156,9 +175,9 @@ class Workdir:
             return None
         from rsjax import plots
 
-        return plots.loss_curve(rows, os.path.join(self.path, name))
+        return plots.loss_curve(rows, self.file(name))
 
     def plot_confusion(self, cm, name: str, class_names=None) -> str:
         from rsjax import plots
 
-        return plots.confusion_matrix(cm, os.path.join(self.path, name), class_names=class_names)
+        return plots.confusion_matrix(cm, self.file(name), class_names=class_names)

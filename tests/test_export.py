@@ -264,7 +264,8 @@ def test_load_state_dict_refuses_pickled_objects(tmp_path):
 
 def test_importing_export_does_not_import_torch_and_cli_has_flags():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    code = "import sys, rsjax.export, rsjax.export.__main__; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, rsjax.export, rsjax.export.__main__, rsjax.export.torch_resnet; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     res = subprocess.run(
         [sys.executable, "-m", "rsjax.export", "--helpshort"], env=env, capture_output=True, text=True, timeout=120

@@ -71,7 +71,7 @@ def test_config_variants():
     assert paper.loss.temperature == 0.5 and paper.batch_size == 256
     assert paper.optimizer.name == "lars" and paper.optimizer.schedule == "cosine_restarts"
     demo = load_config("false", "demo")
-    assert demo.model.name == "resnet18" and demo.data.image_size == 32
+    assert demo.model.name == "resnet10_w32" and demo.data.image_size == 32
 
 
 def test_cosine_restarts_schedule():

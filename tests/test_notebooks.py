@@ -67,6 +67,7 @@ def _run_notebook(name: str, nb_env: dict, **extra_env) -> nbformat.NotebookNode
     cwd.mkdir()
     env = {**nb_env["env"], **{k: str(v) for k, v in extra_env.items()}}
     client = nbclient.NotebookClient(nb, kernel_name=_kernel_name(), timeout=CELL_TIMEOUT_S,
+                                     startup_timeout=120,
                                      resources={"metadata": {"path": str(cwd)}})
     try:
         client.execute(env=env, cwd=str(cwd))

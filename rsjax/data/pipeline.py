@@ -41,6 +41,10 @@ Batch: ``view1``, ``view2`` float32 ``[b_local, image_size, image_size, C]`` nor
 the registry's per-band statistics, ``scene_id`` int32 ``[b_local]``, ``label`` int32 ``[b_local]`` (-1 for
 unlabelled or multi-label data).
 
+Input checks (:func:`check_images`, :func:`check_label`): a record whose image has the wrong
+band count or dtype, or NaN / inf pixels, and (evaluation arrays) a label outside the
+dataset's classes raise ValueError naming the dataset, split and record index.
+
 Checkpointing: ``it.get_state()`` returns **bytes**: UTF-8 JSON ``{"format", "next_batch",
 "fingerprint"}`` (``json.loads`` gives a JSON-serializable dict), the same convention as
 ``grain.DataLoaderIterator``, so ``grain.checkpoint.CheckpointSave(it)`` works with Orbax.
@@ -364,6 +368,52 @@ def _sub_crop(img: np.ndarray, g: int, sub: int) -> np.ndarray:
     return img[cy * ch:(cy + 1) * ch, cx * cw:(cx + 1) * cw]
 
 
+def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
+                 stacked: bool = False) -> None:
+    """Raises ValueError naming ``where`` for pixels rsjax cannot use.
+
+    ``images`` is one image ``[H, W, C]`` or, with ``stacked``, ``[N, H, W, C]`` (the message
+    then names the first bad index). Refused: a shape that is not ``[H, W, C]`` with the
+    registry's band count; a dtype that is not a real number; float pixels in an
+    integer-coded dataset (registry ``scale`` > 1: they would be silently off by that
+    factor, e.g. reflectance already divided by 10000); NaN or inf pixels (checked on the
+    float32 values that normalization uses; integer pixels are always finite).
+    """
+    x = np.asarray(images)
+    what = f"dataset {info.name!r}: {where}"
+    if x.ndim != 3 + bool(stacked) or x.shape[-1] != info.num_bands:
+        raise ValueError(f"{what} has image shape {x.shape}, expected {'[N, ' if stacked else '['}H, W, "
+                         f"{info.num_bands}] (bands {list(info.bands)})")
+    kind = x.dtype.kind
+    if kind not in "uif" or (kind == "f" and info.scale != 1):
+        expected = "unsigned or signed integers" + (" or floats" if info.scale == 1 else
+                                                      f" (raw values are divided by scale={info.scale:g})")
+        raise ValueError(f"{what} has pixels of dtype {x.dtype}; expected {expected}")
+    if kind == "f":
+        with np.errstate(over="ignore"):  # float64 beyond float32 range: inf, reported below
+            finite = np.isfinite(x.astype(np.float32, copy=False))
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            at = f"index {int(bad[0])}, pixel {tuple(int(i) for i in bad[1:])}" if x.ndim == 4 else \
+                f"pixel {tuple(int(i) for i in bad)}"
+            raise ValueError(f"{what} has {int((~finite).sum())} NaN/inf pixel value(s) ({at})")
+
+
+def check_label(label: np.ndarray, info: registry.DatasetInfo, *, where: str) -> None:
+    """Raises ValueError naming ``where`` for a stored label outside ``[0, num_classes)``
+    (multi-hot labels: a value other than 0 / 1). Datasets without classes are not checked."""
+    if info.num_classes <= 0:
+        return
+    lab = np.asarray(label)
+    if info.multi_label:
+        if lab.size and not np.isin(lab, (0, 1)).all():
+            raise ValueError(f"dataset {info.name!r}: {where} has a multi-hot label with values "
+                             f"{sorted(set(np.unique(lab).tolist()))[:5]}; expected 0 / 1")
+    elif lab.ndim == 0 and not 0 <= int(lab) < info.num_classes:
+        raise ValueError(f"dataset {info.name!r}: {where} has label {int(lab)}, outside [0, "
+                         f"{info.num_classes}) (classes {list(info.class_names)[:10]})")
+
+
 def _scalar_label(ex: dict) -> int:
     if "label" not in ex:
         return -1
@@ -401,12 +451,11 @@ class _MakeBatch:
         labels = np.empty((self.bl,), np.int32)
         inv_scale = np.float32(1.0 / self.info.scale)
         for i, (ex, unit, row) in enumerate(zip(exs, units, rows)):
-            img = _sub_crop(np.asarray(ex["image"]), self.g, unit % g2)
-            if img.ndim != 3 or img.shape[-1] != self.info.num_bands:
-                raise ValueError(
-                    f"dataset {self.info.name!r}: record {int(unit // g2)} of split "
-                    f"{self.source.split!r} has image shape {img.shape}, expected [H, W, "
-                    f"{self.info.num_bands}] (bands {self.info.bands})")
+            img = np.asarray(ex["image"])
+            if img.ndim != 3 or img.shape[-1] != self.info.num_bands or img.dtype.kind != "u":
+                check_images(img, self.info, where=f"record {int(unit // g2)} of split "
+                                                   f"{self.source.split!r}")
+            img = _sub_crop(img, self.g, unit % g2)
             x = img.astype(np.float32) * inv_scale
             rng = np.random.default_rng([self.seed, b, int(row)])
             a, c = augment.two_views(x, rng, self.aug)
@@ -594,8 +643,13 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
         n = min(n, int(max_examples))
     images, labels = [], []
     for s in range(0, n, 256):
-        for ex in source.read(range(s, min(n, s + 256))):
-            x = registry.normalize(np.asarray(ex["image"]), info)
+        for i, ex in enumerate(source.read(range(s, min(n, s + 256))), start=s):
+            where = f"record {i} of split {split!r}"
+            raw = np.asarray(ex["image"])
+            check_images(raw, info, where=where)
+            if "label" in ex:
+                check_label(ex["label"], info, where=where)
+            x = registry.normalize(raw, info)
             if image_size and x.shape[0] != image_size:
                 x = augment.resize(x, int(image_size))
             images.append(x)

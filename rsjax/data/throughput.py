@@ -31,21 +31,25 @@ PRESETS = {
                            "samples_per_scene": 4},
 }
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
-_NAME = flags.DEFINE_string("name", "rs_synthetic", "Dataset name.")
-_CONFIG = flags.DEFINE_string("config", "default", "Builder config.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "View size in pixels.")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size.")
-_BATCHES = flags.DEFINE_integer("batches", 20, "Timed batches.")
-_THREADS = flags.DEFINE_integer("num_threads", 2, "grain reader threads.")
-_WORKERS = flags.DEFINE_integer("num_workers", 0, "grain worker processes.")
-_SPB = flags.DEFINE_integer("scenes_per_batch", 0, "Scene-aware batching (0 = off).")
-_SPS = flags.DEFINE_integer("samples_per_scene", 2, "Samples per scene.")
-_CAS = flags.DEFINE_integer("crops_as_scenes", 0, "Cut images into g x g crops as scenes.")
-_MANUAL = flags.DEFINE_string("manual_dir", None, "Original files: build the dataset from "
-                              "them first when it is not built in --data_dir.")
-_PRESET = flags.DEFINE_enum("preset", None, sorted(PRESETS), "Named setup (see PRESETS); "
-                            "flags given explicitly override it.")
+def _define_flags():
+    """Flags exist only when this module runs as a program, so importing it (tests) never
+    clashes with other entry points' flags (``--config`` of ``rsjax.main``)."""
+    global _DATA_DIR, _NAME, _CONFIG, _IMAGE_SIZE, _BATCH, _BATCHES, _THREADS, _WORKERS, _SPB, _SPS, _CAS, _MANUAL, _PRESET
+    _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
+    _NAME = flags.DEFINE_string("name", "rs_synthetic", "Dataset name.")
+    _CONFIG = flags.DEFINE_string("config", "default", "Builder config.")
+    _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "View size in pixels.")
+    _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size.")
+    _BATCHES = flags.DEFINE_integer("batches", 20, "Timed batches.")
+    _THREADS = flags.DEFINE_integer("num_threads", 2, "grain reader threads.")
+    _WORKERS = flags.DEFINE_integer("num_workers", 0, "grain worker processes.")
+    _SPB = flags.DEFINE_integer("scenes_per_batch", 0, "Scene-aware batching (0 = off).")
+    _SPS = flags.DEFINE_integer("samples_per_scene", 2, "Samples per scene.")
+    _CAS = flags.DEFINE_integer("crops_as_scenes", 0, "Cut images into g x g crops as scenes.")
+    _MANUAL = flags.DEFINE_string("manual_dir", None, "Original files: build the dataset from "
+                                  "them first when it is not built in --data_dir.")
+    _PRESET = flags.DEFINE_enum("preset", None, sorted(PRESETS), "Named setup (see PRESETS); "
+                                "flags given explicitly override it.")
 
 
 def measure(cfg, *, batch_size: int, image_size: int, batches: int) -> dict:
@@ -98,4 +102,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -213,7 +213,8 @@ def save_encoder(
     json_path = sidecar_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))).clone() for k, v in state_dict.items()}
+    # A writable C-ordered copy (arrays restored from jax are read-only, which torch warns about).
+    tensors = {k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in state_dict.items()}
     meta = _jsonable(dict(metadata))
     meta.setdefault("num_tensors", len(tensors))
     _atomic_write(pt_path, lambda tmp: torch.save(tensors, tmp))

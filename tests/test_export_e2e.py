@@ -1,0 +1,114 @@
+"""End to end: a real smoke pretraining run -> ``python -m rsjax.export`` (a separate process)
+-> ``strict=True`` load into the reference torch ResNet -> the Flax encoder's pooled features."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from rsjax.export import load_state_dict, sidecar_path, torch_resnet  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 2
+
+
+def _smoke_config(data_dir):
+    spec = importlib.util.spec_from_file_location("cfg_swimdiff_e2e", REPO / "configs" / "swimdiff.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config("smoke")
+    config.data.data_dir = data_dir
+    config.total_steps = STEPS
+    config.eval.enabled = False
+    return config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step SwiMDiff smoke run on 8 fake devices, and standardized test images of its data."""
+    from rsjax import train
+    from rsjax.data import build, pipeline
+
+    root = tmp_path_factory.mktemp("export_e2e")
+    data_dir = str(root / "tfds")
+    build.ensure_built("rs_synthetic", data_dir, config="tiny")
+    config = _smoke_config(data_dir)
+    workdir = root / "run"
+    summary = train.train_and_evaluate(config, str(workdir))
+    assert summary["step"] == STEPS
+    images, _ = pipeline.load_arrays(config.data, "test", max_examples=8)
+    return config, workdir, np.asarray(images, np.float32)
+
+
+def _flax_pooled(config, workdir, images):
+    # The Flax side straight from the full train state in the checkpoint (not through the
+    # export's own loader), encoded the way the trainer's evaluation does.
+    import orbax.checkpoint as ocp
+
+    from rsjax import checkpoint, methods
+
+    manager = checkpoint.make_manager(str(workdir), read_only=True)
+    assert max(manager.all_steps()) == STEPS
+    state = manager.restore(STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    method = methods.get_method(config)
+    encode = jax.jit(lambda x: method.encode(state["params"], state["batch_stats"], x))
+    return np.asarray(encode(images), np.float32)
+
+
+def _export_cli(workdir, out, env):
+    res = subprocess.run(
+        [sys.executable, "-m", "rsjax.export", f"--workdir={workdir}", f"--out={out}", "--format=torchvision"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "Traceback" not in res.stderr
+    return res
+
+
+def _check_export(out, config, flax_pooled, images):
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["format"] == "torchvision" and side["step"] == STEPS
+    assert side["arch"] == config.model.name == "tiny" and side["stem"] == "standard"
+    assert side["in_channels"] == config.model.in_channels == len(side["bands"]) == len(side["mean"]) == 13
+    assert side["method"] == "swimdiff" and side["dataset"] == "rs_synthetic"
+    for path in (out, out.with_suffix(".safetensors")):
+        net = torch_resnet.reference_resnet(side["arch"], side["in_channels"], stem=side["stem"])
+        net.load_state_dict(load_state_dict(path), strict=True)
+        torch_pooled = torch_resnet.pooled_features(net, images)
+        assert torch_pooled.shape == flax_pooled.shape == (len(images), net.num_features)
+        assert np.max(np.abs(torch_pooled - flax_pooled)) <= 1e-4, path
+    # from_export reads the sidecar itself and gives the same network.
+    np.testing.assert_allclose(torch_resnet.pooled_features(torch_resnet.from_export(out), images),
+                               flax_pooled, atol=1e-4, rtol=0)
+
+
+def test_cli_export_of_a_real_run_matches_flax_features(run, tmp_path):
+    config, workdir, images = run
+    flax_pooled = _flax_pooled(config, workdir, images)
+    assert np.all(np.isfinite(flax_pooled)) and flax_pooled.std() > 1e-3  # a non-trivial comparison
+    out = tmp_path / "export" / "encoder.pt"
+    res = _export_cli(workdir, out, {**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert str(out) in res.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["encoder.pt", "encoder.pt.json", "encoder.safetensors"]
+    _check_export(out, config, flax_pooled, images)
+
+
+def test_cli_export_on_a_machine_with_fewer_devices(run, tmp_path):
+    # Trained on 8 (fake) devices, exported on a 1-device machine: the usual TPU -> laptop path
+    # (the checkpoint must be restored onto the local device, not with the saved 8-device sharding).
+    config, workdir, images = run
+    flax_pooled = _flax_pooled(config, workdir, images)
+    out = tmp_path / "export" / "encoder.pt"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    _export_cli(workdir, out, {**env, "JAX_PLATFORMS": "cpu"})
+    _check_export(out, config, flax_pooled, images)
