@@ -177,7 +177,7 @@ def load_encoder_for_export(workdir: str, step: int | None = None):
 
     config = read_config(workdir)
     step, state = read_state(workdir, step)
-    info = registry.get_dataset_info(config.data.name)
+    info = registry.get_config_info(config.data.name, config.data.get("builder_config", None))
     method = methods.get_method(config)
     del method  # validates the config names an existing method
     meta = {
