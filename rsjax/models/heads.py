@@ -30,19 +30,11 @@ import jax.numpy as jnp
 
 
 def _timestep_embedding(t, dim: int, max_period: float = 10000.0):
-    """Sinusoidal embedding of timesteps t [B] -> [B, dim] float32.
+    """Sinusoidal embedding of timesteps t [B] -> [B, dim] float32 (see
+    :func:`rsjax.diffusion.timestep_embedding`, sines first)."""
+    from rsjax import diffusion
 
-    emb[:, i] = sin(t * f_i), emb[:, half + i] = cos(t * f_i), f_i = max_period ** (-i / half),
-    half = dim // 2 (a zero column is appended when dim is odd).
-    """
-    t = jnp.asarray(t, jnp.float32).reshape(-1)
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
-    args = t[:, None] * freqs[None, :]
-    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-    if dim % 2:
-        emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
+    return diffusion.timestep_embedding(jnp.asarray(t).reshape(-1), dim, max_period)
 
 
 class ProjectionHead(nn.Module):
