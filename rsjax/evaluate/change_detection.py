@@ -47,7 +47,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax import losses, plots
-from rsjax import workdir as workdir_lib
 from rsjax.data import registry
 from rsjax.evaluate import common
 from rsjax.evaluate import metrics as M
@@ -174,11 +173,6 @@ def overlay(test: dict, pred: np.ndarray, info, path: str, n: int = 4) -> str:
 
 
 def run(config, workdir: str) -> dict:
-    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before anything is written
-    wd = workdir_lib.Workdir(workdir, config)
     info = common.dataset_info(config)
-    train, test = load_data(config)
-    try:
-        return evaluate_arrays(config, wd, train, test, info=info, loaded=loaded)
-    finally:
-        wd.close()
+    return common.run_job(config, workdir, load_data,
+                          lambda wd, data, loaded: evaluate_arrays(config, wd, *data, info=info, loaded=loaded))

@@ -43,7 +43,6 @@ from tqdm.auto import tqdm
 
 from rsjax import plots
 from rsjax import sharding as shd
-from rsjax import workdir as workdir_lib
 from rsjax.data import registry
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
@@ -307,10 +306,5 @@ def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, loaded
 
 
 def run(config, workdir: str) -> dict:
-    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before anything is written
-    wd = workdir_lib.Workdir(workdir, config)  # a mismatching checkpoint fails before data is read
-    x_tr, y_tr, x_te, y_te, names = load_data(config)
-    try:
-        return evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, names, loaded)
-    finally:
-        wd.close()
+    return common.run_job(config, workdir, load_data,
+                          lambda wd, data, loaded: evaluate_arrays(config, wd, *data, loaded))

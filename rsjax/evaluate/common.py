@@ -104,6 +104,24 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
     return params, batch_stats, meta
 
 
+def run_job(config, workdir: str, load_data: Callable, evaluate: Callable) -> dict:
+    """The shared shape of every evaluation job's ``run``.
+
+    The pretrained checkpoint is checked first (a mismatch fails before anything is written),
+    then the workdir is opened (a different config already there is refused), the data read,
+    and ``evaluate(wd, data, loaded)`` run; the workdir's writers are closed on any exit.
+    """
+    from rsjax import workdir as workdir_lib
+
+    loaded = load_pretrained(config)
+    wd = workdir_lib.Workdir(workdir, config)
+    data = load_data(config)
+    try:
+        return evaluate(wd, data, loaded)
+    finally:
+        wd.close()
+
+
 def pretrained_summary(loaded) -> dict:
     if loaded is None:
         return {"init": "random"}

@@ -33,7 +33,6 @@ import numpy as np
 import optax
 
 from rsjax import plots
-from rsjax import workdir as workdir_lib
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import classification_job as cjob
 from rsjax.evaluate import common
@@ -149,10 +148,5 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, loaded
 
 
 def run(config, workdir: str) -> dict:
-    loaded = common.load_pretrained(config)  # a mismatching checkpoint fails before anything is written
-    wd = workdir_lib.Workdir(workdir, config)
-    x_tr, t_tr, x_te, t_te, names = load_data(config)
-    try:
-        return evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, names, loaded)
-    finally:
-        wd.close()
+    return common.run_job(config, workdir, load_data,
+                          lambda wd, data, loaded: evaluate_arrays(config, wd, *data, loaded))
