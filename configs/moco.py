@@ -1,5 +1,10 @@
 """MoCo v2 baseline: momentum key encoder + queue, plain InfoNCE (scene_mode=none).
 
+As facebookresearch/moco builds it, the negatives are the queue only
+(moco.batch_negatives=False: logits [q.k+, q.queue] / T, label 0). The demo and smoke
+symmetrize the loss over the two views (moco.symmetric=True, documented in
+rsjax/methods/moco.py); :paper computes MoCo v2's one direction (q from view 1, k from view 2).
+
 Run:
   python -m rsjax.main --config=configs/moco.py --workdir=runs/moco
   python -m rsjax.main --config=configs/moco.py:smoke --workdir=/tmp/smoke
@@ -7,7 +12,7 @@ Run:
 (`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
 
 Variants: demo (default; half-width ResNet-10 on the synthetic scenes), smoke (tiny, 4 steps),
-paper (ResNet-50, batch 256, queue 65,536, m 0.999, SGD lr 0.03, tau 0.2, bf16).
+paper (ResNet-50, batch 256, queue 65,536, m 0.999, SGD lr 0.03, tau 0.2, bf16, one direction).
 """
 
 from rsjax import configs_lib
@@ -19,7 +24,7 @@ def get_config(arg=None):
     variant = configs_lib.parse_arg(arg, VARIANTS)
     c = configs_lib.pretrain_base()
     c.method = "moco"
-    configs_lib.add_moco(c, queue_size=1024, momentum=0.99)
+    configs_lib.add_moco(c, queue_size=1024, momentum=0.99, batch_negatives=False)
     c.loss.temperature = 0.2
     if variant == "smoke":
         return configs_lib.smoke(c)
@@ -32,6 +37,7 @@ def get_config(arg=None):
         c.dtype = "bfloat16"
         c.moco.queue_size = 65536
         c.moco.momentum = 0.999
+        c.moco.symmetric = False  # MoCo v2: q1 . k2 only
         c.optimizer.name = "sgd"
         c.optimizer.lr = 0.03
         c.optimizer.warmup_steps = 0

@@ -8,6 +8,17 @@ Run:
 
 Variants: demo (default; half-width ResNet-10 on the synthetic scenes, same budget as the SwiMDiff demo),
 smoke (tiny, 4 steps), imagenet_style (ResNet-50, batch 256, LARS, tau 0.5 — set data.*).
+
+Projector: Dense -> BN -> ReLU -> Dense -> BN without centring (model.proj_last_bn = True), as the
+projection head of the reference implementation (google-research/simclr, ``linear_layer`` with
+``center=False`` on the output layer); the output Dense has no bias.
+
+Loss scale (documented difference): rsjax reports the MEAN of NT-Xent over the 2B anchors of
+both directions. The reference (google-research/simclr ``add_contrastive_loss``) SUMS the two
+directions' batch-mean cross entropies (loss_a + loss_b), i.e. 2x rsjax's value. Gradients
+differ by the same factor 2, which with SGD/LARS is a factor 2 on the learning rate (LARS's trust
+ratio is scale-invariant in the gradient, so under LARS only weight decay's relative weight
+changes); Adam-type optimizers are invariant to it.
 """
 
 from rsjax import configs_lib
@@ -20,6 +31,7 @@ def get_config(arg=None):
     c = configs_lib.pretrain_base()
     c.method = "simclr"
     c.loss.temperature = 0.2
+    c.model.proj_last_bn = True          # the reference head's output BN (no centring)
     if variant == "smoke":
         return configs_lib.smoke(c)
     if variant in ("bench", "bench_eurosat"):

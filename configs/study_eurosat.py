@@ -6,6 +6,8 @@ Run:
   python -m rsjax.main --config=configs/study_eurosat.py:cpu --workdir=runs/study_cpu \
       --config.data.manual_dir=../shared/data/eurosat_rgb
   python -m rsjax.main --config=configs/study_eurosat.py:smoke --workdir=/tmp/study_smoke
+On a lent GPU: the phases of .ci/device/study_gpu.sh (EuroSAT carried in two halves; each
+finished arm's JSON goes to study.out_dir = $OUT at once; time-boxed by study.time_budget_s).
 
 Each method pretrains from scratch, without labels, on the train split only (21,600 images;
 split: per class in sorted order, one default_rng(0), first round(20%) of the permutation ->
@@ -47,6 +49,10 @@ def get_config(arg=None):
     c.study.seeds = "0"                    # pretraining seeds, comma-separated
     c.study.include_random_init = True
     c.study.stop_after_arm = ""            # for time-limited slots: stop after this arm; rerun continues
+    c.study.time_budget_s = 0.0            # > 0: start no new arm after this many seconds; rerun continues
+    c.study.name = variant                 # results file names: study_<name>_<arm>.json
+    c.study.out_dir = ""                   # also write each finished arm's JSON here (e.g. $OUT); "" = only
+                                           # <workdir>/results
     c.epochs = 100
     c.max_steps_per_arm = 0                # > 0 caps every arm's steps (smoke tests)
     c.batch_size = 512
@@ -75,7 +81,10 @@ def get_config(arg=None):
     c.eval.batch_size = 1024
     c.eval.max_train = 0
     c.eval.max_test = 0
-    if variant == "cpu":
+    if variant == "gpu":
+        # issue 17's order: the floor and the three main methods first, the rest if time remains.
+        c.study.arms = "simclr,moco_v2,swimdiff,false,swimdiff_matching_only,swimdiff_diffusion_only"
+    elif variant == "cpu":
         c.epochs = 3
         c.batch_size = 128
         c.dtype = "float32"

@@ -28,7 +28,8 @@ def get_config(arg=None):
     variant = configs_lib.parse_arg(arg, VARIANTS)
     c = configs_lib.pretrain_base()
     c.method = "swimdiff"
-    configs_lib.add_moco(c, queue_size=1024, momentum=0.99)
+    # batch keys + queue: the scene-aware batch's same-scene keys must be candidates
+    configs_lib.add_moco(c, queue_size=1024, momentum=0.99, batch_negatives=True)
     configs_lib.add_swimdiff(c)
     c.loss.temperature = 0.2
     c.data.scenes_per_batch = 16
@@ -47,6 +48,7 @@ def get_config(arg=None):
         c.checkpoint_every = 2000
         c.moco.queue_size = 65536
         c.moco.momentum = 0.999
+        c.moco.symmetric = False  # one direction, as the MoCo v2 it builds on
         c.optimizer.name = "sgd"
         c.optimizer.lr = 0.03 * c.batch_size / 256
         c.optimizer.weight_decay = 1e-4

@@ -77,11 +77,17 @@ def pretrain_base() -> ml_collections.ConfigDict:
     return c
 
 
-def add_moco(c: ml_collections.ConfigDict, *, queue_size: int, momentum: float = 0.99) -> None:
+def add_moco(c: ml_collections.ConfigDict, *, queue_size: int, momentum: float = 0.99,
+             batch_negatives: bool = False, symmetric: bool = True) -> None:
     c.moco = ml_collections.ConfigDict()
     c.moco.queue_size = queue_size
     c.moco.momentum = momentum
     c.moco.cosine_momentum = False
+    # False = MoCo v2's candidates: the positive and the queue only (logits [q.k+, q.queue]);
+    # True also scores the other keys of the batch (SwiMDiff's scene-wide matching).
+    c.moco.batch_negatives = batch_negatives
+    # True = q1.k2 and q2.k1 averaged (MoCo v3 style); False = MoCo v2's q1.k2 only.
+    c.moco.symmetric = symmetric
     c.model.proj_bn = False      # MoCo v2's MLP head has no BatchNorm
     c.loss.scene_mode = "none"
 
@@ -98,6 +104,7 @@ def add_swimdiff(c: ml_collections.ConfigDict) -> None:
     c.swimdiff.beta_end = 0.02
     c.swimdiff.x0_scale = 3.0    # standardized view / 3 -> clip to [-1, 1]
     c.swimdiff.diffusion_size = 0  # denoise at this side in px (antialiased downsample); 0 = view size
+    c.swimdiff.log_nocond = True   # log loss_diffusion_nocond (L_D with the conditioning zeroed)
     c.loss.scene_mode = "soft"
 
 
@@ -201,6 +208,7 @@ def add_dense_train(c: ml_collections.ConfigDict, *, steps: int, batch_size: int
     c.train.warmup_steps = 0
     c.train.freeze_encoder = False
     c.train.dice_weight = 1.0
+    c.train.dice_reduction = "example"  # example (rsjax, per crop) | batch (torch CE/BCE + smp DiceLoss, as CromSS)
 
 
 def noisy_label_base() -> ml_collections.ConfigDict:
@@ -234,6 +242,7 @@ def noisy_label_base() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.dice_weight = 1.0     # CE + dice_weight * Dice
+    c.loss.dice_reduction = "batch"  # CromSS: torch CE + smp DiceLoss over the batch | example (rsjax, per crop)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"
@@ -242,6 +251,19 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 10
     c.optimizer.final_lr_fraction = 0.0
     c.optimizer.grad_clip = 0.0
+    # ReduceLROnPlateau as CromSS (torch semantics, rsjax.noisy_label.plateau_update): lr x factor
+    # after `patience` validations without improvement of the held-out crops' mIoU (noisy labels).
+    c.optimizer.plateau = ml_collections.ConfigDict()
+    c.optimizer.plateau.enabled = False  # off: the schedule alone (cosine), no held-out crops
+    c.optimizer.plateau.mode = "max"     # max on mIoU
+    c.optimizer.plateau.factor = 0.5
+    c.optimizer.plateau.patience = 30    # validations (CromSS: epochs)
+    c.optimizer.plateau.threshold = 1e-4
+    c.optimizer.plateau.threshold_mode = "rel"
+    c.optimizer.plateau.cooldown = 0
+    c.optimizer.plateau.min_lr = 0.0
+    c.optimizer.plateau.every = 0        # steps between validations; 0 = one epoch of the training crops
+    c.optimizer.plateau.val_fraction = 0.01  # training crops held out for it (CromSS --validation 0.01)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "rs_synthetic"

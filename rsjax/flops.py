@@ -6,6 +6,24 @@ into sub-jaxprs (pjit, custom_jvp/vjp, scan bodies x length, cond: the costliest
 Elementwise work is ignored: this is the "model FLOPs" of MFU, not hardware FLOPs. XLA's
 own cost analysis is not used because after compilation convolutions become library calls
 (cuDNN) that it does not count.
+
+Convolution count. For ``out = conv(lhs, rhs)`` every output element is a dot product over
+one kernel window, so
+
+    FLOPs = 2 * |out| * |rhs| / C_out / prod(lhs_dilation)
+
+where ``|rhs| / C_out`` is kernel spatial size x input features per group. ``lhs_dilation``
+(d_1, ..., d_n) inserts d_i - 1 zeros between input elements; JAX emits it only for the
+input gradient of a strided convolution (a transposed convolution). Of each window's taps
+only 1 / prod(d_i) fall on real input elements (rounded at the borders), so without the
+division the backward pass of a stride-2 2-D convolution would count 4x its real
+multiply-adds. With it, the input gradient of a strided conv counts exactly as much as its
+forward (when the input size is a multiple of the stride, e.g. every ResNet stage at 64 /
+224 px), and forward + backward of a network is the analytic 3 x forward minus the first
+layer's input gradient (tests/test_flops.py). Padding is counted as in the forward pass
+(the usual convention of 2 * H_out * W_out * k * k * C_in * C_out). ``rhs_dilation`` (atrous
+convs, and the weight gradient of a strided conv) skips taps instead of inserting zeros and
+needs no correction.
 """
 
 from __future__ import annotations
@@ -32,7 +50,9 @@ def _eqn_flops(eqn) -> float:
         dn = eqn.params["dimension_numbers"]
         out_feat_dim = dn.rhs_spec[0]
         per_out = _size(rhs) / rhs[out_feat_dim]  # kernel spatial x in_features / groups
-        return 2.0 * _size(eqn.outvars[0].aval.shape) * per_out
+        # Transposed conv (input gradient of a strided conv): the inserted zeros are no work.
+        zeros_factor = _size(eqn.params.get("lhs_dilation") or ())
+        return 2.0 * _size(eqn.outvars[0].aval.shape) * per_out / zeros_factor
     return 0.0
 
 

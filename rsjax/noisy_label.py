@@ -35,6 +35,15 @@ its last checkpoint with the same data order. The trainer's jitted step
 (``rsjax.train.make_train_step``) runs method ``noisy_label``
 (``rsjax.methods.noisy_label.NoisyLabelSegmentation``).
 
+Learning rate (``config.optimizer.plateau``, on in ``configs/noisy_label.py:paper``): CromSS's
+torch ``ReduceLROnPlateau(mode="max", factor=0.5, patience=30)`` on the validation mIoU, once per
+epoch (``plateau.every = 0``). ``plateau.val_fraction`` of the pretraining crops are held out
+(seeded) and scored with their noisy labels; :func:`plateau_update` is torch's rule, and its
+state (lr scale, best, bad-epoch and cooldown counters) is a :class:`PlateauState` leaf of the
+optimizer state (:func:`plateau_scale`, last in the optax chain), so it is checkpointed with the
+train state and resumes exactly. Off (the default), nothing is held out and the schedule alone
+sets the lr.
+
 Transfer (``config.transfer``): downstream data = ``transfer.split`` of the same dataset (by
 default the held-out ``test`` split, whose scenes are disjoint from pretraining), divided by
 scene into a labelled train part (``train_scene_fraction``, at most ``max_train_images``) and
@@ -61,12 +70,13 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from rsjax import checkpoint as ckpt_lib
 from rsjax import sharding as shd
@@ -292,6 +302,129 @@ def feature_modules(encoder_name: str, decoder: str) -> list[tuple[str, str, str
 
 
 # --------------------------------------------------------------------------------------
+# ReduceLROnPlateau (config.optimizer.plateau; CromSS's LR rule)
+# --------------------------------------------------------------------------------------
+PLATEAU_MODES = ("max", "min")
+PLATEAU_THRESHOLD_MODES = ("rel", "abs")
+
+
+class PlateauState(NamedTuple):
+    """State of :func:`plateau_scale`: a leaf of the optimizer state, so it is checkpointed with
+    the train state and a resumed run continues the rule where it stopped."""
+
+    scale: jax.Array             # float32: lr multiplier (1, factor, factor**2, ...)
+    best: jax.Array              # float32: best validation metric so far (-inf / +inf at start)
+    num_bad: jax.Array           # int32: validations since the last improvement
+    cooldown_counter: jax.Array  # int32
+    num_evals: jax.Array         # int32: validations so far (torch's last_epoch)
+
+
+def plateau_scale(mode: str = "max"):
+    """Optax transform multiplying the updates by ``PlateauState.scale`` (set on the host by
+    :func:`plateau_update`). Chained after Adam / AdamW / SGD it scales the learning rate: their
+    updates are ``-lr * direction`` with a direction that does not depend on lr (SGD's momentum
+    is accumulated on the gradients, as in torch), so ``scale * update`` is the update with
+    ``lr * scale`` -- what torch's ReduceLROnPlateau does to ``param_group["lr"]``."""
+    if mode not in PLATEAU_MODES:
+        raise ValueError(f"config.optimizer.plateau.mode={mode!r}: expected one of {PLATEAU_MODES}")
+
+    def init(params):
+        del params
+        return PlateauState(scale=jnp.ones((), jnp.float32),
+                            best=jnp.full((), -jnp.inf if mode == "max" else jnp.inf, jnp.float32),
+                            num_bad=jnp.zeros((), jnp.int32), cooldown_counter=jnp.zeros((), jnp.int32),
+                            num_evals=jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def plateau_update(state: dict, metric: float, *, base_lr: float, mode: str = "max", factor: float = 0.5,
+                   patience: int = 30, threshold: float = 1e-4, threshold_mode: str = "rel",
+                   cooldown: int = 0, min_lr: float = 0.0, eps: float = 1e-8) -> dict:
+    """One ``ReduceLROnPlateau.step(metric)`` of torch, on host numbers (pure).
+
+    ``state``: ``{scale, best, num_bad, cooldown_counter, num_evals}``; the lr is
+    ``base_lr * scale``. With ``better(a, best)`` = ``a > best * (1 + threshold)`` (max, rel),
+    ``a > best + threshold`` (max, abs), ``a < best * (1 - threshold)`` (min, rel),
+    ``a < best - threshold`` (min, abs)::
+
+        if better(metric, best): best = metric; num_bad = 0  else: num_bad += 1
+        if cooldown_counter > 0: cooldown_counter -= 1; num_bad = 0
+        if num_bad > patience:
+            new_lr = max(lr * factor, min_lr); lr = new_lr if lr - new_lr > eps
+            cooldown_counter = cooldown; num_bad = 0
+
+    CromSS: ``ReduceLROnPlateau(opt, "max", patience=30, factor=0.5)`` on the validation mIoU,
+    stepped once per epoch (Lightning's default), the other arguments torch's defaults.
+    """
+    if mode not in PLATEAU_MODES:
+        raise ValueError(f"config.optimizer.plateau.mode={mode!r}: expected one of {PLATEAU_MODES}")
+    if threshold_mode not in PLATEAU_THRESHOLD_MODES:
+        raise ValueError(f"config.optimizer.plateau.threshold_mode={threshold_mode!r}: expected one of "
+                         f"{PLATEAU_THRESHOLD_MODES}")
+    a, best = float(metric), float(state["best"])
+    if mode == "max":
+        better = a > (best * (1.0 + threshold) if threshold_mode == "rel" else best + threshold)
+    else:
+        better = a < (best * (1.0 - threshold) if threshold_mode == "rel" else best - threshold)
+    scale, num_bad, cool = float(state["scale"]), int(state["num_bad"]), int(state["cooldown_counter"])
+    if better:
+        best, num_bad = a, 0
+    else:
+        num_bad += 1
+    if cool > 0:
+        cool -= 1
+        num_bad = 0
+    if num_bad > patience:
+        old_lr = base_lr * scale
+        new_lr = max(old_lr * factor, min_lr)
+        if old_lr - new_lr > eps:
+            scale = new_lr / base_lr
+        cool, num_bad = int(cooldown), 0
+    return {"scale": scale, "best": best, "num_bad": num_bad, "cooldown_counter": cool,
+            "num_evals": int(state["num_evals"]) + 1}
+
+
+def plateau_config(config):
+    """``config.optimizer.plateau`` when enabled, else None."""
+    p = config.optimizer.get("plateau", None)
+    return p if p is not None and p.get("enabled", False) else None
+
+
+def _plateau_kwargs(p, base_lr: float) -> dict:
+    return dict(base_lr=float(base_lr), mode=p.get("mode", "max"), factor=float(p.get("factor", 0.5)),
+                patience=int(p.get("patience", 30)), threshold=float(p.get("threshold", 1e-4)),
+                threshold_mode=p.get("threshold_mode", "rel"), cooldown=int(p.get("cooldown", 0)),
+                min_lr=float(p.get("min_lr", 0.0)))
+
+
+def validation_split(config, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of the pretraining crops: ``optimizer.plateau.val_fraction``
+    of them (at least one) held out by a seeded permutation when the plateau rule is on (as
+    CromSS's ``--validation 0.01`` random split of the training patches), none otherwise."""
+    p = plateau_config(config)
+    if p is None:
+        return np.arange(n), np.arange(0)
+    frac = float(p.get("val_fraction", 0.01))
+    n_val = max(1, int(round(n * frac)))
+    if not 0.0 < frac < 1.0 or n_val >= n:
+        raise ValueError(f"config.optimizer.plateau.val_fraction={frac}: must hold out between 1 and "
+                         f"{n - 1} of the {n} training crops")
+    perm = np.random.default_rng([int(config.seed), 17]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def plateau_every(config, num_train: int) -> int:
+    """Steps between validations: ``optimizer.plateau.every``, 0 = one epoch of the training crops."""
+    every = int(plateau_config(config).get("every", 0))
+    return every if every > 0 else max(1, math.ceil(num_train / int(config.batch_size)))
+
+
+# --------------------------------------------------------------------------------------
 # A compiled segmentation trainer (one per model shape; reused by every arm)
 # --------------------------------------------------------------------------------------
 def _sub_config(config, *, total_steps, batch_size, optimizer, seed=None):
@@ -325,9 +458,11 @@ class SegTrainer:
         self.method = NoisyLabelSegmentation(sub_config, decoder=decoder, num_classes=num_classes,
                                              freeze_encoder=freeze_encoder)
         self.tx = train.make_optimizer(sub_config)
+        self.plateau = plateau_config(sub_config)
+        if self.plateau is not None:
+            # last in the chain: opt_state[-1] is the PlateauState the host loop reads and sets
+            self.tx = optax.chain(self.tx, plateau_scale(self.plateau.get("mode", "max")))
         if freeze_encoder:
-            import optax
-
             labels = lambda p: {k: ("frozen" if k == "encoder" else "train") for k in p}  # noqa: E731
             self.tx = optax.multi_transform({"train": self.tx, "frozen": optax.set_to_zero()}, labels)
         self.step_fn = train.make_train_step(self.method, self.tx, sub_config)
@@ -353,6 +488,19 @@ class SegTrainer:
             feat = inter[parent][mod]["__call__"][0]
             stats[level] = fisher_stats(feat, labels, self.num_classes)
         return jnp.argmax(logits, -1).astype(jnp.int32), stats
+
+    def get_plateau(self, state) -> dict:
+        """The :class:`PlateauState` of ``state`` as host numbers."""
+        return {k: np.asarray(v).item() for k, v in jax.device_get(state["opt_state"][-1])._asdict().items()}
+
+    def set_plateau(self, state, values: dict):
+        """``state`` with its :class:`PlateauState` replaced by ``values`` (replicated)."""
+        old = state["opt_state"][-1]
+        new = PlateauState(**{k: np.asarray(values[k], np.asarray(getattr(old, k)).dtype)
+                              for k in PlateauState._fields})
+        state = dict(state)
+        state["opt_state"] = (*state["opt_state"][:-1], jax.device_put(new, shd.replicated(self.mesh)))
+        return state
 
     def state_for(self, encoder=None):
         """The initial state on the mesh, optionally with a pretrained ``(params, batch_stats)``."""
@@ -426,11 +574,16 @@ def _write_jsonl(path, rows):
 
 
 def pretrain(config, workdir: str, trainer: SegTrainer, data: SegData, labels: np.ndarray,
-             analysis_data: SegData | None, *, desc: str = "noisy_label") -> dict:
+             analysis_data: SegData | None, *, desc: str = "noisy_label", val_data: SegData | None = None) -> dict:
     """Trains ``trainer`` on ``(data.images, labels)``; checkpoints into ``workdir``.
 
     Resumes from the newest checkpoint. Logs ``metrics.jsonl`` (step, loss, ...) and, when
     ``analysis_data`` is given, ``analysis.jsonl`` rows ``{step, miou, fisher, weights}``.
+    With ``optimizer.plateau.enabled`` (the trainer then carries a :class:`PlateauState`),
+    every :func:`plateau_every` steps the mIoU on ``val_data`` (held-out crops with their
+    noisy labels, as CromSS's ``v_miou``) drives :func:`plateau_update`; its state is written
+    into the optimizer state before that step's checkpoint, rows ``{step, val_miou, lr_scale,
+    best, num_bad}`` go to ``plateau.jsonl``, and the logged ``lr`` includes the scale.
     Returns ``{"state": host state, "analysis": rows, "step": ...}``.
     """
     from tqdm.auto import tqdm
@@ -454,6 +607,14 @@ def pretrain(config, workdir: str, trainer: SegTrainer, data: SegData, labels: n
     total = int(config.total_steps)
     stop_at = min(total, int(config.stop_after_steps)) if config.get("stop_after_steps", 0) else total
     every = int(config.analysis.every) if analysis_data is not None and config.analysis.get("every", 0) else 0
+    plateau = trainer.plateau
+    if plateau is not None and not val_data:
+        raise ValueError("config.optimizer.plateau.enabled needs validation crops (plateau.val_fraction > 0)")
+    plateau_every_n = plateau_every(config, len(data)) if plateau is not None else 0
+    plateau_kw = _plateau_kwargs(plateau, config.optimizer.lr) if plateau is not None else {}
+    ppath = os.path.join(wd.path, "plateau.jsonl")
+    plateau_rows = [r for r in _read_jsonl(ppath) if r["step"] <= start]
+    lr_scale = trainer.get_plateau(state)["scale"] if plateau is not None else 1.0
     config_dict = json.loads(config.to_json_best_effort())
 
     def analyse(step):
@@ -467,6 +628,18 @@ def pretrain(config, workdir: str, trainer: SegTrainer, data: SegData, labels: n
 
     def save(step):
         ckpt_lib.save(manager, step, state, {"next_batch": int(step)}, config_dict)
+
+    def plateau_step(step):
+        # the validation of CromSS's Lightning loop (once per epoch by default), then the rule
+        cm, _, _ = trainer.evaluate(state, val_data)
+        miou = metrics.segmentation_scores(cm)["miou"]
+        new_state = trainer.set_plateau(state, plateau_update(trainer.get_plateau(state), miou, **plateau_kw))
+        new = trainer.get_plateau(new_state)  # as stored (float32): what the next validation compares with
+        plateau_rows.append({"step": int(step), "val_miou": miou, "lr_scale": new["scale"], "best": new["best"],
+                             "num_bad": new["num_bad"]})
+        if is_main:
+            _write_jsonl(ppath, plateau_rows)
+        return new_state, new["scale"]
 
     if every and start == 0 and not rows:
         analyse(0)
@@ -487,9 +660,13 @@ def pretrain(config, workdir: str, trainer: SegTrainer, data: SegData, labels: n
                 raise train.NonFiniteError(f"{desc}: {run} consecutive non-finite steps at step {step}; "
                                            f"lower config.optimizer.lr")
             bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+            if plateau is not None:
+                m["lr"] *= lr_scale  # the step's schedule value times the plateau scale it ran with
             wd.log_metrics(step, m)
         if every and (step % every == 0 or step == total):
             analyse(step)
+        if plateau_every_n and step % plateau_every_n == 0:
+            state, lr_scale = plateau_step(step)
         if step % config.checkpoint_every == 0 or step == stop_at:
             save(step)
     bar.close()
@@ -566,6 +743,20 @@ def validate(config) -> None:
          f"must be one of {label_noise.FLIP_MODES}")
     need(config.model.decoder in ("unet", "deeplabv3plus", "pspnet"), "model.decoder",
          "must be unet, deeplabv3plus or pspnet")
+    from rsjax.losses import DICE_REDUCTIONS
+
+    need(config.loss.get("dice_reduction", "example") in DICE_REDUCTIONS, "loss.dice_reduction",
+         f"must be one of {DICE_REDUCTIONS}")
+    p = plateau_config(config)
+    if p is not None:
+        need(p.get("mode", "max") in PLATEAU_MODES, "optimizer.plateau.mode", f"must be one of {PLATEAU_MODES}")
+        need(p.get("threshold_mode", "rel") in PLATEAU_THRESHOLD_MODES, "optimizer.plateau.threshold_mode",
+             f"must be one of {PLATEAU_THRESHOLD_MODES}")
+        need(0.0 < float(p.get("factor", 0.5)) < 1.0, "optimizer.plateau.factor", "must be in (0, 1)")
+        need(int(p.get("patience", 30)) >= 0, "optimizer.plateau.patience", "must be >= 0")
+        need(int(p.get("cooldown", 0)) >= 0, "optimizer.plateau.cooldown", "must be >= 0")
+        need(int(p.get("every", 0)) >= 0, "optimizer.plateau.every", "must be >= 0 (0 = once per epoch)")
+        need(0.0 < float(p.get("val_fraction", 0.01)) < 1.0, "optimizer.plateau.val_fraction", "must be in (0, 1)")
     if config.transfer.get("enabled", True):
         for d in config.transfer.decoders:
             need(d in ("unet", "deeplabv3plus", "pspnet"), "transfer.decoders", f"unknown decoder {d!r}")
@@ -678,6 +869,17 @@ def _prepare(config):
     return mesh, pre, ana
 
 
+def split_pretraining(config, pre: SegData, labels: np.ndarray):
+    """``(train crops, their noisy labels, validation crops with noisy labels or None)``:
+    :func:`validation_split` applied after the noise, so the training crops keep the labels
+    they would have without a validation split."""
+    tr_idx, val_idx = validation_split(config, len(pre))
+    if not len(val_idx):
+        return pre, labels, None
+    val = dataclasses.replace(pre.subset(val_idx), labels=labels[val_idx])
+    return pre.subset(tr_idx), labels[tr_idx], val
+
+
 def _pretrain_trainer(config, mesh, num_classes):
     sub = _sub_config(config, total_steps=config.total_steps, batch_size=config.batch_size,
                       optimizer=config.optimizer)
@@ -689,16 +891,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from rsjax.evaluate import metrics
 
     mesh, pre, ana = _prepare(config)
-    config = resolve_steps(config, len(pre))
     k = pre.info.num_classes
-    labels = noisy_labels(config, pre.labels, k)
+    pre, labels, val = split_pretraining(config, pre, noisy_labels(config, pre.labels, k))
+    config = resolve_steps(config, len(pre))
     rate = label_noise.noise_rate(pre.labels, labels, IGNORE_INDEX)
     is_main = jax.process_index() == 0
     if is_main:
         print(f"{config.data.name}: {len(pre)} training crops of {config.data.image_size} px, {k} classes; "
               f"label noise: {rate:.1%} of pixels differ from the clean masks", flush=True)
     trainer = _pretrain_trainer(config, mesh, k)
-    out = pretrain(config, workdir, trainer, pre, labels, ana)
+    out = pretrain(config, workdir, trainer, pre, labels, ana, val_data=val)
     if out["step"] < config.total_steps:
         print(f"Stopped after step {out['step']} of {config.total_steps} (stop_after_steps); rerun to continue.",
               flush=True)
@@ -858,8 +1060,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     t_start = time.time()
     is_main = jax.process_index() == 0
-    mesh, pre, ana = _prepare(config)
-    config = resolve_steps(config, len(pre))
+    mesh, pre_all, ana = _prepare(config)
+    config = resolve_steps(config, len(validation_split(config, len(pre_all))[0]))
+    pre = split_pretraining(config, pre_all, pre_all.labels)[0]  # clean labels; the arms add noise
     wd = workdir_lib.Workdir(workdir, config, is_main=is_main)
     k = pre.info.num_classes
     trainer = _pretrain_trainer(config, mesh, k)
@@ -874,12 +1077,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         table.append({"arm": "random_init", "flip_rate": None, "pixel_noise_rate": None, "pretrain_miou": None,
                       "downstream_miou": {d: res[d]["miou"] for d in decoders}})
     for name, arm_cfg in study_arms(config):
-        labels = noisy_labels(arm_cfg, pre.labels, k)
+        _, labels, val = split_pretraining(arm_cfg, pre_all, noisy_labels(arm_cfg, pre_all.labels, k))
         rate = label_noise.noise_rate(pre.labels, labels, IGNORE_INDEX)
         if is_main:
             print(f"arm {name}: flip rate {arm_cfg.noise.flip_rate:.2f}, erosion {arm_cfg.noise.erosion} px -> "
                   f"{rate:.1%} noisy pixels", flush=True)
-        out = pretrain(arm_cfg, os.path.join(wd.path, "arms", name), trainer, pre, labels, ana, desc=name)
+        out = pretrain(arm_cfg, os.path.join(wd.path, "arms", name), trainer, pre, labels, ana, desc=name,
+                       val_data=val)
         if out["step"] < arm_cfg.total_steps:
             raise RuntimeError(f"arm {name} stopped at step {out['step']} (stop_after_steps); rerun to continue")
         state = out["state"]

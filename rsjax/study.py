@@ -8,6 +8,16 @@ test splits and score a linear probe and kNN on the test split. Arms already fin
 ``arm_result.json`` exists) are not rerun, so an interrupted study continues where it
 stopped. Writes ``study.json``, ``study.md`` (method x metric, mean +- std over seeds) and
 ``study.png``.
+
+Results as data: as soon as an arm (all its seeds) ends, its result is written as strict JSON
+with :func:`rsjax.results.save` to ``<out_dir>/study_<study.name>_<arm>.json`` (``out_dir`` =
+``config.study.out_dir``, default ``<workdir>/results``; a GPU call points it at ``$OUT`` so a
+run cut off mid-study still returns every finished arm). The payload carries the arm's per-seed
+linear/kNN top-1, pretraining seconds (compile excluded), compile seconds, the arm's wall
+seconds (compile + pretraining + features + probes) and :func:`rsjax.results.provenance`
+(command, commit, date, device). ``python -m rsjax.results`` renders the README table from
+``results/study_*.json``. ``config.study.time_budget_s`` > 0 starts no new arm after that many
+seconds, for time-boxed device calls; the rerun resumes at the next arm.
 """
 
 from __future__ import annotations
@@ -21,7 +31,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from rsjax import results as results_lib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# config.study keys that may differ between the calls of one study (see run()).
+STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm")
 
 
 def _load_config_module(name: str):
@@ -89,6 +103,47 @@ def _encoder_eval(encode_fn, x_tr, y_tr, x_te, y_te, ecfg, seed):
     return {"linear": cls.accuracy(lin, y_te), "knn": cls.accuracy(knn, y_te)}
 
 
+def _out_dirs(config, workdir: str) -> list[str]:
+    """Where each finished arm's JSON goes: ``<workdir>/results`` (the resume record) first,
+    then ``config.study.out_dir`` when set (e.g. ``$OUT`` of a device call)."""
+    dirs = [os.path.join(workdir, "results")]
+    extra = config.study.get("out_dir", "")
+    if extra and os.path.abspath(extra) != os.path.abspath(dirs[0]):
+        dirs.append(extra)
+    return dirs
+
+
+def _settings(config, data, num_train: int, num_test: int) -> dict:
+    """What every arm of this study shares, recorded beside each arm's numbers."""
+    return {
+        "dataset": data.name, "model": config.model.name, "image_size": int(data.image_size),
+        "epochs": config.epochs, "max_steps_per_arm": int(config.get("max_steps_per_arm", 0) or 0),
+        "batch_size": config.batch_size, "dtype": config.dtype, "optimizer": config.optimizer.name,
+        "lr": config.optimizer.lr, "num_train": int(num_train), "num_test": int(num_test),
+        "eval_max_train": int(config.eval.max_train or 0), "knn_k": config.eval.knn_k,
+        "knn_temperature": config.eval.knn_temperature, "linear_epochs": config.eval.linear_epochs,
+    }
+
+
+def _arm_payload(config, arm: str, arm_index: int, runs: list[dict], settings: dict) -> dict:
+    """One arm's result record (``study_<name>_<arm>.json``; rendered by rsjax.results)."""
+    if arm == "random_init":
+        method, overrides = None, {}
+    else:
+        file, overrides = _load_config_module("study_eurosat").ARMS[arm]
+        method = file
+    p = {"format": "rsjax.study_arm/v1", "setting": config.study.name, "arm": arm, "arm_index": arm_index,
+         "config_file": method, "overrides": dict(overrides), "settings": settings, "runs": runs}
+    for m in ("linear", "knn"):
+        vals = [r[m] for r in runs]
+        p[f"{m}_mean"], p[f"{m}_std"] = float(np.mean(vals)), float(np.std(vals))
+    p["pretrain_s"] = float(np.mean([r["pretrain_s"] for r in runs]))
+    p["compile_s"] = float(np.mean([r.get("compile_s") or 0.0 for r in runs]))
+    p["wall_s"] = float(sum(r.get("wall_s") or 0.0 for r in runs))
+    p["provenance"] = results_lib.provenance()
+    return p
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from rsjax import checkpoint, plots, train
     from rsjax.data import registry
@@ -97,7 +152,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     from rsjax import workdir as workdir_lib
 
-    workdir_lib.Workdir(workdir, config)  # writes config.json; refuses a workdir of another study
+    # config.json; refuses the workdir of another study. Which arms run, where their JSON also
+    # goes and the time box may change between the calls of one study (they change no result).
+    wd_dict = config.to_dict()
+    for key in STUDY_MUTABLE_KEYS:
+        wd_dict["study"].pop(key, None)
+    workdir_lib.Workdir(workdir, ml_collections.ConfigDict(wd_dict))
     data = default_data_config()
     data.update(config.data.to_dict())
     if data.device_resident and data.manual_dir and not data.cache_dir:
@@ -125,19 +185,36 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
     arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
+    if config.study.include_random_init and "random_init" not in arms:
+        arms = ["random_init", *arms]
+    known = _load_config_module("study_eurosat").ARMS
+    unknown = [a for a in arms if a != "random_init" and a not in known]
+    if unknown:  # before any data is loaded or any arm is trained
+        raise ValueError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, {', '.join(known)}")
     results: dict[str, dict] = {}
     dtype = {"bfloat16": jax.numpy.bfloat16}.get(config.dtype, jax.numpy.float32)
+    out_dirs = _out_dirs(config, workdir)
+    settings = _settings(config, data, num_train, len(y_te))
+    t_study = time.time()
+    not_started: list[str] = []
+    budget = float(config.study.get("time_budget_s", 0) or 0)
 
-    if config.study.include_random_init:
-        enc = resnet.create_encoder(config.model.name, stem=config.model.stem, dtype=dtype)
-        runs = []
-        for seed in seeds:
-            variables = jax.jit(lambda x: enc.init(jax.random.PRNGKey(seed), x, train=False))(x_tr[:2])
-            fn = jax.jit(lambda x, v=variables: enc.apply(v, x, train=False))
-            runs.append(_encoder_eval(fn, x_tr, y_tr, x_te, y_te, ecfg, seed))
-        results["random_init"] = {"runs": runs, "pretrain_s": 0.0}
-
-    for arm in arms:
+    for arm_index, arm in enumerate(arms):
+        name = f"study_{config.study.name}_{arm}.json"
+        finished = os.path.join(out_dirs[0], name)
+        if os.path.exists(finished):  # this arm (all seeds) ended in an earlier run: keep its record
+            with open(finished) as f:
+                payload = json.load(f)
+            if sorted(r["seed"] for r in payload["runs"]) == sorted(seeds):
+                for d in out_dirs[1:]:
+                    results_lib.save(payload, os.path.join(d, name))
+                results[arm] = payload
+                continue
+        if budget and time.time() - t_study > budget:
+            not_started = arms[arm_index:]
+            print(f"== study: time_budget_s={budget:.0f} spent; not started: "
+                  f"{', '.join(arms[arm_index:])} (rerun to continue)", flush=True)
+            break
         runs = []
         for seed in seeds:
             arm_wd = os.path.join(workdir, f"{arm}_s{seed}")
@@ -146,28 +223,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 with open(done) as f:
                     runs.append(json.load(f))
                 continue
-            cfg = arm_config(config, arm, seed, num_train)
-            print(f"== study arm {arm} (seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
-            summary = train.train_and_evaluate(cfg, arm_wd)
-            params, batch_stats, meta = checkpoint.load_encoder_for_export(arm_wd)
-            enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype)
-            variables = {"params": params, "batch_stats": batch_stats}
-            fn = jax.jit(lambda x, v=variables: enc.apply(v, x, train=False))
-            r = _encoder_eval(fn, x_tr, y_tr, x_te, y_te, ecfg, seed)
-            r.update(seed=seed, pretrain_s=summary["train_seconds"], steps=summary["step"],
-                     images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9))
-            with open(done, "w") as f:
-                json.dump(r, f)
+            t_arm = time.time()
+            if arm == "random_init":  # the floor: the same encoder, untrained
+                enc = resnet.create_encoder(config.model.name, stem=config.model.stem, dtype=dtype)
+                variables = jax.jit(lambda x, s=seed: enc.init(jax.random.PRNGKey(s), x, train=False))(x_tr[:2])
+                fn = jax.jit(lambda x, v=variables: enc.apply(v, x, train=False))
+                r = _encoder_eval(fn, x_tr, y_tr, x_te, y_te, ecfg, seed)
+                r.update(seed=seed, pretrain_s=0.0, compile_s=0.0, steps=0, images_per_s=None)
+            else:
+                cfg = arm_config(config, arm, seed, num_train)
+                print(f"== study arm {arm} (seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
+                summary = train.train_and_evaluate(cfg, arm_wd)
+                params, batch_stats, meta = checkpoint.load_encoder_for_export(arm_wd)
+                enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype)
+                variables = {"params": params, "batch_stats": batch_stats}
+                fn = jax.jit(lambda x, v=variables: enc.apply(v, x, train=False))
+                r = _encoder_eval(fn, x_tr, y_tr, x_te, y_te, ecfg, seed)
+                r.update(seed=seed, pretrain_s=summary["train_seconds"], compile_s=summary["compile_seconds"],
+                         steps=summary["step"],
+                         images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9))
+            r["wall_s"] = time.time() - t_arm
+            os.makedirs(arm_wd, exist_ok=True)
+            results_lib.save(r, done)
             runs.append(r)
-            print(f"   {arm} s{seed}: linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s)", flush=True)
-        results[arm] = {"runs": runs, "pretrain_s": float(np.mean([r["pretrain_s"] for r in runs]))}
+            print(f"   {arm} s{seed}: linear {r['linear']:.2%}  kNN {r['knn']:.2%}  "
+                  f"({r['pretrain_s']:.0f} s training, {r['wall_s']:.0f} s wall)", flush=True)
+        payload = _arm_payload(config, arm, arm_index, runs, settings)
+        for d in out_dirs:
+            results_lib.save(payload, os.path.join(d, name))
+        results[arm] = payload
         if config.study.stop_after_arm and arm == config.study.stop_after_arm:
             break
 
-    for r in results.values():
-        for m in ("linear", "knn"):
-            vals = [x[m] for x in r["runs"]]
-            r[f"{m}_mean"], r[f"{m}_std"] = float(np.mean(vals)), float(np.std(vals))
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
@@ -175,13 +262,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "num_train": int(num_train),
         "num_test": int(len(y_te)),
         "results": results,
+        "not_started": not_started,
         "config": json.loads(config.to_json_best_effort()),
     }
-    with open(os.path.join(workdir, "study.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    results_lib.save(report, os.path.join(workdir, "study.json"))
     md = markdown_table(report)
     with open(os.path.join(workdir, "study.md"), "w") as f:
         f.write(md)
+    if not results:
+        print(md, flush=True)
+        return report
     plots.bars({k: 100 * v["linear_mean"] for k, v in results.items()}, os.path.join(workdir, "study.png"),
                errors={k: 100 * v["linear_std"] for k, v in results.items()}, ylabel="linear probe top-1 (%)",
                title=f"{data.name}: linear probe on frozen features")

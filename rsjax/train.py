@@ -72,10 +72,65 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if "loss" in config and "temperature" in config.loss:
         need(config.loss.temperature > 0, "loss.temperature", "must be > 0")
     need(config.model.in_channels > 0, "model.in_channels", "must be > 0")
-    if config.data.get("scenes_per_batch", 0):
-        spb, sps = config.data.scenes_per_batch, config.data.samples_per_scene
-        need(spb * sps == config.batch_size, "data.scenes_per_batch",
+    _validate_data_config(config)
+
+
+# Keys of config.data besides the input-path keys of rsjax.data.defaults.default_data_config.
+_EXTRA_DATA_KEYS = ("image_size",)
+
+
+def _validate_data_config(config) -> None:
+    """The ``config.data`` checks: every key is read by the input path the config selects, the
+    batch layout fits ``batch_size``, and augmentation parameters are in range. Runs before the
+    workdir is written. Both paths honour the same augmentation and batching keys (see
+    rsjax.data.pipeline / device_data); refused are keys no path reads, and combinations one
+    path cannot serve, naming both keys."""
+    from rsjax.data.defaults import default_data_config
+
+    known = set(default_data_config().keys()) | set(_EXTRA_DATA_KEYS)
+    given = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+    for key in given:
+        if key not in known:
+            raise ValueError(f"config.data.{key}: no input path reads this key (host pipeline nor "
+                             f"data.device_resident=True); known keys: {sorted(known)}")
+    d = _data_config_with_defaults(config)
+
+    def need(cond, key, msg):
+        if not cond:
+            raise ValueError(f"config.data.{key}={d[key]!r}: {msg}")
+
+    def number(key):
+        need(isinstance(d[key], (int, float)) and not isinstance(d[key], bool), key, "must be a number")
+        return float(d[key])
+
+    spb, sps, g = d.scenes_per_batch or 0, d.samples_per_scene, d.crops_as_scenes or 0
+    need(spb >= 0, "scenes_per_batch", "must be >= 0 (0 = no scene-aware batching)")
+    need(sps >= 1, "samples_per_scene", "must be >= 1")
+    need(g >= 0, "crops_as_scenes", "must be >= 0 (0 = whole images)")
+    if spb:
+        need(spb * sps == config.batch_size, "scenes_per_batch",
              f"scenes_per_batch x samples_per_scene ({spb} x {sps}) must equal batch_size {config.batch_size}")
+    elif g:
+        need(config.batch_size % (g * g) == 0, "crops_as_scenes",
+             f"with data.scenes_per_batch=0 every image brings all its {g * g} crops, so batch_size "
+             f"{config.batch_size} must be a multiple of {g * g} (or set data.scenes_per_batch)")
+    for key in ("jitter_prob", "gray_prob", "blur_prob", "saturation"):
+        need(0.0 <= number(key) <= 1.0, key, "must be in [0, 1]")
+    need(0.0 <= number("band_jitter") < 1.0, "band_jitter", "must be in [0, 1): the per-band gain is U(1 - b, 1 + b)")
+    need(number("jitter_strength") >= 0.0, "jitter_strength", "must be >= 0")
+    need(0.0 < number("crop_scale_min") <= number("crop_scale_max") <= 1.0, "crop_scale_min",
+         f"need 0 < crop_scale_min <= crop_scale_max <= 1 (crop_scale_max={d.crop_scale_max!r})")
+    need(0.0 < number("blur_sigma_min") <= number("blur_sigma_max"), "blur_sigma_min",
+         f"need 0 < blur_sigma_min <= blur_sigma_max (blur_sigma_max={d.blur_sigma_max!r})")
+    if d.device_resident:
+        need(not d.num_workers, "num_workers",
+             "grain worker processes belong to the host pipeline; data.device_resident=True has none "
+             "(set data.num_workers=0)")
+    else:
+        need(not d.manual_dir, "manual_dir",
+             "the class folder is read by the GPU-resident path only; with data.device_resident=False "
+             "the host pipeline reads the TFDS dataset data.name (set data.device_resident=True, or "
+             "build the dataset and clear data.manual_dir)")
 
 
 def _get(config, dotted):
@@ -100,6 +155,15 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _not_norm_mask(params):
+    # Every parameter except those of normalisation layers (modules named bn*, *_bn, *norm*).
+    def keep(path, p):
+        names = [str(getattr(k, "key", k)) for k in path[:-1]]
+        return not any("bn" in n or "norm" in n for n in names)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     o = config.optimizer
     lr = make_schedule(config)
@@ -114,8 +178,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
             optax.sgd(lr, momentum=o.get("momentum", 0.9), nesterov=o.get("nesterov", False)),
         )
     elif name == "lars":
-        tx = optax.lars(lr, weight_decay=o.weight_decay, weight_decay_mask=_decay_mask,
-                        trust_ratio_mask=_decay_mask, momentum=o.get("momentum", 0.9))
+        # decay_bias / trust_ratio_all: VISSL's regularize_bias (BN never decayed) / apex LARC,
+        # which adapts every parameter (FALSE's official config); defaults: matrices only.
+        wd_mask = _not_norm_mask if o.get("decay_bias", False) else _decay_mask
+        tr_mask = (lambda p: jax.tree.map(lambda _: True, p)) if o.get("trust_ratio_all", False) else _decay_mask
+        tx = optax.lars(lr, weight_decay=o.weight_decay, weight_decay_mask=wd_mask, trust_ratio_mask=tr_mask,
+                        trust_coefficient=o.get("trust_coefficient", 0.001), eps=o.get("lars_eps", 0.0),
+                        momentum=o.get("momentum", 0.9))
     else:
         raise ValueError(f"config.optimizer.name={name!r}: expected adamw, adam, sgd or lars")
     if o.get("grad_clip", 0.0):
@@ -322,12 +391,14 @@ def make_data_iterator(config, workdir: str, mesh=None):
     if data_cfg.device_resident:
         from rsjax.data import device_data, pipeline, registry
 
-        images, labels = device_data.load_raw(data_cfg, data_cfg.train_split)
+        images, labels, scenes = device_data.load_raw_with_scenes(data_cfg, data_cfg.train_split)
         pipeline.check_images(images, registry.get_dataset_info(data_cfg.name),
                               where=f"split {data_cfg.train_split!r}", stacked=True)
-        return device_data.DeviceIterator(images, labels, global_batch_size=config.batch_size,
-                                          seed=config.seed, mesh=mesh or shd.make_mesh(),
-                                          crops_as_scenes=data_cfg.crops_as_scenes)
+        return device_data.DeviceIterator(
+            images, labels, global_batch_size=config.batch_size, seed=config.seed,
+            mesh=mesh or shd.make_mesh(), crops_as_scenes=data_cfg.crops_as_scenes,
+            scene_ids=scenes, scenes_per_batch=data_cfg.scenes_per_batch,
+            samples_per_scene=data_cfg.samples_per_scene, dataset=data_cfg.name)
     from rsjax.data import build, pipeline
 
     build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.get("builder_config"))

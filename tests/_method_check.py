@@ -62,3 +62,17 @@ def assert_trees_close(a, b, rtol=1e-4, atol=1e-6, scale_atol=0.0):
         x, y = np.asarray(x), np.asarray(y)
         tol = atol + scale_atol * float(np.max(np.abs(y))) if y.size else atol
         np.testing.assert_allclose(x, y, rtol=rtol, atol=tol)
+
+
+def run_train_steps(method, config, batches, seed=0):
+    """States before every step and after the last, from ``train.make_train_step`` (the real
+    loop's step: optimizer update, then ``method.update_extra``) jitted on one device."""
+    tx = train.make_optimizer(config)
+    state = train.init_state(method, tx, batches[0], seed)
+    step = jax.jit(train.make_train_step(method, tx, config))
+    states, metrics = [jax.device_get(state)], []
+    for batch in batches:
+        state, m = step(state, batch)
+        states.append(jax.device_get(state))
+        metrics.append(jax.device_get(m))
+    return states, metrics

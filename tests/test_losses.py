@@ -12,6 +12,7 @@ from rsjax import losses
 
 RTOL = 2e-5
 ATOL = 2e-5
+SCENE_MODES_ALL = ("none", "mask", "soft")
 
 
 # ----------------------------------------------------------------------------------------
@@ -37,30 +38,53 @@ def ref_nt_xent(z1, z2, tau):
     return out
 
 
-def ref_scene_infonce(q, k, scene_q, scene_k, tau, mode, queue=None, scene_queue=None):
+def ref_scene_infonce(q, k, scene_q, scene_k, tau, mode, queue=None, scene_queue=None, batch_negatives=True):
     q, k = _np_normalize(q), _np_normalize(k)
-    cands = list(k)
-    scenes = list(scene_k)
-    if queue is not None:
-        cands += list(_np_normalize(queue))
-        scenes += list(scene_queue)
+    qn = [] if queue is None else list(_np_normalize(queue))
+    sq = [] if queue is None else list(scene_queue)
     out = np.zeros(len(q))
     for i in range(len(q)):
+        if batch_negatives:  # every key of the batch, then the queue; positive at i
+            cands, scenes, p = list(k) + qn, list(scene_k) + sq, i
+        else:  # MoCo v2: the positive, then the queue; positive at 0
+            cands, scenes, p = [k[i]] + qn, [scene_k[i]] + sq, 0
         cos = [float(np.dot(q[i], c)) for c in cands]
-        fn = [j for j in range(len(cands)) if j != i and scenes[j] == scene_q[i]]
+        fn = [j for j in range(len(cands)) if j != p and scenes[j] == scene_q[i]]
         if mode == "mask":
             den_idx = [j for j in range(len(cands)) if j not in fn]
         else:
             den_idx = list(range(len(cands)))
         log_den = np.log(sum(np.exp(cos[j] / tau) for j in den_idx))
         if mode == "soft":
-            weights = {i: 1.0}
+            weights = {p: 1.0}
             for j in fn:
                 weights[j] = max(0.0, cos[j])
             total = sum(weights.values())
             out[i] = -sum(w / total * (cos[j] / tau - log_den) for j, w in weights.items())
         else:
-            out[i] = -(cos[i] / tau - log_den)
+            out[i] = -(cos[p] / tau - log_den)
+    return out
+
+
+def ref_moco_v2(q, k, queue, tau):
+    """facebookresearch/moco ``moco/builder.py`` forward + ``main_moco.py`` criterion, in numpy.
+
+    ``q``, ``k`` [N, C] and ``queue`` [C, K] (MoCo keeps the queue as columns) are normalized
+    along C; ``l_pos = einsum('nc,nc->n')[:, None]``, ``l_neg = einsum('nc,ck->nk')``,
+    ``logits = cat([l_pos, l_neg], 1) / T``, labels all 0, ``CrossEntropyLoss`` per row.
+    """
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    k = k / np.linalg.norm(k, axis=1, keepdims=True)
+    queue = queue / np.linalg.norm(queue, axis=0, keepdims=True)
+    l_pos = np.einsum("nc,nc->n", q, k)[:, None]
+    l_neg = np.einsum("nc,ck->nk", q, queue)
+    logits = np.concatenate([l_pos, l_neg], axis=1) / tau
+    labels = np.zeros(len(q), np.int64)
+    out = np.zeros(len(q))
+    for n in range(len(q)):  # CrossEntropyLoss(reduction="none"): -log softmax(logits)[label]
+        row = logits[n]
+        m = row.max()
+        out[n] = -(row[labels[n]] - m - np.log(np.sum(np.exp(row - m))))
     return out
 
 
@@ -86,7 +110,7 @@ def ref_false(z1, z2, tau, threshold, alpha, fnsd_mode):
     pairs = []
     if fnsd_mode == "per_anchor":
         pairs = [(i, fn_of(i)[0]) for i in gated]
-    else:
+    else:  # gate_then_pick
         best, best_d = None, np.inf
         for i in gated:  # row-major scan of the full matrix
             j, d = fn_of(i)
@@ -251,6 +275,120 @@ def test_scene_infonce_bad_mode_and_queue_args():
         losses.scene_infonce(q, k, scene_q=scene, scene_k=scene, temperature=0.2, queue=queue)
 
 
+@pytest.mark.parametrize("mode", ["none", "mask", "soft"])
+def test_scene_infonce_queue_only_matches_numpy(mode):
+    """batch_negatives=False: candidates of q_i are k_i and the queue (MoCo v2)."""
+    q, k, scene, queue, scene_queue = _scene_inputs(7)
+    kw = dict(scene_q=scene, scene_k=scene, temperature=0.2, queue=queue, scene_queue=scene_queue)
+    out = losses.scene_infonce(q, k, mode=mode, batch_negatives=False, **kw)
+    ref = ref_scene_infonce(q, k, scene, scene, 0.2, mode, queue, scene_queue, batch_negatives=False)
+    np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
+    jitted = jax.jit(functools.partial(losses.scene_infonce, mode=mode, batch_negatives=False))(q, k, **kw)
+    np.testing.assert_allclose(jitted, out, rtol=1e-6, atol=1e-6)
+    # and it is not the batch-negatives loss (the 5 other keys are extra candidates there)
+    with_batch = losses.scene_infonce(q, k, mode=mode, batch_negatives=True, **kw)
+    assert np.all(np.abs(np.asarray(with_batch) - np.asarray(out)) > 1e-4)
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.2])
+def test_scene_infonce_none_queue_only_is_moco_v2(tau):
+    """mode none + batch_negatives=False is MoCo v2's logits [q.k+, q.queue] / T with label 0."""
+    rng = np.random.default_rng(8)
+    b, d, kq = 5, 16, 12
+    q, k = rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b, d)).astype(np.float32)
+    queue_cols = rng.normal(size=(d, kq)).astype(np.float32)  # MoCo's [C, K] buffer
+    scene = rng.integers(0, 3, size=b).astype(np.int32)  # scene ids must not matter in mode none
+    scene_queue = rng.integers(0, 3, size=kq).astype(np.int32)
+    out = losses.scene_infonce(
+        q, k, scene_q=scene, scene_k=scene, temperature=tau, mode="none",
+        queue=queue_cols.T, scene_queue=scene_queue, batch_negatives=False,
+    )
+    np.testing.assert_allclose(out, ref_moco_v2(q, k, queue_cols, tau), rtol=RTOL, atol=ATOL)
+
+
+def test_scene_infonce_queue_only_ignores_other_batch_keys():
+    q, k, scene, queue, scene_queue = _scene_inputs(9)
+    kw = dict(scene_q=scene, scene_k=scene, temperature=0.2, queue=queue, scene_queue=scene_queue,
+              batch_negatives=False)
+    k2 = k.copy()
+    k2[1:] = np.random.default_rng(0).normal(size=k2[1:].shape)
+    for mode in SCENE_MODES_ALL:
+        a = losses.scene_infonce(q, k, mode=mode, **kw)
+        c = losses.scene_infonce(q, k2, mode=mode, **kw)
+        assert a[0] == c[0] and np.all(np.asarray(a[1:]) != np.asarray(c[1:]))
+
+
+def test_scene_infonce_queue_only_needs_queue():
+    q, k, scene, _, _ = _scene_inputs(10)
+    with pytest.raises(ValueError, match="batch_negatives=False needs a `queue`"):
+        losses.scene_infonce(q, k, scene_q=scene, scene_k=scene, temperature=0.2, batch_negatives=False)
+
+
+def ref_scene_infonce_grad(q, k, scene, queue, scene_queue, tau, mode, batch_negatives):
+    """Analytic float64 gradient of mean_i loss_i w.r.t. (q, k, queue), the target held constant.
+
+    With u = x / |x| for every input row, l_ij = u(q_i) . u(c_j) / tau and p_i = softmax(l'_i)
+    (masked entries have p = t = 0): d loss_i / d l_ij = p_ij - t_ij, and the normalization
+    contributes d u / d x = (I - u u^T) / |x|.
+    """
+    q, k, queue = (np.asarray(x, np.float64) for x in (q, k, queue))
+    nq, nk, nu = (np.linalg.norm(x, axis=1, keepdims=True) for x in (q, k, queue))
+    uq, uk, uu = q / nq, k / nk, queue / nu
+    gq, gk, gu = np.zeros_like(q), np.zeros_like(k), np.zeros_like(queue)
+    b = len(q)
+    for i in range(b):
+        if batch_negatives:
+            cands = [("k", j) for j in range(b)] + [("u", m) for m in range(len(queue))]
+            p = i
+        else:
+            cands = [("k", i)] + [("u", m) for m in range(len(queue))]
+            p = 0
+        vec = [uk[j] if src == "k" else uu[j] for src, j in cands]
+        sc = [scene[j] if src == "k" else scene_queue[j] for src, j in cands]
+        cos = np.array([uq[i] @ v for v in vec])
+        fn = np.array([j != p and sc[j] == scene[i] for j in range(len(cands))])
+        keep = ~fn if mode == "mask" else np.ones(len(cands), bool)
+        e = np.where(keep, np.exp(cos / tau - np.max(cos / tau)), 0.0)
+        prob = e / e.sum()
+        t = np.zeros(len(cands))
+        t[p] = 1.0
+        if mode == "soft":
+            t = t + np.where(fn, np.maximum(cos, 0.0), 0.0)
+        t = t / t.sum()
+        g_l = (prob - t) / b  # d mean-loss / d l_ij
+        d_uq = sum(g_l[j] * vec[j] for j in range(len(cands))) / tau
+        gq[i] += d_uq
+        for j, (src, idx) in enumerate(cands):
+            d_uc = g_l[j] * uq[i] / tau
+            (gk if src == "k" else gu)[idx] += d_uc
+    # chain through u = x / |x|
+    proj = lambda g, u, n: (g - np.sum(g * u, axis=1, keepdims=True) * u) / n  # noqa: E731
+    return proj(gq, uq, nq), proj(gk, uk, nk), proj(gu, uu, nu)
+
+
+@pytest.mark.parametrize("mode", ["soft", "mask", "none"])
+@pytest.mark.parametrize("batch_negatives", [True, False])
+def test_scene_infonce_grad_matches_analytic_with_constant_target(mode, batch_negatives):
+    """Fails if the soft weights w_ij are differentiated (stop_gradient removed)."""
+    q, k, scene, queue, scene_queue = _scene_inputs(11)
+    rng = np.random.default_rng(11)
+    # rows off the unit sphere, so the normalization's Jacobian is exercised too
+    q, k, queue = (x * rng.uniform(0.5, 2.0, size=(len(x), 1)).astype(np.float32) for x in (q, k, queue))
+    # queue entries close to the queries of the same scene: cos > 0, so the soft weights matter
+    queue[1] = q[0] + 0.3 * queue[1]
+    queue[2] = q[4] + 0.3 * queue[2]
+
+    def f(q, k, queue):
+        return jnp.mean(losses.scene_infonce(
+            q, k, scene_q=scene, scene_k=scene, temperature=0.2, mode=mode,
+            queue=queue, scene_queue=scene_queue, batch_negatives=batch_negatives))
+
+    got = jax.grad(f, argnums=(0, 1, 2))(q, k, queue)
+    ref = ref_scene_infonce_grad(q, k, scene, queue, scene_queue, 0.2, mode, batch_negatives)
+    for name, g, r in zip(("q", "k", "queue"), got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-6, err_msg=name)
+
+
 # ----------------------------------------------------------------------------------------
 # false_nt_xent
 # ----------------------------------------------------------------------------------------
@@ -265,7 +403,7 @@ def _false_pair(seed):
     return z1, z2
 
 
-@pytest.mark.parametrize("fnsd_mode", ["official", "per_anchor"])
+@pytest.mark.parametrize("fnsd_mode", ["gate_then_pick", "per_anchor"])
 @pytest.mark.parametrize("seed,tau,alpha", [(10, 0.5, 1.0), (15, 0.2, 0.9), (22, 0.5, 0.5)])
 def test_false_matches_numpy(fnsd_mode, seed, tau, alpha):
     z1, z2 = _false_pair(seed)
@@ -288,7 +426,7 @@ def test_false_matches_numpy(fnsd_mode, seed, tau, alpha):
     np.testing.assert_allclose(jitted, out, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("fnsd_mode", ["official", "per_anchor"])
+@pytest.mark.parametrize("fnsd_mode", ["gate_then_pick", "per_anchor"])
 def test_false_degenerate_equals_nt_xent_exactly(fnsd_mode):
     z1, z2 = _false_pair(13)
     plain = losses.nt_xent(z1, z2, temperature=0.5)
@@ -322,7 +460,7 @@ def test_false_degenerate_equals_nt_xent_exactly(fnsd_mode):
     np.testing.assert_array_equal(g_false, g_plain)
 
 
-@pytest.mark.parametrize("fnsd_mode", ["official", "per_anchor"])
+@pytest.mark.parametrize("fnsd_mode", ["gate_then_pick", "per_anchor"])
 def test_false_grad_finite_and_small_tau(fnsd_mode):
     z1, z2 = _false_pair(14)
     for tau in (0.5, 1e-3):
@@ -334,24 +472,24 @@ def test_false_grad_finite_and_small_tau(fnsd_mode):
         assert all(np.isfinite(g).all() for g in grads)
 
 
-def test_false_official_searches_full_matrix():
+def test_false_gate_then_pick_searches_full_matrix():
     # seed 22: the globally closest pair lies below the diagonal (anchor 8, candidate 0),
     # which an upper-triangle search (as in the VISSL code) would miss.
     z1, z2 = _false_pair(22)
-    ref, pairs = ref_false(z1, z2, 0.5, 0.9, 1.0, "official")
+    ref, pairs = ref_false(z1, z2, 0.5, 0.9, 1.0, "gate_then_pick")
     assert pairs == [(8, 0)]
-    out = losses.false_nt_xent(z1, z2, temperature=0.5, fnsd_mode="official")
+    out = losses.false_nt_xent(z1, z2, temperature=0.5, fnsd_mode="gate_then_pick")
     np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
 
 
-def test_false_official_tie_breaking_row_major():
+def test_false_gate_then_pick_tie_breaking_row_major():
     # Duplicate sample: views 0 and 1 identical in both views, so anchors 0 and 1 each see the
     # other's views as exact-tie false negatives (D = 0). Row-major: anchor 0, first such column.
     rng = np.random.default_rng(15)
     z1 = rng.normal(size=(4, 8)).astype(np.float32)
     z1[1] = z1[0]
     z2 = z1.copy()
-    out = losses.false_nt_xent(z1, z2, temperature=0.5, threshold=0.9, fnsd_mode="official")
+    out = losses.false_nt_xent(z1, z2, temperature=0.5, threshold=0.9, fnsd_mode="gate_then_pick")
     plain = losses.nt_xent(z1, z2, temperature=0.5)
     assert list(np.flatnonzero(np.asarray(out) != np.asarray(plain))) == [0]
     # the chosen pair is (0, 1) [candidates 1 and 5 both tie exactly]: P += S_01, N -= S_01
@@ -366,6 +504,9 @@ def test_false_bad_args():
     z1, z2 = _false_pair(16)
     with pytest.raises(ValueError, match="'upper'"):
         losses.false_nt_xent(z1, z2, temperature=0.5, fnsd_mode="upper")
+    # the former ambiguous name is refused, naming the config key and the new choices
+    with pytest.raises(ValueError, match=r"config\.loss\.fnsd_mode.*'vissl'.*'gate_then_pick'"):
+        losses.false_nt_xent(z1, z2, temperature=0.5, fnsd_mode="official")
     with pytest.raises(ValueError, match="alpha"):
         losses.false_nt_xent(z1, z2, temperature=0.5, alpha=-0.1)
 
@@ -450,12 +591,19 @@ def test_losses_on_sharded_global_batch():
             ),
             (z1, z2, scene, queue, scene_queue),
         ),
+        "scene_soft_queue_only": (
+            lambda a, c, s, qu, sq: losses.scene_infonce(
+                a, c, scene_q=s, scene_k=s, temperature=0.2, mode="soft", queue=qu, scene_queue=sq,
+                batch_negatives=False,
+            ),
+            (z1, z2, scene, queue, scene_queue),
+        ),
         "scene_mask": (
             lambda a, c, s: losses.scene_infonce(a, c, scene_q=s, scene_k=s, temperature=0.2, mode="mask"),
             (z1, z2, scene),
         ),
-        "false_official": (
-            lambda a, c: losses.false_nt_xent(a, c, temperature=0.5, fnsd_mode="official"),
+        "false_gate_then_pick": (
+            lambda a, c: losses.false_nt_xent(a, c, temperature=0.5, fnsd_mode="gate_then_pick"),
             (z1, z2),
         ),
         "false_per_anchor": (

@@ -197,3 +197,41 @@ def test_bad_config_names_the_key(synth_dir, tmp_path, key, value, match):
     with pytest.raises(ValueError, match=match):
         NL.run(c, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
+
+
+def test_plateau_rule_survives_resume(synth_dir, tmp_path):
+    """ReduceLROnPlateau (config.optimizer.plateau) validated every step with patience 0: the
+    split run (stopped after 2 steps, resumed) logs the same losses, learning rates and plateau
+    rows as the uninterrupted one, every row replays torch's rule (rsjax.noisy_label.
+    plateau_update) from the initial state, and the logged lr is the schedule times the scale set
+    by the previous validation."""
+    from rsjax import train
+
+    c = _smoke(synth_dir)
+    c.transfer.enabled = False
+    c.analysis.every = 0
+    p = c.optimizer.plateau
+    p.enabled, p.every, p.patience, p.val_fraction = True, 1, 0, 0.25
+    NL.run(c, str(tmp_path / "full"))
+    c.stop_after_steps = 2
+    assert NL.run(c, str(tmp_path / "split")) == {"step": 2}
+    c.stop_after_steps = 0
+    NL.run(c, str(tmp_path / "split"))
+
+    def read(d, name):
+        return [json.loads(r) for r in (tmp_path / d / name).read_text().splitlines()]
+
+    m_full, m_split = read("full", "metrics.jsonl"), read("split", "metrics.jsonl")
+    assert [(r["step"], r["loss"], r["lr"]) for r in m_full] == [(r["step"], r["loss"], r["lr"]) for r in m_split]
+    p_full, p_split = read("full", "plateau.jsonl"), read("split", "plateau.jsonl")
+    assert p_full == p_split and [r["step"] for r in p_full] == [1, 2, 3, 4]
+    st = {"scale": 1.0, "best": -np.inf, "num_bad": 0, "cooldown_counter": 0, "num_evals": 0}
+    for r in p_split:
+        st = NL.plateau_update(st, r["val_miou"], base_lr=c.optimizer.lr, patience=0)
+        st = {k: float(np.float32(v)) if k in ("scale", "best") else v for k, v in st.items()}  # stored float32
+        assert (r["lr_scale"], r["best"], r["num_bad"]) == (st["scale"], st["best"], st["num_bad"])
+    sched = train.make_schedule(c)
+    scale_before = {r["step"] + 1: r["lr_scale"] for r in p_full}
+    for r in m_full:
+        np.testing.assert_allclose(r["lr"], float(sched(r["step"] - 1)) * scale_before.get(r["step"], 1.0),
+                                   rtol=1e-6)

@@ -3,8 +3,10 @@
 All functions take and return ``[H, W, C]`` float32 arrays (any ``C``: 3 for RGB, 13 for
 Sentinel-2 ...) and draw every random number from an explicit ``np.random.Generator``, so a
 pipeline that seeds the generator from ``(seed, example position)`` reproduces the exact same
-views after a resume. Nothing here assumes RGB: photometric changes act identically on all
-bands (no hue / saturation / grayscale, which are undefined for multispectral data).
+views after a resume. Nothing here assumes RGB: brightness / contrast act identically on all
+bands, and the optional "saturation" and "grayscale" are band-agnostic (defined through the
+per-pixel mean over the bands, as in :mod:`rsjax.data.device_augment`; for RGB they are the
+usual ones up to the luma weights); there is no hue, which is undefined for multispectral data.
 
 Resampling is done with separable linear operators: a crop-and-resize (or a blur) along one
 axis is a small ``[out, in]`` matrix ``R``, and the 2-D operation is ``R_y @ img @ R_x^T``
@@ -185,22 +187,57 @@ def brightness_contrast(img: np.ndarray, rng: np.random.Generator, strength: flo
     (Brightness and contrast are both affine here, so their order does not matter: the map
     is ``x * b c + mu * b (1 - c)``.)
     Values are clipped to be >= 0 (scaled reflectance cannot be negative); no upper clip
-    since reflectance can exceed 1 (clouds, snow).
+    since reflectance can exceed 1 (clouds, snow). Nothing is drawn from ``rng`` when
+    ``strength`` and ``band_jitter`` are both 0. This is :func:`photometric_jitter` without
+    saturation and grayscale.
+    """
+    return photometric_jitter(img, rng, strength, p, band_jitter)
+
+
+def photometric_jitter(img: np.ndarray, rng: np.random.Generator, strength: float = 0.4,
+                       p: float = 0.8, band_jitter: float = 0.0, saturation: float = 0.0,
+                       gray_prob: float = 0.0) -> np.ndarray:
+    """Band-agnostic photometric jitter, the host twin of the device path's
+    (:func:`rsjax.data.device_augment.augment_views`), for ``img`` ``[H, W, C]``, any ``C``.
+
+    With probability ``p`` (one draw; skipped when ``strength``, ``band_jitter`` and
+    ``saturation`` are all 0):
+
+    1. brightness / contrast / per-band gain as :func:`brightness_contrast`:
+       ``y_k = (b c x_k + b (1 - c) mu_k) g_k``;
+    2. if ``saturation > 0``, ``sat ~ U(1 - saturation, 1 + saturation)`` and, with
+       ``m = mean_k y_k`` the per-pixel band mean, ``y_k <- m + sat (y_k - m)`` (each band
+       pulled towards (sat < 1) or pushed away from (sat > 1) the band mean).
+
+    Then, independently, with probability ``gray_prob``: ``y_k <- m`` for every band
+    (grayscale; ``m`` is unchanged by step 2). Finally ``y = max(y, 0)``. Draw order:
+    apply?, b, c, [g_1..g_C], [sat], [gray?] -- with ``saturation = gray_prob = 0`` exactly the
+    draws of the former brightness/contrast, so existing seeds keep their views.
     """
     img = np.asarray(img, np.float32)
-    if strength <= 0 or rng.random() >= p:
-        return img
-    s = 0.8 * strength
-    b = rng.uniform(1 - s, 1 + s)
-    c = rng.uniform(1 - s, 1 + s)
-    # Both orders of the two linear maps give the same affine map: x * b c + mu * b (1 - c).
-    mu = img.mean(axis=(0, 1), keepdims=True)
-    out = img * np.float32(b * c)
-    out += mu * np.float32(b * (1.0 - c))
-    if band_jitter > 0:
-        g = rng.uniform(1 - band_jitter, 1 + band_jitter, size=img.shape[-1]).astype(np.float32)
-        out *= g
-    np.maximum(out, 0.0, out=out)
+    out = img
+    changed = False
+    if (strength > 0 or band_jitter > 0 or saturation > 0) and rng.random() < p:
+        s = 0.8 * max(strength, 0.0)
+        b = rng.uniform(1 - s, 1 + s)
+        c = rng.uniform(1 - s, 1 + s)
+        # Both orders of the two linear maps give the same affine map: x * b c + mu * b (1 - c).
+        mu = img.mean(axis=(0, 1), keepdims=True)
+        out = img * np.float32(b * c)
+        out += mu * np.float32(b * (1.0 - c))
+        if band_jitter > 0:
+            g = rng.uniform(1 - band_jitter, 1 + band_jitter, size=img.shape[-1]).astype(np.float32)
+            out *= g
+        if saturation > 0:
+            sat = np.float32(rng.uniform(1 - saturation, 1 + saturation))
+            m = out.mean(axis=-1, keepdims=True)
+            out = m + sat * (out - m)
+        changed = True
+    if gray_prob > 0 and rng.random() < gray_prob:
+        out = np.broadcast_to(out.mean(axis=-1, keepdims=True), out.shape).astype(np.float32)
+        changed = True
+    if changed:
+        out = np.maximum(out, 0.0).astype(np.float32, copy=False)
     return out
 
 
@@ -259,6 +296,8 @@ class AugmentConfig:
       jitter_strength: brightness/contrast strength ``s`` (0 disables).
       jitter_prob: probability of applying brightness/contrast.
       band_jitter: per-band gain range (0 disables), see :func:`brightness_contrast`.
+      saturation: band-agnostic saturation range (0 disables), see :func:`photometric_jitter`.
+      gray_prob: probability of the band-mean grayscale, see :func:`photometric_jitter`.
       blur_prob: probability of Gaussian blur; a pair gives (view 1, view 2), e.g. BYOL's
         asymmetric (1.0, 0.1).
       blur_sigma: sigma range in pixels at ``out_size``.
@@ -271,6 +310,8 @@ class AugmentConfig:
     jitter_strength: float = 0.4
     jitter_prob: float = 0.8
     band_jitter: float = 0.0
+    saturation: float = 0.0
+    gray_prob: float = 0.0
     blur_prob: float | tuple[float, float] = 0.5
     blur_sigma: tuple[float, float] = (0.1, 1.0)
 
@@ -295,11 +336,13 @@ class AugmentConfig:
 
 def augment_view(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
                  blur_prob: float) -> np.ndarray:
-    """One view: random resized crop -> flip/rot90 -> brightness/contrast -> blur."""
+    """One view: random resized crop -> flip/rot90 -> photometric jitter (brightness /
+    contrast / band gain / saturation, grayscale) -> blur."""
     v = random_resized_crop(img, cfg.out_size, cfg.crop_scale, cfg.crop_ratio, rng=rng)
     if cfg.flip_rot:
         v = random_flip_rot90(v, rng)
-    v = brightness_contrast(v, rng, cfg.jitter_strength, cfg.jitter_prob, cfg.band_jitter)
+    v = photometric_jitter(v, rng, cfg.jitter_strength, cfg.jitter_prob, cfg.band_jitter,
+                           cfg.saturation, cfg.gray_prob)
     v = gaussian_blur(v, rng, cfg.blur_sigma, blur_prob)
     return v
 

@@ -11,10 +11,18 @@ with R the antialiased bilinear resampling of the random box (:func:`resample_ma
 identical to the host pipeline's ``rsjax.data.augment.resample_matrix``), F a row reversal
 (flip), B a Gaussian blur with mirror boundaries, and a transpose for the 90-degree
 rotations. The dihedral group (h/v flips x transpose, 8 elements) is drawn uniformly as in
-the host pipeline. Then photometric jitter (band-agnostic): brightness and contrast as
-``rsjax.data.augment.brightness_contrast``, optional "saturation" (each band pulled to or
-pushed from the per-pixel band mean; for RGB this is the usual saturation) and optional
-"grayscale" (all bands replaced by their mean), then per-band standardization.
+the host pipeline. Then photometric jitter (band-agnostic), the same definitions as the
+host's ``rsjax.data.augment.photometric_jitter``: with probability ``jitter_prob``
+brightness and contrast as ``rsjax.data.augment.brightness_contrast``, the optional per-band
+gain ``g_k ~ U(1 - band_jitter, 1 + band_jitter)`` and the optional "saturation" (each band
+pulled to or pushed from the per-pixel band mean, ``sat ~ U(1 - saturation, 1 +
+saturation)``; for RGB this is the usual saturation); independently, with probability
+``gray_prob``, "grayscale" (all bands replaced by their mean); then the clip at 0 and
+per-band standardization.
+
+Keys honoured (``DeviceAugmentConfig.from_data_config``): ``crop_scale_min/max``,
+``flip_rot``, ``jitter_strength``, ``jitter_prob``, ``band_jitter``, ``saturation``,
+``gray_prob``, ``blur_prob``, ``blur_sigma_min/max`` -- the same set as the host pipeline.
 
 Differences from the host pipeline, by design: blur is folded into the resampling matrices
 so it acts before the photometric jitter (host: after; both are linear, so only the clip at
@@ -40,6 +48,7 @@ class DeviceAugmentConfig:
     flip_rot: bool = True
     jitter_strength: float = 0.4
     jitter_prob: float = 0.8
+    band_jitter: float = 0.0     # 0 = off; per-band gain range, as the host's band_jitter
     saturation: float = 0.0      # 0 = off; SimCLR uses 0.8 * s for RGB
     gray_prob: float = 0.0
     blur_prob: float = 0.5
@@ -54,6 +63,7 @@ class DeviceAugmentConfig:
             flip_rot=bool(g("flip_rot", True)),
             jitter_strength=float(g("jitter_strength", 0.4)),
             jitter_prob=float(g("jitter_prob", 0.8)),
+            band_jitter=float(g("band_jitter", 0.0)),
             saturation=float(g("saturation", 0.0)),
             gray_prob=float(g("gray_prob", 0.0)),
             blur_prob=float(g("blur_prob", 0.5)),
@@ -111,8 +121,9 @@ def sample_crop_box(key, h, w, scale, ratio, tries: int = 10):
     return y0, x0, ch, cw
 
 
-def _view_params(key, region, in_hw, cfg: DeviceAugmentConfig):
-    """Per-example operators: M_y [S, H], M_x [S, W], transpose flag, photometric draws."""
+def _view_params(key, region, in_hw, cfg: DeviceAugmentConfig, num_bands: int = 1):
+    """Per-example operators: M_y [S, H], M_x [S, W], transpose flag, photometric draws
+    (brightness, contrast, per-band gain [C], saturation, grayscale flag)."""
     ry0, rx0, rh, rw = region
     ks = jax.random.split(key, 12)
     y0, x0, ch, cw = sample_crop_box(ks[0], rh, rw, cfg.crop_scale, cfg.crop_ratio)
@@ -137,7 +148,9 @@ def _view_params(key, region, in_hw, cfg: DeviceAugmentConfig):
     c = jnp.where(jit_on, jax.random.uniform(ks[8], minval=1 - s, maxval=1 + s), 1.0)
     sat = jnp.where(jit_on, jax.random.uniform(ks[9], minval=1 - cfg.saturation, maxval=1 + cfg.saturation), 1.0)
     gray = jax.random.uniform(ks[10]) < cfg.gray_prob
-    return my, mx, transpose, b, c, sat, gray
+    gain = jnp.where(jit_on, jax.random.uniform(ks[11], (num_bands,), minval=1 - cfg.band_jitter,
+                                                maxval=1 + cfg.band_jitter), 1.0)
+    return my, mx, transpose, b, c, gain, sat, gray
 
 
 def augment_views(key, images, cfg: DeviceAugmentConfig, *, scale: float, mean, std, regions=None):
@@ -154,12 +167,12 @@ def augment_views(key, images, cfg: DeviceAugmentConfig, *, scale: float, mean, 
     Returns:
       float32 [B, S, S, C] standardized views.
     """
-    b, h, w, _ = images.shape
+    b, h, w, nb = images.shape
     if regions is None:
         regions = jnp.broadcast_to(jnp.asarray([0.0, 0.0, h, w], jnp.float32), (b, 4))
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
-    my, mx, tr, bb, cc, sat, gray = jax.vmap(
-        lambda k, r: _view_params(k, (r[0], r[1], r[2], r[3]), (h, w), cfg)
+    my, mx, tr, bb, cc, gain, sat, gray = jax.vmap(
+        lambda k, r: _view_params(k, (r[0], r[1], r[2], r[3]), (h, w), cfg, nb)
     )(keys, regions)
     x = images.astype(jnp.float32) / scale
     x = jnp.einsum("boh,bhwc->bowc", my, x)
@@ -168,6 +181,8 @@ def augment_views(key, images, cfg: DeviceAugmentConfig, *, scale: float, mean, 
         x = jnp.where(tr[:, None, None, None], jnp.swapaxes(x, 1, 2), x)
     mu = jnp.mean(x, axis=(1, 2), keepdims=True)
     x = x * (bb * cc)[:, None, None, None] + mu * (bb * (1.0 - cc))[:, None, None, None]
+    if cfg.band_jitter > 0:
+        x = x * gain[:, None, None, :]
     if cfg.saturation > 0 or cfg.gray_prob > 0:
         m = jnp.mean(x, axis=-1, keepdims=True)
         x = m + sat[:, None, None, None] * (x - m)
@@ -186,7 +201,13 @@ def two_views(key, images, cfg: DeviceAugmentConfig, *, scale, mean, std, region
 
 def crops_as_scenes_regions(batch_size: int, g: int, h: int, w: int):
     """Regions for ``g x g`` adjacent sub-crops: row r is sub-crop r % (g*g) of image r // (g*g)."""
-    j = jnp.arange(batch_size) % (g * g)
-    ch, cw = h / g, w / g
+    return sub_crop_regions(jnp.arange(batch_size) % (g * g), g, h, w)
+
+
+def sub_crop_regions(sub, g: int, h: int, w: int):
+    """[len(sub), 4] float32 (y0, x0, h, w) of sub-crop ``sub`` (row-major) of the ``g x g``
+    grid of adjacent crops, as the host's ``pipeline._sub_crop`` cuts them."""
+    j = jnp.asarray(sub)
+    ch, cw = float(h // g), float(w // g)  # integer crop sides, as the host cuts them
     return jnp.stack([(j // g) * ch, (j % g) * cw, jnp.full_like(j, ch, dtype=jnp.float32),
                       jnp.full_like(j, cw, dtype=jnp.float32)], axis=-1).astype(jnp.float32)

@@ -20,9 +20,9 @@ Every global batch is a pure function of ``(seed, global batch index)``:
 
 Batch composition:
 
-* ``scenes_per_batch = 0``: plain random batches; each epoch is a fresh permutation of all
-  units (``epoch = floor(units / global_batch)`` steps; the remainder is dropped, a different
-  remainder each epoch).
+* ``scenes_per_batch = 0`` and ``crops_as_scenes = 0``: plain random batches; each epoch is
+  a fresh permutation of all units (``epoch = floor(units / global_batch)`` steps; the
+  remainder is dropped, a different remainder each epoch).
 * ``scenes_per_batch = S > 0``: each global batch holds ``S`` *distinct* scenes each
   contributing ``k = samples_per_scene`` units, laid out scene by scene (rows
   ``[j*k, (j+1)*k)`` are scene ``j``); ``global_batch_size`` must equal ``S * k``. Per epoch
@@ -36,6 +36,17 @@ Batch composition:
   ``H // g`` pixels that share the scene id "source image" (the record index), so datasets
   made of single patches (EuroSAT) can form scenes. Otherwise the scene id is the dataset's
   ``scene_id`` feature when it has one (``rs_synthetic``: the tile), else the record index.
+  With ``scenes_per_batch = 0`` every image of a batch brings all its ``g x g`` crops: the
+  scene-aware layout with ``S = global_batch_size / g^2`` and ``k = g^2``
+  (:func:`batch_layout`); with ``scenes_per_batch = S > 0`` the batch is ``S`` source images
+  x ``k = samples_per_scene`` of their crops.
+
+The GPU-resident path (:mod:`rsjax.data.device_data`) uses the same :class:`EpochPlan`, so
+both paths put the same units in the same rows of every global batch.
+
+Augmentation keys (:mod:`rsjax.data.augment`): ``crop_scale_min/max``, ``flip_rot``,
+``jitter_strength``, ``jitter_prob``, ``band_jitter``, ``saturation``, ``gray_prob``,
+``blur_prob``, ``blur_sigma_min/max``: the same set as the device path.
 
 Batch: ``view1``, ``view2`` float32 ``[b_local, image_size, image_size, C]`` normalized with
 the registry's per-band statistics, ``scene_id`` int32 ``[b_local]``, ``label`` int32 ``[b_local]`` (-1 for
@@ -210,6 +221,30 @@ def unit_scene_ids(source: DataSource, crops_as_scenes: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # Epoch plans
 # ----------------------------------------------------------------------------------------
+
+def batch_layout(global_batch_size: int, scenes_per_batch: int, samples_per_scene: int,
+                 crops_as_scenes: int) -> tuple[int, int]:
+    """``(S, k)`` of the :class:`EpochPlan` for these ``data.*`` keys (both input paths).
+
+    ``scenes_per_batch = S > 0``: ``(S, samples_per_scene)``. Else ``crops_as_scenes = g > 0``:
+    ``(global_batch_size / g^2, g^2)``, i.e. whole images, all their crops. Else ``(0, 1)``:
+    plain random batches. Raises ValueError naming the keys when the batch does not fit.
+    """
+    s, k, g = int(scenes_per_batch or 0), int(samples_per_scene), int(crops_as_scenes or 0)
+    if s > 0:
+        if s * k != global_batch_size:
+            raise ValueError(
+                f"scene-aware batching needs batch_size == data.scenes_per_batch * "
+                f"data.samples_per_scene, got {global_batch_size} != {s} * {k}")
+        return s, k
+    if g > 0:
+        if global_batch_size % (g * g):
+            raise ValueError(
+                f"data.crops_as_scenes={g} with data.scenes_per_batch=0 takes all {g * g} crops of "
+                f"each image: batch_size {global_batch_size} must be a multiple of {g * g}")
+        return global_batch_size // (g * g), g * g
+    return 0, 1
+
 
 class EpochPlan:
     """Which units form each global batch of each epoch (pure function of seed and epoch).
@@ -585,7 +620,8 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
     unit_scenes = unit_scene_ids(source, g)
     spb = int(_get(cfg_data, "scenes_per_batch") or 0)
     k = int(_get(cfg_data, "samples_per_scene"))
-    plan = EpochPlan(unit_scenes, global_batch_size, seed, spb, k)
+    plan = EpochPlan(unit_scenes, global_batch_size, seed,
+                     *batch_layout(global_batch_size, spb, k, g))
     aug = augment.AugmentConfig(
         out_size=int(image_size),
         crop_scale=(float(_get(cfg_data, "crop_scale_min")),
@@ -594,6 +630,8 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
         jitter_strength=float(_get(cfg_data, "jitter_strength")),
         jitter_prob=float(_get(cfg_data, "jitter_prob")),
         band_jitter=float(_get(cfg_data, "band_jitter")),
+        saturation=float(_get(cfg_data, "saturation")),
+        gray_prob=float(_get(cfg_data, "gray_prob")),
         blur_prob=float(_get(cfg_data, "blur_prob")),
         blur_sigma=(float(_get(cfg_data, "blur_sigma_min")),
                     float(_get(cfg_data, "blur_sigma_max"))),

@@ -13,7 +13,9 @@ run; architecture / stem / band count must match ``config.model``) or random ini
 ``train.freeze_encoder`` keeps it fixed (inference-mode BatchNorm, no updates).
 
 Loss: ``rsjax.losses.bce_dice`` (binary cross entropy + ``train.dice_weight`` x soft Dice of the
-change class). Training batches: random ``train.crop_size`` crops with the same flip /
+change class); ``train.dice_reduction``: ``example`` (default, rsjax's per-example form) or
+``batch`` (torch ``BCEWithLogitsLoss`` + smp ``DiceLoss("binary")`` over the batch, as CromSS builds
+it for one output channel). Training batches: random ``train.crop_size`` crops with the same flip /
 90-degree rotation for A, B and the change map, a pure function of ``(seed, step)``.
 Evaluation: whole test images, change = ``logit > 0``; precision, recall, F1 and IoU of the
 change class over all test pixels (:mod:`rsjax.evaluate.metrics`).
@@ -111,7 +113,9 @@ def evaluate_arrays(config, wd, train: dict, test: dict, *, info: registry.Datas
         del rng
         logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, batch["a"], batch["b"],
                                   train=True, mutable=["batch_stats"])
-        return losses.bce_dice(logits, batch["change"], ignore_index=ignore, dice_weight=tc.dice_weight), \
+        # a scalar for dice_reduction="batch": train_loop's mean leaves it unchanged
+        return losses.bce_dice(logits, batch["change"], ignore_index=ignore, dice_weight=tc.dice_weight,
+                               reduction=tc.get("dice_reduction", "example")), \
             upd["batch_stats"]
 
     def batch_fn(step):

@@ -15,7 +15,9 @@ inference mode). The encoder comes from ``config.pretrained`` (any pretraining r
 architecture / stem / band count must match ``config.model``) or random init.
 
 Loss: ``rsjax.losses.ce_dice`` (softmax cross entropy + ``train.dice_weight`` x multiclass soft
-Dice; ``train.dice_weight = 0`` gives plain CE) with ``data.ignore_index``. Training batches:
+Dice; ``train.dice_weight = 0`` gives plain CE) with ``data.ignore_index``; ``train.dice_reduction``:
+``example`` (default, rsjax's per-crop form) or ``batch`` (CromSS: torch CE + smp multiclass DiceLoss
+pooled over the batch). Training batches:
 random ``train.crop_size`` crops with the same flip / rotation for image and mask, a pure
 function of ``(seed, step)``. Evaluation on whole test images: mIoU, per-class IoU, overall
 accuracy (totals over all valid test pixels, :mod:`rsjax.evaluate.metrics`).
@@ -140,7 +142,9 @@ def evaluate_arrays(config, wd, train: dict, test: dict, *, info: registry.Datas
     def loss_fn(params, batch_stats, batch, rng):
         logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
                                   rngs={"dropout": rng}, mutable=["batch_stats"])
-        per = losses.ce_dice(logits, batch["mask"], ignore_index=ignore, dice_weight=tc.dice_weight)
+        # a scalar for dice_reduction="batch": train_loop's mean leaves it unchanged
+        per = losses.ce_dice(logits, batch["mask"], ignore_index=ignore, dice_weight=tc.dice_weight,
+                             reduction=tc.get("dice_reduction", "example"))
         return per, upd["batch_stats"]
 
     def batch_fn(step):

@@ -51,8 +51,12 @@ class Method:
             out_dim=config.model.proj_dim,
             num_layers=config.model.get("proj_layers", 2),
             use_bn=config.model.get("proj_bn", True),
+            last_bn=config.model.get("proj_last_bn", False),
+            hidden_act=config.model.get("proj_hidden_act", "relu"),
             dtype=self.dtype,
         )
+        if self.projector.hidden_act not in ("relu", "none"):
+            raise ValueError(f"config.model.proj_hidden_act={self.projector.hidden_act!r}: expected 'relu' or 'none'")
 
     # --- pieces shared by subclasses -------------------------------------------------
     def _init_encoder_projector(self, rng, x):

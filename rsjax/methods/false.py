@@ -7,16 +7,27 @@ statistics over the 2B images of the global batch), and the loss is
 (the step is jitted over the whole mesh, so the similarity matrix spans every device).
 
 Config keys: ``loss.temperature`` (tau, 0.5), ``loss.threshold`` (gate T on the positive
-cosine, 0.9), ``loss.alpha`` (FNCC confidence, 1.0; README suggests 0.9), ``loss.fnsd_mode``
-(``official``: one (anchor, false-negative) pair per global batch, as the VISSL code but over
-the full matrix and correct on any device count; ``per_anchor``: one false negative per gated
-anchor). ``alpha = 0`` or ``threshold > 1`` is exactly SimCLR.
+cosine, 0.9), ``loss.alpha`` (FNCC confidence, 1.0 as the official yaml; README suggests 0.9),
+``loss.fnsd_mode`` (see :func:`rsjax.losses.false_nt_xent` for the formulas):
+
+* ``vissl`` (default): the official code's selection (GeoX-Lab/FALSE
+  ``vissl/losses/false_loss.py`` on one GPU), here on the global batch so it holds on any
+  device count: arg-min of ``D = |S_ij - S_i,pos|`` over the upper triangle of ALL rows,
+  unsearched cells filled with 3, every tied cell kept; THEN the gate
+  ``log(S_a,pos) tau >= T`` per picked cell. It rarely calibrates anything unless (nearly)
+  every pair passes the gate;
+* ``gate_then_pick``: rsjax's earlier rule: gate rows first, then ONE cell, the smallest D
+  over the gated rows and all negative columns;
+* ``per_anchor``: every gated anchor with its own arg-min negative.
+
+``official`` (the earlier, ambiguous name of gate_then_pick) is refused with an error naming
+these choices. ``alpha = 0`` or ``threshold > 1`` is exactly SimCLR.
 
 Metrics besides the loss (no gradient, O(B^2) on a matrix the loss forms anyway):
 
 * ``false_gated``: number of anchors whose positive cosine reaches the gate T;
 * ``false_calibrated``: number of anchors whose loss FNCC lowered, i.e. where
-  ``false_nt_xent < nt_xent`` (1 or 0 in ``official`` mode; an anchor whose calibration
+  ``false_nt_xent < nt_xent`` (1 or 0 in ``gate_then_pick`` mode; an anchor whose calibration
   term underflows in float32 is not counted, which does not happen at tau ~ 0.5);
 * ``loss_ntxent``: the plain NT-Xent of the same embeddings, for comparison.
 """
@@ -35,7 +46,12 @@ class FALSE(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        mode = config.loss.get("fnsd_mode", "official")
+        mode = config.loss.get("fnsd_mode", "vissl")
+        if mode == "official":
+            raise ValueError(
+                "config.loss.fnsd_mode='official' is no longer accepted: it meant gate-then-pick, which "
+                "is not the official VISSL selection; choose 'vissl' (the VISSL code's pick-then-gate), "
+                "'gate_then_pick' (the former rsjax rule) or 'per_anchor'")
         if mode not in losses.FNSD_MODES:
             raise ValueError(f"config.loss.fnsd_mode={mode!r}: expected one of {losses.FNSD_MODES}")
         if float(config.loss.get("alpha", 1.0)) < 0:
@@ -47,7 +63,7 @@ class FALSE(Method):
             temperature=c.temperature,
             threshold=float(c.get("threshold", 0.9)),
             alpha=float(c.get("alpha", 1.0)),
-            fnsd_mode=c.get("fnsd_mode", "official"),
+            fnsd_mode=c.get("fnsd_mode", "vissl"),
         )
 
     def loss(self, params, batch_stats, extra, batch, rngs, step):

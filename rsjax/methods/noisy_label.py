@@ -2,8 +2,9 @@
 ``rsjax.noisy_label`` (task-specific pretraining with noisy labels, DESIGN §3.4).
 
 A :class:`rsjax.models.decoders.SegmentationModel` (ResNet encoder + UNet by default) trained
-with ``rsjax.losses.ce_dice`` (softmax CE + multiclass soft Dice, ``loss.dice_weight``) on the
-batch's ``mask`` (int32 class ids, ``IGNORE_INDEX`` = -1 marks no-data pixels). It implements
+with ``rsjax.losses.ce_dice`` (softmax CE + multiclass soft Dice, ``loss.dice_weight``;
+``loss.dice_reduction = "batch"`` is CromSS's torch CE + smp ``DiceLoss`` pooled over the global
+batch, ``"example"`` rsjax's per-crop form) on the batch's ``mask`` (int32 class ids, ``IGNORE_INDEX`` = -1 marks no-data pixels). It implements
 the generic :class:`~rsjax.methods.base.Method` interface, so the trainer's jitted step
 (``rsjax.train.make_train_step``: named random streams, refused non-finite steps) runs it on
 batches ``{"image": [B, S, S, C] float32 normalized, "mask": [B, S, S] int32}``.
@@ -38,6 +39,10 @@ class NoisyLabelSegmentation(Method):
         m = config.model
         self.num_classes = int(num_classes or m.num_classes)
         self.decoder_name = decoder or m.get("decoder", "unet")
+        self.dice_reduction = config.loss.get("dice_reduction", "example")
+        if self.dice_reduction not in losses.DICE_REDUCTIONS:
+            raise ValueError(f"config.loss.dice_reduction={self.dice_reduction!r}: expected one of "
+                             f"{losses.DICE_REDUCTIONS}")
         if self.num_classes < 2:
             raise ValueError(f"config.model.num_classes={self.num_classes}: need >= 2 classes")
         self.model = decoders.SegmentationModel(
@@ -71,9 +76,11 @@ class NoisyLabelSegmentation(Method):
         del extra, step
         logits, upd = self.apply(params, batch_stats, batch["image"], train=True, rng=rngs["dropout"])
         labels = batch["mask"].astype(jnp.int32)
-        per_example = losses.ce_dice(logits, labels, ignore_index=IGNORE_INDEX,
-                                     dice_weight=float(self.config.loss.get("dice_weight", 1.0)))
-        loss = jnp.mean(per_example)
+        # "batch" (default of the noisy-label configs): CromSS's scalar, CE and Dice pooled over
+        # the global batch; "example": rsjax's per-crop form, averaged here.
+        loss = jnp.mean(losses.ce_dice(logits, labels, ignore_index=IGNORE_INDEX,
+                                       dice_weight=float(self.config.loss.get("dice_weight", 1.0)),
+                                       reduction=self.dice_reduction))
         valid = labels != IGNORE_INDEX
         pred = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
         acc = jnp.sum((pred == labels) & valid) / jnp.maximum(jnp.sum(valid), 1)

@@ -4,6 +4,10 @@ L = lambda_C * L_C + lambda_D * L_D (DESIGN §3.1-3.2).
 
 * L_C: MoCo v2 with :func:`rsjax.losses.scene_infonce` (``loss.scene_mode`` none|mask|soft,
   default soft): same-scene candidates are false negatives and get recalibrated targets.
+  Unlike MoCo v2 (queue only), the candidates are the other keys of the batch AND the
+  queue (``moco.batch_negatives=True``): scene-aware batches (``data.scenes_per_batch`` x
+  ``data.samples_per_scene``) put the same-scene keys in the batch, where matching can act
+  on them; from the queue alone it would only see the rare stale same-scene key.
 * L_D: DDPM noise prediction. x0 = the query view mapped to [-1, 1]
   (``clip(view1 / swimdiff.x0_scale, -1, 1)`` on the standardized view: x0_scale standard
   deviations map to +-1); t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps); a small
@@ -12,6 +16,15 @@ L = lambda_C * L_C + lambda_D * L_D (DESIGN §3.1-3.2).
 
 Ablations by config: ``swimdiff.lambda_d=0`` (matching only), ``loss.scene_mode=none``
 (diffusion only on top of MoCo), ``swimdiff.lambda_c=0`` (pure diffusion pretraining).
+
+Sanity metric ``loss_diffusion_nocond``: L_D of the same denoiser, the same t and the same
+noise, with the encoder conditioning zeroed (every cond map = 0). Forward only, no
+gradient, and computed only on the steps that are logged (``lax.cond`` on the step: a
+multiple of ``log_every``, the last of ``total_steps`` and of ``stop_after_steps``; NaN on
+the others, which are not logged). ``loss_diffusion`` well below it means the denoiser
+uses the encoder's features, i.e. the constraint reaches the encoder; equal values mean
+the DDPM branch trains a denoiser that ignores the encoder. ``swimdiff.log_nocond=False``
+turns it off.
 """
 
 from __future__ import annotations
@@ -61,7 +74,9 @@ class SwiMDiff(MoCo):
             params["denoiser"] = self.denoiser.init(k_den, x, t, feats, train=False)["params"]
         return params, batch_stats, extra
 
-    def diffusion_loss(self, params, x, feats, rngs):
+    def diffusion_loss(self, params, x, feats, rngs, step=None):
+        """L_D (mean over the batch); with ``step`` also returns ``loss_diffusion_nocond``
+        (see the module docstring), else None in its place."""
         cfg = self.config.swimdiff
         x0 = jnp.clip(x.astype(jnp.float32) / cfg.x0_scale, -1.0, 1.0)
         size = int(cfg.get("diffusion_size", 0) or 0)
@@ -75,17 +90,36 @@ class SwiMDiff(MoCo):
         noise = jax.random.normal(rngs["diffusion_noise"], x0.shape, jnp.float32)
         x_t = diffusion.q_sample(x0, t, noise, self.alphas_cumprod)
         pred = self.denoiser.apply({"params": params["denoiser"]}, x_t.astype(self.dtype), t, feats, train=True)
-        return jnp.mean(diffusion.ddpm_loss(noise, pred))
+        l_d = jnp.mean(diffusion.ddpm_loss(noise, pred))
+        if step is None:
+            return l_d, None
+
+        # Same x_t, t and noise; conditioning zeroed; no input carries a tangent, so the
+        # cond is not differentiated and costs one denoiser forward on logged steps only.
+        den = jax.lax.stop_gradient(params["denoiser"])
+        zeros = [jnp.zeros(f.shape, f.dtype) for f in feats]
+
+        def nocond(_):
+            p = self.denoiser.apply({"params": den}, x_t.astype(self.dtype), t, zeros, train=True)
+            return jnp.mean(diffusion.ddpm_loss(noise, p))
+
+        logged = (step + 1) % self.config.log_every == 0
+        for last in (self.config.total_steps, self.config.get("stop_after_steps", 0) or 0):
+            if last:
+                logged = logged | (step + 1 == last)
+        l_nc = jax.lax.cond(logged, nocond, lambda _: jnp.full((), jnp.nan, jnp.float32), None)
+        return l_d, l_nc
 
     def loss(self, params, batch_stats, extra, batch, rngs, step):
-        del step
         cfg = self.config.swimdiff
-        l_c, new_bs, pieces, feats = self.contrastive(params, batch_stats, extra, batch)
-        metrics = {"loss_contrastive": l_c}
+        l_c, new_bs, pieces, feats, metrics = self.contrastive(params, batch_stats, extra, batch)
         loss = cfg.lambda_c * l_c
         if self.use_diffusion:
-            b = batch["view1"].shape[0]
-            l_d = self.diffusion_loss(params, batch["view1"], [f[:b] for f in feats], rngs)
+            # feats: the query encoder's stage maps of view 1 (the clean x0's view)
+            l_d, l_nc = self.diffusion_loss(
+                params, batch["view1"], feats, rngs, step=step if cfg.get("log_nocond", True) else None)
             metrics["loss_diffusion"] = l_d
+            if l_nc is not None:
+                metrics["loss_diffusion_nocond"] = l_nc
             loss = loss + cfg.lambda_d * l_d
         return loss, {"batch_stats": new_bs, "enqueue": pieces, "metrics": metrics}

@@ -1,7 +1,8 @@
 """Heads on top of the encoder: the contrastive projector and SwiMDiff's conditional denoiser.
 
-``ProjectionHead``: [Dense -> BN -> ReLU] x (num_layers - 1) -> Dense (SimCLR / MoCo v2 / FALSE
-projector; e.g. hidden 2048, out 128).
+``ProjectionHead``: [Dense -> BN -> ReLU] x (num_layers - 1) -> Dense [-> BN] (SimCLR / MoCo v2 /
+FALSE projector; e.g. hidden 2048, out 128). FALSE's official VISSL head is two biased Linear
+layers with neither BN nor ReLU between them (``use_bn=False, hidden_act="none"``).
 
 ``Denoiser``: the small conditional DDPM UNet eps_theta(x_t, t, c) of DESIGN section 3.2.
 
@@ -38,10 +39,13 @@ def _timestep_embedding(t, dim: int, max_period: float = 10000.0):
 
 
 class ProjectionHead(nn.Module):
-    """MLP projector: [Dense -> BN -> ReLU] x (num_layers - 1) -> Dense [-> BN if last_bn].
+    """MLP projector: [Dense -> BN -> act] x (num_layers - 1) -> Dense [-> BN if last_bn].
 
     Without BN (``use_bn=False``) the hidden Dense layers carry a bias; with BN they do not
-    (the BN shift replaces it). Submodules: ``dense_0``, ``bn_0``, ..., ``dense_out`` (``bn_out``).
+    (the BN shift replaces it). ``hidden_act``: ``"relu"`` (default) or ``"none"`` (no
+    nonlinearity between the layers: VISSL's ``mlp`` head with ``skip_last_layer_relu_bn``,
+    as in the FALSE yaml). ``last_bn``: BN after the output layer, scale only (no centring),
+    as google-research/simclr's projection head. Submodules: ``dense_0``, ``bn_0``, ..., ``dense_out`` (``bn_out``).
     """
 
     hidden_dim: int
@@ -49,6 +53,7 @@ class ProjectionHead(nn.Module):
     num_layers: int = 2
     use_bn: bool = True
     last_bn: bool = False
+    hidden_act: str = "relu"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -56,8 +61,10 @@ class ProjectionHead(nn.Module):
     def __call__(self, x, *, train: bool):
         if self.num_layers < 1:
             raise ValueError(f"ProjectionHead.num_layers must be >= 1, got {self.num_layers}")
+        if self.hidden_act not in ("relu", "none"):
+            raise ValueError(f"ProjectionHead.hidden_act must be 'relu' or 'none', got {self.hidden_act!r}")
 
-        def bn(name):
+        def bn(name, center=True):
             return nn.BatchNorm(
                 use_running_average=not train,
                 momentum=0.9,
@@ -65,6 +72,7 @@ class ProjectionHead(nn.Module):
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
                 axis_name=self.bn_axis_name,
+                use_bias=center,
                 name=name,
             )
 
@@ -75,12 +83,14 @@ class ProjectionHead(nn.Module):
             )(x)
             if self.use_bn:
                 x = bn(f"bn_{i}")(x)
-            x = nn.relu(x)
+            if self.hidden_act == "relu":
+                x = nn.relu(x)
         x = nn.Dense(
             self.out_dim, use_bias=not self.last_bn, dtype=self.dtype, param_dtype=jnp.float32, name="dense_out"
         )(x)
         if self.last_bn:
-            x = bn("bn_out")(x)
+            # SimCLR's head (google-research/simclr linear_layer): BN without centering (no beta).
+            x = bn("bn_out", center=False)(x)
         return x.astype(jnp.float32)
 
 

@@ -1,0 +1,396 @@
+"""Measured results as data: JSON files under ``results/``, tables in README.md generated from them.
+
+Every measurement rsjax reports (the EuroSAT study, the throughput bench, ...) is written as a
+JSON file with :func:`save`, carrying its :func:`provenance` (command, git commit, date, machine).
+README.md never holds a hand-typed number for these: it holds markers
+
+    <!-- results:NAME -->
+    ...generated table...
+    <!-- /results:NAME -->
+
+and ``python -m rsjax.results`` replaces the text between each pair with ``RENDERERS[NAME]``
+applied to the JSON files matched by ``SOURCES[NAME]`` (a glob under the results folder).
+``python -m rsjax.results --check`` exits 1 when README.md differs from what the JSON gives,
+so a test proves the tables are generated from the data.
+
+Adding a table: write ``render_x(payloads: list[dict]) -> str`` (markdown), then add
+``"x": render_x`` to ``RENDERERS`` and ``"x": "x_*.json"`` to ``SOURCES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> dict | None:
+    """``{"commit": short hash, "dirty": bool}`` of the checkout rsjax runs from, or None.
+
+    A copy of the tree without ``.git`` (e.g. the working tree sent to a device machine) has no
+    commit; the environment variable ``RSJAX_GIT_COMMIT`` (``<hash>`` or ``<hash>-dirty``),
+    set by whoever launched the run from the checkout, then stands in for it.
+    """
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit:
+        # Tracked files only: untracked scratch files do not change what ran.
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        return {"commit": commit, "dirty": dirty}
+    env = os.environ.get("RSJAX_GIT_COMMIT", "").strip()
+    if env:
+        return {"commit": env.removesuffix("-dirty"), "dirty": env.endswith("-dirty"), "from_env": True}
+    return None
+
+
+def machine() -> dict:
+    """A description of the machine without its host name: OS, CPUs, accelerator, versions."""
+    desc = {
+        "platform": platform.platform(),  # OS/kernel/arch; platform.node() (host name) is left out
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    try:
+        import jax
+
+        devices = jax.devices()
+        desc.update(jax=jax.__version__, backend=jax.default_backend(), device_count=len(devices),
+                    device_kinds=sorted({d.device_kind for d in devices}))
+    except Exception as e:  # noqa: BLE001 - provenance must never stop a run that already finished
+        desc["jax_error"] = repr(e)
+    try:
+        import flax
+
+        desc["flax"] = flax.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    return desc
+
+
+def _argv_command(argv: list[str]) -> str:
+    """``argv`` as a command to retype: ``python -m rsjax.x ...`` for a module of this repo
+    (``python -m`` puts the module's file path in argv[0]), else the argv joined."""
+    if not argv or not argv[0]:
+        return "python"
+    head = os.path.abspath(argv[0])
+    if head.startswith(os.path.join(REPO, "rsjax") + os.sep) and head.endswith(".py"):
+        mod = os.path.relpath(head, REPO)[:-3].replace(os.sep, ".")
+        return " ".join(["python -m " + mod.removesuffix(".__main__"), *argv[1:]])
+    return " ".join(argv)
+
+
+def provenance(command: str | None = None) -> dict:
+    """Where a result came from: command, git commit, date (ISO 8601 UTC) and machine.
+
+    ``command`` defaults to the current process's argv joined by spaces. ``git`` is None when
+    rsjax does not run from a git checkout (and ``RSJAX_GIT_COMMIT`` is unset).
+    """
+    if command is None:
+        command = _argv_command(sys.argv)
+    return {
+        "command": command,
+        "git": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+
+
+# ----------------------------------------------------------------------------- strict JSON
+
+
+def to_strict_json(x):
+    """``x`` with NaN/inf floats replaced by None and numpy scalars/arrays made plain Python.
+
+    JSON has no NaN: Python's ``json`` writes ``NaN`` (not JSON) by default, which strict
+    parsers (browsers, jq) reject. A non-finite measurement is recorded as ``null``.
+    """
+    if isinstance(x, dict):
+        return {str(k): to_strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_strict_json(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if hasattr(x, "tolist") and not isinstance(x, (int, float)):  # numpy scalar or array, jax array
+        return to_strict_json(x.tolist())
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, int):
+        return int(x)
+    raise TypeError(f"results.save: cannot write {type(x).__name__} {x!r} as JSON")
+
+
+def save(payload: dict, path) -> str:
+    """Writes ``payload`` as strict JSON to ``path`` atomically (temporary file + rename).
+
+    A reader (or a run cut off mid-write) never sees a half-written file: the rename is atomic
+    on POSIX. Non-finite floats become ``null`` (:func:`to_strict_json`). Returns ``path``.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    text = json.dumps(to_strict_json(payload), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_all(pattern: str, results_dir: str = "results") -> list[dict]:
+    """The JSON files matching ``pattern`` under ``results_dir``, sorted by file name.
+
+    Each payload gets ``_file`` (its name) so renderers can sort or cite it.
+    """
+    out = []
+    for p in sorted(glob.glob(os.path.join(results_dir, pattern))):
+        with open(p) as f:
+            d = json.load(f)
+        d["_file"] = os.path.basename(p)
+        out.append(d)
+    return out
+
+
+# ----------------------------------------------------------------------------- renderers
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _mean_std(vals) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "n/a"
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{100 * m:.1f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))  # population std, as np.std
+    return f"{100 * m:.1f} ± {100 * sd:.1f}"
+
+
+def _secs(x) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def _device(prov: dict) -> str:
+    m = (prov or {}).get("machine") or {}
+    kinds = m.get("device_kinds") or ["?"]
+    return f"{m.get('device_count', '?')}x {'/'.join(kinds)}"
+
+
+def _length(settings: dict) -> str:
+    cap = settings.get("max_steps_per_arm") or 0
+    return f"{cap} steps per arm (capped)" if cap else f"{settings.get('epochs', '?')} epochs"
+
+
+def render_study_table(payloads: list[dict]) -> str:
+    """Markdown tables of study arm results (files ``study_<setting>_<arm>.json``).
+
+    One table per study setting (``payload["setting"]``, e.g. ``gpu`` or ``cpu``), rows in the
+    order of ``payload["arm_index"]``: linear-probe and kNN top-1 on the test split (mean ± std
+    over seeds, then the per-seed values), pretraining seconds (without compile), the arm's
+    wall seconds (compile, pretraining, feature extraction and probes), device and date.
+    """
+    if not payloads:
+        return "_No study results yet (`results/study_*.json`)._\n"
+    groups: dict[str, list[dict]] = {}
+    for p in payloads:
+        groups.setdefault(p.get("setting", "?"), []).append(p)
+    blocks = []
+    for setting in sorted(groups):
+        rows = sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", "")))
+        s = rows[0].get("settings", {})
+        head = (f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}, {s.get('image_size', '?')} px, "
+                f"{_length(s)}, batch {s.get('batch_size', '?')}, {s.get('dtype', '?')}, "
+                f"{s.get('num_train', '?')} train / {s.get('num_test', '?')} test images "
+                f"(linear probe and kNN k = {s.get('knn_k', '?')} on frozen features, test split, top-1 %)")
+        lines = [head, "",
+                 "| arm | linear | kNN | per seed (linear / kNN) | steps | pretrain s | arm wall s | device | date | commit |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            runs = p.get("runs", [])
+            per_seed = ", ".join(f"s{r.get('seed', '?')}: {_pct(r.get('linear'))} / {_pct(r.get('knn'))}" for r in runs)
+            steps = sorted({r.get("steps") for r in runs if r.get("steps") is not None})
+            prov = p.get("provenance", {})
+            git = prov.get("git") or {}
+            commit = (git.get("commit", "?") + ("-dirty" if git.get("dirty") else "")) if git else "n/a"
+            lines.append(
+                f"| {p.get('arm', '?')} | {_mean_std([r.get('linear') for r in runs])} "
+                f"| {_mean_std([r.get('knn') for r in runs])} | {per_seed} "
+                f"| {'/'.join(str(x) for x in steps) or '0'} | {_secs(p.get('pretrain_s'))} "
+                f"| {_secs(p.get('wall_s'))} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} | {commit} |")
+        cmds = sorted({p.get("provenance", {}).get("command", "?") for p in rows})
+        lines += ["", "Command" + ("s" if len(cmds) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in cmds)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def render_bench_table(payloads: list[dict]) -> str:
+    """Markdown throughput tables of ``python -m rsjax.bench`` results (files ``bench_*.json``,
+    ``{"kind": "rsjax.bench/v1", "rows": [...]}``; see :mod:`rsjax.bench`).
+
+    One table per (device, date) of the rows' provenance, rows in file order. MFU is computed
+    here from the stored fields, never copied: flops_per_step x steps/s / (peak x devices),
+    steps/s = images_per_s / (2 x batch). SwiMDiff rows give their speed relative to MoCo and
+    SimCLR rows of the same group, config variant and input.
+    """
+    rows = [r for p in payloads for r in p.get("rows", []) if r.get("rsjax")]
+    if not rows:
+        return "_No bench results yet (`results/bench_*.json`)._\n"
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        prov = r.get("provenance") or {}
+        m = prov.get("machine") or {}
+        key = (r["rsjax"].get("num_devices", 1), r["rsjax"].get("device", "?"), str(prov.get("date", "?"))[:10],
+               m.get("jax", "?"))
+        groups.setdefault(key, []).append(r)
+
+    def ips(r):
+        return r["rsjax"].get("images_per_s")
+
+    blocks = []
+    for (ndev, kind, date, jax_v), grp in groups.items():
+        torch_v = sorted({v for r in grp for v in (((r.get("peer") or {}).get("framework") or "").removeprefix("torch "),
+                                                     ((r.get("provenance") or {}).get("machine") or {}).get("torch")) if v})
+        by_key = {(r["rsjax"].get("method"), r.get("config", "").rsplit(":", 1)[-1], r.get("input")): r for r in grp}
+        lines = [f"**{ndev}x {kind}, {date}** (jax {jax_v}" + (f", torch {'/'.join(torch_v)}" if torch_v else "") + ")", "",
+                 "| config (`--config=...`) | input | rsjax img/s | step ms median (p10-p90) | TFLOP / step | MFU "
+                 "| compile s | peak GiB | peer img/s (same run) | ratio |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        peaks, sources, commands = set(), set(), []
+        for r in grp:
+            x = r["rsjax"]
+            ann = f"{x.get('model', '?')}, {x.get('image_size', '?')} px, b{x.get('batch_size', '?')}"
+            if x.get("diffusion_size"):
+                ann += f", denoiser at {x['diffusion_size']} px"
+            flops, peak, b = x.get("flops_per_step"), x.get("peak_flops_per_s"), x.get("batch_size")
+            mfu = (flops * ips(r) / (2 * b) / (peak * x.get("num_devices", 1))) if (flops and peak and ips(r)) else None
+            peaks.add((peak, x.get("peak_source")))
+            peer, ratio = r.get("peer") or {}, ""
+            peer_s = "-"
+            if peer.get("images_per_s"):
+                mode = peer.get("mode", "?") + (", no augmentation" if r.get("input") == "device_augment" else "")
+                peer_s = f"{peer['images_per_s']:,.0f} ({mode})"
+                ratio = f"**{ips(r) / peer['images_per_s']:.2f}x**"
+            elif peer.get("error"):
+                peer_s = f"error: {peer['error'][:60]}"
+            if x.get("method") == "swimdiff":
+                variant = r.get("config", "").rsplit(":", 1)[-1]
+                rel = [f"{ips(r) / ips(o):.2f}x of {name}" for meth, name in (("moco", "MoCo"), ("simclr", "SimCLR"))
+                       if (o := by_key.get((meth, variant, r.get("input")))) and ips(o)]
+                ratio = ", ".join(rel) or ratio
+            lines.append(
+                f"| `{r.get('config', '?')}` ({ann}) | {r.get('input', '?')} | {ips(r):,.0f} "
+                f"| {x.get('step_ms_median', 0):.4g} ({x.get('step_ms_p10', 0):.4g}-{x.get('step_ms_p90', 0):.4g}) "
+                f"| {'n/a' if not flops else f'{flops / 1e12:.2f}'} | {'n/a' if mfu is None else f'{mfu:.1%}'} "
+                f"| {_secs(x.get('compile_s'))} "
+                f"| {'n/a' if x.get('peak_memory_gb') is None else format(x['peak_memory_gb'], '.1f')} "
+                f"| {peer_s} | {ratio or '-'} |")
+            prov = r.get("provenance") or {}
+            commands.append(prov.get("command", "?"))
+            if prov.get("source"):
+                sources.add(prov["source"])
+        lines.append("")
+        lines += [f"Peak for MFU: {p / 1e12:,.0f} TFLOP/s per device ({src or 'source not recorded'})."
+                  for p, src in sorted(peaks, key=str) if p]
+        lines += [f"Source: {s}." for s in sorted(sources)]
+        lines.append("Commands: " + "; ".join(f"`{c}`" for c in commands))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+# name -> renderer; SOURCES[name] is the glob (under the results folder) of the files it reads.
+RENDERERS = {
+    "study": render_study_table,
+    "bench": render_bench_table,
+}
+SOURCES = {
+    "study": "study_*.json",
+    "bench": "bench_*.json",
+}
+
+
+# ----------------------------------------------------------------------------- README
+
+
+def _marker(name: str) -> tuple[str, str]:
+    return f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+
+
+def render_readme(text: str, results_dir: str = "results") -> str:
+    """``text`` with every ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->`` block regenerated."""
+    for name, fn in RENDERERS.items():
+        start, end = _marker(name)
+        i = text.find(start)
+        if i < 0:
+            continue  # this README does not show that table
+        j = text.find(end, i)
+        if j < 0:
+            raise ValueError(f"README: {start} has no closing {end}")
+        body = fn(load_all(SOURCES[name], results_dir))
+        text = text[: i + len(start)] + "\n" + body.rstrip("\n") + "\n" + text[j:]
+    return text
+
+
+def update_readme(readme: str = "README.md", results_dir: str = "results", check: bool = False) -> bool:
+    """Regenerates the results blocks of ``readme``; returns whether its text changed (needed to).
+
+    With ``check=True`` nothing is written.
+    """
+    with open(readme) as f:
+        old = f.read()
+    new = render_readme(old, results_dir)
+    if new != old and not check:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(readme)), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(new)
+        os.replace(tmp, readme)
+    return new != old
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rsjax.results", description=__doc__.split("\n")[0])
+    ap.add_argument("--readme", default=os.path.join(REPO, "README.md"))
+    ap.add_argument("--results-dir", default=os.path.join(REPO, "results"))
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
+    a = ap.parse_args(argv)
+    changed = update_readme(a.readme, a.results_dir, check=a.check)
+    if a.check:
+        if changed:
+            print(f"{a.readme} is out of date with {a.results_dir}: run `python -m rsjax.results`", file=sys.stderr)
+            return 1
+        print(f"{a.readme} is up to date with {a.results_dir}")
+        return 0
+    print(f"{a.readme} {'updated' if changed else 'unchanged'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
