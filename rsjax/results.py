@@ -155,6 +155,7 @@ def save(payload: dict, path) -> str:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by anyone
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -300,7 +301,7 @@ def render_bench_table(payloads: list[dict]) -> str:
                 peer_s = f"{peer['images_per_s']:,.0f} ({mode})"
                 ratio = f"**{ips(r) / peer['images_per_s']:.2f}x**"
             elif peer.get("error"):
-                peer_s = f"error: {peer['error'][:60]}"
+                peer_s = "not timed: " + peer["error"][:60].replace("|", "/")
             if x.get("method") == "swimdiff":
                 variant = r.get("config", "").rsplit(":", 1)[-1]
                 rel = [f"{ips(r) / ips(o):.2f}x of {name}" for meth, name in (("moco", "MoCo"), ("simclr", "SimCLR"))

@@ -8,8 +8,8 @@
 #   $OUT/bench_gpu.log                    everything printed
 #
 # Sequence (a session with a GPU lent):
-#   0. here, no device time: .ci/device/study_gpu.sh pack   (only its .whl/ and .carry/commit are
-#      needed here: grain, array_record, portpicker, ml_collections wheels + the commit hash)
+#   0. here, no device time: .ci/device/bench_gpu.sh pack   (the wheels the GPU image lacks ->
+#      .whl/: grain, array_record, portpicker, ml_collections; the commit -> .carry/commit; git-ignored)
 #   1. run(command=".ci/device/bench_gpu.sh", timeout_s=600, carry=[".whl", ".carry/commit"])
 #   2. here: cp <files_at>/bench_*.json results/ && python -m rsjax.results && python -m rsjax.results --check
 #      (the README throughput table gains a table for the new device/date); put the e2e numbers
@@ -38,6 +38,20 @@
 #   BENCH_TINY=1 OUT=/tmp/bench_cpu_check .ci/device/bench_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+
+if [ "${1:-}" = pack ]; then
+    mkdir -p .whl .carry
+    ls .whl/grain-0.2.18-*.whl .whl/array_record-0.8.6-*.whl .whl/portpicker-1.6.0-*.whl \
+        .whl/ml_collections-1.1.0-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps \
+        --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux1_x86_64 -d .whl grain==0.2.18 array_record==0.8.6 portpicker==1.6.0 ml_collections==1.1.0
+    c=$(git rev-parse --short HEAD)
+    [ -n "$(git status --porcelain --untracked-files=no)" ] && c="$c-dirty"
+    echo "$c" > .carry/commit
+    du -ch .whl .carry/commit | tail -1
+    exit 0
+fi
 
 PY=${PYTHON:-python3}
 TINY=${BENCH_TINY:-0}
@@ -93,7 +107,7 @@ timed() {
     timeout -k 5 "$t" "$@" 2>&1 | tee -a "$LOG" | tail -n 4
     LAST_RC=${PIPESTATUS[0]}
     LAST_T0=$t0; LAST_T1=$EPOCHREALTIME
-    log "end $name: rc=$LAST_RC (124 = killed at the timeout)"
+    log "end $name: rc=$LAST_RC$( [ "$LAST_RC" = 124 ] || [ "$LAST_RC" = 137 ] && echo ' (killed at its timeout)')"
     return 0
 }
 

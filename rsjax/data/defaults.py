@@ -8,21 +8,34 @@ import ml_collections
 def default_data_config() -> ml_collections.ConfigDict:
     """Defaults of the ``config.data`` block the pipelines read.
 
+    Both input paths -- the host grain pipeline (``rsjax.data.pipeline``) and the GPU-resident
+    path (``device_resident=True``: ``rsjax.data.device_data`` / ``device_augment``) -- honour
+    every batching and augmentation key below with the same meaning (the same epoch plans,
+    the same photometric definitions). Path-specific keys: ``num_workers`` / ``num_threads`` /
+    ``prefetch_batches`` (host only; ``num_workers > 0`` with ``device_resident`` is refused)
+    and ``manual_dir`` / ``split_seed`` / ``cache_dir`` (device only; ``manual_dir`` without
+    ``device_resident`` is refused). ``rsjax.train.validate_config`` refuses keys no path reads
+    and out-of-range values before anything is written.
+
     Fields:
       name: registry / TFDS dataset name (``rs_synthetic`` = embedded default, built on use).
       builder_config: TFDS builder config (``default``, ``tiny``, ...); None/'' = builder default.
       data_dir: TFDS data dir; None = ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
       train_split, eval_split: TFDS split names for pretraining and evaluation.
       auto_build: build self-contained datasets (rs_synthetic) into data_dir when missing.
-      scenes_per_batch: 0 = plain random batches; S > 0 = S distinct scenes per global batch.
+      scenes_per_batch: 0 = plain random batches; S > 0 = S distinct scenes per global batch,
+        laid out scene by scene (scene id: the records' ``scene_id`` feature, else the record).
       samples_per_scene: units per scene in scene-aware batches (k); batch = S * k.
-      crops_as_scenes: g > 0 cuts each image into g x g adjacent crops sharing a scene id.
+      crops_as_scenes: g > 0 cuts each image into g x g adjacent crops sharing a scene id;
+        with scenes_per_batch = 0 each image brings all its g x g crops (batch / g^2 scenes).
       crop_scale_min, crop_scale_max: area range of the random resized crop.
       flip_rot: random flips and 90-degree rotations.
       jitter_strength, jitter_prob, band_jitter: brightness/contrast (all bands alike) and
         optional per-band gain.
       blur_prob, blur_sigma_min, blur_sigma_max: Gaussian blur (sigma in output pixels).
-      saturation, gray_prob: band-agnostic saturation and grayscale (device path only).
+      saturation, gray_prob: band-agnostic saturation (``sat ~ U(1 - saturation, 1 +
+        saturation)`` about the per-pixel band mean, gated by jitter_prob) and grayscale (all
+        bands -> their mean, with probability gray_prob).
       device_resident: hold the decoded split in device memory and augment inside the
         jitted step (rsjax.data.device_data / device_augment) instead of the grain pipeline.
       manual_dir: read the original class folder directly (device path, EuroSAT-style);
