@@ -74,6 +74,7 @@ def get_config(arg=None):
     c.swimdiff_crops_as_scenes = 2         # SwiMDiff arms: 2x2 adjacent crops of one image = a scene
     c.swimdiff_diffusion_size = 32         # denoise a 32 px downsample of the 64 px view
     c.swimdiff_denoiser_channels = 16
+    c.swimdiff_denoiser_lr_scale = 0.1     # denoiser lr = 0.1 x the shared lr (diverges under SGD at 1.0)
     c.eval = ml_collections.ConfigDict()
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.07

@@ -26,12 +26,29 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def async_default() -> bool:
+    """Whether writable managers save asynchronously: on accelerators (GPU / TPU backends) a
+    save then blocks only while Orbax copies the state to host memory, and the files are written
+    while training goes on. CPU stays synchronous (nothing to overlap; the resume tests read
+    checkpoints right after each save)."""
+    return jax.default_backend() != "cpu"
+
+
+def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
+                 async_save: bool | None = None) -> ocp.CheckpointManager:
+    """The run's CheckpointManager; ``async_save=None`` means :func:`async_default`.
+
+    Asynchronous saves are as atomic as synchronous ones (Orbax finalizes a step by renaming
+    its temporary folder once every file is written); whoever saves with ``block=False`` must
+    call ``manager.wait_until_finished()`` on every exit path (``rsjax.train`` does).
+    """
+    if async_save is None:
+        async_save = async_default() and not read_only
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=not read_only,
         read_only=read_only,
-        enable_async_checkpointing=False,
+        enable_async_checkpointing=bool(async_save),
     )
     _save_replicated_from_one_device()
     # Handlers named up front (not only item names) so that a read-only manager can read a
@@ -67,7 +84,10 @@ def _save_replicated_from_one_device() -> None:
     _save_replicated_from_one_device.done = True  # type: ignore[attr-defined]
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config_dict: dict) -> None:
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config_dict: dict,
+         *, block: bool = True) -> None:
+    """Saves ``step``; with ``block=False`` an asynchronous manager returns once the arrays are
+    on the host (the caller waits with ``manager.wait_until_finished()`` before exiting)."""
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -77,7 +97,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
         ),
         force=True,
     )
-    manager.wait_until_finished()
+    if block:
+        manager.wait_until_finished()
 
 
 def restore_latest(manager: ocp.CheckpointManager, state_template: Any):
@@ -170,26 +191,49 @@ def read_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
     return int(step), jax.tree.map(np.asarray, restored["state"])
 
 
+IMPORTED_JOB = "import_weights"  # config.job of a workdir written by rsjax.import_weights
+
+
 def load_encoder_for_export(workdir: str, step: int | None = None):
-    """Returns (encoder_params, encoder_batch_stats, meta) of a pretraining run as numpy trees."""
+    """Returns (encoder_params, encoder_batch_stats, meta) of a pretraining run as numpy trees.
+
+    Also reads workdirs written by ``python -m rsjax.import_weights`` (``config.job ==
+    "import_weights"``: no method; ``data.name`` may be '' when the source's bands are not
+    declared, then ``bands`` is empty). ``meta["normalization"]`` is the input the encoder
+    expects (``config.data.normalization``; ``"registry"`` for runs that predate the key), and
+    ``mean`` / ``std`` / ``scale`` are the values that mode applies.
+    """
     from rsjax import methods
     from rsjax.data import registry
 
     config = read_config(workdir)
     step, state = read_state(workdir, step)
-    info = registry.get_config_info(config.data.name, config.data.get("builder_config", None))
-    method = methods.get_method(config)
-    del method  # validates the config names an existing method
+    imported = config.get("job", None) == IMPORTED_JOB
+    if not imported:
+        methods.get_method(config)  # validates the config names an existing method
+    normalization = registry.normalization_name(config.data.get("normalization", None))
+    n = int(config.model.in_channels)
+    if config.data.get("name", ""):
+        info = registry.with_normalization(
+            registry.get_config_info(config.data.name, config.data.get("builder_config", None)), normalization)
+        bands, mean, std = list(info.bands), list(map(float, info.mean)), list(map(float, info.std))
+        scale = float(info.scale)
+    else:  # imported without --data: the band order is the source's, not known here
+        kind, s = registry.parse_normalization(normalization)
+        bands, mean, std, scale = ([], [0.0] * n, [1.0] * n, s) if kind == "scale" else ([], [], [], None)
     meta = {
         "arch": config.model.name,
         "stem": config.model.get("stem", "standard"),
-        "in_channels": int(config.model.in_channels),
-        "bands": list(info.bands),
-        "mean": list(map(float, info.mean)),
-        "std": list(map(float, info.std)),
-        "scale": float(info.scale),
+        "in_channels": n,
+        "bands": bands,
+        "mean": mean,
+        "std": std,
+        "scale": scale,
+        "normalization": normalization,
         "step": int(step),
         "method": config.method,
-        "dataset": config.data.name,
+        "dataset": config.data.get("name", "") or None,
     }
+    if imported:
+        meta["imported_from"] = config.imported.to_dict()
     return state["params"]["encoder"], state["batch_stats"]["encoder"], meta

@@ -61,6 +61,7 @@ def pretrain_base() -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 10
     c.optimizer.final_lr_fraction = 0.0
     c.optimizer.grad_clip = 0.0
+    c.optimizer.module_lr_scale = ""  # e.g. "denoiser=0.1": per-module lr factor (rsjax.train.scale_modules)
 
     c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32)
 

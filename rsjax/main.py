@@ -44,7 +44,8 @@ def run(config, workdir: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    if not FLAGS["verbosity"].present:  # quiet by default; --verbosity=N / -v N as given
+        logging.set_verbosity(logging.WARNING)
     from rsjax.train import NonFiniteError
     from rsjax.workdir import ConfigMismatchError
 

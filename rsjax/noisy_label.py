@@ -167,7 +167,7 @@ def load_split(config_data, split: str, *, image_size: int, max_examples: int | 
     arrays = common.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
     meta = source.builder.info.metadata or {}
     ignore_value = meta.get("ignore_value", None)
-    info = registry.get_config_info(cfg.name, cfg.get("builder_config") or None)
+    info = registry.data_info(cfg)
     labels = masks_to_labels(arrays["mask"], ignore_value)
     bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)
     if bad.any():

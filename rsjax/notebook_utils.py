@@ -8,6 +8,8 @@ CPU in seconds; a person running a notebook leaves them unset):
 ``RSJAX_NOTEBOOK_DATA_DIR``    TFDS data dir (``config.data.data_dir``) instead of the notebook's.
 ``RSJAX_NOTEBOOK_WORKDIR``     run directory instead of the notebook's.
 ``RSJAX_NOTEBOOK_OUT``         output folder of the export notebook.
+``RSJAX_NOTEBOOK_ALLOW_BACKEND`` comma-separated JAX backends :func:`require_backend` accepts
+                                besides the expected one (the suite runs 02 on ``cpu``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SMOKE_ENV = "RSJAX_NOTEBOOK_SMOKE"
 DATA_DIR_ENV = "RSJAX_NOTEBOOK_DATA_DIR"
 WORKDIR_ENV = "RSJAX_NOTEBOOK_WORKDIR"
 OUT_ENV = "RSJAX_NOTEBOOK_OUT"
+ALLOW_BACKEND_ENV = "RSJAX_NOTEBOOK_ALLOW_BACKEND"
 
 # configs/ sits next to the rsjax package in a checkout (`pip install -e .`).
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -134,6 +137,28 @@ def device_report() -> str:
     kinds = sorted({d.device_kind for d in devs})
     return (f"platform {jax.default_backend()}: {jax.device_count()} devices ({', '.join(kinds)}), "
             f"{jax.local_device_count()} local, {jax.process_count()} process(es)")
+
+
+def require_backend(expected: str = "tpu", *, allow_other: bool = False) -> str:
+    """Refuses a runtime whose JAX backend is not ``expected`` before a long run starts on it.
+
+    Returns the backend name. ``allow_other=True`` (a person's explicit choice in the notebook)
+    or ``$RSJAX_NOTEBOOK_ALLOW_BACKEND`` naming the backend (the headless test) lets it through.
+
+    Raises:
+      RuntimeError: another backend, with how to switch the Colab runtime or override.
+    """
+    import jax
+
+    backend = jax.default_backend()
+    allowed = {expected} | {b.strip() for b in os.environ.get(ALLOW_BACKEND_ENV, "").split(",") if b.strip()}
+    if backend in allowed or allow_other:
+        return backend
+    raise RuntimeError(
+        f"this runtime's JAX backend is {backend!r} ({jax.device_count()} device(s)), not {expected!r}: the "
+        f"paper-scale run would crawl here. In Colab: Runtime > Change runtime type > {expected.upper()}, then "
+        f"run the notebook again from the top (the install cell picks jax[{expected}]). To run on this backend "
+        f"anyway set ALLOW_OTHER_BACKEND = True in this cell.")
 
 
 def batch_report(config, mesh) -> str:

@@ -89,6 +89,13 @@ def arm_config(study: ml_collections.ConfigDict, arm: str, seed: int, num_train:
     c.checkpoint_every = c.total_steps
     for k, v in overrides.items():
         _set(c, k, v)
+    if c.method == "swimdiff" and float(c.swimdiff.lambda_d):
+        # The encoder trains at the lr every arm shares; the GroupNorm UNet denoiser diverges under
+        # SGD at that lr (measured: L_D 1.2 -> 13,265 -> NaN within 10 steps at lr 0.3), so it gets
+        # a fraction of it (DDPM itself trains its UNet with Adam at 2e-4).
+        scale = float(study.get("swimdiff_denoiser_lr_scale", 1.0))
+        if scale != 1.0:
+            c.optimizer.module_lr_scale = f"denoiser={scale}"
     return c
 
 

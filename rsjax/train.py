@@ -189,7 +189,40 @@ def make_optimizer(config) -> optax.GradientTransformation:
         raise ValueError(f"config.optimizer.name={name!r}: expected adamw, adam, sgd or lars")
     if o.get("grad_clip", 0.0):
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    scales = o.get("module_lr_scale", None)
+    if scales:
+        tx = optax.chain(tx, scale_modules(scales if isinstance(scales, str) else dict(scales)))
     return tx
+
+
+def scale_modules(scales: dict) -> optax.GradientTransformation:
+    """Multiplies the updates of top-level parameter modules by a constant (``optimizer.module_lr_scale``).
+
+    ``{"denoiser": 0.1}`` trains SwiMDiff's denoiser at a tenth of the schedule's learning rate
+    while the encoder keeps the rate every arm of a study shares. Scaling the final update is
+    exactly a per-module learning rate for SGD, AdamW and LARS (their updates are linear in lr).
+    An unknown module name is refused when the optimizer state is created.
+    """
+    if isinstance(scales, str):  # the command-line spelling "denoiser=0.1,projector=0.5"
+        try:
+            scales = dict(item.split("=") for item in scales.replace(" ", "").split(",") if item)
+        except ValueError:
+            raise ValueError(f"config.optimizer.module_lr_scale={scales!r}: expected 'module=factor,...'") from None
+    scales = {str(k): float(v) for k, v in scales.items()}
+
+    def init_fn(params):
+        unknown = sorted(set(scales) - set(params))
+        if unknown:
+            raise ValueError(f"config.optimizer.module_lr_scale names {unknown}, which are not parameter "
+                             f"modules of this method; modules: {sorted(params)}")
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return {k: (jax.tree.map(lambda u, f=scales[k]: u * f, v) if k in scales else v)
+                for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 # --------------------------------------------------------------------------------------
@@ -219,7 +252,8 @@ def make_batch_transform(config):
     augmented on device with the ``augment`` stream (see rsjax.data.device_augment)."""
     from rsjax.data import device_augment, registry
 
-    info = registry.get_dataset_info(config.data.name)
+    info = registry.with_normalization(registry.get_dataset_info(config.data.name),
+                                       config.data.get("normalization", None))
     aug = device_augment.DeviceAugmentConfig.from_data_config(config.data, config.data.image_size)
 
     def transform(batch, key):
@@ -461,7 +495,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         nonlocal last_saved
         if step == last_saved:  # e.g. a signal right after a periodic checkpoint
             return
-        ckpt_lib.save(manager, step, state, json.loads(data_iter.get_state()), config_dict)
+        # Asynchronous on accelerators (the write overlaps the next steps; Orbax copies the
+        # arrays to host first, so the donated state is free to change): waited for on exit.
+        ckpt_lib.save(manager, step, state, json.loads(data_iter.get_state()), config_dict, block=False)
         last_saved = step
 
     sleep_s, nonfinite_from = _debug_hooks()
@@ -475,6 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = start_step
     t0 = time.time()
     compile_s = 0.0
+    throughput = _Throughput(config.batch_size)
     try:
         with _StopFlag() as stop:
             while step < stop_at:
@@ -492,11 +529,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if step == start_step + 1:  # the first call compiles: keep it out of train time
                     jax.block_until_ready(metrics)
                     compile_s, t0 = time.time() - t0, time.time()
+                    throughput.reset(step)
                 if pending is not None:
-                    stop_seen |= _handle_metrics(wd, bar, *pending, config)
+                    stop_seen |= _handle_metrics(wd, bar, *pending, config, throughput=throughput)
                 pending = (step, metrics)
                 if step % config.checkpoint_every == 0 and step < stop_at:
-                    stop_seen |= _handle_metrics(wd, bar, *pending, config)
+                    stop_seen |= _handle_metrics(wd, bar, *pending, config, throughput=throughput)
                     pending = None
                     save(step)
                 if sleep_s:
@@ -504,11 +542,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if stop_seen if multi else stop.signum is not None:
                     break
             if pending is not None:
-                _handle_metrics(wd, bar, *pending, config, force_log=True)
+                _handle_metrics(wd, bar, *pending, config, force_log=True, throughput=throughput)
             if step > start_step or restored is None:
                 save(step)
     finally:
         bar.close()  # also on errors: a progress bar redrawn after the error message hides it
+        manager.wait_until_finished()  # every exit (end, signal, error) waits for a pending save
     elapsed = time.time() - t0
     summary = {"step": step, "total_steps": total, "train_seconds": elapsed, "compile_seconds": compile_s,
                "compiles": train_step.trace_count, "nonfinite_steps": int(jax.device_get(state["nonfinite_total"]))}
@@ -531,7 +570,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False) -> bool:
+class _Throughput:
+    """Images (global batch rows) per second between two logged steps, for TensorBoard.
+
+    Measured when a step's metrics reach the host (they are read one step late, so the step
+    has finished); :meth:`reset` after the first, compiling step keeps compilation out.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = int(batch_size)
+        self.step, self.t = None, None
+
+    def reset(self, step: int) -> None:
+        self.step, self.t = int(step), time.perf_counter()
+
+    def rates(self, step: int) -> dict:
+        now = time.perf_counter()
+        out = {}
+        if self.step is not None and step > self.step and now > self.t:
+            steps_per_s = (step - self.step) / (now - self.t)
+            out = {"img_per_s": steps_per_s * self.batch_size, "steps_per_s": steps_per_s}
+        self.step, self.t = int(step), now
+        return out
+
+
+def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False, throughput=None) -> bool:
     """Logs one step's metrics (and refuses it when non-finite); returns its ``stop`` bit."""
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     stop_any = bool(m.pop("stop", 0.0))
@@ -550,6 +613,8 @@ def _handle_metrics(wd, bar, step, metrics, config, force_log: bool = False) -> 
     if step % config.log_every == 0 or force_log or step == config.total_steps:
         bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
         wd.log_metrics(step, m)
+        if throughput is not None:  # TensorBoard only: metrics.jsonl stays deterministic
+            wd.log_scalars(step, throughput.rates(step), prefix="train")
     return stop_any
 
 

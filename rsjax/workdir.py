@@ -6,6 +6,13 @@ logged step with ``step`` and ``loss``), ``events.jsonl`` (warnings such as refu
 steps), TensorBoard events in ``tb/``, ``loss_curve.png`` and, after evaluation,
 ``eval_report.json`` and pictures.
 
+TensorBoard (``tb/``, one events file per run invocation, written by process 0): the
+flattened config as hparams (``_hparams_/*``, written when the workdir is opened),
+``train/<metric>`` per logged step, ``train/img_per_s`` / ``train/steps_per_s`` (throughput
+since the previous logged step, compilation excluded), and ``eval/<task>/<metric>`` for every
+scalar of an evaluation report (pretraining kNN / linear probe and every evaluation job).
+``metrics.jsonl`` keeps only the deterministic training metrics (resume equality).
+
 Every file a job names relative to the workdir goes through :meth:`Workdir.file`, which
 refuses names that would land outside it (``..``, absolute paths, symlinks leading out).
 The only write locations outside the workdir are chosen explicitly by the user: the
@@ -58,6 +65,20 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return diffs
 
 
+def _numeric_scalars(d: Any, prefix: str = "") -> dict[str, float]:
+    """``{"a/b": float}`` of the int / float / bool / 0-d array leaves of nested dicts."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_numeric_scalars(v, f"{prefix}{k}/"))
+            continue
+        if hasattr(v, "shape") and getattr(v, "shape", None) == ():
+            v = v.item() if hasattr(v, "item") else v
+        if isinstance(v, (bool, int, float)) and not isinstance(v, str):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
 class Workdir:
     def __init__(self, path: str, config: ml_collections.ConfigDict, *, is_main: bool = True):
         self.path = os.path.abspath(path)
@@ -65,6 +86,7 @@ class Workdir:
         self.metrics_path = os.path.join(self.path, "metrics.jsonl")
         self.events_path = os.path.join(self.path, "events.jsonl")
         self._tb = None
+        self._last_step = 0
         cfg_path = os.path.join(self.path, "config.json")
         new = json.loads(config.to_json_best_effort())
         if os.path.exists(cfg_path):
@@ -86,6 +108,7 @@ class Workdir:
             with open(tmp, "w") as f:
                 json.dump(new, f, indent=2, sort_keys=True)
             os.replace(tmp, cfg_path)
+            self.log_hparams(new)
 
     # -- metrics -------------------------------------------------------------------------
     def truncate_metrics(self, step: int) -> None:
@@ -113,11 +136,41 @@ class Workdir:
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.log_scalars(step, metrics, prefix="train")
+
+    def log_scalars(self, step: int, scalars: dict, prefix: str) -> None:
+        """Writes the numeric entries of ``scalars`` (nested dicts flattened with ``/``;
+        strings, lists and None skipped) to TensorBoard as ``<prefix>/<key>`` at ``step``.
+        TensorBoard only: ``metrics.jsonl`` is unchanged."""
+        if not self.is_main:
+            return
+        self._last_step = max(self._last_step, int(step))
         tb = self._writer()
-        if tb is not None:
-            for k, v in metrics.items():
-                tb.add_scalar(f"train/{k}", float(v), int(step))
-            tb.flush()
+        if tb is None:
+            return
+        for k, v in _numeric_scalars(scalars).items():
+            tb.add_scalar(f"{prefix}/{k}", v, int(step))
+        tb.flush()
+
+    def log_hparams(self, config_dict: dict) -> None:
+        """The flattened config as TensorBoard hparams (HParams tab), in this run's own events
+        file: lists and other non-scalars as JSON strings, None left out."""
+        if not self.is_main:
+            return
+        tb = self._writer()
+        if tb is None:
+            return
+        from tensorboardX.summary import hparams
+
+        hp = {}
+        for k, v in _flatten(config_dict).items():
+            if v is None:
+                continue
+            hp[k] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+        exp, ssi, sei = hparams(hp, {"train/loss": 0.0})
+        for summary in (exp, ssi, sei):
+            tb.file_writer.add_summary(summary)
+        tb.flush()
 
     def log_event(self, step: int, kind: str, message: str) -> None:
         if not self.is_main:
@@ -160,13 +213,17 @@ class Workdir:
                              f"use a plain file name")
         return path
 
-    def write_eval_report(self, task: str, metrics: dict, config, name: str = "eval_report.json") -> str:
+    def write_eval_report(self, task: str, metrics: dict, config, name: str = "eval_report.json",
+                          step: int | None = None) -> str:
+        """Writes ``name`` (task, metrics, config) and logs the scalar metrics to TensorBoard as
+        ``eval/<task>/<metric>`` at ``step`` (default: the last logged training step)."""
         path = self.file(name)
         cfg = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"task": task, "metrics": metrics, "config": cfg}, f, indent=2)
         os.replace(tmp, path)
+        self.log_scalars(self._last_step if step is None else step, metrics, prefix=f"eval/{task}")
         return path
 
     def plot_loss_curve(self, name: str = "loss_curve.png") -> str | None:

@@ -789,3 +789,164 @@ def test_command_line_skip_bad_reports_count(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "levir_cd: ready" in out.stdout
     assert "skipped 1 bad input file" in out.stderr and "A/train_5_0256_0768.png" in out.stderr
+
+
+# ------------------------------------------------------------------ file format (issue 15)
+
+def test_builders_default_to_array_record_and_tfrecord_build_is_refused(eurosat, tmp_path):
+    """`tfds build` without --file_format writes what the builder's info says: array_record for
+    rsjax's builders; a dataset stored only as TFRecord is refused in one line saying how to
+    rebuild (TFDS's own error names no remedy rsjax users can apply)."""
+    import shutil
+
+    from tensorflow_datasets.core import file_adapters
+
+    from tfds_builders import _common
+
+    real = [n for n in build.available_builders()
+            if issubclass(build.get_builder_class(n), _common.ManualDataMixin)]
+    assert len(real) >= 8  # rs_synthetic is built only by rsjax.data.build (array_record)
+    for name in real:
+        b = build.get_builder_class(name)(data_dir=str(tmp_path / "fresh"))
+        assert b.info.file_format == file_adapters.FileFormat.ARRAY_RECORD, name
+    explicit = build.get_builder_class("eurosat_ms")(data_dir=str(tmp_path / "x"), file_format="tfrecord")
+    assert explicit.info.file_format == file_adapters.FileFormat.TFRECORD  # an explicit choice stays
+
+    # The built EuroSAT copied and its dataset_info.json rewritten as a TFRecord build would be.
+    _, data_dir = eurosat
+    copy = tmp_path / "tfrecord_dir"
+    shutil.copytree(data_dir, copy)
+    infos = [os.path.join(r, f) for r, _, fs in os.walk(copy) for f in fs if f == "dataset_info.json"]
+    assert len(infos) == 1
+    with open(infos[0]) as f:
+        info = json.load(f)
+    assert info["fileFormat"] == "array_record"
+    info["fileFormat"] = "tfrecord"
+    with open(infos[0], "w") as f:
+        json.dump(info, f)
+    assert build.get_builder("eurosat_rgb", data_dir).info.file_format == file_adapters.FileFormat.ARRAY_RECORD
+    with pytest.raises(ValueError) as err:
+        build.get_builder("eurosat_rgb", str(copy))
+    msg = str(err.value)
+    assert "\n" not in msg and "tfrecord" in msg and "--file_format=array_record" in msg, msg
+    with pytest.raises(ValueError, match="--file_format=array_record"):
+        from rsjax.data import pipeline
+
+        src = pipeline.DataSource("eurosat_rgb", "train", "", str(copy), False)
+        len(src)
+
+
+# ------------------------------------------------------------------- georeferencing (issue 15)
+
+def _geokeys(epsg, pixel_is_point=False):
+    """A GeoKeyDirectory (GeoTIFF 1.0, 3 keys): projected model, raster type, projected CRS."""
+    return [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 2 if pixel_is_point else 1, 3072, 0, 1, epsg]
+
+
+def _geotag(path, x0, y0, gsd, epsg=32632, tie_pixel=(0.0, 0.0)):
+    """Rewrites a fixture TIFF with the same pixels plus GeoTIFF tags: the pixel ``tie_pixel``
+    (col, row) has its top-left corner at map (x0 + col * gsd, y0 - row * gsd)."""
+    arr = tifffile.imread(path)
+    i, j = tie_pixel
+    geokeys = _geokeys(epsg)
+    kw = dict(photometric="minisblack", planarconfig="contig") if arr.ndim == 3 else {}
+    tifffile.imwrite(path, arr, extratags=[
+        (33550, "d", 3, (gsd, gsd, 0.0)),
+        (33922, "d", 6, (i, j, 0.0, x0 + i * gsd, y0 - j * gsd, 0.0)),
+        (34735, "H", len(geokeys), geokeys)], **kw)
+
+
+def test_read_georef_conventions(tmp_path):
+    from tfds_builders._common import read_georef
+
+    img = np.zeros((6, 5), np.uint16)
+    p = tmp_path / "scale_tie.tif"
+    tifffile.imwrite(p, img)
+    _geotag(p, 500000.0, 4600000.0, 10.0, tie_pixel=(2.0, 3.0))  # tie point not at the corner
+    g = read_georef(p)
+    assert g.crs == "EPSG:32632"
+    assert g.transform == (500000.0, 10.0, 0.0, 4600000.0, 0.0, -10.0)
+    # a crop at row 4, column 1: its corner is 1 column east and 4 rows south
+    assert g.window(4, 1).transform == (500010.0, 10.0, 0.0, 4599960.0, 0.0, -10.0)
+    # ModelTransformation (rotated grid) in geographic WGS 84, pixel-is-point
+    m = [0.5, 0.1, 0, 7.0, 0.2, -0.5, 0, 46.0, 0, 0, 0, 0, 0, 0, 0, 1]
+    keys = [1, 1, 0, 2, 1025, 0, 1, 2, 2048, 0, 1, 4326]
+    q = tmp_path / "matrix.tif"
+    tifffile.imwrite(q, img, extratags=[(34264, "d", 16, m), (34735, "H", len(keys), keys)])
+    gq = read_georef(q)
+    assert gq.crs == "EPSG:4326"
+    # GDAL: the point of pixel (0, 0) is its centre, so the corner is half a pixel back
+    assert gq.transform == pytest.approx((7.0 - 0.5 * (0.5 + 0.1), 0.5, 0.1, 46.0 - 0.5 * (0.2 - 0.5), 0.2, -0.5))
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, img)
+    assert read_georef(plain).crs == "" and all(np.isnan(read_georef(plain).transform))
+    assert read_georef(tmp_path / "x.png").crs == ""
+
+
+def test_builders_keep_georeferencing(tmp_path):
+    # SSL4EO-S12: one season georeferenced on its 10 m band B2, the other without tags.
+    rng = _rng(11)
+    root = tmp_path / "ssl" / "s2c" / "0000005"
+    for season in ("20200101T000000_T32TQM", "20200601T000000_T32TQM"):
+        os.makedirs(root / season)
+        for b in registry.S2_BANDS:
+            side = {10.0: 264, 20.0: 132, 60.0: 44}[registry.S2_GSD_M[b]]
+            name = "B8A" if b == "B8A" else f"B{int(b[1:])}"
+            tifffile.imwrite(root / season / f"{name}.tif", rng.integers(0, 9000, (side, side)).astype(np.uint16))
+    _geotag(root / "20200101T000000_T32TQM" / "B2.tif", 600000.0, 5000000.0, 10.0, epsg=32633)
+    _build("ssl4eo_s12", tmp_path / "o1", tmp_path / "ssl")
+    exs = {_s(e["season_name"]): e for e in _all(_source("ssl4eo_s12", str(tmp_path / "o1"), "train"))}
+    geo = exs["20200101T000000_T32TQM"]
+    assert _s(geo["crs"]) == "EPSG:32633"
+    np.testing.assert_array_equal(geo["transform"], [600000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0])
+    bare = exs["20200601T000000_T32TQM"]
+    assert _s(bare["crs"]) == "" and np.isnan(bare["transform"]).all()
+
+    # Dynamic World: every crop carries its own corner.
+    m = tmp_path / "dw"
+    os.makedirs(m / "train")
+    tifffile.imwrite(m / "train" / "a_s2.tif", rng.integers(0, 9000, (300, 280, 13)).astype(np.uint16),
+                     photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(m / "train" / "a_label.tif", rng.integers(0, 10, (300, 280)).astype(np.uint8))
+    _geotag(m / "train" / "a_s2.tif", 300000.0, 6000000.0, 10.0, epsg=32631, tie_pixel=(7.0, 9.0))
+    _build("dynamic_world", tmp_path / "o2", m)
+    crops = _all(_source("dynamic_world", str(tmp_path / "o2"), "train"))
+    assert len(crops) == 4
+    for e in crops:
+        y, x = int(e["crop_y"]), int(e["crop_x"])
+        assert _s(e["crs"]) == "EPSG:32631"
+        np.testing.assert_array_equal(e["transform"], [300000.0 + 10 * x, 10.0, 0.0, 6000000.0 - 10 * y, 0.0, -10.0])
+
+    # OSCD: crops georeferenced from the date-1 B02 grid.
+    o = tmp_path / "oscd"
+    write_oscd_city(o, "abudhabi", 200, 150, rect=True)
+    _geotag(o / "abudhabi" / "imgs_1_rect" / "B02.tif", 200000.0, 2700000.0, 10.0, epsg=32640)
+    _build("oscd", tmp_path / "o3", o)
+    for e in _all(_source("oscd", str(tmp_path / "o3"), "train")):
+        y, x = int(e["crop_y"]), int(e["crop_x"])
+        assert _s(e["crs"]) == "EPSG:32640"
+        np.testing.assert_array_equal(e["transform"], [200000.0 + 10 * x, 10.0, 0.0, 2700000.0 - 10 * y, 0.0, -10.0])
+
+    # EuroSAT MS and BigEarthNet: the patch's own tags.
+    ms = tmp_path / "ms"
+    for c in registry.EUROSAT_CLASSES:
+        os.makedirs(ms / c)
+        tifffile.imwrite(ms / c / f"{c}_1.tif", rng.integers(0, 9000, (64, 64, 13)).astype(np.uint16),
+                         photometric="minisblack", planarconfig="contig")
+    _geotag(ms / "Forest" / "Forest_1.tif", 410000.0, 5300000.0, 10.0, epsg=32632)
+    _build("eurosat_ms", tmp_path / "o4", ms)
+    rows = [e for sp in build.get_builder("eurosat_ms", str(tmp_path / "o4")).info.splits
+            for e in _all(_source("eurosat_ms", str(tmp_path / "o4"), sp))]
+    byname = {_s(e["filename"]): e for e in rows}
+    assert _s(byname["Forest/Forest_1.tif"]["crs"]) == "EPSG:32632"
+    np.testing.assert_array_equal(byname["Forest/Forest_1.tif"]["transform"], [410000.0, 10.0, 0.0, 5300000.0, 0.0, -10.0])
+    assert _s(byname["River/River_1.tif"]["crs"]) == "" and np.isnan(byname["River/River_1.tif"]["transform"]).all()
+
+    ben = tmp_path / "ben"
+    write_bigearthnet(ben, {"S2A_MSIL2A_20170613T101031_0_45": ["Coniferous forest"]})
+    (pdir,) = [p for p in ben.rglob("*_B02.tif")]
+    _geotag(pdir, 500040.0, 4400040.0, 10.0, epsg=32634)
+    _build("bigearthnet", tmp_path / "o5", ben)
+    (e,) = _all(_source("bigearthnet", str(tmp_path / "o5"), "train"))
+    assert _s(e["crs"]) == "EPSG:32634"
+    np.testing.assert_array_equal(e["transform"], [500040.0, 10.0, 0.0, 4400040.0, 0.0, -10.0])

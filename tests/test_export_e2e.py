@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import _torch_compat  # noqa: E402  (tests/: skip naming any import failure, see its docstring)
+
+torch = _torch_compat.require("torch", module_level=True)
 
 from rsjax.export import load_state_dict, sidecar_path, torch_resnet  # noqa: E402
 
@@ -81,6 +83,18 @@ def _check_export(out, config, flax_pooled, images):
     assert side["arch"] == config.model.name == "tiny" and side["stem"] == "standard"
     assert side["in_channels"] == config.model.in_channels == len(side["bands"]) == len(side["mean"]) == 13
     assert side["method"] == "swimdiff" and side["dataset"] == "rs_synthetic"
+    # The input description comes from the registry entry the run trained on.
+    from rsjax.data import registry
+
+    info = registry.get_config_info(config.data.name, config.data.get("builder_config", None))
+    assert side["bands"] == list(info.bands)
+    assert side["wavelengths_nm"] == list(info.wavelengths_nm) and side["gsd_m"] == list(info.gsd_m)
+    assert side["product_level"] and side["normalization_formula"].startswith("x[c] = (x_raw[c] / ")
+    # Readable by others: 0666 minus the umask, as for any file the user writes.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for p in (out, out.with_suffix(".safetensors"), sidecar_path(out)):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
     for path in (out, out.with_suffix(".safetensors")):
         net = torch_resnet.reference_resnet(side["arch"], side["in_channels"], stem=side["stem"])
         net.load_state_dict(load_state_dict(path), strict=True)

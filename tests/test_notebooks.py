@@ -26,7 +26,8 @@ NOTEBOOKS = sorted(p.name for p in COLAB.glob("*.ipynb"))
 KERNEL = "python3"
 CELL_TIMEOUT_S = 300
 # What a notebook may import: rsjax, the standard library, and what rsjax itself is built on.
-ALLOWED_IMPORTS = {"rsjax", "jax", "numpy", "google", "importlib", "os", "sys", "json", "pathlib"}
+ALLOWED_IMPORTS = {"rsjax", "jax", "numpy", "google", "importlib", "os", "sys", "json", "pathlib", "glob", "shutil",
+                   "subprocess"}
 
 
 def _kernel_name() -> str:
@@ -128,8 +129,10 @@ def test_01_quickstart(nb_env):
 
 def test_02_tpu_pretraining(nb_env):
     wd = nb_env["root"] / "tpu_smoke"
-    nb = _run_notebook("02_tpu_pretraining.ipynb", nb_env, RSJAX_NOTEBOOK_WORKDIR=wd)
+    nb = _run_notebook("02_tpu_pretraining.ipynb", nb_env, RSJAX_NOTEBOOK_WORKDIR=wd,
+                       RSJAX_NOTEBOOK_ALLOW_BACKEND="cpu")  # the explicit override of the TPU check
     text = _text(nb)
+    assert "backend cpu: ok" in text
     assert "8 devices" in text
     assert "resnet50" in text and "65536" in text  # the paper-scale config was shown
     assert "examples per device" in text
@@ -149,3 +152,79 @@ def test_03_export_to_pytorch(nb_env):
     assert "<All keys matched successfully>" in text
     assert sorted(p.name for p in out.iterdir()) == ["encoder.pt", "encoder.pt.json", "encoder.safetensors"]
 
+
+
+# ------------------------------------------------------------------ install cell, backend check
+
+def _install_cell(name: str) -> str:
+    nb = nbformat.read(COLAB / name, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and "RSJAX_SOURCE" in c.source]
+    assert len(cells) == 1, name
+    return cells[0]
+
+
+def _exec_install_cell(name, monkeypatch, tmp_path, *, source="", which=None, accel=False):
+    """Runs the install cell as a fresh runtime would see it: rsjax not importable, pip recorded
+    instead of run. Returns the pip argument lists."""
+    import glob
+    import importlib.util
+    import shutil
+    import subprocess
+
+    calls = []
+    real_find_spec, real_glob = importlib.util.find_spec, glob.glob
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "rsjax" else real_find_spec(n, *a))
+    monkeypatch.setattr(subprocess, "check_call", lambda args, **kw: calls.append(list(args)))
+    monkeypatch.setattr(shutil, "which", lambda cmd: which if cmd == "nvidia-smi" else None)
+    monkeypatch.setattr(glob, "glob", lambda pat, **kw: ["/dev/accel0"] if accel and "accel" in pat else
+                        ([] if pat.startswith("/dev/") else real_glob(pat, **kw)))
+    monkeypatch.delenv("RSJAX_SOURCE", raising=False)
+    monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    code = _install_cell(name).replace('RSJAX_SOURCE = ""', f"RSJAX_SOURCE = {source!r}", 1)
+    exec(compile(code, name, "exec"), {})
+    return calls
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_install_cell_needs_no_placeholder(name, monkeypatch, tmp_path):
+    src = _install_cell(name)
+    assert "YOUR_ORG" not in src and "git clone" not in src and "[test]" not in src
+    extras = "colab,torch" if name.startswith("03") else "colab"
+    # Nothing to install from: a clear error, no clone of a made-up URL, no pip call.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError, match="RSJAX_SOURCE"):
+        _exec_install_cell(name, monkeypatch, tmp_path / "empty")  # noqa: PT012
+    # From a clone (found next to the notebook, as colab/ of a checkout): the light extra + JAX for a TPU.
+    (tmp_path / "clone" / "rsjax").mkdir(parents=True)
+    (tmp_path / "clone" / "pyproject.toml").write_text("[project]\nname = 'rsjax'\n")
+    (tmp_path / "clone" / "colab").mkdir()
+    calls = _exec_install_cell(name, monkeypatch, tmp_path / "clone" / "colab", accel=True)
+    assert calls and calls[0][-3:] == ["-e", f"{tmp_path / 'clone'}[{extras}]", "jax[tpu]"]
+    # A wheel on a GPU runtime; a git URL on a CPU runtime (no accelerator extra).
+    calls = _exec_install_cell(name, monkeypatch, tmp_path / "empty", source="/content/rsjax-0.1.0-py3-none-any.whl",
+                               which="/usr/bin/nvidia-smi")
+    assert calls[0][-2:] == [f"/content/rsjax-0.1.0-py3-none-any.whl[{extras}]", "jax[cuda12]"]
+    calls = _exec_install_cell(name, monkeypatch, tmp_path / "empty", source="https://example.org/me/rsjax.git")
+    assert calls[0][-1] == f"rsjax[{extras}] @ git+https://example.org/me/rsjax.git"
+
+
+def test_require_backend_refuses_a_cpu_runtime(monkeypatch):
+    import jax
+
+    from rsjax import notebook_utils as nbu
+
+    assert jax.default_backend() == "cpu"
+    monkeypatch.delenv(nbu.ALLOW_BACKEND_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=r"backend is 'cpu'.*Change runtime type > TPU.*ALLOW_OTHER_BACKEND"):
+        nbu.require_backend("tpu")
+    assert nbu.require_backend("tpu", allow_other=True) == "cpu"
+    monkeypatch.setenv(nbu.ALLOW_BACKEND_ENV, "gpu, cpu")
+    assert nbu.require_backend("tpu") == "cpu"
+    # 02 checks the backend before anything is built or trained.
+    nb = nbformat.read(COLAB / "02_tpu_pretraining.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    check = next(i for i, s in enumerate(code) if "nbu.require_backend(" in s)
+    assert check < next(i for i, s in enumerate(code) if "train_and_evaluate" in s)
+    assert "ALLOW_OTHER_BACKEND = False" in code[check]

@@ -8,6 +8,9 @@
   ``skipped_files``).
 * Bilinear resampling (used for the 20 m / 60 m Sentinel-2 bands) and the crop grid used to
   cut large tiles into fixed-size crops.
+* Georeferencing (:class:`GeoRef`, :func:`read_georef`, :func:`georef_features`): the CRS and
+  geotransform of a GeoTIFF, kept by the builders that read .tif in every example as ``crs`` /
+  ``transform`` (of the example's own crop), empty / NaN when the source has none.
 
 Nothing in here downloads anything.
 """
@@ -90,6 +93,94 @@ def read_tif(path) -> np.ndarray:
                               f"imagecodecs` ({e})") from e
         raise BadFileError(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
     return np.asarray(arr)
+
+
+# ----------------------------------------------------------------------- georeferencing
+
+NO_TRANSFORM = (float("nan"),) * 6
+
+
+class GeoRef:
+    """Where a raster lies on the ground, as GeoTIFF tags state it.
+
+    ``crs``: ``"EPSG:<code>"`` (projected CRS, else geographic), ``""`` when the file names none
+    or a user-defined one. ``transform``: the GDAL geotransform ``(x0, dx_col, dx_row, y0,
+    dy_col, dy_row)`` of the top-left corner of pixel (0, 0) (GDAL / rasterio convention: map
+    ``x = x0 + col * dx_col + row * dx_row``, ``y = y0 + col * dy_col + row * dy_row``; north-up
+    rasters have ``dy_row < 0``), NaN x 6 when the file is not georeferenced.
+    """
+
+    __slots__ = ("crs", "transform")
+
+    def __init__(self, crs: str = "", transform: Sequence[float] = NO_TRANSFORM):
+        self.crs = str(crs)
+        self.transform = tuple(float(v) for v in transform)
+        if len(self.transform) != 6:
+            raise ValueError(f"a geotransform has 6 numbers, got {len(self.transform)}")
+
+    def window(self, y: int, x: int) -> "GeoRef":
+        """The georeference of the crop whose top-left pixel is ``(y, x)`` of this raster."""
+        x0, a, b, y0, d, e = self.transform
+        return GeoRef(self.crs, (x0 + x * a + y * b, a, b, y0 + x * d + y * e, d, e))
+
+    def features(self) -> dict:
+        """The example entries of :func:`georef_features`."""
+        return {"crs": self.crs, "transform": np.asarray(self.transform, np.float64)}
+
+    def __repr__(self):
+        return f"GeoRef({self.crs!r}, {self.transform})"
+
+
+def georef_features() -> dict:
+    """TFDS features holding an example's georeference (see :class:`GeoRef`): ``crs`` (Text,
+    ``""`` when unknown) and ``transform`` (float64 ``[6]``, NaN when unknown)."""
+    import tensorflow_datasets as tfds
+
+    return {"crs": tfds.features.Text(),
+            "transform": tfds.features.Tensor(shape=(6,), dtype=np.float64)}
+
+
+def read_georef(path) -> GeoRef:
+    """The :class:`GeoRef` of a (Geo)TIFF's first page, from the tags tifffile decodes
+    (``ModelPixelScale`` + ``ModelTiepoint``, or ``ModelTransformation``; ``PixelIsPoint``
+    rasters shifted by half a pixel as GDAL does). A TIFF without GeoTIFF tags, or any other
+    file, gives an empty GeoRef.
+
+    Raises:
+      BadFileError: the file is missing or not a readable TIFF.
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith((".tif", ".tiff")):
+        return GeoRef()
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].geotiff_tags or {}
+    except Exception as e:  # noqa: BLE001 - unreadable TIFF: name the file
+        raise BadFileError(path, f"cannot read TIFF tags ({type(e).__name__}: {e})") from e
+    if not tags:
+        return GeoRef()
+    crs = ""
+    for key in ("ProjectedCSTypeGeoKey", "GeographicTypeGeoKey"):
+        code = tags.get(key)
+        if code is not None and 1024 <= int(code) < 32767:  # 32767: user-defined
+            crs = f"EPSG:{int(code)}"
+            break
+    transform = NO_TRANSFORM
+    m = tags.get("ModelTransformation")
+    scale, tie = tags.get("ModelPixelScale"), tags.get("ModelTiepoint")
+    if m is not None:
+        m = np.asarray(m, np.float64).reshape(4, 4)
+        transform = (m[0, 3], m[0, 0], m[0, 1], m[1, 3], m[1, 0], m[1, 1])
+    elif scale is not None and tie is not None and len(tie) >= 6:
+        i, j, _, x, y, _ = (float(v) for v in tie[:6])
+        sx, sy = float(scale[0]), float(scale[1])
+        transform = (x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy)
+    if int(tags.get("GTRasterTypeGeoKey", 1) or 1) == 2 and not np.isnan(transform[0]):  # PixelIsPoint
+        x0, a, b, y0, d, e = transform
+        transform = (x0 - 0.5 * (a + b), a, b, y0 - 0.5 * (d + e), d, e)
+    return GeoRef(crs, transform)
 
 
 def read_image(path, mode: Optional[str] = None) -> np.ndarray:
@@ -273,6 +364,8 @@ class ManualDataMixin:
 
     def __init__(self, *args, skip_bad: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        if kwargs.get("file_format") is None:
+            default_to_array_record(self)
         self.skip_bad = bool(skip_bad)
         self.skipped_files: list[str] = []
 
@@ -300,6 +393,20 @@ class ManualDataMixin:
         if skipped:
             log.warning("%s: %d bad input file(s) skipped so far (after split %r)", self.name,
                         len(skipped), split)
+
+
+def default_to_array_record(builder) -> None:
+    """Makes a builder that was given no ``file_format`` write array_record, not TFRecord.
+
+    rsjax reads datasets by random access (``tfds.data_source``), which TFRecord does not
+    offer; TFDS's own default (``tfds build`` without ``--file_format``) is TFRecord. A dataset
+    already prepared on disk keeps the format it was written in (its ``dataset_info.json``
+    fixes it; TFDS refuses to change it, and rsjax's loader then says how to rebuild).
+    """
+    try:
+        builder.info.set_file_format("array_record", override=True)
+    except RuntimeError:  # info restored from an existing build: keep its format
+        pass
 
 
 def skip_metadata() -> dict:

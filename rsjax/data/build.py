@@ -113,7 +113,34 @@ def get_builder(name: str, data_dir: Optional[str] = None, config: Optional[str]
                 f"dataset {name!r} has no builder config {config!r} (config key "
                 f"data.builder_config); known configs: {', '.join(known)}"
             )
-    return cls(config=config, data_dir=data_dir, **kwargs)
+    builder = cls(config=config, data_dir=data_dir, **kwargs)
+    check_random_access(builder)
+    return builder
+
+
+def check_random_access(builder: tfds.core.DatasetBuilder) -> None:
+    """Refuses, in one line, a dataset prepared only in a format rsjax cannot read.
+
+    rsjax reads by random access (``tfds.data_source``: array_record or parquet). ``tfds build``
+    writes TFRecord unless told ``--file_format=array_record`` (rsjax's own builders default to
+    array_record; a dataset built before that, or by another builder, may still be TFRecord).
+
+    Raises:
+      ValueError: the dataset is built and none of its file formats allows random access.
+    """
+    if not is_built(builder):
+        return
+    from tensorflow_datasets.core import file_adapters
+
+    formats = set(builder.info.available_file_formats())
+    if formats and not formats & set(file_adapters.FileFormat.with_random_access()):
+        name = builder.info.full_name.split("/")[0]
+        written = ", ".join(sorted(f.value for f in formats))
+        raise ValueError(
+            f"dataset {builder.info.full_name} at {builder.data_dir} is stored as {written}, which rsjax "
+            f"cannot read (it needs random access); rebuild it as array_record into a new --data_dir or "
+            f"after deleting that folder: tfds build tfds_builders/{name} --file_format=array_record "
+            f"--manual_dir=DIR, or python -m rsjax.data.build {name} --manual_dir=DIR")
 
 
 def is_built(builder: tfds.core.DatasetBuilder) -> bool:

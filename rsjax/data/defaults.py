@@ -20,6 +20,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     Fields:
       name: registry / TFDS dataset name (``rs_synthetic`` = embedded default, built on use).
       builder_config: TFDS builder config (``default``, ``tiny``, ...); None/'' = builder default.
+      normalization: ``registry`` (per-band standardization with the registry's scale / mean /
+        std) or ``scale:S`` (``x_raw / S`` only, e.g. ``scale:10000`` for imported SSL4EO-S12
+        weights); see ``rsjax.data.registry.data_info``.
       data_dir: TFDS data dir; None = ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
       train_split, eval_split: TFDS split names for pretraining and evaluation.
       auto_build: build self-contained datasets (rs_synthetic) into data_dir when missing.
@@ -47,6 +50,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.name = "rs_synthetic"
     c.builder_config = ml_collections.config_dict.placeholder(str)
     c.builder_config = "default"
+    c.normalization = "registry"
     c.data_dir = ml_collections.config_dict.placeholder(str)
     c.train_split = "train"
     c.eval_split = "test"

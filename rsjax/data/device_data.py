@@ -97,7 +97,7 @@ def normalized_eval_arrays(cfg_data: Any, split: str, *, max_examples: int | Non
     """float32 standardized images (registry statistics) + labels, for kNN / linear probe."""
     from rsjax.data import registry
 
-    info = registry.get_dataset_info(cfg_data.name)
+    info = registry.with_normalization(registry.get_dataset_info(cfg_data.name), cfg_data.get("normalization", None))
     images, labels = load_raw(cfg_data, split, max_examples=max_examples)
     return registry.normalize(images, info), labels
 

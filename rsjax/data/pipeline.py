@@ -614,7 +614,8 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     name = _get(cfg_data, "name")
-    info = registry.get_config_info(name, _get(cfg_data, "builder_config", None))
+    info = registry.with_normalization(registry.get_config_info(name, _get(cfg_data, "builder_config", None)),
+                                       _get(cfg_data, "normalization", None))
     source = open_source(cfg_data, _get(cfg_data, "train_split"))
     g = int(_get(cfg_data, "crops_as_scenes") or 0)
     unit_scenes = unit_scene_ids(source, g)
@@ -674,7 +675,9 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
       ``labels`` int32 ``[N]`` (``[N, num_classes]`` multi-hot for multi-label data; -1 when
       the dataset has no label).
     """
-    info = registry.get_config_info(_get(cfg_data, "name"), _get(cfg_data, "builder_config", None))
+    info = registry.with_normalization(registry.get_config_info(_get(cfg_data, "name"),
+                                                                _get(cfg_data, "builder_config", None)),
+                                       _get(cfg_data, "normalization", None))
     source = open_source(cfg_data, split)
     n = len(source)
     if max_examples is not None:

@@ -9,6 +9,8 @@ inline in code (DESIGN.md section 5). Normalization is two steps, per band ``c``
 ``scale`` is 10000 for Sentinel-2 reflectance (the SSL4EO convention: L1C/L2A digital numbers
 are reflectance x 1e4) and 255 for 8-bit RGB. ``bands`` is the storage order of the last axis
 in the TFDS builder of that dataset; builders must write bands in exactly this order.
+``config.data.normalization="scale:S"`` replaces both steps by ``x_raw / S`` (the input of
+weights imported from elsewhere; see :func:`data_info`).
 
 Statistics provenance (all in scaled units, i.e. already divided by ``scale``):
 
@@ -309,6 +311,77 @@ def denormalize(x: np.ndarray, info: DatasetInfo) -> np.ndarray:
     """Inverse of :func:`normalize`, back to *scaled* units (``x_raw / scale``), float32."""
     return (np.asarray(x, np.float32) * np.asarray(info.std, np.float32)
             + np.asarray(info.mean, np.float32))
+
+
+# ------------------------------------------------------------------------------------------
+# Normalization modes (config key ``data.normalization``)
+#
+# ``"registry"`` (default): the two steps above with the dataset's ``scale`` / ``mean`` / ``std``.
+# ``"scale:S"``: ``x_raw / S`` only, no centring or per-band standardization -- the input that
+# weights trained elsewhere expect, e.g. torchgeo's SSL4EO-S12 ResNets (``raw / 10000``).
+# The mode is expressed as a registry entry with ``scale=S, mean=0, std=1``
+# (:func:`with_normalization`), so every consumer of a ``DatasetInfo`` (``normalize``, the host
+# pipeline, the in-step device augmentation, ``denormalize``) honours it without a code path
+# of its own.
+# ------------------------------------------------------------------------------------------
+
+NORMALIZATION_DEFAULT = "registry"
+
+
+def parse_normalization(mode: str | None) -> tuple[str, float | None]:
+    """``"registry"`` -> ``("registry", None)``; ``"scale:10000"`` -> ``("scale", 10000.0)``.
+
+    None / ``""`` mean ``"registry"``. ValueError naming ``data.normalization`` otherwise.
+    """
+    text = NORMALIZATION_DEFAULT if mode in (None, "") else str(mode).strip()
+    if text == "registry":
+        return "registry", None
+    kind, sep, value = text.partition(":")
+    if kind == "scale" and sep:
+        try:
+            s = float(value)
+        except ValueError:
+            s = float("nan")
+        if np.isfinite(s) and s > 0:
+            return "scale", s
+    raise ValueError(f"data.normalization={mode!r}: expected 'registry' (per-band standardization with the "
+                     f"dataset's registry statistics) or 'scale:S' with a number S > 0 (x_raw / S, no "
+                     f"centring), e.g. 'scale:10000'")
+
+
+def normalization_name(mode: str | None) -> str:
+    """Canonical spelling of a mode (``"scale:1e4"`` -> ``"scale:10000"``), for comparisons."""
+    kind, s = parse_normalization(mode)
+    return kind if s is None else f"scale:{s:g}"
+
+
+def with_normalization(info: DatasetInfo, mode: str | None) -> DatasetInfo:
+    """``info`` itself for ``"registry"``; for ``"scale:S"`` a copy with ``scale=S``, ``mean=0``
+    and ``std=1`` for every band, so that :func:`normalize` computes ``x_raw / S``."""
+    kind, s = parse_normalization(mode)
+    if kind == "registry":
+        return info
+    n = info.num_bands
+    return dataclasses.replace(info, scale=float(s), mean=(0.0,) * n, std=(1.0,) * n)
+
+
+def normalization_formula(info: DatasetInfo, mode: str | None = None) -> str:
+    """Human-readable input formula of ``info`` under ``mode`` (for sidecars and reports)."""
+    kind, s = parse_normalization(mode)
+    if kind == "scale":
+        return f"x = x_raw / {s:g}"
+    return f"x[c] = (x_raw[c] / {info.scale:g} - mean[c]) / std[c]"
+
+
+def data_info(cfg_data) -> DatasetInfo:
+    """The registry entry a ``config.data`` block selects: ``name`` and ``builder_config``
+    (:func:`get_config_info`) with its ``normalization`` mode applied (:func:`with_normalization`).
+
+    ``cfg_data`` is a ConfigDict or a plain dict; a missing ``normalization`` means ``"registry"``.
+    """
+    get = cfg_data.get
+    info = get_config_info(get("name"), get("builder_config", None) or None)
+    return with_normalization(info, get("normalization", None))
 
 
 # ------------------------------------------------------------------------------------------

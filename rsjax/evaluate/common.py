@@ -53,8 +53,9 @@ def data_config(config) -> ml_collections.ConfigDict:
 
 
 def dataset_info(config) -> registry.DatasetInfo:
-    """Registry entry of ``config.data.name`` for its ``builder_config`` (per-config bands/stats)."""
-    return registry.get_config_info(config.data.name, config.data.get("builder_config", None) or None)
+    """Registry entry of ``config.data.name`` for its ``builder_config`` (per-config bands/stats),
+    with ``config.data.normalization`` applied (``registry.data_info``)."""
+    return registry.data_info(config.data)
 
 
 def check_bands(config, num_bands: int, what: str) -> None:
@@ -78,6 +79,12 @@ def check_pretrained_meta(meta: Mapping, config, source: str) -> None:
     stem = config.model.get("stem", "standard")
     if meta.get("stem", "standard") != stem:
         problems.append(f"stem {meta.get('stem')!r} (checkpoint) vs config.model.stem={stem!r}")
+    # The input the encoder was trained on (imported weights record e.g. "scale:10000").
+    norm_ckpt = registry.normalization_name(meta.get("normalization"))
+    norm_job = registry.normalization_name(config.data.get("normalization", None))
+    if norm_ckpt != norm_job:
+        problems.append(f"input normalization {norm_ckpt!r} (checkpoint) vs config.data.normalization={norm_job!r} "
+                        f"(pass --config.data.normalization={norm_ckpt})")
     if problems:
         raise ValueError(f"pretrained encoder {source} does not match the job config: " + "; ".join(problems))
 

@@ -6,20 +6,24 @@ CLI: ``python -m rsjax.export --workdir=RUN [--step=N] --out=encoder.pt --format
 
 from rsjax.export.torch_export import (
     FORMATS,
+    data_metadata,
     export_encoder,
     flax_to_torch_state,
     load_state_dict,
     save_encoder,
     sidecar_path,
+    timm_overlay,
     torch_name_table,
 )
 
 __all__ = [
     "FORMATS",
+    "data_metadata",
     "export_encoder",
     "flax_to_torch_state",
     "load_state_dict",
     "save_encoder",
     "sidecar_path",
+    "timm_overlay",
     "torch_name_table",
 ]

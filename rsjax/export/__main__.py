@@ -3,8 +3,9 @@
     python -m rsjax.export --workdir=RUN [--step=N] --out=encoder.pt --format=torchvision|timm|smp
 
 Writes ``encoder.pt`` (torch.save of a dict of tensors, loadable with ``weights_only=True``),
-``encoder.safetensors`` and ``encoder.pt.json`` (bands, normalization mean/std, arch,
-in_channels, stem, source step, format).
+``encoder.safetensors`` and ``encoder.pt.json`` (arch, in_channels, stem, source step, format;
+bands with their wavelengths, ground resolution and product level; the normalization: scale,
+mean/std and its formula), all mode 0644 under the usual umask.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ Formats:
 
 ``export_encoder(workdir, out, step=, fmt=)`` is the whole job behind ``python -m rsjax.export``:
 read the encoder with ``rsjax.checkpoint.load_encoder_for_export``, map it, and ``save_encoder``.
+The JSON sidecar describes the input as well as the weights: ``bands``, ``wavelengths_nm``,
+``gsd_m``, ``product_level`` (from :mod:`rsjax.data.registry`), ``scale`` / ``mean`` /
+``std`` / ``normalization`` and a ``normalization_formula`` string, plus, for ``--format=timm``
+of resnet18/34/50, ``timm_pretrained_cfg_overlay`` (see :func:`timm_overlay`).
 
 torch is imported lazily, only by the functions that write or read torch files.
 """
@@ -159,13 +163,23 @@ def flax_to_torch_state(
     return out
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: pathlib.Path, write) -> None:
     # Write next to the target then rename, so an interrupted export never leaves a
-    # truncated file in place of a good one.
+    # truncated file in place of a good one. mkstemp creates the file with mode 0600; the
+    # renamed file gets the mode any ordinary ``open(path, "w")`` would get (0666 minus the
+    # umask: 0644 under the usual 022), so other users can read exported weights.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -192,6 +206,14 @@ def sidecar_path(out_path: str | os.PathLike) -> pathlib.Path:
     return p.with_name(p.name + ".json")
 
 
+def _pt_path(out: pathlib.Path) -> pathlib.Path:
+    return out.with_suffix(".pt") if out.suffix == ".safetensors" else out
+
+
+def _st_path(out: pathlib.Path) -> pathlib.Path:
+    return out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
+
+
 def save_encoder(
     state_dict: Mapping[str, np.ndarray], out_path: str | os.PathLike, metadata: Mapping[str, Any]
 ) -> dict[str, pathlib.Path]:
@@ -200,16 +222,14 @@ def save_encoder(
     in_channels, step, format, ...).
 
     If ``out_path`` ends in ``.safetensors`` the torch file is written beside it as ``.pt``.
-    Returns ``{"pt": ..., "safetensors": ..., "json": ...}``.
+    Each file is written atomically (temporary file + rename) with mode 0666 minus the umask
+    (0644 usually). Returns ``{"pt": ..., "safetensors": ..., "json": ...}``.
     """
     import torch  # lazy: torch is only needed for export
     from safetensors.torch import save_file
 
     out = pathlib.Path(out_path)
-    if out.suffix == ".safetensors":
-        pt_path, st_path = out.with_suffix(".pt"), out
-    else:
-        pt_path, st_path = out, out.with_suffix(".safetensors")
+    pt_path, st_path = _pt_path(out), _st_path(out)
     json_path = sidecar_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -253,6 +273,87 @@ def _first_conv_key(fmt: str) -> str:
     return ("encoder." if fmt == "smp" else "") + "conv1.weight"
 
 
+# Processing level of the pixels each registered dataset stores (a fallback for registry
+# entries without a ``product_level`` attribute). Sentinel-2 levels: L1C = top-of-atmosphere
+# reflectance x 1e4, L2A = bottom-of-atmosphere (surface) reflectance x 1e4.
+PRODUCT_LEVELS: dict[str, str] = {
+    "rs_synthetic": "synthetic (procedural 13-band scenes, L1C-like reflectance x 1e4)",
+    "eurosat_ms": "Sentinel-2 L1C",
+    "eurosat_rgb": "Sentinel-2 L1C rendered as 8-bit RGB",
+    "ssl4eo_s12": "Sentinel-2 L1C",
+    "oscd": "Sentinel-2 L1C",
+    "dynamic_world": "Sentinel-2 L1C",
+    "bigearthnet": "Sentinel-2 L2A",
+    "levir_cd": "8-bit RGB (Google Earth imagery)",
+    "rs_segmentation": "8-bit aerial / satellite orthophotos",
+}
+
+# Architectures timm names identically (``timm.create_model(name)``); tiny / resnet10_w32 are
+# rsjax-only widths and depths.
+TIMM_ARCHS = ("resnet18", "resnet34", "resnet50")
+
+
+def data_metadata(meta: Mapping[str, Any], builder_config: str | None = None) -> dict[str, Any]:
+    """Sidecar fields that describe the input the encoder expects, from the dataset registry:
+    ``wavelengths_nm`` and ``gsd_m`` per band (same order as ``bands``), ``product_level`` and
+    ``normalization_formula``. Fields are None when the run has no registered dataset (an
+    imported workdir without ``--data``) or when the registry's bands differ from ``bands``.
+    """
+    from rsjax.data import registry
+
+    out: dict[str, Any] = {"wavelengths_nm": None, "gsd_m": None, "product_level": None,
+                           "normalization_formula": None}
+    mode = meta.get("normalization") or "registry"
+    if str(mode).startswith("scale") and meta.get("scale"):
+        out["normalization_formula"] = f"x = x_raw / {float(meta['scale']):g}"
+    dataset = meta.get("dataset")
+    if not dataset:
+        return out
+    info = registry.get_config_info(dataset, builder_config)
+    bands = list(meta.get("bands") or [])
+    if bands and list(info.bands) != bands:
+        logging.warning("registry entry %s has bands %s, the run %s: no wavelengths in the sidecar",
+                        info.name, info.bands, bands)
+        return out
+    out["wavelengths_nm"] = [float(w) for w in info.wavelengths_nm]
+    out["gsd_m"] = [float(g) for g in info.gsd_m]
+    out["product_level"] = getattr(info, "product_level", None) or PRODUCT_LEVELS.get(info.name.split("/")[0])
+    if out["normalization_formula"] is None:
+        formula = getattr(registry, "normalization_formula", None)
+        out["normalization_formula"] = (formula(info, mode) if formula is not None
+                                        else f"x[c] = (x_raw[c] / {info.scale:g} - mean[c]) / std[c]")
+    return out
+
+
+def timm_overlay(arch: str, in_channels: int, safetensors_name: str) -> dict[str, Any] | None:
+    """How timm loads the export by itself (None for archs timm does not name the same)::
+
+        timm.create_model(arch, pretrained=True, in_chans=C, num_classes=0,
+                          pretrained_cfg_overlay={**overlay, "file": <dir>/<overlay["file"]>})
+
+    ``num_classes=0`` in both places keeps timm's load ``strict`` (no classifier is exported).
+    """
+    if arch not in TIMM_ARCHS:
+        return None
+    return {"file": safetensors_name, "num_classes": 0, "input_size": [int(in_channels), 224, 224],
+            "first_conv": "conv1", "classifier": "fc"}
+
+
+def _builder_config_of(workdir: str) -> str | None:
+    # The builder config (rs_segmentation/potsdam, ...) is not in the loader's meta; read it
+    # from the run's config when the checkpoint module can.
+    try:
+        import importlib
+
+        read_config = getattr(importlib.import_module("rsjax.checkpoint"), "read_config", None)
+        if read_config is None:
+            return None
+        return read_config(workdir).data.get("builder_config", None) or None
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        logging.warning("could not read the builder config of %s: %s", workdir, e)
+        return None
+
+
 def export_encoder(workdir: str, out: str, *, step: int | None = None, fmt: str = "torchvision") -> dict[str, Any]:
     """Read the encoder of ``workdir`` at ``step`` (latest if None) and write it to ``out``.
 
@@ -280,6 +381,12 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None, fmt: str 
     )
     if metadata["stem"] == "cifar":
         metadata["note"] = "cifar stem: conv1 is 3x3/stride 1/padding 1 and there is no max pool (use nn.Identity)"
+    builder_config = meta.get("builder_config") or _builder_config_of(str(workdir))
+    metadata.update(data_metadata(metadata, builder_config))
+    if fmt == "timm" and metadata["stem"] == "standard":
+        overlay = timm_overlay(arch, metadata["in_channels"], _st_path(pathlib.Path(out)).name)
+        if overlay is not None:
+            metadata["timm_pretrained_cfg_overlay"] = overlay
     paths = save_encoder(state, out, metadata)
     logging.info("exported %s (%s, step %s, %d tensors) -> %s", arch, fmt, metadata["step"], len(state), paths)
     return paths

@@ -190,8 +190,9 @@ def _find_list(root: pathlib.Path, name: str):
 class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for bigearthnet."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Georeferencing of the 10 m grid (B02): `crs`, `transform`."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR where DIR holds the extracted BigEarthNet-S2 v1.0 patch folders "
         "<patch>/<patch>_B01.tif .. _B12.tif + <patch>_labels_metadata.json; optional "
@@ -224,6 +225,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 "scene_id": tfds.features.Scalar(dtype=np.int32),
                 "patch": tfds.features.Text(),
                 "acquisition_date": tfds.features.Text(),
+                **_common.georef_features(),
             }),
             supervised_keys=("image", "labels_19"),
             homepage="https://bigearth.net",
@@ -294,6 +296,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 "scene_id": np.int32(scene_of[_PATCH_SUFFIX.sub("", name)]),
                 "patch": name,
                 "acquisition_date": str(meta.get("acquisition_date", "")),
+                **_common.read_georef(pdir / f"{name}_B02.tif").features(),  # the 10 m grid
             }
 
         yield from _common.iter_with_skip(self, patches, one, root)

@@ -67,8 +67,9 @@ def read_label(path: pathlib.Path, encoding: str) -> np.ndarray:
 class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for dynamic_world."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Georeferencing of each crop (image GeoTIFF): `crs`, `transform`."}
     BUILDER_CONFIGS = [
         DynamicWorldConfig(name="default", description="Annotation labels: 0 = no label, "
                            "1..9 classes; 256 px crops.", label_encoding="annotation"),
@@ -102,6 +103,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 "filename": tfds.features.Text(),
                 "crop_y": tfds.features.Scalar(dtype=np.int32),
                 "crop_x": tfds.features.Scalar(dtype=np.int32),
+                **_common.georef_features(),
             }),
             supervised_keys=("image", "mask"),
             homepage="https://dynamicworld.app",
@@ -145,8 +147,10 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             if mask.shape != img.shape[:2]:
                 raise _common.BadFileError(
                     lab_path, f"wrong-size mask: {mask.shape} but the image is {img.shape[:2]}")
+            geo = _common.read_georef(img_path)
             for y, x in _common.crop_grid(img.shape[0], img.shape[1], crop):
                 yield f"{split}/{rel}/{y}_{x}", {
+                    **geo.window(y, x).features(),
                     "image": _common.take_crop(img, y, x, crop),
                     "mask": _common.take_crop(mask, y, x, crop),
                     "scene_id": np.int32(sid), "filename": rel,

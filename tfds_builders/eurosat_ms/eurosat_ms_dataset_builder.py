@@ -8,12 +8,14 @@ reflectance x 1e4. Same split rule as ``eurosat_rgb`` (``tfds_builders/_eurosat.
 two datasets split the same image names the same way.
 
 Features: ``image`` uint16 ``[64, 64, 13]``, ``label`` ClassLabel (10), ``scene_id`` int32
-(global index), ``filename`` (``<Class>/<Class>_<n>.tif``).
+(global index), ``filename`` (``<Class>/<Class>_<n>.tif``), ``crs`` / ``transform`` (the
+GeoTIFF's georeference, ``tfds_builders._common.GeoRef``; empty / NaN when absent).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from tfds_builders import _common, _eurosat
 
@@ -30,6 +32,22 @@ class Builder(_eurosat.EuroSATBuilderBase):
         "Stratified 80/20 train/test split with a fixed seed (optional validation config). "
         "Normalize as (image / 10000 - mean) / std with the per-band statistics in the "
         "metadata.")
+
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Georeferencing of each patch: `crs`, `transform`."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        base = super()._info()
+        return self.dataset_info_from_configs(
+            description=base.description,
+            features=tfds.features.FeaturesDict({**base.features, **_common.georef_features()}),
+            supervised_keys=base.supervised_keys, homepage=base.homepage, citation=base.citation,
+            metadata=base.metadata)
+
+    def _generate_examples(self, root, split, items):
+        for key, example in super()._generate_examples(root, split, items):
+            yield key, {**example, **_common.read_georef(root / example["filename"]).features()}
 
     def _load(self, path):
         arr = _common.to_hwc(_common.read_tif(path), 13, path)

@@ -69,6 +69,14 @@ def read_bands(folder: pathlib.Path, bands) -> np.ndarray:
     return out
 
 
+def grid_georef(folder: pathlib.Path, bands) -> _common.GeoRef:
+    """The georeference of the grid :func:`read_bands` resamples onto (B02's, else the first
+    band's file); empty when the files carry no GeoTIFF tags."""
+    files = _common.s2_band_files(folder)
+    ref = files.get("B02") or files.get(bands[0])
+    return _common.read_georef(ref) if ref is not None else _common.GeoRef()
+
+
 def read_change_map(cm_dir: pathlib.Path, city: str) -> tuple[np.ndarray, pathlib.Path]:
     """(uint8 {0, 1} change map, its file)."""
     png = cm_dir / "cm.png"
@@ -106,8 +114,9 @@ def _read_city_list(path: pathlib.Path) -> list[str]:
 class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for oscd."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Georeferencing of each crop (date-1 10 m grid): `crs`, `transform`."}
     BUILDER_CONFIGS = [OSCDConfig(name="default", description="128 x 128 crops.",
                                   crop_size=128)]
     DEFAULT_CONFIG_NAME = "default"
@@ -137,6 +146,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 "city": tfds.features.Text(),
                 "crop_y": tfds.features.Scalar(dtype=np.int32),
                 "crop_x": tfds.features.Scalar(dtype=np.int32),
+                **_common.georef_features(),
             }),
             homepage="https://rcdaudt.github.io/oscd/",
             citation="""@inproceedings{daudt2018oscd,
@@ -184,8 +194,10 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             if cm.shape != a.shape[:2]:
                 raise _common.BadFileError(cm_path, f"wrong-size change map {cm.shape}, "
                                            f"images are {a.shape[:2]}")
+            geo = grid_georef(d1, _INFO.bands)
             for y, x in _common.crop_grid(a.shape[0], a.shape[1], crop):
                 yield f"{city.name}/{y}_{x}", {
+                    **geo.window(y, x).features(),
                     "image_a": _common.take_crop(a, y, x, crop),
                     "image_b": _common.take_crop(b, y, x, crop),
                     "change": _common.take_crop(cm, y, x, crop),

@@ -182,8 +182,10 @@ def _split_of(rel_parts, default="train") -> str:
 class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for rs_segmentation."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Georeferencing of each crop (GeoTIFF tiles; empty for png / jpg): "
+                              "`crs`, `transform`."}
     BUILDER_CONFIGS = CONFIGS
     DEFAULT_CONFIG_NAME = "potsdam"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -215,6 +217,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 "filename": tfds.features.Text(),
                 "crop_y": tfds.features.Scalar(dtype=np.int32),
                 "crop_x": tfds.features.Scalar(dtype=np.int32),
+                **_common.georef_features(),
             }),
             supervised_keys=("image", "mask"),
             metadata=metadata,
@@ -310,8 +313,10 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 raise _common.BadFileError(
                     mask_path, f"wrong-size mask: {mask.shape} but image {img_path.name} is "
                     f"{img.shape[:2]}")
+            geo = _common.read_georef(img_path)  # empty for png / jpg tiles
             for y, x in _common.crop_grid(img.shape[0], img.shape[1], crop):
                 yield f"{split}/{rel}/{y}_{x}", {
+                    **geo.window(y, x).features(),
                     "image": _common.take_crop(img, y, x, crop),
                     "mask": _common.take_crop(mask, y, x, crop),
                     "scene_id": np.int32(sid), "filename": rel,

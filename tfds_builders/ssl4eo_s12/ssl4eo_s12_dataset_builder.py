@@ -37,8 +37,9 @@ def _is_s2c(d: pathlib.Path) -> bool:
 class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for ssl4eo_s12."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Georeferencing of the 10 m grid (B02): `crs`, `transform`."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR holding s2c/<location>/<season>/B*.tif (SSL4EO-S12 L1C).")
 
@@ -59,6 +60,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 "season": tfds.features.Scalar(dtype=np.int32),
                 "season_name": tfds.features.Text(),
                 "location": tfds.features.Text(),
+                **_common.georef_features(),
             }),
             homepage="https://github.com/zhu-xlab/SSL4EO-S12",
             citation="""@article{wang2022ssl4eo,
@@ -108,6 +110,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             yield f"{loc.name}/{season.name}", {
                 "image": img, "scene_id": np.int32(sid), "season": np.int32(k),
                 "season_name": season.name, "location": loc.name,
+                **_common.read_georef(files["B02"]).features(),  # the 10 m grid all bands are on
             }
 
         yield from _common.iter_with_skip(self, items, one, root)
