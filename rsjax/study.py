@@ -231,6 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     runs.append(json.load(f))
                 continue
             t_arm = time.time()
+            _print_total_eta(arms, arm_index, results, t_study, config, num_train)
             if arm == "random_init":  # the floor: the same encoder, untrained
                 enc = resnet.create_encoder(config.model.name, stem=config.model.stem, dtype=dtype)
                 variables = jax.jit(lambda x, s=seed: enc.init(jax.random.PRNGKey(s), x, train=False))(x_tr[:2])
@@ -284,6 +285,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                title=f"{data.name}: linear probe on frozen features")
     print(md, flush=True)
     return report
+
+
+def _print_total_eta(arms, arm_index, results, t_study, config, num_train) -> None:
+    """One line before each arm: elapsed time and a rough total ETA.
+
+    The estimate charges every remaining trained arm the mean wall seconds per step of the
+    arms finished in this run (their compile and evaluation included); before the first trained
+    arm has finished it says so instead of guessing.
+    """
+    done = [r for a, r in results.items() if a != "random_init"]
+    per_step = [run["wall_s"] / max(run["steps"], 1) for r in done for run in r["runs"]
+                if run.get("steps") and run.get("wall_s")]
+    elapsed = time.time() - t_study
+    msg = f"== study: arm {arm_index + 1}/{len(arms)} ({arms[arm_index]}), {elapsed / 60:.1f} min elapsed"
+    if per_step:
+        steps = int(config.get("max_steps_per_arm", 0) or config.epochs * max(1, num_train // config.batch_size))
+        left = sum(1 for a in arms[arm_index:] if a != "random_init") * len(str(config.study.seeds).split(","))
+        msg += f", about {left * steps * float(np.mean(per_step)) / 60:.0f} min left (rough: mean s/step so far)"
+    print(msg, flush=True)
 
 
 def markdown_table(report: dict) -> str:
