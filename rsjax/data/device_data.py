@@ -200,10 +200,7 @@ class DeviceIterator:
                 f"continue the same batch sequence: start a new workdir")
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a {STATE_FORMAT} iterator state: {state!r:.200}")
-        saved = state.get("fingerprint", {})
-        for key, value in self._fingerprint.items():
-            if key in saved and saved[key] != value:
-                raise ValueError(
-                    f"cannot resume data iterator: {key} was {saved[key]!r} when the state was "
-                    f"saved but is {value!r} now")
+        from rsjax.data import pipeline
+
+        pipeline.check_fingerprint(state, self._fingerprint)
         self._next = int(state["next_batch"])

@@ -570,12 +570,7 @@ class PretrainIterator:
             state = json.loads(state)
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a {STATE_FORMAT} iterator state: {state!r:.200}")
-        saved = state.get("fingerprint", {})
-        for key, value in self._fingerprint.items():
-            if key in saved and saved[key] != value:
-                raise ValueError(
-                    f"cannot resume data iterator: {key} was {saved[key]!r} when the state was "
-                    f"saved but is {value!r} now")
+        check_fingerprint(state, self._fingerprint)
         self.close()
         self._next = int(state["next_batch"])
 
@@ -699,3 +694,13 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
     if not images:
         raise ValueError(f"split {split!r} of {info.name!r} is empty")
     return np.stack(images), np.stack(labels)
+
+
+def check_fingerprint(state: dict, current: dict) -> None:
+    """Refuses an iterator state saved with other data settings (shared by both input paths)."""
+    saved = state.get("fingerprint", {})
+    for key, value in current.items():
+        if key in saved and saved[key] != value:
+            raise ValueError(
+                f"cannot resume data iterator: {key} was {saved[key]!r} when the state was "
+                f"saved but is {value!r} now")
