@@ -19,8 +19,8 @@ Variants:
   gpu    64 px, batch 512, device-resident data with on-device augmentation, bf16.
   cpu    issue 16's CPU protocol: random_init, simclr, moco_v2, swimdiff; half-width ResNet-10
          (resnet10_w32), 32 px, batch 128, 5 epochs (840 steps), SGD lr 0.3, two seeds; the
-         SwiMDiff denoiser at 16 px. Wall time on the 2-core machine: see README ("The EuroSAT
-         study"; measured, not estimated). Two seeds: gaps below their spread are noise.
+         SwiMDiff denoiser at 16 px. Wall time on the idle 2-core machine: 34 min 50 s for
+         the whole command (2026-11-29; README "The EuroSAT study"). Two seeds: gaps below their spread are noise.
   smoke  the synthetic tiny dataset, tiny encoder, 2 steps per method (the test suite).
 """
 
