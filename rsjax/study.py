@@ -178,7 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ecfg = config.eval
     x_tr, y_tr = train.load_eval_arrays(data, data.train_split, ecfg.max_train or None)
     x_te, y_te = train.load_eval_arrays(data, data.eval_split, ecfg.max_test or None)
-    if data.device_resident:
+    if data.device_resident and ecfg.max_train:  # the probe saw a subset: count the whole split
         from rsjax.data import device_data
 
         num_train = device_data.load_raw(data, data.train_split)[0].shape[0]
