@@ -13,7 +13,7 @@ Variants:
   smoke      tiny ResNet on the tiny synthetic dataset (image / image2 / change), 2 steps.
   synthetic  ResNet-18 on the default synthetic dataset (13 bands, 32 px), 300 steps.
 
-`--config.train.freeze_encoder=True` trains only the decoder. The encoder of
+`--config.optimizer.freeze=encoder/*` trains only the decoder. The encoder of
 `--config.pretrained` must match model.name / model.stem / model.in_channels.
 """
 
@@ -48,17 +48,17 @@ def synthetic(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Conf
     c.data.image_size = 32
     c.data.image_a_key = "image"
     c.data.image_b_key = "image2"
-    c.train.crop_size = 32
-    c.train.steps = 300
-    c.train.batch_size = 32
-    c.train.lr = 1e-3
+    c.data.crop_size = 32
+    c.total_steps = 300
+    c.batch_size = 32
+    c.optimizer.lr = 1e-3
     c.eval.batch_size = 64
     c.log_every = 10
     if variant == "smoke":
         c.model.name = "tiny"
         c.data.builder_config = "tiny"
-        c.train.steps = 2
-        c.train.batch_size = 8
+        c.total_steps = 2
+        c.batch_size = 8
         c.eval.batch_size = 8
         c.log_every = 1
     return c

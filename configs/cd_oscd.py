@@ -31,7 +31,7 @@ _spec.loader.exec_module(_levir)
 def get_config(arg=None):
     variant = configs_lib.parse_arg(arg, VARIANTS)
     c = _levir.base("oscd", 13, 96)
-    c.train.steps = 5000
+    c.total_steps = 5000
     if variant == "default":
         return c
     return _levir.synthetic(c, variant)

@@ -10,7 +10,7 @@ Variants:
   default    BigEarthNet-S2 (TFDS builder `bigearthnet`, 12 L2A bands resampled to 120 px,
              19-class multi-hot `label`), ResNet-50, linear probe on frozen features (300
              full-batch AdamW epochs), `eval.label_fraction` in {0.01, 0.1, 1.0} of the training
-             set, micro and macro mAP; `--config.eval.finetune_steps=N` adds fine-tuning.
+             set, micro and macro mAP; `--config.finetune.total_steps=N` adds fine-tuning.
   smoke      tiny ResNet on the tiny synthetic dataset; targets = classes present in the crop's
              land-cover mask (data.multilabel_from_mask), 2 fine-tune steps.
   synthetic  ResNet-18 on the default synthetic dataset with mask-derived multi-label targets.
@@ -19,7 +19,9 @@ The encoder of `--config.pretrained` must have `model.in_channels` (12) input ba
 architecture `model.name`; a 13-band (L1C) checkpoint is refused with an error naming both.
 """
 
-from rsjax import configs_lib
+import ml_collections
+
+from rsjax import configs_lib, optim
 
 VARIANTS = ("default", "smoke", "synthetic")
 
@@ -38,11 +40,15 @@ def get_config(arg=None):
     c.eval.linear_lr = 1e-2
     c.eval.linear_weight_decay = 1e-4
     c.eval.label_fraction = 1.0        # 0.01 | 0.1 | 1.0
-    c.eval.finetune_steps = 0          # 0 = linear probe only
-    c.eval.finetune_batch_size = 64
-    c.eval.finetune_lr = 1e-3
-    c.eval.finetune_weight_decay = 1e-4
-    c.eval.finetune_optimizer = "adamw"
+    # Fine-tuning on the one training loop (phase dir <workdir>/finetune; resumable).
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.total_steps = 0   # 0 = no fine-tuning
+    c.finetune.batch_size = 64
+    c.finetune.optimizer = optim.default_block(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine")
+    c.stop_after_steps = 0       # > 0: stop the fine-tune after this step (checkpoint); rerun continues
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 2
+    c.max_nonfinite_steps = 5
     if variant == "default":
         return c
     c.model.name = "resnet18"
@@ -57,7 +63,7 @@ def get_config(arg=None):
         c.eval.batch_size = 16
         c.eval.linear_epochs = 20
         c.eval.label_fraction = 0.5
-        c.eval.finetune_steps = 2
-        c.eval.finetune_batch_size = 16
+        c.finetune.total_steps = 2
+        c.finetune.batch_size = 16
         c.log_every = 1
     return c

@@ -11,7 +11,7 @@ Variants:
   default    EuroSAT RGB (`data.name=eurosat_rgb`, TFDS builder `eurosat_rgb`, or the class
              folders with `--config.data.folder=DIR`: seeded 80/20 split per class, 21,600 /
              5,400), 64 px, ResNet-18 (3 bands), kNN k=20 T=0.07, linear probe 300 epochs,
-             no fine-tuning (`--config.eval.finetune_steps=N` turns it on).
+             no fine-tuning (`--config.finetune.total_steps=N` turns it on).
              `--config.pretrained=''` (default) evaluates a random-init encoder.
   smoke      tiny ResNet on the tiny synthetic dataset (13 bands, 32 px), 2 fine-tune steps.
   synthetic  ResNet-18 on the default synthetic dataset (land-cover labels of 32 px crops).
@@ -20,7 +20,9 @@ A pretrained encoder must match `model.name`, `model.stem` and `model.in_channel
 (EuroSAT RGB: 3 bands); a mismatch is refused with an error naming both.
 """
 
-from rsjax import configs_lib
+import ml_collections
+
+from rsjax import configs_lib, optim
 
 VARIANTS = ("default", "smoke", "synthetic")
 
@@ -40,11 +42,15 @@ def get_config(arg=None):
     c.eval.linear_lr = 1e-2
     c.eval.linear_weight_decay = 1e-4
     c.eval.label_fraction = 1.0
-    c.eval.finetune_steps = 0    # 0 = no fine-tuning
-    c.eval.finetune_batch_size = 64
-    c.eval.finetune_lr = 1e-3
-    c.eval.finetune_weight_decay = 1e-4
-    c.eval.finetune_optimizer = "adamw"
+    # Fine-tuning on the one training loop (phase dir <workdir>/finetune; resumable).
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.total_steps = 0   # 0 = no fine-tuning
+    c.finetune.batch_size = 64
+    c.finetune.optimizer = optim.default_block(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine")
+    c.stop_after_steps = 0       # > 0: stop the fine-tune after this step (checkpoint); rerun continues
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 2
+    c.max_nonfinite_steps = 5
     if variant == "default":
         return c
     c.model.in_channels = 13
@@ -56,7 +62,7 @@ def get_config(arg=None):
         c.data.builder_config = "tiny"
         c.eval.batch_size = 16
         c.eval.linear_epochs = 20
-        c.eval.finetune_steps = 2
-        c.eval.finetune_batch_size = 16
+        c.finetune.total_steps = 2
+        c.finetune.batch_size = 16
         c.log_every = 1
     return c

@@ -7,7 +7,7 @@ Run:
   python -m rsjax.main --config=configs/noisy_label.py:smoke --workdir=/tmp/smoke
   python -m rsjax.main --config=configs/noisy_label.py:paper --workdir=runs/nl_dw \
       --config.data.data_dir=/path/to/tfds       # dynamic_world built with rsjax.data.build
-  python -m rsjax.export --workdir=runs/noisy_label --out=encoder.pt --format=smp
+  python -m rsjax.export --workdir=runs/noisy_label/pretrain --out=encoder.pt --format=smp
 
 Variants:
   demo (default)  `tiny` ResNet UNet on the synthetic 13-band scenes (1536 crops of 32 px, 6
@@ -45,9 +45,11 @@ models/pl_pretrain.py, README command), rsjax value -- CromSS value:
                   (any angle up to 90 degrees)
   CE with every pixel ignored: 0 -- torch: NaN
 
-Outputs: metrics.jsonl, loss_curve.png, analysis.jsonl (per-layer weight statistics and Fisher
-ratios), checkpoints/ (Orbax, pretraining layout), predictions.png, label_noise.png,
-confusion_pretrain.png, transfer_miou.png, eval_report.json.
+Outputs (rsjax.jobs.noisy_label): pretrain/ (metrics.jsonl, loss_curve.png, analysis.jsonl with
+per-layer weight statistics and Fisher ratios, checkpoints/ in the pretraining layout, tb/),
+transfer_<encoder>_<decoder>/ (one fine-tune each, resumable), predictions.png, label_noise.png,
+confusion_pretrain.png, transfer_miou.png, eval_report.json. stop_after_steps applies to every
+phase; a rerun continues the first unfinished one.
 """
 
 from rsjax import configs_lib
@@ -71,7 +73,7 @@ def get_config(arg=None):
         c.checkpoint_every = 1000
         c.optimizer.lr = 5e-3
         c.optimizer.warmup_steps = 0
-        c.optimizer.final_lr_fraction = 1.0  # cosine from lr to lr: a constant base lr, as CromSS
+        c.optimizer.schedule = "constant"    # a constant base lr, as CromSS
         c.optimizer.plateau.enabled = True   # x0.5 after 30 epochs without a better validation mIoU
         c.data.name = "dynamic_world"
         c.data.builder_config = "default"

@@ -16,9 +16,10 @@ Variants:
                   encoder: ~3.5 min on a 2-core CPU (--config.model.name=resnet18 on a GPU).
   smoke           tiny ResNet, clean + one noisy arm, 4 + 3 steps, UNet transfer (< 60 s on CPU).
 
-Outputs: study.json (table, transfer scores, per-layer analysis), study.md, study_miou.png,
-study_layers.png, eval_report.json; each arm's pretraining run in arms/<arm>/ (resumable,
-exportable with python -m rsjax.export --workdir=.../arms/<arm>).
+Outputs (rsjax.jobs.noisy_label_study): study.json (table, transfer scores, per-layer analysis),
+study.md, study_miou.png, study_layers.png, eval_report.json; each arm's phases in <arm>/:
+pretrain/ (resumable, exportable with python -m rsjax.export --workdir=.../<arm>/pretrain) and
+transfer_<decoder>/; the random-init transfers in random_init/.
 """
 
 import ml_collections

@@ -4,7 +4,7 @@ Run:
   python -m rsjax.main --config=configs/seg.py --workdir=runs/seg_unet \
       --config.data.data_dir=/path/to/tfds --config.pretrained=runs/<pretraining workdir>
   python -m rsjax.main --config=configs/seg.py --workdir=runs/seg_dlv3 \
-      --config.model.decoder=deeplabv3plus --config.model.output_stride=8 --config.train.freeze_encoder=True
+      --config.model.decoder=deeplabv3plus --config.model.output_stride=8 --config.optimizer.freeze=encoder/*
   python -m rsjax.main --config=configs/seg.py:false_protocol --workdir=runs/seg_false \
       --config.data.data_dir=/path/to/tfds --config.pretrained=runs/false
   python -m rsjax.main --config=configs/seg.py:smoke --workdir=/tmp/smoke
@@ -58,17 +58,17 @@ def get_config(arg=None):
         c.model.name = "resnet50"
         c.model.decoder = "deeplabv3plus"
         c.model.output_stride = 8
-        c.train.freeze_encoder = True
-        c.train.crop_size = 256
-        c.train.batch_size = 16
-        c.train.optimizer = "sgd"
-        c.train.lr = 0.01
-        c.train.momentum = 0.9
-        c.train.weight_decay = 5e-4
-        c.train.schedule = "poly"
-        c.train.poly_power = 0.9
-        c.train.steps = 1300
-        c.train.dice_weight = 0.0      # plain cross entropy
+        c.optimizer.freeze = "encoder/*"
+        c.data.crop_size = 256
+        c.batch_size = 16
+        c.optimizer.name = "sgd"
+        c.optimizer.lr = 0.01
+        c.optimizer.momentum = 0.9
+        c.optimizer.weight_decay = 5e-4
+        c.optimizer.schedule = "poly"
+        c.optimizer.poly_power = 0.9
+        c.total_steps = 1300
+        c.loss.dice_weight = 0.0       # plain cross entropy
         return c
     c.model.in_channels = 13
     c.data.name = "rs_synthetic"
@@ -76,16 +76,16 @@ def get_config(arg=None):
     c.data.image_size = 32
     c.data.ignore_index = None
     c.data.reduce_zero_label = False
-    c.train.crop_size = 32
-    c.train.steps = 300
-    c.train.batch_size = 32
+    c.data.crop_size = 32
+    c.total_steps = 300
+    c.batch_size = 32
     c.eval.batch_size = 64
     c.log_every = 10
     if variant == "smoke":
         c.model.name = "tiny"
         c.data.builder_config = "tiny"
-        c.train.steps = 2
-        c.train.batch_size = 8
+        c.total_steps = 2
+        c.batch_size = 8
         c.eval.batch_size = 8
         c.log_every = 1
     return c

@@ -235,7 +235,9 @@ def append_row(path: str, row: dict) -> dict:
         with open(path) as f:
             old = json.load(f)
         if old.get("kind") != "rsjax.bench/v1":
-            raise ValueError(f"--out={path} exists and is not an rsjax.bench/v1 results file")
+            from rsjax.errors import ConfigError
+
+            raise ConfigError(f"--out={path} exists and is not an rsjax.bench/v1 results file")
         payload = old
     payload["rows"].append(row)
     results.save(payload, path)
@@ -289,5 +291,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from rsjax.errors import run_cli
+
     _define_flags()
-    app.run(main)
+    run_cli(main, "rsjax.bench", _CONFIG)

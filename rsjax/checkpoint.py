@@ -3,9 +3,11 @@
 Layout: ``<workdir>/checkpoints/<step>/{state,data,config}``. Orbax writes each step into a
 temporary directory and renames it when complete, so a run killed mid-write never leaves a
 partial step that looks complete (a leftover ``<step>.orbax-checkpoint-tmp-*`` folder is
-ignored). When the newest step cannot be read (truncated or edited files, or a step folder
-copied incompletely) :func:`restore_latest` warns naming it, renames it to
-``<step>.unreadable`` and falls back to the previous one.
+ignored). Resuming (:func:`restore_latest`) tells a checkpoint that does not fit the config
+(stored config or parameter shapes differ: refused, nothing renamed) from one that cannot be
+read (truncated or edited files, a step folder copied incompletely: warned about naming it,
+set aside as ``<step>.unreadable``, and the previous step used). Readers (:func:`read_state`,
+:func:`load_encoder`) skip an unreadable newest step with a warning and change nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
     )
     _save_replicated_from_one_device()
     # Handlers named up front (not only item names) so that a read-only manager can read a
-    # step's array metadata before restoring anything (see load_encoder_for_export).
+    # step's array metadata before restoring anything (see read_state).
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers, options=options)
@@ -101,33 +103,149 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
         manager.wait_until_finished()
 
 
-def restore_latest(manager: ocp.CheckpointManager, state_template: Any):
-    """Restores the newest readable step. Returns (step, state, data_state) or None.
+def _path_str(path) -> str:
+    """``"opt_state/1/0/mu/encoder/conv/kernel"`` of a jax key path (dict key, index or attribute)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
 
-    A step that fails to restore (truncated or edited files) is reported with a warning
-    naming its path and skipped in favour of the previous one. It is kept for inspection
-    but renamed to ``<step>.unreadable`` (see :func:`_set_aside`), so it no longer counts as
-    a checkpoint and the resumed run can write that step again.
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {_path_str(p): tuple(getattr(leaf, "shape", ()))
+            for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def fit_problems(stored_tree, template) -> list[str]:
+    """Why a checkpoint's state (tree of array metadata) does not fit ``template``: parameter
+    paths missing on either side and shapes that differ (empty list: it fits)."""
+    a, b = _shapes(stored_tree), _shapes(template)
+    out = [f"{k}: shape {a[k]} in the checkpoint, {b[k]} here" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+    out += [f"{k}: only in this config" for k in sorted(set(b) - set(a))]
+    out += [f"{k}: only in the checkpoint" for k in sorted(set(a) - set(b))]
+    return out
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _warn(msg: str) -> None:
+    """A warning printed once (process 0, stdout, next to the progress messages). Not also
+    logged at WARNING: absl would print it a second time on stderr."""
+    log.info(msg)
+    if jax.process_index() == 0:
+        print(f"WARNING: {msg}", flush=True)
+
+
+def _quiet_failed_restore():
+    """Silences the leftovers of a failed Orbax restore: the other reads of that step keep
+    running, fail in turn, and surface later as hundreds of lines of "Task exception was never
+    retrieved" / "exception ignored" asyncio tracebacks although the failure was handled."""
+    import contextlib
+    import logging as py_logging
+    import sys
+    import warnings
+
+    @contextlib.contextmanager
+    def ctx():
+        asyncio_log = py_logging.getLogger("asyncio")
+        level = asyncio_log.level
+        hook = sys.unraisablehook
+        asyncio_log.setLevel(py_logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+                yield
+                import gc
+
+                gc.collect()  # run the leftovers' finalizers while silenced
+        finally:
+            asyncio_log.setLevel(level)
+            sys.unraisablehook = hook
+
+    return ctx()
+
+
+def stored_config(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The config saved with ``step`` (None when the step holds none, e.g. old layouts)."""
+    try:
+        return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    except (KeyError, FileNotFoundError, ValueError):
+        return None
+
+
+def restore_latest(manager: ocp.CheckpointManager, state_template: Any, config_dict: dict | None = None,
+                   *, mutable=None):
+    """Restores the newest readable step. Returns ``(step, state, data_state)`` or None.
+
+    For each step, newest first, three different outcomes are told apart:
+
+    * **does not fit**: the config stored in the step differs from ``config_dict`` (keys in
+      ``workdir.MUTABLE_KEYS``, or ``mutable``, ignored), or its state's parameter paths or shapes
+      differ from ``state_template``: :class:`rsjax.errors.CheckpointError` naming the step
+      folder and the keys / paths. Nothing is renamed: the checkpoint is good, the config is not
+      the one it was written with (use the original config or another workdir).
+    * **cannot be read** (truncated or edited files, a step folder copied incompletely): a
+      warning naming the folder, printed once; the folder is set aside as ``<step>.unreadable``
+      (see :func:`_set_aside`) and the previous step is tried. The warning says "falling back"
+      only when an earlier step exists, else that training starts from step 0.
+    * readable and fitting: restored.
     """
+    from rsjax import workdir as workdir_lib
+    from rsjax.errors import CheckpointError
+
+    mutable = workdir_lib.MUTABLE_KEYS if mutable is None else mutable
+    steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
     found = None
-    for step in sorted(manager.all_steps(), reverse=True):
+    for i, step in enumerate(steps):
+        path = os.path.join(str(manager.directory), str(step))
         try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(state_template),
-                    data=ocp.args.JsonRestore(),
-                ),
-            )
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: fall back
+            stored = stored_config(manager, step) if config_dict is not None else None
+            metadata = manager.item_metadata(step)["state"]
+        except Exception as e:  # noqa: BLE001 - the step's own metadata is unreadable
+            error = e
+        else:
+            error = None
+            if stored is not None:
+                diffs = workdir_lib.config_diff(stored, json.loads(json.dumps(workdir_lib.strict_json(config_dict))),
+                                                mutable)
+                if diffs:
+                    raise CheckpointError(
+                        f"checkpoint {path} was written with another config ({'; '.join(diffs[:5])}"
+                        f"{' ...' if len(diffs) > 5 else ''}); resume with the config it was written with, "
+                        f"or use a new --workdir (nothing was changed)")
+            problems = fit_problems(metadata, state_template) if metadata is not None else []
+            if problems:
+                raise CheckpointError(
+                    f"checkpoint {path} does not fit this config ({len(problems)} parameter(s) differ: "
+                    f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}); resume with the config it "
+                    f"was written with, or use a new --workdir (nothing was changed)")
+            try:
+                with _quiet_failed_restore():
+                    restored = manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(state_template),
+                            data=ocp.args.JsonRestore(),
+                        ),
+                    )
+            except Exception as e:  # noqa: BLE001 - it fits, so a failed read means damaged files
+                error = e
+        if error is not None:
             unreadable.append(step)
-            path = os.path.join(str(manager.directory), str(step))
-            msg = (f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                   f"falling back to an earlier step")
-            log.warning(msg)
-            if jax.process_index() == 0:
-                print(f"WARNING: {msg}", flush=True)
+            earlier = i + 1 < len(steps)
+            _warn(f"checkpoint {path} is unreadable ({_short(error)}); "
+                  + ("falling back to an earlier step" if earlier else
+                     "no earlier checkpoint: training starts from step 0"))
             continue
         found = step, restored["state"], restored["data"]["iterator"]
         break
@@ -136,20 +254,24 @@ def restore_latest(manager: ocp.CheckpointManager, state_template: Any):
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
-    """Renames unreadable step folders ``<step>`` to ``<step>.unreadable[N]``.
+    """Renames unreadable step folders ``<step>`` to ``<step>.unreadable``.
 
     Orbax lists every integer-named folder as a step, complete or not, and refuses to save
     a step that exists: left in place, a corrupt step would make the resumed run crash when
-    it reaches that step again. Process 0 renames; all processes then re-list the steps.
+    it reaches that step again. Only the newest set-aside copy of a step is kept (an earlier
+    ``<step>.unreadable`` is deleted), so repeated failures do not accumulate folders.
+    Process 0 renames; all processes then re-list the steps.
     """
     if not steps:
         return
     if jax.process_index() == 0:
+        import shutil
+
         for step in steps:
             src = os.path.join(str(manager.directory), str(step))
-            dst, n = f"{src}.unreadable", 1
-            while os.path.exists(dst):
-                dst, n = f"{src}.unreadable{n}", n + 1
+            dst = f"{src}.unreadable"
+            if os.path.exists(dst):
+                shutil.rmtree(dst, ignore_errors=True)
             os.rename(src, dst)
             print(f"WARNING: moved the unreadable checkpoint {src} to {dst}", flush=True)
     if jax.process_count() > 1:
@@ -160,42 +282,84 @@ def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The ``config.json`` of a run; :class:`rsjax.errors.CheckpointError` when missing or not JSON."""
+    from rsjax.errors import CheckpointError
+
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir} does not exist or is not a folder")
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: is {workdir} an rsjax workdir?")
+        raise CheckpointError(f"{path} does not exist: is {workdir} an rsjax workdir?")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        try:
+            return ml_collections.ConfigDict(json.load(f))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def _read_state_at(manager: ocp.CheckpointManager, step: int):
+    import numpy as np
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device),
+                          manager.item_metadata(step)["state"])
+    with _quiet_failed_restore():
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return jax.tree.map(np.asarray, restored["state"])
 
 
 def read_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
-    """``(step, train state as numpy arrays)`` of checkpoint ``step`` (None = latest) of a run.
+    """``(step, train state as numpy arrays)`` of checkpoint ``step`` of a run.
+
+    ``step=None``: the newest READABLE step; an unreadable newer one is skipped with one
+    warning naming its folder (nothing is renamed: readers never change a workdir).
+    :class:`rsjax.errors.CheckpointError` when there is no checkpoint, ``step`` does not exist
+    or cannot be read, or none is readable.
 
     Restores onto this process's first device whatever mesh wrote the checkpoint: without a
     target Orbax would rebuild the saved sharding and refuse a run trained on other devices
     (8 GPUs, 2 hosts) when exporting or evaluating on this machine ("Topology mismatch").
     """
-    import numpy as np
+    from rsjax.errors import CheckpointError
 
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        raise CheckpointError(f"no checkpoint in {workdir} ({checkpoint_dir(workdir)} does not exist)")
     manager = make_manager(workdir, read_only=True)
-    steps = manager.all_steps()
+    steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise ValueError(f"--step={step} not found in {checkpoint_dir(workdir)}; available: {sorted(steps)}")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device),
-                          manager.item_metadata(step)["state"])
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return int(step), jax.tree.map(np.asarray, restored["state"])
+        raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}")
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"--step={step} not found in {checkpoint_dir(workdir)}; available: {sorted(steps)}")
+        try:
+            return int(step), _read_state_at(manager, step)
+        except Exception as e:  # noqa: BLE001 - damaged files of the one step asked for
+            raise CheckpointError(f"checkpoint {os.path.join(checkpoint_dir(workdir), str(step))} is unreadable "
+                                  f"({_short(e)})") from e
+    errors = []
+    for s in steps:
+        try:
+            state = _read_state_at(manager, s)
+        except Exception as e:  # noqa: BLE001 - unreadable: try the previous step
+            path = os.path.join(checkpoint_dir(workdir), str(s))
+            errors.append(f"{path}: {_short(e)}")
+            _warn(f"checkpoint {path} is unreadable ({_short(e)}); skipped")
+            continue
+        return int(s), state
+    raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(workdir)} ({'; '.join(errors[:3])})")
 
 
 IMPORTED_JOB = "import_weights"  # config.job of a workdir written by rsjax.import_weights
 
 
-def load_encoder_for_export(workdir: str, step: int | None = None):
+def load_encoder(workdir: str, step: int | None = None):
     """Returns (encoder_params, encoder_batch_stats, meta) of a pretraining run as numpy trees.
+
+    The one loader of an encoder from a workdir (every job's ``config.pretrained``, the study,
+    the notebooks and ``rsjax.export``). ``step=None`` reads the newest readable checkpoint: an
+    unreadable newer step is skipped with one warning naming its folder. Raises
+    :class:`rsjax.errors.CheckpointError` (missing workdir or config.json, no readable step,
+    a step that does not exist) with the path in the message.
 
     Also reads workdirs written by ``python -m rsjax.import_weights`` (``config.job ==
     "import_weights"``: no method; ``data.name`` may be '' when the source's bands are not
@@ -209,6 +373,11 @@ def load_encoder_for_export(workdir: str, step: int | None = None):
     config = read_config(workdir)
     step, state = read_state(workdir, step)
     imported = config.get("job", None) == IMPORTED_JOB
+    if "encoder" not in state.get("params", {}):
+        from rsjax.errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {step} of {workdir} holds no encoder (parameter modules: "
+                              f"{sorted(state.get('params', {}))})")
     if not imported:
         methods.get_method(config)  # validates the config names an existing method
     normalization = registry.normalization_name(config.data.get("normalization", None))
@@ -237,3 +406,6 @@ def load_encoder_for_export(workdir: str, step: int | None = None):
     if imported:
         meta["imported_from"] = config.imported.to_dict()
     return state["params"]["encoder"], state["batch_stats"]["encoder"], meta
+
+
+load_encoder_for_export = load_encoder  # the name before issue 13

@@ -195,29 +195,35 @@ def eval_base(job: str) -> ml_collections.ConfigDict:
 
 def add_dense_train(c: ml_collections.ConfigDict, *, steps: int, batch_size: int, crop_size: int,
                     lr: float, optimizer: str = "adamw", schedule: str = "cosine") -> None:
-    """``config.train`` of the dense-prediction jobs (change detection, segmentation)."""
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = steps
-    c.train.batch_size = batch_size
-    c.train.crop_size = crop_size          # random crop side for training (<= 0: whole image)
-    c.train.optimizer = optimizer          # adamw | adam | sgd
-    c.train.lr = lr
-    c.train.weight_decay = 1e-4
-    c.train.momentum = 0.9
-    c.train.schedule = schedule            # cosine | poly | constant
-    c.train.poly_power = 0.9
-    c.train.warmup_steps = 0
-    c.train.freeze_encoder = False
-    c.train.dice_weight = 1.0
-    c.train.dice_reduction = "example"  # example (rsjax, per crop) | batch (torch CE/BCE + smp DiceLoss, as CromSS)
+    """Training keys of the dense-prediction jobs (segmentation, change detection), spelt as
+    every training job spells them: ``total_steps``, ``batch_size`` (global), ``optimizer`` (an
+    ``rsjax.optim`` block; ``optimizer.freeze = "encoder/*"`` trains only the decoder),
+    ``stop_after_steps`` / ``checkpoint_every`` / ``keep_checkpoints`` / ``max_nonfinite_steps``
+    (the loop's), ``loss.dice_weight`` / ``loss.dice_reduction`` (``example``: rsjax, per crop |
+    ``batch``: torch CE/BCE + smp DiceLoss, as CromSS) and ``data.crop_size`` (random training
+    crop side; 0 = whole images)."""
+    from rsjax import optim
+
+    c.total_steps = steps
+    c.stop_after_steps = 0
+    c.batch_size = batch_size
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 2
+    c.max_nonfinite_steps = 5
+    c.optimizer = optim.default_block(name=optimizer, lr=lr, weight_decay=1e-4, momentum=0.9, schedule=schedule,
+                                      poly_power=0.9)
+    c.loss = ml_collections.ConfigDict()
+    c.loss.dice_weight = 1.0
+    c.loss.dice_reduction = "example"
+    c.data.crop_size = crop_size
 
 
 def noisy_label_base() -> ml_collections.ConfigDict:
-    """Task-specific pretraining with noisy labels (``rsjax.noisy_label``; DESIGN §3.4): the demo
+    """Task-specific pretraining with noisy labels (``rsjax.jobs.noisy_label``; DESIGN §3.4): the demo
     scale shared by ``configs/noisy_label.py`` and ``configs/noisy_label_study.py``: the narrow
     4-stage ``tiny`` ResNet in a UNet on the synthetic 13-band scenes (32 px), sized to run in a
     few minutes on a laptop CPU (ResNet-18 is ~17x slower per step there; use
-    ``--config.model.name=resnet18`` on a GPU). Keys are documented in ``rsjax.noisy_label``."""
+    ``--config.model.name=resnet18`` on a GPU). Keys are documented in ``rsjax.jobs.noisy_label``."""
     c = ml_collections.ConfigDict()
     c.job = "noisy_label"
     c.method = "noisy_label"
@@ -245,26 +251,15 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.loss.dice_weight = 1.0     # CE + dice_weight * Dice
     c.loss.dice_reduction = "batch"  # CromSS: torch CE + smp DiceLoss over the batch | example (rsjax, per crop)
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 2e-3
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.warmup_steps = 10
-    c.optimizer.final_lr_fraction = 0.0
-    c.optimizer.grad_clip = 0.0
-    # ReduceLROnPlateau as CromSS (torch semantics, rsjax.noisy_label.plateau_update): lr x factor
-    # after `patience` validations without improvement of the held-out crops' mIoU (noisy labels).
-    c.optimizer.plateau = ml_collections.ConfigDict()
-    c.optimizer.plateau.enabled = False  # off: the schedule alone (cosine), no held-out crops
-    c.optimizer.plateau.mode = "max"     # max on mIoU
-    c.optimizer.plateau.factor = 0.5
-    c.optimizer.plateau.patience = 30    # validations (CromSS: epochs)
-    c.optimizer.plateau.threshold = 1e-4
-    c.optimizer.plateau.threshold_mode = "rel"
-    c.optimizer.plateau.cooldown = 0
-    c.optimizer.plateau.min_lr = 0.0
-    c.optimizer.plateau.every = 0        # steps between validations; 0 = one epoch of the training crops
-    c.optimizer.plateau.val_fraction = 0.01  # training crops held out for it (CromSS --validation 0.01)
+    from rsjax import optim
+
+    # warm-up + cosine. optimizer.plateau = ReduceLROnPlateau as CromSS (torch semantics,
+    # rsjax.optim.plateau_update): lr x factor after `patience` validations without improvement
+    # of the held-out crops' mIoU (noisy labels); off here (the schedule alone, no held-out crops).
+    c.optimizer = optim.default_block(name="adam", lr=2e-3, weight_decay=0.0, warmup_steps=10,
+                                      final_lr_fraction=0.0, grad_clip=0.0,
+                                      plateau=dict(enabled=False, mode="max", factor=0.5, patience=30,
+                                                   every=0, val_fraction=0.01))
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "rs_synthetic"
@@ -302,15 +297,10 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.transfer.class_names = ("water", "vegetation", "built_or_bare")
     c.transfer.total_steps = 100
     c.transfer.batch_size = 32
-    c.transfer.freeze_encoder = False
     c.transfer.compare_random_init = True
-    c.transfer.optimizer = ml_collections.ConfigDict()
-    c.transfer.optimizer.name = "adam"
-    c.transfer.optimizer.lr = 1e-3
-    c.transfer.optimizer.weight_decay = 0.0
-    c.transfer.optimizer.warmup_steps = 10
-    c.transfer.optimizer.final_lr_fraction = 0.0
-    c.transfer.optimizer.grad_clip = 0.0
+    # freeze="encoder/*": fine-tune the decoder only (the encoder then runs in inference mode)
+    c.transfer.optimizer = optim.default_block(name="adam", lr=1e-3, weight_decay=0.0, warmup_steps=10,
+                                               final_lr_fraction=0.0, grad_clip=0.0)
     return c
 
 

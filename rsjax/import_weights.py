@@ -41,6 +41,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from rsjax.errors import ConfigError, MissingDataError, WorkdirError
+
 from rsjax.export.torch_import import IMPORT_FORMATS
 
 ARCHS = ("resnet18", "resnet50")
@@ -77,8 +79,9 @@ def import_weights(
 ) -> dict[str, Any]:
     """Writes the rsjax workdir ``workdir`` from the torch weights file ``weights``.
 
-    Returns ``{"workdir", "config", "report"}``. Raises ValueError / FileNotFoundError naming
-    the flag or file on bad input, before anything is written.
+    Returns ``{"workdir", "config", "report"}``. Raises :class:`rsjax.errors.ConfigError` /
+    ``MissingDataError`` / ``DataError`` / ``WorkdirError`` naming the flag or file on bad input,
+    before anything is written.
     """
     import jax
     import numpy as np
@@ -90,31 +93,31 @@ def import_weights(
 
     # -- check every input before reading the file ---------------------------------------------
     if fmt not in IMPORT_FORMATS:
-        raise ValueError(f"--format={fmt!r}: choose one of {IMPORT_FORMATS}")
+        raise ConfigError(f"--format={fmt!r}: choose one of {IMPORT_FORMATS}")
     if arch not in ARCHS:
-        raise ValueError(f"--arch={arch!r}: choose one of {ARCHS}")
+        raise ConfigError(f"--arch={arch!r}: choose one of {ARCHS}")
     if int(in_channels) <= 0:
-        raise ValueError(f"--in_channels={in_channels}: must be > 0")
+        raise ConfigError(f"--in_channels={in_channels}: must be > 0")
     try:
         normalization = registry.normalization_name(normalization)
     except ValueError as e:
-        raise ValueError(f"--normalization: {e}") from None
+        raise ConfigError(f"--normalization: {e}") from None
     if data:
         try:
             info = registry.get_config_info(data)
         except ValueError as e:
-            raise ValueError(f"--data: {e}") from None
+            raise ConfigError(f"--data: {e}") from None
         if info.num_bands != int(in_channels):
-            raise ValueError(f"--data={data!r} has {info.num_bands} bands {list(info.bands)} but "
+            raise ConfigError(f"--data={data!r} has {info.num_bands} bands {list(info.bands)} but "
                              f"--in_channels={in_channels}")
     weights = os.path.abspath(weights)
     if not os.path.isfile(weights):
-        raise FileNotFoundError(f"--weights={weights}: no such file")
+        raise MissingDataError(f"--weights={weights}: no such file")
     if not weights.endswith(SUFFIXES):
-        raise ValueError(f"--weights={weights}: expected a {' / '.join(SUFFIXES)} file")
+        raise ConfigError(f"--weights={weights}: expected a {' / '.join(SUFFIXES)} file")
     out = os.path.abspath(workdir)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ValueError(f"--workdir={out} already exists and is not empty; choose a new directory "
+        raise WorkdirError(f"--workdir={out} already exists and is not empty; choose a new directory "
                          f"(nothing was written)")
 
     # -- map the weights (refuses unknown / missing / mis-shaped keys) --------------------------
@@ -201,12 +204,9 @@ def main(argv):
     missing = [f"--{n}" for n in ("weights", "format", "arch", "in_channels", "workdir") if FLAGS[n].value is None]
     if missing:
         raise app.UsageError(f"required: {', '.join(missing)}")
-    try:
-        result = import_weights(FLAGS.weights, FLAGS.workdir, fmt=FLAGS.format, arch=FLAGS.arch,
-                                in_channels=FLAGS.in_channels, normalization=FLAGS.normalization, data=FLAGS.data)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rsjax.import_weights: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    # An RsjaxError (bad flag, missing file, weights that do not fit) -> one line by run_cli.
+    result = import_weights(FLAGS.weights, FLAGS.workdir, fmt=FLAGS.format, arch=FLAGS.arch,
+                            in_channels=FLAGS.in_channels, normalization=FLAGS.normalization, data=FLAGS.data)
     rep = result["report"]
     if rep["ignored"]:
         print(f"ignored (classifier head, not part of the encoder): {', '.join(rep['ignored'])}")
@@ -218,5 +218,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from rsjax.errors import run_cli
+
     define_flags()
-    app.run(main)
+    run_cli(main, "rsjax.import_weights")

@@ -177,11 +177,12 @@ def batch_report(config, mesh) -> str:
 # --------------------------------------------------------------------------------------
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of ``<workdir>/metrics.jsonl`` (``step``, ``loss``, ...)."""
+    from rsjax import workdir as workdir_lib
+
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: has the run logged a step yet?")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return workdir_lib.read_jsonl(path)  # a torn last line (run killed mid-write) is ignored
 
 
 def plot_loss(workdir: str, *, title: str | None = None):
@@ -198,7 +199,8 @@ def plot_loss(workdir: str, *, title: str | None = None):
     ax = fig.subplots()
     steps = [r["step"] for r in rows]
     for k in keys:
-        ax.plot(steps, [r.get(k, np.nan) for r in rows], marker="o" if len(rows) < 20 else None, label=k)
+        # None = a non-finite value (written as null: strict JSON)
+        ax.plot(steps, [np.nan if r.get(k) is None else r[k] for r in rows], marker="o" if len(rows) < 20 else None, label=k)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or os.path.basename(os.path.abspath(workdir)))
@@ -249,7 +251,7 @@ def flax_features(workdir: str, images: np.ndarray, *, step: int | None = None) 
     from rsjax import checkpoint
     from rsjax.models.resnet import create_encoder
 
-    params, batch_stats, meta = checkpoint.load_encoder_for_export(workdir, step)
+    params, batch_stats, meta = checkpoint.load_encoder(workdir, step)
     model = create_encoder(meta["arch"], stem=meta.get("stem", "standard"))
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     out = apply({"params": params, "batch_stats": batch_stats}, np.asarray(images, np.float32))

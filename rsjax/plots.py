@@ -14,7 +14,8 @@ def loss_curve(rows: list[dict], path: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in rows]
     for k in keys:
-        ax.plot(steps, [r.get(k, np.nan) for r in rows], label=k)
+        # None: a non-finite loss, written as null in metrics.jsonl (strict JSON)
+        ax.plot(steps, [np.nan if r.get(k) is None else r[k] for r in rows], label=k)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -163,3 +164,126 @@ def change_overlay(image_a: np.ndarray, image_b: np.ndarray, truth: np.ndarray, 
     base[t & ~p] = (0.2, 0.5, 1.0)
     del image_a
     return base
+
+
+# --------------------------------------------------------------------------------------
+# Noisy-label pretraining (rsjax.jobs.noisy_label / noisy_label_study)
+# --------------------------------------------------------------------------------------
+def class_map_rows(path: str, rgb: np.ndarray, columns: list[tuple[str, np.ndarray]], num_classes: int,
+                   class_names=None) -> str:
+    """One row per example: the display image ``rgb`` [N, H, W, 3] in [0, 1], then one class map
+    per ``(title, masks [N, H, W])`` column (negative labels = ignore, left blank)."""
+    n = min([len(rgb)] + [len(m) for _, m in columns])
+    cmap = plt.get_cmap("tab10", max(num_classes, 2))
+    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(2.2 * (1 + len(columns)), 2.2 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(rgb[i])
+        for j, (_, masks) in enumerate(columns):
+            axes[i, j + 1].imshow(np.ma.masked_less(masks[i], 0), cmap=cmap, vmin=-0.5,
+                                  vmax=max(num_classes, 2) - 0.5, interpolation="nearest")
+        for j, title in enumerate(["image (RGB)"] + [t for t, _ in columns]):
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if i == 0:
+                axes[i, j].set_title(title, fontsize=8)
+    names = list(class_names or [])[:num_classes]
+    if names:
+        from matplotlib.patches import Patch
+
+        fig.legend(handles=[Patch(color=cmap(c), label=nm) for c, nm in enumerate(names)], loc="lower center",
+                   ncol=min(len(names), 6), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+    else:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def transfer_miou(path: str, results: dict, title: str) -> str:
+    """Grouped bars: downstream mIoU per decoder (``results[tag][decoder]["miou"]``) for each encoder tag."""
+    tags = list(results)
+    decs = list(next(iter(results.values())))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * len(decs) * max(1, len(tags)) / 2, 3.4))
+    w = 0.8 / max(1, len(tags))
+    for i, tag in enumerate(tags):
+        vals = [results[tag][d]["miou"] for d in decs]
+        ax.bar(np.arange(len(decs)) + (i - (len(tags) - 1) / 2) * w, vals, w, label=tag)
+    ax.set_xticks(range(len(decs)), decs)
+    ax.set_ylabel("downstream mIoU")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def noise_study_miou(path: str, table: list[dict], decoders) -> str:
+    """Downstream mIoU against the pixel noise rate of each arm; the random-init encoder dashed."""
+    arms = [r for r in table if r["arm"] != "random_init"]
+    rnd = next((r for r in table if r["arm"] == "random_init"), None)
+    x = [r["pixel_noise_rate"] for r in arms]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, d in enumerate(decoders):
+        color = plt.get_cmap("tab10")(i)
+        ax.plot(x, [r["downstream_miou"][d] for r in arms], "o-", color=color, label=f"{d} (pretrained)")
+        if rnd is not None:
+            ax.axhline(rnd["downstream_miou"][d], color=color, ls="--", lw=1, label=f"{d} (random init)")
+    ax.set_xlabel("pixel label-noise rate of the pretraining masks")
+    ax.set_ylabel("downstream mIoU (clean test)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def noise_study_layers(path: str, analysis: dict[str, list[dict]]) -> str | None:
+    """2 x 2: final relative weight change and Fisher ratio per layer (all arms), and both over
+    training for the first and the last arm (rows of ``rsjax.evaluate.layers``)."""
+    arms = list(analysis)
+    last = {a: analysis[a][-1] for a in arms if analysis[a]}
+    if not last:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    groups = list(next(iter(last.values()))["weights"])
+    levels = list(next(iter(last.values()))["fisher"])
+    for i, a in enumerate(last):
+        color = plt.get_cmap("viridis")(i / max(1, len(last) - 1))
+        axes[0, 0].plot(groups, [last[a]["weights"][g]["rel_change"] for g in groups], "o-", color=color, label=a)
+        axes[0, 1].plot(levels, [last[a]["fisher"][lv] for lv in levels], "o-", color=color, label=a)
+    axes[0, 0].set_title("weight change from init ||W - W0|| / ||W0|| (end of pretraining)", fontsize=9)
+    axes[0, 1].set_title("Fisher ratio of clean classes per feature level (end)", fontsize=9)
+    axes[0, 1].set_yscale("log")
+    pair = [arms[0], arms[-1]] if len(arms) > 1 else arms
+    styles = ["-", "--"]
+    for j, a in enumerate(pair):
+        rows = analysis[a]
+        steps = [r["step"] for r in rows]
+        for i, g in enumerate(groups):
+            axes[1, 0].plot(steps, [r["weights"][g]["rel_change"] for r in rows], styles[j],
+                            color=plt.get_cmap("tab20")(i % 20), label=g if j == 0 else None)
+        for i, lv in enumerate(levels):
+            axes[1, 1].plot(steps, [np.nan if r["fisher"][lv] is None else r["fisher"][lv] for r in rows],
+                            styles[j], color=plt.get_cmap("tab20")(i % 20), label=f"{lv} ({a})")
+    axes[1, 0].set_title(f"weight change over training: {pair[0]} (solid) vs {pair[-1]} (dashed)", fontsize=9)
+    axes[1, 1].set_title(f"Fisher ratio over training: {pair[0]} (solid) vs {pair[-1]} (dashed)", fontsize=9)
+    axes[1, 1].set_yscale("log")
+    for ax in axes[1]:
+        ax.set_xlabel("step")
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=5, ncol=2)
+    axes[1, 1].legend(fontsize=5, ncol=2)
+    for ax in axes[0]:
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -242,7 +242,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 cfg = arm_config(config, arm, seed, num_train)
                 print(f"== study arm {arm} (seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
                 summary = train.train_and_evaluate(cfg, arm_wd)
-                params, batch_stats, meta = checkpoint.load_encoder_for_export(arm_wd)
+                params, batch_stats, meta = checkpoint.load_encoder(arm_wd)
                 enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype)
                 variables = {"params": params, "batch_stats": batch_stats}
                 fn = jax.jit(lambda x, v=variables: enc.apply(v, x, train=False))

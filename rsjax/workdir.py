@@ -18,23 +18,48 @@ refuses names that would land outside it (``..``, absolute paths, symlinks leadi
 The only write locations outside the workdir are chosen explicitly by the user: the
 ``--workdir`` itself, ``data.data_dir`` (TFDS datasets), ``data.cache_dir`` (decoded-array
 cache) and the ``--out`` files of ``rsjax.export`` / ``rsjax.bench``.
+
+Several launches in one workdir (issue 13): process 0 of a run holds an exclusive lock
+(``fcntl.flock`` on ``<workdir>/.lock``, which names the holder: pid, host, start time and
+command line) for as long as the :class:`Workdir` is open; a second launch is refused with
+:class:`WorkdirError` naming the holder. The lock dies with its process (kill -9 included),
+so a stale ``.lock`` file never blocks a rerun.
+
+Phases (``wd.sub("transfer")``) are sub-folders with their own ``metrics.jsonl``,
+``events.jsonl``, ``checkpoints/`` and ``tb/``; they share the parent's lock and config.
+
+Files a run appends to (``metrics.jsonl``, ``events.jsonl``) are read tolerating a torn last
+line (a run killed mid-write); opening the workdir drops such a line, and
+:meth:`Workdir.truncate` trims both files to the step a run resumes from. Rows are strict JSON:
+a non-finite value is written as ``null``.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
+import math
 import os
+import socket
+import sys
 from typing import Any
 
 import ml_collections
+
+from rsjax.errors import ConfigError, WorkdirError
 
 # Keys that may change between a run and its continuation without changing its result.
 MUTABLE_KEYS = ("stop_after_steps", "log_every", "eval", "data.num_workers", "data.data_dir",
                 "data.cache_dir", "transfer", "analysis")
 
+LOCK_FILE = ".lock"
+# Files that exist before anything ran: a workdir holding only these may take another config.
+_NOT_RUN_OUTPUT = ("config.json", LOCK_FILE, "tb")
 
-class ConfigMismatchError(ValueError):
-    pass
+
+class ConfigMismatchError(WorkdirError, ConfigError):
+    """The workdir holds a run with another config (the differing keys are named)."""
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
@@ -47,15 +72,16 @@ def _flatten(d: Any, prefix: str = "") -> dict:
     return out
 
 
-def _mutable(key: str) -> bool:
-    return any(key == m or key.startswith(m + ".") for m in MUTABLE_KEYS)
+def _mutable(key: str, mutable=MUTABLE_KEYS) -> bool:
+    return any(key == m or key.startswith(m + ".") for m in mutable)
 
 
-def config_diff(old: dict, new: dict) -> list[str]:
+def config_diff(old: dict, new: dict, mutable=MUTABLE_KEYS) -> list[str]:
+    """``["key: old -> new", ...]`` of the flattened configs, keys in ``mutable`` ignored."""
     a, b = _flatten(old), _flatten(new)
     diffs = []
     for k in sorted(set(a) | set(b)):
-        if _mutable(k):
+        if _mutable(k, mutable):
             continue
         va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
         if isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)):
@@ -63,6 +89,71 @@ def config_diff(old: dict, new: dict) -> list[str]:
         if va != vb:
             diffs.append(f"{k}: {va!r} -> {vb!r}")
     return diffs
+
+
+def strict_json(x: Any) -> Any:
+    """``x`` with non-finite floats as None and numpy / jax scalars and arrays as plain Python
+    (JSON has no NaN; Python would write a bare ``NaN`` that strict readers reject)."""
+    if isinstance(x, dict):
+        return {str(k): strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if hasattr(x, "tolist") and not isinstance(x, (int, float)):
+        return strict_json(x.tolist())
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return x
+
+
+def dumps(x: Any, **kwargs) -> str:
+    """``json.dumps`` of :func:`strict_json` (``allow_nan=False``: a NaN can never slip through)."""
+    return json.dumps(strict_json(x), allow_nan=False, **kwargs)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a ``.jsonl`` file; a torn (unparseable) LAST line is ignored (a run killed
+    mid-write), a bad line elsewhere raises :class:`WorkdirError` naming file and line."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if all(not rest.strip() for rest in lines[i + 1:]):
+                break  # torn last line
+            raise WorkdirError(f"{path} line {i + 1} is not JSON ({e}); fix or remove that line") from None
+    return rows
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through ``<path>.tmp`` + rename; the temporary file is removed
+    on any failure, and an OSError (disk full, read-only) becomes a WorkdirError naming the file."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise WorkdirError(f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _numeric_scalars(d: Any, prefix: str = "") -> dict[str, float]:
@@ -79,64 +170,227 @@ def _numeric_scalars(d: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _has_run_output(path: str) -> bool:
+    """Whether anything besides config.json, the lock, TensorBoard hparams and empty folders
+    (an empty ``checkpoints/``) is in ``path``: i.e. whether something ran there."""
+    for root, dirs, files in os.walk(path):
+        if root == path:
+            dirs[:] = [d for d in dirs if d not in _NOT_RUN_OUTPUT]
+            files = [f for f in files if f not in _NOT_RUN_OUTPUT and not f.endswith(".tmp")]
+        if files:
+            return True
+    return False
+
+
+class _Lock:
+    """An exclusive, non-blocking ``flock`` on ``<path>/.lock`` held by this process.
+
+    The holder (pid, host, start time, command line) is written into the file for the message
+    a second launch gets. On a read-only filesystem (a finished run being rerun for its
+    report) the lock is taken on the existing file or the folder itself, without a holder line.
+    """
+
+    def __init__(self, path: str):
+        import fcntl
+
+        self.file = os.path.join(path, LOCK_FILE)
+        try:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            writable = True
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise WorkdirError(f"cannot create the lock file {self.file}: {e.strerror or e}") from e
+            fd = os.open(self.file if os.path.exists(self.file) else path, os.O_RDONLY)
+            writable = False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise WorkdirError(f"cannot lock {self.file}: {e.strerror or e}") from e
+            holder = ""
+            try:
+                with open(self.file) as f:
+                    holder = f.read().strip()
+            except OSError:
+                pass
+            raise WorkdirError(
+                f"workdir {path} is in use by another run ({holder or 'holder unknown'}); wait for it to "
+                f"finish or stop it, or use another --workdir") from None
+        self.fd = fd
+        if writable:
+            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}"
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (holder + "\n").encode(), 0)
+            except OSError:  # disk full: the lock holds all the same
+                pass
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
 class Workdir:
+    """A run's output folder: lock, config.json, metrics / events / TensorBoard, reports.
+
+    Raises :class:`WorkdirError` when ``path`` is a file or not writable, is locked by another
+    launch, or holds a run with another config (:class:`ConfigMismatchError`, keys named; a
+    workdir where nothing ran yet takes the new config). ``config.json`` is written only when
+    its content changes. Use as a context manager or call :meth:`close` (releases the lock).
+    """
+
     def __init__(self, path: str, config: ml_collections.ConfigDict, *, is_main: bool = True):
         self.path = os.path.abspath(path)
         self.is_main = is_main
+        self._lock = None
+        self._parent = None
+        self._subs: dict[str, Workdir] = {}
+        self._init_files()
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise WorkdirError(f"--workdir {self.path} is a file, not a folder; choose a folder path")
+        new = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+        self.config_dict = new
+        if not is_main:
+            self._check_config(new)  # other processes read; process 0 writes
+            return
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise WorkdirError(f"cannot create --workdir {self.path}: {e.strerror or e}") from e
+        self._lock = _Lock(self.path)
+        try:
+            self._check_config(new, write=True)
+            self._drop_torn_lines()
+            self.log_hparams(new)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init_files(self) -> None:
         self.metrics_path = os.path.join(self.path, "metrics.jsonl")
         self.events_path = os.path.join(self.path, "events.jsonl")
         self._tb = None
         self._last_step = 0
+
+    def _check_config(self, new: dict, write: bool = False) -> None:
         cfg_path = os.path.join(self.path, "config.json")
-        new = json.loads(config.to_json_best_effort())
+        text = json.dumps(strict_json(new), indent=2, sort_keys=True)
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
-                try:
-                    old = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ConfigMismatchError(f"{cfg_path} is not valid JSON ({e}); refusing to overwrite it") from None
+                old_text = f.read()
+            if old_text.strip() == text.strip():
+                return  # unchanged: not rewritten (a finished run on a read-only disk can be rerun)
+            try:
+                old = json.loads(old_text)
+            except json.JSONDecodeError as e:
+                raise ConfigMismatchError(f"{cfg_path} is not valid JSON ({e}); refusing to overwrite it") from None
             diffs = config_diff(old, new)
-            if diffs:
+            if diffs and _has_run_output(self.path):
                 raise ConfigMismatchError(
                     f"workdir {self.path} holds a run with a different config ({'; '.join(diffs[:5])}"
                     f"{' ...' if len(diffs) > 5 else ''}); use a new --workdir or the same config "
                     f"(only {', '.join(MUTABLE_KEYS)} may change)"
                 )
-        if is_main:
-            os.makedirs(self.path, exist_ok=True)
-            tmp = cfg_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(new, f, indent=2, sort_keys=True)
-            os.replace(tmp, cfg_path)
-            self.log_hparams(new)
+            if diffs and write:
+                print(f"Note: {cfg_path} named another config but nothing ran in {self.path}; "
+                      f"replacing it ({'; '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''})", flush=True)
+        if write:
+            _write_atomic(cfg_path, text)
+
+    def _drop_torn_lines(self) -> None:
+        """Removes a torn last line (a run killed mid-write) so new rows start on a line of their own."""
+        for path in (self.metrics_path, self.events_path):
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                text = f.read()
+            lines = text.splitlines(keepends=True)
+            if not lines:
+                continue
+            try:
+                json.loads(lines[-1])
+                if text.endswith("\n"):
+                    continue
+                keep = text + "\n"  # complete row missing only its newline
+            except json.JSONDecodeError:
+                keep = "".join(lines[:-1])
+            _write_atomic(path, keep)
+
+    def __enter__(self) -> "Workdir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def sub(self, name: str) -> "Workdir":
+        """The phase folder ``<path>/<name>/`` (own metrics, events, checkpoints and tb/; the
+        parent's lock and config; no config.json). ``sub("")`` is ``self``."""
+        if not name:
+            return self
+        if name in self._subs:
+            return self._subs[name]
+        if name != os.path.basename(os.path.normpath(name)) or name in (".", "..") or name in _NOT_RUN_OUTPUT:
+            raise ConfigError(f"phase name {name!r}: expected a plain folder name")
+        w = object.__new__(Workdir)
+        w.path = os.path.join(self.path, name)
+        w.is_main, w._lock, w._parent, w._subs = self.is_main, None, self, {}
+        w.config_dict = self.config_dict
+        w._init_files()
+        if self.is_main:
+            if os.path.exists(w.path) and not os.path.isdir(w.path):
+                raise WorkdirError(f"{w.path} is a file, not a folder; remove it")
+            try:
+                os.makedirs(w.path, exist_ok=True)
+            except OSError as e:
+                raise WorkdirError(f"cannot create {w.path}: {e.strerror or e}") from e
+            w._drop_torn_lines()
+        self._subs[name] = w
+        return w
 
     # -- metrics -------------------------------------------------------------------------
-    def truncate_metrics(self, step: int) -> None:
-        """Drops rows logged after ``step`` (the checkpoint resumed from), so a resumed run's
-        metrics equal an uninterrupted run's."""
-        if not self.is_main or not os.path.exists(self.metrics_path):
+    def truncate(self, step: int) -> None:
+        """Drops the rows of ``metrics.jsonl`` and ``events.jsonl`` logged after ``step`` (the
+        checkpoint resumed from) and a torn last line, so a resumed run's files equal an
+        uninterrupted run's. A file with nothing to drop is not rewritten."""
+        if not self.is_main:
             return
-        with open(self.metrics_path) as f:
-            rows = [line for line in f if line.strip()]
-        keep = []
-        for line in rows:
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError):
-                continue  # a torn last line from a killed run
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.metrics_path)
+        for path in (self.metrics_path, self.events_path):
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                text = f.read()
+            keep = []
+            for line in text.splitlines(keepends=True):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn line of a killed run
+                if not isinstance(row, dict) or int(row.get("step", 0)) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            new = "".join(keep)
+            if new != text:
+                _write_atomic(path, new)
+
+    truncate_metrics = truncate  # the name before issue 13
 
     def log_metrics(self, step: int, metrics: dict) -> None:
+        """Appends ``{"step": step, **metrics}`` (floats; non-finite as null) to metrics.jsonl
+        and the same scalars to TensorBoard as ``train/<key>``."""
         if not self.is_main:
             return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._append(self.metrics_path, row)
         self.log_scalars(step, metrics, prefix="train")
+
+    def _append(self, path: str, row: dict) -> None:
+        try:
+            with open(path, "a") as f:
+                f.write(dumps(row) + "\n")
+        except OSError as e:
+            raise WorkdirError(f"cannot write {path}: {e.strerror or e}") from e
 
     def log_scalars(self, step: int, scalars: dict, prefix: str) -> None:
         """Writes the numeric entries of ``scalars`` (nested dicts flattened with ``/``;
@@ -175,14 +429,14 @@ class Workdir:
     def log_event(self, step: int, kind: str, message: str) -> None:
         if not self.is_main:
             return
-        with open(self.events_path, "a") as f:
-            f.write(json.dumps({"step": int(step), "kind": kind, "message": message}) + "\n")
+        self._append(self.events_path, {"step": int(step), "kind": kind, "message": message})
 
     def read_metrics(self) -> list[dict]:
-        if not os.path.exists(self.metrics_path):
-            return []
-        with open(self.metrics_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        """The rows of metrics.jsonl (a torn last line ignored; non-finite values are None)."""
+        return read_jsonl(self.metrics_path)
+
+    def read_events(self) -> list[dict]:
+        return read_jsonl(self.events_path)
 
     def _writer(self):
         if self._tb is None:
@@ -191,25 +445,43 @@ class Workdir:
             except ImportError:  # optional: metrics.jsonl is the record of truth
                 self._tb = False
                 return None
-            self._tb = SummaryWriter(os.path.join(self.path, "tb"))
+            try:
+                self._tb = SummaryWriter(os.path.join(self.path, "tb"))
+            except OSError as e:  # read-only disk: metrics.jsonl stays the record
+                print(f"WARNING: no TensorBoard events in {self.path}/tb ({e.strerror or e})", flush=True)
+                self._tb = False
         return self._tb or None
 
     def close(self) -> None:
+        """Closes the TensorBoard writers (this one's and its phases') and releases the lock."""
+        for w in self._subs.values():
+            w.close()
         if self._tb:
-            self._tb.close()
+            try:
+                self._tb.close()
+            except OSError:
+                pass
             self._tb = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self):  # a Workdir dropped without close() still releases its lock
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     # -- reports and pictures --------------------------------------------------------------
     def file(self, name: str) -> str:
         """Absolute path of the output file ``name`` inside the workdir.
 
         Raises:
-          ValueError: ``name`` would write outside the workdir.
+          ConfigError: ``name`` would write outside the workdir.
         """
         root = os.path.realpath(self.path)
         path = os.path.realpath(os.path.join(root, name))
         if not name or os.path.commonpath([root, path]) != root or path == root:
-            raise ValueError(f"output file name {name!r} would write outside the workdir {self.path}; "
+            raise ConfigError(f"output file name {name!r} would write outside the workdir {self.path}; "
                              f"use a plain file name")
         return path
 
@@ -219,10 +491,7 @@ class Workdir:
         ``eval/<task>/<metric>`` at ``step`` (default: the last logged training step)."""
         path = self.file(name)
         cfg = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"task": task, "metrics": metrics, "config": cfg}, f, indent=2)
-        os.replace(tmp, path)
+        _write_atomic(path, dumps({"task": task, "metrics": metrics, "config": cfg}, indent=2))
         self.log_scalars(self._last_step if step is None else step, metrics, prefix=f"eval/{task}")
         return path
 

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from rsjax import losses
-from rsjax.evaluate import classification_job as cjob
+from rsjax.data import folders
+from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
-from rsjax.evaluate import multilabel_job
+from rsjax.jobs import eval_classification as ecj
 from rsjax.models import resnet as R
 from rsjax.workdir import Workdir
 
@@ -77,6 +78,142 @@ def test_bce_dice_matches_loop(ignore_index, jit):
 
 
 # --------------------------------------------------------------------------------------
+# batched_predict and the evaluators (numpy references written from the formulas)
+# --------------------------------------------------------------------------------------
+def test_batched_predict_pads_shards_and_compiles_once():
+    from rsjax import sharding
+
+    traces = []
+
+    def fn(v, batch):
+        traces.append(batch["x"].shape)  # runs once per trace
+        return {"y": batch["x"] @ v["w"] + v["b"], "s": batch["x"].sum(-1) + batch["z"]}
+
+    rng = np.random.default_rng(0)
+    v = {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": np.float32([1.0, -1.0])}
+    for n in (13, 3, 8):
+        x = rng.normal(size=(n, 3)).astype(np.float32)
+        z = rng.normal(size=(n,)).astype(np.float32)
+        out = sharding.batched_predict(fn, v, {"x": x, "z": z}, batch_size=5, desc="t")
+        np.testing.assert_allclose(out["y"], x @ v["w"] + v["b"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["s"], x.sum(-1) + z, rtol=1e-5, atol=1e-5)
+        assert out["y"].shape == (n, 2) and isinstance(out["y"], np.ndarray)
+    # batch 5 rounded up to the 8 devices; every call (13 rows padded to 16, 3 -> 8) reused one program
+    assert traces == [(8, 3)]
+    empty = sharding.batched_predict(fn, v, {"x": np.zeros((0, 3), np.float32), "z": np.zeros((0,), np.float32)},
+                                     batch_size=8)
+    assert empty["y"].shape == (0, 2)
+
+
+def ref_knn(f_tr, y_tr, f_te, num_classes, k, t):
+    """Weighted cosine kNN, one test sample at a time."""
+    out = []
+    a = f_tr / np.linalg.norm(f_tr, axis=1, keepdims=True)
+    for q in f_te:
+        s = a @ (q / np.linalg.norm(q))
+        votes = np.zeros(num_classes)
+        for j in np.argsort(-s)[:k]:
+            votes[y_tr[j]] += math.exp(s[j] / t)
+        out.append(int(np.argmax(votes)))
+    return np.asarray(out)
+
+
+def ref_linear_probe(f_tr, targets, f_te, num_outputs, multilabel, epochs, lr, wd, seed):
+    """Standardise, then full-batch AdamW (optax defaults b1 .9, b2 .999, eps 1e-8, decoupled
+    decay on every parameter) with lr_t = lr * (1 + cos(pi t / epochs)) / 2, written in numpy."""
+    mean, std = f_tr.mean(0), f_tr.std(0) + 1e-6
+    x, xt = (f_tr - mean) / std, (f_te - mean) / std
+    w = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (x.shape[1], num_outputs))) * 0.01
+    p = {"w": w.astype(np.float64), "b": np.zeros(num_outputs)}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    s = {k: np.zeros_like(v) for k, v in p.items()}
+    n = x.shape[0]
+    for t in range(epochs):
+        z = x @ p["w"] + p["b"]
+        if multilabel:
+            dz = (1 / (1 + np.exp(-z)) - targets) / (n * num_outputs)
+        else:
+            e = np.exp(z - z.max(1, keepdims=True))
+            dz = e / e.sum(1, keepdims=True)
+            dz[np.arange(n), targets] -= 1
+            dz /= n
+        g = {"w": x.T @ dz, "b": dz.sum(0)}
+        lr_t = lr * 0.5 * (1 + math.cos(math.pi * t / epochs))
+        for k in p:
+            m[k] = 0.9 * m[k] + 0.1 * g[k]
+            s[k] = 0.999 * s[k] + 0.001 * g[k] ** 2
+            mh, sh = m[k] / (1 - 0.9 ** (t + 1)), s[k] / (1 - 0.999 ** (t + 1))
+            p[k] = p[k] - lr_t * (mh / (np.sqrt(sh) + 1e-8) + wd * p[k])
+    return xt @ p["w"] + p["b"]
+
+
+def test_knn_and_linear_evaluators_match_numpy():
+    from rsjax import evaluate
+    from rsjax.evaluate import classification as cls
+
+    rng = np.random.default_rng(1)
+    f_tr, f_te = rng.normal(size=(40, 6)), rng.normal(size=(15, 6))
+    y_tr, y_te = rng.integers(0, 3, 40), rng.integers(0, 3, 15)
+    m, pred = evaluate.get("knn")(f_tr, y_tr, f_te, y_te, num_classes=3, k=5, temperature=0.1)
+    exp = ref_knn(f_tr, y_tr, f_te, 3, 5, 0.1)
+    np.testing.assert_array_equal(pred, exp)
+    assert m["top1"] == pytest.approx(float((exp == y_te).mean()))
+    assert m["confusion_matrix"][1][2] == int(((y_te == 1) & (exp == 2)).sum())
+
+    logits = cls.linear_probe_logits(f_tr, y_tr, f_te, num_outputs=3, epochs=7, lr=0.05, weight_decay=0.1, seed=3)
+    ref = ref_linear_probe(f_tr, y_tr, f_te, 3, False, 7, 0.05, 0.1, 3)
+    np.testing.assert_allclose(logits, ref, rtol=1e-3, atol=1e-4)
+    m, pred = evaluate.get("linear")(f_tr, y_tr, f_te, y_te, num_classes=3, epochs=7, lr=0.05, weight_decay=0.1,
+                                     seed=3)
+    np.testing.assert_array_equal(pred, ref.argmax(1))
+    assert m["per_class"][0] == pytest.approx(float((ref.argmax(1)[y_te == 0] == 0).mean()))
+
+    t_tr, t_te = rng.integers(0, 2, (40, 4)), rng.integers(0, 2, (15, 4))
+    m, scores = evaluate.get("linear_multilabel")(f_tr, t_tr, f_te, t_te, epochs=7, lr=0.05, weight_decay=0.1,
+                                                  seed=3)
+    ref = ref_linear_probe(f_tr, t_tr, f_te, 4, True, 7, 0.05, 0.1, 3)
+    np.testing.assert_allclose(scores, ref, rtol=1e-3, atol=1e-4)
+    assert set(m) >= {"micro_map", "macro_map", "per_class_ap"}
+
+
+def test_dense_evaluators_and_unknown_name():
+    from rsjax import evaluate, errors
+
+    pred = np.array([[0, 1], [2, 2]])
+    lab = np.array([[0, 1], [1, 255]])
+    m = evaluate.get("segmentation")(pred, lab, num_classes=3, ignore_index=255)
+    # class 0: 1/1, class 1: tp 1 fn 1 -> 1/2, class 2: tp 0 fp 1 -> 0
+    assert m["per_class_iou"] == pytest.approx([1.0, 0.5, 0.0]) and m["miou"] == pytest.approx(0.5)
+    m = evaluate.get("change_detection")(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 1, 1, 1) and m["f1"] == pytest.approx(0.5)
+    with pytest.raises(errors.ConfigError, match="unknown evaluator 'knnn'.*knn, linear"):
+        evaluate.get("knnn")
+
+
+def test_frozen_eval_features_and_metrics():
+    from rsjax.evaluate import classification as cls
+    import ml_collections
+
+    rng = np.random.default_rng(2)
+    x_tr, x_te = rng.normal(size=(21, 4, 4, 2)).astype(np.float32), rng.normal(size=(9, 4, 4, 2)).astype(np.float32)
+    y_tr, y_te = rng.integers(0, 3, 21), np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    v = {"w": rng.normal(size=(2, 5)).astype(np.float32)}
+    encode = lambda v, x: x.mean((1, 2)) @ v["w"]  # noqa: E731
+    ec = ml_collections.ConfigDict({"batch_size": 8, "knn_k": 3, "knn_temperature": 0.5, "linear_epochs": 4})
+    r = cls.frozen_eval(encode, v, x_tr, y_tr, x_te, y_te, eval_config=ec, seed=0)
+    f_tr = x_tr.mean((1, 2)) @ v["w"]
+    f_te = x_te.mean((1, 2)) @ v["w"]
+    np.testing.assert_allclose(r.train_features, f_tr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r.test_features, f_te, rtol=1e-5, atol=1e-5)
+    knn = ref_knn(f_tr, y_tr, f_te, 3, 3, 0.5)
+    assert r.metrics["knn_top1"] == pytest.approx(float((knn == y_te).mean()))
+    lin = ref_linear_probe(f_tr.astype(np.float64), y_tr, f_te, 3, False, 4, 1e-2, 1e-4, 0).argmax(1)
+    assert r.metrics["linear_top1"] == pytest.approx(float((lin == y_te).mean()))
+    assert r.metrics["majority_baseline"] == pytest.approx(4 / 9)
+    assert (r.metrics["num_train"], r.metrics["num_test"]) == (21, 9)
+
+
+# --------------------------------------------------------------------------------------
 # Data helpers
 # --------------------------------------------------------------------------------------
 def test_folder_split_follows_the_recipe(tmp_path):
@@ -87,7 +224,7 @@ def test_folder_split_follows_the_recipe(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(n):
             Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / c / f"{c}_{i + 1}.jpg")
-    tr, ytr, te, yte, names = cjob.folder_split(str(tmp_path))
+    tr, ytr, te, yte, names = folders.folder_split(str(tmp_path))
     assert names == ["A", "B", "C"]
     rng = np.random.default_rng(0)  # the recipe, written out independently
     exp_te = []
@@ -98,17 +235,17 @@ def test_folder_split_follows_the_recipe(tmp_path):
     assert te == exp_te and len(tr) + len(te) == 20 and not set(tr) & set(te)
     assert list(yte) == [0, 0, 1, 2]  # labels follow the sorted class order
     assert np.bincount(yte).tolist() == [2, 1, 1] and np.bincount(ytr).tolist() == [8, 6, 2]
-    assert cjob.read_images(te[:2]).shape == (2, 4, 4, 3)
+    assert folders.read_images(te[:2]).shape == (2, 4, 4, 3)
 
 
 def test_label_subset_and_mask_targets():
-    keep = cjob.label_subset(100, 0.1, 0)
-    assert len(keep) == 10 and np.array_equal(keep, cjob.label_subset(100, 0.1, 0))
-    assert len(cjob.label_subset(50, 0.01, 0)) == 1 and len(cjob.label_subset(5, 1.0, 0)) == 5
+    keep = cls.label_subset(100, 0.1, 0)
+    assert len(keep) == 10 and np.array_equal(keep, cls.label_subset(100, 0.1, 0))
+    assert len(cls.label_subset(50, 0.01, 0)) == 1 and len(cls.label_subset(5, 1.0, 0)) == 5
     with pytest.raises(ValueError, match="label_fraction"):
-        cjob.label_subset(5, 0.0, 0)
+        cls.label_subset(5, 0.0, 0)
     mask = np.array([[[0, 0], [2, 2]], [[1, 1], [1, 1]]])
-    np.testing.assert_array_equal(multilabel_job.targets_from_mask(mask, 3), [[1, 0, 1], [0, 1, 0]])
+    np.testing.assert_array_equal(cls.targets_from_mask(mask, 3), [[1, 0, 1], [0, 1, 0]])
 
 
 # --------------------------------------------------------------------------------------
@@ -138,8 +275,12 @@ def test_pretrained_encoder_plugs_in(pretrained_run):
     config.pretrained = path
     loaded = common.load_pretrained(config)
     assert loaded[2]["step"] == 5 and loaded[2]["arch"] == "tiny"
-    _, variables, _ = cjob.build_encoder(config, 13, loaded)
-    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(v)):
+    ecj.validate(config)
+    task = ecj.make_task(config, num_outputs=10, multilabel=False, loaded=loaded)
+    variables = ecj.init_variables(task, config.seed)
+    enc = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
+    assert jax.tree.structure(enc) == jax.tree.structure(v)
+    for a, b in zip(jax.tree.leaves(enc), jax.tree.leaves(v)):
         np.testing.assert_array_equal(a, b)
     assert common.pretrained_summary(loaded)["init"] == "pretrained"
 
@@ -184,12 +325,111 @@ def test_segmentation_job_with_pretrained_encoder(pretrained_run, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# Fine-tuning on the one loop (issue 13 acceptance)
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    from rsjax.data import build
+
+    d = str(tmp_path_factory.mktemp("tfds"))
+    build.ensure_built("rs_synthetic", d, config="tiny")
+    return d
+
+
+def _eurosat_smoke(synth_dir, **overrides):
+    config = load_config("eval_eurosat.py", "smoke")
+    config.data.data_dir = synth_dir
+    config.eval.max_train = 32
+    config.eval.max_test = 16
+    config.eval.linear_epochs = 5
+    config.finetune.total_steps = 3
+    config.finetune.batch_size = 8
+    for k, v in overrides.items():
+        section, _, name = k.rpartition(".")
+        (config[section] if section else config)[name] = v
+    return config
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_eurosat_finetune_stops_and_resumes_to_the_same_report(synth_dir, tmp_path):
+    from rsjax import main as main_lib
+
+    full = main_lib.run(_eurosat_smoke(synth_dir), str(tmp_path / "full"))
+    assert full["finetune_top1"] is not None and full["finetune_nonfinite_steps"] == 0
+
+    wd = tmp_path / "cut"
+    cut = main_lib.run(_eurosat_smoke(synth_dir, stop_after_steps=2), str(wd))
+    assert cut["finetune_finished"] is False and cut["finetune_step"] == 2
+    assert not (wd / "eval_report.json").exists()  # no report from a stopped fine-tune
+    assert [r["step"] for r in _rows(wd / "finetune" / "metrics.jsonl")] == [1, 2]
+    resumed = main_lib.run(_eurosat_smoke(synth_dir), str(wd))
+
+    a = json.loads((tmp_path / "full" / "eval_report.json").read_text())["metrics"]
+    b = json.loads((wd / "eval_report.json").read_text())["metrics"]
+    for key in ("finetune_top1", "finetune_per_class", "finetune_confusion_matrix", "linear_top1", "knn_top1",
+                "linear_confusion_matrix", "num_train", "num_test"):
+        assert a[key] == b[key], key
+    assert resumed["finetune_top1"] == full["finetune_top1"]
+    # the fine-tune's training curve is the uninterrupted one, step for step
+    ra, rb = _rows(tmp_path / "full" / "finetune" / "metrics.jsonl"), _rows(wd / "finetune" / "metrics.jsonl")
+    assert [r["step"] for r in rb] == [1, 2, 3]
+    np.testing.assert_allclose([r["loss"] for r in rb], [r["loss"] for r in ra], rtol=1e-6)
+
+
+def test_eurosat_finetune_refuses_nonfinite_steps(synth_dir, tmp_path, monkeypatch):
+    from rsjax import main as main_lib
+
+    monkeypatch.setenv("RSJAX_DEBUG_NONFINITE_FROM_STEP", "2")  # steps 2 and 3 get a NaN loss
+    m = main_lib.run(_eurosat_smoke(synth_dir), str(tmp_path / "wd"))
+    events = _rows(tmp_path / "wd" / "finetune" / "events.jsonl")
+    assert [(e["step"], e["kind"]) for e in events] == [(2, "nonfinite"), (3, "nonfinite")]
+    assert m["finetune_nonfinite_steps"] == 2
+    rows = _rows(tmp_path / "wd" / "finetune" / "metrics.jsonl")
+    assert rows[0]["step"] == 1 and np.isfinite(rows[0]["loss"])
+
+
+def test_multilabel_smoke_with_finetune(synth_dir, tmp_path):
+    from rsjax import main as main_lib
+
+    config = load_config("eval_bigearthnet.py", "smoke")
+    config.data.data_dir = synth_dir
+    config.eval.max_train, config.eval.max_test, config.eval.linear_epochs = 32, 16, 5
+    config.finetune.batch_size = 8
+    m = main_lib.run(config, str(tmp_path / "wd"))
+    report = json.loads((tmp_path / "wd" / "eval_report.json").read_text())
+    assert report["task"] == "multilabel" and 0.0 <= m["linear_micro_map"] <= 1.0
+    assert 0.0 <= m["finetune_micro_map"] <= 1.0 and m["num_train"] == 16  # label_fraction 0.5 of 32
+    assert [r["step"] for r in _rows(tmp_path / "wd" / "finetune" / "metrics.jsonl")][-1] == 2
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("eval.knn_k", 0, r"config\.eval\.knn_k=0"),
+    ("finetune.total_steps", -1, r"config\.finetune\.total_steps=-1"),
+    ("eval.label_fraction", 1.5, r"config\.eval\.label_fraction=1\.5"),
+    ("data.folder", "/nonexistent/eurosat", r"config\.data\.folder='/nonexistent/eurosat'"),
+])
+def test_eval_config_errors_before_anything_is_written(tmp_path, key, value, match):
+    from rsjax import errors
+    from rsjax import main as main_lib
+
+    config = load_config("eval_eurosat.py", "smoke")
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(errors.ConfigError, match=match):
+        main_lib.run(config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+# --------------------------------------------------------------------------------------
 # Real data (../shared/data)
 # --------------------------------------------------------------------------------------
 @pytest.mark.realdata
 def test_eurosat_folder_linear_probe(shared_data, tmp_path):
     root = shared_data / "eurosat_rgb"
-    tr, _, te, yte, names = cjob.folder_split(str(root))
+    tr, _, te, yte, names = folders.folder_split(str(root))
     assert (len(tr), len(te)) == (21600, 5400) and len(names) == 10
     config = load_config("eval_eurosat.py")
     config.data.folder = str(root)
@@ -197,7 +437,7 @@ def test_eurosat_folder_linear_probe(shared_data, tmp_path):
     config.model.name = "tiny"
     config.eval.batch_size = 64
     config.eval.linear_epochs = 100
-    m = cjob.run(config, str(tmp_path / "wd"))
+    m = ecj.run(config, str(tmp_path / "wd"))
     assert (m["num_train"], m["num_test"]) == (240, 60)
     assert m["linear_top1"] > 0.2 and m["knn_top1"] > 0.15  # chance is 0.1
     for png in ("confusion_linear.png", "per_class_accuracy.png", "embedding_pca.png"):

@@ -270,7 +270,7 @@ def test_parity_timm_pretrained_cfg_overlay(arch, bands, tmp_path, monkeypatch):
         return variables["params"], variables["batch_stats"], meta
 
     fake = types.ModuleType("rsjax.checkpoint")
-    fake.load_encoder_for_export = fake_loader
+    fake.load_encoder = fake_loader
     monkeypatch.setitem(sys.modules, "rsjax.checkpoint", fake)
     paths = export_encoder(str(tmp_path / "run"), str(tmp_path / "out" / "encoder.pt"), fmt="timm")
     side = json.loads(paths["json"].read_text())
@@ -433,7 +433,7 @@ def test_export_encoder_entry_point(tmp_path, monkeypatch):
         return variables["params"], variables["batch_stats"], meta
 
     fake = types.ModuleType("rsjax.checkpoint")
-    fake.load_encoder_for_export = fake_loader
+    fake.load_encoder = fake_loader
     monkeypatch.setitem(sys.modules, "rsjax.checkpoint", fake)
     paths = export_encoder(str(tmp_path / "run"), str(tmp_path / "enc.pt"), step=12, fmt="smp")
     assert calls == [(str(tmp_path / "run"), 12)]
@@ -466,7 +466,7 @@ def test_sidecar_describes_the_input(tmp_path, monkeypatch, dataset, normalizati
             "stem": "standard", "method": "simclr", "dataset": dataset}
 
     fake = types.ModuleType("rsjax.checkpoint")
-    fake.load_encoder_for_export = fake_loader
+    fake.load_encoder = fake_loader
     monkeypatch.setitem(sys.modules, "rsjax.checkpoint", fake)
     paths = export_encoder(str(tmp_path / "run"), str(tmp_path / "enc.pt"), fmt="timm")
     side = json.loads(paths["json"].read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _method_check import assert_trees_close, load_config, loss_on_mesh, random_batch
 
-from rsjax import losses, methods, schedules, train
+from rsjax import losses, methods, optim, train
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ def test_official_projector_is_two_linear_layers():
 
 
 def test_cosine_restarts_schedule():
-    s = schedules.warmup_cosine_restarts(peak_value=1.0, warmup_steps=10, total_steps=110, num_cycles=2,
-                                         cycle_decay=0.5, final_fraction=0.0)
+    s = optim.warmup_cosine_restarts(peak_value=1.0, warmup_steps=10, total_steps=110, num_cycles=2,
+                                     cycle_decay=0.5, final_fraction=0.0)
     np.testing.assert_allclose([s(0), s(5), s(10)], [0.0, 0.5, 1.0], atol=1e-6)
     np.testing.assert_allclose(s(35), 0.5, atol=1e-6)     # half-way through cycle 0
     np.testing.assert_allclose(s(59.999), 0.0, atol=1e-6)
@@ -146,21 +146,22 @@ def test_cosine_restarts_schedule():
     # one cycle, no decay == the trainer's warm-up + cosine
     config = load_config("false", "demo")
     config.optimizer.num_cycles = 1
-    a, b = schedules.from_config(config), schedules.warmup_cosine_restarts(
+    a, b = optim.schedule(config.optimizer, config.total_steps), optim.warmup_cosine_restarts(
         peak_value=config.optimizer.lr, warmup_steps=config.optimizer.warmup_steps,
         total_steps=config.total_steps, num_cycles=1)
     config.optimizer.schedule = "cosine"
-    c = schedules.from_config(config)
+    c = optim.schedule(config.optimizer, config.total_steps)
     for step in (0, 3, 10, 100, 299):
         np.testing.assert_allclose(a(step), b(step), rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(b(step), c(step), rtol=1e-5, atol=1e-9)
     config.optimizer.schedule = "step"
     with pytest.raises(ValueError, match="optimizer.schedule"):
-        schedules.from_config(config)
+        optim.schedule(config.optimizer, config.total_steps)
 
 
 def test_trainer_uses_restart_schedule():
     config = load_config("false", "demo")
-    trainer, ours = train.make_schedule(config), schedules.from_config(config)
+    trainer = optim.make(config.optimizer, config.total_steps)[1]  # what train.fit steps with
+    ours = optim.schedule(config.optimizer, config.total_steps)
     for step in (0, 50, 170, 200, 290):
         np.testing.assert_allclose(trainer(step), ours(step), rtol=1e-6)

@@ -1,4 +1,4 @@
-"""``optimizer.module_lr_scale``: a per-module learning-rate factor (rsjax.train.scale_modules)."""
+"""``optimizer.module_lr_scale``: a per-module learning-rate factor (rsjax.optim.scale_modules)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rsjax import train
+from rsjax import optim
 
 
 def _config(name, scales, lr=0.1, wd=0.0):
@@ -16,6 +16,11 @@ def _config(name, scales, lr=0.1, wd=0.0):
         name=name, lr=lr, weight_decay=wd, warmup_steps=0, final_lr_fraction=1.0, grad_clip=0.0,
         module_lr_scale=scales))
     return c
+
+
+def _block(name, scales, **kw):
+    c = _config(name, scales, **kw)
+    return c.optimizer, c.total_steps
 
 
 def _sgd_momentum_numpy(p, grads, lr, mom=0.9):
@@ -34,7 +39,7 @@ def test_sgd_scaled_module_equals_sgd_at_scaled_lr(spelling):
               "denoiser": {"w": rng.normal(size=(4,)).astype(np.float32)}}
     grads = [{k: {"w": rng.normal(size=v["w"].shape).astype(np.float32)} for k, v in params.items()}
              for _ in range(3)]
-    tx = train.make_optimizer(_config("sgd", spelling))
+    tx, _ = optim.make(*_block("sgd", spelling))
     state = tx.init(params)
     p = jax.tree.map(jnp.asarray, params)
     for g in grads:
@@ -46,14 +51,14 @@ def test_sgd_scaled_module_equals_sgd_at_scaled_lr(spelling):
 
 
 def test_unknown_module_is_refused_naming_the_key():
-    tx = train.make_optimizer(_config("adamw", "decoder=0.5"))
+    tx, _ = optim.make(*_block("adamw", "decoder=0.5"))
     with pytest.raises(ValueError, match="module_lr_scale.*decoder"):
         tx.init({"encoder": {"w": jnp.zeros(2)}})
 
 
 def test_bad_spelling_is_refused():
     with pytest.raises(ValueError, match="module_lr_scale"):
-        train.make_optimizer(_config("sgd", "denoiser:0.1")).init({"denoiser": {"w": jnp.zeros(2)}})
+        optim.make(*_block("sgd", "denoiser:0.1"))[0].init({"denoiser": {"w": jnp.zeros(2)}})
 
 
 def test_study_swimdiff_arms_scale_the_denoiser_only():

@@ -1,5 +1,5 @@
 """Noisy-label pretraining: pure helpers against numpy, the job end to end (checkpoint in the
-pretraining layout -> load_encoder_for_export and PyTorch export), exact resume, transfer to
+pretraining layout -> load_encoder and PyTorch export), exact resume, transfer to
 UNet / DeepLabv3+ / PSPNet, the study's outputs, clear config errors."""
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def test_run_report_and_pictures(run_dir):
 
 def test_checkpoint_is_a_pretraining_checkpoint(run_dir, tmp_path):
     wd, _, c = run_dir
-    enc, bs, meta = ckpt_lib.load_encoder_for_export(str(wd))
+    enc, bs, meta = ckpt_lib.load_encoder(str(wd))
     assert meta["arch"] == "tiny" and meta["in_channels"] == 13 and meta["method"] == "noisy_label"
     assert meta["step"] == c.total_steps and "layer4_0" in enc and "bn1" in bs
     from rsjax.export import torch_export
@@ -160,8 +160,8 @@ def test_resume_equals_uninterrupted(synth_dir, tmp_path):
         return [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
 
     assert rows("full") == rows("split")
-    a, _, _ = ckpt_lib.load_encoder_for_export(str(tmp_path / "full"))
-    b, _, _ = ckpt_lib.load_encoder_for_export(str(tmp_path / "split"))
+    a, _, _ = ckpt_lib.load_encoder(str(tmp_path / "full"))
+    b, _, _ = ckpt_lib.load_encoder(str(tmp_path / "split"))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
 
@@ -178,7 +178,7 @@ def test_study_outputs(synth_dir, tmp_path):
     assert clean["pixel_noise_rate"] == 0.0 < noisy["pixel_noise_rate"]
     assert set(summary["analysis"]) == {"clean", "noise_0.50"}
     # every arm is an exportable pretraining run
-    _, _, meta = ckpt_lib.load_encoder_for_export(str(d / "arms" / "noise_0.50"))
+    _, _, meta = ckpt_lib.load_encoder(str(d / "arms" / "noise_0.50"))
     assert meta["step"] == c.total_steps
     assert "| noise_0.50 |" in (d / "study.md").read_text()
 

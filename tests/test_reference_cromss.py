@@ -22,8 +22,7 @@ import optax
 import pytest
 import torch
 
-from rsjax import losses
-from rsjax import noisy_label as NL
+from rsjax import losses, optim
 
 
 # --- numpy ports (test references) -----------------------------------------------------
@@ -241,7 +240,7 @@ def _run_rule(metrics, **kw):
           "cooldown_counter": 0, "num_evals": 0}
     lrs = []
     for m in metrics:
-        st = NL.plateau_update(st, m, base_lr=base_lr, **kw)
+        st = optim.plateau_update(st, m, base_lr=base_lr, **kw)
         lrs.append(base_lr * st["scale"])
     return lrs, st
 
@@ -289,7 +288,7 @@ def test_plateau_matches_torch(kw):
 def test_plateau_scale_scales_the_learning_rate():
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
     grads = {"w": jnp.array([0.5, 0.1, -0.3])}
-    tx = optax.chain(optax.adam(1e-2), NL.plateau_scale("max"))
+    tx = optax.chain(optax.adam(1e-2), optim.plateau_scale("max"))
     st = tx.init(params)
     assert float(st[-1].scale) == 1.0 and float(st[-1].best) == -np.inf
     st = (st[0], st[-1]._replace(scale=jnp.float32(0.25)))

@@ -350,11 +350,11 @@ def _load_false_config(variant):
 
 @pytest.mark.parametrize("wave,adaptive,mult", [("full", True, 1.0), ("half", False, 0.5), ("half", True, 1.0)])
 def test_vissl_schedule_matches_port(wave, adaptive, mult):
-    from rsjax import schedules
+    from rsjax import optim
 
     c = _load_false_config("paper")
     c.optimizer.wave, c.optimizer.adaptive_restarts, c.optimizer.cycle_decay = wave, adaptive, mult
-    ours = schedules.from_config(c)
+    ours = optim.schedule(c.optimizer, c.total_steps)
     # false_1gpu_resnet.yaml: composite [linear 0.6 -> 4.8, cosine_warm_restart 4.8 -> 0.0048],
     # lengths [0.1, 0.9], interval_scaling [rescaled, rescaled]; where = step / total steps.
     port = port_composite_lr(

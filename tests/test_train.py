@@ -131,7 +131,7 @@ def test_smoke_variant_runs_end_to_end(config_file, synth_dir, tmp_path):
 def _params(workdir):
     from rsjax import checkpoint
 
-    enc, bs, meta = checkpoint.load_encoder_for_export(str(workdir))
+    enc, bs, meta = checkpoint.load_encoder(str(workdir))
     return enc, meta
 
 

@@ -37,6 +37,8 @@ from typing import Optional
 
 import tensorflow_datasets as tfds
 
+from rsjax.errors import ConfigError, DataError, MissingDataError, RsjaxError
+
 log = logging.getLogger(__name__)
 
 # Datasets that need no --manual_dir and can be built on first use.
@@ -63,17 +65,17 @@ def get_builder_class(name: str) -> type:
     """Imports ``tfds_builders.<name>`` and returns its ``Builder`` class.
 
     Raises:
-      ValueError: no such builder package; the message lists the available ones.
+      ConfigError: no such builder package; the message lists the available ones.
     """
     base = name.split("/")[0].split(":")[0]
     if not re.fullmatch(r"[a-z][a-z0-9_]*", base):
-        raise ValueError(
+        raise ConfigError(
             f"invalid dataset name {name!r}; available: {', '.join(available_builders())}")
     try:
         mod = importlib.import_module(f"{_BUILDERS_PACKAGE}.{base}")
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith(f"{_BUILDERS_PACKAGE}.{base}"):
-            raise ValueError(
+            raise ConfigError(
                 f"no TFDS builder for dataset {base!r} (expected package "
                 f"{_BUILDERS_PACKAGE}/{base}/); available: {', '.join(available_builders())}"
             ) from None
@@ -109,7 +111,7 @@ def get_builder(name: str, data_dir: Optional[str] = None, config: Optional[str]
     if config is not None and cls.BUILDER_CONFIGS:
         known = [c.name for c in cls.BUILDER_CONFIGS]
         if config not in known:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {name!r} has no builder config {config!r} (config key "
                 f"data.builder_config); known configs: {', '.join(known)}"
             )
@@ -126,7 +128,7 @@ def check_random_access(builder: tfds.core.DatasetBuilder) -> None:
     array_record; a dataset built before that, or by another builder, may still be TFRecord).
 
     Raises:
-      ValueError: the dataset is built and none of its file formats allows random access.
+      DataError: the dataset is built and none of its file formats allows random access.
     """
     if not is_built(builder):
         return
@@ -136,7 +138,7 @@ def check_random_access(builder: tfds.core.DatasetBuilder) -> None:
     if formats and not formats & set(file_adapters.FileFormat.with_random_access()):
         name = builder.info.full_name.split("/")[0]
         written = ", ".join(sorted(f.value for f in formats))
-        raise ValueError(
+        raise DataError(
             f"dataset {builder.info.full_name} at {builder.data_dir} is stored as {written}, which rsjax "
             f"cannot read (it needs random access); rebuild it as array_record into a new --data_dir or "
             f"after deleting that folder: tfds build tfds_builders/{name} --file_format=array_record "
@@ -175,7 +177,7 @@ def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optiona
     if manual_dir is not None:
         manual_dir = os.path.expanduser(manual_dir)
         if not os.path.isdir(manual_dir) and name not in SELF_CONTAINED:
-            raise FileNotFoundError(f"--manual_dir {manual_dir!r} is not a directory")
+            raise MissingDataError(f"--manual_dir {manual_dir!r} is not a directory")
     kwargs = {}
     cls = get_builder_class(name)
     if skip_bad and "skip_bad" in inspect.signature(cls.__init__).parameters:
@@ -193,7 +195,7 @@ def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optiona
             tfds.disable_progress_bar()
         t0 = time.perf_counter()
         # Nothing is downloaded; a throw-away download dir keeps data_dir free of `downloads/`.
-        with tempfile.TemporaryDirectory(prefix="rsjax_dl_") as dl_dir:
+        with tempfile.TemporaryDirectory(prefix="rsjax_dl_") as dl_dir, _data_errors(name):
             download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
             builder.download_and_prepare(
                 download_dir=dl_dir, download_config=download_config, file_format="array_record")
@@ -221,11 +223,31 @@ def ensure_built(name: str, data_dir: Optional[str] = None, config: Optional[str
     base = name.split("/")[0]
     if base in SELF_CONTAINED:
         return build_dataset(base, data_dir, config=config, progress=False)
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"dataset {name!r} (config {config!r}) is not built in {data_dir!r} (config key "
         f"data.data_dir). Build it from the original files with: python -m rsjax.data.build "
         f"{base} --manual_dir=DIR --data_dir={data_dir}" + (f" --config={config}" if config else "")
     )
+
+
+@contextlib.contextmanager
+def _data_errors(name: str):
+    """A builder's complaint about its input files (tfds_builders' ``BadFileError`` naming the
+    file; a FileNotFoundError of a missing file) as :class:`rsjax.errors.DataError`, which the
+    CLI prints in one line. TFDS may wrap it: the innermost such error is reported."""
+    try:
+        yield
+    except RsjaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a data problem
+        inner = e
+        while inner is not None:
+            if isinstance(inner, (FileNotFoundError, NotADirectoryError)):  # stays a FileNotFoundError
+                raise MissingDataError(f"building {name}: {inner}") from e
+            if type(inner).__name__ == "BadFileError":
+                raise DataError(f"building {name}: {inner}") from e
+            inner = inner.__cause__ or inner.__context__
+        raise
 
 
 def main(argv):
@@ -233,7 +255,7 @@ def main(argv):
 
     flags_ = flags.FLAGS
     if len(argv) != 2:
-        raise SystemExit(
+        raise ConfigError(
             "usage: python -m rsjax.data.build NAME --manual_dir=DIR --data_dir=OUT "
             f"[--config=CONFIG] [--skip_bad]; available NAMEs: {', '.join(available_builders())}"
         )
@@ -255,7 +277,7 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from rsjax.errors import run_cli
 
     _define_flags()
-    app.run(main)
+    run_cli(main, "rsjax.data.build")

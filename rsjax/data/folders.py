@@ -111,3 +111,62 @@ def load_class_folder(root: str, split: str, *, test_fraction: float = 0.2, seed
         np.savez(tmp, images=images, labels=labels)
         os.replace(tmp, cache)
     return images, labels, classes
+
+
+def folder_split(root: str, *, test_fraction: float = 0.2, seed: int = 0, max_per_class: int | None = None):
+    """File lists of the module's split of a class-folder tree (any of :data:`IMAGE_EXTS`).
+
+    Returns ``(train_files, train_labels, test_files, test_labels, class_names)``; labels are
+    indices into the sorted class-folder names, files listed class by class in permutation order.
+    ``max_per_class`` keeps, per class, the first ``round(test_fraction * max_per_class)`` test
+    and the first ``max_per_class - that`` train files (quick subsets for tests).
+    """
+    classes, files = class_folder_files(root, IMAGE_EXTS)
+    assign = split_assignments([len(f) for f in files], test_fraction=test_fraction, split_seed=seed)
+    tr_f: list[str] = []
+    te_f: list[str] = []
+    tr_y: list[int] = []
+    te_y: list[int] = []
+    for c, (name, fs, a) in enumerate(zip(classes, files, assign)):
+        test = [os.path.join(root, name, f) for f, k in zip(fs, a) if k == 1]
+        train = [os.path.join(root, name, f) for f, k in zip(fs, a) if k != 1]
+        if max_per_class:
+            k_test = int(round(test_fraction * max_per_class))
+            test, train = test[:k_test], train[:max_per_class - k_test]
+        te_f += test
+        te_y += [c] * len(test)
+        tr_f += train
+        tr_y += [c] * len(train)
+    return tr_f, np.asarray(tr_y, np.int32), te_f, np.asarray(te_y, np.int32), classes
+
+
+def read_images(files: Sequence[str], *, desc: str = "images") -> np.ndarray:
+    """Reads image files (PIL; tifs with tifffile when installed) into one array [N, H, W, C]
+    in their stored dtype. Raises DataError naming the file that cannot be read or differs in shape."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from rsjax.errors import DataError
+
+    out = []
+    for f in tqdm(files, desc=desc, leave=False):
+        try:
+            if f.lower().endswith((".tif", ".tiff")):
+                try:
+                    import tifffile
+
+                    a = tifffile.imread(f)
+                except ImportError:
+                    a = np.asarray(Image.open(f))
+            else:
+                with Image.open(f) as im:
+                    a = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "CMYK") else im)
+        except OSError as e:
+            raise DataError(f"cannot read image {f!r}: {e}") from None
+        out.append(a[..., None] if a.ndim == 2 else a)
+    if not out:
+        raise DataError("no image files to read")
+    for a, f in zip(out, files):
+        if a.shape != out[0].shape:
+            raise DataError(f"images differ in shape: {f!r} is {a.shape}, {files[0]!r} is {out[0].shape}")
+    return np.stack(out)

@@ -78,6 +78,7 @@ import ml_collections
 import numpy as np
 
 from rsjax.data import augment, registry
+from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
 
 STATE_FORMAT = "rsjax.data.pipeline/v1"
@@ -144,13 +145,13 @@ class DataSource:
                     build.ensure_built(self.name, self.data_dir, self.builder_config)
                 builder = build.get_builder(self.name, self.data_dir, self.builder_config)
                 if not build.is_built(builder):
-                    raise FileNotFoundError(
+                    raise MissingDataError(
                         f"dataset {self.name!r} (config {self.builder_config!r}) is not built in "
                         f"{builder.data_dir_root!r}; run python -m rsjax.data.build {self.name} "
                         f"--manual_dir=DIR --data_dir={builder.data_dir_root}")
                 splits = list(builder.info.splits.keys())
                 if self.split not in splits:
-                    raise ValueError(
+                    raise ConfigError(
                         f"dataset {self.name!r} has no split {self.split!r} (config keys "
                         f"data.train_split / data.eval_split); splits: {splits}")
                 self._builder = builder
@@ -233,13 +234,13 @@ def batch_layout(global_batch_size: int, scenes_per_batch: int, samples_per_scen
     s, k, g = int(scenes_per_batch or 0), int(samples_per_scene), int(crops_as_scenes or 0)
     if s > 0:
         if s * k != global_batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"scene-aware batching needs batch_size == data.scenes_per_batch * "
                 f"data.samples_per_scene, got {global_batch_size} != {s} * {k}")
         return s, k
     if g > 0:
         if global_batch_size % (g * g):
-            raise ValueError(
+            raise ConfigError(
                 f"data.crops_as_scenes={g} with data.scenes_per_batch=0 takes all {g * g} crops of "
                 f"each image: batch_size {global_batch_size} must be a multiple of {g * g}")
         return global_batch_size // (g * g), g * g
@@ -260,13 +261,13 @@ class EpochPlan:
         self.scenes_per_batch = int(scenes_per_batch)
         self.samples_per_scene = int(samples_per_scene)
         if self.num_units == 0:
-            raise ValueError("the dataset split is empty")
+            raise DataError("the dataset split is empty")
         if self.scenes_per_batch > 0:
             s, k = self.scenes_per_batch, self.samples_per_scene
             if k < 1:
-                raise ValueError(f"data.samples_per_scene must be >= 1, got {k}")
+                raise ConfigError(f"data.samples_per_scene must be >= 1, got {k}")
             if s * k != self.batch_size:
-                raise ValueError(
+                raise ConfigError(
                     f"scene-aware batching needs batch_size == data.scenes_per_batch * "
                     f"data.samples_per_scene, got {self.batch_size} != {s} * {k}")
             _, inverse, counts = np.unique(unit_scenes, return_inverse=True, return_counts=True)
@@ -275,7 +276,7 @@ class EpochPlan:
             order = np.argsort(self._inverse, kind="stable")
             self._members = np.split(order, np.cumsum(counts)[:-1])
             if len(counts) < s:
-                raise ValueError(
+                raise ConfigError(
                     f"data.scenes_per_batch={s} but the split has only {len(counts)} scenes")
             self._groups_per_scene = np.maximum(1, counts // k)
             self.steps_per_epoch = _max_distinct_batches(self._groups_per_scene, s)
@@ -385,7 +386,7 @@ def _max_distinct_batches(groups_per_scene: np.ndarray, s: int) -> int:
         else:
             hi = mid - 1
     if lo == 0:
-        raise ValueError(f"data.scenes_per_batch={s} but the split has only {len(ng)} scenes")
+        raise ConfigError(f"data.scenes_per_batch={s} but the split has only {len(ng)} scenes")
     return lo
 
 
@@ -417,13 +418,13 @@ def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
     x = np.asarray(images)
     what = f"dataset {info.name!r}: {where}"
     if x.ndim != 3 + bool(stacked) or x.shape[-1] != info.num_bands:
-        raise ValueError(f"{what} has image shape {x.shape}, expected {'[N, ' if stacked else '['}H, W, "
+        raise DataError(f"{what} has image shape {x.shape}, expected {'[N, ' if stacked else '['}H, W, "
                          f"{info.num_bands}] (bands {list(info.bands)})")
     kind = x.dtype.kind
     if kind not in "uif" or (kind == "f" and info.scale != 1):
         expected = "unsigned or signed integers" + (" or floats" if info.scale == 1 else
                                                       f" (raw values are divided by scale={info.scale:g})")
-        raise ValueError(f"{what} has pixels of dtype {x.dtype}; expected {expected}")
+        raise DataError(f"{what} has pixels of dtype {x.dtype}; expected {expected}")
     if kind == "f":
         with np.errstate(over="ignore"):  # float64 beyond float32 range: inf, reported below
             finite = np.isfinite(x.astype(np.float32, copy=False))
@@ -431,7 +432,7 @@ def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
             bad = np.argwhere(~finite)[0]
             at = f"index {int(bad[0])}, pixel {tuple(int(i) for i in bad[1:])}" if x.ndim == 4 else \
                 f"pixel {tuple(int(i) for i in bad)}"
-            raise ValueError(f"{what} has {int((~finite).sum())} NaN/inf pixel value(s) ({at})")
+            raise DataError(f"{what} has {int((~finite).sum())} NaN/inf pixel value(s) ({at})")
 
 
 def check_label(label: np.ndarray, info: registry.DatasetInfo, *, where: str) -> None:
@@ -442,10 +443,10 @@ def check_label(label: np.ndarray, info: registry.DatasetInfo, *, where: str) ->
     lab = np.asarray(label)
     if info.multi_label:
         if lab.size and not np.isin(lab, (0, 1)).all():
-            raise ValueError(f"dataset {info.name!r}: {where} has a multi-hot label with values "
+            raise DataError(f"dataset {info.name!r}: {where} has a multi-hot label with values "
                              f"{sorted(set(np.unique(lab).tolist()))[:5]}; expected 0 / 1")
     elif lab.ndim == 0 and not 0 <= int(lab) < info.num_classes:
-        raise ValueError(f"dataset {info.name!r}: {where} has label {int(lab)}, outside [0, "
+        raise DataError(f"dataset {info.name!r}: {where} has label {int(lab)}, outside [0, "
                          f"{info.num_classes}) (classes {list(info.class_names)[:10]})")
 
 
@@ -604,7 +605,7 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
       :class:`PretrainIterator` yielding ``{"view1", "view2", "scene_id", "label"}``.
     """
     if global_batch_size % process_count:
-        raise ValueError(f"batch_size {global_batch_size} is not divisible by the number of "
+        raise ConfigError(f"batch_size {global_batch_size} is not divisible by the number of "
                          f"processes {process_count}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -692,7 +693,7 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
             lab = np.asarray(ex["label"]) if "label" in ex else np.asarray(-1)
             labels.append(lab.astype(np.int32))
     if not images:
-        raise ValueError(f"split {split!r} of {info.name!r} is empty")
+        raise DataError(f"split {split!r} of {info.name!r} is empty")
     return np.stack(images), np.stack(labels)
 
 
@@ -701,6 +702,6 @@ def check_fingerprint(state: dict, current: dict) -> None:
     saved = state.get("fingerprint", {})
     for key, value in current.items():
         if key in saved and saved[key] != value:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume data iterator: {key} was {saved[key]!r} when the state was "
                 f"saved but is {value!r} now")

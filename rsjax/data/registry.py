@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rsjax.errors import ConfigError, DataError
+
 # Sentinel-2 MSI band names (storage order of L1C products) and central wavelengths (S2A, nm),
 # ground sampling distance in metres of each band's native grid.
 S2_BANDS: tuple[str, ...] = (
@@ -275,7 +277,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
     try:
         return _REGISTRY[base]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown dataset {name!r} (config key data.name); known datasets: "
             f"{', '.join(known_datasets())}"
         ) from None
@@ -294,7 +296,7 @@ def normalize(x_raw: np.ndarray, info: DatasetInfo) -> np.ndarray:
     """
     x = np.asarray(x_raw)
     if x.shape[-1] != info.num_bands:
-        raise ValueError(
+        raise DataError(
             f"dataset {info.name!r} has {info.num_bands} bands {info.bands} but the image has "
             f"shape {x.shape} (last axis = bands)"
         )
@@ -344,7 +346,7 @@ def parse_normalization(mode: str | None) -> tuple[str, float | None]:
             s = float("nan")
         if np.isfinite(s) and s > 0:
             return "scale", s
-    raise ValueError(f"data.normalization={mode!r}: expected 'registry' (per-band standardization with the "
+    raise ConfigError(f"data.normalization={mode!r}: expected 'registry' (per-band standardization with the "
                      f"dataset's registry statistics) or 'scale:S' with a number S > 0 (x_raw / S, no "
                      f"centring), e.g. 'scale:10000'")
 

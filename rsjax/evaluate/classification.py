@@ -1,47 +1,46 @@
-"""Frozen-feature classification: feature extraction, kNN and a linear probe.
+"""Frozen-feature classification: the one kNN, the one linear probe (single and multi-label),
+and :func:`frozen_eval`, the protocol every caller shares (pretraining's final evaluation,
+the classification job, the EuroSAT study).
 
-kNN (Wu et al. 2018, as used by DINO / solo-learn): cosine similarity s between L2-normalised
-features, the k nearest training samples vote with weight exp(s / T); T = 0.07, k = 20.
+kNN (Wu et al. 2018, as used by DINO / solo-learn): features L2-normalised, cosine similarity
+``s_ij = <f_i, f_j>`` of test sample i to every training sample j; the k most similar vote,
+each with weight ``exp(s_ij / T)``::
 
-Linear probe: features standardised with the training mean/std, one dense layer trained
-with AdamW on the full-batch cross-entropy (deterministic given the seed).
+    score_i(c) = sum_{j in topk(i)} exp(s_ij / T) * [y_j == c],   pred_i = argmax_c score_i(c)
+
+with k = 20 and T = 0.07 by default.
+
+Linear probe: features standardised with the training mean / std (``std + 1e-6``), one dense
+layer ``z = x W + b`` (W ~ N(0, 0.01^2) from the seed, b = 0) trained for ``epochs`` full-batch
+AdamW steps with cosine-decayed lr (deterministic given the seed), on
+
+* single label: ``mean_i CE(softmax(z_i), y_i)``; prediction ``argmax_c z_ic``;
+* multi-label: ``mean_{i,c} BCE(sigmoid(z_ic), t_ic)``; scores ``z_ic`` (mAP uses their order).
+
+Evaluators (``rsjax.evaluate.get(name)``) wrap these as ``(train_feats, train_targets,
+test_feats, test_targets, **options) -> (metrics, predictions)``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 
-def extract_features(
-    encode_fn: Callable[[jax.Array], jax.Array],
-    images: np.ndarray,
-    *,
-    batch_size: int = 256,
-    desc: str = "features",
-    progress: bool = True,
-) -> np.ndarray:
-    """Runs ``encode_fn`` (jitted, eval mode) over ``images`` in batches; returns float32 [N, F].
+def extract_features(encode_fn: Callable[[jax.Array], jax.Array], images, *, batch_size: int = 256,
+                     desc: str = "features", progress: bool = True) -> np.ndarray:
+    """``encode_fn(x) -> [B, F]`` over ``images`` through :func:`rsjax.sharding.batched_predict`
+    (float32 [N, F]). Transitional: new code calls :func:`frozen_eval` or ``batched_predict``."""
+    from rsjax import sharding
 
-    The last batch is padded to ``batch_size`` so the function compiles once.
-    """
-    n = images.shape[0]
-    out = []
-    steps = math.ceil(n / batch_size)
-    for i in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        chunk = images[i * batch_size : (i + 1) * batch_size]
-        m = chunk.shape[0]
-        if m < batch_size:
-            pad = np.zeros((batch_size - m,) + chunk.shape[1:], chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        out.append(np.asarray(encode_fn(chunk))[:m])
-    return np.concatenate(out).astype(np.float32)
+    out = sharding.batched_predict(lambda _, x: encode_fn(x), {}, images, batch_size=batch_size, desc=desc,
+                                   progress=progress)
+    return np.asarray(out, np.float32)
 
 
 def _l2n(x):
@@ -50,10 +49,10 @@ def _l2n(x):
 
 def knn_predict(train_feats, train_labels, test_feats, *, num_classes: int, k: int = 20,
                 temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
-    """Weighted cosine kNN class scores -> predicted labels [N_test]."""
+    """Weighted cosine kNN (module docstring) -> predicted labels [N_test] (int)."""
     train = _l2n(jnp.asarray(train_feats, jnp.float32))
     labels = jnp.asarray(train_labels, jnp.int32)
-    k = min(k, train.shape[0])
+    k = min(int(k), train.shape[0])
 
     @jax.jit
     def predict(q):
@@ -68,37 +67,64 @@ def knn_predict(train_feats, train_labels, test_feats, *, num_classes: int, k: i
     return np.concatenate(preds) if preds else np.zeros((0,), np.int32)
 
 
-def linear_probe(train_feats, train_labels, test_feats, *, num_classes: int, epochs: int = 300,
-                 lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
-    """Trains a linear classifier on standardised frozen features; returns test predictions."""
+def linear_probe_logits(train_feats, train_targets, test_feats, *, num_outputs: int, multilabel: bool = False,
+                        epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+    """THE linear probe (module docstring): trains on standardised frozen features and returns
+    the test logits [N_test, num_outputs] (float32).
+
+    ``train_targets``: int labels [N] (softmax CE) or, with ``multilabel``, multi-hot [N, C]
+    (sigmoid BCE averaged over classes).
+    """
     x = jnp.asarray(train_feats, jnp.float32)
     mean, std = x.mean(0), x.std(0) + 1e-6
     x = (x - mean) / std
-    y = jnp.asarray(train_labels, jnp.int32)
     xt = (jnp.asarray(test_feats, jnp.float32) - mean) / std
-    d = x.shape[1]
-    w0 = {"w": jax.random.normal(jax.random.PRNGKey(seed), (d, num_classes)) * 0.01,
-          "b": jnp.zeros((num_classes,))}
+    if multilabel:
+        t = jnp.asarray(train_targets, jnp.float32)
+        if t.ndim != 2 or t.shape[1] != num_outputs:
+            raise ValueError(f"multi-label probe needs targets [N, {num_outputs}], got {t.shape}")
+        per_example = lambda z: optax.sigmoid_binary_cross_entropy(z, t).mean(-1)  # noqa: E731
+    else:
+        y = jnp.asarray(train_targets, jnp.int32)
+        per_example = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, y)  # noqa: E731
+    w0 = {"w": jax.random.normal(jax.random.PRNGKey(seed), (x.shape[1], num_outputs)) * 0.01,
+          "b": jnp.zeros((num_outputs,))}
     tx = optax.adamw(optax.cosine_decay_schedule(lr, epochs), weight_decay=weight_decay)
 
     def loss_fn(p):
-        logits = x @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return per_example(x @ p["w"] + p["b"]).mean()
 
     @jax.jit
     def train(p):
         def body(carry, _):
             p, s = carry
-            g = jax.grad(loss_fn)(p)
-            u, s = tx.update(g, s, p)
+            u, s = tx.update(jax.grad(loss_fn)(p), s, p)
             return (optax.apply_updates(p, u), s), None
+
         (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=epochs)
         return p
 
     p = train(w0)
-    return np.asarray(jnp.argmax(xt @ p["w"] + p["b"], axis=-1))
+    return np.asarray(xt @ p["w"] + p["b"], np.float32)
 
 
+def linear_probe(train_feats, train_labels, test_feats, *, num_classes: int, epochs: int = 300,
+                 lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+    """Single-label linear probe; returns the predicted test labels [N_test]."""
+    return linear_probe_logits(train_feats, train_labels, test_feats, num_outputs=num_classes, epochs=epochs,
+                               lr=lr, weight_decay=weight_decay, seed=seed).argmax(-1)
+
+
+def linear_probe_multilabel(train_feats, train_targets, test_feats, *, epochs: int = 300, lr: float = 1e-2,
+                            weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+    """Multi-label linear probe; returns the test logits [N_test, C]."""
+    return linear_probe_logits(train_feats, train_targets, test_feats, num_outputs=np.shape(train_targets)[1],
+                               multilabel=True, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+
+
+# --------------------------------------------------------------------------------------
+# Metrics of class predictions (re-exported by rsjax.evaluate.metrics)
+# --------------------------------------------------------------------------------------
 def accuracy(pred, labels) -> float:
     pred, labels = np.asarray(pred), np.asarray(labels)
     return float((pred == labels).mean()) if labels.size else float("nan")
@@ -114,3 +140,143 @@ def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
     cm = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(cm, (np.asarray(labels), np.asarray(pred)), 1)
     return cm
+
+
+def _num_classes(train_targets, test_targets, num_classes: int | None) -> int:
+    if num_classes:
+        return int(num_classes)
+    return int(max(np.max(train_targets, initial=0), np.max(test_targets, initial=0)) + 1)
+
+
+def _class_metrics(pred, labels, num_classes: int) -> dict:
+    return {"top1": accuracy(pred, labels), "per_class": per_class_accuracy(pred, labels, num_classes),
+            "confusion_matrix": confusion_matrix(pred, labels, num_classes).tolist()}
+
+
+def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random ``fraction`` of ``n`` training examples (at least 1):
+    ``default_rng([seed, 7]).choice(n, round(fraction * n), replace=False)``."""
+    if not 0 < fraction <= 1:
+        from rsjax.errors import ConfigError
+
+        raise ConfigError(f"config.eval.label_fraction={fraction} must be in (0, 1]")
+    if fraction >= 1:
+        return np.arange(n)
+    k = max(1, int(round(fraction * n)))
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, k, replace=False))
+
+
+def targets_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Multi-hot [N, C] (int32): 1 where class c occurs anywhere in the example's mask [N, H, W]."""
+    m = np.asarray(mask).reshape(len(mask), -1)
+    return np.stack([(m == c).any(axis=1) for c in range(num_classes)], axis=1).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluators (registered by name in rsjax.evaluate)
+# --------------------------------------------------------------------------------------
+def knn_evaluator(train_feats, train_labels, test_feats, test_labels, *, num_classes: int | None = None,
+                  k: int = 20, temperature: float = 0.07, **_) -> tuple[dict, np.ndarray]:
+    """``"knn"``: ``({"top1", "per_class", "confusion_matrix"}, predicted labels)``."""
+    c = _num_classes(train_labels, test_labels, num_classes)
+    pred = knn_predict(train_feats, train_labels, test_feats, num_classes=c, k=k, temperature=temperature)
+    return _class_metrics(pred, test_labels, c), pred
+
+
+def linear_evaluator(train_feats, train_labels, test_feats, test_labels, *, num_classes: int | None = None,
+                     epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0,
+                     **_) -> tuple[dict, np.ndarray]:
+    """``"linear"``: ``({"top1", "per_class", "confusion_matrix"}, predicted labels)``."""
+    c = _num_classes(train_labels, test_labels, num_classes)
+    pred = linear_probe(train_feats, train_labels, test_feats, num_classes=c, epochs=epochs, lr=lr,
+                        weight_decay=weight_decay, seed=seed)
+    return _class_metrics(pred, test_labels, c), pred
+
+
+def linear_multilabel_evaluator(train_feats, train_targets, test_feats, test_targets, *, epochs: int = 300,
+                                lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0,
+                                **_) -> tuple[dict, np.ndarray]:
+    """``"linear_multilabel"``: ``({"micro_map", "macro_map", "per_class_ap",
+    "classes_with_positives"}, test logits [N, C])`` (:func:`rsjax.evaluate.metrics.multilabel_map`)."""
+    from rsjax.evaluate import metrics as M  # metrics imports this module
+
+    scores = linear_probe_multilabel(train_feats, train_targets, test_feats, epochs=epochs, lr=lr,
+                                     weight_decay=weight_decay, seed=seed)
+    return M.multilabel_map(scores, test_targets), scores
+
+
+def evaluator_options(name: str, eval_config, seed: int) -> dict:
+    """The keyword options of evaluator ``name`` from an ``eval`` config block.
+
+    ``knn``: ``knn_k`` (20), ``knn_temperature`` (0.07); ``linear`` / ``linear_multilabel``:
+    ``linear_epochs`` (300), ``linear_lr`` (1e-2), ``linear_weight_decay`` (1e-4), ``seed``.
+    """
+    get = eval_config.get
+    if name == "knn":
+        return {"k": int(get("knn_k", 20)), "temperature": float(get("knn_temperature", 0.07))}
+    if name in ("linear", "linear_multilabel"):
+        return {"epochs": int(get("linear_epochs", 300)), "lr": float(get("linear_lr", 1e-2)),
+                "weight_decay": float(get("linear_weight_decay", 1e-4)), "seed": int(seed)}
+    return {}
+
+
+# --------------------------------------------------------------------------------------
+# The frozen-encoder protocol
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FrozenEval:
+    """Result of :func:`frozen_eval`.
+
+    ``metrics`` (JSON-ready): ``<evaluator>_top1``, ``<evaluator>_per_class`` (list),
+    ``<evaluator>_confusion_matrix`` (``linear_multilabel``: ``linear_micro_map``,
+    ``linear_macro_map``, ``linear_per_class_ap``, ``linear_classes_with_positives``),
+    ``num_train``, ``num_test`` and ``majority_baseline`` (single label: share of the most
+    frequent test class) or ``prevalence_micro_map`` (multi-label: mAP of a constant score).
+    ``predictions[name]``: the evaluator's test predictions; ``train_features`` /
+    ``test_features``: the frozen features [N, F] (float32).
+    """
+
+    metrics: dict
+    predictions: dict
+    train_features: np.ndarray
+    test_features: np.ndarray
+
+
+def frozen_eval(encode_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, x_train, y_train, x_test,
+                y_test, *, eval_config, seed: int, evaluators=("knn", "linear"), num_classes: int | None = None,
+                mesh=None) -> FrozenEval:
+    """Frozen-feature evaluation of one encoder, shared by pretraining, the eval jobs and the study.
+
+    Features ``encode_fn(variables, x) -> [B, F]`` (eval mode, row-wise) are extracted once per
+    split with :func:`rsjax.sharding.batched_predict` (``eval_config.batch_size``), then each
+    evaluator named in ``evaluators`` (``rsjax.evaluate.get``) scores the test split with its
+    options from ``eval_config`` (:func:`evaluator_options`).
+    """
+    from rsjax import evaluate, sharding
+
+    bs = int(eval_config.get("batch_size", 256))
+
+    def features(x, desc):
+        out = sharding.batched_predict(encode_fn, variables, x, batch_size=bs, desc=desc, mesh=mesh)
+        return np.asarray(out, np.float32)
+
+    f_tr = features(x_train, "features train")
+    f_te = features(x_test, "features test")
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    multilabel = any(name == "linear_multilabel" for name in evaluators)
+    metrics: dict = {}
+    predictions: dict = {}
+    c = None if multilabel else _num_classes(y_train, y_test, num_classes)
+    for name in evaluators:
+        m, pred = evaluate.get(name)(f_tr, y_train, f_te, y_test, num_classes=c,
+                                     **evaluator_options(name, eval_config, seed))
+        predictions[name] = pred
+        prefix = "linear" if name == "linear_multilabel" else name  # linear_micro_map, not ..._multilabel_...
+        metrics.update({f"{prefix}_{k}": v for k, v in m.items()})
+    metrics["num_train"] = int(len(y_train))
+    metrics["num_test"] = int(len(y_test))
+    if multilabel:
+        metrics["prevalence_micro_map"] = float(y_test.mean()) if y_test.size else float("nan")
+    elif len(y_test):
+        metrics["majority_baseline"] = float(np.bincount(y_test, minlength=c).max() / len(y_test))
+    return FrozenEval(metrics, predictions, f_tr, f_te)

@@ -6,7 +6,7 @@ data-parallel training loop of the dense-prediction jobs.
 Pretrained encoders: ``config.pretrained`` is the workdir of any pretraining run (SimCLR,
 MoCo, SwiMDiff, FALSE, noisy-label, ...) or ``''`` for random initialisation;
 ``config.pretrained_step`` picks a checkpoint step (0 = latest). The encoder trees come from
-``rsjax.checkpoint.load_encoder_for_export``; a checkpoint whose architecture, stem or band
+``rsjax.checkpoint.load_encoder``; a checkpoint whose architecture, stem or band
 count differs from the job's ``config.model`` is refused with a ValueError naming both
 (never silently broadcast or re-initialised).
 """
@@ -99,7 +99,7 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"config.pretrained={path!r} is not a directory (a pretraining workdir)")
     step = int(config.get("pretrained_step", 0) or 0) or None
-    params, batch_stats, meta = ckpt_lib.load_encoder_for_export(path, step)
+    params, batch_stats, meta = ckpt_lib.load_encoder(path, step)
     check_pretrained_meta(meta, config, f"{path} (step {meta.get('step')})")
     try:
         data_bands = tuple(dataset_info(config).bands)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from rsjax.errors import ConfigError, run_cli
 from rsjax.export.torch_export import FORMATS, export_encoder
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir or not FLAGS.out:
-        raise app.UsageError("--workdir and --out are required")
+        raise ConfigError("--workdir and --out are required")
     paths = export_encoder(FLAGS.workdir, FLAGS.out, step=FLAGS.step, fmt=FLAGS.format)
     for kind, p in paths.items():
         print(f"{kind}: {p}")
@@ -38,4 +39,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_cli(main, "rsjax.export")  # an RsjaxError (missing workdir, no readable checkpoint) -> one line, exit 2

@@ -34,7 +34,7 @@ Formats:
   (the decoder keys are missing) or strip the prefix for ``model.encoder.load_state_dict(..., strict=True)``.
 
 ``export_encoder(workdir, out, step=, fmt=)`` is the whole job behind ``python -m rsjax.export``:
-read the encoder with ``rsjax.checkpoint.load_encoder_for_export``, map it, and ``save_encoder``.
+read the encoder with ``rsjax.checkpoint.load_encoder``, map it, and ``save_encoder``.
 The JSON sidecar describes the input as well as the weights: ``bands``, ``wavelengths_nm``,
 ``gsd_m``, ``product_level`` (from :mod:`rsjax.data.registry`), ``scale`` / ``mean`` /
 ``std`` / ``normalization`` and a ``normalization_formula`` string, plus, for ``--format=timm``
@@ -55,6 +55,7 @@ from absl import logging
 
 import numpy as np
 
+from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.models.resnet import ARCHS
 
 FORMATS = ("torchvision", "timm", "smp")
@@ -129,7 +130,7 @@ def flax_to_torch_state(
     know (so a silently dropped layer cannot happen).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     params = _unwrap(params, "params")
     batch_stats = _unwrap(batch_stats, "batch_stats")
     prefix = _PREFIX[fmt]
@@ -258,14 +259,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"no state dict file at {p}")
+        raise MissingDataError(f"no state dict file at {p}")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(p))
     sd = torch.load(str(p), map_location="cpu", weights_only=True)
     if not isinstance(sd, dict):
-        raise ValueError(f"{p} does not hold a state dict (got {type(sd).__name__})")
+        raise DataError(f"{p} does not hold a state dict (got {type(sd).__name__})")
     return sd
 
 
@@ -360,9 +361,13 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None, fmt: str 
     Returns the written paths ({"pt", "safetensors", "json"}).
     """
     # Lazy: the checkpoint module (Orbax) is only needed when actually exporting.
-    from rsjax.checkpoint import load_encoder_for_export
+    from rsjax.checkpoint import load_encoder
 
-    params, batch_stats, meta = load_encoder_for_export(workdir, step)
+    if os.path.isdir(out) or str(out).endswith(os.sep):
+        raise ConfigError(f"--out={out} names a folder; give the .pt file to write, e.g. "
+                          f"--out={os.path.join(str(out), 'encoder.pt')}")
+
+    params, batch_stats, meta = load_encoder(workdir, step)
     arch = meta["arch"]
     state = flax_to_torch_state(params, batch_stats, arch=arch, fmt=fmt)
     # Everything the loader reports (bands, mean/std, scale, method, dataset, ...) goes into

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from rsjax.errors import ConfigError, DataError
 from rsjax.export.torch_export import load_state_dict, torch_name_table
 
 IMPORT_FORMATS = ("timm", "torchvision")
@@ -108,9 +109,9 @@ def torch_to_flax_state(
     shaped differently from ``arch`` with ``in_channels`` bands, or when a tensor is not floating.
     """
     if fmt not in IMPORT_FORMATS:
-        raise ValueError(f"unknown import format {fmt!r} (--format); choose one of {IMPORT_FORMATS}")
+        raise ConfigError(f"unknown import format {fmt!r} (--format); choose one of {IMPORT_FORMATS}")
     if int(in_channels) <= 0:
-        raise ValueError(f"in_channels must be > 0 (--in_channels), got {in_channels}")
+        raise ConfigError(f"in_channels must be > 0 (--in_channels), got {in_channels}")
     state_dict = _unwrap_file(state_dict, source)
     shapes_p, shapes_s = expected_shapes(arch, in_channels, stem)
 
@@ -136,7 +137,7 @@ def torch_to_flax_state(
     if unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
     if problems:
-        raise ValueError(f"{source} is not a {fmt} {arch} encoder with the standard stem: " + "; ".join(problems)
+        raise DataError(f"{source} is not a {fmt} {arch} encoder with the standard stem: " + "; ".join(problems)
                          + f". Expected {fmt} ResNet keys (conv1.weight, bn1.*, layer1.0.conv1.weight, ...; "
                          f"fc.* is ignored); check --arch / --format, or strip a prefix such as 'module.' / "
                          f"'backbone.' from the keys first")
@@ -165,12 +166,12 @@ def torch_to_flax_state(
         _set(params if collection == "params" else batch_stats, fpath,
              np.ascontiguousarray(x, dtype=np.float32))
     if bad_dtype:
-        raise ValueError(f"{source}: tensors that are not floating point: {_names(bad_dtype)}")
+        raise DataError(f"{source}: tensors that are not floating point: {_names(bad_dtype)}")
     if bad_shape:
         hint = ""
         if any(k.startswith("conv1.weight ") for k in bad_shape):
             hint = f" (conv1.weight sets the band count: --in_channels={in_channels})"
-        raise ValueError(f"{source}: shapes differ from a {arch} encoder with {in_channels} input bands{hint}: "
+        raise DataError(f"{source}: shapes differ from a {arch} encoder with {in_channels} input bands{hint}: "
                          f"{_names(bad_shape, 8)}")
     report = {
         "ignored": ignored,

@@ -1,0 +1,156 @@
+"""The one input entry of the pretraining methods: ``config.data`` -> a data iterator.
+
+``data_config(config)`` completes ``config.data`` with the defaults of
+:func:`rsjax.data.defaults.default_data_config`; :func:`validate` refuses keys no input path
+reads and out-of-range values (before anything is written); :func:`make_iterator` decides ONCE
+between the host grain pipeline and the GPU-resident path (``data.device_resident``) and returns
+the iterator together with the in-step batch transform (``None`` on the host path, where the
+views are made per example). :func:`load_eval_arrays` reads standardized evaluation images.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from rsjax import sharding as shd
+
+# Keys of config.data besides the input-path keys of rsjax.data.defaults.default_data_config.
+_EXTRA_DATA_KEYS = ("image_size",)
+
+
+def validate(config) -> None:
+    """The ``config.data`` checks: every key is read by the input path the config selects, the
+    batch layout fits ``batch_size``, and augmentation parameters are in range. Runs before the
+    workdir is written. Both paths honour the same augmentation and batching keys (see
+    rsjax.data.pipeline / device_data); refused are keys no path reads, and combinations one
+    path cannot serve, naming both keys."""
+    from rsjax.data.defaults import default_data_config
+
+    known = set(default_data_config().keys()) | set(_EXTRA_DATA_KEYS)
+    given = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+    for key in given:
+        if key not in known:
+            raise ValueError(f"config.data.{key}: no input path reads this key (host pipeline nor "
+                             f"data.device_resident=True); known keys: {sorted(known)}")
+    d = data_config(config)
+
+    def need(cond, key, msg):
+        if not cond:
+            raise ValueError(f"config.data.{key}={d[key]!r}: {msg}")
+
+    def number(key):
+        need(isinstance(d[key], (int, float)) and not isinstance(d[key], bool), key, "must be a number")
+        return float(d[key])
+
+    spb, sps, g = d.scenes_per_batch or 0, d.samples_per_scene, d.crops_as_scenes or 0
+    need(spb >= 0, "scenes_per_batch", "must be >= 0 (0 = no scene-aware batching)")
+    need(sps >= 1, "samples_per_scene", "must be >= 1")
+    need(g >= 0, "crops_as_scenes", "must be >= 0 (0 = whole images)")
+    if spb:
+        need(spb * sps == config.batch_size, "scenes_per_batch",
+             f"scenes_per_batch x samples_per_scene ({spb} x {sps}) must equal batch_size {config.batch_size}")
+    elif g:
+        need(config.batch_size % (g * g) == 0, "crops_as_scenes",
+             f"with data.scenes_per_batch=0 every image brings all its {g * g} crops, so batch_size "
+             f"{config.batch_size} must be a multiple of {g * g} (or set data.scenes_per_batch)")
+    for key in ("jitter_prob", "gray_prob", "blur_prob", "saturation"):
+        need(0.0 <= number(key) <= 1.0, key, "must be in [0, 1]")
+    need(0.0 <= number("band_jitter") < 1.0, "band_jitter", "must be in [0, 1): the per-band gain is U(1 - b, 1 + b)")
+    need(number("jitter_strength") >= 0.0, "jitter_strength", "must be >= 0")
+    need(0.0 < number("crop_scale_min") <= number("crop_scale_max") <= 1.0, "crop_scale_min",
+         f"need 0 < crop_scale_min <= crop_scale_max <= 1 (crop_scale_max={d.crop_scale_max!r})")
+    need(0.0 < number("blur_sigma_min") <= number("blur_sigma_max"), "blur_sigma_min",
+         f"need 0 < blur_sigma_min <= blur_sigma_max (blur_sigma_max={d.blur_sigma_max!r})")
+    if d.device_resident:
+        need(not d.num_workers, "num_workers",
+             "grain worker processes belong to the host pipeline; data.device_resident=True has none "
+             "(set data.num_workers=0)")
+    else:
+        need(not d.manual_dir, "manual_dir",
+             "the class folder is read by the GPU-resident path only; with data.device_resident=False "
+             "the host pipeline reads the TFDS dataset data.name (set data.device_resident=True, or "
+             "build the dataset and clear data.manual_dir)")
+
+
+
+def make_batch_transform(config):
+    """For device-resident data: raw ``image`` batch -> standardized ``view1``/``view2``,
+    augmented on device with the ``augment`` stream (see rsjax.data.device_augment)."""
+    from rsjax.data import device_augment, registry
+
+    info = registry.with_normalization(registry.get_dataset_info(config.data.name),
+                                       config.data.get("normalization", None))
+    aug = device_augment.DeviceAugmentConfig.from_data_config(config.data, config.data.image_size)
+
+    def transform(batch, key):
+        v1, v2 = device_augment.two_views(key, batch["image"], aug, scale=info.scale, mean=info.mean,
+                                          std=info.std, regions=batch.get("region"))
+        out = {k: v for k, v in batch.items() if k not in ("image", "region")}
+        return {**out, "view1": v1, "view2": v2}
+
+    return transform
+
+
+
+def data_config(config):
+    from rsjax.data.defaults import default_data_config
+
+    d = default_data_config()
+    d.update(config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data))
+    return d
+
+
+def make_iterator(config, mesh=None):
+    """``(iterator, batch_transform)`` of the pretraining data: the host grain pipeline (views made
+    per example, ``batch_transform`` None) or, with ``data.device_resident``, the split held in
+    device memory and augmented inside the jitted step by ``batch_transform(batch, key)``."""
+    data_cfg = data_config(config)
+    if data_cfg.device_resident:
+        from rsjax.data import device_data, pipeline, registry
+
+        images, labels, scenes = device_data.load_raw_with_scenes(data_cfg, data_cfg.train_split)
+        pipeline.check_images(images, registry.get_dataset_info(data_cfg.name),
+                              where=f"split {data_cfg.train_split!r}", stacked=True)
+        it = device_data.DeviceIterator(
+            images, labels, global_batch_size=config.batch_size, seed=config.seed,
+            mesh=mesh or shd.make_mesh(), crops_as_scenes=data_cfg.crops_as_scenes,
+            scene_ids=scenes, scenes_per_batch=data_cfg.scenes_per_batch,
+            samples_per_scene=data_cfg.samples_per_scene, dataset=data_cfg.name)
+        return it, make_batch_transform(config)
+    from rsjax.data import build, pipeline
+
+    build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.get("builder_config"))
+    it = pipeline.make_pretrain_iterator(
+        data_cfg,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        image_size=config.data.image_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return it, None
+
+
+def check_bands(config) -> None:
+    from rsjax.data import registry
+
+    info = registry.get_dataset_info(config.data.name)
+    if len(info.bands) != config.model.in_channels:
+        raise ValueError(
+            f"config.model.in_channels={config.model.in_channels} does not match dataset "
+            f"{config.data.name!r} with {len(info.bands)} bands {list(info.bands)}"
+        )
+
+
+
+def load_eval_arrays(data_cfg, split: str, max_examples=None):
+    """Standardized images + labels of ``split`` (original folder when data.manual_dir is set)."""
+    if data_cfg.get("manual_dir"):
+        from rsjax.data import device_data
+
+        return device_data.normalized_eval_arrays(data_cfg, split, max_examples=max_examples)
+    from rsjax.data import pipeline
+
+    return pipeline.load_arrays(data_cfg, split, max_examples=max_examples)
+
+

@@ -1,0 +1,190 @@
+"""Segmentation splits in host memory: masks -> labels, tiling, label noise, downstream tasks.
+
+Used by the noisy-label jobs (``rsjax.jobs.noisy_label`` / ``noisy_label_study``) and offered to
+every dense job that holds a split as arrays.
+
+Mask -> label convention (ONE for every dense job). In memory, labels are int32 class ids
+``0..K-1`` and :data:`IGNORE_INDEX` (= -1) marks pixels that count nowhere (no data / no label):
+``jax.nn.one_hot(-1, K)`` is all zeros (so the Fisher statistics and the soft Dice skip them
+for free), ``-1`` can never collide with a class id, and it is independent of the storage
+dtype. How the *stored* masks encode "ignore" is a property of the dataset, stated by its TFDS
+builder's metadata ``ignore_value`` (:func:`mask_ignore_value`):
+
+* ``ignore_value = 0`` (``rs_segmentation``, ``dynamic_world``; mmsegmentation's
+  ``reduce_zero_label``): stored 0 and 255 -> ignore, ``v`` in 1..254 -> class ``v - 1``;
+* another value ``v``: stored ``v`` -> ignore, every other value is the class id as stored;
+* no ``ignore_value`` (``rs_synthetic``): every stored value is a class id.
+
+Images larger than ``data.image_size`` are cut into a grid of ``image_size`` tiles
+(:func:`tile`). A split is held in its stored dtype (uint8 / uint16) and normalised per batch.
+
+Label noise (``config.noise``; pure numpy in :mod:`rsjax.data.label_noise`) is added by
+:func:`noisy_labels`. The transfer task (``config.transfer``, :func:`downstream_data`) is the
+``transfer.split`` of the dataset divided by scene into a labelled train part and a test part,
+with the classes remapped by ``transfer.class_map``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from rsjax.data import label_noise
+from rsjax.data import registry
+from rsjax.errors import ConfigError, DataError
+
+IGNORE_INDEX = -1
+
+SYNTHETIC_MERGED_CLASSES = ("water", "vegetation", "built_or_bare")
+SYNTHETIC_MERGE_MAP = (0, 1, 1, 1, 2, 2)  # water | forest, cropland, grassland | urban, bare soil
+
+
+@dataclasses.dataclass
+class SegData:
+    """A segmentation split in host memory: raw images, int32 labels (-1 = ignore), scenes."""
+
+    images: np.ndarray       # [N, S, S, C] stored dtype (uint16 / uint8)
+    labels: np.ndarray       # [N, S, S] int32
+    scene_id: np.ndarray     # [N] int64
+    info: registry.DatasetInfo
+    class_names: tuple[str, ...]
+
+    def __len__(self):
+        return len(self.images)
+
+    def subset(self, idx) -> "SegData":
+        return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx],
+                                   scene_id=self.scene_id[idx])
+
+    def normalized(self, idx=slice(None)) -> np.ndarray:
+        return registry.normalize(self.images[idx], self.info)
+
+
+def data_config(config_data) -> ml_collections.ConfigDict:
+    """A ``config.data`` block on top of the pipeline defaults."""
+    from rsjax.data.defaults import default_data_config
+
+    d = default_data_config()
+    with d.unlocked():
+        d.update(config_data.to_dict() if hasattr(config_data, "to_dict") else dict(config_data))
+    return d
+
+
+def masks_to_labels(mask: np.ndarray, ignore_value) -> np.ndarray:
+    """Stored masks -> int32 labels with :data:`IGNORE_INDEX` = -1 (see the module docstring).
+
+    ``ignore_value`` 0: ``0, 255 -> -1``, ``v -> v - 1``; another value ``u``: ``u -> -1``;
+    None: unchanged."""
+    mask = np.asarray(mask).astype(np.int32)
+    if ignore_value is None:
+        return mask
+    if int(ignore_value) == 0:
+        return np.where((mask == 0) | (mask == 255), IGNORE_INDEX, mask - 1).astype(np.int32)
+    return np.where(mask == int(ignore_value), IGNORE_INDEX, mask).astype(np.int32)
+
+
+def mask_ignore_value(source):
+    """The stored ``ignore_value`` a TFDS source's builder metadata declares (None = none)."""
+    meta = source.builder.info.metadata or {}
+    return meta.get("ignore_value", None)
+
+
+def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
+    """Cuts every ``S x S`` example into the ``(S // size)**2`` grid of ``size`` tiles
+    (example-major: the tiles of one image stay adjacent, in row-major order)."""
+    s = images.shape[1]
+    if size > s:
+        raise ConfigError(f"config.data.image_size={size} is larger than the stored images ({s} px)")
+    if size == s:
+        return images, labels, scene
+    g = s // size
+    ims, labs, scs = [], [], []
+    for i in range(g):
+        for j in range(g):
+            sl = (slice(None), slice(i * size, (i + 1) * size), slice(j * size, (j + 1) * size))
+            ims.append(images[sl])
+            labs.append(labels[sl])
+            scs.append(scene)
+    stack = lambda a: np.stack(a, 1).reshape((-1,) + a[0].shape[1:])  # noqa: E731
+    return stack(ims), stack(labs), np.stack(scs, 1).reshape(-1)
+
+
+def load_split(config_data, split: str, *, image_size: int, max_examples: int | None = None) -> SegData:
+    """Reads ``image`` + ``mask`` (+ ``scene_id``) of a split as a :class:`SegData`."""
+    from rsjax.data import pipeline
+    from rsjax.evaluate import common
+
+    cfg = data_config(config_data)
+    source = pipeline.open_source(cfg, split)
+    fields = {"image": "image", "mask": "mask"}
+    if "scene_id" in source.features():
+        fields["scene_id"] = "scene_id"
+    arrays = common.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
+    info = registry.data_info(cfg)
+    labels = masks_to_labels(arrays["mask"], mask_ignore_value(source))
+    bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)
+    if bad.any():
+        raise DataError(f"dataset {cfg.name!r} split {split!r}: mask values {np.unique(arrays['mask'][bad])[:5]} "
+                         f"outside the {info.num_classes} classes {info.class_names}")
+    scene = arrays.get("scene_id", np.arange(len(labels))).astype(np.int64)
+    images, labels, scene = tile(arrays["image"], labels, scene, int(image_size))
+    if images.shape[-1] != info.num_bands:
+        raise DataError(f"dataset {cfg.name!r} images have {images.shape[-1]} bands, registry says {info.bands}")
+    return SegData(images, labels, scene, info, tuple(info.class_names))
+
+
+def remap(labels: np.ndarray, class_map) -> np.ndarray:
+    """``class_map[label]`` for every valid label (-1 stays -1; ``class_map`` entries of -1 ignore)."""
+    lut = np.asarray(list(class_map) + [IGNORE_INDEX], np.int32)  # index -1 -> last entry
+    return lut[labels]
+
+
+def noisy_labels(config, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``labels`` with the noise of ``config.noise`` (a pure function of ``noise.seed``)."""
+    n = config.noise
+    return label_noise.apply_label_noise(
+        labels, num_classes=num_classes, flip_rate=float(n.flip_rate), flip_mode=n.get("flip_mode", "regions"),
+        erosion=int(n.get("erosion", 0)), erosion_class=int(n.get("erosion_class", -1)),
+        blob_radius=float(n.get("blob_radius", 6.0)), seed=int(n.get("seed", 0)), ignore_index=IGNORE_INDEX)
+
+
+def holdout_split(n: int, fraction: float, seed: int, *, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) sorted indices: ``round(n * fraction)`` (at least one) of ``n`` examples
+    held out by a permutation seeded with ``(seed, 17)``; ``fraction = 0`` holds out none.
+    ``key`` names the config key in the error."""
+    if not fraction:
+        return np.arange(n), np.arange(0)
+    n_val = max(1, int(round(n * fraction)))
+    if not 0.0 < fraction < 1.0 or n_val >= n:
+        raise ConfigError(f"config.{key}={fraction}: must hold out between 1 and {n - 1} of the {n} examples")
+    perm = np.random.default_rng([int(seed), 17]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def downstream_data(config) -> tuple[SegData, SegData, tuple[str, ...]]:
+    """(train, test, class names) of the transfer task ``config.transfer`` (module docstring)."""
+    t = config.transfer
+    data_block = t.get("data", None) or config.data
+    data = load_split(data_block, t.split, image_size=config.data.image_size,
+                      max_examples=t.get("max_examples", 0) or None)
+    class_map = tuple(t.class_map) if t.get("class_map", None) else tuple(range(data.info.num_classes))
+    if len(class_map) != data.info.num_classes:
+        raise ConfigError(f"config.transfer.class_map has {len(class_map)} entries; dataset "
+                         f"{data.info.name!r} has {data.info.num_classes} classes {data.class_names}")
+    k = max(class_map) + 1
+    names = tuple(t.class_names) if t.get("class_names", None) else tuple(f"class_{i}" for i in range(k))
+    if len(names) != k:
+        raise ConfigError(f"config.transfer.class_names has {len(names)} names for {k} downstream classes")
+    data = dataclasses.replace(data, labels=remap(data.labels, class_map), class_names=names)
+    scenes = np.unique(data.scene_id)
+    n_train = max(1, int(round(len(scenes) * float(t.train_scene_fraction))))
+    if n_train >= len(scenes):
+        raise ConfigError(f"config.transfer.train_scene_fraction={t.train_scene_fraction} leaves no test scene "
+                         f"({len(scenes)} scenes in split {t.split!r})")
+    is_train = np.isin(data.scene_id, scenes[:n_train])
+    train_idx, test_idx = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+    if t.get("max_train_images", 0):
+        train_idx = train_idx[: int(t.max_train_images)]
+    return data.subset(train_idx), data.subset(test_idx), names

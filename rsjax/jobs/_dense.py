@@ -1,0 +1,83 @@
+"""The shape shared by the dense downstream jobs (segmentation, change detection).
+
+validate config -> check the pretrained encoder -> open the workdir -> read the splits ->
+train the task on the one loop (``rsjax.train.fit``: resume, SIGTERM, non-finite refusal) ->
+predict whole test images (``rsjax.sharding.batched_predict``) -> score, pictures, report.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsjax import errors, train
+from rsjax import sharding as shd
+from rsjax import workdir as workdir_lib
+from rsjax.data import arrays as arrays_lib
+from rsjax.data import registry
+from rsjax.evaluate import common
+
+
+def normalizer(info: registry.DatasetInfo, image_keys) -> Callable[[dict], dict]:
+    """Host batch transform: stored pixel values -> standardized float32 for ``image_keys``,
+    int32 for every other array (masks, change maps)."""
+    def transform(batch):
+        return {k: registry.normalize(v, info) if k in image_keys else v.astype(np.int32) for k, v in batch.items()}
+
+    return transform
+
+
+def jax_normalize(x, info: registry.DatasetInfo):
+    """``registry.normalize`` inside a jitted function (test images stay in stored units on the host)."""
+    inv_std = 1.0 / jnp.asarray(info.std, jnp.float32)
+    return x.astype(jnp.float32) * (inv_std / jnp.float32(info.scale)) - jnp.asarray(info.mean, jnp.float32) * inv_std
+
+
+def validate(config, make_task: Callable) -> train.Phase:
+    """Whole-config checks before anything is written (ConfigError naming the key)."""
+    with errors.config_errors():
+        phase = train.Phase.from_config(config, desc=config.job)
+        phase.validate()
+        common.dataset_info(config)
+        if int(config.data.get("crop_size", 0)) < 0:
+            raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size}: must be >= 0 (0 = whole images)")
+        make_task(None)  # builds the model: unknown decoder, classes, dice reduction, freeze pattern
+    return phase
+
+
+def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepare: Callable, image_keys,
+        report: Callable) -> dict:
+    """``make_task(pretrained)`` -> task; ``load_data(config)`` -> (train, test) raw arrays;
+    ``prepare(train, test, info)`` -> (train, test) checked, labels remapped; ``report(wd, task,
+    test, pred, info, summary)`` -> metrics (scores, pictures, eval_report.json)."""
+    t0 = time.time()
+    phase = validate(config, make_task)
+    loaded = common.load_pretrained(config)
+    task = make_task(loaded)
+    info = common.dataset_info(config)
+    with workdir_lib.Workdir(workdir, config) as wd:
+        train_arrays, test_arrays = prepare(*load_data(config), info)
+        it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,
+                                      crop=int(config.data.get("crop_size", 0)),
+                                      transform=normalizer(info, image_keys))
+        result = train.fit(task, it, phase, wd, config)
+        if not result.finished:
+            return {**result.summary, "finished": False}
+        variables = jax.device_get({"params": result.state["params"], "batch_stats": result.state["batch_stats"]})
+
+        def fn(v, batch):
+            batch = {k: jax_normalize(x, info) if k in image_keys else x for k, x in batch.items()}
+            return task.predict(v["params"], v["batch_stats"], batch)
+
+        inputs = {k: test_arrays[k] for k in image_keys}
+        pred = shd.batched_predict(fn, variables, inputs, batch_size=int(config.eval.batch_size),
+                                   desc="predict test")
+        summary = {"train_steps": int(phase.total_steps), "num_train": int(len(next(iter(train_arrays.values())))),
+                   "encoder": common.pretrained_summary(loaded), "nonfinite_steps": result.summary["nonfinite_steps"]}
+        metrics = report(wd, task, test_arrays, np.asarray(pred), info, summary)
+        metrics["seconds"] = time.time() - t0
+        return metrics

@@ -1,0 +1,43 @@
+"""Change detection job (``config.job = "change_detection"``): see :mod:`rsjax.evaluate.change_detection`.
+
+Run::
+
+    python -m rsjax.main --config=configs/cd_levir.py:smoke --workdir=/tmp/smoke
+"""
+
+from __future__ import annotations
+
+import os
+
+from rsjax.evaluate import change_detection as cd
+from rsjax.evaluate import metrics as M
+from rsjax.jobs import _dense
+from rsjax.tasks import ChangeDetectionTask
+
+
+def run(config, workdir: str) -> dict:
+    ignore = config.data.get("ignore_index", None)
+
+    def make_task(pretrained):
+        return ChangeDetectionTask(config, ignore_index=ignore, pretrained=pretrained)
+
+    def prepare(train, test, info):
+        for name, arrays in (("train", train), ("test", test)):
+            cd.check(arrays, info, config, name)
+        return train, test
+
+    def report(wd, task, test, pred, info, summary):
+        cm = M.dense_confusion_matrix(pred, test["change"], 2, ignore)
+        metrics = {**M.binary_scores(cm), "num_test": int(len(test["a"])), "freeze_encoder": bool(task.freeze_encoder),
+                   **summary}
+        if wd.is_main:
+            cd.overlay(test, pred, info, os.path.join(wd.path, "change_overlay.png"),
+                       n=int(config.eval.get("num_pictures", 4)))
+            wd.write_eval_report("change_detection", metrics, config)
+            print(f"{config.data.name}: change F1 {metrics['f1']:.4f} IoU {metrics['iou']:.4f} precision "
+                  f"{metrics['precision']:.4f} recall {metrics['recall']:.4f} ({metrics['num_test']} test pairs)",
+                  flush=True)
+        return metrics
+
+    return _dense.run(config, workdir, make_task=make_task, load_data=cd.load_data, prepare=prepare,
+                      image_keys=("a", "b"), report=report)

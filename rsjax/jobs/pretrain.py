@@ -1,0 +1,85 @@
+"""Pretraining job (``config.job = "pretrain"``, the default): an SSL method on the one loop,
+then kNN / linear-probe evaluation of the encoder on the dataset's labels.
+
+Run::
+
+    python -m rsjax.main --config=configs/swimdiff.py --workdir=runs/swimdiff
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+
+from rsjax import errors, methods, train
+from rsjax import sharding as shd
+from rsjax import workdir as workdir_lib
+from rsjax.data import input as input_lib
+
+
+def validate(config: ml_collections.ConfigDict):
+    """The whole config, before anything is written: loop and optimizer keys, method, model,
+    data keys and ranges, bands. Returns ``(method, phase)``."""
+    with errors.config_errors():
+        phase = train.Phase.from_config(config, desc=str(config.method))
+        phase.validate()
+        if "loss" in config and "temperature" in config.loss and not config.loss.temperature > 0:
+            raise errors.ConfigError(f"config.loss.temperature={config.loss.temperature!r}: must be > 0")
+        if not config.model.in_channels > 0:
+            raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels!r}: must be > 0")
+        input_lib.validate(config)
+        input_lib.check_bands(config)
+        method = methods.get_method(config)
+    return method, phase
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Pretrains ``config.method`` and evaluates the encoder; returns the final summary."""
+    shd.maybe_initialize_distributed()
+    method, phase = validate(config)
+    mesh = shd.make_mesh()
+    with workdir_lib.Workdir(workdir, config, is_main=jax.process_index() == 0) as wd:
+        data_iter, transform = input_lib.make_iterator(config, mesh)
+        result = train.fit(method, data_iter, phase, wd, config, mesh=mesh, batch_transform=transform)
+        summary = dict(result.summary)
+        if result.finished and config.get("eval", {}).get("enabled", True):
+            summary["eval"] = evaluate_pretrained(method, result.state, config, wd)
+    return summary
+
+
+def evaluate_pretrained(method, state, config, wd) -> dict:
+    """kNN + linear probe of the frozen encoder on ``eval.train_split`` / ``eval.test_split``."""
+    from rsjax.evaluate import classification as cls
+
+    ecfg = config.eval
+    data_cfg = input_lib.data_config(config)
+    x_tr, y_tr = input_lib.load_eval_arrays(data_cfg, ecfg.train_split, ecfg.get("max_train", None) or None)
+    x_te, y_te = input_lib.load_eval_arrays(data_cfg, ecfg.test_split, ecfg.get("max_test", None) or None)
+    for split, y in ((ecfg.train_split, y_tr), (ecfg.test_split, y_te)):
+        if y.ndim != 1 or (y < 0).any():
+            raise errors.DataError(
+                f"dataset {config.data.name!r} split {split!r} has no single-class labels (missing = -1, or "
+                f"multi-hot); the kNN / linear-probe evaluation needs them: set config.eval.enabled=False")
+    host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    encode = jax.jit(lambda x: method.encode(host_state["params"], host_state["batch_stats"], x))
+    f_tr = cls.extract_features(encode, x_tr, batch_size=ecfg.batch_size, desc="features train")
+    f_te = cls.extract_features(encode, x_te, batch_size=ecfg.batch_size, desc="features test")
+    num_classes = int(max(y_tr.max(), y_te.max()) + 1)
+    knn = cls.knn_predict(f_tr, y_tr, f_te, num_classes=num_classes, k=ecfg.knn_k, temperature=ecfg.knn_temperature)
+    lin = cls.linear_probe(f_tr, y_tr, f_te, num_classes=num_classes, epochs=ecfg.linear_epochs, seed=config.seed)
+    metrics = {
+        "knn_top1": cls.accuracy(knn, y_te),
+        "linear_top1": cls.accuracy(lin, y_te),
+        "linear_per_class": cls.per_class_accuracy(lin, y_te, num_classes),
+        "num_train": int(len(y_tr)),
+        "num_test": int(len(y_te)),
+        "chance": float(np.bincount(y_te).max() / len(y_te)),
+    }
+    if wd.is_main:
+        print(f"kNN top-1 (k={ecfg.knn_k}): {metrics['knn_top1']:.2%} | linear probe top-1: "
+              f"{metrics['linear_top1']:.2%} | majority-class baseline {metrics['chance']:.2%} "
+              f"({metrics['num_test']} test crops)", flush=True)
+        wd.write_eval_report("pretrain_knn_linear", metrics, config)
+        wd.plot_confusion(cls.confusion_matrix(lin, y_te, num_classes), "confusion_linear.png")
+    return metrics

@@ -1,0 +1,54 @@
+"""What every supervised task shares: dtype, the encoder freeze, the pretrained encoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from rsjax.methods.base import Method, compute_dtype
+
+PyTree = Any
+
+
+def freezes_encoder(config) -> bool:
+    """Whether ``config.optimizer.freeze`` freezes the whole encoder: the model then also runs
+    the encoder in inference mode (BatchNorm running statistics, stopped gradients)."""
+    from rsjax import optim
+
+    return optim.freezes_module(config.optimizer, "encoder")
+
+
+class Task(Method):
+    """Base class: subclasses set ``self.model`` (a Flax module with an ``encoder`` submodule)."""
+
+    name = "task"
+
+    def __init__(self, config, *, pretrained=None):  # noqa: D107 - no projector, unlike Method
+        self.config = config
+        self.dtype = compute_dtype(config)
+        self.pretrained = pretrained
+        self.projector = None
+
+    def _finish_init(self, variables) -> tuple[PyTree, PyTree, PyTree]:
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        if self.pretrained is not None:
+            from rsjax.models import decoders
+
+            plugged = decoders.plug_encoder({"params": params, "batch_stats": batch_stats},
+                                            self.pretrained[0], self.pretrained[1])
+            params, batch_stats = plugged["params"], plugged["batch_stats"]
+        return params, batch_stats, {}
+
+    def encode(self, params, batch_stats, x):
+        """Pooled eval-mode features of the task's encoder (float32 [B, F])."""
+        return self.encoder.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, x,
+                                  train=False).astype(jnp.float32)
+
+    def predict(self, params, batch_stats, batch):
+        raise NotImplementedError
+
+    @staticmethod
+    def _masked_accuracy(pred, labels, valid):
+        return jnp.sum((pred == labels) & valid) / jnp.maximum(jnp.sum(valid), 1)
+

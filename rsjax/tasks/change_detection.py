@@ -1,0 +1,65 @@
+"""Change detection task: siamese ResNet encoder, per-scale ``|f_A - f_B|``, UNet, BCE + Dice.
+
+Loss: ``rsjax.losses.bce_dice`` (binary cross entropy + ``loss.dice_weight`` x soft Dice of the
+change class; ``loss.dice_reduction`` ``"example"`` or ``"batch"`` as CromSS builds it for one
+output channel) with ``ignore_index`` marking no-data pixels. Batches:
+``{"a", "b": [B, S, S, C] float32 normalized, "change": [B, S, S] int32 0/1}``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsjax import losses
+from rsjax.models import resnet as resnet_lib
+from rsjax.tasks.base import Task, freezes_encoder
+
+
+class ChangeDetectionTask(Task):
+    name = "change_detection"
+
+    def __init__(self, config, *, ignore_index: int | None = None, image_size: int | None = None, pretrained=None):
+        from rsjax.models import decoders
+
+        super().__init__(config, pretrained=pretrained)
+        m = config.model
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.image_size = int(image_size or config.data.get("crop_size", 0) or config.data.image_size)
+        loss = config.get("loss", {})
+        self.dice_weight = float(loss.get("dice_weight", 1.0))
+        self.dice_reduction = loss.get("dice_reduction", "example")
+        if self.dice_reduction not in losses.DICE_REDUCTIONS:
+            raise ValueError(f"config.loss.dice_reduction={self.dice_reduction!r}: expected one of "
+                             f"{losses.DICE_REDUCTIONS}")
+        self.freeze_encoder = freezes_encoder(config)
+        self.model = decoders.SiameseCDUNet(m.name, int(m.in_channels), stem=m.get("stem", "standard"),
+                                            decoder_channels=tuple(m.get("decoder_channels", ())) or None,
+                                            freeze_encoder=self.freeze_encoder, dtype=self.dtype)
+        self.encoder = resnet_lib.create_encoder(m.name, dtype=self.dtype, stem=m.get("stem", "standard"))
+
+    def sample_batch(self, batch_size: int = 2) -> dict:
+        s, c = self.image_size, int(self.config.model.in_channels)
+        x = np.zeros((batch_size, s, s, c), np.float32)
+        return {"a": x, "b": x, "change": np.zeros((batch_size, s, s), np.int32)}
+
+    def init(self, rng, batch):
+        return self._finish_init(self.model.init(rng, batch["a"], batch["b"], train=False))
+
+    def loss(self, params, batch_stats, extra, batch, rngs, step):
+        del extra, rngs, step
+        logits, upd = self.model.apply({"params": params, "batch_stats": batch_stats}, batch["a"], batch["b"],
+                                       train=True, mutable=["batch_stats"])
+        change = batch["change"].astype(jnp.int32)
+        loss = jnp.mean(losses.bce_dice(logits, change, ignore_index=self.ignore_index, dice_weight=self.dice_weight,
+                                        reduction=self.dice_reduction))
+        valid = change != self.ignore_index if self.ignore_index is not None else jnp.ones_like(change, bool)
+        pred = (jax.lax.stop_gradient(logits) > 0).astype(jnp.int32)
+        return loss, {"batch_stats": upd["batch_stats"],
+                      "metrics": {"train_pixel_acc": self._masked_accuracy(pred, change, valid)}}
+
+    def predict(self, params, batch_stats, batch):
+        """Change map uint8 {0, 1} [B, H, W] (logit > 0)."""
+        logits = self.model.apply({"params": params, "batch_stats": batch_stats}, batch["a"], batch["b"], train=False)
+        return (logits > 0).astype(jnp.uint8)
