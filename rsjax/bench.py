@@ -133,13 +133,14 @@ def config_flops(config, input_mode: str = "views") -> float:
     import jax
     import numpy as np
 
-    from rsjax import methods, train
+    from rsjax import methods, optim, train
+    from rsjax.data import input as input_lib
 
     if input_mode == "device_augment":
         config.data.device_resident = True
     method = methods.get_method(config)
-    tx = train.make_optimizer(config)
-    state = jax.eval_shape(lambda b: train.init_state(method, tx, b, config.seed), train.sample_batch(config))
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
+    state = jax.eval_shape(lambda b: train.init_state(method, tx, b, config.seed), method.sample_batch(2))
     b, s, c = config.batch_size, config.data.image_size, config.model.in_channels
     sds = jax.ShapeDtypeStruct
     if input_mode == "device_augment":
@@ -147,23 +148,27 @@ def config_flops(config, input_mode: str = "views") -> float:
     else:
         batch = {"view1": sds((b, s, s, c), np.float32), "view2": sds((b, s, s, c), np.float32)}
     batch.update(label=sds((b,), np.int32), scene_id=sds((b,), np.int32))
-    return step_flops(config, train.make_train_step(method, tx, config), state, batch)
+    transform = input_lib.make_batch_transform(config) if input_mode == "device_augment" else None
+    return step_flops(config, train.make_train_step(method, tx, schedule, seed=config.seed, batch_transform=transform),
+                      state, batch)
 
 
 def bench_rsjax(config, *, steps: int, warmup: int, input_mode: str) -> dict:
     import jax
 
-    from rsjax import methods, train
+    from rsjax import methods, optim, train
     from rsjax import sharding as shd
+    from rsjax.data import input as input_lib
 
     mesh = shd.make_mesh()
     shd.check_batch_divisible(config.batch_size, mesh)
     if input_mode == "device_augment":
         config.data.device_resident = True
     method = methods.get_method(config)
-    tx = train.make_optimizer(config)
-    state = train.create_state(method, tx, config, mesh)
-    step_fn = train.make_train_step(method, tx, config)
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
+    state = train.create_state(method, tx, config.seed, mesh)
+    transform = input_lib.make_batch_transform(config) if input_mode == "device_augment" else None
+    step_fn = train.make_train_step(method, tx, schedule, seed=config.seed, batch_transform=transform)
     p_step = train.jit_train_step(step_fn, mesh)
     b, s = config.batch_size, config.data.image_size
     batch = jax.device_put(_random_batch(config, input_mode), shd.data_sharded(mesh))

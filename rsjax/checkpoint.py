@@ -46,18 +46,29 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
     """
     if async_save is None:
         async_save = async_default() and not read_only
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=not read_only,
-        read_only=read_only,
-        enable_async_checkpointing=bool(async_save),
-    )
     _save_replicated_from_one_device()
+    _install_noise_filter()  # before any read: even item_metadata of a damaged step leaves some
     # Handlers named up front (not only item names) so that a read-only manager can read a
     # step's array metadata before restoring anything (see read_state).
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers, options=options)
+    from absl import logging as absl_logging
+
+    # A reader: Orbax warns three times that a read-only manager saves nothing ("read_only=True,
+    # setting max_to_keep=None", ...), which is what the caller asked for.
+    verbosity = absl_logging.get_verbosity()
+    if read_only:
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=bool(async_save),
+        )
+        return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers, options=options)
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def _save_replicated_from_one_device() -> None:
@@ -144,32 +155,63 @@ def _warn(msg: str) -> None:
         print(f"WARNING: {msg}", flush=True)
 
 
+def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
+    """Whether an exception is tensorstore calling back into the event loop of a restore that
+    has already failed and closed (``RuntimeError: Event loop is closed`` raised in
+    ``call_soon_threadsafe``): harmless noise, printed from its threads after Orbax gave up."""
+    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            return True
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name in ("call_soon_threadsafe", "_check_closed")
+
+
+def _install_noise_filter() -> None:
+    """Drops :func:`_is_closed_loop_callback` exceptions from ``sys.excepthook`` (how
+    tensorstore's threads print them: hundreds of tracebacks after one corrupt step) and
+    ``sys.unraisablehook`` (the same, as "Exception ignored in: <bound method ...>"); every
+    other exception reaches the previous hooks unchanged. Installed once, on first use."""
+    import sys
+
+    if getattr(_install_noise_filter, "done", False):
+        return
+    prev_except, prev_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(exc_type, exc, tb):
+        if not _is_closed_loop_callback(exc_type, exc, tb):
+            prev_except(exc_type, exc, tb)
+
+    def unraisablehook(u):
+        if not _is_closed_loop_callback(u.exc_type, u.exc_value, u.exc_traceback):
+            prev_unraisable(u)
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    _install_noise_filter.done = True  # type: ignore[attr-defined]
+
+
 def _quiet_failed_restore():
     """Silences the leftovers of a failed Orbax restore: the other reads of that step keep
-    running, fail in turn, and surface later as hundreds of lines of "Task exception was never
-    retrieved" / "exception ignored" asyncio tracebacks although the failure was handled."""
+    running, fail in turn, and surface as hundreds of lines of "Task exception was never
+    retrieved" / "Event loop is closed" asyncio tracebacks although the failure was handled."""
     import contextlib
     import logging as py_logging
-    import sys
     import warnings
+
+    _install_noise_filter()
 
     @contextlib.contextmanager
     def ctx():
         asyncio_log = py_logging.getLogger("asyncio")
         level = asyncio_log.level
-        hook = sys.unraisablehook
         asyncio_log.setLevel(py_logging.CRITICAL)
-        sys.unraisablehook = lambda unraisable: None
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
                 yield
-                import gc
-
-                gc.collect()  # run the leftovers' finalizers while silenced
         finally:
             asyncio_log.setLevel(level)
-            sys.unraisablehook = hook
 
     return ctx()
 
@@ -282,12 +324,22 @@ def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The ``config.json`` of a run; :class:`rsjax.errors.CheckpointError` when missing or not JSON."""
+    """The ``config.json`` of a run; :class:`rsjax.errors.CheckpointError` when missing or not JSON.
+
+    A phase folder (``Workdir.sub``: ``<workdir>/pretrain``, ``<study>/<arm>/pretrain``) holds no
+    config.json: the nearest enclosing folder's (at most 3 levels up) is the run's config."""
     from rsjax.errors import CheckpointError
 
     if not os.path.isdir(workdir):
         raise CheckpointError(f"workdir {workdir} does not exist or is not a folder")
     path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+        up = os.path.abspath(workdir)
+        for _ in range(3):
+            up = os.path.dirname(up)
+            if os.path.exists(os.path.join(up, "config.json")):
+                path = os.path.join(up, "config.json")
+                break
     if not os.path.exists(path):
         raise CheckpointError(f"{path} does not exist: is {workdir} an rsjax workdir?")
     with open(path) as f:

@@ -79,7 +79,7 @@ The transform :func:`make` builds (outermost last)::
     -> freeze: the chain above on the trained leaves, set_to_zero on the frozen ones
     -> [plateau_scale]          (so ``opt_state[-1]`` is the PlateauState when it is on)
 
-The unfrozen chain is exactly what ``rsjax.train.make_optimizer`` built, so pretraining runs
+The unfrozen chain is exactly what ``rsjax.train.make_optimizer`` built before issue 13, so pretraining runs
 are bit-identical (same values, same optimizer-state tree: old checkpoints restore).
 """
 
@@ -154,14 +154,24 @@ def default_block(**overrides) -> ml_collections.ConfigDict:
     (``plateau=dict(enabled=True)`` updates the sub-block). Locked: a misspelt key assigned
     later raises instead of being silently added."""
     c = ml_collections.ConfigDict(dict(_DEFAULTS, plateau=dict(_PLATEAU_DEFAULTS)))
+
+    def assign(node, key, value, name):
+        try:
+            node[key] = value
+        except TypeError:  # ConfigDict keeps each field's type (an int field refuses 2.5)
+            raise ConfigError(f"optimizer key {name}={value!r}: expected type {type(node[key]).__name__}") from None
+
     for key, value in overrides.items():
-        if key == "plateau" and isinstance(value, Mapping):
-            for k, v in value.items():
+        if key == "plateau" and (isinstance(value, Mapping) or hasattr(value, "to_dict")):
+            for k, v in _as_dict(value).items():
                 if k not in _PLATEAU_DEFAULTS:
-                    raise ConfigError(f"default_block: unknown key plateau.{k}; keys: {sorted(_PLATEAU_DEFAULTS)}")
-                c.plateau[k] = v
+                    raise ConfigError(f"default_block: unknown key plateau.{k}"
+                                      f"{_did_you_mean(k, _PLATEAU_DEFAULTS)}; keys: {sorted(_PLATEAU_DEFAULTS)}")
+                assign(c.plateau, k, v, f"plateau.{k}")
         elif key in _DEFAULTS:
-            c[key] = value
+            if key == "module_lr_scale" and value and not isinstance(value, str):  # a mapping: its spelling
+                value = ",".join(f"{m}={f}" for m, f in parse_module_scales(value).items())
+            assign(c, key, value, key)
         else:
             raise ConfigError(f"default_block: unknown key {key!r}{_did_you_mean(key, _DEFAULTS)}")
     c.lock()

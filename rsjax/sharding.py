@@ -5,6 +5,9 @@ The train state is replicated; every batch array is split along its first axis.
 Under ``jax.jit`` with these shardings XLA computes reductions over the *global*
 batch, so contrastive negatives and BatchNorm statistics see every device
 without explicit collectives (DESIGN §2).
+
+:func:`batched_predict` is the one padded, data-parallel predict loop (features for the
+evaluators, dense predictions, fine-tuned logits, the study).
 """
 
 from __future__ import annotations

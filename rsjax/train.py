@@ -106,6 +106,9 @@ class Phase:
 
         need(self.total_steps > 0, "total_steps", self.total_steps, "must be > 0")
         need(self.batch_size > 0, "batch_size", self.batch_size, "must be > 0")
+        n = jax.device_count()
+        need(self.batch_size % n == 0, "batch_size", self.batch_size,
+             f"must be divisible by the number of devices ({n}): every device gets the same number of rows")
         need(self.stop_after_steps >= 0, "stop_after_steps", self.stop_after_steps,
              "must be >= 0 (0 = run to total_steps)")
         need(self.log_every > 0, "log_every", self.log_every, "must be > 0")
@@ -206,7 +209,7 @@ def make_train_step(trainable, tx, schedule, *, seed: int, batch_transform=None,
         metrics = {
             "loss": loss.astype(jnp.float32),
             "lr": schedule(step),
-            "grad_norm": optax.global_norm(safe_grads),
+            "grad_norm": optax.tree.norm(safe_grads),
             "finite": finite,
             "nonfinite_run": new_state["nonfinite_run"],
             **{k: v.astype(jnp.float32) for k, v in aux["metrics"].items()},
@@ -308,7 +311,8 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
     shd.check_batch_divisible(phase.batch_size, mesh)
     run_dir = wd.sub(phase.name) if phase.name else wd
     is_main = wd.is_main
-    tx, schedule = optim.make(phase.optimizer, phase.total_steps)
+    tx, schedule = optim.make(phase.optimizer, phase.total_steps,
+                              where=f"{phase.where}.optimizer" if phase.where else "optimizer")
     state = create_state(trainable, tx, phase.seed, mesh)
     sleep_s, nonfinite_from = _debug_hooks()
     train_step = make_train_step(trainable, tx, schedule, seed=phase.seed, batch_transform=batch_transform,

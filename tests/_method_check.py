@@ -9,8 +9,8 @@ import pathlib
 import jax
 import numpy as np
 
+from rsjax import optim, train
 from rsjax import sharding as shd
-from rsjax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,9 +67,9 @@ def assert_trees_close(a, b, rtol=1e-4, atol=1e-6, scale_atol=0.0):
 def run_train_steps(method, config, batches, seed=0):
     """States before every step and after the last, from ``train.make_train_step`` (the real
     loop's step: optimizer update, then ``method.update_extra``) jitted on one device."""
-    tx = train.make_optimizer(config)
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
     state = train.init_state(method, tx, batches[0], seed)
-    step = jax.jit(train.make_train_step(method, tx, config))
+    step = jax.jit(train.make_train_step(method, tx, schedule, seed=config.seed))
     states, metrics = [jax.device_get(state)], []
     for batch in batches:
         state, m = step(state, batch)

@@ -68,10 +68,10 @@ def synth_dir(tmp_path_factory) -> str:
 def reference_run(tmp_path_factory) -> pathlib.Path:
     """Workdir of an uninterrupted single-process run of :func:`smoke_config` (once per session)."""
     if "ref" not in _CACHE:
-        from rsjax import train
+        from rsjax.jobs import pretrain
 
         wd = tmp_path_factory.mktemp("reference") / "wd"
-        summary = train.train_and_evaluate(smoke_config(synth_dir(tmp_path_factory)), str(wd))
+        summary = pretrain.run(smoke_config(synth_dir(tmp_path_factory)), str(wd))
         assert summary["step"] == TOTAL_STEPS and summary["nonfinite_steps"] == 0
         _CACHE["ref"] = wd
     return _CACHE["ref"]

@@ -105,8 +105,9 @@ def test_device_resident_step_equals_plain_step_on_same_views():
     import importlib.util
     import pathlib
 
-    from rsjax import methods, train
+    from rsjax import methods, optim, train
     from rsjax import sharding as shd
+    from rsjax.data import input as input_lib
     from rsjax.data import registry
 
     path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "simclr.py"
@@ -116,13 +117,15 @@ def test_device_resident_step_equals_plain_step_on_same_views():
     config = mod.get_config("smoke")
     mesh = shd.make_mesh()
     method = methods.get_method(config)
-    tx = train.make_optimizer(config)
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
     raw = np.random.default_rng(0).integers(0, 10000, (16, 32, 32, 13)).astype(np.uint16)
     batch = {"image": raw, "label": np.zeros(16, np.int32), "scene_id": np.arange(16, dtype=np.int32)}
 
     config.data.device_resident = True
-    state = train.create_state(method, tx, config, mesh)
-    _, m_dev = train.jit_train_step(train.make_train_step(method, tx, config), mesh)(
+    state = train.create_state(method, tx, config.seed, mesh)
+    step = train.make_train_step(method, tx, schedule, seed=config.seed,
+                                 batch_transform=input_lib.make_batch_transform(config))
+    _, m_dev = train.jit_train_step(step, mesh)(
         state, jax.device_put(batch, shd.data_sharded(mesh)))
 
     # The same views, made outside the step with the step's own augment key (step 0).
@@ -132,8 +135,8 @@ def test_device_resident_step_equals_plain_step_on_same_views():
     aug = dev.DeviceAugmentConfig.from_data_config(config.data, config.data.image_size)
     v1, v2 = dev.two_views(key, raw, aug, scale=info.scale, mean=info.mean, std=info.std)
     config.data.device_resident = False
-    state = train.create_state(method, tx, config, mesh)
+    state = train.create_state(method, tx, config.seed, mesh)
     plain = {"view1": np.asarray(v1), "view2": np.asarray(v2), "label": batch["label"], "scene_id": batch["scene_id"]}
-    _, m_plain = train.jit_train_step(train.make_train_step(method, tx, config), mesh)(
+    _, m_plain = train.jit_train_step(train.make_train_step(method, tx, schedule, seed=config.seed), mesh)(
         state, jax.device_put(plain, shd.data_sharded(mesh)))
     np.testing.assert_allclose(float(m_dev["loss"]), float(m_plain["loss"]), rtol=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _method_check import assert_trees_close, load_config, loss_on_mesh, random_batch
 
-from rsjax import methods, train
+from rsjax import methods, optim, train
 from rsjax.methods import dino
 
 
@@ -156,9 +156,9 @@ def test_trainer_step_traces_once(setup):
     from rsjax import sharding as shd
 
     mesh = shd.make_mesh()
-    tx = train.make_optimizer(config)
-    state = train.create_state(method, tx, config, mesh)
-    step = train.make_train_step(method, tx, config)
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
+    state = train.create_state(method, tx, config.seed, mesh)
+    step = train.make_train_step(method, tx, schedule, seed=config.seed)
     p_step = train.jit_train_step(step, mesh)
     b = jax.device_put(batch, shd.data_sharded(mesh))
     c0 = np.asarray(state["extra"]["center"])

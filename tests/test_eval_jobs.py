@@ -312,8 +312,8 @@ def test_segmentation_job_with_pretrained_encoder(pretrained_run, tmp_path):
     config.data.data_dir = data_dir
     config.pretrained = pretrained_run[0]
     config.model.decoder = "pspnet"
-    config.train.freeze_encoder = True
-    config.train.steps = 1
+    config.optimizer.freeze = "encoder/*"
+    config.total_steps = 1
     m = main_lib.run(config, str(tmp_path / "wd"))
     report = json.loads((tmp_path / "wd" / "eval_report.json").read_text())
     assert report["task"] == "segmentation" and report["config"]["model"]["decoder"] == "pspnet"
@@ -410,14 +410,19 @@ def test_multilabel_smoke_with_finetune(synth_dir, tmp_path):
     ("finetune.total_steps", -1, r"config\.finetune\.total_steps=-1"),
     ("eval.label_fraction", 1.5, r"config\.eval\.label_fraction=1\.5"),
     ("data.folder", "/nonexistent/eurosat", r"config\.data\.folder='/nonexistent/eurosat'"),
+    ("finetune.optimizer.name", "adamx", r"config\.finetune\.optimizer\.name"),
 ])
 def test_eval_config_errors_before_anything_is_written(tmp_path, key, value, match):
     from rsjax import errors
     from rsjax import main as main_lib
 
     config = load_config("eval_eurosat.py", "smoke")
-    section, name = key.split(".")
-    config[section][name] = value
+    config.finetune.total_steps = 2  # the fine-tune's optimizer block is checked too
+    *parents, name = key.split(".")
+    block = config
+    for p in parents:
+        block = block[p]
+    block[name] = value
     with pytest.raises(errors.ConfigError, match=match):
         main_lib.run(config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()

@@ -38,15 +38,15 @@ def _smoke_config(data_dir):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 2-step SwiMDiff smoke run on 8 fake devices, and standardized test images of its data."""
-    from rsjax import train
     from rsjax.data import build, pipeline
+    from rsjax.jobs import pretrain
 
     root = tmp_path_factory.mktemp("export_e2e")
     data_dir = str(root / "tfds")
     build.ensure_built("rs_synthetic", data_dir, config="tiny")
     config = _smoke_config(data_dir)
     workdir = root / "run"
-    summary = train.train_and_evaluate(config, str(workdir))
+    summary = pretrain.run(config, str(workdir))
     assert summary["step"] == STEPS
     images, _ = pipeline.load_arrays(config.data, "test", max_examples=8)
     return config, workdir, np.asarray(images, np.float32)

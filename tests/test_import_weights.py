@@ -298,7 +298,7 @@ def test_imported_workdir_runs_eval_eurosat_smoke(imported, tmp_path):
     wd = tmp_path / "eval"
     r = _run(["-m", "rsjax.main", "--config=configs/eval_eurosat.py:smoke", f"--config.pretrained={out}",
               "--config.model.name=resnet18", "--config.data.normalization=scale:10000",
-              "--config.eval.finetune_steps=0", f"--config.data.data_dir={tmp_path / 'tfds'}", f"--workdir={wd}"])
+              "--config.finetune.total_steps=0", f"--config.data.data_dir={tmp_path / 'tfds'}", f"--workdir={wd}"])
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((wd / "eval_report.json").read_text())
     enc = report["metrics"]["encoder"]

@@ -23,9 +23,10 @@ import jax
 import numpy as np
 import pytest
 
-from rsjax import train
 from rsjax.data import augment as host
 from rsjax.data import device_augment as dev
+from rsjax.data import input as input_lib
+from rsjax.jobs import pretrain
 from rsjax.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def _host_batches(it, n):
 def test_device_batches_hold_s_scenes_of_k_members(synth_dir):
     config = _config(synth_dir, device_resident=True)  # batch 16 = 4 scenes x 4
     s, k = config.data.scenes_per_batch, config.data.samples_per_scene
-    it = train.make_data_iterator(config, "")
+    it = input_lib.make_iterator(config)[0]
     images, stored_scene = _records(synth_dir)
     flat = images.reshape(len(images), -1)
     for _ in range(5):  # crosses epochs (8 scenes / 4 per batch = 2 steps per epoch)
@@ -91,9 +92,9 @@ def test_device_batches_hold_s_scenes_of_k_members(synth_dir):
 
 def test_device_and_host_paths_put_the_same_units_in_the_same_rows(synth_dir):
     config = _config(synth_dir, device_resident=True)
-    dev_it = train.make_data_iterator(config, "")
+    dev_it = input_lib.make_iterator(config)[0]
     config.data.device_resident = False
-    host_it = train.make_data_iterator(config, "")
+    host_it = input_lib.make_iterator(config)[0]
     for _ in range(3):
         d, h = jax.device_get(next(dev_it)), next(host_it)
         np.testing.assert_array_equal(d["scene_id"], h["scene_id"])
@@ -107,7 +108,7 @@ def test_device_crops_as_scenes(synth_dir, spb, k):
     config = _config(synth_dir, device_resident=True, crops_as_scenes=2, scenes_per_batch=spb,
                      samples_per_scene=k)
     config.batch_size = 8 if spb else 16
-    it = train.make_data_iterator(config, "")
+    it = input_lib.make_iterator(config)[0]
     b = jax.device_get(next(it))
     rows = 4 if not spb else k
     sid = b["scene_id"].reshape(-1, rows)
@@ -123,13 +124,13 @@ def test_device_crops_as_scenes(synth_dir, spb, k):
 
 def test_device_resume_gives_the_uninterrupted_batches(synth_dir):
     config = _config(synth_dir, device_resident=True)
-    full = [jax.device_get(b) for b, _ in zip(train.make_data_iterator(config, ""), range(5))]
-    first = train.make_data_iterator(config, "")
+    full = [jax.device_get(b) for b, _ in zip(input_lib.make_iterator(config)[0], range(5))]
+    first = input_lib.make_iterator(config)[0]
     for _ in range(3):
         next(first)
     state = first.get_state()
     assert json.loads(state)["next_batch"] == 3
-    resumed = train.make_data_iterator(config, "")
+    resumed = input_lib.make_iterator(config)[0]
     resumed.set_state(state)
     for want in full[3:]:
         got = jax.device_get(next(resumed))
@@ -137,7 +138,7 @@ def test_device_resume_gives_the_uninterrupted_batches(synth_dir):
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     # a state of another seed or layout is refused, and so is the old (v1) format
     config.seed += 1
-    other = train.make_data_iterator(config, "")
+    other = input_lib.make_iterator(config)[0]
     with pytest.raises(ValueError, match="seed"):
         other.set_state(state)
     with pytest.raises(ValueError, match="start a new workdir"):
@@ -251,7 +252,7 @@ def test_unsupported_keys_and_combinations_are_refused(synth_dir, tmp_path, data
         for k, v in data.items():
             config.data[k] = v
     with pytest.raises(ValueError, match=match):
-        train.train_and_evaluate(config, str(tmp_path / "wd"))
+        pretrain.run(config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists(), "refused before anything is written"
 
 

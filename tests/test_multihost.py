@@ -20,6 +20,7 @@ import pytest
 
 import _reliability_util as U
 from rsjax import train
+from rsjax.jobs import pretrain
 
 
 def _free_port() -> int:
@@ -83,7 +84,7 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path_factory, tmp
     assert len(list((wd / "tb").glob("events*"))) == 1
 
     # The collectively written checkpoint resumes in one process (8 local devices).
-    summary = train.train_and_evaluate(U.smoke_config(synth), str(wd))
+    summary = pretrain.run(U.smoke_config(synth), str(wd))
     assert summary["step"] == U.TOTAL_STEPS
     U.assert_metrics_equal(U.metrics(wd), ref_rows, rtol=1e-4)
     U.assert_states_equal(U.state_at(wd, U.TOTAL_STEPS), U.state_at(ref, U.TOTAL_STEPS), rtol=1e-3, atol=1e-5)

@@ -147,8 +147,8 @@ def test_study_writes_each_arm_json_and_resumes_arm_by_arm(tmp_path):
     with one more arm and a spent time budget retrains nothing and starts no new arm."""
     import importlib.util
 
-    from rsjax import study
     from rsjax.data import build
+    from rsjax.jobs import study_eurosat as study
 
     synth = str(tmp_path / "tfds")
     build.ensure_built("rs_synthetic", synth, config="tiny")

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsjax import methods, train
+from rsjax import methods, optim, train
 from rsjax import sharding as shd
+from rsjax.jobs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if not p.name.startswith("_"))
@@ -54,8 +55,8 @@ def _random_batch(config, b, seed=0):
 
 def _grads_and_loss(config, mesh, batch):
     method = methods.get_method(config)
-    tx = train.make_optimizer(config)
-    state = train.create_state(method, tx, config, mesh)
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
+    state = train.create_state(method, tx, config.seed, mesh)
     rngs = {n: jax.random.PRNGKey(i) for i, n in enumerate(train.RNG_STREAMS)}
 
     def lg(state, batch):
@@ -88,9 +89,9 @@ def test_step_traces_once_and_refuses_nonfinite():
     config = load_config("simclr.py")
     mesh = shd.make_mesh()
     method = methods.get_method(config)
-    tx = train.make_optimizer(config)
-    state = train.create_state(method, tx, config, mesh)
-    step = train.make_train_step(method, tx, config)
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
+    state = train.create_state(method, tx, config.seed, mesh)
+    step = train.make_train_step(method, tx, schedule, seed=config.seed)
     p_step = train.jit_train_step(step, mesh)
     good = jax.device_put(_random_batch(config, 16), shd.data_sharded(mesh))
     for _ in range(2):
@@ -141,13 +142,13 @@ def test_resume_equals_uninterrupted(synth_dir, tmp_path):
     config.eval.enabled = False
     config.total_steps = 5
     config.checkpoint_every = 100
-    train.train_and_evaluate(config, str(tmp_path / "full"))
+    pretrain.run(config, str(tmp_path / "full"))
 
     config.stop_after_steps = 2
-    s = train.train_and_evaluate(config, str(tmp_path / "split"))
+    s = pretrain.run(config, str(tmp_path / "split"))
     assert s["step"] == 2
     config.stop_after_steps = 0
-    train.train_and_evaluate(config, str(tmp_path / "split"))
+    pretrain.run(config, str(tmp_path / "split"))
 
     def losses(d):
         return [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
@@ -160,19 +161,49 @@ def test_resume_equals_uninterrupted(synth_dir, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+def _report(workdir):
+    m = json.loads((workdir / "eval_report.json").read_text())["metrics"]
+    return {k: v for k, v in m.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("config_file", ["seg.py", "cd_levir.py"])
+def test_dense_jobs_resume_and_refuse_nonfinite_steps(config_file, synth_dir, tmp_path, monkeypatch):
+    """The dense jobs train on the one loop: stopped after step 1 (stop_after_steps) and rerun,
+    they end with the same report as an uninterrupted run; the non-finite hook refuses steps."""
+    from rsjax import main as main_lib
+
+    config = load_config(config_file)
+    config.data.data_dir = synth_dir
+    config.total_steps = 3
+    main_lib.run(config, str(tmp_path / "full"))
+    config.stop_after_steps = 1
+    s = main_lib.run(config, str(tmp_path / "split"))
+    assert s["step"] == 1 and not s["finished"] and not (tmp_path / "split" / "eval_report.json").exists()
+    config.stop_after_steps = 0
+    main_lib.run(config, str(tmp_path / "split"))
+    assert _report(tmp_path / "full") == _report(tmp_path / "split")
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+    monkeypatch.setenv("RSJAX_DEBUG_NONFINITE_FROM_STEP", "3")
+    m = main_lib.run(config, str(tmp_path / "nan"))
+    events = [json.loads(line) for line in (tmp_path / "nan" / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events] == [3] and m["nonfinite_steps"] == 1
+
+
 def test_config_mismatch_refused_and_workdir_kept(synth_dir, tmp_path):
     config = load_config("simclr.py")
     config.data.data_dir = synth_dir
     config.eval.enabled = False
     wd = tmp_path / "wd"
-    train.train_and_evaluate(config, str(wd))
-    before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
+    pretrain.run(config, str(wd))
+    before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file() and p.name != ".lock"}
     config.loss.temperature = 0.7
     from rsjax.workdir import ConfigMismatchError
 
     with pytest.raises(ConfigMismatchError, match=r"loss\.temperature: 0\.2 -> 0\.7"):
-        train.train_and_evaluate(config, str(wd))
-    after = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
+        pretrain.run(config, str(wd))
+    after = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file() and p.name != ".lock"}
     assert before == after
 
 
@@ -190,7 +221,7 @@ def test_bad_config_values_get_clear_errors(synth_dir, tmp_path, key, value, mat
         node = node[p]
     node[last] = value
     with pytest.raises(ValueError, match=match):
-        train.train_and_evaluate(config, str(tmp_path / "wd"))
+        pretrain.run(config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd" / "checkpoints").exists()
 
 

@@ -10,7 +10,7 @@ mean/std and its formula), all mode 0644 under the usual umask.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from rsjax.errors import ConfigError, run_cli
 from rsjax.export.torch_export import FORMATS, export_encoder
@@ -30,6 +30,8 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # quiet by default (Orbax logs every file); --verbosity=N as given
+        logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir or not FLAGS.out:
         raise ConfigError("--workdir and --out are required")
     paths = export_encoder(FLAGS.workdir, FLAGS.out, step=FLAGS.step, fmt=FLAGS.format)

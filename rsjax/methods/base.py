@@ -95,6 +95,18 @@ class Method:
         return (z, new_bs, feats) if return_features else (z, new_bs)
 
     # --- interface ----------------------------------------------------------------------
+    def sample_batch(self, batch_size: int = 2) -> dict:
+        """Zeros shaped like a training batch (initialisation, shapes, FLOP counts)."""
+        import numpy as np
+
+        s, c = int(self.config.data.image_size), int(self.config.model.in_channels)
+        return {
+            "view1": np.zeros((batch_size, s, s, c), np.float32),
+            "view2": np.zeros((batch_size, s, s, c), np.float32),
+            "scene_id": np.arange(batch_size, dtype=np.int32),
+            "label": np.zeros((batch_size,), np.int32),
+        }
+
     def init(self, rng, batch) -> tuple[PyTree, PyTree, PyTree]:
         params, batch_stats = self._init_encoder_projector(rng, batch["view1"])
         return params, batch_stats, {}

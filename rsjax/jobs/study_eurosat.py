@@ -1,0 +1,228 @@
+"""The EuroSAT study job (``config.job = "study_eurosat"``, ``configs/study_eurosat.py``):
+pretrain every method the same way, evaluate every encoder the same way.
+
+Run::
+
+    python -m rsjax.main --config=configs/study_eurosat.py:cpu --workdir=runs/study_cpu \
+        --config.data.manual_dir=../shared/data/eurosat_rgb
+
+For each arm (:data:`configs/study_eurosat.ARMS`) and seed: the arm's pretraining config
+(:func:`rsjax.study.arm_config`) is pretrained by the pretraining job in
+``<workdir>/<arm>_s<seed>`` (its own workdir: resumable, locked, checkpoints), its encoder read
+back with :func:`rsjax.checkpoint.load_encoder`, and the frozen encoder scored by the ``knn``
+and ``linear`` evaluators (:func:`rsjax.evaluate.classification.frozen_eval`, features through
+:func:`rsjax.sharding.batched_predict`). ``random_init`` scores the untrained encoder (the floor).
+
+The study holds its workdir (lock, ``config.json``) for the whole run. Results as data: as
+soon as an arm (all its seeds) ends, its record is written as strict JSON with
+:func:`rsjax.results.save` to ``<workdir>/results/study_<study.name>_<arm>.json`` and to
+``config.study.out_dir`` when set (a GPU call points it at ``$OUT`` so a run cut off mid-study
+still returns every finished arm). Finished arms and seeds (``arm_result.json``) are not rerun.
+``config.study.time_budget_s`` > 0 starts no new arm after that many seconds; the rerun
+resumes at the next arm. ``config.study.arms``, ``out_dir``, ``time_budget_s`` and
+``stop_after_arm`` may change between the calls of one study (they change no result).
+Writes ``study.json``, ``study.md`` and ``study.png``; ``python -m rsjax.results`` renders the
+README table from ``results/study_*.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rsjax import errors
+from rsjax import results as results_lib
+from rsjax import study as lib
+
+
+def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
+    """``(seeds, arms)`` after checking the study keys (ConfigError naming the key) before
+    anything is written or loaded."""
+    with errors.config_errors():
+        try:
+            seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
+        except ValueError:
+            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
+                                     f"integers") from None
+        if not seeds:
+            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
+        arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
+        if config.study.include_random_init and "random_init" not in arms:
+            arms = ["random_init", *arms]
+        known = lib.load_config_module("study_eurosat").ARMS
+        unknown = [a for a in arms if a != "random_init" and a not in known]
+        if unknown:
+            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
+                                     f"{', '.join(known)}")
+        if config.dtype not in ("float32", "bfloat16"):
+            raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
+        for key in ("batch_size", "epochs"):
+            if not int(config[key]) > 0:
+                raise errors.ConfigError(f"config.{key}={config[key]!r}: must be > 0")
+        for key in ("knn_k", "linear_epochs", "batch_size"):
+            if not int(config.eval[key]) > 0:
+                raise errors.ConfigError(f"config.eval.{key}={config.eval[key]!r}: must be > 0")
+        from rsjax.data import registry
+
+        info = registry.get_dataset_info(config.data.name)
+        if len(info.bands) != config.model.in_channels:
+            raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels} but {config.data.name} "
+                                     f"has {len(info.bands)} bands")
+    return seeds, arms
+
+
+def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What the study's config.json holds: the config without the ``study`` keys that may change
+    between the calls of one study (:data:`rsjax.study.STUDY_MUTABLE_KEYS`), so that config.json
+    refuses the workdir of another study but not the continuation of this one."""
+    d = config.to_dict()
+    for key in lib.STUDY_MUTABLE_KEYS:
+        d["study"].pop(key, None)
+    return ml_collections.ConfigDict(d)
+
+
+def _score(encode_fn, variables, arrays, config, seed: int) -> dict:
+    from rsjax.evaluate import classification as cls
+
+    x_tr, y_tr, x_te, y_te = arrays
+    r = cls.frozen_eval(encode_fn, variables, x_tr, y_tr, x_te, y_te, eval_config=config.eval, seed=seed)
+    return {"linear": r.metrics["linear_top1"], "knn": r.metrics["knn_top1"]}
+
+
+def _encode_fn(encoder):
+    return lambda v, x: encoder.apply(v, x, train=False).astype(jnp.float32)
+
+
+def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: int) -> dict:
+    """Pretrains (or, for random_init, initialises) one arm's encoder and scores it."""
+    from rsjax import checkpoint
+    from rsjax.jobs import pretrain
+    from rsjax.models import resnet
+
+    dtype = {"bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
+    if arm == "random_init":  # the floor: the same encoder, untrained
+        enc = resnet.create_encoder(config.model.name, stem=config.model.stem, dtype=dtype)
+        x0 = jnp.zeros((2,) + arrays[0].shape[1:], jnp.float32)
+        variables = jax.jit(lambda k: enc.init(k, x0, train=False))(jax.random.PRNGKey(seed))
+        r = _score(_encode_fn(enc), variables, arrays, config, seed)
+        r.update(seed=seed, pretrain_s=0.0, compile_s=0.0, steps=0, images_per_s=None)
+        return r
+    cfg = lib.arm_config(config, arm, seed, num_train)
+    print(f"== study arm {arm} (seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
+    summary = pretrain.run(cfg, arm_wd)
+    params, batch_stats, meta = checkpoint.load_encoder(arm_wd)
+    enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype)
+    r = _score(_encode_fn(enc), {"params": params, "batch_stats": batch_stats}, arrays, config, seed)
+    r.update(seed=seed, pretrain_s=summary["train_seconds"], compile_s=summary["compile_seconds"],
+             steps=summary["step"],
+             images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9))
+    return r
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    from rsjax import plots
+    from rsjax import workdir as workdir_lib
+    from rsjax.data import input as input_lib
+    from rsjax.data.defaults import default_data_config
+
+    seeds, arms = validate(config)
+    with workdir_lib.Workdir(workdir, workdir_config(config)):
+        data = default_data_config()
+        data.update(config.data.to_dict())
+        if data.device_resident and data.manual_dir and not data.cache_dir:
+            data.cache_dir = os.path.join(os.path.abspath(workdir), "cache")
+        config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as given
+        config.data = data
+        ecfg = config.eval
+        x_tr, y_tr = input_lib.load_eval_arrays(data, data.train_split, ecfg.max_train or None)
+        x_te, y_te = input_lib.load_eval_arrays(data, data.eval_split, ecfg.max_test or None)
+        if data.device_resident and ecfg.max_train:  # the probe saw a subset: count the whole split
+            from rsjax.data import device_data
+
+            num_train = device_data.load_raw(data, data.train_split)[0].shape[0]
+        else:
+            num_train = len(y_tr)
+        if x_tr.shape[1] != data.image_size:
+            from rsjax.data import augment
+
+            x_tr = np.stack([augment.resize(x, data.image_size) for x in x_tr])
+            x_te = np.stack([augment.resize(x, data.image_size) for x in x_te])
+        arrays = (x_tr, y_tr, x_te, y_te)
+        return _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots)
+
+
+def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> dict:
+    y_te = arrays[3]
+    results: dict[str, dict] = {}
+    out_dirs = lib.out_dirs(config, workdir)
+    shared = lib.settings(config, data, num_train, len(y_te))
+    t_study = time.time()
+    not_started: list[str] = []
+    budget = float(config.study.get("time_budget_s", 0) or 0)
+
+    for arm_index, arm in enumerate(arms):
+        name = f"study_{config.study.name}_{arm}.json"
+        finished = os.path.join(out_dirs[0], name)
+        if os.path.exists(finished):  # this arm (all seeds) ended in an earlier run: keep its record
+            with open(finished) as f:
+                payload = json.load(f)
+            if sorted(r["seed"] for r in payload["runs"]) == sorted(seeds):
+                for d in out_dirs[1:]:
+                    results_lib.save(payload, os.path.join(d, name))
+                results[arm] = payload
+                continue
+        if budget and time.time() - t_study > budget:
+            not_started = arms[arm_index:]
+            print(f"== study: time_budget_s={budget:.0f} spent; not started: "
+                  f"{', '.join(arms[arm_index:])} (rerun to continue)", flush=True)
+            break
+        runs = []
+        for seed in seeds:
+            arm_wd = os.path.join(workdir, f"{arm}_s{seed}")
+            done = os.path.join(arm_wd, "arm_result.json")
+            if os.path.exists(done):
+                with open(done) as f:
+                    runs.append(json.load(f))
+                continue
+            t_arm = time.time()
+            lib.print_total_eta(arms, arm_index, results, t_study, config, num_train)
+            r = _run_arm_seed(config, arm, seed, arm_wd, arrays, num_train)
+            r["wall_s"] = time.time() - t_arm
+            os.makedirs(arm_wd, exist_ok=True)
+            results_lib.save(r, done)
+            runs.append(r)
+            print(f"   {arm} s{seed}: linear {r['linear']:.2%}  kNN {r['knn']:.2%}  "
+                  f"({r['pretrain_s']:.0f} s training, {r['wall_s']:.0f} s wall)", flush=True)
+        payload = lib.arm_payload(config, arm, arm_index, runs, shared)
+        for d in out_dirs:
+            results_lib.save(payload, os.path.join(d, name))
+        results[arm] = payload
+        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
+            break
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "seeds": seeds,
+        "num_train": int(num_train),
+        "num_test": int(len(y_te)),
+        "results": results,
+        "not_started": not_started,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    results_lib.save(report, os.path.join(workdir, "study.json"))
+    md = lib.markdown_table(report)
+    with open(os.path.join(workdir, "study.md"), "w") as f:
+        f.write(md)
+    if results:
+        plots.bars({k: 100 * v["linear_mean"] for k, v in results.items()}, os.path.join(workdir, "study.png"),
+                   errors={k: 100 * v["linear_std"] for k, v in results.items()}, ylabel="linear probe top-1 (%)",
+                   title=f"{data.name}: linear probe on frozen features")
+    print(md, flush=True)
+    return report

@@ -1,0 +1,72 @@
+"""The EuroSAT study job (rsjax.jobs.study_eurosat): it holds its workdir for the whole run and
+scores each encoder with the shared evaluators. (The arm-by-arm resume and result records are
+tested in tests/test_results.py; arm configs in tests/test_module_lr_scale.py.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(synth: str, out: str):
+    spec = importlib.util.spec_from_file_location("cfg_study_eurosat_t", REPO / "configs" / "study_eurosat.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("smoke")
+    c.data.data_dir = synth
+    c.study.arms = ""  # random_init only: no pretraining
+    c.study.out_dir = out
+    c.eval.max_train = 24
+    c.eval.max_test = 8
+    return c
+
+
+def test_study_holds_its_workdir_and_scores_with_frozen_eval(tmp_path, monkeypatch):
+    from rsjax import errors, workdir as workdir_lib
+    from rsjax.data import build
+    from rsjax.evaluate import classification as cls
+    from rsjax.jobs import study_eurosat
+
+    synth = str(tmp_path / "tfds")
+    build.ensure_built("rs_synthetic", synth, config="tiny")
+    config = _config(synth, str(tmp_path / "out"))
+    wd = str(tmp_path / "wd")
+    seen = {}
+    real_score = study_eurosat._score
+
+    def score(encode_fn, variables, arrays, cfg, seed):
+        with pytest.raises(errors.WorkdirError, match="is in use by another run"):  # a second launch is refused
+            workdir_lib.Workdir(wd, study_eurosat.workdir_config(config))
+        r = real_score(encode_fn, variables, arrays, cfg, seed)
+        # the same numbers as the shared protocol run directly on the same encoder
+        ref = cls.frozen_eval(encode_fn, variables, *arrays, eval_config=cfg.eval, seed=seed)
+        seen["ref"] = (ref.metrics["linear_top1"], ref.metrics["knn_top1"])
+        seen["n"] = (len(arrays[1]), len(arrays[3]))
+        return r
+
+    monkeypatch.setattr(study_eurosat, "_score", score)
+    report = study_eurosat.run(config, wd)
+    (run,) = report["results"]["random_init"]["runs"]
+    assert (run["linear"], run["knn"]) == seen["ref"] and seen["n"] == (24, 8)
+    assert np.isfinite(run["linear"]) and report["not_started"] == []
+    workdir_lib.Workdir(wd, study_eurosat.workdir_config(config)).close()  # released when the study ends
+
+
+def test_study_rejects_bad_keys_before_writing(tmp_path):
+    from rsjax import errors
+    from rsjax.jobs import study_eurosat
+
+    config = _config(str(tmp_path / "tfds"), "")
+    config.study.arms = "simclr,nope"
+    with pytest.raises(errors.ConfigError, match=r"unknown arm\(s\) \['nope'\]"):
+        study_eurosat.run(config, str(tmp_path / "wd"))
+    config.study.arms = "simclr"
+    config.study.seeds = "0,x"
+    with pytest.raises(errors.ConfigError, match="config.study.seeds"):
+        study_eurosat.run(config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
