@@ -459,7 +459,7 @@ def _read_png(path, mode=None):
 @pytest.mark.realdata
 def test_levir_cd_crops(shared_data, tmp_path):
     from rsjax.data import registry
-    from rsjax.evaluate import change_detection
+    from rsjax.jobs import change_detection
 
     root = shared_data / "levir_cd_samples"
     names = sorted(p.name for p in (root / "label").glob("*.png"))
@@ -473,12 +473,11 @@ def test_levir_cd_crops(shared_data, tmp_path):
     test = arrays([n for n in names if n.startswith("test")][:4])
     config = load_config("cd_levir.py")
     config.model.name = "tiny"
-    config.train.steps = 2
-    config.train.batch_size = 8
-    config.train.crop_size = 64
+    config.total_steps = 2
+    config.batch_size = 8
+    config.data.crop_size = 64
     config.eval.batch_size = 8
-    wd = Workdir(str(tmp_path / "wd"), config)
-    m = change_detection.evaluate_arrays(config, wd, train, test, info=registry.get_dataset_info("levir_cd"))
+    m = change_detection.run(config, str(tmp_path / "wd"), data=(train, test), info=registry.get_dataset_info("levir_cd"))
     assert m["tp"] + m["fn"] == int(test["change"].sum()) > 0
     assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == 4 * 256 * 256
     assert 0.0 <= m["f1"] <= 1.0
@@ -488,7 +487,7 @@ def test_levir_cd_crops(shared_data, tmp_path):
 @pytest.mark.realdata
 def test_potsdam_vaihingen_segmentation_crops(shared_data, tmp_path):
     from rsjax.data import registry
-    from rsjax.evaluate import segmentation
+    from rsjax.jobs import segmentation
 
     root = shared_data / "seg_samples_mmseg"
     images, masks = [], []
@@ -502,12 +501,11 @@ def test_potsdam_vaihingen_segmentation_crops(shared_data, tmp_path):
     assert config.data.reduce_zero_label and config.data.ignore_index == 255
     config.model.name = "tiny"
     config.model.decoder = "deeplabv3plus"
-    config.train.steps = 2
-    config.train.batch_size = 8
-    config.train.crop_size = 64
+    config.total_steps = 2
+    config.batch_size = 8
+    config.data.crop_size = 64
     config.eval.batch_size = 8
-    wd = Workdir(str(tmp_path / "wd"), config)
-    m = segmentation.evaluate_arrays(config, wd, data, data, info=info)
+    m = segmentation.run(config, str(tmp_path / "wd"), data=(data, data), info=info)
     assert m["num_pixels"] == int((data["mask"] != 0).sum())
     assert 0.0 <= m["miou"] <= 1.0 and m["output_stride"] == 16
     assert len(m["per_class_iou"]) == 6 and sum(m["confusion_matrix"][5]) == 0  # clutter: absent in these crops

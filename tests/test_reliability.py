@@ -24,6 +24,8 @@ import pytest
 import _reliability_util as U
 from rsjax import checkpoint as ckpt_lib
 from rsjax import train
+from rsjax.data import input as input_lib
+from rsjax.jobs import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_sigterm_then_sigint_checkpoint_exit_75_and_resume_equals_uninterrupted(
         assert U.metrics(wd)[-1]["step"] == step  # the last finished step is logged
         stopped.append(step)
     # The next start resumes (in process, same config) and ends where an uninterrupted run does.
-    summary = train.train_and_evaluate(U.smoke_config(synth), str(wd))
+    summary = pretrain.run(U.smoke_config(synth), str(wd))
     assert summary["step"] == U.TOTAL_STEPS
     U.assert_metrics_equal(U.metrics(wd), U.metrics(ref))
     U.assert_states_equal(U.state_at(wd, U.TOTAL_STEPS), U.state_at(ref, U.TOTAL_STEPS))
@@ -68,7 +70,7 @@ def test_sigterm_then_sigint_checkpoint_exit_75_and_resume_equals_uninterrupted(
 def test_signal_during_a_checkpoint_step_exits_75_without_saving_twice(ref, synth, tmp_path, monkeypatch):
     """SIGTERM arriving in the step that also writes a periodic checkpoint: the stop writes
     no second checkpoint of the same step (Orbax refuses one: StepAlreadyExistsError)."""
-    make = train.make_data_iterator
+    make = input_lib.make_iterator
 
     class SignalOnSecondBatch:
         def __init__(self, it):
@@ -83,11 +85,15 @@ def test_signal_during_a_checkpoint_step_exits_75_without_saving_twice(ref, synt
         def __getattr__(self, name):
             return getattr(self.it, name)
 
-    monkeypatch.setattr(train, "make_data_iterator", lambda *a, **k: SignalOnSecondBatch(make(*a, **k)))
+    def make_signalling(*a, **k):
+        it, transform = make(*a, **k)
+        return SignalOnSecondBatch(it), transform
+
+    monkeypatch.setattr(input_lib, "make_iterator", make_signalling)
     wd = tmp_path / "wd"
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exc:
-        train.train_and_evaluate(U.smoke_config(synth), str(wd))
+        pretrain.run(U.smoke_config(synth), str(wd))
     assert exc.value.code == train.PREEMPTED_EXIT_CODE
     assert U.steps(wd) == [2]
     U.assert_states_equal(U.state_at(wd, 2), U.state_at(ref, 2))
@@ -110,7 +116,7 @@ def test_kill9_during_checkpoint_write_resumes_from_last_complete(ref, synth, tm
     partial = [d for d in (wd / "checkpoints").iterdir() if d.name.startswith("4.orbax-checkpoint-tmp")]
     assert partial and any(f.is_file() for f in partial[0].rglob("*"))  # files were written
     assert U.steps(wd) == [2]  # ... but step 4 is not a checkpoint
-    summary = train.train_and_evaluate(U.smoke_config(synth), str(wd))
+    summary = pretrain.run(U.smoke_config(synth), str(wd))
     assert summary["step"] == U.TOTAL_STEPS
     assert U.steps(wd) == [2, 4, 6]
     U.assert_metrics_equal(U.metrics(wd), U.metrics(ref))
@@ -166,7 +172,7 @@ def test_partial_and_corrupt_checkpoints_are_never_resumed_from(ref, synth, tmp_
     shutil.copytree(ck / "6", ck / "8.orbax-checkpoint-tmp-1700000000")
     _truncate_files(ck / "6")                # truncated files
     shutil.rmtree(ck / "4" / "state" / "d")  # a step folder copied incompletely
-    summary = train.train_and_evaluate(U.smoke_config(synth), str(wd))
+    summary = pretrain.run(U.smoke_config(synth), str(wd))
     out = capsys.readouterr().out
     assert "Resuming" in out and "from step 2" in out
     for s in (6, 4):
@@ -306,10 +312,10 @@ def test_pretraining_eval_on_a_split_without_labels_says_so(synth, tmp_path, mon
     """kNN / linear probe after pretraining on data whose label is missing (-1)."""
     config = U.smoke_config(synth)
     x = np.zeros((4, 8, 8, 13), np.float32)
-    monkeypatch.setattr(train, "load_eval_arrays", lambda cfg, split, n=None: (x, np.full((4,), -1, np.int32)))
+    monkeypatch.setattr(input_lib, "load_eval_arrays", lambda cfg, split, n=None: (x, np.full((4,), -1, np.int32)))
     with pytest.raises(ValueError, match=r"dataset 'rs_synthetic' split 'train' has no single-class labels .* "
                                          r"set config.eval.enabled=False"):
-        train.evaluate_pretrained(None, None, config, None)
+        pretrain.evaluate_pretrained(None, None, config, None)
 
 
 def test_build_with_empty_or_junk_manual_dir_names_it_and_leaves_nothing(tmp_path):
@@ -354,7 +360,7 @@ def test_config_values_out_of_range_name_the_key(synth, tmp_path, key, value):
         node = node[part]
     node[last] = value
     with pytest.raises(ValueError, match=rf"config\.{re.escape(key)}={value!r}: must be"):
-        train.train_and_evaluate(config, str(tmp_path / "wd"))
+        pretrain.run(config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
 
 

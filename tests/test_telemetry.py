@@ -19,6 +19,7 @@ import pytest
 
 from rsjax import checkpoint as ckpt_lib
 from rsjax import train
+from rsjax.jobs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -114,7 +115,7 @@ def test_pretrain_smoke_reaches_tensorboard(synth_dir, tmp_path):
 
     # Evaluation metrics: every scalar of eval_report.json, at the last training step.
     report = json.loads((wd / "eval_report.json").read_text())["metrics"]
-    for key in ("knn_top1", "linear_top1", "chance", "num_test"):
+    for key in ("knn_top1", "linear_top1", "majority_baseline", "num_test"):
         assert sc[f"eval/pretrain_knn_linear/{key}"] == {config.total_steps: pytest.approx(report[key], rel=1e-6)}
     assert not any(t.startswith("eval/pretrain_knn_linear/linear_per_class") for t in sc)  # lists are not scalars
 
@@ -201,7 +202,7 @@ def test_async_checkpointing_on_accelerators_completes_every_exit(synth_dir, tmp
         return c
 
     ref = tmp_path / "sync"
-    train.train_and_evaluate(config(), str(ref))
+    pretrain.run(config(), str(ref))
 
     monkeypatch.setattr(ckpt_lib, "async_default", lambda: True)
     made = []
@@ -214,11 +215,11 @@ def test_async_checkpointing_on_accelerators_completes_every_exit(synth_dir, tmp
 
     monkeypatch.setattr(ckpt_lib, "make_manager", spy)
     wd = tmp_path / "async"
-    train.train_and_evaluate(config(stop=3), str(wd))  # exits right after saving step 3
+    pretrain.run(config(stop=3), str(wd))  # exits right after saving step 3
     assert made == [True]
     names = sorted(p.name for p in (wd / "checkpoints").iterdir())
     assert names == ["2", "3"], names  # complete (renamed) steps, no temporary folder left
-    train.train_and_evaluate(config(), str(wd))
+    pretrain.run(config(), str(wd))
     assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["2", "3", "4"]
 
     def loss_rows(d):

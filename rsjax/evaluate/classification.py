@@ -32,17 +32,6 @@ import numpy as np
 import optax
 
 
-def extract_features(encode_fn: Callable[[jax.Array], jax.Array], images, *, batch_size: int = 256,
-                     desc: str = "features", progress: bool = True) -> np.ndarray:
-    """``encode_fn(x) -> [B, F]`` over ``images`` through :func:`rsjax.sharding.batched_predict`
-    (float32 [N, F]). Transitional: new code calls :func:`frozen_eval` or ``batched_predict``."""
-    from rsjax import sharding
-
-    out = sharding.batched_predict(lambda _, x: encode_fn(x), {}, images, batch_size=batch_size, desc=desc,
-                                   progress=progress)
-    return np.asarray(out, np.float32)
-
-
 def _l2n(x):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 

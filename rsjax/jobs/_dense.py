@@ -50,15 +50,16 @@ def validate(config, make_task: Callable) -> train.Phase:
 
 
 def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepare: Callable, image_keys,
-        report: Callable) -> dict:
+        report: Callable, info: registry.DatasetInfo | None = None) -> dict:
     """``make_task(pretrained)`` -> task; ``load_data(config)`` -> (train, test) raw arrays;
     ``prepare(train, test, info)`` -> (train, test) checked, labels remapped; ``report(wd, task,
-    test, pred, info, summary)`` -> metrics (scores, pictures, eval_report.json)."""
+    test, pred, info, summary)`` -> metrics (scores, pictures, eval_report.json); ``info``: the
+    registry entry of the images (default: ``config.data``'s)."""
     t0 = time.time()
     phase = validate(config, make_task)
     loaded = common.load_pretrained(config)
     task = make_task(loaded)
-    info = common.dataset_info(config)
+    info = info or common.dataset_info(config)
     with workdir_lib.Workdir(workdir, config) as wd:
         train_arrays, test_arrays = prepare(*load_data(config), info)
         it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,

@@ -15,7 +15,9 @@ from rsjax.jobs import _dense
 from rsjax.tasks import ChangeDetectionTask
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, *, data=None, info=None) -> dict:
+    """The job; ``data`` = ``(train, test)`` raw arrays instead of reading ``config.data`` (then
+    ``info`` = their registry entry)."""
     ignore = config.data.get("ignore_index", None)
 
     def make_task(pretrained):
@@ -39,5 +41,5 @@ def run(config, workdir: str) -> dict:
                   flush=True)
         return metrics
 
-    return _dense.run(config, workdir, make_task=make_task, load_data=cd.load_data, prepare=prepare,
-                      image_keys=("a", "b"), report=report)
+    return _dense.run(config, workdir, make_task=make_task, load_data=(lambda c: data) if data is not None else cd.load_data, prepare=prepare,
+                      image_keys=("a", "b"), report=report, info=info)

@@ -61,25 +61,14 @@ def evaluate_pretrained(method, state, config, wd) -> dict:
             raise errors.DataError(
                 f"dataset {config.data.name!r} split {split!r} has no single-class labels (missing = -1, or "
                 f"multi-hot); the kNN / linear-probe evaluation needs them: set config.eval.enabled=False")
-    host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    encode = jax.jit(lambda x: method.encode(host_state["params"], host_state["batch_stats"], x))
-    f_tr = cls.extract_features(encode, x_tr, batch_size=ecfg.batch_size, desc="features train")
-    f_te = cls.extract_features(encode, x_te, batch_size=ecfg.batch_size, desc="features test")
-    num_classes = int(max(y_tr.max(), y_te.max()) + 1)
-    knn = cls.knn_predict(f_tr, y_tr, f_te, num_classes=num_classes, k=ecfg.knn_k, temperature=ecfg.knn_temperature)
-    lin = cls.linear_probe(f_tr, y_tr, f_te, num_classes=num_classes, epochs=ecfg.linear_epochs, seed=config.seed)
-    metrics = {
-        "knn_top1": cls.accuracy(knn, y_te),
-        "linear_top1": cls.accuracy(lin, y_te),
-        "linear_per_class": cls.per_class_accuracy(lin, y_te, num_classes),
-        "num_train": int(len(y_tr)),
-        "num_test": int(len(y_te)),
-        "chance": float(np.bincount(y_te).max() / len(y_te)),
-    }
+    variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    result = cls.frozen_eval(lambda v, x: method.encode(v["params"], v["batch_stats"], x), variables,
+                             x_tr, y_tr, x_te, y_te, eval_config=ecfg, seed=int(config.seed))
+    metrics = result.metrics
     if wd.is_main:
         print(f"kNN top-1 (k={ecfg.knn_k}): {metrics['knn_top1']:.2%} | linear probe top-1: "
-              f"{metrics['linear_top1']:.2%} | majority-class baseline {metrics['chance']:.2%} "
+              f"{metrics['linear_top1']:.2%} | majority-class baseline {metrics['majority_baseline']:.2%} "
               f"({metrics['num_test']} test crops)", flush=True)
         wd.write_eval_report("pretrain_knn_linear", metrics, config)
-        wd.plot_confusion(cls.confusion_matrix(lin, y_te, num_classes), "confusion_linear.png")
+        wd.plot_confusion(np.asarray(metrics["linear_confusion_matrix"]), "confusion_linear.png")
     return metrics

@@ -19,7 +19,9 @@ from rsjax.tasks import SegmentationTask
 from rsjax.tasks.segmentation import output_stride
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, *, data=None, info=None) -> dict:
+    """The job; ``data`` = ``(train, test)`` raw arrays instead of reading ``config.data`` (then
+    ``info`` = their registry entry)."""
     ignore = config.data.get("ignore_index", None)
     num_classes = int(config.model.num_classes)
 
@@ -62,5 +64,5 @@ def run(config, workdir: str) -> dict:
                   f"{metrics['overall_accuracy']:.4f} ({metrics['num_test']} test images)", flush=True)
         return metrics
 
-    return _dense.run(config, workdir, make_task=make_task, load_data=seg.load_data, prepare=prepare,
-                      image_keys=("image",), report=report)
+    return _dense.run(config, workdir, make_task=make_task, load_data=(lambda c: data) if data is not None else seg.load_data, prepare=prepare,
+                      image_keys=("image",), report=report, info=info)

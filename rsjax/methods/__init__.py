@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import ml_collections
 
 from rsjax.methods.base import Method
 from rsjax.methods.dino import DINO
 from rsjax.methods.false import FALSE
 from rsjax.methods.moco import MoCo
-from rsjax.methods.noisy_label import NoisyLabelSegmentation
 from rsjax.methods.simclr import SimCLR
 from rsjax.methods.swimdiff import SwiMDiff
 
-_REGISTRY: dict[str, type[Method]] = {
+_REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "simclr": SimCLR,
     "moco": MoCo,
     "swimdiff": SwiMDiff,
     "false": FALSE,
     "dino": DINO,
-    "noisy_label": NoisyLabelSegmentation,
 }
 
 
-def register(name: str, cls: type[Method]) -> None:
+def _noisy_label(config) -> Method:
+    # Supervised segmentation pretraining on (noisy) masks: the segmentation task with the
+    # noisy-label job's ignore value (rsjax.data.segmentation.IGNORE_INDEX = -1).
+    from rsjax.tasks import SegmentationTask
+
+    return SegmentationTask(config, ignore_index=-1)
+
+
+_REGISTRY["noisy_label"] = _noisy_label
+
+
+def register(name: str, cls: Callable[[ml_collections.ConfigDict], Method]) -> None:
     _REGISTRY[name] = cls
 
 
