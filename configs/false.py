@@ -22,7 +22,7 @@ Variants:
                     0.6 -> 4.8 over the first 10% of training, then VISSL's cosine_warm_restart
                     from 4.8 to 0.0048 with full waves, restart_interval_length 0.334 of the
                     remaining 90%, is_adaptive (peaks ~3.6, ~1.2, ending ~0.005; see
-                    rsjax.schedules "vissl_cosine_warm_restart");
+                    rsjax.optim "vissl_cosine_warm_restart");
                   - batch 256 images (512 views), 200 epochs, float32 (USE_AMP False).
                   Written for the synthetic `large` build (8192 crops of 64 px -> 32 steps per
                   epoch); for a real dataset of N images set data.name / data.data_dir /

@@ -460,4 +460,3 @@ def load_encoder(workdir: str, step: int | None = None):
     return state["params"]["encoder"], state["batch_stats"]["encoder"], meta
 
 
-load_encoder_for_export = load_encoder  # the name before issue 13

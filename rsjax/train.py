@@ -398,7 +398,7 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
         bar.close()  # also on errors: a progress bar redrawn after the error message hides it
         manager.wait_until_finished()  # every exit (end, signal, error) waits for a pending save
     elapsed = time.time() - t0
-    summary = {"step": step, "total_steps": total, "train_seconds": elapsed if step > start_step else 0.0,
+    summary = {"step": step, "start_step": start_step, "total_steps": total, "train_seconds": elapsed if step > start_step else 0.0,
                "compile_seconds": compile_s, "compiles": train_step.trace_count,
                "nonfinite_steps": int(jax.device_get(state["nonfinite_total"]))}
     if summary["nonfinite_steps"] and is_main and step > start_step:

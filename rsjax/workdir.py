@@ -51,7 +51,7 @@ from rsjax.errors import ConfigError, WorkdirError
 
 # Keys that may change between a run and its continuation without changing its result.
 MUTABLE_KEYS = ("stop_after_steps", "log_every", "eval", "data.num_workers", "data.data_dir",
-                "data.cache_dir", "transfer", "analysis")
+                "data.cache_dir")
 
 LOCK_FILE = ".lock"
 # Files that exist before anything ran: a workdir holding only these may take another config.
@@ -374,8 +374,6 @@ class Workdir:
             if new != text:
                 _write_atomic(path, new)
 
-    truncate_metrics = truncate  # the name before issue 13
-
     def log_metrics(self, step: int, metrics: dict) -> None:
         """Appends ``{"step": step, **metrics}`` (floats; non-finite as null) to metrics.jsonl
         and the same scalars to TensorBoard as ``train/<key>``."""
@@ -472,6 +470,20 @@ class Workdir:
             lock.release()
 
     # -- reports and pictures --------------------------------------------------------------
+    def finished_report(self, result) -> dict | None:
+        """The metrics of ``eval_report.json`` when ``result`` (a ``train.FitResult``) says the run
+        had already finished before this call and the report exists: a rerun of a finished job
+        then writes nothing (also on a read-only filesystem). None otherwise."""
+        path = os.path.join(self.path, "eval_report.json")
+        if not (result.finished and result.summary.get("start_step") == result.step and os.path.exists(path)):
+            return None
+        with open(path) as f:
+            report = json.load(f)
+        if self.is_main:
+            print(f"{self.path} already finished at step {result.step}; its report: {path}", flush=True)
+        return report["metrics"]
+
+
     def file(self, name: str) -> str:
         """Absolute path of the output file ``name`` inside the workdir.
 

@@ -49,7 +49,7 @@ def _read(path):
 def _load_encoder(path):
     if hasattr(ckpt_lib, "load_encoder"):
         return ckpt_lib.load_encoder(str(path))
-    return ckpt_lib.load_encoder_for_export(str(path))
+    return ckpt_lib.load_encoder(str(path))
 
 
 # --- pure helpers ---------------------------------------------------------------------

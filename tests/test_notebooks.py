@@ -226,5 +226,5 @@ def test_require_backend_refuses_a_cpu_runtime(monkeypatch):
     nb = nbformat.read(COLAB / "02_tpu_pretraining.ipynb", as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     check = next(i for i, s in enumerate(code) if "nbu.require_backend(" in s)
-    assert check < next(i for i, s in enumerate(code) if "train_and_evaluate" in s)
+    assert check < next(i for i, s in enumerate(code) if "pretrain.run(" in s)
     assert "ALLOW_OTHER_BACKEND = False" in code[check]

@@ -74,7 +74,6 @@ import threading
 from typing import Any, Iterator, Optional
 
 import grain
-import ml_collections
 import numpy as np
 
 from rsjax.data import augment, registry

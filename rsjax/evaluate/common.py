@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rsjax.data import registry
+from rsjax.errors import ConfigError
 
 PyTree = Any
 
@@ -93,7 +94,8 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
     from rsjax import checkpoint as ckpt_lib
 
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"config.pretrained={path!r} is not a directory (a pretraining workdir)")
+        raise ConfigError(f"config.pretrained={path!r} is not a directory (a pretraining workdir, or '' for "
+                          f"random initialisation)")
     step = int(config.get("pretrained_step", 0) or 0) or None
     params, batch_stats, meta = ckpt_lib.load_encoder(path, step)
     check_pretrained_meta(meta, config, f"{path} (step {meta.get('step')})")

@@ -68,6 +68,9 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
         result = train.fit(task, it, phase, wd, config)
         if not result.finished:
             return {**result.summary, "finished": False}
+        done = wd.finished_report(result)
+        if done is not None:
+            return done
         variables = jax.device_get({"params": result.state["params"], "batch_stats": result.state["batch_stats"]})
 
         def fn(v, batch):

@@ -44,7 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result = train.fit(method, data_iter, phase, wd, config, mesh=mesh, batch_transform=transform)
         summary = dict(result.summary)
         if result.finished and config.get("eval", {}).get("enabled", True):
-            summary["eval"] = evaluate_pretrained(method, result.state, config, wd)
+            summary["eval"] = wd.finished_report(result) or evaluate_pretrained(method, result.state, config, wd)
     return summary
 
 

@@ -25,7 +25,7 @@ dilated encoders (output stride 16 / 8).
 
 Models (the parameter trees are ``{'encoder': <ResNet tree>, 'decoder': ...}``, and the same
 for ``batch_stats``, so a pretrained encoder plugs in by replacing ``params['encoder']`` and
-``batch_stats['encoder']`` with the trees of ``rsjax.checkpoint.load_encoder_for_export``):
+``batch_stats['encoder']`` with the trees of ``rsjax.checkpoint.load_encoder``):
 
 * :class:`SegmentationModel`: ResNet encoder + one of the decoders above.
 * :class:`SiameseCDUNet`: change detection. One shared-weight encoder sees image A and image
