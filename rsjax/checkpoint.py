@@ -115,16 +115,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
 
 
 def _path_str(path) -> str:
-    """``"opt_state/1/0/mu/encoder/conv/kernel"`` of a jax key path (dict key, index or attribute)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+    """``"opt_state/1/0/mu/encoder/conv/kernel"`` of a jax key path."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _shapes(tree) -> dict[str, tuple]:

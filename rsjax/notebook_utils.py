@@ -234,25 +234,25 @@ def checkpoint_steps(workdir: str) -> list[int]:
 # --------------------------------------------------------------------------------------
 def sample_images(workdir: str, n: int = 8, split: str | None = None) -> np.ndarray:
     """``n`` standardized images (NHWC float32) of the run's dataset, the encoder's input."""
-    from rsjax import checkpoint, train
+    from rsjax import checkpoint
+    from rsjax.data import input as input_lib
 
     config = checkpoint.read_config(workdir)
-    data_cfg = train._data_config_with_defaults(config)
+    data_cfg = input_lib.data_config(config)
     split = split or config.get("eval", {}).get("test_split", data_cfg.eval_split)
-    x, _ = train.load_eval_arrays(data_cfg, split, max_examples=n)
+    x, _ = input_lib.load_eval_arrays(data_cfg, split, max_examples=n)
     return np.asarray(x, np.float32)
 
 
 def flax_features(workdir: str, images: np.ndarray, *, step: int | None = None) -> np.ndarray:
     """Pooled eval-mode features ``[N, C]`` of the run's encoder (checkpoint ``step``, latest if
     None) computed by the Flax model, the values an export must reproduce."""
-    import jax
-
-    from rsjax import checkpoint
+    from rsjax import checkpoint, sharding
     from rsjax.models.resnet import create_encoder
 
     params, batch_stats, meta = checkpoint.load_encoder(workdir, step)
     model = create_encoder(meta["arch"], stem=meta.get("stem", "standard"))
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    out = apply({"params": params, "batch_stats": batch_stats}, np.asarray(images, np.float32))
+    out = sharding.batched_predict(lambda v, x: model.apply(v, x, train=False),
+                                   {"params": params, "batch_stats": batch_stats}, np.asarray(images, np.float32),
+                                   batch_size=64, desc="features", progress=False)
     return np.asarray(out, np.float32)

@@ -490,15 +490,8 @@ def scale_modules(scales, where: str = "optimizer") -> optax.GradientTransformat
 
 
 def _path_name(path) -> str:
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+    """``"opt_state/1/0/mu/encoder/conv/kernel"`` of a jax key path."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _matches(name: str, pattern: str) -> bool:
