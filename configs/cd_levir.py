@@ -19,22 +19,21 @@ Variants:
 
 import ml_collections
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("default", "smoke", "synthetic")
 
 
 def base(name: str, in_channels: int, crop: int) -> ml_collections.ConfigDict:
     """Shared by configs/cd_levir.py and configs/cd_oscd.py."""
-    c = configs_lib.eval_base("change_detection")
+    c = common.eval_base("change_detection")
     c.model.in_channels = in_channels
     c.model.decoder_channels = ()          # () = default widths (256, 128, 64, 32, 16)
-    c.data = configs_lib.data_config(name=name, builder_config=None, image_size=crop)
+    c.data = common.data_config(name=name, builder_config=None, image_size=crop)
     c.data.image_a_key = "image_a"
     c.data.image_b_key = "image_b"
     c.data.change_key = "change"
-    c.data.ignore_index = ml_collections.config_dict.placeholder(int)   # None = every pixel counts
-    configs_lib.add_dense_train(c, steps=20_000, batch_size=16, crop_size=crop, lr=5e-4)
+    common.add_dense_train(c, steps=20_000, batch_size=16, crop_size=crop, lr=5e-4)
     c.eval.batch_size = 8
     c.eval.num_pictures = 4
     c.log_every = 50
@@ -65,7 +64,12 @@ def synthetic(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Conf
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
     c = base("levir_cd", 3, 256)
     if variant == "default":
         return c

@@ -16,22 +16,20 @@ Variants:
 13-band encoders pretrained with configs/swimdiff.py (synthetic or ssl4eo) plug in directly.
 """
 
-import importlib.util
-import os
-
-from rsjax import configs_lib
+from configs import cd_levir, common
 
 VARIANTS = ("default", "smoke", "synthetic")
 
-_spec = importlib.util.spec_from_file_location("_cd_levir", os.path.join(os.path.dirname(__file__), "cd_levir.py"))
-_levir = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_levir)
-
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = _levir.base("oscd", 13, 96)
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = cd_levir.base("oscd", 13, 96)
     c.total_steps = 5000
     if variant == "default":
         return c
-    return _levir.synthetic(c, variant)
+    return cd_levir.synthetic(c, variant)

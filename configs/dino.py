@@ -39,7 +39,7 @@ Variants:
 
 import ml_collections
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("demo", "smoke", "paper")
 
@@ -65,14 +65,20 @@ def add_dino(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.pretrain_base()
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.pretrain_base()
     c.method = "dino"
     add_dino(c)
-    c.data.crop_scale_min = 0.4          # DINO global crops (0.4, 1) on the synthetic crops
+    # DINO global crops (0.4, 1) on the synthetic crops; the rest as every method's default recipe
+    c.data.augment = "rrc(0.4, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.1, 1.0))"
     c.optimizer.warmup_steps = 30
     if variant == "smoke":
-        configs_lib.smoke(c)
+        common.smoke(c)
         c.dino.out_dim = 64
         c.dino.hidden_dim = 32
         c.dino.bottleneck_dim = 16
@@ -93,7 +99,7 @@ def get_config(arg=None):
         c.optimizer.grad_clip = 3.0          # --clip_grad default (global norm here, see above)
         c.optimizer.momentum = 0.9
         c.dino.local_scale = (0.05, 0.14)
-        c.data.crop_scale_min = 0.14
+        c.data.augment = "rrc(0.14, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.1, 1.0))"
         c.data.image_size = 224
         c.optimizer.name = "sgd"
         c.optimizer.lr = 0.03 * c.batch_size / 256

@@ -21,17 +21,23 @@ architecture `model.name`; a 13-band (L1C) checkpoint is refused with an error n
 
 import ml_collections
 
-from rsjax import configs_lib, optim
+from configs import common
+from rsjax import optim
 
 VARIANTS = ("default", "smoke", "synthetic")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.eval_base("eval_multilabel")
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.eval_base("eval_multilabel")
     c.model.name = "resnet50"
     c.model.in_channels = 12
-    c.data = configs_lib.data_config(name="bigearthnet", builder_config=None, image_size=120)
+    c.data = common.data_config(name="bigearthnet", builder_config=None, image_size=120)
     c.data.multilabel_from_mask = False  # True: targets = classes present in data.mask_key
     c.data.image_key = "image"
     c.data.mask_key = "mask"

@@ -22,20 +22,24 @@ A pretrained encoder must match `model.name`, `model.stem` and `model.in_channel
 
 import ml_collections
 
-from rsjax import configs_lib, optim
+from configs import common
+from rsjax import optim
 
 VARIANTS = ("default", "smoke", "synthetic")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.eval_base("eval_classification")
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.eval_base("eval_classification")
     c.model.in_channels = 3
-    c.data = configs_lib.data_config(name="eurosat_rgb", builder_config=None, image_size=64)
+    c.data = common.data_config(name="eurosat_rgb", builder_config=None, image_size=64)
     c.data.folder = ""           # EuroSAT-style class folders; '' = read the TFDS dataset
     c.data.folder_seed = 0
-    c.data.test_fraction = 0.2
-    c.data.max_per_class = 0     # 0 = all files (a quick subset otherwise)
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.07
     c.eval.linear_epochs = 300

@@ -51,14 +51,19 @@ of D must fall in a gated row; see rsjax.losses.false_nt_xent). "gate_then_pick"
 "per_anchor" are rsjax's alternative readings of the paper.
 """
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("demo", "smoke", "paper")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.pretrain_base()
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.pretrain_base()
     c.method = "false"
     c.loss.temperature = 0.5
     c.loss.threshold = 0.9
@@ -69,7 +74,7 @@ def get_config(arg=None):
     c.optimizer.num_cycles = 2           # restart at half of the post-warm-up steps
     c.optimizer.cycle_decay = 1.0        # peak lr multiplier per restart
     if variant == "smoke":
-        return configs_lib.smoke(c)
+        return common.smoke(c)
     if variant == "paper":
         c.model.name = "resnet50"
         c.model.proj_layers = 2          # Linear 2048 -> 2048, Linear 2048 -> 128

@@ -9,27 +9,32 @@ Run:
   python -m rsjax.main --config=configs/moco.py --workdir=runs/moco
   python -m rsjax.main --config=configs/moco.py:smoke --workdir=/tmp/smoke
 
-(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
+(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
 
 Variants: demo (default; half-width ResNet-10 on the synthetic scenes), smoke (tiny, 4 steps),
 paper (ResNet-50, batch 256, queue 65,536, m 0.999, SGD lr 0.03, tau 0.2, bf16, one direction).
 """
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("demo", "smoke", "paper", "bench", "bench_eurosat")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.pretrain_base()
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.pretrain_base()
     c.method = "moco"
-    configs_lib.add_moco(c, queue_size=1024, momentum=0.99, batch_negatives=False)
+    common.add_moco(c, queue_size=1024, momentum=0.99, batch_negatives=False)
     c.loss.temperature = 0.2
     if variant == "smoke":
-        return configs_lib.smoke(c)
+        return common.smoke(c)
     if variant in ("bench", "bench_eurosat"):
-        return configs_lib.bench(c, variant)
+        return common.bench(c, variant)
     if variant == "paper":
         c.model.name = "resnet50"
         c.model.proj_hidden_dim = 2048

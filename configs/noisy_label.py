@@ -52,16 +52,21 @@ confusion_pretrain.png, transfer_miou.png, eval_report.json. stop_after_steps ap
 phase; a rerun continues the first unfinished one.
 """
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("demo", "smoke", "paper")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.noisy_label_base()
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.noisy_label_base()
     if variant == "smoke":
-        return configs_lib.noisy_label_smoke(c)
+        return common.noisy_label_smoke(c)
     if variant == "paper":
         c.model.name = "resnet50"
         c.model.num_classes = 9

@@ -24,14 +24,19 @@ transfer_<decoder>/; the random-init transfers in random_init/.
 
 import ml_collections
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("demo", "smoke")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.noisy_label_base()
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.noisy_label_base()
     c.job = "noisy_label_study"
     c.checkpoint_every = 300
     c.analysis.every = 25
@@ -39,7 +44,7 @@ def get_config(arg=None):
     c.study.noise_rates = (0.0, 0.25, 0.5, 0.75)
     c.study.include_random_init = True
     if variant == "smoke":
-        configs_lib.noisy_label_smoke(c)
+        common.noisy_label_smoke(c)
         c.study.noise_rates = (0.0, 0.5)
         c.checkpoint_every = c.total_steps  # one Orbax save per arm: the smoke stays < 60 s on CPU
     return c

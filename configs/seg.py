@@ -11,8 +11,9 @@ Run:
 
 Variants:
   default         `rs_segmentation` config `potsdam` (TFDS builder: image [256, 256, 3] uint8,
-                  mask [256, 256] uint8 with 0 = ignore and 1..6 = the 6 ISPRS classes, i.e.
-                  data.reduce_zero_label; other configs: --config.data.builder_config=vaihingen |
+                  mask [256, 256] uint8 with 0 = ignore and 1..6 = the 6 ISPRS classes: the
+                  registry's mask convention, mask_ignore_value=0 (mmseg's reduce_zero_label);
+                  other configs: --config.data.builder_config=vaihingen |
                   loveda (+ --config.model.num_classes=7) | deepglobe), ResNet-18 + UNet, 256 px
                   crops, batch 16, AdamW 1e-3 cosine, 8k steps, CE + Dice.
                   model.decoder = unet | deeplabv3plus | pspnet; model.output_stride = 8 | 16 | 32
@@ -27,28 +28,30 @@ Variants:
 
 import ml_collections
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("default", "smoke", "synthetic", "false_protocol")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.eval_base("segmentation")
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.eval_base("segmentation")
     c.model.in_channels = 3
     c.model.decoder = "unet"           # unet | deeplabv3plus | pspnet
     c.model.output_stride = 0          # 0 = decoder default; 8 | 16 | 32
     c.model.num_classes = 6
     c.model.decoder_channels = ()      # () = default widths
     c.model.dropout_rate = ml_collections.config_dict.placeholder(float)  # None = decoder default
-    c.data = configs_lib.data_config(name="rs_segmentation", builder_config="potsdam", image_size=256)
+    c.data = common.data_config(name="rs_segmentation", builder_config="potsdam", image_size=256)
     c.data.image_key = "image"
     c.data.mask_key = "mask"
-    c.data.ignore_index = ml_collections.config_dict.placeholder(int)
-    c.data.ignore_index = 255
-    c.data.reduce_zero_label = True    # stored 0 = ignore, v = class v - 1 (rs_segmentation builder)
     c.data.class_names = ()            # () = the registry's class names
-    configs_lib.add_dense_train(c, steps=8000, batch_size=16, crop_size=256, lr=1e-3)
+    common.add_dense_train(c, steps=8000, batch_size=16, crop_size=256, lr=1e-3)
     c.eval.batch_size = 8
     c.eval.num_pictures = 4
     c.log_every = 50
@@ -74,8 +77,6 @@ def get_config(arg=None):
     c.data.name = "rs_synthetic"
     c.data.builder_config = "default"
     c.data.image_size = 32
-    c.data.ignore_index = None
-    c.data.reduce_zero_label = False
     c.data.crop_size = 32
     c.total_steps = 300
     c.batch_size = 32

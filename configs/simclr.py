@@ -4,7 +4,7 @@ Run:
   python -m rsjax.main --config=configs/simclr.py --workdir=runs/simclr
   python -m rsjax.main --config=configs/simclr.py:smoke --workdir=/tmp/smoke
 
-(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
+(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
 
 Variants: demo (default; half-width ResNet-10 on the synthetic scenes, same budget as the SwiMDiff demo),
 smoke (tiny, 4 steps), imagenet_style (ResNet-50, batch 256, LARS, tau 0.5 — set data.*).
@@ -21,21 +21,26 @@ ratio is scale-invariant in the gradient, so under LARS only weight decay's rela
 changes); Adam-type optimizers are invariant to it.
 """
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("demo", "smoke", "imagenet_style", "bench", "bench_eurosat")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.pretrain_base()
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.pretrain_base()
     c.method = "simclr"
     c.loss.temperature = 0.2
     c.model.proj_last_bn = True          # the reference head's output BN (no centring)
     if variant == "smoke":
-        return configs_lib.smoke(c)
+        return common.smoke(c)
     if variant in ("bench", "bench_eurosat"):
-        return configs_lib.bench(c, variant)
+        return common.bench(c, variant)
     if variant == "imagenet_style":
         c.model.name = "resnet50"
         c.model.proj_hidden_dim = 2048

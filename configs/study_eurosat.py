@@ -2,9 +2,9 @@
 
 Run:
   python -m rsjax.main --config=configs/study_eurosat.py:gpu --workdir=runs/study_gpu \
-      --config.data.manual_dir=../shared/data/eurosat_rgb
+      --config.data.folder=../shared/data/eurosat_rgb
   python -m rsjax.main --config=configs/study_eurosat.py:cpu --workdir=runs/study_cpu \
-      --config.data.manual_dir=../shared/data/eurosat_rgb
+      --config.data.folder=../shared/data/eurosat_rgb
   python -m rsjax.main --config=configs/study_eurosat.py:smoke --workdir=/tmp/study_smoke
 On a lent GPU: the phases of .ci/device/study_gpu.sh (EuroSAT carried in two halves; each
 finished arm's JSON goes to study.out_dir = $OUT at once; time-boxed by study.time_budget_s).
@@ -24,13 +24,18 @@ Variants:
   smoke  the synthetic tiny dataset, tiny encoder, 2 steps per method (the test suite).
 """
 
+import json
+
 import ml_collections
 
-from rsjax import configs_lib
+from configs import common
+from configs import false as false_config
+from configs import moco, simclr, swimdiff
 
 VARIANTS = ("gpu", "cpu", "smoke")
 
-# name -> (config file, overrides) of each arm of the study.
+# name -> (config module, overrides) of each arm of the study; get_config builds each arm's
+# pretraining config into config.arms.<name> (the job only sets seed and step counts).
 ARMS = {
     "simclr": ("simclr", {}),
     "moco_v2": ("moco", {}),
@@ -42,7 +47,12 @@ ARMS = {
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
     c = ml_collections.ConfigDict()
     c.job = "study_eurosat"
     c.seed = 0
@@ -69,10 +79,10 @@ def get_config(arg=None):
     c.optimizer.lr = 0.6
     c.optimizer.weight_decay = 5e-4
     c.optimizer.warmup_fraction = 0.05
-    c.data = configs_lib.data_config(
+    c.data = common.data_config(
         name="eurosat_rgb", builder_config="", image_size=64, device_resident=True,
-        crop_scale_min=0.2, jitter_strength=0.5, jitter_prob=0.8, saturation=0.4, gray_prob=0.2,
-        blur_prob=0.0, crops_as_scenes=0)
+        augment="rrc(0.2, 1.0)|flip_rot|jitter(0.5, p=0.8, saturation=0.4)|gray(0.2)",  # no blur
+        crops_as_scenes=0)
     c.swimdiff_crops_as_scenes = 2         # SwiMDiff arms: 2x2 adjacent crops of one image = a scene
     c.swimdiff_diffusion_size = 32         # denoise a 32 px downsample of the 64 px view
     c.swimdiff_denoiser_channels = 16
@@ -117,4 +127,60 @@ def get_config(arg=None):
         c.eval.linear_epochs = 20
         c.eval.batch_size = 64
         c.max_steps_per_arm = 2
+    add_arms(c)
     return c
+
+
+_MODULES = {"simclr": simclr, "moco": moco, "swimdiff": swimdiff, "false": false_config}
+
+
+def add_arms(c: ml_collections.ConfigDict) -> None:
+    """``c.arms.<name>``: the pretraining config of every arm of :data:`ARMS` (its config module's
+    default variant, then the study's shared settings, then the arm's overrides), and
+    ``c.arm_sources.<name>``: ``{"config": module, "overrides": {...}}`` as JSON (recorded in the
+    arm's result file).
+
+    The shared settings are FieldReferences to the study's own keys, so an override given after
+    get_config (``--config.data.folder=...``, ``--config.batch_size=...``) reaches every arm.
+    Left to the job (rsjax.study.arm_run_config), because they need the split size or the seed:
+    ``seed``, ``total_steps`` (``max_steps_per_arm`` or ``epochs`` x steps per epoch),
+    ``optimizer.warmup_steps`` (``optimizer.warmup_fraction`` of them), ``log_every`` and
+    ``checkpoint_every``.
+    """
+    c.arms = ml_collections.ConfigDict()
+    c.arm_sources = ml_collections.ConfigDict()
+    for name, (module, overrides) in ARMS.items():
+        a = _MODULES[module]._config(_MODULES[module].VARIANTS[0])
+        a.dtype = c.get_ref("dtype")
+        a.batch_size = c.get_ref("batch_size")
+        for key in ("name", "stem", "in_channels"):
+            a.model[key] = c.model.get_ref(key)
+        a.model.proj_hidden_dim = 512
+        a.model.proj_dim = 128
+        a.loss.temperature = c.get_ref("temperature")
+        for key in ("name", "lr", "weight_decay"):
+            a.optimizer[key] = c.optimizer.get_ref(key)
+        # Assigning to a field that already holds a reference would re-point the shared one
+        # (every arm's), so the keys an arm sets itself are never linked.
+        own = {}
+        if a.method == "swimdiff":
+            own = {"crops_as_scenes": c.get_ref("swimdiff_crops_as_scenes"), "scenes_per_batch": 0}
+        for key in c.data:
+            a.data[key] = own[key] if key in own else c.data.get_ref(key)
+        if a.method == "swimdiff":
+            a.swimdiff.diffusion_size = c.get_ref("swimdiff_diffusion_size")
+            a.swimdiff.denoiser_channels = c.get_ref("swimdiff_denoiser_channels")
+        if "moco" in a:
+            a.moco.queue_size = c.get_ref("batch_size") * 16
+        a.eval.enabled = False
+        for dotted, value in overrides.items():
+            common.set_key(a, dotted, value)
+        if a.method == "swimdiff" and float(a.swimdiff.lambda_d):
+            # The encoder trains at the lr every arm shares; the GroupNorm UNet denoiser diverges
+            # under SGD at that lr (measured: L_D 1.2 -> 13,265 -> NaN within 10 steps at lr 0.3),
+            # so it gets a fraction of it (DDPM itself trains its UNet with Adam at 2e-4).
+            a.optimizer.module_lr_scale = (ml_collections.FieldReference("denoiser=")
+                                           + c.get_ref("swimdiff_denoiser_lr_scale").to_str())
+        a.lock()
+        c.arms[name] = a
+        c.arm_sources[name] = json.dumps({"config": module, "overrides": overrides}, sort_keys=True)

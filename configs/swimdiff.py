@@ -6,7 +6,7 @@ Run:
   python -m rsjax.main --config=configs/swimdiff.py:ssl4eo --workdir=runs/ssl4eo \
       --config.data.data_dir=/path/to/tfds
 
-(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs_lib.bench.)
+(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
 
 Variants:
   demo (default)  a half-width ResNet-10 (`resnet10_w32`; pass --config.model.name=resnet18 on a
@@ -19,25 +19,30 @@ Variants:
                   with `python -m rsjax.data.build ssl4eo_s12 --manual_dir=... --data_dir=...`.
 """
 
-from rsjax import configs_lib
+from configs import common
 
 VARIANTS = ("demo", "smoke", "ssl4eo", "bench", "bench_eurosat")
 
 
 def get_config(arg=None):
-    variant = configs_lib.parse_arg(arg, VARIANTS)
-    c = configs_lib.pretrain_base()
+    """``arg``: a variant of VARIANTS and/or ``seed=`` / ``total_steps=`` / ``batch_size=`` (configs.common.parse_arg)."""
+    a = common.parse_arg(arg, variants=VARIANTS, **common.RUN_ARGS)
+    return common.finish(_config(a.variant), a)
+
+
+def _config(variant: str):
+    c = common.pretrain_base()
     c.method = "swimdiff"
     # batch keys + queue: the scene-aware batch's same-scene keys must be candidates
-    configs_lib.add_moco(c, queue_size=1024, momentum=0.99, batch_negatives=True)
-    configs_lib.add_swimdiff(c)
+    common.add_moco(c, queue_size=1024, momentum=0.99, batch_negatives=True)
+    common.add_swimdiff(c)
     c.loss.temperature = 0.2
     c.data.scenes_per_batch = 16
     c.data.samples_per_scene = 4
     if variant == "smoke":
-        return configs_lib.smoke(c)
+        return common.smoke(c)
     if variant in ("bench", "bench_eurosat"):
-        return configs_lib.bench(c, variant)
+        return common.bench(c, variant)
     if variant == "ssl4eo":
         c.model.name = "resnet50"
         c.model.proj_hidden_dim = 2048

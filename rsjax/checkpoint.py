@@ -336,9 +336,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         raise CheckpointError(f"{path} does not exist: is {workdir} an rsjax workdir?")
     with open(path) as f:
         try:
-            return ml_collections.ConfigDict(json.load(f))
+            stored = json.load(f)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    from rsjax import workdir as workdir_lib
+
+    # completed once, here: keys added in later rsjax versions at their defaults
+    return ml_collections.ConfigDict(workdir_lib.complete_config(stored))
 
 
 def _read_state_at(manager: ocp.CheckpointManager, step: int):

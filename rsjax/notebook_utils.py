@@ -14,7 +14,7 @@ CPU in seconds; a person running a notebook leaves them unset):
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import pathlib
@@ -28,8 +28,6 @@ WORKDIR_ENV = "RSJAX_NOTEBOOK_WORKDIR"
 OUT_ENV = "RSJAX_NOTEBOOK_OUT"
 ALLOW_BACKEND_ENV = "RSJAX_NOTEBOOK_ALLOW_BACKEND"
 
-# configs/ sits next to the rsjax package in a checkout (`pip install -e .`).
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -63,16 +61,17 @@ def out_dir(default: str) -> str:
 # --------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------
-def config_file(name: str) -> pathlib.Path:
-    """``configs/<name>.py`` of the checkout (``name`` may also be a path to a config file)."""
-    p = pathlib.Path(name)
-    if p.suffix == ".py" and p.exists():
-        return p
-    path = REPO_ROOT / "configs" / f"{p.stem}.py"
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist (configs/ is read from the rsjax checkout "
-                                f"{REPO_ROOT}; install rsjax with `pip install -e .` from a clone)")
-    return path
+def config_module(name: str):
+    """The config module ``configs.<name>`` (``name`` may also be ``configs/<name>.py``): the
+    configs package installed with rsjax (``pip install -e .`` from a clone)."""
+    stem = pathlib.PurePath(name).stem
+    try:
+        return importlib.import_module(f"configs.{stem}")
+    except ModuleNotFoundError as e:
+        if e.name not in ("configs", f"configs.{stem}"):
+            raise
+        raise FileNotFoundError(f"no config module configs.{stem} (configs/{stem}.py); install rsjax with "
+                                f"`pip install -e .` from a clone") from None
 
 
 def set_key(config, dotted: str, value) -> None:
@@ -92,11 +91,7 @@ def set_key(config, dotted: str, value) -> None:
 def load_config(name: str, variant: str | None = None, overrides: Mapping[str, Any] | None = None):
     """``configs/<name>.py:<variant>`` with dotted-key ``overrides`` applied, the same config
     ``python -m rsjax.main --config=configs/<name>.py:<variant> --config.<key>=<value>`` runs."""
-    path = config_file(name)
-    spec = importlib.util.spec_from_file_location(f"rsjax_nb_cfg_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config(variant)
+    config = config_module(name).get_config(variant)
     for k, v in (overrides or {}).items():
         set_key(config, k, v)
     return config
@@ -237,8 +232,8 @@ def sample_images(workdir: str, n: int = 8, split: str | None = None) -> np.ndar
     from rsjax import checkpoint
     from rsjax.data import input as input_lib
 
-    config = checkpoint.read_config(workdir)
-    data_cfg = input_lib.data_config(config)
+    config = checkpoint.read_config(workdir)  # completed with the defaults of keys added since
+    data_cfg = config.data
     split = split or config.get("eval", {}).get("test_split", data_cfg.eval_split)
     x, _ = input_lib.load_eval_arrays(data_cfg, split, max_examples=n)
     return np.asarray(x, np.float32)

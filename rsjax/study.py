@@ -2,8 +2,9 @@
 
 The job itself is :mod:`rsjax.jobs.study_eurosat` (``config.job = "study_eurosat"``,
 ``configs/study_eurosat.py``). For each arm (method + overrides) and seed it builds the arm's
-pretraining config with :func:`arm_config` (the arm's own config file plus the study's shared
-settings: encoder, epochs, batch, optimizer, data), pretrains in ``<workdir>/<arm>_s<seed>``
+pretraining config with :func:`arm_config` (``config.arms.<arm>``, which the study config builds
+from the arm's config module plus the study's shared settings: encoder, batch, optimizer, data;
+the job adds the seed and step counts), pretrains in ``<workdir>/<arm>_s<seed>``
 with the pretraining job, then scores the frozen encoder with the ``knn`` and ``linear``
 evaluators (:func:`rsjax.evaluate.classification.frozen_eval`) on the test split. Arms already
 finished (their ``arm_result.json`` exists) are not rerun, so an interrupted study continues
@@ -23,7 +24,7 @@ seconds, for time-boxed device calls; the rerun resumes at the next arm.
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
 import time
 
@@ -32,69 +33,33 @@ import numpy as np
 
 from rsjax import results as results_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # config.study keys that may differ between the calls of one study (rsjax.jobs.study_eurosat.run).
 STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm")
 
 
-def load_config_module(name: str):
-    path = os.path.join(REPO, "configs", f"{name}.py")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path} for the study arm is missing")
-    spec = importlib.util.spec_from_file_location(f"rsjax_cfg_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def arm_names(config) -> list[str]:
+    """The arms the study config defines (``config.arms``, built by configs/study_eurosat.py)."""
+    return list(config.arms.keys())
 
 
-def _set(c, dotted: str, value):
-    *parents, last = dotted.split(".")
-    for p in parents:
-        c = c[p]
-    c[last] = value
-
-
-def arm_config(study: ml_collections.ConfigDict, arm: str, seed: int, num_train: int) -> ml_collections.ConfigDict:
-    arms = load_config_module("study_eurosat").ARMS
-    if arm not in arms:
-        raise ValueError(f"config.study.arms: unknown arm {arm!r}; known: {sorted(arms)}")
-    file, overrides = arms[arm]
-    c = load_config_module(file).get_config(None)
+def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train: int) -> ml_collections.ConfigDict:
+    """The pretraining config of ``arm`` for ``seed``: ``config.arms.<arm>`` (built, with the
+    study's shared settings, by the study config itself) plus what needs the split size or the
+    seed: ``seed``, ``total_steps`` (``max_steps_per_arm``, else ``epochs`` x ``num_train //
+    batch_size``), ``optimizer.warmup_steps`` (``optimizer.warmup_fraction`` of them),
+    ``log_every`` and ``checkpoint_every`` (one checkpoint, at the end), and the run-time
+    ``data.cache_dir``."""
+    if arm not in config.arms:
+        raise ValueError(f"config.study.arms: unknown arm {arm!r}; known: {sorted(config.arms)}")
+    c = ml_collections.ConfigDict(config.arms[arm].to_dict())
     c.seed = seed
-    c.dtype = study.dtype
-    c.batch_size = study.batch_size
-    c.model.name = study.model.name
-    c.model.stem = study.model.stem
-    c.model.in_channels = study.model.in_channels
-    c.model.proj_hidden_dim = 512
-    c.model.proj_dim = 128
-    c.loss.temperature = study.temperature
-    steps_per_epoch = max(1, num_train // study.batch_size)
-    c.total_steps = int(study.get("max_steps_per_arm", 0) or study.epochs * steps_per_epoch)
-    c.optimizer.name = study.optimizer.name
-    c.optimizer.lr = study.optimizer.lr
-    c.optimizer.weight_decay = study.optimizer.weight_decay
-    c.optimizer.warmup_steps = int(study.optimizer.warmup_fraction * c.total_steps)
-    c.data = ml_collections.ConfigDict(study.data.to_dict())
-    if c.method == "swimdiff":
-        c.data.crops_as_scenes = study.swimdiff_crops_as_scenes
-        c.data.scenes_per_batch = 0
-        c.swimdiff.diffusion_size = study.get("swimdiff_diffusion_size", 0)
-        c.swimdiff.denoiser_channels = study.get("swimdiff_denoiser_channels", c.swimdiff.denoiser_channels)
-    if "moco" in c:
-        c.moco.queue_size = 16 * study.batch_size
-    c.eval.enabled = False
+    steps_per_epoch = max(1, num_train // config.batch_size)
+    c.total_steps = int(config.max_steps_per_arm or config.epochs * steps_per_epoch)
+    c.optimizer.warmup_steps = int(config.optimizer.warmup_fraction * c.total_steps)
     c.log_every = max(1, min(50, c.total_steps // 4))
     c.checkpoint_every = c.total_steps
-    for k, v in overrides.items():
-        _set(c, k, v)
-    if c.method == "swimdiff" and float(c.swimdiff.lambda_d):
-        # The encoder trains at the lr every arm shares; the GroupNorm UNet denoiser diverges under
-        # SGD at that lr (measured: L_D 1.2 -> 13,265 -> NaN within 10 steps at lr 0.3), so it gets
-        # a fraction of it (DDPM itself trains its UNet with Adam at 2e-4).
-        scale = float(study.get("swimdiff_denoiser_lr_scale", 1.0))
-        if scale != 1.0:
-            c.optimizer.module_lr_scale = f"denoiser={scale}"
+    c.data.cache_dir = config.data.cache_dir  # set by the job for a device-resident class folder
+    c.lock()
     return c
 
 
@@ -125,8 +90,8 @@ def arm_payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict
     if arm == "random_init":
         method, overrides = None, {}
     else:
-        file, overrides = load_config_module("study_eurosat").ARMS[arm]
-        method = file
+        source = json.loads(config.arm_sources[arm])
+        method, overrides = source["config"], source["overrides"]
     p = {"format": "rsjax.study_arm/v1", "setting": config.study.name, "arm": arm, "arm_index": arm_index,
          "config_file": method, "overrides": dict(overrides), "settings": shared, "runs": runs}
     for m in ("linear", "knn"):

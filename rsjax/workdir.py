@@ -76,9 +76,59 @@ def _mutable(key: str, mutable=MUTABLE_KEYS) -> bool:
     return any(key == m or key.startswith(m + ".") for m in mutable)
 
 
+def complete_config(d: dict) -> dict:
+    """A config as plain dicts with the keys added in later rsjax versions at their defaults:
+    every block named ``data`` gets the missing keys of
+    :func:`rsjax.data.defaults.default_data_config` (its former augmentation keys folded into
+    ``data.augment`` by :func:`rsjax.data.ops.augment_spec`), every block named ``optimizer``
+    (and its ``plateau``) those of :func:`rsjax.optim.default_block`, at any depth (``transfer.
+    optimizer``, a study's ``arms.<arm>.data``). Keys present are kept as they are.
+
+    Old workdirs' configs are completed once, when read (:func:`config_diff`,
+    :func:`rsjax.checkpoint.read_config`), so that adding a key with a default in a new rsjax
+    version does not lock a workdir written before it existed."""
+    from rsjax import optim
+    from rsjax.data import ops
+    from rsjax.data.defaults import default_data_config
+
+    data_defaults = default_data_config().to_dict()
+    opt_defaults = optim.default_block().to_dict()
+
+    def fill(block: dict, defaults: dict) -> dict:
+        out = dict(block)
+        for k, v in defaults.items():
+            if k not in out:
+                out[k] = v
+            elif isinstance(v, dict) and isinstance(out[k], dict):
+                out[k] = fill(out[k], v)
+        return out
+
+    def walk(node):
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for k, v in node.items():
+            v = walk(v)
+            if isinstance(v, dict) and k == "data":
+                legacy = [key for key in ops.LEGACY_KEYS if key in v]
+                if legacy:
+                    spec = ops.augment_spec(v)
+                    v = {key: val for key, val in v.items() if key not in legacy}
+                    v["augment"] = spec
+                v = fill(v, data_defaults)
+            elif isinstance(v, dict) and k == "optimizer":
+                v = fill(v, opt_defaults)
+            out[k] = v
+        return out
+
+    return walk(d)
+
+
 def config_diff(old: dict, new: dict, mutable=MUTABLE_KEYS) -> list[str]:
-    """``["key: old -> new", ...]`` of the flattened configs, keys in ``mutable`` ignored."""
-    a, b = _flatten(old), _flatten(new)
+    """``["key: old -> new", ...]`` of the flattened configs, keys in ``mutable`` ignored. Both
+    sides are completed first (:func:`complete_config`): a key one side lacks counts at its
+    default."""
+    a, b = _flatten(complete_config(old)), _flatten(complete_config(new))
     diffs = []
     for k in sorted(set(a) | set(b)):
         if _mutable(k, mutable):

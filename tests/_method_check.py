@@ -3,7 +3,6 @@ evaluate a method's loss (value, gradients, aux) jitted over a mesh of n devices
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import jax
@@ -16,10 +15,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, variant: str = "smoke"):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    from conftest import load_config as load
+
+    return load(name, variant)
 
 
 def random_batch(config, b, seed=0, view2_noise=1.0):

@@ -3,7 +3,6 @@ against, CLI subprocesses with the test suite's compile cache, and readers of a 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -25,10 +24,9 @@ _CACHE: dict = {}
 
 
 def load_config(name: str = CONFIG, variant: str = "smoke"):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}", REPO / "configs" / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    from conftest import load_config as load
+
+    return load(name, variant)
 
 
 def smoke_config(data_dir: str):

@@ -28,3 +28,19 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+def load_config(name: str, arg: str | None = None):
+    """``configs/<name>.py:<arg>`` imported as the module ``configs.<name>`` (``name`` with or
+    without ``.py``; ``arg`` as after the colon on the command line, e.g. ``"smoke"`` or
+    ``"smoke,total_steps=3"``). The configs package is installed with rsjax (``pip install -e .``);
+    nothing loads a config file by path."""
+    import importlib
+
+    return importlib.import_module(f"configs.{pathlib.PurePath(name).stem}").get_config(arg)
+
+
+@pytest.fixture
+def config_loader():
+    """:func:`load_config` as a fixture, for tests that prefer fixtures to imports."""
+    return load_config

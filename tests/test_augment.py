@@ -1,10 +1,9 @@
 """Band-agnostic numpy augmentations: shapes, ranges, exactness and seed determinism."""
 
-import ml_collections
 import numpy as np
 import pytest
 
-from rsjax.data import augment
+from rsjax.data import augment, ops
 
 BANDS = (3, 13)
 
@@ -124,17 +123,16 @@ def test_gaussian_blur(c):
 @pytest.mark.parametrize("c", BANDS)
 def test_two_views(c):
     img = _img(c, 32)
-    cfg = augment.AugmentConfig(out_size=24, blur_prob=(1.0, 0.0))
-    v1, v2 = augment.two_views(img, np.random.default_rng(11), cfg)
-    w1, w2 = augment.two_views(img, np.random.default_rng(11), cfg)
+    recipe = "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8, saturation=0.3)|gray(0.2)|blur(1.0)"
+    v1, v2 = augment.two_views(img, np.random.default_rng(11), recipe, out_size=24)
+    w1, w2 = augment.two_views(img, np.random.default_rng(11), recipe, out_size=24)
     assert v1.shape == v2.shape == (24, 24, c) and v1.dtype == np.float32
     np.testing.assert_array_equal(v1, w1)
     np.testing.assert_array_equal(v2, w2)
     assert not np.allclose(v1, v2)
-    x1, _ = augment.two_views(img, np.random.default_rng(12), cfg)
+    x1, _ = augment.two_views(img, np.random.default_rng(12), recipe, out_size=24)
     assert not np.allclose(v1, x1)
-    # configs from a dict and a ConfigDict (unknown keys ignored)
-    d = {"out_size": 16, "crop_scale": [0.5, 1.0], "blur_prob": 0.0, "unrelated": 1}
-    assert augment.two_views(img, np.random.default_rng(0), d)[0].shape == (16, 16, c)
-    cd = ml_collections.ConfigDict(d)
-    assert augment.AugmentConfig.from_any(cd) == augment.AugmentConfig.from_any(d)
+    # a built pipeline works as well as the string; the default recipe too
+    pipe = ops.view_recipe("rrc(0.5, 1.0)|blur(0.0)", "numpy")
+    assert augment.two_views(img, np.random.default_rng(0), pipe, out_size=16)[0].shape == (16, 16, c)
+    assert augment.two_views(img, np.random.default_rng(0))[0].shape == (64, 64, c)

@@ -1,6 +1,5 @@
 """rsjax.bench runs on CPU (tiny variant) and reports the fields the README table uses."""
 
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -9,11 +8,9 @@ from rsjax import bench
 
 
 def test_bench_smoke_on_cpu():
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "swimdiff.py"
-    spec = importlib.util.spec_from_file_location("cfg_swimdiff_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config("smoke")
+    from conftest import load_config
+
+    config = load_config("swimdiff", "smoke")
     for mode in ("views", "device_augment"):
         r = bench.bench_rsjax(config, steps=2, warmup=1, input_mode=mode)
         assert r["images_per_s"] > 0 and np.isclose(r["images_per_s"], 2 * r["pairs_per_s"])

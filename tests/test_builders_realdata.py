@@ -133,11 +133,24 @@ def test_levir_cd_real_samples(shared_data, tmp_path):
 
 
 def test_dsifn_cd_real_samples_with_levir_builder(shared_data, tmp_path):
-    build.build_dataset("levir_cd", str(tmp_path), str(shared_data / "dsifn_cd_samples"),
-                        progress=False)
-    src = build.get_builder("levir_cd", str(tmp_path)).as_data_source(split="train")
-    assert len(src) == 10
-    assert set(np.unique(src[0]["change"])) <= {0, 1}
+    """Ten 256 px pairs named ``<n>_<m>.png``: no split folder, list file or prefix, so the
+    documented seeded split by tile applies (levir_cd builder docstring)."""
+    root = shared_data / "dsifn_cd_samples"
+    build.build_dataset("levir_cd", str(tmp_path), str(root), progress=False)
+    b = build.get_builder("levir_cd", str(tmp_path))
+    got = {}
+    for split in b.info.splits:
+        src = b.as_data_source(split=split)
+        for i in range(len(src)):
+            got[_s(src[i]["filename"])] = split
+            assert set(np.unique(src[i]["change"])) <= {0, 1}
+    # independent re-implementation: sorted tiles, default_rng(0) permutation, first
+    # round(0.2 * n) tiles -> test
+    tiles = sorted(f for f in os.listdir(root / "A") if f.endswith(".png"))
+    perm = np.random.default_rng(0).permutation(len(tiles))
+    test = {tiles[i] for i in perm[:round(0.2 * len(tiles))]}
+    assert got == {t: "test" if t in test else "train" for t in tiles}
+    assert "split_seed=0" in b.info.metadata["split_rule"]
 
 
 def test_bigearthnet_real_samples(shared_data, tmp_path):

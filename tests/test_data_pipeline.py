@@ -43,11 +43,12 @@ def _assert_batches_equal(a, b):
 
 def test_default_config_fields():
     cfg = pipeline.default_data_config()
+    from rsjax.data import ops
+
     for key in ("name", "builder_config", "data_dir", "scenes_per_batch", "samples_per_scene",
-                "crops_as_scenes", "crop_scale_min", "blur_prob", "jitter_strength",
-                "num_workers"):
+                "crops_as_scenes", "augment", "num_workers"):
         assert key in cfg
-    assert cfg.name == "rs_synthetic" and cfg.num_workers == 0 and cfg.crop_scale_min == 0.2
+    assert cfg.name == "rs_synthetic" and cfg.num_workers == 0 and cfg.augment == ops.DEFAULT_AUGMENT
     cfg.data_dir = "/some/where"  # placeholder fields accept strings later
 
 

@@ -4,12 +4,10 @@ the plain step fed the same views."""
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from rsjax.data import augment as host
 from rsjax.data import device_augment as dev
@@ -47,11 +45,7 @@ def test_crop_box_distribution_matches_host():
     assert abs((hb[:, 1] + hb[:, 3] / 2).mean() - (db[:, 1] + db[:, 3] / 2).mean()) < 1.0  # centre x
 
 
-def _cfg(**kw):
-    base = dict(out_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_rot=True, jitter_strength=0.0,
-                jitter_prob=0.0, blur_prob=0.0)
-    base.update(kw)
-    return dev.DeviceAugmentConfig(**base)
+FLIPS_ONLY = "rrc(1.0, 1.0, ratio=(1.0, 1.0))|flip_rot"  # whole image, then a random symmetry
 
 
 def test_flips_and_rotations_are_the_8_symmetries_uniformly():
@@ -60,7 +54,8 @@ def test_flips_and_rotations_are_the_8_symmetries_uniformly():
     counts = np.zeros(8, int)
     n = 400
     imgs = np.repeat(img, n, axis=0)
-    out = np.asarray(dev.augment_views(jax.random.PRNGKey(3), imgs, _cfg(), scale=1.0, mean=0.0, std=1.0))
+    out = np.asarray(dev.augment_views(jax.random.PRNGKey(3), imgs, FLIPS_ONLY, out_size=8, scale=1.0, mean=0.0,
+                                       std=1.0))
     for o in out:
         match = [i for i, c in enumerate(candidates) if np.allclose(o, c, atol=1e-3)]
         assert len(match) == 1
@@ -71,8 +66,8 @@ def test_flips_and_rotations_are_the_8_symmetries_uniformly():
 def test_shapes_ranges_determinism_any_band_count():
     for c in (3, 13):
         imgs = np.random.default_rng(0).integers(0, 10000, (6, 32, 32, c)).astype(np.uint16)
-        cfg = dev.DeviceAugmentConfig(out_size=16, blur_prob=0.5, jitter_prob=0.8, saturation=0.4, gray_prob=0.2)
-        kw = dict(scale=10000.0, mean=np.full(c, 0.5), std=np.full(c, 0.25))
+        cfg = "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8, saturation=0.4)|gray(0.2)|blur(0.5)"
+        kw = dict(out_size=16, scale=10000.0, mean=np.full(c, 0.5), std=np.full(c, 0.25))
         a1, a2 = dev.two_views(jax.random.PRNGKey(0), imgs, cfg, **kw)
         b1, _ = dev.two_views(jax.random.PRNGKey(0), imgs, cfg, **kw)
         d1, _ = dev.two_views(jax.random.PRNGKey(1), imgs, cfg, **kw)
@@ -94,27 +89,20 @@ def test_crops_as_scenes_views_stay_inside_their_sub_crop():
             img[0, i * 8:(i + 1) * 8, j * 8:(j + 1) * 8] = vals[i][j]
     imgs = np.repeat(img, g * g, axis=0)
     regions = dev.crops_as_scenes_regions(g * g, g, h, h)
-    cfg = _cfg(crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), out_size=8)
-    out = np.asarray(dev.augment_views(jax.random.PRNGKey(0), imgs, cfg, scale=1.0, mean=0.0, std=1.0,
-                                       regions=regions))
+    out = np.asarray(dev.augment_views(jax.random.PRNGKey(0), imgs, "rrc(0.2, 1.0)|flip_rot", out_size=8,
+                                       scale=1.0, mean=0.0, std=1.0, regions=regions))
     for r in range(g * g):
         np.testing.assert_allclose(out[r], vals[r // g][r % g], atol=1e-5)
 
 
 def test_device_resident_step_equals_plain_step_on_same_views():
-    import importlib.util
-    import pathlib
-
+    from conftest import load_config
     from rsjax import methods, optim, train
     from rsjax import sharding as shd
     from rsjax.data import input as input_lib
     from rsjax.data import registry
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "simclr.py"
-    spec = importlib.util.spec_from_file_location("cfg_simclr_dev", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config("smoke")
+    config = load_config("simclr", "smoke")
     mesh = shd.make_mesh()
     method = methods.get_method(config)
     tx, schedule = optim.make(config.optimizer, config.total_steps)
@@ -132,8 +120,8 @@ def test_device_resident_step_equals_plain_step_on_same_views():
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0),
                              train.RNG_STREAMS.index("augment"))
     info = registry.get_dataset_info(config.data.name)
-    aug = dev.DeviceAugmentConfig.from_data_config(config.data, config.data.image_size)
-    v1, v2 = dev.two_views(key, raw, aug, scale=info.scale, mean=info.mean, std=info.std)
+    v1, v2 = dev.two_views(key, raw, input_lib.data_config(config).augment, out_size=config.data.image_size,
+                           scale=info.scale, mean=info.mean, std=info.std)
     config.data.device_resident = False
     state = train.create_state(method, tx, config.seed, mesh)
     plain = {"view1": np.asarray(v1), "view2": np.asarray(v2), "label": batch["label"], "scene_id": batch["scene_id"]}

@@ -189,7 +189,7 @@ def test_paper_config_is_the_readme_resnet50_recipe():
     steps_per_epoch = c.total_steps // 100       # --epochs 100
     assert c.optimizer.warmup_steps == 10 * steps_per_epoch        # --warmup_epochs 10
     assert c.dino.freeze_last_layer_steps == 1 * steps_per_epoch   # --freeze_last_layer 1
-    assert c.data.crop_scale_min == 0.14 and c.data.get("crop_scale_max", 1.0) == 1.0
+    assert c.data.augment.startswith("rrc(0.14, 1.0)|")  # --global_crops_scale 0.14 1
     assert tuple(c.dino.local_scale) == (0.05, 0.14)
     assert c.dino.num_local_crops == 8           # --local_crops_number 8
     assert (c.data.image_size, c.dino.local_crop_size) == (224, 96)

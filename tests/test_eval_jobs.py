@@ -8,7 +8,6 @@ The :smoke variant of every eval config also runs end to end in tests/test_train
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config  # configs.<name> imported as a module
 
 from rsjax import losses
 from rsjax.data import folders
@@ -28,13 +28,6 @@ from rsjax.models import resnet as R
 from rsjax.workdir import Workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str, variant: str | None = None):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}", REPO / "configs" / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
 
 
 # --------------------------------------------------------------------------------------
@@ -438,7 +431,7 @@ def test_eurosat_folder_linear_probe(shared_data, tmp_path):
     assert (len(tr), len(te)) == (21600, 5400) and len(names) == 10
     config = load_config("eval_eurosat.py")
     config.data.folder = str(root)
-    config.data.max_per_class = 30
+    config.eval.max_train, config.eval.max_test = 240, 60  # fixed random subsets of the two splits
     config.model.name = "tiny"
     config.eval.batch_size = 64
     config.eval.linear_epochs = 100
@@ -498,7 +491,7 @@ def test_potsdam_vaihingen_segmentation_crops(shared_data, tmp_path):
     data = {"image": np.stack(images), "mask": np.stack(masks)}
     info = registry.get_config_info("rs_segmentation", "potsdam")
     config = load_config("seg.py")
-    assert config.data.reduce_zero_label and config.data.ignore_index == 255
+    assert info.mask_ignore_value == 0  # the registry's mask convention: stored 0 = ignore, v = class v - 1
     config.model.name = "tiny"
     config.model.decoder = "deeplabv3plus"
     config.total_steps = 2

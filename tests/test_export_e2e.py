@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -25,10 +24,9 @@ STEPS = 2
 
 
 def _smoke_config(data_dir):
-    spec = importlib.util.spec_from_file_location("cfg_swimdiff_e2e", REPO / "configs" / "swimdiff.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config("smoke")
+    from conftest import load_config
+
+    config = load_config("swimdiff", "smoke")
     config.data.data_dir = data_dir
     config.total_steps = STEPS
     config.eval.enabled = False

@@ -237,7 +237,9 @@ def test_cli_inputs_are_checked_before_writing(tmp_path):
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("earlier work")
-    with pytest.raises(ValueError, match=r"--workdir=.*full already exists and is not empty"):
+    from rsjax.errors import WorkdirError
+
+    with pytest.raises(WorkdirError, match=r"--workdir=.*full already exists and is not empty"):
         import_weights(str(w), str(full), **kw)
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
     with pytest.raises(ValueError, match=r"--normalization: data.normalization='scale:0'"):
@@ -274,14 +276,10 @@ def test_scale_normalization_is_raw_over_s():
 
 
 def test_job_with_other_normalization_is_refused(imported, tmp_path):
-    import importlib.util
-
+    from conftest import load_config
     from rsjax.evaluate import common
 
-    spec = importlib.util.spec_from_file_location("cfg_eval_eurosat_import", REPO / "configs" / "eval_eurosat.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config("smoke")
+    config = load_config("eval_eurosat", "smoke")
     config.pretrained = str(imported[1])
     config.model.name = "resnet18"
     with pytest.raises(ValueError, match=r"input normalization 'scale:10000' \(checkpoint\) vs "

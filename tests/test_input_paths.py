@@ -6,7 +6,8 @@ the same batch layouts and the same augmentation keys, and refuse what they cann
 * crops-as-scenes on the device path: each scene's rows are distinct sub-crops of one image;
 * resume through ``get_state`` / ``set_state`` gives the batches of an uninterrupted run;
 * the host and device photometric ops (band gain, saturation, grayscale) agree in
-  distribution with each other and with the analytic moments of their definition;
+  distribution with each other and with the analytic moments of their definition
+  (tests/test_ops.py compares every op); both paths read ``data.augment``;
 * bad keys and unsupported key combinations are refused by ``validate_config``;
 * the CLI run ``configs/swimdiff.py:smoke`` with ``data.device_resident=True`` works.
 """
@@ -23,8 +24,8 @@ import jax
 import numpy as np
 import pytest
 
-from rsjax.data import augment as host
 from rsjax.data import device_augment as dev
+from rsjax.data import ops
 from rsjax.data import input as input_lib
 from rsjax.jobs import pretrain
 from rsjax.data import pipeline
@@ -42,12 +43,9 @@ def synth_dir(tmp_path_factory):
 
 
 def _config(synth_dir, name="swimdiff.py", **data):
-    import importlib.util
+    from conftest import load_config
 
-    spec = importlib.util.spec_from_file_location(f"cfg_paths_{name[:-3]}", REPO / "configs" / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("smoke")
+    c = load_config(name, "smoke")
     c.data.data_dir = synth_dir
     c.data.num_threads = 1
     for k, v in data.items():
@@ -148,43 +146,35 @@ def test_device_resume_gives_the_uninterrupted_batches(synth_dir):
 # ------------------------------------------------------------------ augmentation parity
 
 N_DRAWS = 2000
+PHOTO_ONLY = "resize|"  # whole image, no flips / blur: pixel (0, 0) carries the photometric ops exactly
 
 
-def _host_outputs(img, cfg: host.AugmentConfig, n=N_DRAWS):
-    return np.stack([host.photometric_jitter(img, np.random.default_rng([7, i]), cfg.jitter_strength,
-                                             cfg.jitter_prob, cfg.band_jitter, cfg.saturation,
-                                             cfg.gray_prob)[0, 0] for i in range(n)])
+def _host_outputs(img, spec, n=N_DRAWS, seed=7):
+    pipe = ops.view_recipe(PHOTO_ONLY + spec, "numpy")
+    ctx = ops.Context(out_size=img.shape[0])
+    return np.stack([pipe.image(img, np.random.default_rng([seed, i]), ctx) for i in range(n)])
 
 
-def _device_outputs(img, cfg: dev.DeviceAugmentConfig, n=N_DRAWS):
-    # Whole-image crop, no flips / blur: the view is the (constant) image after the photometric
-    # ops, so pixel (0, 0) carries them exactly.
+def _device_outputs(img, spec, n=N_DRAWS, seed=3):
     imgs = np.broadcast_to(img, (n,) + img.shape)
-    out = dev.augment_views(jax.random.PRNGKey(3), imgs, cfg, scale=1.0, mean=0.0, std=1.0)
-    return np.asarray(out)[:, 0, 0]
-
-
-def _pair(**kw):
-    common = dict(jitter_strength=kw.pop("jitter_strength", 0.0), jitter_prob=kw.pop("jitter_prob", 1.0), **kw)
-    return (host.AugmentConfig(out_size=8, crop_scale=(1.0, 1.0), flip_rot=False, blur_prob=0.0, **common),
-            dev.DeviceAugmentConfig(out_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_rot=False,
-                                    blur_prob=0.0, **common))
+    return np.asarray(dev.augment_views(jax.random.PRNGKey(seed), imgs, PHOTO_ONLY + spec, out_size=img.shape[0],
+                                        scale=1.0, mean=0.0, std=1.0))
 
 
 def test_band_jitter_same_distribution_on_both_paths():
     bj = 0.3
     img = np.ones((8, 8, 5), np.float32)  # output band k = its gain g_k ~ U(0.7, 1.3)
-    hc, dc = _pair(band_jitter=bj)
-    for out in (_host_outputs(img, hc), _device_outputs(img, dc)):
+    spec = f"jitter(0.0, p=1.0, band={bj})"
+    for out in (_host_outputs(img, spec)[:, 0, 0], _device_outputs(img, spec)[:, 0, 0]):
         assert out.shape == (N_DRAWS, 5)
         assert out.min() >= 1 - bj - 1e-6 and out.max() <= 1 + bj + 1e-6
         np.testing.assert_allclose(out.mean(), 1.0, atol=0.01)
         np.testing.assert_allclose(out.std(), bj / np.sqrt(3.0), rtol=0.05)  # U(a, b): (b - a) / sqrt(12)
         # independent per band: the correlation between two bands is ~0
         assert abs(np.corrcoef(out[:, 0], out[:, 1])[0, 1]) < 0.1
-    # jitter_prob gates the gain on both paths: P(all gains == 1) = 1 - p
-    hc, dc = _pair(band_jitter=bj, jitter_prob=0.5)
-    for out in (_host_outputs(img, hc), _device_outputs(img, dc)):
+    # the jitter probability gates the gain on both paths: P(all gains == 1) = 1 - p
+    spec = f"jitter(0.0, p=0.5, band={bj})"
+    for out in (_host_outputs(img, spec)[:, 0, 0], _device_outputs(img, spec)[:, 0, 0]):
         np.testing.assert_allclose(np.mean(np.all(out == 1.0, axis=1)), 0.5, atol=0.04)
 
 
@@ -192,9 +182,9 @@ def test_saturation_and_grayscale_same_distribution_on_both_paths():
     sat, gray = 0.4, 0.25
     x = np.array([0.2, 0.5, 0.8], np.float32)       # band mean m = 0.5, x - m = (-0.3, 0, 0.3)
     img = np.broadcast_to(x, (8, 8, 3)).copy()
-    hc, dc = _pair(saturation=sat, gray_prob=gray)
+    spec = f"jitter(0.0, p=1.0, saturation={sat})|gray({gray})"
     stats = []
-    for out in (_host_outputs(img, hc), _device_outputs(img, dc)):
+    for out in (_host_outputs(img, spec)[:, 0, 0], _device_outputs(img, spec)[:, 0, 0]):
         np.testing.assert_allclose(out.mean(axis=1), 0.5, atol=1e-5)  # the band mean is kept
         factor = (out[:, 2] - 0.5) / 0.3                               # 0 when gray, else sat
         is_gray = np.abs(factor) < 1e-6
@@ -210,41 +200,62 @@ def test_saturation_and_grayscale_same_distribution_on_both_paths():
 def test_all_photometric_ops_together_agree_in_distribution():
     rng = np.random.default_rng(0)
     img = rng.uniform(0.1, 1.0, (8, 8, 4)).astype(np.float32)
-    hc, dc = _pair(jitter_strength=0.4, jitter_prob=0.8, band_jitter=0.1, saturation=0.5, gray_prob=0.2)
-    h = np.stack([host.photometric_jitter(img, np.random.default_rng([1, i]), 0.4, 0.8, 0.1, 0.5, 0.2)
-                  for i in range(N_DRAWS)])
-    d = np.asarray(dev.augment_views(jax.random.PRNGKey(1), np.broadcast_to(img, (N_DRAWS,) + img.shape),
-                                     dc, scale=1.0, mean=0.0, std=1.0))
+    spec = "jitter(0.4, p=0.8, band=0.1, saturation=0.5)|gray(0.2)"
+    h, d = _host_outputs(img, spec, seed=1), _device_outputs(img, spec, seed=1)
     assert (h >= 0).all() and (d >= 0).all()
     for axis in ((0, 1, 2), (0,)):  # per band, and per pixel and band
         np.testing.assert_allclose(h.mean(axis=axis), d.mean(axis=axis), atol=0.03)
         np.testing.assert_allclose(h.std(axis=axis), d.std(axis=axis), atol=0.03)
 
 
-def test_host_pipeline_reads_saturation_and_gray_prob(synth_dir):
-    # gray_prob = 1 on the host path: every view has all bands equal before standardization.
+@pytest.mark.parametrize("device_resident", [False, True])
+def test_both_paths_read_data_augment(synth_dir, device_resident):
+    # gray(1.0): every view has all bands equal before standardization, on either path.
     from rsjax.data import registry
 
-    cfg = pipeline.default_data_config()
-    cfg.data_dir, cfg.builder_config, cfg.num_threads = synth_dir, "tiny", 1
-    cfg.gray_prob, cfg.saturation = 1.0, 0.3
-    b = next(pipeline.make_pretrain_iterator(cfg, global_batch_size=4, seed=0, image_size=8))
+    config = _config(synth_dir, device_resident=device_resident,
+                     augment="rrc(0.5, 1.0)|flip_rot|jitter(0.4, p=0.8, saturation=0.3)|gray(1.0)")
+    it, transform = input_lib.make_iterator(config)
+    b = next(it)
+    assert (transform is None) != device_resident  # decided once, by data.device_resident
+    if device_resident:
+        b = transform(b, jax.random.PRNGKey(0))
     info = registry.get_dataset_info("rs_synthetic")
-    raw = b["view1"] * np.asarray(info.std, np.float32) + np.asarray(info.mean, np.float32)
-    np.testing.assert_allclose(raw, np.broadcast_to(raw[..., :1], raw.shape), atol=1e-4)
+    v = np.asarray(b["view1"])
+    assert v.shape[1:3] == (config.data.image_size,) * 2
+    raw = v * np.asarray(info.std, np.float32) + np.asarray(info.mean, np.float32)
+    np.testing.assert_allclose(raw, np.broadcast_to(raw[..., :1], raw.shape), atol=1e-3)
+    if not device_resident:
+        it.close()
+
+
+def test_former_augmentation_keys_are_folded_into_the_recipe(synth_dir):
+    config = _config(synth_dir)
+    with config.unlocked():
+        config.data.crop_scale_min = 0.4
+        config.data.gray_prob = 0.2
+        if "augment" in config.data:
+            del config.data["augment"]
+    d = input_lib.data_config(config)
+    assert d.augment == "rrc(0.4, 1.0)|flip_rot|jitter(0.4, p=0.8)|gray(0.2)|blur(0.5, sigma=(0.1, 1.0))"
+    assert "crop_scale_min" not in d and "gray_prob" not in d
 
 
 # ---------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("data,match", [
     ({"hue": 0.1}, r"config\.data\.hue: no input path reads this key"),
-    ({"manual_dir": "/x", "device_resident": False}, r"data\.manual_dir.*data\.device_resident"),
+    ({"folder": "/x", "device_resident": False}, r"data\.folder.*data\.device_resident"),
     ({"num_workers": 2, "device_resident": True}, r"data\.num_workers.*data\.device_resident"),
     ({"crops_as_scenes": 3, "scenes_per_batch": 0}, r"data\.crops_as_scenes.*data\.scenes_per_batch"),
     ({"scenes_per_batch": 3}, r"data\.scenes_per_batch.*batch_size"),
-    ({"gray_prob": 1.5}, r"config\.data\.gray_prob=1\.5"),
-    ({"band_jitter": 1.0}, r"config\.data\.band_jitter"),
-    ({"saturation": -0.1}, r"config\.data\.saturation"),
+    ({"augment": "rrc(0.2, 1.0)|gray(1.5)"}, r"config\.data\.augment: op 'gray\(1\.5\)': p=1\.5"),
+    ({"augment": "rrc(0.2, 1.0)|jitter(band=1.0)"}, r"config\.data\.augment: op 'jitter\(band=1\.0\)'"),
+    ({"augment": "rrc(0.2, 1.0)|hue(0.1)"}, r"config\.data\.augment: unknown op 'hue'"),
+    ({"augment": "flip_rot"}, r"config\.data\.augment='flip_rot': a view recipe starts with"),
+    ({"augment": "rrc(0.2, 1.0)|crop_flip(8)", "device_resident": True},
+     r"config\.data\.augment: op 'crop_flip' has no jax implementation \(backends that have it: numpy\)"),
+    ({"gray_prob": 1.5}, r"config\.data\.gray_prob=1\.5: the former augmentation keys"),
 ])
 def test_unsupported_keys_and_combinations_are_refused(synth_dir, tmp_path, data, match):
     config = _config(synth_dir)

@@ -62,16 +62,10 @@ def test_bad_spelling_is_refused():
 
 
 def test_study_swimdiff_arms_scale_the_denoiser_only():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "study_eurosat.py"
-    spec = importlib.util.spec_from_file_location("cfg_study_scale", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import load_config
     from rsjax import study
 
-    cfg = mod.get_config("cpu")
+    cfg = load_config("study_eurosat", "cpu")
     assert study.arm_config(cfg, "swimdiff", 0, 1000).optimizer.module_lr_scale == "denoiser=0.1"
     assert study.arm_config(cfg, "swimdiff_matching_only", 0, 1000).optimizer.module_lr_scale == ""
     assert study.arm_config(cfg, "simclr", 0, 1000).optimizer.module_lr_scale == ""

@@ -338,14 +338,9 @@ def port_linear(start_value, end_value):
 
 
 def _load_false_config(variant):
-    import importlib.util
-    import pathlib
+    from conftest import load_config
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "false.py"
-    spec = importlib.util.spec_from_file_location("cfg_false_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return load_config("false", variant)
 
 
 @pytest.mark.parametrize("wave,adaptive,mult", [("full", True, 1.0), ("half", False, 0.5), ("half", True, 1.0)])

@@ -251,7 +251,7 @@ def _float_dataset():
 def _pretrain_batches(monkeypatch, name, records, n_batches=4):
     from rsjax.data import pipeline
 
-    monkeypatch.setattr(pipeline, "open_source", lambda cfg, split: _StubSource(name, records, split))
+    monkeypatch.setattr(pipeline, "open_source", lambda cfg, split, **kw: _StubSource(name, records, split))
     cfg = pipeline.default_data_config()
     cfg.name, cfg.builder_config, cfg.num_threads = name, None, 1
     it = pipeline.make_pretrain_iterator(cfg, global_batch_size=len(records), seed=0, image_size=8)
@@ -297,7 +297,7 @@ def test_eval_arrays_refuse_labels_out_of_range(monkeypatch, label):
 
     name = _float_dataset()
     recs = _records(6, (16, 16, 3), np.float32, label=1, bad=(4, {"label": np.int64(label)}))
-    monkeypatch.setattr(pipeline, "open_source", lambda cfg, split: _StubSource(name, recs, split))
+    monkeypatch.setattr(pipeline, "open_source", lambda cfg, split, **kw: _StubSource(name, recs, split))
     cfg = pipeline.default_data_config()
     cfg.name, cfg.builder_config = name, None
     with pytest.raises(ValueError, match=rf"dataset 'rel_test_float': record 4 of split 'test' has label {label}, "

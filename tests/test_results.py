@@ -145,19 +145,15 @@ def test_unclosed_marker_is_a_clear_error(tmp_path):
 def test_study_writes_each_arm_json_and_resumes_arm_by_arm(tmp_path):
     """The smoke study: one JSON per finished arm in study.out_dir with provenance; a rerun
     with one more arm and a spent time budget retrains nothing and starts no new arm."""
-    import importlib.util
-
+    from conftest import load_config
     from rsjax.data import build
     from rsjax.jobs import study_eurosat as study
 
     synth = str(tmp_path / "tfds")
     build.ensure_built("rs_synthetic", synth, config="tiny")
-    spec = importlib.util.spec_from_file_location("cfg_study_eurosat", REPO / "configs" / "study_eurosat.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
 
     def cfg(arms, budget=0.0):
-        c = mod.get_config("smoke")
+        c = load_config("study_eurosat", "smoke")
         c.data.data_dir = synth
         c.study.arms = arms
         c.study.out_dir = str(tmp_path / "out")

@@ -4,20 +4,13 @@ tested in tests/test_results.py; arm configs in tests/test_module_lr_scale.py.)"
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from conftest import load_config
 
 
 def _config(synth: str, out: str):
-    spec = importlib.util.spec_from_file_location("cfg_study_eurosat_t", REPO / "configs" / "study_eurosat.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("smoke")
+    c = load_config("study_eurosat", "smoke")
     c.data.data_dir = synth
     c.study.arms = ""  # random_init only: no pretraining
     c.study.out_dir = out

@@ -25,12 +25,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_config(name: str, variant: str = "smoke"):
-    import importlib.util
+    from conftest import load_config
 
-    spec = importlib.util.spec_from_file_location(f"cfg_tel_{name[:-3]}", REPO / "configs" / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return load_config(name, variant)
 
 
 def read_events(tb_dir) -> list:

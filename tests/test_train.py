@@ -19,17 +19,13 @@ from rsjax import sharding as shd
 from rsjax.jobs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if not p.name.startswith("_"))
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if not p.name.startswith("_") and p.name != "common.py")
 
 
 def load_config(name: str, variant: str = "smoke"):
-    from ml_collections import config_flags  # noqa: F401  (same loader the CLI uses)
-    import importlib.util
+    from conftest import load_config as load
 
-    spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}", REPO / "configs" / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return load(name, variant)
 
 
 @pytest.fixture(scope="session")

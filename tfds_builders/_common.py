@@ -1,7 +1,9 @@
 """Helpers shared by the TFDS builders of real datasets (files read from ``--manual_dir``).
 
-* File readers that turn any decoding problem into :class:`BadFileError` naming the file
-  (PIL for jpg/png, tifffile for tif; truncated images are errors, never silently padded).
+* THE image reader of rsjax (:func:`read_image`; also used by ``rsjax.data.folders`` for the
+  evaluation class folders and the GPU-resident path) and its extension list
+  :data:`IMAGE_EXTENSIONS`: any decoding problem is a :class:`BadFileError` naming the file
+  (PIL for jpg/png/bmp, tifffile for tif; truncated images are errors, never silently padded).
 * :class:`ManualDataMixin`: the ``skip_bad`` contract of ``rsjax.data.build`` (a ``skip_bad``
   constructor argument / attribute; a bad input either stops the build with an error naming the
   file or is skipped, logged and counted in the dataset metadata as ``num_skipped`` /
@@ -27,6 +29,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# THE image extension list of rsjax: the builders, the class-folder readers of evaluation and
+# the GPU-resident path (``rsjax.data.folders.IMAGE_EXTS`` is this tuple) all use it.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 

@@ -158,7 +158,7 @@ e2e() {  # name cap cache_state
     local wd=/tmp/rsjax_e2e_$name
     rm -rf "$wd"
     local cmd=(python -m rsjax.main --config=configs/study_eurosat.py:gpu --config.study.arms=swimdiff
-               --workdir="$wd" --config.data.manual_dir="$DATA")
+               --workdir="$wd" --config.data.folder="$DATA")
     if [ "$TINY" = 1 ]; then
         cmd+=(--config.max_steps_per_arm=2 --config.model.name=tiny --config.data.image_size=32
               --config.batch_size=16 --config.eval.linear_epochs=20 --config.eval.batch_size=128

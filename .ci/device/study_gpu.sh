@@ -89,7 +89,7 @@ run)
     mkdir -p "$OUT_DIR"
     set -o pipefail
     timeout "${STUDY_TIMEOUT_S:-560}" python3 -m rsjax.main --config=configs/study_eurosat.py:gpu \
-        --workdir="$WORKDIR" --config.data.manual_dir="$DATA" --config.study.out_dir="$OUT_DIR" \
+        --workdir="$WORKDIR" --config.data.folder="$DATA" --config.study.out_dir="$OUT_DIR" \
         --config.study.time_budget_s="${STUDY_BUDGET_S:-330}" "${@:2}" 2>&1 | tee -a "$OUT_DIR/study_gpu.log"
     ;;
 cpu-check)
@@ -107,7 +107,7 @@ cpu-check)
     rm -rf "$out" /tmp/rsjax_study_cpu_check_wd && mkdir -p "$out"
     commit_env
     python3 -m rsjax.main --config=configs/study_eurosat.py:gpu --workdir=/tmp/rsjax_study_cpu_check_wd \
-        --config.data.manual_dir="$tiny" --config.study.out_dir="$out" --config.study.name=gpu_cpucheck \
+        --config.data.folder="$tiny" --config.study.out_dir="$out" --config.study.name=gpu_cpucheck \
         --config.max_steps_per_arm=2 --config.model.name=tiny --config.data.image_size=32 \
         --config.batch_size=16 --config.eval.linear_epochs=20 --config.eval.batch_size=128 \
         --config.swimdiff_diffusion_size=16 --config.swimdiff_denoiser_channels=8 "${@:3}" 2>&1 | tee "$out/study_gpu.log"

@@ -24,25 +24,10 @@ def paired_crop_flip(arrays: Mapping[str, np.ndarray], index: int, crop: int, rn
     spatial array (``[N, H, W, ...]``: images and masks alike; arrays with fewer than three axes,
     e.g. class labels, are passed through). ``crop`` <= 0 or >= the image keeps the full image;
     ``augment=False`` takes the centre window without flip / rotation."""
-    spatial = [a for a in arrays.values() if a.ndim >= 3]
-    h, w = spatial[0].shape[1:3]
-    crop = crop if crop > 0 else max(h, w)
-    ch, cw = min(crop, h), min(crop, w)
-    y0 = int(rng.integers(0, h - ch + 1)) if augment else (h - ch) // 2
-    x0 = int(rng.integers(0, w - cw + 1)) if augment else (w - cw) // 2
-    k, flip = (int(rng.integers(0, 4)), bool(rng.integers(0, 2))) if augment else (0, False)
-    out = {}
-    for name, arr in arrays.items():
-        if arr.ndim < 3:
-            out[name] = arr[index]
-            continue
-        a = arr[index, y0:y0 + ch, x0:x0 + cw]
-        if flip:
-            a = a[:, ::-1]
-        if k:
-            a = np.rot90(a, k, axes=(0, 1))
-        out[name] = np.ascontiguousarray(a)
-    return out
+    from rsjax.data import ops  # the crop_flip op (numpy backend): one definition of the paired draw
+
+    example = {name: arr[index] for name, arr in arrays.items()}
+    return ops.apply(f"crop_flip({max(int(crop), 0)}, augment={bool(augment)})", example, rng)
 
 
 def batch_at(arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, step: int, *, crop: int = 0,

@@ -14,20 +14,23 @@ applied to every band at once. This is exact bilinear interpolation when upsampl
 triangle (tent) filter whose width grows with the shrink factor when downsampling (i.e.
 antialiased, like ``torchvision`` ``antialias=True``).
 
-Typical use (SimCLR / MoCo v2 style two views)::
+The functions below are also the ``numpy`` backend of the op registry
+(:mod:`rsjax.data.ops`): a view recipe such as ``config.data.augment`` is built once and
+applied per example. Typical use (SimCLR / MoCo v2 style two views)::
 
     rng = np.random.default_rng([seed, position])
-    v1, v2 = two_views(img, rng, AugmentConfig(out_size=64))
+    v1, v2 = two_views(img, rng, "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5)", out_size=64)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from rsjax.data import ops
+from rsjax.errors import ConfigError, DataError
 
 
 # ----------------------------------------------------------------------------------------
@@ -281,81 +284,156 @@ def gaussian_blur(img: np.ndarray, rng: np.random.Generator, sigma_range=(0.1, 2
 
 
 # ----------------------------------------------------------------------------------------
+# The numpy backend of the op registry (rsjax.data.ops): per example, one Generator
+# ----------------------------------------------------------------------------------------
+
+def _spatial_keys(data: dict) -> list[str]:
+    """Per-example spatial arrays: ``[H, W, ...]`` (images and masks), not labels."""
+    return [k for k, v in data.items() if np.ndim(v) >= 2]
+
+
+def _size(size, ctx) -> int:
+    out = size or ctx.out_size
+    if not out:
+        raise ConfigError("op needs a size: give size=... or set config.data.image_size")
+    return int(out)
+
+
+@ops.register("rrc", "numpy")
+def _np_rrc(data, rng, ctx, *, scale, ratio, size):
+    data["image"] = random_resized_crop(data["image"], _size(size, ctx), scale, ratio, rng=rng)
+    return data
+
+
+@ops.register("resize", "numpy")
+def _np_resize(data, rng, ctx, *, size):
+    data["image"] = resize(data["image"], _size(size, ctx))
+    return data
+
+
+@ops.register("flip_rot", "numpy")
+def _np_flip_rot(data, rng, ctx):
+    # Draws k, then flip: exactly random_flip_rot90's draws, shared by every spatial array.
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    for name in _spatial_keys(data):
+        data[name] = flip_rot90(data[name], k, flip)
+    return data
+
+
+@ops.register("flip_lr", "numpy")
+def _np_flip_lr(data, rng, ctx, *, p):
+    if p > 0 and rng.random() < p:
+        for name in _spatial_keys(data):
+            data[name] = np.ascontiguousarray(data[name][:, ::-1])
+    return data
+
+
+@ops.register("jitter", "numpy")
+def _np_jitter(data, rng, ctx, *, strength, p, band, saturation):
+    data["image"] = photometric_jitter(data["image"], rng, strength, p, band, saturation, 0.0)
+    return data
+
+
+@ops.register("gray", "numpy")
+def _np_gray(data, rng, ctx, *, p):
+    # photometric_jitter with only gray_prob: one draw (when p > 0), mean over bands, clip at 0.
+    data["image"] = photometric_jitter(data["image"], rng, 0.0, 0.0, 0.0, 0.0, p)
+    return data
+
+
+@ops.register("blur", "numpy")
+def _np_blur(data, rng, ctx, *, p, sigma):
+    data["image"] = gaussian_blur(data["image"], rng, sigma, p)
+    return data
+
+
+@ops.register("normalize", "numpy")
+def _np_normalize(data, rng, ctx, *, keys):
+    from rsjax.data import registry
+
+    if ctx.info is None:
+        raise ValueError("op normalize needs the dataset's registry entry (Context.info)")
+    for k in keys:
+        if k in data:
+            data[k] = registry.normalize(data[k], ctx.info)
+    return data
+
+
+@ops.register("crop_flip", "numpy")
+def _np_crop_flip(data, rng, ctx, *, size, augment):
+    """The same random ``size`` window, left-right flip and 90-degree rotation for every spatial
+    array (image(s) and mask alike); ``augment=False``: the centre window, no flip / rotation.
+    ``size`` 0 or >= the image keeps it whole. Draws: y0, x0, k, flip (when ``augment``)."""
+    spatial = _spatial_keys(data)
+    h, w = np.shape(data[spatial[0]])[:2]
+    crop = size if size > 0 else max(h, w)
+    ch, cw = min(crop, h), min(crop, w)
+    y0 = int(rng.integers(0, h - ch + 1)) if augment else (h - ch) // 2
+    x0 = int(rng.integers(0, w - cw + 1)) if augment else (w - cw) // 2
+    k, flip = (int(rng.integers(0, 4)), bool(rng.integers(0, 2))) if augment else (0, False)
+    for name in spatial:
+        a = data[name][y0:y0 + ch, x0:x0 + cw]
+        if flip:
+            a = a[:, ::-1]
+        if k:
+            a = np.rot90(a, k, axes=(0, 1))
+        data[name] = np.ascontiguousarray(a)
+    return data
+
+
+IGNORE_INDEX = -1  # in-memory "count nowhere" label (rsjax.data.segmentation.IGNORE_INDEX)
+
+
+@ops.register("ignore", "numpy")
+def _np_ignore(data, rng, ctx, *, value):
+    """Stored ``mask`` -> int32 class labels with -1 = ignore. ``value`` 0: stored 0 and 255 ->
+    -1, ``v -> v - 1`` (``reduce_zero_label``); another value ``u``: ``u -> -1``; None: as stored."""
+    mask = np.asarray(data["mask"]).astype(np.int32)
+    if value is None:
+        data["mask"] = mask
+    elif int(value) == 0:
+        data["mask"] = np.where((mask == 0) | (mask == 255), IGNORE_INDEX, mask - 1).astype(np.int32)
+    else:
+        data["mask"] = np.where(mask == int(value), IGNORE_INDEX, mask).astype(np.int32)
+    return data
+
+
+@ops.register("remap", "numpy")
+def _np_remap(data, rng, ctx, *, class_map):
+    """``class_map[l]`` for every label ``l`` of ``mask`` (else ``label``); -1 stays -1."""
+    lut = np.asarray(list(class_map) + [IGNORE_INDEX], np.int32)  # index -1 -> the last entry
+    name = "mask" if "mask" in data else "label"
+    lab = np.asarray(data[name])
+    if lab.size and (lab.max() >= len(class_map) or lab.min() < IGNORE_INDEX):
+        raise DataError(f"remap: {name} values {sorted(set(np.unique(lab).tolist()))[:8]} outside "
+                        f"[-1, {len(class_map)}) (class_map has {len(class_map)} entries)")
+    data[name] = lut[lab]
+    return data
+
+
+@ops.register("multi_hot", "numpy")
+def _np_multi_hot(data, rng, ctx, *, num_classes):
+    """``label`` [..., K] int32: 1 where class k occurs anywhere in ``mask`` [..., H, W]."""
+    m = np.asarray(data["mask"])
+    flat = m.reshape(m.shape[:-2] + (-1,))
+    data["label"] = np.stack([(flat == c).any(axis=-1) for c in range(num_classes)], axis=-1).astype(np.int32)
+    return data
+
+
+# ----------------------------------------------------------------------------------------
 # Two views
 # ----------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Parameters of :func:`two_views` (SimCLR / MoCo v2 recipe without RGB-only parts).
-
-    Attributes:
-      out_size: side of each view in pixels.
-      crop_scale: area fraction range of the random resized crop.
-      crop_ratio: aspect-ratio range of the crop.
-      flip_rot: apply a random square symmetry (flips + 90-degree rotations).
-      jitter_strength: brightness/contrast strength ``s`` (0 disables).
-      jitter_prob: probability of applying brightness/contrast.
-      band_jitter: per-band gain range (0 disables), see :func:`brightness_contrast`.
-      saturation: band-agnostic saturation range (0 disables), see :func:`photometric_jitter`.
-      gray_prob: probability of the band-mean grayscale, see :func:`photometric_jitter`.
-      blur_prob: probability of Gaussian blur; a pair gives (view 1, view 2), e.g. BYOL's
-        asymmetric (1.0, 0.1).
-      blur_sigma: sigma range in pixels at ``out_size``.
-    """
-
-    out_size: int = 64
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_rot: bool = True
-    jitter_strength: float = 0.4
-    jitter_prob: float = 0.8
-    band_jitter: float = 0.0
-    saturation: float = 0.0
-    gray_prob: float = 0.0
-    blur_prob: float | tuple[float, float] = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 1.0)
-
-    @classmethod
-    def from_any(cls, cfg: Any) -> "AugmentConfig":
-        """Builds from an AugmentConfig, a Mapping or an attribute object (ConfigDict):
-        unknown keys are ignored, missing ones keep their defaults."""
-        if isinstance(cfg, cls):
-            return cfg
-        names = {f.name for f in dataclasses.fields(cls)}
-        if isinstance(cfg, Mapping):
-            items = {k: v for k, v in cfg.items() if k in names}
-        else:
-            items = {k: getattr(cfg, k) for k in names if hasattr(cfg, k)}
-        for k in ("crop_scale", "crop_ratio", "blur_sigma"):
-            if k in items:
-                items[k] = tuple(items[k])
-        if isinstance(items.get("blur_prob"), Sequence):
-            items["blur_prob"] = tuple(items["blur_prob"])
-        return cls(**items)
-
-
-def augment_view(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-                 blur_prob: float) -> np.ndarray:
-    """One view: random resized crop -> flip/rot90 -> photometric jitter (brightness /
-    contrast / band gain / saturation, grayscale) -> blur."""
-    v = random_resized_crop(img, cfg.out_size, cfg.crop_scale, cfg.crop_ratio, rng=rng)
-    if cfg.flip_rot:
-        v = random_flip_rot90(v, rng)
-    v = photometric_jitter(v, rng, cfg.jitter_strength, cfg.jitter_prob, cfg.band_jitter,
-                           cfg.saturation, cfg.gray_prob)
-    v = gaussian_blur(v, rng, cfg.blur_sigma, blur_prob)
-    return v
-
-
-def two_views(img: np.ndarray, rng: np.random.Generator, cfg: Any = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def two_views(img: np.ndarray, rng: np.random.Generator, recipe: "str | ops.Pipeline" = ops.DEFAULT_AUGMENT,
+              out_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Two independently augmented views of ``img`` ([H, W, C] float, any C).
 
-    Each view is :func:`augment_view` with its own draws from ``rng`` (view 1 first, then
-    view 2), so the pair is a deterministic function of ``img`` and the generator's state.
-    ``cfg``: :class:`AugmentConfig`, a mapping or a ConfigDict with (a subset of) its fields.
+    ``recipe``: a view recipe (``config.data.augment``, see :mod:`rsjax.data.ops`) or its built
+    numpy :class:`~rsjax.data.ops.Pipeline`. Each view is the recipe with its own draws from
+    ``rng`` (view 1 first, then view 2), so the pair is a deterministic function of ``img`` and
+    the generator's state.
     """
-    cfg = AugmentConfig.from_any(cfg if cfg is not None else AugmentConfig())
-    p1, p2 = cfg.blur_prob if isinstance(cfg.blur_prob, tuple) else (cfg.blur_prob,) * 2
+    pipe = recipe if isinstance(recipe, ops.Pipeline) else ops.view_recipe(recipe, "numpy")
+    ctx = ops.Context(out_size=int(out_size))
     img = np.asarray(img, np.float32)
-    return augment_view(img, rng, cfg, p1), augment_view(img, rng, cfg, p2)
+    return pipe.image(img, rng, ctx), pipe.image(img, rng, ctx)

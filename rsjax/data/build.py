@@ -9,12 +9,20 @@ builder class is the ``Builder`` exported by the package ``tfds_builders.<NAME>`
 real datasets read the original files from ``--manual_dir`` (nothing is downloaded);
 ``rs_synthetic`` ignores it.
 
-Atomicity: TFDS writes every split into ``<data_dir>/<name>/<config>/<version>.incomplete.XXXX``
-and renames that folder to ``<version>`` only after all splits and ``dataset_info.json`` are
+Atomicity: TFDS writes every split into ``<data_dir>/<name>/<config>/incomplete.XXXXXX_<ver>``
+and renames that folder to ``<ver>`` only after all splits and ``dataset_info.json`` are
 written (``tfds.core.utils.incomplete_dir``); a failed or killed build leaves no half dataset
 under the final name, and an existing dataset is never overwritten. A file lock serializes
-concurrent builds of the same dataset (several processes of one multi-process run calling
-:func:`ensure_built` at once).
+concurrent builds of the same dataset, all configs (several processes of one multi-process run
+calling :func:`ensure_built` at once).
+
+A failed build leaves nothing behind: whatever the build created under ``<data_dir>/<name>/``
+(TFDS's ``.config/``, the empty ``<config>/`` folder, an ``incomplete.*`` folder), the lock
+file and ``data_dir`` itself when the build created it are removed, so after any exception
+(a bad input file, an empty or junk ``--manual_dir``, Ctrl-C) ``data_dir`` holds exactly what it
+held before. Files that were there before are kept (TFDS may rewrite ``.config/metadata.json``
+with the same default config name). A build killed outright (SIGKILL) cannot clean up; its
+``incomplete.*`` folder is removed by the next build of that dataset and config.
 
 ``--skip_bad``: builders that can meet unreadable input files read ``self.skip_bad`` (or accept a
 ``skip_bad`` constructor argument); when set they log and skip a bad file instead of stopping
@@ -31,6 +39,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import tempfile
 import time
 from typing import Optional
@@ -154,15 +163,84 @@ def is_built(builder: tfds.core.DatasetBuilder) -> bool:
 
 
 @contextlib.contextmanager
-def _build_lock(data_dir: str, name: str, config: Optional[str]):
+def _build_lock(data_dir: str, name: str):
+    """Exclusive lock of dataset ``name`` (all its configs: they share ``<data_dir>/<name>/``,
+    which a failed build cleans up) in ``data_dir``, as a lock file that is deleted on release
+    (so that ``data_dir`` keeps no trace of it).
+
+    Deleting a lock file is safe with the usual check: a process that waited for the lock
+    re-opens the file when the path no longer names the file it locked (someone released and
+    deleted it in the meantime), so two processes never hold locks on two different files.
+    """
     os.makedirs(data_dir, exist_ok=True)
-    path = os.path.join(data_dir, f".rsjax_build_{name}_{config or 'default'}.lock")
-    with open(path, "w") as f:
+    path = os.path.join(data_dir, f".rsjax_build_{name}.lock")
+    while True:
+        f = open(path, "a")
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:  # released and deleted while we waited: try again
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _tree(root: str) -> set[str]:
+    """Paths (relative to ``root``) of every file and folder below ``root``; empty when absent."""
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out.update(os.path.normpath(os.path.join(rel, n)) for n in dirnames + filenames)
+    return out
+
+
+@contextlib.contextmanager
+def _leave_no_trace(dataset_root: str):
+    """On any exception, deletes what appeared under ``dataset_root`` (``<data_dir>/<name>``)
+    since entering, and ``dataset_root`` itself when it did not exist; then re-raises.
+
+    Run inside the build lock: no other process of this machine builds any config of the same
+    dataset meanwhile, so everything new below ``dataset_root`` is this build's.
+    """
+    existed = os.path.isdir(dataset_root)
+    before = _tree(dataset_root)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(dataset_root, ignore_errors=True)
+        else:
+            # Deepest first: files, then the folders they emptied.
+            for rel in sorted(_tree(dataset_root) - before, key=lambda r: r.count(os.sep),
+                              reverse=True):
+                p = os.path.join(dataset_root, rel)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
+            if before:
+                log.info("removed what the failed build wrote under %s", dataset_root)
+        raise
+
+
+def _remove_stale_incomplete(config_dir: str) -> None:
+    """Deletes ``incomplete.*`` folders a killed build left in ``<data_dir>/<name>/<config>``
+    (called under the build lock: none of them can belong to a build still running here)."""
+    if not os.path.isdir(config_dir):
+        return
+    for entry in os.listdir(config_dir):
+        if entry.startswith(tfds.core.constants.INCOMPLETE_PREFIX):
+            log.warning("removing %s, left by an interrupted build",
+                        os.path.join(config_dir, entry))
+            shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
 
 
 def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
@@ -182,31 +260,43 @@ def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optiona
     cls = get_builder_class(name)
     if skip_bad and "skip_bad" in inspect.signature(cls.__init__).parameters:
         kwargs["skip_bad"] = True
-    with _build_lock(data_dir, name, config):
-        builder = get_builder(name, data_dir, config, **kwargs)
-        if skip_bad:
-            builder.skip_bad = True
-        if is_built(builder):
-            log.info("dataset %s already built at %s", builder.info.full_name, builder.data_dir)
-            return builder.data_dir
-        if progress:
-            tfds.enable_progress_bar()
-        else:
-            tfds.disable_progress_bar()
-        t0 = time.perf_counter()
-        # Nothing is downloaded; a throw-away download dir keeps data_dir free of `downloads/`.
-        with tempfile.TemporaryDirectory(prefix="rsjax_dl_") as dl_dir, _data_errors(name):
-            download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-            builder.download_and_prepare(
-                download_dir=dl_dir, download_config=download_config, file_format="array_record")
-        log.info("built %s in %.1f s at %s", builder.info.full_name, time.perf_counter() - t0,
-                 builder.data_dir)
-        skipped = getattr(builder, "skipped_files", None)
-        if skipped:  # builders of real data with --skip_bad (tfds_builders/_common.py)
-            log.warning("%s: skipped %d bad input file(s) (listed in the dataset metadata "
-                        "`skipped_files`): %s", builder.info.full_name, len(skipped),
-                        ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
-        return builder.data_dir
+    created_data_dir = not os.path.exists(data_dir)
+    try:
+        with _build_lock(data_dir, cls.name), \
+                _leave_no_trace(os.path.join(data_dir, cls.name)):
+            builder = get_builder(name, data_dir, config, **kwargs)
+            if skip_bad:
+                builder.skip_bad = True
+            if is_built(builder):
+                log.info("dataset %s already built at %s", builder.info.full_name,
+                         builder.data_dir)
+                return builder.data_dir
+            if progress:
+                tfds.enable_progress_bar()
+            else:
+                tfds.disable_progress_bar()
+            t0 = time.perf_counter()
+            _remove_stale_incomplete(os.path.dirname(os.fspath(builder.data_path)))
+            # Nothing is downloaded; a throw-away download dir keeps data_dir free of
+            # `downloads/`.
+            with tempfile.TemporaryDirectory(prefix="rsjax_dl_") as dl_dir, _data_errors(name):
+                download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+                builder.download_and_prepare(
+                    download_dir=dl_dir, download_config=download_config,
+                    file_format="array_record")
+    except BaseException:
+        if created_data_dir:  # only the (already deleted) lock file was ever in it
+            with contextlib.suppress(OSError):
+                os.rmdir(data_dir)
+        raise
+    log.info("built %s in %.1f s at %s", builder.info.full_name, time.perf_counter() - t0,
+             builder.data_dir)
+    skipped = getattr(builder, "skipped_files", None)
+    if skipped:  # builders of real data with --skip_bad (tfds_builders/_common.py)
+        log.warning("%s: skipped %d bad input file(s) (listed in the dataset metadata "
+                    "`skipped_files`): %s", builder.info.full_name, len(skipped),
+                    ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+    return builder.data_dir
 
 
 def ensure_built(name: str, data_dir: Optional[str] = None, config: Optional[str] = None) -> str:
@@ -234,12 +324,17 @@ def ensure_built(name: str, data_dir: Optional[str] = None, config: Optional[str
 def _data_errors(name: str):
     """A builder's complaint about its input files (tfds_builders' ``BadFileError`` naming the
     file; a FileNotFoundError of a missing file) as :class:`rsjax.errors.DataError`, which the
-    CLI prints in one line. TFDS may wrap it: the innermost such error is reported."""
+    CLI prints in one line. TFDS may wrap it: the innermost such error is reported. A split left
+    without examples (every input file of it bad and skipped with ``--skip_bad``) is reported as
+    such instead of TFDS's bare "No examples were yielded"."""
     try:
         yield
     except RsjaxError:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised unless it is a data problem
+        if isinstance(e, AssertionError) and "No examples were yielded" in str(e):
+            raise DataError(f"building {name}: {e} (no readable input for it: with --skip_bad, "
+                            "every file of that split was skipped; see the warnings above)") from e
         inner = e
         while inner is not None:
             if isinstance(inner, (FileNotFoundError, NotADirectoryError)):  # stays a FileNotFoundError

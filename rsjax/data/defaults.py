@@ -13,8 +13,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     every batching and augmentation key below with the same meaning (the same epoch plans,
     the same photometric definitions). Path-specific keys: ``num_workers`` / ``num_threads`` /
     ``prefetch_batches`` (host only; ``num_workers > 0`` with ``device_resident`` is refused)
-    and ``manual_dir`` / ``split_seed`` / ``cache_dir`` (device only; ``manual_dir`` without
-    ``device_resident`` is refused). ``rsjax.train.validate_config`` refuses keys no path reads
+    and ``folder`` / ``folder_seed`` / ``cache_dir`` (device only among the pretraining paths;
+    ``folder`` without ``device_resident`` is refused). ``rsjax.train.validate_config`` refuses keys no path reads
     and out-of-range values before anything is written.
 
     Fields:
@@ -31,20 +31,38 @@ def default_data_config() -> ml_collections.ConfigDict:
       samples_per_scene: units per scene in scene-aware batches (k); batch = S * k.
       crops_as_scenes: g > 0 cuts each image into g x g adjacent crops sharing a scene id;
         with scenes_per_batch = 0 each image brings all its g x g crops (batch / g^2 scenes).
-      crop_scale_min, crop_scale_max: area range of the random resized crop.
-      flip_rot: random flips and 90-degree rotations.
-      jitter_strength, jitter_prob, band_jitter: brightness/contrast (all bands alike) and
-        optional per-band gain.
-      blur_prob, blur_sigma_min, blur_sigma_max: Gaussian blur (sigma in output pixels).
-      saturation, gray_prob: band-agnostic saturation (``sat ~ U(1 - saturation, 1 +
-        saturation)`` about the per-pixel band mean, gated by jitter_prob) and grayscale (all
-        bands -> their mean, with probability gray_prob).
+      augment: the pretraining view recipe, an op string (``rsjax.data.ops``), e.g.
+        ``"rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)|gray(0.2)|blur(0.5, sigma=(0.1, 1.0))"``:
+        random resized crop (area fraction range) -> the 8 flips / 90-degree rotations ->
+        band-agnostic brightness / contrast (strength, probability; optional ``band=`` per-band
+        gain and ``saturation=``) -> grayscale (probability) -> Gaussian blur (probability,
+        sigma range in output pixels). Both input paths build their views from it (host: numpy
+        backend per example; device: jax backend in the step); an op the chosen path lacks is
+        refused. It replaces the former keys crop_scale_min/max, flip_rot, jitter_strength,
+        jitter_prob, band_jitter, saturation, gray_prob, blur_prob, blur_sigma_min/max (one
+        meaning per key); configs and workdirs that still set them have them folded into
+        ``augment`` once, when read (``rsjax.data.ops.augment_spec``).
       device_resident: hold the decoded split in device memory and augment inside the
         jitted step (rsjax.data.device_data / device_augment) instead of the grain pipeline.
-      manual_dir: read the original class folder directly (device path, EuroSAT-style);
-        split_seed: its stratified split seed; cache_dir: .npz cache of the decoded arrays.
+      folder: a ``<Class>/<image>`` tree read directly instead of the TFDS dataset ``name``
+        (the GPU-resident pretraining path and eval_classification; '' = the TFDS dataset), with
+        the builders' image reader and the project's seeded 80 / 20 class split
+        (``rsjax.data.folders``); folder_seed: that split's seed; cache_dir: .npz cache of the
+        decoded arrays. (``--manual_dir`` is something else: the original files of a TFDS
+        build, a flag of ``python -m rsjax.data.build``, not a config key.)
       num_workers: grain worker processes (0 = in-process).
       num_threads: grain reader threads per process; prefetch_batches: batches read ahead.
+
+    Job keys (read by the jobs named; the input paths above ignore them):
+      image_size: side in px of the images / views the job works on (all jobs).
+      image_key, mask_key: feature names of the image and the mask (segmentation, multi-label);
+        how stored masks mark "no label" is the dataset's registry entry
+        (``DatasetInfo.mask_ignore_value``), not a config key.
+      image_a_key, image_b_key, change_key: the two dates and the change mask (change detection).
+      crop_size: random training crop side of the dense jobs; 0 = whole images.
+      class_names: () = the registry's class names (segmentation reports).
+      multilabel_from_mask: multi-label targets = classes present in mask_key (eval_multilabel).
+      max_train: examples read of the pretraining split (noisy_label; 0 = all).
     """
     c = ml_collections.ConfigDict()
     c.name = "rs_synthetic"
@@ -58,22 +76,24 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.scenes_per_batch = 0
     c.samples_per_scene = 2
     c.crops_as_scenes = 0
-    c.crop_scale_min = 0.2
-    c.crop_scale_max = 1.0
-    c.flip_rot = True
-    c.jitter_strength = 0.4
-    c.jitter_prob = 0.8
-    c.band_jitter = 0.0
-    c.blur_prob = 0.5
-    c.blur_sigma_min = 0.1
-    c.blur_sigma_max = 1.0
-    c.saturation = 0.0
-    c.gray_prob = 0.0
+    c.augment = "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.1, 1.0))"  # ops.DEFAULT_AUGMENT
     c.device_resident = False
-    c.manual_dir = ""
-    c.split_seed = 0
+    c.folder = ""
+    c.folder_seed = 0
     c.cache_dir = ""
     c.num_workers = 0
     c.num_threads = 2
     c.prefetch_batches = 2
+    # The keys the evaluation, dense and noisy-label jobs read (one complete block for every
+    # job; configs set them through configs.common.data_config).
+    c.image_size = 32
+    c.image_key = "image"
+    c.mask_key = "mask"
+    c.image_a_key = "image_a"
+    c.image_b_key = "image_b"
+    c.change_key = "change"
+    c.crop_size = 0
+    c.class_names = ()
+    c.multilabel_from_mask = False
+    c.max_train = 0
     return c

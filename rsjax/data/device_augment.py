@@ -1,74 +1,38 @@
-"""GPU-resident two-view augmentation, done inside the jitted train step.
+"""The jax backend of the op registry: batched view recipes inside the jitted train step.
 
-Small-image SSL is bound by CPU-side augmentation; here the decoded dataset sits in device
-memory (raw dtype, e.g. uint8 EuroSAT: 21,600 x 64 x 64 x 3 = 265 MB) and each step gathers
-its batch and augments it on device. Every geometric and blur operation is linear and
-separable, so one view is two small batched matrix products:
+Small-image SSL is bound by CPU-side augmentation; with ``data.device_resident`` the decoded
+split sits in device memory (raw dtype, e.g. uint8 EuroSAT: 21,600 x 64 x 64 x 3 = 265 MB)
+and each step gathers its batch and makes the views on device from the same recipe
+(``config.data.augment``, :mod:`rsjax.data.ops`) the host pipeline applies per example. Each
+op here is the batched twin of the numpy op in :mod:`rsjax.data.augment`, with the same
+definition and the same distribution (tests/test_ops.py draws both and compares):
 
-    view = M_y @ X @ M_x^T      M_y = B_y(sigma) . F_y . R_y(box)   ([S, H])
+* ``rrc`` / ``resize``: geometric resampling is linear and separable, so a view is
+  ``M_y @ X @ M_x^T`` with ``M`` the antialiased bilinear operator of the random box
+  (:func:`resample_matrix`, the host's formula); boxes follow the same 10-try Inception rule,
+  drawn vectorized, inside the row's crops-as-scenes region (``Context.regions``);
+* ``flip_rot``: row flip x column flip x transpose, each Bernoulli(1/2): the 8 symmetries
+  of the square uniformly, as the host's rotation k ~ U{0..3} and a mirror;
+* ``jitter`` / ``gray``: the host's band-agnostic photometric definitions (brightness and
+  contrast 0.8 s, per-band gain, saturation about the per-pixel band mean; grayscale = band
+  mean), clip at 0 of changed views;
+* ``blur``: ``B(sigma) @ X @ B(sigma)^T`` with the host's mirror-boundary Gaussian operator
+  (:func:`blur_matrix`; sigma rounded to 0.01 px as on the host).
 
-with R the antialiased bilinear resampling of the random box (:func:`resample_matrix`,
-identical to the host pipeline's ``rsjax.data.augment.resample_matrix``), F a row reversal
-(flip), B a Gaussian blur with mirror boundaries, and a transpose for the 90-degree
-rotations. The dihedral group (h/v flips x transpose, 8 elements) is drawn uniformly as in
-the host pipeline. Then photometric jitter (band-agnostic), the same definitions as the
-host's ``rsjax.data.augment.photometric_jitter``: with probability ``jitter_prob``
-brightness and contrast as ``rsjax.data.augment.brightness_contrast``, the optional per-band
-gain ``g_k ~ U(1 - band_jitter, 1 + band_jitter)`` and the optional "saturation" (each band
-pulled to or pushed from the per-pixel band mean, ``sat ~ U(1 - saturation, 1 +
-saturation)``; for RGB this is the usual saturation); independently, with probability
-``gray_prob``, "grayscale" (all bands replaced by their mean); then the clip at 0 and
-per-band standardization.
-
-Keys honoured (``DeviceAugmentConfig.from_data_config``): ``crop_scale_min/max``,
-``flip_rot``, ``jitter_strength``, ``jitter_prob``, ``band_jitter``, ``saturation``,
-``gray_prob``, ``blur_prob``, ``blur_sigma_min/max`` -- the same set as the host pipeline.
-
-Differences from the host pipeline, by design: blur is folded into the resampling matrices
-so it acts before the photometric jitter (host: after; both are linear, so only the clip at
-0 and the mirror boundary differ); the crop box uses the same 10-try Inception rule, drawn
-vectorized.
+Op ``i`` of a recipe draws from ``fold_in(key, i)``. Ops apply in recipe order on both
+backends (the former fixed device recipe folded the blur into the resampling, before the
+photometric ops; now both backends blur where the recipe says).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
-
-@dataclasses.dataclass(frozen=True)
-class DeviceAugmentConfig:
-    out_size: int = 64
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_rot: bool = True
-    jitter_strength: float = 0.4
-    jitter_prob: float = 0.8
-    band_jitter: float = 0.0     # 0 = off; per-band gain range, as the host's band_jitter
-    saturation: float = 0.0      # 0 = off; SimCLR uses 0.8 * s for RGB
-    gray_prob: float = 0.0
-    blur_prob: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 1.0)
-
-    @classmethod
-    def from_data_config(cls, d: Any, out_size: int) -> "DeviceAugmentConfig":
-        g = (lambda k, v: d.get(k, v)) if isinstance(d, Mapping) or hasattr(d, "get") else (lambda k, v: getattr(d, k, v))
-        return cls(
-            out_size=out_size,
-            crop_scale=(float(g("crop_scale_min", 0.2)), float(g("crop_scale_max", 1.0))),
-            flip_rot=bool(g("flip_rot", True)),
-            jitter_strength=float(g("jitter_strength", 0.4)),
-            jitter_prob=float(g("jitter_prob", 0.8)),
-            band_jitter=float(g("band_jitter", 0.0)),
-            saturation=float(g("saturation", 0.0)),
-            gray_prob=float(g("gray_prob", 0.0)),
-            blur_prob=float(g("blur_prob", 0.5)),
-            blur_sigma=(float(g("blur_sigma_min", 0.1)), float(g("blur_sigma_max", 1.0))),
-        )
+from rsjax.data import ops
+from rsjax.errors import ConfigError
 
 
 def resample_matrix(start, length, in_size: int, out_size: int):
@@ -121,82 +85,173 @@ def sample_crop_box(key, h, w, scale, ratio, tries: int = 10):
     return y0, x0, ch, cw
 
 
-def _view_params(key, region, in_hw, cfg: DeviceAugmentConfig, num_bands: int = 1):
-    """Per-example operators: M_y [S, H], M_x [S, W], transpose flag, photometric draws
-    (brightness, contrast, per-band gain [C], saturation, grayscale flag)."""
-    ry0, rx0, rh, rw = region
-    ks = jax.random.split(key, 12)
-    y0, x0, ch, cw = sample_crop_box(ks[0], rh, rw, cfg.crop_scale, cfg.crop_ratio)
-    my = resample_matrix(ry0 + y0, ch, in_hw[0], cfg.out_size)
-    mx = resample_matrix(rx0 + x0, cw, in_hw[1], cfg.out_size)
-    if cfg.blur_prob > 0:
-        sigma = jax.random.uniform(ks[1], minval=cfg.blur_sigma[0], maxval=cfg.blur_sigma[1])
-        do = jax.random.uniform(ks[2]) < cfg.blur_prob
-        bm = blur_matrix(cfg.out_size, sigma, cfg.blur_sigma[1])
-        eye = jnp.eye(cfg.out_size)
-        bm = jnp.where(do, bm, eye)
-        my, mx = bm @ my, bm @ mx
-    transpose = jnp.asarray(False)
-    if cfg.flip_rot:
-        fy, fx, tr = (jax.random.bernoulli(k) for k in ks[3:6])
-        my = jnp.where(fy, my[::-1], my)
-        mx = jnp.where(fx, mx[::-1], mx)
-        transpose = tr
-    s = 0.8 * cfg.jitter_strength
-    jit_on = jax.random.uniform(ks[6]) < cfg.jitter_prob
-    b = jnp.where(jit_on, jax.random.uniform(ks[7], minval=1 - s, maxval=1 + s), 1.0)
-    c = jnp.where(jit_on, jax.random.uniform(ks[8], minval=1 - s, maxval=1 + s), 1.0)
-    sat = jnp.where(jit_on, jax.random.uniform(ks[9], minval=1 - cfg.saturation, maxval=1 + cfg.saturation), 1.0)
-    gray = jax.random.uniform(ks[10]) < cfg.gray_prob
-    gain = jnp.where(jit_on, jax.random.uniform(ks[11], (num_bands,), minval=1 - cfg.band_jitter,
-                                                maxval=1 + cfg.band_jitter), 1.0)
-    return my, mx, transpose, b, c, gain, sat, gray
+def _size(size, ctx) -> int:
+    out = size or ctx.out_size
+    if not out:
+        raise ConfigError("op needs a size: give size=... or set config.data.image_size")
+    return int(out)
 
 
-def augment_views(key, images, cfg: DeviceAugmentConfig, *, scale: float, mean, std, regions=None):
+def _regions(ctx, b, h, w):
+    if ctx.regions is None:
+        return jnp.broadcast_to(jnp.asarray([0.0, 0.0, h, w], jnp.float32), (b, 4))
+    return jnp.asarray(ctx.regions, jnp.float32)
+
+
+def _spatial_keys(data) -> list[str]:
+    """Batched spatial arrays ``[B, H, W, ...]`` (images and masks), not labels."""
+    return [k for k, v in data.items() if jnp.ndim(v) >= 3]
+
+
+def _resample(x, my, mx):
+    """``out[b] = my[b] @ x[b] @ mx[b]^T`` per band: two batched matrix products."""
+    x = jnp.einsum("boh,bhwc->bowc", my, x.astype(jnp.float32))
+    return jnp.einsum("bpw,bowc->bopc", mx, x)
+
+
+@ops.register("rrc", "jax")
+def _jax_rrc(data, key, ctx, *, scale, ratio, size):
+    x = data["image"]
+    b, h, w, _ = x.shape
+    s = _size(size, ctx)
+    reg = _regions(ctx, b, h, w)
+    y0, x0, ch, cw = jax.vmap(lambda k, r: sample_crop_box(k, r[2], r[3], scale, ratio))(
+        jax.random.split(key, b), reg)
+    my = jax.vmap(lambda st, ln: resample_matrix(st, ln, h, s))(reg[:, 0] + y0, ch)
+    mx = jax.vmap(lambda st, ln: resample_matrix(st, ln, w, s))(reg[:, 1] + x0, cw)
+    data["image"] = _resample(x, my, mx)
+    return data
+
+
+@ops.register("resize", "jax")
+def _jax_resize(data, key, ctx, *, size):
+    x = data["image"]
+    b, h, w, _ = x.shape
+    s = _size(size, ctx)
+    reg = _regions(ctx, b, h, w)
+    my = jax.vmap(lambda st, ln: resample_matrix(st, ln, h, s))(reg[:, 0], reg[:, 2])
+    mx = jax.vmap(lambda st, ln: resample_matrix(st, ln, w, s))(reg[:, 1], reg[:, 3])
+    data["image"] = _resample(x, my, mx)
+    return data
+
+
+def _where(flag, a, b):
+    return jnp.where(flag.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+
+@ops.register("flip_rot", "jax")
+def _jax_flip_rot(data, key, ctx):
+    # Row flip x column flip x transpose, each Bernoulli(1/2): the 8 symmetries of the square,
+    # uniformly (the host draws rotation k ~ U{0..3} and a mirror: the same distribution).
+    keys = jax.random.split(key, 3)
+    b = data["image"].shape[0]
+    fy, fx, tr = (jax.random.bernoulli(k, 0.5, (b,)) for k in keys)
+    for name in _spatial_keys(data):
+        x = data[name]
+        if x.shape[1] != x.shape[2]:
+            raise ConfigError(f"op flip_rot on the device path needs square views, got {x.shape[1:3]} "
+                              f"(config.data.augment)")
+        x = _where(fy, x[:, ::-1], x)
+        x = _where(fx, x[:, :, ::-1], x)
+        data[name] = _where(tr, jnp.swapaxes(x, 1, 2), x)
+    return data
+
+
+@ops.register("flip_lr", "jax")
+def _jax_flip_lr(data, key, ctx, *, p):
+    flip = jax.random.bernoulli(key, p, (data["image"].shape[0],))
+    for name in _spatial_keys(data):
+        data[name] = _where(flip, data[name][:, :, ::-1], data[name])
+    return data
+
+
+@ops.register("jitter", "jax")
+def _jax_jitter(data, key, ctx, *, strength, p, band, saturation):
+    """The host's :func:`rsjax.data.augment.photometric_jitter` (without grayscale), batched."""
+    x = data["image"].astype(jnp.float32)
+    b, nb = x.shape[0], x.shape[-1]
+    ks = jax.random.split(key, 5)
+    s = 0.8 * strength
+    on = jax.random.uniform(ks[0], (b,)) < p
+    bb = jnp.where(on, jax.random.uniform(ks[1], (b,), minval=1 - s, maxval=1 + s), 1.0)
+    cc = jnp.where(on, jax.random.uniform(ks[2], (b,), minval=1 - s, maxval=1 + s), 1.0)
+    mu = jnp.mean(x, axis=(1, 2), keepdims=True)
+    y = x * (bb * cc)[:, None, None, None] + mu * (bb * (1.0 - cc))[:, None, None, None]
+    if band > 0:
+        y = y * jax.random.uniform(ks[3], (b, 1, 1, nb), minval=1 - band, maxval=1 + band)
+    if saturation > 0:
+        sat = jax.random.uniform(ks[4], (b, 1, 1, 1), minval=1 - saturation, maxval=1 + saturation)
+        m = jnp.mean(y, axis=-1, keepdims=True)
+        y = m + sat * (y - m)
+    data["image"] = _where(on, jnp.maximum(y, 0.0), x)  # the host clips only changed views
+    return data
+
+
+@ops.register("gray", "jax")
+def _jax_gray(data, key, ctx, *, p):
+    x = data["image"].astype(jnp.float32)
+    g = jax.random.uniform(key, (x.shape[0],)) < p
+    m = jnp.broadcast_to(jnp.mean(x, axis=-1, keepdims=True), x.shape)
+    data["image"] = _where(g, jnp.maximum(m, 0.0), x)
+    return data
+
+
+@ops.register("blur", "jax")
+def _jax_blur(data, key, ctx, *, p, sigma):
+    x = data["image"].astype(jnp.float32)
+    b, h, w, _ = x.shape
+    k1, k2 = jax.random.split(key)
+    on = jax.random.uniform(k1, (b,)) < p
+    # sigma rounded to 0.01 px (at least 0.01), as the host's gaussian_blur
+    sig = jnp.maximum(jnp.round(jax.random.uniform(k2, (b,), minval=sigma[0], maxval=sigma[1]) * 100) / 100, 0.01)
+    by = jax.vmap(lambda sg: blur_matrix(h, sg, sigma[1]))(sig)
+    bx = by if w == h else jax.vmap(lambda sg: blur_matrix(w, sg, sigma[1]))(sig)
+    data["image"] = _where(on, _resample(x, by, bx), x)
+    return data
+
+
+@ops.register("normalize", "jax")
+def _jax_normalize(data, key, ctx, *, keys):
+    if ctx.info is None:
+        raise ValueError("op normalize needs the dataset's registry entry (Context.info)")
+    mean = jnp.asarray(ctx.info.mean, jnp.float32)
+    std = jnp.asarray(ctx.info.std, jnp.float32)
+    for k in keys:
+        if k in data:
+            data[k] = (data[k].astype(jnp.float32) / ctx.info.scale - mean) / std
+    return data
+
+
+def augment_views(key, images, recipe=ops.DEFAULT_AUGMENT, *, out_size: int, scale: float, mean, std,
+                  regions=None):
     """One augmented view of each image.
 
     Args:
-      key: PRNG key for the whole batch (each example folds in its row index).
+      key: PRNG key for the whole batch.
       images: [B, H, W, C] raw values (any dtype; divided by ``scale`` first).
-      cfg: augmentation parameters.
+      recipe: the view recipe (``config.data.augment``) or its built jax
+        :class:`~rsjax.data.ops.Pipeline`; its first op sets the size (rrc / resize).
+      out_size: view side in pixels (``config.data.image_size``).
       scale, mean, std: band normalization (registry): ``(x / scale - mean) / std``.
-      regions: optional [B, 4] float (y0, x0, h, w) sub-region each view is cropped from
+      regions: optional [B, 4] float (y0, x0, h, w) sub-region each view is cut from
         (crops-as-scenes); default: the whole image.
 
     Returns:
       float32 [B, S, S, C] standardized views.
     """
-    b, h, w, nb = images.shape
-    if regions is None:
-        regions = jnp.broadcast_to(jnp.asarray([0.0, 0.0, h, w], jnp.float32), (b, 4))
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
-    my, mx, tr, bb, cc, gain, sat, gray = jax.vmap(
-        lambda k, r: _view_params(k, (r[0], r[1], r[2], r[3]), (h, w), cfg, nb)
-    )(keys, regions)
+    pipe = recipe if isinstance(recipe, ops.Pipeline) else ops.view_recipe(recipe, "jax")
     x = images.astype(jnp.float32) / scale
-    x = jnp.einsum("boh,bhwc->bowc", my, x)
-    x = jnp.einsum("bpw,bowc->bopc", mx, x)
-    if cfg.flip_rot:
-        x = jnp.where(tr[:, None, None, None], jnp.swapaxes(x, 1, 2), x)
-    mu = jnp.mean(x, axis=(1, 2), keepdims=True)
-    x = x * (bb * cc)[:, None, None, None] + mu * (bb * (1.0 - cc))[:, None, None, None]
-    if cfg.band_jitter > 0:
-        x = x * gain[:, None, None, :]
-    if cfg.saturation > 0 or cfg.gray_prob > 0:
-        m = jnp.mean(x, axis=-1, keepdims=True)
-        x = m + sat[:, None, None, None] * (x - m)
-        x = jnp.where(gray[:, None, None, None], jnp.broadcast_to(m, x.shape), x)
-    x = jnp.maximum(x, 0.0)
+    x = pipe.image(x, key, ops.Context(out_size=int(out_size), regions=regions))
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     return (x - mean) / std
 
 
-def two_views(key, images, cfg: DeviceAugmentConfig, *, scale, mean, std, regions=None):
+def two_views(key, images, recipe=ops.DEFAULT_AUGMENT, *, out_size: int, scale, mean, std, regions=None):
+    """Two independent views (keys ``split(key)``) of every image, see :func:`augment_views`."""
     k1, k2 = jax.random.split(key)
-    kw = dict(scale=scale, mean=mean, std=std, regions=regions)
-    return augment_views(k1, images, cfg, **kw), augment_views(k2, images, cfg, **kw)
+    kw = dict(out_size=out_size, scale=scale, mean=mean, std=std, regions=regions)
+    return augment_views(k1, images, recipe, **kw), augment_views(k2, images, recipe, **kw)
 
 
 def crops_as_scenes_regions(batch_size: int, g: int, h: int, w: int):

@@ -22,9 +22,9 @@ Batches are dicts of global arrays sharded on ``data``: ``image`` (raw, the whol
 image), ``label``, ``scene_id`` and, with ``crops_as_scenes``, ``region`` (the float
 ``(y0, x0, h, w)`` sub-crop each view is cut from).
 
-Augmentation keys honoured by this path (through ``device_augment``): ``crop_scale_min/max``,
-``flip_rot``, ``jitter_strength``, ``jitter_prob``, ``band_jitter``, ``saturation``,
-``gray_prob``, ``blur_prob``, ``blur_sigma_min/max`` -- the same set as the host pipeline.
+Views: the train step makes them from ``config.data.augment`` with the jax backend of the op
+registry (``rsjax.data.input.make_batch_transform`` -> ``device_augment.two_views``), the same
+recipe the host pipeline applies per example with the numpy backend.
 Host-only loader keys (``num_workers``, ``num_threads``, ``prefetch_batches``) do not apply.
 
 Iterator state is UTF-8 JSON ``{"format": "rsjax.data.device/v2", "next_batch": N,
@@ -51,36 +51,38 @@ _OLD_FORMATS = ("rsjax.data.device/v1",)
 def load_raw_with_scenes(cfg_data: Any, split: str, *, max_examples: int | None = None):
     """Raw (un-normalized) images [N, H, W, C], labels [N] and scene ids [N] of ``split``.
 
-    ``data.manual_dir`` set: read the original class folder (EuroSAT-style) directly, where
-    every image is its own scene (scene id = index); otherwise read the TFDS dataset
-    ``data.name`` through ``tfds.data_source``, taking the scene id from the records'
-    ``scene_id`` feature when the dataset has one (else the record index), as the host
-    pipeline's ``unit_scene_ids`` does.
+    ``data.folder`` set: read that ``<Class>/<image>`` tree directly
+    (:func:`rsjax.data.folders.load_class_folder`: the builders' image reader, the project's
+    class split with seed ``data.folder_seed``, cached under ``data.cache_dir``), where every
+    image is its own scene (scene id = index); otherwise read the TFDS dataset ``data.name``
+    through ``tfds.data_source``, taking the scene id from the records' ``scene_id`` feature
+    when the dataset has one (else the record index), as the host pipeline's
+    ``unit_scene_ids`` does.
     """
-    manual = cfg_data.get("manual_dir", None) if hasattr(cfg_data, "get") else None
-    if manual:
+    folder = cfg_data.get("folder", None) if hasattr(cfg_data, "get") else None
+    if folder:
         from rsjax.data import folders
 
         images, labels, _ = folders.load_class_folder(
-            manual, split, seed=int(cfg_data.get("split_seed", 0)),
-            cache_dir=cfg_data.get("cache_dir", None) or None)
+            folder, split, seed=int(cfg_data.get("folder_seed", 0)),
+            cache_dir=cfg_data.get("cache_dir", None) or None, max_examples=max_examples)
         scenes = np.arange(len(labels), dtype=np.int64)
-    else:
-        from rsjax.data import pipeline
+        return images, labels, scenes
+    from rsjax.data import pipeline
 
-        source = pipeline.open_source(cfg_data, split)
-        n = len(source)
-        rows = []
-        for s in range(0, n, 512):
-            rows.extend(source.read(range(s, min(n, s + 512))))
-        images = np.stack([np.asarray(r["image"]) for r in rows])
-        labels = np.asarray([np.asarray(r.get("label", -1)).reshape(()) for r in rows], np.int32)
-        if rows and "scene_id" in rows[0]:
-            scenes = np.asarray([int(np.asarray(r["scene_id"]).reshape(())) for r in rows], np.int64)
-        else:
-            scenes = np.arange(n, dtype=np.int64)
+    source = pipeline.open_source(cfg_data, split)
+    n = len(source)
+    rows = []
+    for s in range(0, n, 512):
+        rows.extend(source.read(range(s, min(n, s + 512))))
+    images = np.stack([np.asarray(r["image"]) for r in rows])
+    labels = np.asarray([np.asarray(r.get("label", -1)).reshape(()) for r in rows], np.int32)
+    if rows and "scene_id" in rows[0]:
+        scenes = np.asarray([int(np.asarray(r["scene_id"]).reshape(())) for r in rows], np.int64)
+    else:
+        scenes = np.arange(n, dtype=np.int64)
     if max_examples is not None and max_examples < len(labels):
-        # Class-folder arrays are sorted by class: take a fixed random subset, not a prefix.
+        # A fixed random subset, not a prefix (as the class-folder path does).
         keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:max_examples])
         images, labels, scenes = images[keep], labels[keep], scenes[keep]
     return images, labels, scenes

@@ -1,11 +1,24 @@
 """Datasets read straight from their original folders into memory (no TFDS needed).
 
-Used by the GPU-resident input path and the EuroSAT study, which want the whole decoded
-dataset as one array. The split rule is the one fixed by the project (and used by the
-``eurosat_rgb`` TFDS builder): for each class in sorted class-name order, with ONE generator
-``rng = numpy.random.default_rng(seed)`` shared across classes, ``perm =
-rng.permutation(n_class)`` over that class's files sorted by name; the first
-``round(test_fraction * n_class)`` go to ``test``, the rest to ``train``.
+``config.data.folder`` (with ``data.folder_seed``) names a ``<Class>/<image>`` tree that the
+evaluation jobs and the GPU-resident input path read directly instead of the TFDS dataset
+``data.name`` (``data.manual_dir`` is something else: the original files of a TFDS build).
+
+* Images are read by THE image reader of rsjax, the builders' (``tfds_builders._common
+  .read_image``: PIL for jpg / png / bmp, tifffile for tif; a truncated or undecodable file is
+  an error) with THE extension list :data:`IMAGE_EXTS`; any problem is a
+  :class:`rsjax.errors.DataError` naming the file, and an image whose shape differs from the
+  others' is named with both shapes (:func:`read_images`).
+* Class-folder split, fixed by the project (and used by the ``eurosat_rgb`` TFDS builder): for
+  each class in sorted class-name order, with ONE generator ``rng =
+  numpy.random.default_rng(seed)`` shared across classes, ``perm = rng.permutation(n_class)``
+  over that class's files sorted by name; the first ``round(test_fraction * n_class)`` go to
+  ``test``, the rest to ``train`` (:func:`split_assignments`).
+* Folders whose files carry no split information (e.g. a change-detection folder in the
+  LEVIR layout without ``train_`` / ``test_`` prefixes or ``list/`` files) are split by
+  :func:`fraction_split`: the sorted unit names (tiles), ``perm =
+  numpy.random.default_rng(seed).permutation(n)``, the first ``round(test_fraction * n)`` to
+  ``test`` (at least one when ``n >= 2``), the rest to ``train``.
 """
 
 from __future__ import annotations
@@ -17,21 +30,38 @@ from typing import Sequence
 
 import numpy as np
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+def _reader():
+    """The builders' image reader module (``tfds_builders._common``), checked to be rsjax's own."""
+    from rsjax import tfds_builders
+
+    tfds_builders.package()
+    from tfds_builders import _common
+
+    return _common
+
+
+# THE extension list of image files (builders, evaluation folders, the GPU-resident path).
+IMAGE_EXTS: tuple[str, ...] = tuple(_reader().IMAGE_EXTENSIONS)
 
 
 def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[list[str], list[list[str]]]:
     """(sorted class names, per class the sorted file names) of a ``<Class>/<file>`` folder."""
+    from rsjax.errors import MissingDataError
+
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset folder {root!r} does not exist")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        raise MissingDataError(f"dataset folder {root!r} does not exist")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not classes:
-        raise FileNotFoundError(f"dataset folder {root!r} has no class sub-folders")
-    files = [sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(tuple(exts)))
+        raise MissingDataError(f"dataset folder {root!r} has no class sub-folders (expected <Class>/<image>)")
+    # Hidden files (macOS ``._x.jpg``) are never images.
+    files = [sorted(f for f in os.listdir(os.path.join(root, c))
+                    if f.lower().endswith(tuple(e.lower() for e in exts)) and not f.startswith(".")
+                    and os.path.isfile(os.path.join(root, c, f)))
              for c in classes]
     for c, fs in zip(classes, files):
         if not fs:
-            raise FileNotFoundError(f"class folder {os.path.join(root, c)!r} holds no image files")
+            raise MissingDataError(f"class folder {os.path.join(root, c)!r} holds no image files ({', '.join(exts)})")
     return classes, files
 
 
@@ -62,48 +92,109 @@ def split_assignments(counts: Sequence[int], *, test_fraction: float = 0.2, spli
     return assign
 
 
+def fraction_split(names: Sequence[str], *, test_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
+    """``{name: "train" | "test"}`` for units without split information (module docstring):
+    ``names`` sorted, ``perm = default_rng(seed).permutation(n)``, the first ``round(test_fraction
+    * n)`` (at least 1 when ``n >= 2`` and ``test_fraction > 0``) are ``test``."""
+    names = sorted(set(names))
+    n = len(names)
+    k = int(round(test_fraction * n))
+    if test_fraction > 0 and n >= 2:
+        k = min(max(k, 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    test = {names[i] for i in perm[:k]}
+    return {nm: ("test" if nm in test else "train") for nm in names}
+
+
 def stratified_split(counts: Sequence[int], *, test_fraction: float = 0.2, seed: int = 0) -> list[np.ndarray]:
     """Per class a boolean array ``is_test`` (index = position in the name-sorted file list)."""
     return [a == 1 for a in split_assignments(counts, test_fraction=test_fraction, split_seed=seed)]
 
 
-def _decode(path: str) -> np.ndarray:
-    from PIL import Image
+def read_image(path: str) -> np.ndarray:
+    """One image file as ``[H, W, C]`` in its stored dtype, with the builders' reader
+    (``tfds_builders._common.read_image``: PIL for jpg / png / bmp, tifffile for tif; truncated or
+    undecodable files are errors). Raises :class:`rsjax.errors.DataError` naming the file."""
+    from rsjax.errors import DataError
 
+    common = _reader()
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), np.uint8)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"cannot decode image {path!r}: {e}") from None
+        a = common.read_image(path)
+    except common.BadFileError as e:
+        raise DataError(f"cannot read image {e.path!r}: {e.reason}") from None
+    return a[..., None] if a.ndim == 2 else a
+
+
+def check_shapes(shapes: Sequence[tuple], files: Sequence[str], expected: tuple | None = None) -> tuple:
+    """The common ``[H, W, C]`` shape of ``files``; DataError naming the first file that differs.
+
+    ``expected`` None: the most frequent shape (ties: the first file's), so that a single odd
+    image is blamed, not the file that happens to come first."""
+    from rsjax.errors import DataError
+
+    if expected is None:
+        counts: dict = {}
+        for s in shapes:
+            counts[s] = counts.get(s, 0) + 1
+        expected = max(counts, key=lambda s: counts[s])  # dicts keep insertion order: ties -> first
+    bad = [i for i, s in enumerate(shapes) if s != expected]
+    if bad:
+        i = bad[0]
+        raise DataError(f"image {files[i]!r} has shape {shapes[i]} (H, W, bands), expected {tuple(expected)} like "
+                        f"{len(shapes) - len(bad)} of the {len(shapes)} images"
+                        + (f" ({len(bad) - 1} more differ)" if len(bad) > 1 else "")
+                        + "; resize or convert it, or remove it from the folder")
+    return tuple(expected)
+
+
+def read_images(files: Sequence[str], *, desc: str = "images", expected_shape: tuple | None = None,
+                threads: int | None = None) -> np.ndarray:
+    """Reads image files (:func:`read_image`, the builders' reader) into one array
+    ``[N, H, W, C]`` in their stored dtype, decoding on ``threads`` threads (default: up to 8).
+
+    Raises DataError naming the file that cannot be read, or that differs in shape from
+    ``expected_shape`` (default: the shape most of the files have; :func:`check_shapes`)."""
+    from tqdm.auto import tqdm
+
+    from rsjax.errors import DataError
+
+    files = list(files)
+    if not files:
+        raise DataError("no image files to read")
+    threads = threads or min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as ex:
+        out = list(tqdm(ex.map(read_image, files), total=len(files), desc=desc, leave=False))
+    check_shapes([a.shape for a in out], files, expected_shape)
+    return np.stack(out)
 
 
 def load_class_folder(root: str, split: str, *, test_fraction: float = 0.2, seed: int = 0,
-                      cache_dir: str | None = None, max_per_class: int | None = None):
-    """Decoded ``split`` ('train' | 'test' | 'all') of a class-folder RGB dataset.
+                      cache_dir: str | None = None, max_examples: int | None = None):
+    """Decoded ``split`` ('train' | 'test' | 'all') of a class-folder tree (:func:`folder_split`).
 
-    Returns (images uint8 [N, H, W, 3], labels int32 [N], class names). Decoding 27,000
-    EuroSAT jpgs takes ~10-20 s; with ``cache_dir`` the arrays are cached as ``.npz`` keyed by
-    the folder listing, split rule and split.
+    Returns (images [N, H, W, C] in their stored dtype, labels int32 [N], class names), class
+    by class. ``max_examples`` keeps a fixed random subset (``default_rng(0)``) of that many,
+    in the same order. Decoding 27,000 EuroSAT jpgs takes ~10-20 s; with ``cache_dir`` the
+    arrays are cached as ``.npz`` keyed by the folder listing, split rule and split.
     """
-    classes, files = class_folder_files(root)
-    is_test = stratified_split([len(f) for f in files], test_fraction=test_fraction, seed=seed)
-    paths, labels = [], []
-    for ci, (c, fs, t) in enumerate(zip(classes, files, is_test)):
-        keep = np.ones(len(fs), bool) if split == "all" else (t if split == "test" else ~t)
-        if split not in ("all", "test", "train"):
-            raise ValueError(f"split {split!r}: expected train, test or all")
-        sel = [os.path.join(root, c, f) for f, k in zip(fs, keep) if k]
-        if max_per_class:
-            sel = sel[:max_per_class]
-        paths += sel
-        labels += [ci] * len(sel)
+    if split not in ("all", "test", "train"):
+        raise ValueError(f"split {split!r}: expected train, test or all")
+    tr_f, tr_y, te_f, te_y, classes = folder_split(root, test_fraction=test_fraction, seed=seed)
+    if split == "all":  # class by class, files in name order
+        _, files = class_folder_files(root)
+        paths = [os.path.join(root, c, f) for c, fs in zip(classes, files) for f in fs]
+        labels = np.repeat(np.arange(len(classes)), [len(fs) for fs in files])
+    else:
+        paths, labels = (tr_f, tr_y) if split == "train" else (te_f, te_y)
+    if max_examples is not None and max_examples < len(paths):
+        keep = np.sort(np.random.default_rng(0).permutation(len(paths))[:max_examples])
+        paths, labels = [paths[i] for i in keep], labels[keep]
     key = hashlib.sha1(repr((paths, test_fraction, seed)).encode()).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"classfolder_{split}_{key}.npz") if cache_dir else None
     if cache and os.path.exists(cache):
         with np.load(cache) as z:
             return z["images"], z["labels"], classes
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
-        images = np.stack(list(ex.map(_decode, paths)))
+    images = read_images(paths, desc=f"read {split}")
     labels = np.asarray(labels, np.int32)
     if cache:
         os.makedirs(cache_dir, exist_ok=True)
@@ -117,7 +208,7 @@ def folder_split(root: str, *, test_fraction: float = 0.2, seed: int = 0, max_pe
     """File lists of the module's split of a class-folder tree (any of :data:`IMAGE_EXTS`).
 
     Returns ``(train_files, train_labels, test_files, test_labels, class_names)``; labels are
-    indices into the sorted class-folder names, files listed class by class in permutation order.
+    indices into the sorted class-folder names, files listed class by class in name order.
     ``max_per_class`` keeps, per class, the first ``round(test_fraction * max_per_class)`` test
     and the first ``max_per_class - that`` train files (quick subsets for tests).
     """
@@ -138,35 +229,3 @@ def folder_split(root: str, *, test_fraction: float = 0.2, seed: int = 0, max_pe
         tr_f += train
         tr_y += [c] * len(train)
     return tr_f, np.asarray(tr_y, np.int32), te_f, np.asarray(te_y, np.int32), classes
-
-
-def read_images(files: Sequence[str], *, desc: str = "images") -> np.ndarray:
-    """Reads image files (PIL; tifs with tifffile when installed) into one array [N, H, W, C]
-    in their stored dtype. Raises DataError naming the file that cannot be read or differs in shape."""
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from rsjax.errors import DataError
-
-    out = []
-    for f in tqdm(files, desc=desc, leave=False):
-        try:
-            if f.lower().endswith((".tif", ".tiff")):
-                try:
-                    import tifffile
-
-                    a = tifffile.imread(f)
-                except ImportError:
-                    a = np.asarray(Image.open(f))
-            else:
-                with Image.open(f) as im:
-                    a = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "CMYK") else im)
-        except OSError as e:
-            raise DataError(f"cannot read image {f!r}: {e}") from None
-        out.append(a[..., None] if a.ndim == 2 else a)
-    if not out:
-        raise DataError("no image files to read")
-    for a, f in zip(out, files):
-        if a.shape != out[0].shape:
-            raise DataError(f"images differ in shape: {f!r} is {a.shape}, {files[0]!r} is {out[0].shape}")
-    return np.stack(out)

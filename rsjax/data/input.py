@@ -11,6 +11,7 @@ views are made per example). :func:`load_eval_arrays` reads standardized evaluat
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from rsjax import sharding as shd
 
@@ -24,9 +25,10 @@ def validate(config) -> None:
     workdir is written. Both paths honour the same augmentation and batching keys (see
     rsjax.data.pipeline / device_data); refused are keys no path reads, and combinations one
     path cannot serve, naming both keys."""
+    from rsjax.data import ops
     from rsjax.data.defaults import default_data_config
 
-    known = set(default_data_config().keys()) | set(_EXTRA_DATA_KEYS)
+    known = set(default_data_config().keys()) | set(_EXTRA_DATA_KEYS) | set(ops.LEGACY_KEYS)
     given = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
     for key in given:
         if key not in known:
@@ -37,10 +39,6 @@ def validate(config) -> None:
     def need(cond, key, msg):
         if not cond:
             raise ValueError(f"config.data.{key}={d[key]!r}: {msg}")
-
-    def number(key):
-        need(isinstance(d[key], (int, float)) and not isinstance(d[key], bool), key, "must be a number")
-        return float(d[key])
 
     spb, sps, g = d.scenes_per_batch or 0, d.samples_per_scene, d.crops_as_scenes or 0
     need(spb >= 0, "scenes_per_batch", "must be >= 0 (0 = no scene-aware batching)")
@@ -53,38 +51,35 @@ def validate(config) -> None:
         need(config.batch_size % (g * g) == 0, "crops_as_scenes",
              f"with data.scenes_per_batch=0 every image brings all its {g * g} crops, so batch_size "
              f"{config.batch_size} must be a multiple of {g * g} (or set data.scenes_per_batch)")
-    for key in ("jitter_prob", "gray_prob", "blur_prob", "saturation"):
-        need(0.0 <= number(key) <= 1.0, key, "must be in [0, 1]")
-    need(0.0 <= number("band_jitter") < 1.0, "band_jitter", "must be in [0, 1): the per-band gain is U(1 - b, 1 + b)")
-    need(number("jitter_strength") >= 0.0, "jitter_strength", "must be >= 0")
-    need(0.0 < number("crop_scale_min") <= number("crop_scale_max") <= 1.0, "crop_scale_min",
-         f"need 0 < crop_scale_min <= crop_scale_max <= 1 (crop_scale_max={d.crop_scale_max!r})")
-    need(0.0 < number("blur_sigma_min") <= number("blur_sigma_max"), "blur_sigma_min",
-         f"need 0 < blur_sigma_min <= blur_sigma_max (blur_sigma_max={d.blur_sigma_max!r})")
+    # The view recipe, for the backend of the chosen path: unknown ops, bad arguments and ops
+    # that backend lacks are refused here, naming config.data.augment.
+    ops.view_recipe(d.augment, "jax" if d.device_resident else "numpy")
     if d.device_resident:
         need(not d.num_workers, "num_workers",
              "grain worker processes belong to the host pipeline; data.device_resident=True has none "
              "(set data.num_workers=0)")
     else:
-        need(not d.manual_dir, "manual_dir",
+        need(not d.folder, "folder",
              "the class folder is read by the GPU-resident path only; with data.device_resident=False "
              "the host pipeline reads the TFDS dataset data.name (set data.device_resident=True, or "
-             "build the dataset and clear data.manual_dir)")
+             "build the dataset and clear data.folder)")
 
 
 
 def make_batch_transform(config):
-    """For device-resident data: raw ``image`` batch -> standardized ``view1``/``view2``,
-    augmented on device with the ``augment`` stream (see rsjax.data.device_augment)."""
-    from rsjax.data import device_augment, registry
+    """For device-resident data: raw ``image`` batch -> standardized ``view1``/``view2``, made
+    inside the step from ``config.data.augment`` (jax backend of :mod:`rsjax.data.ops`) with
+    the ``augment`` stream's key (see rsjax.data.device_augment)."""
+    from rsjax.data import device_augment, ops, registry
 
-    info = registry.with_normalization(registry.get_dataset_info(config.data.name),
-                                       config.data.get("normalization", None))
-    aug = device_augment.DeviceAugmentConfig.from_data_config(config.data, config.data.image_size)
+    d = data_config(config)
+    info = registry.with_normalization(registry.get_dataset_info(d.name), d.get("normalization", None))
+    recipe = ops.view_recipe(d.augment, "jax")
+    size = int(d.image_size)
 
     def transform(batch, key):
-        v1, v2 = device_augment.two_views(key, batch["image"], aug, scale=info.scale, mean=info.mean,
-                                          std=info.std, regions=batch.get("region"))
+        v1, v2 = device_augment.two_views(key, batch["image"], recipe, out_size=size, scale=info.scale,
+                                          mean=info.mean, std=info.std, regions=batch.get("region"))
         out = {k: v for k, v in batch.items() if k not in ("image", "region")}
         return {**out, "view1": v1, "view2": v2}
 
@@ -93,10 +88,19 @@ def make_batch_transform(config):
 
 
 def data_config(config):
+    """``config.data`` on top of the defaults, with ``augment`` the view recipe: a config (or an
+    old workdir's config) that still spells the recipe with the former individual keys
+    (``crop_scale_min`` ... ``blur_sigma_max``) has them folded into ``augment`` here, once
+    (:func:`rsjax.data.ops.augment_spec`; both spellings at once are refused)."""
+    from rsjax.data import ops
     from rsjax.data.defaults import default_data_config
 
+    given = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+    spec = ops.augment_spec(given)
     d = default_data_config()
-    d.update(config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data))
+    with d.unlocked():
+        d.update({k: v for k, v in given.items() if k not in ops.LEGACY_KEYS})
+    d.augment = spec
     return d
 
 
@@ -111,6 +115,9 @@ def make_iterator(config, mesh=None):
         images, labels, scenes = device_data.load_raw_with_scenes(data_cfg, data_cfg.train_split)
         pipeline.check_images(images, registry.get_dataset_info(data_cfg.name),
                               where=f"split {data_cfg.train_split!r}", stacked=True)
+        # The stored side, not a crop-as-scene's: views cut from g x g sub-crops are upsampled by design.
+        registry.warn_if_upsampling(data_cfg.image_size, images.shape[1:3], what=f"split {data_cfg.train_split!r} "
+                                    f"of {data_cfg.folder or data_cfg.name!r}")
         it = device_data.DeviceIterator(
             images, labels, global_batch_size=config.batch_size, seed=config.seed,
             mesh=mesh or shd.make_mesh(), crops_as_scenes=data_cfg.crops_as_scenes,
@@ -120,15 +127,31 @@ def make_iterator(config, mesh=None):
     from rsjax.data import build, pipeline
 
     build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.get("builder_config"))
+    _warn_if_upsampling(data_cfg)
     it = pipeline.make_pretrain_iterator(
         data_cfg,
         global_batch_size=config.batch_size,
         seed=config.seed,
-        image_size=config.data.image_size,
+        image_size=data_cfg.image_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
     return it, None
+
+
+def _warn_if_upsampling(data_cfg) -> None:
+    """Warns when ``data.image_size`` exceeds the stored image side of the TFDS dataset's
+    ``image`` feature (``registry.warn_if_upsampling``; crops-as-scenes sub-crops are upsampled
+    by design and not warned about)."""
+    from rsjax.data import pipeline, registry
+
+    try:
+        shape = pipeline.open_source(data_cfg, data_cfg.train_split).builder.info.features["image"].shape
+        hw = np.asarray(shape[:2], np.int64)  # None (variable size) -> TypeError
+    except (KeyError, TypeError, ValueError, AttributeError):  # no static image shape: nothing to compare
+        return
+    if len(hw) == 2 and (hw > 0).all():
+        registry.warn_if_upsampling(data_cfg.image_size, hw, what=f"split {data_cfg.train_split!r} of {data_cfg.name!r}")
 
 
 def check_bands(config) -> None:
@@ -144,8 +167,8 @@ def check_bands(config) -> None:
 
 
 def load_eval_arrays(data_cfg, split: str, max_examples=None):
-    """Standardized images + labels of ``split`` (original folder when data.manual_dir is set)."""
-    if data_cfg.get("manual_dir"):
+    """Standardized images + labels of ``split`` (the class folder when data.folder is set)."""
+    if data_cfg.get("folder"):
         from rsjax.data import device_data
 
         return device_data.normalized_eval_arrays(data_cfg, split, max_examples=max_examples)

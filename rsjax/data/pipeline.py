@@ -44,9 +44,9 @@ Batch composition:
 The GPU-resident path (:mod:`rsjax.data.device_data`) uses the same :class:`EpochPlan`, so
 both paths put the same units in the same rows of every global batch.
 
-Augmentation keys (:mod:`rsjax.data.augment`): ``crop_scale_min/max``, ``flip_rot``,
-``jitter_strength``, ``jitter_prob``, ``band_jitter``, ``saturation``, ``gray_prob``,
-``blur_prob``, ``blur_sigma_min/max``: the same set as the device path.
+Views: ``config.data.augment``, the view recipe (an op string, :mod:`rsjax.data.ops`), built
+once for the numpy backend and applied to every unit with the row's generator; the device
+path applies the same recipe with the jax backend.
 
 Batch: ``view1``, ``view2`` float32 ``[b_local, image_size, image_size, C]`` normalized with
 the registry's per-band statistics, ``scene_id`` int32 ``[b_local]``, ``label`` int32 ``[b_local]`` (-1 for
@@ -76,7 +76,7 @@ from typing import Any, Iterator, Optional
 import grain
 import numpy as np
 
-from rsjax.data import augment, registry
+from rsjax.data import augment, ops, registry
 from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
 
@@ -107,9 +107,10 @@ class DataSource:
     """A TFDS split opened lazily (per process, thread-safe); picklable for grain workers."""
 
     def __init__(self, name: str, split: str, builder_config: Optional[str] = None,
-                 data_dir: Optional[str] = None, auto_build: bool = True):
+                 data_dir: Optional[str] = None, auto_build: bool = True, split_key: str = "data.train_split"):
         self.name = name
         self.split = split
+        self.split_key = split_key  # the config key that chose ``split`` (named in the error)
         self.builder_config = builder_config or None
         self.data_dir = os.path.expanduser(data_dir) if data_dir else None
         self.auto_build = auto_build
@@ -151,8 +152,8 @@ class DataSource:
                 splits = list(builder.info.splits.keys())
                 if self.split not in splits:
                     raise ConfigError(
-                        f"dataset {self.name!r} has no split {self.split!r} (config keys "
-                        f"data.train_split / data.eval_split); splits: {splits}")
+                        f"dataset {self.name!r} has no split {self.split!r} (config key "
+                        f"{getattr(self, 'split_key', 'data.train_split')}); its splits: {splits}")
                 self._builder = builder
                 self._source = builder.as_data_source(split=self.split)
         return self._source
@@ -193,11 +194,12 @@ def _skip_decoding():
     return tfds.decode.SkipDecoding()
 
 
-def open_source(cfg_data: Any, split: str) -> DataSource:
-    """:class:`DataSource` for ``split`` of the dataset named by ``cfg_data``."""
+def open_source(cfg_data: Any, split: str, split_key: str = "data.train_split") -> DataSource:
+    """:class:`DataSource` for ``split`` of the dataset named by ``cfg_data``; ``split_key``: the
+    config key that chose ``split``, named when the dataset has no such split."""
     return DataSource(
         _get(cfg_data, "name"), split, _get(cfg_data, "builder_config", ""),
-        _get(cfg_data, "data_dir", ""), bool(_get(cfg_data, "auto_build")))
+        _get(cfg_data, "data_dir", ""), bool(_get(cfg_data, "auto_build")), split_key=split_key)
 
 
 _SCENE_CACHE: dict[tuple, np.ndarray] = {}
@@ -460,13 +462,14 @@ class _MakeBatch:
     """Global batch index -> this process's slice of that batch (picklable for workers)."""
 
     def __init__(self, source: DataSource, plan: EpochPlan, unit_scenes: np.ndarray,
-                 info: registry.DatasetInfo, aug: augment.AugmentConfig, seed: int,
+                 info: registry.DatasetInfo, recipe: ops.Pipeline, out_size: int, seed: int,
                  crops_as_scenes: int, process_index: int, local_batch: int):
         self.source = source
         self.plan = plan
         self.unit_scenes = unit_scenes.astype(np.int32)
         self.info = info
-        self.aug = aug
+        self.recipe = recipe
+        self.out_size = int(out_size)
         self.seed = int(seed)
         self.g = int(crops_as_scenes)
         self.p = int(process_index)
@@ -480,7 +483,7 @@ class _MakeBatch:
         units = self.plan.batch(b)[rows]
         g2 = max(1, self.g) ** 2
         exs = self.source.read(units // g2)
-        v1 = np.empty((self.bl, self.aug.out_size, self.aug.out_size, self.info.num_bands),
+        v1 = np.empty((self.bl, self.out_size, self.out_size, self.info.num_bands),
                       np.float32)
         v2 = np.empty_like(v1)
         labels = np.empty((self.bl,), np.int32)
@@ -493,7 +496,7 @@ class _MakeBatch:
             img = _sub_crop(img, self.g, unit % g2)
             x = img.astype(np.float32) * inv_scale
             rng = np.random.default_rng([self.seed, b, int(row)])
-            a, c = augment.two_views(x, rng, self.aug)
+            a, c = augment.two_views(x, rng, self.recipe, self.out_size)
             np.subtract(a, self.mean, out=v1[i])
             v1[i] *= self.inv_std
             np.subtract(c, self.mean, out=v2[i])
@@ -618,21 +621,9 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
     k = int(_get(cfg_data, "samples_per_scene"))
     plan = EpochPlan(unit_scenes, global_batch_size, seed,
                      *batch_layout(global_batch_size, spb, k, g))
-    aug = augment.AugmentConfig(
-        out_size=int(image_size),
-        crop_scale=(float(_get(cfg_data, "crop_scale_min")),
-                    float(_get(cfg_data, "crop_scale_max"))),
-        flip_rot=bool(_get(cfg_data, "flip_rot")),
-        jitter_strength=float(_get(cfg_data, "jitter_strength")),
-        jitter_prob=float(_get(cfg_data, "jitter_prob")),
-        band_jitter=float(_get(cfg_data, "band_jitter")),
-        saturation=float(_get(cfg_data, "saturation")),
-        gray_prob=float(_get(cfg_data, "gray_prob")),
-        blur_prob=float(_get(cfg_data, "blur_prob")),
-        blur_sigma=(float(_get(cfg_data, "blur_sigma_min")),
-                    float(_get(cfg_data, "blur_sigma_max"))),
-    )
-    fn = _MakeBatch(source, plan, unit_scenes, info, aug, seed, g, process_index,
+    # The view recipe (config.data.augment), numpy backend: applied per example.
+    recipe = ops.view_recipe(ops.augment_spec(cfg_data), "numpy")
+    fn = _MakeBatch(source, plan, unit_scenes, info, recipe, int(image_size), seed, g, process_index,
                     global_batch_size // process_count)
     length = sys.maxsize if num_epochs is None else int(num_epochs) * plan.steps_per_epoch
     batches = grain.MapDataset.range(length).map(fn)
@@ -655,7 +646,8 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
 # ----------------------------------------------------------------------------------------
 
 def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None,
-                image_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+                image_size: Optional[int] = None, split_key: str = "eval.train_split / eval.test_split"
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Whole split as arrays for evaluation (kNN, linear probe): no augmentation.
 
     Args:
@@ -663,7 +655,9 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
       split: TFDS split name (e.g. ``cfg_data.eval_split``).
       max_examples: keep the first N records (TFDS stores records in a shuffled order, so the
         first N are a random-like sample).
-      image_size: optional side to resize (bilinear, antialiased) every image to.
+      image_size: optional side to resize (bilinear, antialiased) every image to (a warning
+        when that upsamples the stored images: ``registry.warn_if_upsampling``).
+      split_key: the config key that chose ``split`` (named when the dataset has no such split).
 
     Returns:
       ``images`` float32 ``[N, H, W, C]`` normalized with the registry statistics and
@@ -673,11 +667,12 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
     info = registry.with_normalization(registry.get_config_info(_get(cfg_data, "name"),
                                                                 _get(cfg_data, "builder_config", None)),
                                        _get(cfg_data, "normalization", None))
-    source = open_source(cfg_data, split)
+    source = open_source(cfg_data, split, split_key=split_key)
     n = len(source)
     if max_examples is not None:
         n = min(n, int(max_examples))
     images, labels = [], []
+    warned = not image_size
     for s in range(0, n, 256):
         for i, ex in enumerate(source.read(range(s, min(n, s + 256))), start=s):
             where = f"record {i} of split {split!r}"
@@ -685,6 +680,9 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
             check_images(raw, info, where=where)
             if "label" in ex:
                 check_label(ex["label"], info, where=where)
+            if not warned:  # once per split
+                warned = True
+                registry.warn_if_upsampling(int(image_size), raw.shape[:2], what=f"split {split!r} of {info.name!r}")
             x = registry.normalize(raw, info)
             if image_size and x.shape[0] != image_size:
                 x = augment.resize(x, int(image_size))

@@ -70,6 +70,13 @@ class DatasetInfo:
       image_size: height (= width) in pixels of one stored example.
       multi_label: True when ``label`` is a multi-hot vector (BigEarthNet).
       task: 'classification' | 'multilabel' | 'change_detection' | 'pretraining'.
+      mask_ignore_value: how the dataset's STORED dense masks (segmentation masks, change maps)
+        mark pixels that count nowhere -- THE mask convention of rsjax
+        (:func:`rsjax.data.segmentation.masks_to_labels` turns it into the in-memory ignore
+        label -1, the one every dense job and loss uses): ``None`` = every stored value is a
+        class id; ``0`` = mmsegmentation's ``reduce_zero_label`` (stored 0 and 255 are ignored,
+        ``v`` in 1..254 is class ``v - 1``); another value ``u`` = stored ``u`` is ignored, the
+        rest are class ids as stored.
     """
 
     name: str
@@ -84,6 +91,7 @@ class DatasetInfo:
     image_size: int
     multi_label: bool = False
     task: str = "classification"
+    mask_ignore_value: int | None = None
 
     def __post_init__(self):
         n = len(self.bands)
@@ -259,6 +267,22 @@ register(DatasetInfo(
     image_size=256,
     task="change_detection",
 ))
+
+
+def warn_if_upsampling(image_size: int, stored, *, what: str) -> bool:
+    """Warns (``UserWarning``) when ``config.data.image_size`` is larger than the stored images
+    ``stored`` (a side in pixels, or ``(H, W)``): resizing them up adds no detail, costs
+    compute and is usually a typo. Returns True when it warned."""
+    import warnings
+
+    hw = (int(stored), int(stored)) if np.ndim(stored) == 0 else tuple(int(v) for v in stored)[:2]
+    if not image_size or int(image_size) <= min(hw):
+        return False
+    warnings.warn(f"config.data.image_size={int(image_size)} is larger than the stored images of {what} "
+                  f"({hw[0]} x {hw[1]} px): they are upsampled {int(image_size) / min(hw):.3g}x, which adds no "
+                  f"detail (set config.data.image_size <= {min(hw)} unless this is intended)", UserWarning,
+                  stacklevel=2)
+    return True
 
 
 def known_datasets() -> tuple[str, ...]:
@@ -449,6 +473,7 @@ register(DatasetInfo(
     class_names=DYNAMIC_WORLD_CLASSES,
     image_size=256,
     task="segmentation",
+    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
 ))
 
 register(DatasetInfo(
@@ -463,6 +488,7 @@ register(DatasetInfo(
     class_names=ISPRS_CLASSES,
     image_size=256,
     task="segmentation",
+    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
 ))
 
 register(DatasetInfo(
@@ -477,6 +503,7 @@ register(DatasetInfo(
     class_names=ISPRS_CLASSES,
     image_size=256,
     task="segmentation",
+    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
 ))
 
 register(DatasetInfo(
@@ -491,6 +518,7 @@ register(DatasetInfo(
     class_names=LOVEDA_CLASSES,
     image_size=512,
     task="segmentation",
+    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
 ))
 
 register(DatasetInfo(
@@ -505,6 +533,7 @@ register(DatasetInfo(
     class_names=DEEPGLOBE_CLASSES,
     image_size=612,
     task="segmentation",
+    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
 ))
 
 register(DatasetInfo(
@@ -519,6 +548,7 @@ register(DatasetInfo(
     class_names=NYC_LANDCOVER_CLASSES,
     image_size=256,
     task="segmentation",
+    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
 ))
 
 

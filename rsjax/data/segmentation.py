@@ -7,13 +7,15 @@ Mask -> label convention (ONE for every dense job). In memory, labels are int32 
 ``0..K-1`` and :data:`IGNORE_INDEX` (= -1) marks pixels that count nowhere (no data / no label):
 ``jax.nn.one_hot(-1, K)`` is all zeros (so the Fisher statistics and the soft Dice skip them
 for free), ``-1`` can never collide with a class id, and it is independent of the storage
-dtype. How the *stored* masks encode "ignore" is a property of the dataset, stated by its TFDS
-builder's metadata ``ignore_value`` (:func:`mask_ignore_value`):
+dtype. How the *stored* masks encode "ignore" is a property of the dataset, stated by its
+registry entry ``DatasetInfo.mask_ignore_value`` (:func:`mask_ignore_value`; the TFDS builders
+write the same value into their metadata as ``ignore_value``):
 
-* ``ignore_value = 0`` (``rs_segmentation``, ``dynamic_world``; mmsegmentation's
-  ``reduce_zero_label``): stored 0 and 255 -> ignore, ``v`` in 1..254 -> class ``v - 1``;
-* another value ``v``: stored ``v`` -> ignore, every other value is the class id as stored;
-* no ``ignore_value`` (``rs_synthetic``): every stored value is a class id.
+* ``0`` (``rs_segmentation``, ``dynamic_world``; mmsegmentation's ``reduce_zero_label``):
+  stored 0 and 255 -> ignore, ``v`` in 1..254 -> class ``v - 1``;
+* another value ``u``: stored ``u`` -> ignore, every other value is the class id as stored;
+* ``None`` (``rs_synthetic``, the change maps of ``levir_cd`` / ``oscd``): every stored value
+  is a class id.
 
 Images larger than ``data.image_size`` are cut into a grid of ``image_size`` tiles
 (:func:`tile`). A split is held in its stored dtype (uint8 / uint16) and normalised per batch.
@@ -76,19 +78,24 @@ def masks_to_labels(mask: np.ndarray, ignore_value) -> np.ndarray:
     """Stored masks -> int32 labels with :data:`IGNORE_INDEX` = -1 (see the module docstring).
 
     ``ignore_value`` 0: ``0, 255 -> -1``, ``v -> v - 1``; another value ``u``: ``u -> -1``;
-    None: unchanged."""
-    mask = np.asarray(mask).astype(np.int32)
-    if ignore_value is None:
-        return mask
-    if int(ignore_value) == 0:
-        return np.where((mask == 0) | (mask == 255), IGNORE_INDEX, mask - 1).astype(np.int32)
-    return np.where(mask == int(ignore_value), IGNORE_INDEX, mask).astype(np.int32)
+    None: unchanged. The ``ignore`` op of :mod:`rsjax.data.ops` (numpy backend)."""
+    from rsjax.data import ops
+
+    value = None if ignore_value is None else int(ignore_value)
+    return ops.apply(f"ignore({value!r})", {"mask": mask})["mask"]
 
 
-def mask_ignore_value(source):
-    """The stored ``ignore_value`` a TFDS source's builder metadata declares (None = none)."""
-    meta = source.builder.info.metadata or {}
-    return meta.get("ignore_value", None)
+def mask_ignore_value(info: registry.DatasetInfo, source=None):
+    """The stored ignore value of ``info``'s masks (``DatasetInfo.mask_ignore_value``). With a
+    TFDS ``source`` whose builder metadata states an ``ignore_value``, the two must agree
+    (DataError naming both otherwise: the registry entry or the build is stale)."""
+    value = info.mask_ignore_value
+    meta = (source.builder.info.metadata or {}) if source is not None else {}
+    if "ignore_value" in meta and meta["ignore_value"] != value:
+        raise DataError(f"dataset {info.name!r}: the build's metadata says stored mask value "
+                        f"{meta['ignore_value']!r} = ignore, the registry (DatasetInfo.mask_ignore_value) says "
+                        f"{value!r}; rebuild the dataset or fix the registry entry")
+    return value
 
 
 def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
@@ -123,7 +130,7 @@ def load_split(config_data, split: str, *, image_size: int, max_examples: int | 
         fields["scene_id"] = "scene_id"
     arrays = common.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
     info = registry.data_info(cfg)
-    labels = masks_to_labels(arrays["mask"], mask_ignore_value(source))
+    labels = masks_to_labels(arrays["mask"], mask_ignore_value(info, source))
     bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)
     if bad.any():
         raise DataError(f"dataset {cfg.name!r} split {split!r}: mask values {np.unique(arrays['mask'][bad])[:5]} "
@@ -136,9 +143,11 @@ def load_split(config_data, split: str, *, image_size: int, max_examples: int | 
 
 
 def remap(labels: np.ndarray, class_map) -> np.ndarray:
-    """``class_map[label]`` for every valid label (-1 stays -1; ``class_map`` entries of -1 ignore)."""
-    lut = np.asarray(list(class_map) + [IGNORE_INDEX], np.int32)  # index -1 -> last entry
-    return lut[labels]
+    """``class_map[label]`` for every valid label (-1 stays -1; ``class_map`` entries of -1 ignore):
+    the ``remap`` op of :mod:`rsjax.data.ops`."""
+    from rsjax.data import ops
+
+    return ops.apply(f"remap({tuple(int(c) for c in class_map)!r})", {"mask": labels})["mask"]
 
 
 def noisy_labels(config, labels: np.ndarray, num_classes: int) -> np.ndarray:

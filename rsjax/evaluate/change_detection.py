@@ -26,11 +26,15 @@ Dataset contract (for the ``levir_cd`` / ``oscd`` TFDS builders; read through
 * ``image_a``: [H, W, C] uint8 (LEVIR-CD RGB) or uint16 (OSCD, 13 Sentinel-2 bands, reflectance
   x 1e4, band order of the registry entry), first date;
 * ``image_b``: same shape and dtype, second date;
-* ``change``: [H, W] uint8, 1 = changed, 0 = unchanged (LEVIR's 255 mapped to 1);
-  ``data.ignore_index`` (default none) may mark no-data pixels;
+* ``change``: [H, W] uint8, 1 = changed, 0 = unchanged (LEVIR's 255 mapped to 1); a stored
+  no-data value follows the mask convention of the registry entry
+  (``DatasetInfo.mask_ignore_value``, None for ``levir_cd`` / ``oscd``: every pixel counts),
+  turned into the in-memory ignore label -1 (:func:`labels`);
 
-splits ``train`` / ``test`` (``val`` optional), images of one split all the same size (LEVIR-CD:
-the 1024 px tiles cut into 256 px crops). Other feature names can be mapped with
+splits ``eval.train_split`` / ``eval.test_split`` (``train`` / ``test``; the builders also
+write ``validation`` when the source has one); images of one split all the same size
+(LEVIR-CD: the 1024 px tiles cut into 256 px crops). A LEVIR-layout folder without split
+information is split by the builder (see ``tfds_builders/levir_cd``). Other feature names can be mapped with
 ``data.image_a_key`` / ``data.image_b_key`` / ``data.change_key`` (the synthetic dataset uses
 ``image`` / ``image2`` / ``change``). Normalisation: the registry entry of ``data.name``.
 
@@ -53,9 +57,19 @@ def load_data(config):
     keys = {"a": d.get("image_a_key", "image_a"), "b": d.get("image_b_key", "image_b"),
             "change": d.get("change_key", "change")}
     ec = config.eval
-    train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None)
-    test = common.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None)
+    train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
+                               split_key="eval.train_split")
+    test = common.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
+                              split_key="eval.test_split")
     return train, test
+
+
+def labels(arrays: dict, info) -> dict:
+    """``arrays`` with the stored ``change`` map as int32 labels (-1 = ignore) by the registry's
+    mask convention (:func:`rsjax.data.segmentation.masks_to_labels`)."""
+    from rsjax.data.segmentation import masks_to_labels
+
+    return {**arrays, "change": masks_to_labels(arrays["change"], info.mask_ignore_value)}
 
 
 def check(arrays, info, config, split):

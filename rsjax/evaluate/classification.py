@@ -156,9 +156,11 @@ def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def targets_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """Multi-hot [N, C] (int32): 1 where class c occurs anywhere in the example's mask [N, H, W]."""
-    m = np.asarray(mask).reshape(len(mask), -1)
-    return np.stack([(m == c).any(axis=1) for c in range(num_classes)], axis=1).astype(np.int32)
+    """Multi-hot [N, C] (int32): 1 where class c occurs anywhere in the example's mask [N, H, W]
+    (the ``multi_hot`` op of :mod:`rsjax.data.ops`)."""
+    from rsjax.data import ops
+
+    return ops.apply(f"multi_hot({int(num_classes)})", {"mask": np.asarray(mask)})["label"]
 
 
 # --------------------------------------------------------------------------------------
@@ -210,6 +212,44 @@ def evaluator_options(name: str, eval_config, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------
+# Numerical blow-up
+# --------------------------------------------------------------------------------------
+EXPLOSION_LIMIT = 1e6  # a feature norm or loss above this is a diverged run, not a result
+
+
+def warn_if_exploding(values, what: str, *, limit: float = EXPLOSION_LIMIT) -> bool:
+    """Warns (``UserWarning``) when ``values`` show a numerical blow-up; returns True when it warned.
+
+    ``values``: features ``[N, F]`` (each row's L2 norm is tested) or scalars ``[N]`` such as
+    logged losses (their absolute value; ``None`` = a non-finite value logged as null). A
+    blow-up is any non-finite entry or a norm ``> limit`` (1e6): the scores computed from such
+    numbers are meaningless (a kNN / linear probe at chance), typically after a learning rate
+    far too high. ``what`` names the values in the message.
+    """
+    import warnings
+
+    x = np.asarray([np.nan if v is None else v for v in values] if isinstance(values, (list, tuple)) else values,
+                   np.float64)
+    if x.size == 0:
+        return False
+    rows = x.reshape(len(x), -1)
+    finite = np.isfinite(rows).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(rows), rows, 0.0), axis=1)
+    huge = finite & (norms > limit)
+    if finite.all() and not huge.any():
+        return False
+    parts = []
+    if not finite.all():
+        parts.append(f"{int((~finite).sum())} of {len(rows)} non-finite")
+    if huge.any():
+        parts.append(f"{int(huge.sum())} of {len(rows)} with norm > {limit:g} (largest {norms[finite].max():.3g})")
+    warnings.warn(f"numerical blow-up in {what}: {', '.join(parts)}; the training diverged (e.g. a learning rate "
+                  f"far too high: config.optimizer.lr) and the evaluation that follows is meaningless",
+                  UserWarning, stacklevel=2)
+    return True
+
+
+# --------------------------------------------------------------------------------------
 # The frozen-encoder protocol
 # --------------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -239,7 +279,8 @@ def frozen_eval(encode_fn: Callable[[Any, jax.Array], jax.Array], variables: Any
     Features ``encode_fn(variables, x) -> [B, F]`` (eval mode, row-wise) are extracted once per
     split with :func:`rsjax.sharding.batched_predict` (``eval_config.batch_size``), then each
     evaluator named in ``evaluators`` (``rsjax.evaluate.get``) scores the test split with its
-    options from ``eval_config`` (:func:`evaluator_options`).
+    options from ``eval_config`` (:func:`evaluator_options`). Non-finite features or feature
+    norms > 1e6 are warned about first (:func:`warn_if_exploding`).
     """
     from rsjax import evaluate, sharding
 
@@ -251,6 +292,8 @@ def frozen_eval(encode_fn: Callable[[Any, jax.Array], jax.Array], variables: Any
 
     f_tr = features(x_train, "features train")
     f_te = features(x_test, "features test")
+    warn_if_exploding(np.concatenate([f_tr, f_te]) if len(f_tr) and len(f_te) else f_tr,
+                      "the frozen encoder features (train + test)")
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     multilabel = any(name == "linear_multilabel" for name in evaluators)
     metrics: dict = {}

@@ -120,16 +120,18 @@ def pretrained_summary(loaded) -> dict:
 # Reading TFDS feature columns
 # --------------------------------------------------------------------------------------
 def load_fields(cfg_data, split: str, fields: Mapping[str, str], *, max_examples: int | None = None,
-                desc: str = "read") -> dict[str, np.ndarray]:
+                desc: str = "read", split_key: str = "eval.train_split / eval.test_split"
+                ) -> dict[str, np.ndarray]:
     """Reads the features ``fields`` (``role -> feature name``) of a split into stacked raw arrays.
 
     Values are kept in their stored dtype (uint8 / uint16): normalisation happens per batch, so
     large datasets (LEVIR-CD 1024 px tiles) stay compact in memory. Raises ValueError naming
-    the missing feature and the features the dataset has.
+    the missing feature and the features the dataset has; ``split_key`` is the config key that
+    chose ``split`` (named, with the dataset's splits, when there is no such split).
     """
     from rsjax.data import pipeline
 
-    source = pipeline.open_source(cfg_data, split)
+    source = pipeline.open_source(cfg_data, split, split_key=split_key)
     have = source.features()
     for role, key in fields.items():
         if key not in have:

@@ -20,15 +20,16 @@ accuracy (totals over all valid test pixels, :mod:`rsjax.evaluate.metrics`).
 
 Dataset contract (the ``rs_segmentation`` TFDS builder, read through ``tfds.data_source``):
 features ``image`` [H, W, C] (uint8 / uint16, band order and statistics of the registry entry
-of ``data.name`` / ``data.builder_config``) and ``mask`` [H, W] uint8; splits ``train`` /
-``test``; one image size per split. Other feature names: ``data.image_key`` / ``data.mask_key``.
-Mask encodings:
+of ``data.name`` / ``data.builder_config``) and ``mask`` [H, W] uint8; splits
+``eval.train_split`` / ``eval.test_split`` (``train`` / ``test``); one image size per split.
+Other feature names: ``data.image_key`` / ``data.mask_key``.
 
-* ``data.reduce_zero_label = True`` (the ``rs_segmentation`` builder, mmseg's
-  ``reduce_zero_label``): stored 0 (and 255) = ignore, ``v`` in 1..K = class ``v - 1``; the job
-  maps them to ``data.ignore_index`` (255) and 0..K-1.
-* ``False``: class ids in ``[0, model.num_classes)`` as stored, ``data.ignore_index`` (or None)
-  marks no-data pixels (the synthetic dataset).
+Mask convention (one for every dense job, :mod:`rsjax.data.segmentation`): the registry entry's
+``DatasetInfo.mask_ignore_value`` says how the stored masks mark "no label" (``0`` for the
+``rs_segmentation`` configs and ``dynamic_world``: mmseg's ``reduce_zero_label``, stored 0 and
+255 ignored, ``v`` = class ``v - 1``; ``None`` for the synthetic dataset: every value a class);
+in memory labels are class ids ``0..model.num_classes-1`` and :data:`IGNORE_INDEX` (-1) for
+ignored pixels, which count in no loss and no score.
 
 Writes ``eval_report.json`` (task ``segmentation``), ``metrics.jsonl``, ``loss_curve.png``,
 ``segmentation_overlay.png`` (image, ground truth, prediction) and ``per_class_iou.png``.
@@ -39,6 +40,8 @@ from __future__ import annotations
 import numpy as np
 
 from rsjax import plots
+from rsjax.data.segmentation import IGNORE_INDEX, masks_to_labels
+from rsjax.errors import DataError
 from rsjax.evaluate import common
 
 
@@ -47,39 +50,35 @@ def load_data(config):
     d = common.data_config(config)
     keys = {"image": d.get("image_key", "image"), "mask": d.get("mask_key", "mask")}
     ec = config.eval
-    train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None)
-    test = common.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None)
+    train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
+                               split_key="eval.train_split")
+    test = common.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
+                              split_key="eval.test_split")
     return train, test
 
 
-def reduce_zero_label(mask: np.ndarray, ignore_index: int) -> np.ndarray:
-    """Stored 0 / 255 -> ``ignore_index``, ``v`` -> ``v - 1`` (uint8 in, int32 out)."""
-    m = np.asarray(mask).astype(np.int32)
-    return np.where((m == 0) | (m == 255), ignore_index, m - 1).astype(np.int32)
+def labels(arrays: dict, info) -> dict:
+    """``arrays`` with the stored ``mask`` turned into int32 labels (-1 = ignore) by the registry's
+    mask convention (``info.mask_ignore_value``; :func:`rsjax.data.segmentation.masks_to_labels`)."""
+    return {**arrays, "mask": masks_to_labels(arrays["mask"], info.mask_ignore_value)}
 
 
-def labels(config, arrays: dict) -> dict:
-    if not config.data.get("reduce_zero_label", False):
-        return arrays
-    ignore = config.data.get("ignore_index", None)
-    if ignore is None:
-        raise ValueError("config.data.reduce_zero_label=True needs config.data.ignore_index (e.g. 255)")
-    return {**arrays, "mask": reduce_zero_label(arrays["mask"], int(ignore))}
-
-
-def check(arrays, info, config, split, ignore):
+def check(arrays, info, config, split):
+    """Shapes, bands, and labels in ``[0, model.num_classes)`` or :data:`IGNORE_INDEX` (DataError)."""
     x, m = arrays["image"], arrays["mask"]
     if x.ndim != 4 or m.shape != x.shape[:3]:
-        raise ValueError(f"{split}: images {x.shape} must be [N, H, W, C] and masks {m.shape} [N, H, W]")
+        raise DataError(f"{split}: images {x.shape} must be [N, H, W, C] and masks {m.shape} [N, H, W]")
     if x.shape[-1] != info.num_bands:
-        raise ValueError(f"{split}: images have {x.shape[-1]} bands, dataset {info.name!r} declares "
-                         f"{info.num_bands} {list(info.bands)}")
+        raise DataError(f"{split}: images have {x.shape[-1]} bands, dataset {info.name!r} declares "
+                        f"{info.num_bands} {list(info.bands)}")
     common.check_bands(config, x.shape[-1], f"dataset {info.name!r}")
     vals = np.unique(m)
-    bad = [int(v) for v in vals if (v < 0 or v >= config.model.num_classes) and v != ignore]
+    bad = [int(v) for v in vals if (v < 0 or v >= config.model.num_classes) and v != IGNORE_INDEX]
     if bad:
-        raise ValueError(f"{split}: mask values {bad[:5]} are outside [0, model.num_classes="
-                         f"{config.model.num_classes}) and not data.ignore_index={ignore}")
+        shown = [v + 1 for v in bad[:5]] if info.mask_ignore_value == 0 else bad[:5]
+        raise DataError(f"{split}: stored mask values {shown} are not classes of [0, model.num_classes="
+                        f"{config.model.num_classes}) under the mask convention of dataset {info.name!r} "
+                        f"(mask_ignore_value={info.mask_ignore_value!r} in its registry entry)")
 
 
 def overlay(test: dict, pred: np.ndarray, info, num_classes: int, names, ignore, path: str, n: int = 4) -> str:

@@ -11,7 +11,6 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rsjax import errors, train
@@ -25,16 +24,24 @@ from rsjax.evaluate import common
 def normalizer(info: registry.DatasetInfo, image_keys) -> Callable[[dict], dict]:
     """Host batch transform: stored pixel values -> standardized float32 for ``image_keys``,
     int32 for every other array (masks, change maps)."""
+    from rsjax.data import ops
+
+    keys = tuple(image_keys)
+    ctx = ops.Context(info=info)
+
     def transform(batch):
-        return {k: registry.normalize(v, info) if k in image_keys else v.astype(np.int32) for k, v in batch.items()}
+        out = ops.apply(f"normalize(keys={keys!r})", batch, ctx=ctx)  # the registry's statistics
+        return {k: v if k in keys else v.astype(np.int32) for k, v in out.items()}
 
     return transform
 
 
 def jax_normalize(x, info: registry.DatasetInfo):
-    """``registry.normalize`` inside a jitted function (test images stay in stored units on the host)."""
-    inv_std = 1.0 / jnp.asarray(info.std, jnp.float32)
-    return x.astype(jnp.float32) * (inv_std / jnp.float32(info.scale)) - jnp.asarray(info.mean, jnp.float32) * inv_std
+    """``registry.normalize`` inside a jitted function (test images stay in stored units on the host):
+    the jax backend of the ``normalize`` op."""
+    from rsjax.data import ops
+
+    return ops.apply("normalize", {"image": x}, None, ops.Context(info=info), backend="jax")["image"]
 
 
 def validate(config, make_task: Callable) -> train.Phase:
@@ -47,6 +54,19 @@ def validate(config, make_task: Callable) -> train.Phase:
             raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size}: must be >= 0 (0 = whole images)")
         make_task(None)  # builds the model: unknown decoder, classes, dice reduction, freeze pattern
     return phase
+
+
+def warn_if_diverged(wd, variables) -> bool:
+    """Before evaluating: warns when the last logged training losses (``metrics.jsonl``) or the
+    trained weights are non-finite or larger than 1e6 (``classification.warn_if_exploding``)."""
+    from rsjax.evaluate.classification import warn_if_exploding
+
+    losses = [r.get("loss") for r in wd.read_metrics() if "loss" in r][-3:]
+    warned = warn_if_exploding(losses, f"the last logged training losses ({wd.metrics_path})")
+    leaves = [np.asarray(x) for x in jax.tree.leaves(variables)]
+    norms = [float(np.linalg.norm(np.where(np.isfinite(x), x, 0.0))) if np.isfinite(x).all() else float("nan")
+             for x in leaves if np.issubdtype(x.dtype, np.floating)]
+    return warn_if_exploding(norms, "the trained weights (per-tensor norms)") or warned
 
 
 def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepare: Callable, image_keys,
@@ -72,6 +92,7 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
         if done is not None:
             return done
         variables = jax.device_get({"params": result.state["params"], "batch_stats": result.state["batch_stats"]})
+        warn_if_diverged(wd, variables)
 
         def fn(v, batch):
             batch = {k: jax_normalize(x, info) if k in image_keys else x for k, x in batch.items()}

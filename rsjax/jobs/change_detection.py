@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from rsjax.data.segmentation import IGNORE_INDEX
 from rsjax.evaluate import change_detection as cd
 from rsjax.evaluate import metrics as M
 from rsjax.jobs import _dense
@@ -18,12 +19,13 @@ from rsjax.tasks import ChangeDetectionTask
 def run(config, workdir: str, *, data=None, info=None) -> dict:
     """The job; ``data`` = ``(train, test)`` raw arrays instead of reading ``config.data`` (then
     ``info`` = their registry entry)."""
-    ignore = config.data.get("ignore_index", None)
+    ignore = IGNORE_INDEX  # the in-memory ignore label; stored change maps follow the registry (cd.labels)
 
     def make_task(pretrained):
         return ChangeDetectionTask(config, ignore_index=ignore, pretrained=pretrained)
 
     def prepare(train, test, info):
+        train, test = cd.labels(train, info), cd.labels(test, info)
         for name, arrays in (("train", train), ("test", test)):
             cd.check(arrays, info, config, name)
         return train, test

@@ -9,8 +9,11 @@ Protocol (DESIGN §4):
 
 1. Data: ``pipeline.load_arrays(config.data, split)`` (TFDS, e.g. the ``eurosat_rgb`` builder),
    or, with ``config.data.folder`` set, a EuroSAT-style class-folder tree
-   (``<folder>/<Class>/*.jpg|png|tif``) read directly and split by
-   :func:`rsjax.data.folders.folder_split` (EuroSAT RGB: 21,600 train / 5,400 test).
+   (``<folder>/<Class>/<image>``, any of ``rsjax.data.folders.IMAGE_EXTS``) read directly with
+   the builders' image reader (a bad or odd-shaped file is named) and split by
+   :func:`rsjax.data.folders.folder_split` with seed ``data.folder_seed`` (EuroSAT RGB: 21,600
+   train / 5,400 test); ``eval.max_train`` / ``eval.max_test`` keep a fixed random subset.
+   ``data.image_size`` larger than the stored images upsamples them, with a warning.
 2. Encoder: ``config.model`` (random init from ``config.seed``) or the encoder of the
    pretraining run ``config.pretrained`` (``rsjax.evaluate.common.load_pretrained``).
 3. Frozen eval-mode features (global-average-pooled last stage) of both splits;
@@ -117,12 +120,16 @@ def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
 # Data
 # --------------------------------------------------------------------------------------
 def prepare_images(raw: np.ndarray, info: registry.DatasetInfo, image_size: int | None) -> np.ndarray:
-    """Normalised float32 images (``registry.normalize``), resized to ``image_size`` when set."""
-    from rsjax.data import augment
+    """Normalised float32 images (``registry.normalize``), resized to ``image_size`` when set
+    (a warning when that upsamples: :func:`rsjax.data.registry.warn_if_upsampling`)."""
+    from rsjax.data import ops
 
+    if image_size:
+        registry.warn_if_upsampling(int(image_size), raw.shape[1:3], what=f"dataset {info.name!r}")
     x = registry.normalize(raw, info)
     if image_size and x.shape[1] != image_size:
-        x = np.stack([augment.resize(im, int(image_size)) for im in x])
+        resize = ops.cached(f"resize({int(image_size)})")  # the resize op, as the view recipes
+        x = np.stack([resize.image(im, None) for im in x])
     return x
 
 
@@ -135,19 +142,23 @@ def load_data(config):
     size = int(d.get("image_size", 0) or 0) or None
     ec = config.eval
     if d.get("folder", ""):
-        tr_f, y_tr, te_f, y_te, names = folders.folder_split(
-            d.folder, test_fraction=d.get("test_fraction", 0.2), seed=d.get("folder_seed", 0),
-            max_per_class=d.get("max_per_class", 0) or None)
+        names = folders.class_folder_files(d.folder)[0]
         if info.class_names and tuple(names) != tuple(info.class_names):
             raise errors.DataError(f"class folders {names} in {d.folder} differ from the classes of "
                                    f"{d.name!r} {list(info.class_names)} (config.data.name)")
-        x_tr = prepare_images(folders.read_images(tr_f, desc="read train"), info, size)
-        x_te = prepare_images(folders.read_images(te_f, desc="read test"), info, size)
-        return x_tr, y_tr, x_te, y_te, list(names)
+        out = []
+        for split, cap in (("train", ec.get("max_train", 0)), ("test", ec.get("max_test", 0))):
+            raw, y, _ = folders.load_class_folder(d.folder, split, seed=int(d.get("folder_seed", 0)),
+                                                  cache_dir=d.get("cache_dir", "") or None,
+                                                  max_examples=int(cap or 0) or None)
+            out += [prepare_images(raw, info, size), y]
+        return (*out, list(names))
     from rsjax.data import pipeline
 
-    x_tr, y_tr = pipeline.load_arrays(d, ec.train_split, max_examples=ec.get("max_train", 0) or None, image_size=size)
-    x_te, y_te = pipeline.load_arrays(d, ec.test_split, max_examples=ec.get("max_test", 0) or None, image_size=size)
+    x_tr, y_tr = pipeline.load_arrays(d, ec.train_split, max_examples=ec.get("max_train", 0) or None, image_size=size,
+                                      split_key="eval.train_split")
+    x_te, y_te = pipeline.load_arrays(d, ec.test_split, max_examples=ec.get("max_test", 0) or None, image_size=size,
+                                      split_key="eval.test_split")
     return x_tr, y_tr, x_te, y_te, list(info.class_names)
 
 

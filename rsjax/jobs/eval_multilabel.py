@@ -42,14 +42,14 @@ from rsjax.jobs import eval_classification as ecj
 
 def load_data(config):
     """``(x_train, t_train, x_test, t_test, class_names)`` with multi-hot targets."""
-    d = common.data_config(config)
+    d = config.data  # complete (configs.common.data_config; old workdirs: rsjax.workdir.complete_config)
     info = common.dataset_info(config)
     ec = config.eval
-    size = int(d.get("image_size", 0) or 0) or None
+    size = int(d.image_size or 0) or None
     out = []
-    for split, cap in ((ec.train_split, ec.get("max_train", 0)), (ec.test_split, ec.get("max_test", 0))):
-        if d.get("multilabel_from_mask", False):
-            f = common.load_fields(d, split, {"image": d.get("image_key", "image"), "mask": d.get("mask_key", "mask")},
+    for split, cap in ((ec.train_split, ec.max_train), (ec.test_split, ec.max_test)):
+        if d.multilabel_from_mask:
+            f = common.load_fields(d, split, {"image": d.image_key, "mask": d.mask_key},
                                    max_examples=cap or None)
             x = ecj.prepare_images(f["image"], info, size)
             t = cls.targets_from_mask(f["mask"], info.num_classes)

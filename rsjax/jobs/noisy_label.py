@@ -297,7 +297,7 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
 
         hooks.append(train.Hook(p_every, plateau_hook))
 
-    it = iterator(data, labels, phase, augment=bool(config.data.get("flip_rot", True)))
+    it = iterator(data, labels, phase, augment=True)  # paired random crop / flip / rot90, as the dense jobs
     result = train.fit(task, it, phase, wd, config, mesh=mesh, hooks=hooks)
     return {"result": result, "task": task, "probe": probe, "analysis": rows}
 

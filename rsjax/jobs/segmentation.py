@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from rsjax import plots
+from rsjax.data.segmentation import IGNORE_INDEX
 from rsjax.evaluate import metrics as M
 from rsjax.evaluate import segmentation as seg
 from rsjax.jobs import _dense
@@ -22,16 +23,16 @@ from rsjax.tasks.segmentation import output_stride
 def run(config, workdir: str, *, data=None, info=None) -> dict:
     """The job; ``data`` = ``(train, test)`` raw arrays instead of reading ``config.data`` (then
     ``info`` = their registry entry)."""
-    ignore = config.data.get("ignore_index", None)
+    ignore = IGNORE_INDEX  # the in-memory ignore label; stored masks follow the registry (seg.labels)
     num_classes = int(config.model.num_classes)
 
     def make_task(pretrained):
         return SegmentationTask(config, num_classes=num_classes, ignore_index=ignore, pretrained=pretrained)
 
     def prepare(train, test, info):
-        train, test = seg.labels(config, train), seg.labels(config, test)
+        train, test = seg.labels(train, info), seg.labels(test, info)
         for name, arrays in (("train", train), ("test", test)):
-            seg.check(arrays, info, config, name, ignore)
+            seg.check(arrays, info, config, name)
         return train, test
 
     def report(wd, task, test, pred, info, summary):

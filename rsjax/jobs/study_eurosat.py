@@ -4,10 +4,10 @@ pretrain every method the same way, evaluate every encoder the same way.
 Run::
 
     python -m rsjax.main --config=configs/study_eurosat.py:cpu --workdir=runs/study_cpu \
-        --config.data.manual_dir=../shared/data/eurosat_rgb
+        --config.data.folder=../shared/data/eurosat_rgb
 
-For each arm (:data:`configs/study_eurosat.ARMS`) and seed: the arm's pretraining config
-(:func:`rsjax.study.arm_config`) is pretrained by the pretraining job in
+For each arm (``config.arms``, built by configs/study_eurosat.py from its ``ARMS``) and seed:
+the arm's pretraining config (:func:`rsjax.study.arm_config`) is pretrained by the pretraining job in
 ``<workdir>/<arm>_s<seed>`` (its own workdir: resumable, locked, checkpoints), its encoder read
 back with :func:`rsjax.checkpoint.load_encoder`, and the frozen encoder scored by the ``knn``
 and ``linear`` evaluators (:func:`rsjax.evaluate.classification.frozen_eval`, features through
@@ -55,7 +55,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
         arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
         if config.study.include_random_init and "random_init" not in arms:
             arms = ["random_init", *arms]
-        known = lib.load_config_module("study_eurosat").ARMS
+        known = lib.arm_names(config)
         unknown = [a for a in arms if a != "random_init" and a not in known]
         if unknown:
             raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
@@ -129,16 +129,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from rsjax import plots
     from rsjax import workdir as workdir_lib
     from rsjax.data import input as input_lib
-    from rsjax.data.defaults import default_data_config
 
     seeds, arms = validate(config)
     with workdir_lib.Workdir(workdir, workdir_config(config)):
-        data = default_data_config()
-        data.update(config.data.to_dict())
-        if data.device_resident and data.manual_dir and not data.cache_dir:
-            data.cache_dir = os.path.join(os.path.abspath(workdir), "cache")
         config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as given
-        config.data = data
+        data = config.data  # complete: configs.common.data_config
+        if data.device_resident and data.folder and not data.cache_dir:
+            data.cache_dir = os.path.join(os.path.abspath(workdir), "cache")
         ecfg = config.eval
         x_tr, y_tr = input_lib.load_eval_arrays(data, data.train_split, ecfg.max_train or None)
         x_te, y_te = input_lib.load_eval_arrays(data, data.eval_split, ecfg.max_test or None)

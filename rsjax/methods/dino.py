@@ -17,8 +17,10 @@ Views. ``view1`` / ``view2`` of the trainer's batch are the two global crops. Th
 ``dino.num_local_crops`` local crops are made ON DEVICE inside the loss from the global views
 (:func:`local_crops`): local crop j comes from global view ``j % 2``; each image gets its own
 random box with area fraction ~ U(``dino.local_scale``) of the view and log aspect ratio
-~ U(log 3/4, log 4/3), resampled to ``dino.local_crop_size`` pixels with
-``jax.image.scale_and_translate`` (linear, antialiased), then a random horizontal flip. The
+~ U(log 3/4, log 4/3) (the Inception rule), resampled to ``dino.local_crop_size`` pixels
+(antialiased bilinear), then a random horizontal flip: the recipe
+``"rrc(lo, hi, size=S)|flip_lr"`` built with the jax backend of the op registry
+(:mod:`rsjax.data.ops`), the same ``rrc`` op the view recipes use. The
 randomness comes from ``rngs["augment"]``, the trainer's per-step named stream
 (``fold_in(fold_in(PRNGKey(seed), step), 3)``), so a resumed run makes the same crops. (DINO
 cuts local crops from the original image; here they inherit the photometric augmentation of
@@ -99,30 +101,17 @@ def teacher_momentum(step, *, base, total_steps):
     return 1.0 - (1.0 - base) * 0.5 * (1.0 + jnp.cos(math.pi * frac))
 
 
-def _sample_boxes(key, n, h, w, scale, ratio=(3 / 4, 4 / 3)):
-    """Per image: (y0, x0, bh, bw) of a random box with area fraction ~ U(scale)."""
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    area = jax.random.uniform(k1, (n,), minval=scale[0], maxval=scale[1]) * h * w
-    logr = jax.random.uniform(k2, (n,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
-    r = jnp.exp(logr)
-    bh = jnp.clip(jnp.sqrt(area / r), 1.0, h)
-    bw = jnp.clip(jnp.sqrt(area * r), 1.0, w)
-    y0 = jax.random.uniform(k3, (n,)) * (h - bh)
-    x0 = jax.random.uniform(k4, (n,)) * (w - bw)
-    return y0, x0, bh, bw
-
-
 def crop_resize(images, y0, x0, bh, bw, size: int):
     """Crops box ``[y0, y0+bh) x [x0, x0+bw)`` (continuous pixel units) of every image
-    [N, H, W, C] and resamples it to ``size x size`` (linear, antialiased)."""
-    def one(img, y, x, hh, ww):
-        sc = jnp.stack([size / hh, size / ww])
-        tr = jnp.stack([-y * size / hh, -x * size / ww])
-        return jax.image.scale_and_translate(
-            img, (size, size, img.shape[-1]), (0, 1), sc, tr, method="linear", antialias=True
-        )
+    [N, H, W, C] and resamples it to ``size x size`` (antialiased bilinear: the resampling
+    operators of the ``rrc`` op, :func:`rsjax.data.device_augment.resample_matrix`)."""
+    from rsjax.data import device_augment
 
-    return jax.vmap(one)(images.astype(jnp.float32), y0, x0, bh, bw)
+    _, h, w, _ = images.shape
+    my = jax.vmap(lambda st, ln: device_augment.resample_matrix(st, ln, h, size))(y0, bh)
+    mx = jax.vmap(lambda st, ln: device_augment.resample_matrix(st, ln, w, size))(x0, bw)
+    x = jnp.einsum("boh,bhwc->bowc", my, images.astype(jnp.float32))
+    return jnp.einsum("bpw,bowc->bopc", mx, x)
 
 
 def local_crops(key, global_views, *, num_crops: int, size: int, scale):
@@ -136,14 +125,12 @@ def local_crops(key, global_views, *, num_crops: int, size: int, scale):
     Returns:
       [num_crops * B, size, size, C] float32, crop-major (rows j*B .. (j+1)*B - 1 are crop j).
     """
-    g, b, h, w, _ = global_views.shape
-    out = []
-    for j in range(num_crops):
-        kb, kf = jax.random.split(jax.random.fold_in(key, j))
-        y0, x0, bh, bw = _sample_boxes(kb, b, h, w, scale)
-        c = crop_resize(global_views[j % g], y0, x0, bh, bw, size)
-        flip = jax.random.bernoulli(kf, 0.5, (b,))
-        out.append(jnp.where(flip[:, None, None, None], c[:, :, ::-1], c))
+    from rsjax.data import ops
+
+    lo, hi = (float(v) for v in scale)
+    pipe = ops.build(f"rrc({lo!r}, {hi!r}, size={int(size)})|flip_lr", "jax", key="dino.local_scale")
+    g = global_views.shape[0]
+    out = [pipe.image(global_views[j % g], jax.random.fold_in(key, j)) for j in range(num_crops)]
     return jnp.concatenate(out, axis=0)
 
 

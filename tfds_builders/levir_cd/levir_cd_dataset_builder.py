@@ -8,7 +8,14 @@ the three folders):
 2. one set of folders ``A/``, ``B/``, ``label/`` (e.g. the 256 x 256 crops of BIT_CD /
    ChangeFormer, named ``<split>_<idx>_<y>_<x>.png``). The split of a file is, in order: the
    list file ``list/{train,val,test}.txt`` naming it (other list files such as ``demo.txt``
-   are ignored), else its ``train_`` / ``val_`` / ``test_`` name prefix, else ``train``.
+   are ignored), else its ``train_`` / ``val_`` / ``test_`` name prefix, else ``train`` when
+   split lists exist. Files with none of these (a folder with no split information) are
+   split by source tile with
+   ``rsjax.data.folders.fraction_split``: the sorted tile names, ``perm =
+   numpy.random.default_rng(split_seed).permutation(n)`` (``split_seed = 0``), the first
+   ``round(test_fraction * n)`` tiles (``test_fraction = 0.2``, at least one) to ``test``, the
+   rest to ``train``; the build log announces it and the dataset metadata records it as
+   ``split_rule``.
 
 Labels are single-channel pngs with values {0, 255} (255 = changed building; {0, 1} is also
 accepted); any other value is an error naming the file. ``change`` = 1 where the label is
@@ -37,7 +44,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rsjax.data import registry
+from rsjax.data import folders, registry
 from tfds_builders import _common
 
 _INFO = registry.get_dataset_info("levir_cd")
@@ -49,6 +56,8 @@ _SPLIT_ORDER = ("train", "validation", "test")
 @dataclasses.dataclass
 class LevirCDConfig(tfds.core.BuilderConfig):
     crop_size: int = 256
+    test_fraction: float = 0.2  # of the tiles of a folder without split information
+    split_seed: int = 0
 
 
 def read_change_label(path) -> np.ndarray:
@@ -132,6 +141,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = _common.manual_dir(dl_manager, self.name, "A/, B/ and label/ png folders")
         items = {s: [] for s in _SPLIT_ORDER}
+        unsplit = []  # files with no split information: split by tile below
         for set_split, d in _find_sets(root):
             lists = {}
             for s, fname in (("train", "train.txt"), ("validation", "val.txt"),
@@ -144,13 +154,31 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 stem = a.stem
                 m_pre = _SPLIT_PREFIX.match(stem)
                 split = (set_split or lists.get(stem)
-                         or (_common.split_name(m_pre.group(1)) if m_pre else None) or "train")
+                         or (_common.split_name(m_pre.group(1)) if m_pre else None)
+                         or ("train" if lists else None))  # split lists given: unlisted = train
                 m = _CROP_NAME.match(stem)
                 if m:
                     tile, oy, ox = m.group("tile"), int(m.group("y")), int(m.group("x"))
                 else:
                     tile, oy, ox = stem, 0, 0
-                items[split].append((d, a.name, f"{split}/{tile}", tile, oy, ox))
+                if split is None:
+                    unsplit.append((d, a.name, tile, oy, ox))
+                else:
+                    items[split].append((d, a.name, f"{split}/{tile}", tile, oy, ox))
+        if unsplit:
+            cfg = self.builder_config
+            assign = folders.fraction_split([t for _, _, t, _, _ in unsplit], test_fraction=cfg.test_fraction,
+                                            seed=cfg.split_seed)
+            for d, name, tile, oy, ox in unsplit:
+                items[assign[tile]].append((d, name, f"{assign[tile]}/{tile}", tile, oy, ox))
+            n_test = sum(v == "test" for v in assign.values())
+            rule = (f"{len(unsplit)} file(s) of {len(assign)} tile(s) carry no split (no train/val/test folder, "
+                    f"list/ file or name prefix): split by tile, seeded fraction (test_fraction="
+                    f"{cfg.test_fraction}, split_seed={cfg.split_seed}, rsjax.data.folders.fraction_split): "
+                    f"{len(assign) - n_test} train / {n_test} test tiles")
+            _common.log.warning("%s: %s", self.name, rule)
+            if self.info.metadata is not None:
+                self.info.metadata["split_rule"] = rule
         tiles = sorted({it[2] for its in items.values() for it in its})
         scene_of = {t: i for i, t in enumerate(tiles)}
         if not tiles:

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rsjax.data import registry, synthetic
+from tfds_builders import _common
 
 
 @dataclasses.dataclass
@@ -82,6 +83,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if kwargs.get("file_format") is None:  # `tfds build` too writes array_record
+            _common.default_to_array_record(self)
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config

@@ -1,34 +1,175 @@
-"""Building blocks shared by the experiment configs in ``configs/``.
+"""Building blocks shared by the experiment configs in ``configs/`` (as big_vision's
+``configs/common.py``).
 
-Each ``configs/<experiment>.py`` has ``get_config(arg=None)``; ``arg`` selects a variant
-(``smoke``, the demo default, paper scale). Keys every pretraining config has:
-``total_steps`` (fixes the schedule), ``stop_after_steps`` (end early with a checkpoint;
-rerun continues), ``batch_size`` (global), ``seed``, ``model.name``, ``method``,
-``data.name``, ``data.data_dir``.
+Each ``configs/<experiment>.py`` has ``get_config(arg=None)``. ``arg`` is the text after the
+colon of ``--config=configs/<experiment>.py:<arg>``, parsed by :func:`parse_arg`: a variant
+name (``smoke``, the demo default, ``paper``, ...) and/or typed ``key=value`` pairs, e.g.
+``:smoke``, ``:smoke,total_steps=3`` or ``:variant=smoke,seed=1``. Every block comes complete
+from one constructor (``config.data`` from :func:`data_config`, optimizer blocks from
+:func:`rsjax.optim.default_block`), and :func:`finish` locks the config, so that
+``--config.data.typo=1`` is refused instead of silently adding a key nobody reads.
+
+Keys every pretraining config has: ``total_steps`` (fixes the schedule), ``stop_after_steps``
+(end early with a checkpoint; rerun continues), ``batch_size`` (global), ``seed``,
+``model.name``, ``method``, ``data.name``, ``data.data_dir``.
+
+The configs are a package (installed with rsjax by ``pip install -e .``): import them as
+modules, ``importlib.import_module("configs.swimdiff").get_config("smoke")``, or with
+:func:`load`; a variant imports its base (``from configs import cd_levir``).
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any, Callable
+
 import ml_collections
 
+from rsjax.errors import ConfigError
 
-def parse_arg(arg: str | None, known: tuple[str, ...]) -> str:
-    variant = (arg or "").strip() or known[0]
-    if variant not in known:
-        raise ValueError(f"unknown config variant {variant!r}; known variants: {', '.join(known)}")
-    return variant
+# get_config arguments every training config accepts besides its variants (None = the
+# variant's value): ``:smoke,total_steps=3,seed=1``.
+RUN_ARGS = dict(seed=(None, int), total_steps=(None, int), batch_size=(None, int))
 
 
+# --------------------------------------------------------------------------------------
+# get_config's argument
+# --------------------------------------------------------------------------------------
+def _to_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("true", "1", "yes", "on"):
+        return True
+    if t in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true / false)")
+
+
+def _spec_entry(default: Any) -> tuple[Any, Callable[[str], Any]]:
+    """``name=default`` or ``name=(default, type)`` -> ``(default, converter)``; the type of a
+    plain default is its own (bool is parsed strictly, not by ``bool("False") == True``)."""
+    if isinstance(default, tuple) and len(default) == 2 and callable(default[1]):
+        default, kind = default
+    else:
+        kind = type(default)
+    return default, (_to_bool if kind is bool else kind)
+
+
+def parse_arg(arg: str | None, *, variants: tuple[str, ...], **spec) -> ml_collections.ConfigDict:
+    """``get_config``'s single string argument -> ``ConfigDict(variant=..., **values)``.
+
+    As big_vision's ``parse_arg``: ``arg`` is comma-separated; ``key=value`` sets a key of
+    ``spec`` (``name=default`` or ``name=(default, type)``; the value is converted with the
+    default's type, booleans strictly); a bare word is the variant (one of ``variants``; the
+    first is the default) or, for a boolean key of ``spec``, that key set to True;
+    ``variant=NAME`` names the variant explicitly. Examples: ``"smoke"``,
+    ``"smoke,total_steps=3"``, ``"variant=smoke,seed=1"``, ``None`` (the default variant).
+
+    Raises ConfigError naming the known variants and keys for an unknown variant or key, and the
+    key and its type for a value that does not convert.
+    """
+    if not variants:
+        raise ValueError("parse_arg: variants must name at least the default variant")
+    entries = {k: _spec_entry(v) for k, v in spec.items()}
+    known = f"variants: {', '.join(variants)}; keys: {', '.join(['variant', *entries])}"
+    out = {"variant": None, **{k: d for k, (d, _) in entries.items()}}
+    for token in (t.strip() for t in (arg or "").split(",")):
+        if not token:
+            continue
+        key, eq, value = token.partition("=")
+        key = key.strip()
+        if not eq:  # a bare word: the variant, or a boolean key
+            if key in variants:
+                key, value = "variant", key
+            elif key in entries and entries[key][1] is _to_bool:
+                value = "true"
+            else:
+                raise ConfigError(f"unknown config variant {token!r} (nor a boolean key); known {known}")
+        if key == "variant":
+            value = value.strip()
+            if value not in variants:
+                raise ConfigError(f"unknown config variant {value!r}; known {known}")
+            if out["variant"] not in (None, value):
+                raise ConfigError(f"config argument {arg!r} names two variants ({out['variant']!r}, {value!r})")
+            out["variant"] = value
+            continue
+        if key not in entries:
+            raise ConfigError(f"config argument {key!r} is not a known key; known {known}")
+        try:
+            out[key] = entries[key][1](value.strip())
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config argument {key}={value!r}: expected {entries[key][1].__name__} ({e})") from None
+    out["variant"] = out["variant"] or variants[0]
+    return ml_collections.ConfigDict(out, type_safe=False)
+
+
+def finish(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """The end of every ``get_config``: applies the :data:`RUN_ARGS` of ``arg`` that are set
+    (``:smoke,total_steps=3``) and locks ``c``, so that an override of a key that does not
+    exist (``--config.data.typo=1``) is refused."""
+    for key in RUN_ARGS:
+        value = arg.get(key, None) if arg is not None else None
+        if value is not None:
+            if key not in c:
+                raise ConfigError(f"config argument {key}={value!r}: this config has no key {key!r}")
+            c[key] = value
+    c.lock()
+    return c
+
+
+def load(name: str, arg: str | None = None, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """``configs/<name>.py:<arg>`` imported as the module ``configs.<name>`` (``name`` may end
+    in ``.py`` or carry a ``configs/`` prefix), with dotted-key ``overrides`` applied as
+    ``--config.<key>=<value>`` would be (an unknown key raises ConfigError naming it)."""
+    stem = name.rsplit("/", 1)[-1].removesuffix(".py")
+    try:
+        module = importlib.import_module(f"configs.{stem}")
+    except ModuleNotFoundError as e:
+        if e.name not in (f"configs.{stem}", "configs"):
+            raise
+        raise ConfigError(f"no config configs/{stem}.py (module configs.{stem}); is rsjax installed with "
+                          f"`pip install -e .` from a checkout?") from None
+    config = module.get_config(arg)
+    for key, value in (overrides or {}).items():
+        set_key(config, key, value)
+    return config
+
+
+def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    """``config.<dotted> = value`` for a dotted key such as ``data.data_dir``; an unknown key
+    raises ConfigError naming it (as ``--config.<key>=...`` on the command line does)."""
+    node = config
+    *parents, last = dotted.split(".")
+    for i, p in enumerate(parents):
+        if p not in node:
+            raise ConfigError(f"config key {'.'.join(parents[:i + 1])!r} does not exist")
+        node = node[p]
+    if last not in node:
+        raise ConfigError(f"config key {dotted!r} does not exist")
+    node[last] = value
+
+
+# --------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------
 def data_config(**overrides) -> ml_collections.ConfigDict:
+    """The complete ``config.data`` block: every key of
+    :func:`rsjax.data.defaults.default_data_config` (input path, augmentation and the keys the
+    evaluation, dense and noisy-label jobs read) with ``overrides`` applied. Locked: an
+    unknown key raises ConfigError naming the known ones."""
     from rsjax.data.defaults import default_data_config
 
     d = default_data_config()
+    d.lock()
     for k, v in overrides.items():
+        if k not in d:
+            raise ConfigError(f"data_config: unknown key data.{k}; keys: {', '.join(sorted(d.keys()))}")
         d[k] = v
     return d
 
 
 def pretrain_base() -> ml_collections.ConfigDict:
+    from rsjax import optim
+
     c = ml_collections.ConfigDict()
     c.method = "simclr"
     c.seed = 0
@@ -54,14 +195,9 @@ def pretrain_base() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.temperature = 0.2
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"
-    c.optimizer.lr = 2e-3
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.warmup_steps = 10
-    c.optimizer.final_lr_fraction = 0.0
-    c.optimizer.grad_clip = 0.0
-    c.optimizer.module_lr_scale = ""  # e.g. "denoiser=0.1": per-module lr factor (rsjax.train.scale_modules)
+    # module_lr_scale, e.g. "denoiser=0.1": per-module lr factor (rsjax.optim)
+    c.optimizer = optim.default_block(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=10,
+                                      final_lr_fraction=0.0, grad_clip=0.0, module_lr_scale="")
 
     c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32)
 
@@ -121,7 +257,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 1
     c.data.builder_config = "tiny"
     c.data.image_size = 32
-    if c.data.get("scenes_per_batch", 0):
+    if c.data.scenes_per_batch:
         c.data.scenes_per_batch = 4
         c.data.samples_per_scene = 4
     if "moco" in c:
@@ -154,7 +290,7 @@ def bench(c: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
     if "swimdiff" in c:
         c.swimdiff.diffusion_size = 56 if kind == "bench" else 32
         c.swimdiff.denoiser_channels = 16 if kind == "bench" else 16
-    if c.data.get("scenes_per_batch", 0):
+    if c.data.scenes_per_batch:
         c.data.scenes_per_batch = c.batch_size // c.data.samples_per_scene
     return c
 
@@ -261,17 +397,9 @@ def noisy_label_base() -> ml_collections.ConfigDict:
                                       plateau=dict(enabled=False, mode="max", factor=0.5, patience=30,
                                                    every=0, val_fraction=0.01))
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "rs_synthetic"
-    c.data.builder_config = ml_collections.config_dict.placeholder(str)
-    c.data.builder_config = "default"
-    c.data.data_dir = ml_collections.config_dict.placeholder(str)
-    c.data.auto_build = True
-    c.data.train_split = "train"
-    c.data.eval_split = "test"
-    c.data.image_size = 32
-    c.data.flip_rot = True       # random flips + 90-degree rotations (image and mask alike)
-    c.data.max_train = 0         # 0 = the whole split
+    # max_train: 0 = the whole pretraining split. (Random flips + 90-degree rotations of image
+    # and mask alike: rsjax.jobs.noisy_label.)
+    c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32, max_train=0)
 
     c.noise = ml_collections.ConfigDict()
     c.noise.flip_rate = 0.3      # probability that a connected region changes class

@@ -1,0 +1,266 @@
+"""Seeded generators of tiny datasets in their original file layouts (the builders' dummy data).
+
+In the manner of TFDS's ``dummy_data/`` folders and torchgeo's ``tests/data/<name>/data.py``,
+but written at test time into a temporary folder (no binary files in the repository). One
+function per builder; each writes what ``--manual_dir`` would hold and returns the ground
+truth a test compares the built examples with (pixels, masks, split of each file). Sizes are
+the smallest the builders accept (their crop / patch sizes are fixed by the registry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from rsjax.data import registry
+
+EUROSAT_COUNTS = (5, 4, 6, 3, 5, 2, 4, 7, 3, 5)  # images per class, sorted class order
+
+_BEN_SIDES = {"B01": 20, "B09": 20, "B05": 60, "B06": 60, "B07": 60, "B8A": 60, "B11": 60,
+              "B12": 60, "B02": 120, "B03": 120, "B04": 120, "B08": 120}
+
+
+def _tifffile():
+    import tifffile  # a dependency of the builders
+
+    return tifffile
+
+
+def smooth_rgb(rng, h, w):
+    """A smooth-ish RGB image (compresses well as JPEG)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = rng.integers(30, 200, 3)
+    img = base + 40 * np.sin(yy[..., None] / rng.uniform(3, 9) + xx[..., None] / 7.0)
+    return np.clip(img + rng.integers(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def read_rgb(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _save(arr, path, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr, **kw).save(path)
+
+
+def _tif(arr, path, planar=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    kw = {} if planar is None else dict(photometric="minisblack", planarconfig=planar)
+    _tifffile().imwrite(path, arr, **kw)
+
+
+# ----------------------------------------------------------------------------- EuroSAT
+
+def eurosat_rgb(root, counts=EUROSAT_COUNTS, seed=0) -> pathlib.Path:
+    """``<Class>/<Class>_<n>.jpg`` (64 px) under ``root/2750`` (a wrapping folder, as in the
+    archive); returns the class root."""
+    rng = np.random.default_rng(seed)
+    croot = pathlib.Path(root) / "2750"
+    for c, n in zip(registry.EUROSAT_CLASSES, counts):
+        for i in range(1, n + 1):
+            os.makedirs(croot / c, exist_ok=True)
+            Image.fromarray(smooth_rgb(rng, 64, 64)).save(croot / c / f"{c}_{i}.jpg", quality=95)
+    return croot
+
+
+def eurosat_ms(root, counts=(2, 3, 2, 2, 2, 1, 2, 3, 2, 2), seed=1) -> dict:
+    """``<Class>/<Class>_<n>.tif`` (64 px, 13 bands; the first class stored band-first as
+    separate planes, the others band-last); returns ``{relative path: image}``."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for k, (c, n) in enumerate(zip(registry.EUROSAT_CLASSES, counts)):
+        for i in range(1, n + 1):
+            img = rng.integers(0, 12000, (64, 64, 13)).astype(np.uint16)
+            images[f"{c}/{c}_{i}.tif"] = img
+            path = pathlib.Path(root) / c / f"{c}_{i}.tif"
+            if k == 0:
+                _tif(np.moveaxis(img, -1, 0), path, "separate")
+            else:
+                _tif(img, path, "contig")
+    return images
+
+
+def reference_eurosat_split(class_root, ext, test_fraction=0.2, seed=0) -> dict[str, str]:
+    """The documented EuroSAT split rule, written independently: ``{relative path: split}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in sorted(os.listdir(class_root)):
+        names = sorted(f for f in os.listdir(os.path.join(class_root, c)) if f.endswith(ext))
+        shuffled = rng.permutation(np.array(names, dtype=object))
+        k = round(test_fraction * len(names))
+        for j, name in enumerate(shuffled):
+            out[f"{c}/{name}"] = "test" if j < k else "train"
+    return out
+
+
+# ------------------------------------------------------------------------- BigEarthNet
+
+def bigearthnet(root, patches: dict, seed=0) -> dict:
+    """One folder per patch with its 12 band tifs at native size and the label json;
+    returns ``{patch: {band: array}}``."""
+    rng = np.random.default_rng(seed)
+    bands = {}
+    for name, labels in patches.items():
+        d = pathlib.Path(root) / name
+        bands[name] = {}
+        for b, side in _BEN_SIDES.items():
+            arr = rng.integers(0, 10000, (side, side)).astype(np.uint16)
+            bands[name][b] = arr
+            _tif(arr, d / f"{name}_{b}.tif")
+        (d / f"{name}_labels_metadata.json").write_text(json.dumps(
+            {"labels": labels, "acquisition_date": "2017-06-13 10:10:31"}))
+    return bands
+
+
+# ---------------------------------------------------------------------------- LEVIR-CD
+
+LEVIR_FILES = {"test_2_0000_0000.png": 256, "test_2_0000_0512.png": 256,
+               "train_5_0256_0768.png": 256, "val_3_0000_0000.png": 256, "train_9.png": 512}
+
+
+def levir_cd(root, files=LEVIR_FILES, seed=0) -> dict:
+    """Flat ``A/ B/ label/``: pre-cut crops named ``<split>_<idx>_<y>_<x>.png`` (two of one
+    tile) and one 512 px tile; a ``list/demo.txt`` that is not a split list. Returns
+    ``{file name: 0/255 label}``."""
+    rng = np.random.default_rng(seed)
+    root = pathlib.Path(root)
+    labels = {}
+    for name, side in files.items():
+        _save(smooth_rgb(rng, side, side), root / "A" / name)
+        _save(smooth_rgb(rng, side, side), root / "B" / name)
+        lab = (rng.random((side, side)) < 0.2).astype(np.uint8) * 255
+        _save(lab, root / "label" / name, mode="L")
+        labels[name] = lab
+    os.makedirs(root / "list")
+    (root / "list" / "demo.txt").write_text("test_2_0000_0000.png\n")
+    return labels
+
+
+# -------------------------------------------------------------------------------- OSCD
+
+def oscd_city(root, city, h, w, rect=True, seed=0):
+    """``<city>/imgs_{1,2}[_rect]/`` band tifs (native 20 / 60 m sizes when not ``rect``) and
+    ``cm/cm.png``; returns (``{date: [band arrays on the 10 m grid, or None]}``, change map)."""
+    rng = np.random.default_rng(seed)
+    root = pathlib.Path(root)
+    imgs = {}
+    for t in (1, 2):
+        d = root / city / (f"imgs_{t}_rect" if rect else f"imgs_{t}")
+        stack = []
+        for b in registry.S2_BANDS:
+            gsd = registry.S2_GSD_M[b]
+            if rect or gsd == 10.0:
+                arr = rng.integers(0, 5000, (h, w)).astype(np.uint16)
+                full = arr
+            else:  # native grid: sizes as in OSCD, ceil of the 10 m size
+                f = int(gsd // 10)
+                arr = rng.integers(0, 5000, (-(-h // f), -(-w // f))).astype(np.uint16)
+                full = None
+            _tif(arr, d / (f"{b}.tif" if rect else f"S2A_OPER_MSI_L1C_{b}.tif"))
+            stack.append(full)
+        imgs[t] = stack
+    cm = (rng.random((h, w)) < 0.1).astype(np.uint8)
+    _save(cm * 255, root / city / "cm" / "cm.png", mode="L")
+    return imgs, cm
+
+
+# -------------------------------------------------------------------------- SSL4EO-S12
+
+SSL4EO_SEASONS = ("20200305T101021_T32TQM", "20200610T101031_T32TQM")
+
+
+def ssl4eo_s12(root, locations=("0000003", "0000010"), seed=4) -> dict:
+    """``s2c/<location>/<season>/B1.tif .. B12.tif`` at native sizes (264 / 132 / 44 px);
+    returns ``{(location, season): [band arrays in registry order]}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for loc in locations:
+        for season in SSL4EO_SEASONS:
+            d = pathlib.Path(root) / "s2c" / loc / season
+            bands = []
+            for b in registry.S2_BANDS:
+                side = {10.0: 264, 20.0: 132, 60.0: 44}[registry.S2_GSD_M[b]]
+                arr = rng.integers(0, 8000, (side, side)).astype(np.uint16)
+                _tif(arr, d / ("B8A.tif" if b == "B8A" else f"B{int(b[1:])}.tif"))
+                bands.append(arr)
+            out[(loc, season)] = bands
+    return out
+
+
+# --------------------------------------------------------------------- rs_segmentation
+
+def palette_colours(index_mask, palette) -> np.ndarray:
+    rgb = np.zeros(index_mask.shape + (3,), np.uint8)
+    for colour, v in palette:
+        rgb[index_mask == v] = colour
+    return rgb
+
+
+def rs_segmentation(root, config, seed=5) -> dict:
+    """The layout of one ``rs_segmentation`` config; returns ``{filename feature: index mask
+    (0 = ignore, 1..K)}``, and for ``nyc4band`` also ``"image"``."""
+    from tfds_builders.rs_segmentation.rs_segmentation_dataset_builder import (
+        DEEPGLOBE_PALETTE, ISPRS_PALETTE)
+
+    rng = np.random.default_rng(seed)
+    root = pathlib.Path(root)
+    masks = {}
+    if config == "potsdam":  # mmseg, index masks, train/ + val/
+        for split, names in (("train", ("2_10", "2_11")), ("val", ("3_1",))):
+            for n in names:
+                _save(smooth_rgb(rng, 300, 256), root / "img_dir" / split / f"{n}.png")
+                mask = rng.integers(0, 7, (300, 256)).astype(np.uint8)
+                _save(mask, root / "ann_dir" / split / f"{n}.png", mode="L")
+                masks[f"{split}/{n}.png"] = mask
+    elif config == "vaihingen":  # ISPRS colour masks, image / mask stems differ by suffix
+        idx = rng.integers(0, 7, (256, 300)).astype(np.uint8)
+        _save(smooth_rgb(rng, 256, 300), root / "img_dir" / "area1_IRRG.png")
+        _save(palette_colours(idx, ISPRS_PALETTE), root / "ann_dir" / "area1_label.png")
+        masks["area1_IRRG.png"] = idx
+    elif config == "loveda":  # original layout; the Test split has no masks (skipped)
+        for split, domain in (("Train", "Urban"), ("Val", "Rural")):
+            d = root / split / domain
+            _save(smooth_rgb(rng, 512, 512), d / "images_png" / "1.png")
+            mask = rng.integers(0, 8, (512, 512)).astype(np.uint8)
+            _save(mask, d / "masks_png" / "1.png", mode="L")
+            masks[f"{split}/{domain}/images_png/1.png"] = mask
+        _save(smooth_rgb(rng, 8, 8), root / "Test" / "Urban" / "images_png" / "9.png")
+    elif config == "deepglobe":  # colour masks with off-palette noise (thresholded at 128)
+        idx = rng.integers(0, 7, (620, 620)).astype(np.uint8)
+        rgb = palette_colours(idx, DEEPGLOBE_PALETTE).astype(int)
+        noisy = np.clip(rgb + rng.integers(-40, 40, rgb.shape), 0, 255).astype(np.uint8)
+        _save(smooth_rgb(rng, 620, 620), root / "train" / "119_sat.jpg")
+        _save(noisy, root / "train" / "119_mask.png")
+        _save(smooth_rgb(rng, 8, 8), root / "valid" / "5_sat.jpg")  # unlabelled: skipped
+        masks["train/119_sat.jpg"] = idx
+    elif config == "nyc4band":  # 4-band uint8 GeoTIFF, band-first planes, tif index masks
+        img = rng.integers(0, 256, (4, 300, 256)).astype(np.uint8)
+        mask = rng.integers(0, 9, (300, 256)).astype(np.uint8)
+        _tif(img, root / "img_dir" / "tile_1.tif", "separate")
+        _tif(mask, root / "ann_dir" / "tile_1.tif")
+        masks["tile_1.tif"] = mask
+        masks["image"] = np.moveaxis(img, 0, -1)
+    else:
+        raise ValueError(f"no dummy data for rs_segmentation/{config}")
+    return masks
+
+
+# ------------------------------------------------------------------------ Dynamic World
+
+def dynamic_world(root, seed=9) -> dict:
+    """``train/{a1,b2}_s2.tif`` and ``test/c3_s2.tif`` (260 x 257, 13 bands) with
+    ``*_label.tif`` (values 0..9); returns ``{relative path: (image, label)}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, pid in (("train", "a1"), ("train", "b2"), ("test", "c3")):
+        img = rng.integers(0, 10000, (260, 257, 13)).astype(np.uint16)
+        lab = rng.integers(0, 10, (260, 257)).astype(np.uint8)
+        _tif(img, pathlib.Path(root) / split / f"{pid}_s2.tif", "contig")
+        _tif(lab, pathlib.Path(root) / split / f"{pid}_label.tif")
+        out[f"{split}/{pid}_s2.tif"] = (img, lab)
+    return out

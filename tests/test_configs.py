@@ -1,0 +1,164 @@
+"""configs/ as a package (issue 14): importable from anywhere, get_config's argument parsed by
+configs.common.parse_arg, complete and locked blocks, study arms built inside the config, and
+old workdirs' configs completed when read."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from conftest import load_config
+
+from rsjax import errors
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+def test_configs_import_as_a_package_from_any_directory(tmp_path):
+    """`python -c "import configs.swimdiff, configs.common"` works outside the checkout (the
+    package is installed with rsjax), and resolves to this checkout's configs/."""
+    r = subprocess.run([sys.executable, "-c", "import configs.swimdiff, configs.common; print(configs.common.__file__)"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert pathlib.Path(r.stdout.strip()).resolve() == (REPO / "configs" / "common.py").resolve()
+
+
+def test_nothing_loads_a_config_file_by_path():
+    hits = [str(p.relative_to(REPO)) for d in ("rsjax", "configs") for p in (REPO / d).rglob("*.py")
+            if "spec_from_file_location" in p.read_text()]
+    assert hits == []
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_variant_builds_a_complete_locked_config(name):
+    import importlib
+
+    from rsjax.data.defaults import default_data_config
+
+    mod = importlib.import_module(f"configs.{name}")
+    keys = set(default_data_config().keys())
+    for variant in mod.VARIANTS:
+        c = mod.get_config(variant)
+        assert set(c.data.keys()) == keys, (variant, set(c.data.keys()) ^ keys)
+        with pytest.raises(AttributeError, match="locked"):
+            c.data.typo = 1
+        with pytest.raises(AttributeError, match="locked"):
+            c.no_such_key = 1
+
+
+def test_parse_arg_variants_and_typed_pairs():
+    from configs import common
+
+    spec = dict(common.RUN_ARGS, fast=False, lr=0.5)
+    p = lambda a: common.parse_arg(a, variants=("demo", "smoke"), **spec)  # noqa: E731
+    assert p(None).variant == "demo" and p(None).total_steps is None and p(None).fast is False
+    assert p("smoke").variant == "smoke"
+    a = p("smoke,total_steps=3")
+    assert (a.variant, a.total_steps, type(a.total_steps)) == ("smoke", 3, int)
+    a = p("variant=smoke,seed=1,lr=2,fast")
+    assert (a.variant, a.seed, a.lr, type(a.lr), a.fast) == ("smoke", 1, 2.0, float, True)
+    assert p("fast=false").fast is False and p("fast=True").fast is True
+    with pytest.raises(errors.ConfigError, match="known variants: demo, smoke; keys: variant, seed"):
+        p("nope")
+    with pytest.raises(errors.ConfigError, match="'stepz' is not a known key.*total_steps"):
+        p("smoke,stepz=3")
+    with pytest.raises(errors.ConfigError, match="total_steps='x'.*int"):
+        p("total_steps=x")
+    with pytest.raises(errors.ConfigError, match="two variants"):
+        p("smoke,variant=demo")
+    with pytest.raises(errors.ConfigError, match="not a boolean"):
+        p("fast=maybe")
+
+
+def test_get_config_arg_sets_run_keys():
+    c = load_config("simclr", "smoke,total_steps=3,seed=7")
+    assert (c.total_steps, c.seed, c.model.name) == (3, 7, "tiny")
+    assert load_config("simclr", "variant=smoke").total_steps == 4
+    with pytest.raises(errors.ConfigError, match="unknown config variant 'smok'"):
+        load_config("simclr", "smok")
+    with pytest.raises(errors.ConfigError, match="has no key 'total_steps'"):
+        load_config("eval_eurosat", "smoke,total_steps=3")
+
+
+def test_variant_imports_its_base():
+    from configs import cd_levir, cd_oscd
+
+    assert cd_oscd.cd_levir is cd_levir
+    c = load_config("cd_oscd")
+    assert (c.data.name, c.model.in_channels, c.data.crop_size, c.total_steps) == ("oscd", 13, 96, 5000)
+
+
+def test_study_arms_are_built_in_the_config_and_follow_overrides():
+    """Each arm's pretraining config lives in config.arms; the study's shared keys reach every
+    arm after get_config (as --config.<key>=... does), the arm's own overrides stay."""
+    from rsjax import study
+
+    c = load_config("study_eurosat", "cpu")
+    assert sorted(c.arms) == sorted(["simclr", "moco_v2", "swimdiff", "swimdiff_matching_only",
+                                     "swimdiff_diffusion_only", "false"])
+    c.data.folder = "/some/eurosat"
+    c.batch_size = 64
+    c.optimizer.lr = 0.5
+    for arm in c.arms:
+        a = study.arm_config(c, arm, seed=3, num_train=640)
+        assert (a.data.folder, a.batch_size, a.optimizer.lr, a.seed) == ("/some/eurosat", 64, 0.5, 3)
+        assert a.total_steps == 5 * (640 // 64) and a.optimizer.warmup_steps == int(0.05 * a.total_steps)
+        assert a.eval.enabled is False and a.model.name == "resnet10_w32"
+    assert c.arms.swimdiff.data.crops_as_scenes == 2 and c.arms.simclr.data.crops_as_scenes == 0
+    assert c.data.crops_as_scenes == 0 and c.arms.swimdiff.data.scenes_per_batch == 0  # the study's own kept
+    assert c.arms.moco_v2.moco.queue_size == 16 * 64
+    assert c.arms.swimdiff_matching_only.swimdiff.lambda_d == 0.0
+    assert c.arms.swimdiff_diffusion_only.loss.scene_mode == "none"
+    assert json.loads(c.arm_sources.swimdiff_matching_only) == {"config": "swimdiff",
+                                                                  "overrides": {"swimdiff.lambda_d": 0.0}}
+
+
+def _old_workdir(tmp_path, config, drop):
+    """A workdir whose config.json was written before the keys ``drop`` existed, with output."""
+    from rsjax import workdir as workdir_lib
+
+    d = json.loads(json.dumps(workdir_lib.strict_json(config.to_dict())))
+    for dotted in drop:
+        *parents, last = dotted.split(".")
+        node = d
+        for p in parents:
+            node = node[p]
+        del node[last]
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps(d))
+    (wd / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # a run happened here
+    return wd
+
+
+def test_old_workdir_missing_keys_at_their_default_resumes(tmp_path):
+    from rsjax import workdir as workdir_lib
+
+    config = load_config("simclr", "smoke")
+    wd = _old_workdir(tmp_path, config, ["data.crop_size", "data.mask_key", "optimizer.freeze",
+                                         "optimizer.plateau"])
+    workdir_lib.Workdir(str(wd), config).close()  # accepted: the missing keys are at their defaults
+
+
+def test_old_workdir_missing_key_that_now_differs_is_refused(tmp_path):
+    from rsjax import workdir as workdir_lib
+
+    config = load_config("simclr", "smoke")
+    wd = _old_workdir(tmp_path, config, ["data.crop_size"])
+    config.data.crop_size = 16
+    with pytest.raises(workdir_lib.ConfigMismatchError, match=r"data.crop_size: 0 -> 16"):
+        workdir_lib.Workdir(str(wd), config)
+
+
+def test_read_config_completes_old_configs(tmp_path):
+    from rsjax import checkpoint
+
+    config = load_config("simclr", "smoke")
+    wd = _old_workdir(tmp_path, config, ["data.normalization", "optimizer.grad_clip"])
+    c = checkpoint.read_config(str(wd))
+    assert c.data.normalization == "registry" and c.optimizer.grad_clip == 0.0
+    assert c.to_dict() == json.loads(json.dumps(config.to_dict()))
