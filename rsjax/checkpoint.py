@@ -428,11 +428,11 @@ def load_encoder(workdir: str, step: int | None = None):
                               f"{sorted(state.get('params', {}))})")
     if not imported:
         methods.get_method(config)  # validates the config names an existing method
-    normalization = registry.normalization_name(config.data.get("normalization", None))
+    normalization = registry.normalization_name(config.data.normalization)  # config completed when read
     n = int(config.model.in_channels)
-    if config.data.get("name", ""):
+    if config.data.name:
         info = registry.with_normalization(
-            registry.get_config_info(config.data.name, config.data.get("builder_config", None)), normalization)
+            registry.get_config_info(config.data.name, config.data.builder_config), normalization)
         bands, mean, std = list(info.bands), list(map(float, info.mean)), list(map(float, info.std))
         scale = float(info.scale)
     else:  # imported without --data: the band order is the source's, not known here
@@ -449,7 +449,7 @@ def load_encoder(workdir: str, step: int | None = None):
         "normalization": normalization,
         "step": int(step),
         "method": config.method,
-        "dataset": config.data.get("name", "") or None,
+        "dataset": config.data.name or None,
     }
     if imported:
         meta["imported_from"] = config.imported.to_dict()

@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(data_dir, **kw):
-    cfg = pipeline.default_data_config()
+    cfg = pipeline.default_data_config()  # the complete block, locked: an unknown key raises
     cfg.data_dir = data_dir
     cfg.builder_config = "tiny"
     cfg.num_threads = 1
@@ -50,6 +50,8 @@ def test_default_config_fields():
         assert key in cfg
     assert cfg.name == "rs_synthetic" and cfg.num_workers == 0 and cfg.augment == ops.DEFAULT_AUGMENT
     cfg.data_dir = "/some/where"  # placeholder fields accept strings later
+    with pytest.raises(AttributeError, match="crop_scale_min"):  # locked: a former / misspelt key is refused
+        cfg.crop_scale_min = 0.5
 
 
 def test_batch_shapes_dtypes_and_determinism(data_dir):
@@ -71,7 +73,7 @@ def test_batch_shapes_dtypes_and_determinism(data_dir):
 
 
 def test_plain_epochs_are_permutations_and_reshuffled(data_dir):
-    it = pipeline.make_pretrain_iterator(_cfg(data_dir, jitter_strength=0.0, blur_prob=0.0),
+    it = pipeline.make_pretrain_iterator(_cfg(data_dir, augment="rrc(0.2, 1.0)|flip_rot"),
                                          global_batch_size=8, seed=0, image_size=SIZE)
     assert it.steps_per_epoch == 4  # 32 crops / 8
     from rsjax.data.pipeline import EpochPlan
@@ -171,7 +173,7 @@ def test_finite_epochs(data_dir):
 
 def test_crops_as_scenes(data_dir):
     cfg = _cfg(data_dir, crops_as_scenes=2, scenes_per_batch=2, samples_per_scene=4,
-               crop_scale_min=1.0, flip_rot=False, jitter_strength=0.0, blur_prob=0.0)
+               augment="rrc(1.0, 1.0)")
     src = pipeline.open_source(cfg, "train")
     n = len(src)
     np.testing.assert_array_equal(pipeline.unit_scene_ids(src, 2), np.repeat(np.arange(n), 4))

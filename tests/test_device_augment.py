@@ -120,7 +120,7 @@ def test_device_resident_step_equals_plain_step_on_same_views():
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0),
                              train.RNG_STREAMS.index("augment"))
     info = registry.get_dataset_info(config.data.name)
-    v1, v2 = dev.two_views(key, raw, input_lib.data_config(config).augment, out_size=config.data.image_size,
+    v1, v2 = dev.two_views(key, raw, config.data.augment, out_size=config.data.image_size,
                            scale=info.scale, mean=info.mean, std=info.std)
     config.data.device_resident = False
     state = train.create_state(method, tx, config.seed, mesh)

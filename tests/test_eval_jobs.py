@@ -295,6 +295,23 @@ def test_mismatching_checkpoint_is_refused(pretrained_run, tmp_path, key, value,
     assert not (tmp_path / "wd").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("name", ["eval_eurosat.py", "eval_bigearthnet.py", "seg.py", "cd_levir.py",
+                                  "noisy_label.py"])
+def test_every_job_refuses_an_incomplete_or_misspelt_data_block(tmp_path, name):
+    # The jobs read config.data directly: a hand-edited block that lacks a key, or carries one
+    # nobody reads, is refused naming it, before anything is written.
+    from rsjax import main as main_lib
+
+    for edit, match in ((lambda d: d.__delitem__("image_key"), r"config\.data lacks the key\(s\) image_key"),
+                        (lambda d: d.__setitem__("imagesize", 64), r"config\.data\.imagesize: no input path reads")):
+        config = load_config(name, "smoke")
+        with config.unlocked():
+            edit(config.data)
+        with pytest.raises(ValueError, match=match):
+            main_lib.run(config, str(tmp_path / "wd"))
+        assert not (tmp_path / "wd").exists()
+
+
 def test_segmentation_job_with_pretrained_encoder(pretrained_run, tmp_path):
     from rsjax.data import build
     from rsjax import main as main_lib

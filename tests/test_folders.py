@@ -115,10 +115,9 @@ def test_odd_image_is_named_not_the_first_file(tmp_path, odd):
 
 
 def _device_cfg(root, **kw):
-    import ml_collections
+    from configs.common import data_config
 
-    return ml_collections.ConfigDict({"name": "eurosat_rgb", "folder": str(root), "folder_seed": 0,
-                                      "cache_dir": "", **kw})
+    return data_config(name="eurosat_rgb", folder=str(root), folder_seed=0, cache_dir="", **kw)
 
 
 def test_device_path_reads_the_class_folder_and_names_bad_files(tmp_path):
@@ -376,13 +375,11 @@ def test_segmentation_check_names_the_convention():
 
 def test_pretraining_input_warns_on_upsampling(tmp_path):
     """Fault 3 as reported: ``--config.data.image_size=128`` on the 32 px synthetic data."""
-    import ml_collections
-
+    from configs.common import data_config
     from rsjax.data import input as input_lib
 
-    cfg = ml_collections.ConfigDict({"name": "rs_synthetic", "builder_config": "tiny", "data_dir": str(tmp_path),
-                                     "auto_build": True, "train_split": "train", "crops_as_scenes": 0,
-                                     "image_size": 128})
+    cfg = data_config(name="rs_synthetic", builder_config="tiny", data_dir=str(tmp_path), auto_build=True,
+                      train_split="train", crops_as_scenes=0, image_size=128)
     with pytest.warns(UserWarning, match=r"image_size=128 is larger than the stored images .*32 x 32.*4x"):
         input_lib._warn_if_upsampling(cfg)
     cfg.image_size = 32

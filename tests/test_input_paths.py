@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -229,16 +230,41 @@ def test_both_paths_read_data_augment(synth_dir, device_resident):
         it.close()
 
 
-def test_former_augmentation_keys_are_folded_into_the_recipe(synth_dir):
+def test_former_augmentation_keys_are_refused_live_and_folded_when_read(synth_dir, tmp_path):
+    # One meaning per key: a live config that still sets a former key is refused with the
+    # equivalent recipe (written out by hand here); an old workdir's config.json that sets them
+    # has them folded into data.augment once, when read.
+    from rsjax import checkpoint
+    from rsjax.errors import ConfigError
+
+    expected = "rrc(0.4, 1.0)|flip_rot|jitter(0.4, p=0.8)|gray(0.2)|blur(0.5, sigma=(0.1, 1.0))"
     config = _config(synth_dir)
     with config.unlocked():
         config.data.crop_scale_min = 0.4
         config.data.gray_prob = 0.2
-        if "augment" in config.data:
-            del config.data["augment"]
-    d = input_lib.data_config(config)
-    assert d.augment == "rrc(0.4, 1.0)|flip_rot|jitter(0.4, p=0.8)|gray(0.2)|blur(0.5, sigma=(0.1, 1.0))"
+    wd = tmp_path / "wd"
+    with pytest.raises(ConfigError, match=r"config\.data\.crop_scale_min, config\.data\.gray_prob: former augmentation "
+                       r"key\(s\).*set config\.data\.augment=" + re.escape(repr(expected))):
+        pretrain.run(config, str(wd))
+    assert not wd.exists(), "refused before anything is written"
+
+    old = config.to_dict()
+    del old["data"]["augment"], old["data"]["folder_seed"]  # written before these keys existed
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    d = checkpoint.read_config(str(tmp_path / "old")).data
+    assert d.augment == expected and d.folder_seed == 0
     assert "crop_scale_min" not in d and "gray_prob" not in d
+
+
+def test_a_data_block_missing_keys_is_refused_naming_them(synth_dir, tmp_path):
+    config = _config(synth_dir)
+    with config.unlocked():
+        del config.data["crop_size"], config.data["mask_key"]
+    with pytest.raises(ValueError, match=r"config\.data lacks the key\(s\) crop_size, mask_key: build the block "
+                       r"with configs\.common\.data_config"):
+        pretrain.run(config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
 
 
 # ---------------------------------------------------------------------------- refusals

@@ -1,12 +1,25 @@
-"""Defaults of the ``config.data`` block (importable without grain or TFDS)."""
+"""The ``config.data`` block: its defaults and its completeness check (importable without grain
+or TFDS).
+
+Every config gets its complete ``config.data`` from one constructor
+(:func:`configs.common.data_config`, on top of :func:`default_data_config`) and the library
+reads the keys directly (``config.data.crop_size``, never through a ``.get`` with a fallback):
+there is no second place where a default lives. Old workdirs' configs are completed once, when
+read (:func:`rsjax.workdir.complete_config`); a block built by hand that lacks keys, or carries
+keys nobody reads, is refused by :func:`check_complete` before a job writes anything.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
+
+from rsjax.errors import ConfigError
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-    """Defaults of the ``config.data`` block the pipelines read.
+    """The complete ``config.data`` block at its defaults, locked (setting a key it lacks raises).
 
     Both input paths -- the host grain pipeline (``rsjax.data.pipeline``) and the GPU-resident
     path (``device_resident=True``: ``rsjax.data.device_data`` / ``device_augment``) -- honour
@@ -40,8 +53,9 @@ def default_data_config() -> ml_collections.ConfigDict:
         backend per example; device: jax backend in the step); an op the chosen path lacks is
         refused. It replaces the former keys crop_scale_min/max, flip_rot, jitter_strength,
         jitter_prob, band_jitter, saturation, gray_prob, blur_prob, blur_sigma_min/max (one
-        meaning per key); configs and workdirs that still set them have them folded into
-        ``augment`` once, when read (``rsjax.data.ops.augment_spec``).
+        meaning per key); workdirs whose config still sets them have them folded into
+        ``augment`` once, when read (``rsjax.workdir.complete_config``); a live config that sets
+        them is refused by :func:`check_complete`, naming the equivalent ``augment``.
       device_resident: hold the decoded split in device memory and augment inside the
         jitted step (rsjax.data.device_data / device_augment) instead of the grain pipeline.
       folder: a ``<Class>/<image>`` tree read directly instead of the TFDS dataset ``name``
@@ -96,4 +110,39 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.class_names = ()
     c.multilabel_from_mask = False
     c.max_train = 0
+    c.lock()
     return c
+
+
+def check_complete(data: Any, where: str = "config.data") -> None:
+    """Refuses a ``config.data`` block whose keys are not exactly those of
+    :func:`default_data_config` (ConfigError naming the keys), so that the code can read every
+    key directly:
+
+    * a key nobody reads (a typo, or a key of another version) is named with the known keys;
+    * a former augmentation key (``crop_scale_min`` ... ``blur_sigma_max``) is named with the
+      ``data.augment`` recipe it amounts to (``rsjax.data.ops.augment_spec``; values out of
+      range are named as such);
+    * missing keys are named, with where a complete block comes from.
+    """
+    from rsjax.data import ops
+
+    given = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    known = default_data_config().keys()
+    legacy = sorted(k for k in given if k in ops.LEGACY_KEYS)
+    if legacy:
+        spec = ops.augment_spec(given, key=f"{where.split('.', 1)[-1]}.augment")  # raises for bad values
+        raise ConfigError(
+            f"{', '.join(f'{where}.{k}' for k in legacy)}: former augmentation key(s), now spelt in one "
+            f"op string: "
+            f"set {where}.augment={spec!r} instead (rsjax.data.ops; workdirs written with them are "
+            f"converted when read)")
+    for key in given:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: no input path reads this key (the host pipeline, "
+                              f"data.device_resident=True, nor any job); known keys: {sorted(known)}")
+    missing = [k for k in known if k not in given]
+    if missing:
+        raise ConfigError(f"{where} lacks the key(s) {', '.join(missing)}: build the block with "
+                          f"configs.common.data_config(...) (every key of "
+                          f"rsjax.data.defaults.default_data_config, at its default unless given)")

@@ -59,13 +59,12 @@ def load_raw_with_scenes(cfg_data: Any, split: str, *, max_examples: int | None 
     when the dataset has one (else the record index), as the host pipeline's
     ``unit_scene_ids`` does.
     """
-    folder = cfg_data.get("folder", None) if hasattr(cfg_data, "get") else None
-    if folder:
+    if cfg_data.folder:
         from rsjax.data import folders
 
         images, labels, _ = folders.load_class_folder(
-            folder, split, seed=int(cfg_data.get("folder_seed", 0)),
-            cache_dir=cfg_data.get("cache_dir", None) or None, max_examples=max_examples)
+            cfg_data.folder, split, seed=int(cfg_data.folder_seed),
+            cache_dir=cfg_data.cache_dir or None, max_examples=max_examples)
         scenes = np.arange(len(labels), dtype=np.int64)
         return images, labels, scenes
     from rsjax.data import pipeline
@@ -99,7 +98,7 @@ def normalized_eval_arrays(cfg_data: Any, split: str, *, max_examples: int | Non
     """float32 standardized images (registry statistics) + labels, for kNN / linear probe."""
     from rsjax.data import registry
 
-    info = registry.with_normalization(registry.get_dataset_info(cfg_data.name), cfg_data.get("normalization", None))
+    info = registry.data_info(cfg_data)
     images, labels = load_raw(cfg_data, split, max_examples=max_examples)
     return registry.normalize(images, info), labels
 

@@ -1,11 +1,13 @@
 """The one input entry of the pretraining methods: ``config.data`` -> a data iterator.
 
-``data_config(config)`` completes ``config.data`` with the defaults of
-:func:`rsjax.data.defaults.default_data_config`; :func:`validate` refuses keys no input path
-reads and out-of-range values (before anything is written); :func:`make_iterator` decides ONCE
-between the host grain pipeline and the GPU-resident path (``data.device_resident``) and returns
-the iterator together with the in-step batch transform (``None`` on the host path, where the
-views are made per example). :func:`load_eval_arrays` reads standardized evaluation images.
+``config.data`` is the complete block of :func:`configs.common.data_config` (every key of
+:func:`rsjax.data.defaults.default_data_config`), read directly; an old workdir's config is
+completed once, when read (:func:`rsjax.workdir.complete_config`). :func:`validate` refuses
+keys no input path reads, a block that lacks keys, and out-of-range values (before anything is
+written); :func:`make_iterator` decides ONCE between the host grain pipeline and the
+GPU-resident path (``data.device_resident``) and returns the iterator together with the in-step
+batch transform (``None`` on the host path, where the views are made per example).
+:func:`load_eval_arrays` reads standardized evaluation images.
 """
 
 from __future__ import annotations
@@ -15,26 +17,19 @@ import numpy as np
 
 from rsjax import sharding as shd
 
-# Keys of config.data besides the input-path keys of rsjax.data.defaults.default_data_config.
-_EXTRA_DATA_KEYS = ("image_size",)
-
 
 def validate(config) -> None:
     """The ``config.data`` checks: every key is read by the input path the config selects, the
     batch layout fits ``batch_size``, and augmentation parameters are in range. Runs before the
     workdir is written. Both paths honour the same augmentation and batching keys (see
-    rsjax.data.pipeline / device_data); refused are keys no path reads, and combinations one
-    path cannot serve, naming both keys."""
+    rsjax.data.pipeline / device_data); refused are keys no path reads, a block that lacks keys
+    (:func:`rsjax.data.defaults.check_complete`), and combinations one path cannot serve, naming
+    both keys."""
     from rsjax.data import ops
-    from rsjax.data.defaults import default_data_config
+    from rsjax.data.defaults import check_complete
 
-    known = set(default_data_config().keys()) | set(_EXTRA_DATA_KEYS) | set(ops.LEGACY_KEYS)
-    given = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
-    for key in given:
-        if key not in known:
-            raise ValueError(f"config.data.{key}: no input path reads this key (host pipeline nor "
-                             f"data.device_resident=True); known keys: {sorted(known)}")
-    d = data_config(config)
+    check_complete(config.data)  # unknown, former or missing keys, named
+    d = config.data
 
     def need(cond, key, msg):
         if not cond:
@@ -72,8 +67,8 @@ def make_batch_transform(config):
     the ``augment`` stream's key (see rsjax.data.device_augment)."""
     from rsjax.data import device_augment, ops, registry
 
-    d = data_config(config)
-    info = registry.with_normalization(registry.get_dataset_info(d.name), d.get("normalization", None))
+    d = config.data
+    info = registry.data_info(d)
     recipe = ops.view_recipe(d.augment, "jax")
     size = int(d.image_size)
 
@@ -87,33 +82,16 @@ def make_batch_transform(config):
 
 
 
-def data_config(config):
-    """``config.data`` on top of the defaults, with ``augment`` the view recipe: a config (or an
-    old workdir's config) that still spells the recipe with the former individual keys
-    (``crop_scale_min`` ... ``blur_sigma_max``) has them folded into ``augment`` here, once
-    (:func:`rsjax.data.ops.augment_spec`; both spellings at once are refused)."""
-    from rsjax.data import ops
-    from rsjax.data.defaults import default_data_config
-
-    given = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
-    spec = ops.augment_spec(given)
-    d = default_data_config()
-    with d.unlocked():
-        d.update({k: v for k, v in given.items() if k not in ops.LEGACY_KEYS})
-    d.augment = spec
-    return d
-
-
 def make_iterator(config, mesh=None):
     """``(iterator, batch_transform)`` of the pretraining data: the host grain pipeline (views made
     per example, ``batch_transform`` None) or, with ``data.device_resident``, the split held in
     device memory and augmented inside the jitted step by ``batch_transform(batch, key)``."""
-    data_cfg = data_config(config)
+    data_cfg = config.data
     if data_cfg.device_resident:
         from rsjax.data import device_data, pipeline, registry
 
         images, labels, scenes = device_data.load_raw_with_scenes(data_cfg, data_cfg.train_split)
-        pipeline.check_images(images, registry.get_dataset_info(data_cfg.name),
+        pipeline.check_images(images, registry.data_info(data_cfg),
                               where=f"split {data_cfg.train_split!r}", stacked=True)
         # The stored side, not a crop-as-scene's: views cut from g x g sub-crops are upsampled by design.
         registry.warn_if_upsampling(data_cfg.image_size, images.shape[1:3], what=f"split {data_cfg.train_split!r} "
@@ -126,7 +104,7 @@ def make_iterator(config, mesh=None):
         return it, make_batch_transform(config)
     from rsjax.data import build, pipeline
 
-    build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.get("builder_config"))
+    build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.builder_config)
     _warn_if_upsampling(data_cfg)
     it = pipeline.make_pretrain_iterator(
         data_cfg,
@@ -168,7 +146,7 @@ def check_bands(config) -> None:
 
 def load_eval_arrays(data_cfg, split: str, max_examples=None):
     """Standardized images + labels of ``split`` (the class folder when data.folder is set)."""
-    if data_cfg.get("folder"):
+    if data_cfg.folder:
         from rsjax.data import device_data
 
         return device_data.normalized_eval_arrays(data_cfg, split, max_examples=max_examples)

@@ -83,20 +83,6 @@ from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
 STATE_FORMAT = "rsjax.data.pipeline/v1"
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Reads ``cfg.key`` from a ConfigDict / object / Mapping, falling back to the default
-    config (so configs written before a field existed keep working)."""
-    if isinstance(cfg, collections.abc.Mapping):
-        if key in cfg:
-            return cfg[key]
-    elif hasattr(cfg, key):
-        return getattr(cfg, key)
-    if default is not None:
-        return default
-    return _DEFAULTS[key]
-
-
-_DEFAULTS = default_data_config().to_dict()
 
 
 # ----------------------------------------------------------------------------------------
@@ -198,8 +184,8 @@ def open_source(cfg_data: Any, split: str, split_key: str = "data.train_split") 
     """:class:`DataSource` for ``split`` of the dataset named by ``cfg_data``; ``split_key``: the
     config key that chose ``split``, named when the dataset has no such split."""
     return DataSource(
-        _get(cfg_data, "name"), split, _get(cfg_data, "builder_config", ""),
-        _get(cfg_data, "data_dir", ""), bool(_get(cfg_data, "auto_build")), split_key=split_key)
+        cfg_data.name, split, cfg_data.builder_config, cfg_data.data_dir, bool(cfg_data.auto_build),
+        split_key=split_key)
 
 
 _SCENE_CACHE: dict[tuple, np.ndarray] = {}
@@ -611,18 +597,17 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
                          f"processes {process_count}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    name = _get(cfg_data, "name")
-    info = registry.with_normalization(registry.get_config_info(name, _get(cfg_data, "builder_config", None)),
-                                       _get(cfg_data, "normalization", None))
-    source = open_source(cfg_data, _get(cfg_data, "train_split"))
-    g = int(_get(cfg_data, "crops_as_scenes") or 0)
+    name = cfg_data.name
+    info = registry.data_info(cfg_data)
+    source = open_source(cfg_data, cfg_data.train_split)
+    g = int(cfg_data.crops_as_scenes or 0)
     unit_scenes = unit_scene_ids(source, g)
-    spb = int(_get(cfg_data, "scenes_per_batch") or 0)
-    k = int(_get(cfg_data, "samples_per_scene"))
+    spb = int(cfg_data.scenes_per_batch or 0)
+    k = int(cfg_data.samples_per_scene)
     plan = EpochPlan(unit_scenes, global_batch_size, seed,
                      *batch_layout(global_batch_size, spb, k, g))
     # The view recipe (config.data.augment), numpy backend: applied per example.
-    recipe = ops.view_recipe(ops.augment_spec(cfg_data), "numpy")
+    recipe = ops.view_recipe(cfg_data.augment, "numpy")
     fn = _MakeBatch(source, plan, unit_scenes, info, recipe, int(image_size), seed, g, process_index,
                     global_batch_size // process_count)
     length = sys.maxsize if num_epochs is None else int(num_epochs) * plan.steps_per_epoch
@@ -635,9 +620,9 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
     }
     return PretrainIterator(
         batches, fingerprint=fingerprint,
-        num_threads=int(_get(cfg_data, "num_threads")),
-        prefetch=max(1, int(_get(cfg_data, "prefetch_batches"))),
-        num_workers=int(_get(cfg_data, "num_workers") or 0),
+        num_threads=int(cfg_data.num_threads),
+        prefetch=max(1, int(cfg_data.prefetch_batches)),
+        num_workers=int(cfg_data.num_workers or 0),
         steps_per_epoch=plan.steps_per_epoch)
 
 
@@ -664,9 +649,7 @@ def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None
       ``labels`` int32 ``[N]`` (``[N, num_classes]`` multi-hot for multi-label data; -1 when
       the dataset has no label).
     """
-    info = registry.with_normalization(registry.get_config_info(_get(cfg_data, "name"),
-                                                                _get(cfg_data, "builder_config", None)),
-                                       _get(cfg_data, "normalization", None))
+    info = registry.data_info(cfg_data)
     source = open_source(cfg_data, split, split_key=split_key)
     n = len(source)
     if max_examples is not None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import ml_collections
 import numpy as np
 
 from rsjax.data import label_noise
@@ -62,16 +61,6 @@ class SegData:
 
     def normalized(self, idx=slice(None)) -> np.ndarray:
         return registry.normalize(self.images[idx], self.info)
-
-
-def data_config(config_data) -> ml_collections.ConfigDict:
-    """A ``config.data`` block on top of the pipeline defaults."""
-    from rsjax.data.defaults import default_data_config
-
-    d = default_data_config()
-    with d.unlocked():
-        d.update(config_data.to_dict() if hasattr(config_data, "to_dict") else dict(config_data))
-    return d
 
 
 def masks_to_labels(mask: np.ndarray, ignore_value) -> np.ndarray:
@@ -118,12 +107,12 @@ def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
     return stack(ims), stack(labs), np.stack(scs, 1).reshape(-1)
 
 
-def load_split(config_data, split: str, *, image_size: int, max_examples: int | None = None) -> SegData:
-    """Reads ``image`` + ``mask`` (+ ``scene_id``) of a split as a :class:`SegData`."""
+def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = None) -> SegData:
+    """Reads ``image`` + ``mask`` (+ ``scene_id``) of a split as a :class:`SegData`; ``cfg`` is the
+    complete ``config.data`` block (``configs.common.data_config``)."""
     from rsjax.data import pipeline
     from rsjax.evaluate import common
 
-    cfg = data_config(config_data)
     source = pipeline.open_source(cfg, split)
     fields = {"image": "image", "mask": "mask"}
     if "scene_id" in source.features():

@@ -53,9 +53,8 @@ from rsjax.evaluate import common
 
 def load_data(config):
     """``(train, test)`` dicts of raw arrays ``{"a", "b", "change"}``."""
-    d = common.data_config(config)
-    keys = {"a": d.get("image_a_key", "image_a"), "b": d.get("image_b_key", "image_b"),
-            "change": d.get("change_key", "change")}
+    d = config.data
+    keys = {"a": d.image_a_key, "b": d.image_b_key, "change": d.change_key}
     ec = config.eval
     train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
                                split_key="eval.train_split")

@@ -17,7 +17,6 @@ import os
 from typing import Any, Mapping
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -36,17 +35,6 @@ def compute_dtype(config) -> Any:
     if name not in table:
         raise ValueError(f"config.dtype={name!r}: expected float32, bfloat16 or float16")
     return table[name]
-
-
-def data_config(config) -> ml_collections.ConfigDict:
-    """``config.data`` on top of the pipeline defaults (configs may omit fields)."""
-    from rsjax.data.defaults import default_data_config  # not pipeline: no grain import needed
-
-    d = default_data_config()
-    extra = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
-    with d.unlocked():
-        d.update(extra)
-    return d
 
 
 def dataset_info(config) -> registry.DatasetInfo:
@@ -78,7 +66,7 @@ def check_pretrained_meta(meta: Mapping, config, source: str) -> None:
         problems.append(f"stem {meta.get('stem')!r} (checkpoint) vs config.model.stem={stem!r}")
     # The input the encoder was trained on (imported weights record e.g. "scale:10000").
     norm_ckpt = registry.normalization_name(meta.get("normalization"))
-    norm_job = registry.normalization_name(config.data.get("normalization", None))
+    norm_job = registry.normalization_name(config.data.normalization)
     if norm_ckpt != norm_job:
         problems.append(f"input normalization {norm_ckpt!r} (checkpoint) vs config.data.normalization={norm_job!r} "
                         f"(pass --config.data.normalization={norm_ckpt})")

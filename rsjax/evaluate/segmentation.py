@@ -47,8 +47,8 @@ from rsjax.evaluate import common
 
 def load_data(config):
     """``(train, test)`` dicts of raw arrays ``{"image", "mask"}`` (masks as stored)."""
-    d = common.data_config(config)
-    keys = {"image": d.get("image_key", "image"), "mask": d.get("mask_key", "mask")}
+    d = config.data
+    keys = {"image": d.image_key, "mask": d.mask_key}
     ec = config.eval
     train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
                                split_key="eval.train_split")

@@ -349,7 +349,7 @@ def _builder_config_of(workdir: str) -> str | None:
         read_config = getattr(importlib.import_module("rsjax.checkpoint"), "read_config", None)
         if read_config is None:
             return None
-        return read_config(workdir).data.get("builder_config", None) or None
+        return read_config(workdir).data.builder_config or None  # completed when read
     except (OSError, ValueError, KeyError, AttributeError) as e:
         logging.warning("could not read the builder config of %s: %s", workdir, e)
         return None

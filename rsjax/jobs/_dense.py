@@ -18,6 +18,7 @@ from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import arrays as arrays_lib
 from rsjax.data import registry
+from rsjax.data.defaults import check_complete
 from rsjax.evaluate import common
 
 
@@ -49,8 +50,9 @@ def validate(config, make_task: Callable) -> train.Phase:
     with errors.config_errors():
         phase = train.Phase.from_config(config, desc=config.job)
         phase.validate()
+        check_complete(config.data)  # read directly below: unknown, former or missing keys, named
         common.dataset_info(config)
-        if int(config.data.get("crop_size", 0)) < 0:
+        if int(config.data.crop_size) < 0:
             raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size}: must be >= 0 (0 = whole images)")
         make_task(None)  # builds the model: unknown decoder, classes, dice reduction, freeze pattern
     return phase
@@ -83,7 +85,7 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
     with workdir_lib.Workdir(workdir, config) as wd:
         train_arrays, test_arrays = prepare(*load_data(config), info)
         it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,
-                                      crop=int(config.data.get("crop_size", 0)),
+                                      crop=int(config.data.crop_size),
                                       transform=normalizer(info, image_keys))
         result = train.fit(task, it, phase, wd, config)
         if not result.finished:

@@ -48,6 +48,7 @@ import numpy as np
 from rsjax import errors, plots
 from rsjax import sharding as shd
 from rsjax.data import registry
+from rsjax.data.defaults import check_complete
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
 
@@ -96,8 +97,9 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
             phase.validate()
         else:
             optim.validate(ft.optimizer, "finetune.optimizer")
+        check_complete(config.data)  # read directly below: unknown, former or missing keys, named
         d = config.data
-        folder = d.get("folder", "") or ""
+        folder = d.folder
         if folder and not os.path.isdir(folder):
             raise errors.ConfigError(f"config.data.folder={folder!r} is not a directory (a <Class>/<image> tree)")
         info = common.dataset_info(config)  # unknown data.name / builder_config -> error naming it
@@ -112,7 +114,7 @@ def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
 
     with errors.config_errors():  # unknown model name / stem
         return ClassifierTask(config, num_outputs=num_outputs, multilabel=multilabel,
-                              image_size=int(config.data.get("image_size", 0) or 32),
+                              image_size=int(config.data.image_size or 32),  # 0 = stored size
                               optimizer=config.finetune.optimizer, pretrained=loaded)
 
 
@@ -137,19 +139,19 @@ def load_data(config):
     """``(x_train, y_train, x_test, y_test, class_names)``: float32 normalized images, labels."""
     from rsjax.data import folders
 
-    d = common.data_config(config)
+    d = config.data
     info = common.dataset_info(config)
-    size = int(d.get("image_size", 0) or 0) or None
+    size = int(d.image_size or 0) or None  # 0 = the stored size
     ec = config.eval
-    if d.get("folder", ""):
+    if d.folder:
         names = folders.class_folder_files(d.folder)[0]
         if info.class_names and tuple(names) != tuple(info.class_names):
             raise errors.DataError(f"class folders {names} in {d.folder} differ from the classes of "
                                    f"{d.name!r} {list(info.class_names)} (config.data.name)")
         out = []
         for split, cap in (("train", ec.get("max_train", 0)), ("test", ec.get("max_test", 0))):
-            raw, y, _ = folders.load_class_folder(d.folder, split, seed=int(d.get("folder_seed", 0)),
-                                                  cache_dir=d.get("cache_dir", "") or None,
+            raw, y, _ = folders.load_class_folder(d.folder, split, seed=int(d.folder_seed),
+                                                  cache_dir=d.cache_dir or None,
                                                   max_examples=int(cap or 0) or None)
             out += [prepare_images(raw, info, size), y]
         return (*out, list(names))

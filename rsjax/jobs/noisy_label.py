@@ -19,8 +19,7 @@ Data (``rsjax.data.segmentation``): ``data.name`` is any dataset whose TFDS buil
 int32 labels with -1 = ignore; images larger than ``data.image_size`` are cut into tiles.
 Label noise (``config.noise``) is added to the pretraining labels only; every evaluation uses the
 clean labels. Batches: :class:`rsjax.data.arrays.ArrayIterator` (a pure function of
-``(seed, step)``; random flip + 90-degree rotation of image and mask alike when
-``data.flip_rot``).
+``(seed, step)``; random flip + 90-degree rotation of image and mask alike, as the dense jobs).
 
 Optimizers: ``config.optimizer`` (pretraining) and ``config.transfer.optimizer`` in the shape of
 ``rsjax.optim.default_block``; ``transfer.optimizer.freeze = "encoder/*"`` fine-tunes the decoder
@@ -62,6 +61,7 @@ from rsjax import workdir as workdir_lib
 from rsjax.data import arrays as arrays_lib
 from rsjax.data import label_noise, registry
 from rsjax.data import segmentation as segdata
+from rsjax.data.defaults import check_complete
 from rsjax.data.segmentation import IGNORE_INDEX, SegData
 from rsjax.evaluate import layers
 
@@ -112,8 +112,11 @@ def validate(config) -> None:
             need(t.total_steps > 0, "transfer.total_steps", "must be > 0")
             need(t.batch_size > 0, "transfer.batch_size", "must be > 0")
             optim.validate(t.optimizer, "transfer.optimizer")
-        # model vs dataset, from the registry (no data read yet)
-        info = registry.data_info(segdata.data_config(config.data))
+        # the data blocks are complete (read directly below); model vs dataset, from the registry
+        check_complete(config.data)
+        if t.get("data", None) is not None:
+            check_complete(t.data, "config.transfer.data")
+        info = registry.data_info(config.data)
         need(int(config.model.in_channels) == info.num_bands, "model.in_channels",
              f"dataset {config.data.name!r} has {info.num_bands} bands {list(info.bands)}")
         need(int(config.model.num_classes) == info.num_classes, "model.num_classes",
@@ -170,9 +173,8 @@ def transfer_task_config(config, decoder: str) -> ml_collections.ConfigDict:
 def load_data(config) -> tuple[SegData, SegData]:
     """(pretraining split with clean labels, clean analysis / evaluation split)."""
     d = config.data
-    pre = segdata.load_split(d, d.get("train_split", "train"), image_size=d.image_size,
-                             max_examples=d.get("max_train", 0) or None)
-    ana = segdata.load_split(d, d.get("eval_split", "test"), image_size=d.image_size,
+    pre = segdata.load_split(d, d.train_split, image_size=d.image_size, max_examples=d.max_train or None)
+    ana = segdata.load_split(d, d.eval_split, image_size=d.image_size,
                              max_examples=config.analysis.get("max_images", 0) or None)
     return pre, ana
 

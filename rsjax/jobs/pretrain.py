@@ -53,7 +53,7 @@ def evaluate_pretrained(method, state, config, wd) -> dict:
     from rsjax.evaluate import classification as cls
 
     ecfg = config.eval
-    data_cfg = input_lib.data_config(config)
+    data_cfg = config.data
     x_tr, y_tr = input_lib.load_eval_arrays(data_cfg, ecfg.train_split, ecfg.get("max_train", None) or None)
     x_te, y_te = input_lib.load_eval_arrays(data_cfg, ecfg.test_split, ecfg.get("max_test", None) or None)
     for split, y in ((ecfg.train_split, y_tr), (ecfg.test_split, y_te)):

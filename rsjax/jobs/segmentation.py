@@ -36,7 +36,7 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
         return train, test
 
     def report(wd, task, test, pred, info, summary):
-        names = list(config.data.get("class_names", ()) or
+        names = list(config.data.class_names or
                      (info.class_names if len(info.class_names) == num_classes else
                       [str(i) for i in range(num_classes)]))
         cm = M.dense_confusion_matrix(pred, test["mask"], num_classes, ignore)

@@ -26,7 +26,7 @@ class ChangeDetectionTask(Task):
         super().__init__(config, pretrained=pretrained)
         m = config.model
         self.ignore_index = None if ignore_index is None else int(ignore_index)
-        self.image_size = int(image_size or config.data.get("crop_size", 0) or config.data.image_size)
+        self.image_size = int(image_size or config.data.crop_size or config.data.image_size)
         loss = config.get("loss", {})
         self.dice_weight = float(loss.get("dice_weight", 1.0))
         self.dice_reduction = loss.get("dice_reduction", "example")

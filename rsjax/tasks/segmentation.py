@@ -43,7 +43,7 @@ class SegmentationTask(Task):
         m = config.model
         self.num_classes = int(num_classes or m.num_classes)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
-        self.image_size = int(image_size or config.data.get("crop_size", 0) or config.data.image_size)
+        self.image_size = int(image_size or config.data.crop_size or config.data.image_size)
         self.decoder_name = decoder or m.get("decoder", "unet")
         loss = config.get("loss", {})
         self.dice_weight = float(loss.get("dice_weight", 1.0))
