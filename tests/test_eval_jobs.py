@@ -25,7 +25,6 @@ from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
 from rsjax.jobs import eval_classification as ecj
 from rsjax.models import resnet as R
-from rsjax.workdir import Workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import bisect
-import functools
 import math
 
 import jax

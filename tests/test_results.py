@@ -2,7 +2,6 @@
 README check, and the EuroSAT study writing one JSON per finished arm and resuming arm by arm."""
 
 import json
-import math
 import os
 import pathlib
 import platform

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from rsjax import checkpoint as ckpt_lib
-from rsjax import train
 from rsjax.jobs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
