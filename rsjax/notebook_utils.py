@@ -14,10 +14,8 @@ CPU in seconds; a person running a notebook leaves them unset):
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import pathlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -61,40 +59,13 @@ def out_dir(default: str) -> str:
 # --------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------
-def config_module(name: str):
-    """The config module ``configs.<name>`` (``name`` may also be ``configs/<name>.py``): the
-    configs package installed with rsjax (``pip install -e .`` from a clone)."""
-    stem = pathlib.PurePath(name).stem
-    try:
-        return importlib.import_module(f"configs.{stem}")
-    except ModuleNotFoundError as e:
-        if e.name not in ("configs", f"configs.{stem}"):
-            raise
-        raise FileNotFoundError(f"no config module configs.{stem} (configs/{stem}.py); install rsjax with "
-                                f"`pip install -e .` from a clone") from None
-
-
-def set_key(config, dotted: str, value) -> None:
-    """``config.<dotted> = value`` for a dotted key such as ``data.data_dir``; an unknown key raises
-    KeyError naming it (as ``--config.<key>=...`` on the command line would)."""
-    node = config
-    *parents, last = dotted.split(".")
-    for i, p in enumerate(parents):
-        if p not in node:
-            raise KeyError(f"config key {'.'.join(parents[:i + 1])!r} does not exist")
-        node = node[p]
-    if last not in node:
-        raise KeyError(f"config key {dotted!r} does not exist")
-    node[last] = value
-
-
 def load_config(name: str, variant: str | None = None, overrides: Mapping[str, Any] | None = None):
     """``configs/<name>.py:<variant>`` with dotted-key ``overrides`` applied, the same config
-    ``python -m rsjax.main --config=configs/<name>.py:<variant> --config.<key>=<value>`` runs."""
-    config = config_module(name).get_config(variant)
-    for k, v in (overrides or {}).items():
-        set_key(config, k, v)
-    return config
+    ``python -m rsjax.main --config=configs/<name>.py:<variant> --config.<key>=<value>`` runs
+    (``configs.common.load``: the configs package installed with rsjax)."""
+    from configs import common
+
+    return common.load(name, variant, dict(overrides or {}))
 
 
 def command_line(name: str, variant: str | None, workdir: str, overrides: Mapping[str, Any] | None = None) -> str:
