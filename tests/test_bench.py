@@ -10,7 +10,7 @@ from rsjax import bench
 def test_bench_smoke_on_cpu():
     from conftest import load_config
 
-    config = load_config("swimdiff", "smoke")
+    config = load_config("simclr", "smoke")  # the bench is method-agnostic: the cheapest step
     for mode in ("views", "device_augment"):
         r = bench.bench_rsjax(config, steps=2, warmup=1, input_mode=mode)
         assert r["images_per_s"] > 0 and np.isclose(r["images_per_s"], 2 * r["pairs_per_s"])

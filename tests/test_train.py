@@ -18,7 +18,13 @@ from rsjax import sharding as shd
 from rsjax.jobs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if not p.name.startswith("_") and p.name != "common.py")
+# Every config's :smoke variant runs end to end in one test: here, or (to compile each program
+# once) in the test that already runs it: seg / cd_levir in test_dense_jobs_resume_and_refuse_
+# nonfinite_steps, noisy_label in test_noisy_label.py (full_run), noisy_label_study in
+# test_noisy_label.py::test_study_outputs, study_eurosat in test_results.py / test_study.py.
+RUN_ELSEWHERE = {"seg.py", "cd_levir.py", "noisy_label.py", "noisy_label_study.py", "study_eurosat.py"}
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py")
+                 if not p.name.startswith("_") and p.name != "common.py" and p.name not in RUN_ELSEWHERE)
 
 
 def load_config(name: str, variant: str = "smoke"):
@@ -131,27 +137,26 @@ def _params(workdir):
     return enc, meta
 
 
-def test_resume_equals_uninterrupted(synth_dir, tmp_path):
-    config = load_config("swimdiff.py")
-    config.data.data_dir = synth_dir
-    config.eval.enabled = False
-    config.total_steps = 5
-    config.checkpoint_every = 100
-    pretrain.run(config, str(tmp_path / "full"))
+def test_resume_equals_uninterrupted(tmp_path_factory, tmp_path):
+    """``stop_after_steps`` then a rerun ends bit-identical to the uninterrupted reference run
+    (swimdiff :smoke with its queue and EMA key encoder; the run the reliability tests share)."""
+    import _reliability_util as U
 
-    config.stop_after_steps = 2
+    ref = U.reference_run(tmp_path_factory)
+    config = U.smoke_config(U.synth_dir(tmp_path_factory))
+    config.stop_after_steps = 3  # not a checkpoint step: the stop writes its own checkpoint
     s = pretrain.run(config, str(tmp_path / "split"))
-    assert s["step"] == 2
+    assert s["step"] == 3
     config.stop_after_steps = 0
     pretrain.run(config, str(tmp_path / "split"))
 
     def losses(d):
-        return [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
+        return [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
 
-    assert losses("full") == losses("split")
-    a, meta = _params(tmp_path / "full")
+    assert losses(ref) == losses(tmp_path / "split")
+    a, meta = _params(ref)
     b, _ = _params(tmp_path / "split")
-    assert meta["step"] == 5
+    assert meta["step"] == U.TOTAL_STEPS
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
 
@@ -169,8 +174,10 @@ def test_dense_jobs_resume_and_refuse_nonfinite_steps(config_file, synth_dir, tm
 
     config = load_config(config_file)
     config.data.data_dir = synth_dir
-    config.total_steps = 3
+    assert config.total_steps == 2  # the :smoke variant itself, run end to end here
     main_lib.run(config, str(tmp_path / "full"))
+    for png in ("loss_curve.png", "segmentation_overlay.png" if config_file == "seg.py" else "change_overlay.png"):
+        assert (tmp_path / "full" / png).exists()
     config.stop_after_steps = 1
     s = main_lib.run(config, str(tmp_path / "split"))
     assert s["step"] == 1 and not s["finished"] and not (tmp_path / "split" / "eval_report.json").exists()
@@ -178,12 +185,12 @@ def test_dense_jobs_resume_and_refuse_nonfinite_steps(config_file, synth_dir, tm
     main_lib.run(config, str(tmp_path / "split"))
     assert _report(tmp_path / "full") == _report(tmp_path / "split")
     rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2]
 
-    monkeypatch.setenv("RSJAX_DEBUG_NONFINITE_FROM_STEP", "3")
+    monkeypatch.setenv("RSJAX_DEBUG_NONFINITE_FROM_STEP", "2")
     m = main_lib.run(config, str(tmp_path / "nan"))
     events = [json.loads(line) for line in (tmp_path / "nan" / "events.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in events] == [3] and m["nonfinite_steps"] == 1
+    assert [e["step"] for e in events] == [2] and m["nonfinite_steps"] == 1
 
 
 def test_nonfinite_hook_refuses_steps_on_the_gpu_resident_path(synth_dir, tmp_path, monkeypatch):
