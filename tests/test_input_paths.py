@@ -15,11 +15,8 @@ the same batch layouts and the same augmentation keys, and refuse what they cann
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -295,17 +292,22 @@ def test_unsupported_keys_and_combinations_are_refused(synth_dir, tmp_path, data
 
 # ---------------------------------------------------------------------------- the CLI
 
-def test_cli_swimdiff_smoke_on_the_device_path(synth_dir, tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def test_swimdiff_smoke_on_the_device_path_logs_matching_and_refuses_nonfinite(synth_dir, tmp_path, monkeypatch):
+    """The pretraining job on the GPU-resident path: scene-wide matching acts (scene_false_negatives
+    > 0 on every step) and RSJAX_DEBUG_NONFINITE_FROM_STEP, applied inside the step, refuses steps
+    there as on the host path (it used to do nothing on this path)."""
+    from rsjax import main as main_lib
+
+    config = _config(synth_dir, device_resident=True)
+    config.total_steps = 2
+    config.checkpoint_every = 1
+    config.eval.enabled = False
+    monkeypatch.setenv("RSJAX_DEBUG_NONFINITE_FROM_STEP", "2")
     wd = tmp_path / "e_dev"
-    r = subprocess.run(
-        [sys.executable, "-m", "rsjax.main", f"--config={REPO}/configs/swimdiff.py:smoke",
-         "--config.data.device_resident=True", f"--config.data.data_dir={synth_dir}",
-         "--config.total_steps=2", "--config.checkpoint_every=1", "--config.eval.enabled=False",
-         f"--workdir={wd}"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    s = main_lib.run(config, str(wd))
     rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
-    if "scene_false_negatives" in rows[-1]:  # metric added to rsjax/methods/moco.py (issue 12)
-        assert all(row["scene_false_negatives"] > 0 for row in rows)
+    assert [r["step"] for r in rows] == [1, 2] and np.isfinite(rows[0]["loss"])
+    assert rows[1]["loss"] is None  # strict JSON: the refused step's NaN loss is written as null
+    assert all(row["scene_false_negatives"] > 0 for row in rows)
+    events = [json.loads(line) for line in (wd / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events] == [2] and s["nonfinite_steps"] == 1
