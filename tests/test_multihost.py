@@ -22,9 +22,6 @@ import _reliability_util as U
 from rsjax import train
 from rsjax.jobs import pretrain
 
-pytestmark = pytest.mark.xdist_group("reference_run")  # share U.reference_run on one worker
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

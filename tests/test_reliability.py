@@ -27,9 +27,6 @@ from rsjax import train
 from rsjax.data import input as input_lib
 from rsjax.jobs import pretrain
 
-pytestmark = pytest.mark.xdist_group("reference_run")  # share U.reference_run on one worker
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return U.synth_dir(tmp_path_factory)

@@ -137,7 +137,6 @@ def _params(workdir):
     return enc, meta
 
 
-@pytest.mark.xdist_group("reference_run")
 def test_resume_equals_uninterrupted(tmp_path_factory, tmp_path):
     """``stop_after_steps`` then a rerun ends bit-identical to the uninterrupted reference run
     (swimdiff :smoke with its queue and EMA key encoder; the run the reliability tests share)."""
