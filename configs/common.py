@@ -298,6 +298,22 @@ def bench(c: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
 # --------------------------------------------------------------------------------------
 # Downstream evaluation jobs (rsjax.evaluate.*)
 # --------------------------------------------------------------------------------------
+def add_finetune(c: ml_collections.ConfigDict) -> None:
+    """The classification jobs' fine-tune on the one training loop (phase dir
+    ``<workdir>/finetune``; resumable): ``finetune.{total_steps (0 = none), batch_size, optimizer}``
+    and the loop's top-level keys."""
+    from rsjax import optim
+
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.total_steps = 0   # 0 = no fine-tuning
+    c.finetune.batch_size = 64
+    c.finetune.optimizer = optim.default_block(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine")
+    c.stop_after_steps = 0       # > 0: stop the fine-tune after this step (checkpoint); rerun continues
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 2
+    c.max_nonfinite_steps = 5
+
+
 def eval_base(job: str) -> ml_collections.ConfigDict:
     """Keys shared by the evaluation configs (``configs/eval_*.py``, ``cd_*.py``, ``seg.py``).
 

@@ -19,10 +19,8 @@ The encoder of `--config.pretrained` must have `model.in_channels` (12) input ba
 architecture `model.name`; a 13-band (L1C) checkpoint is refused with an error naming both.
 """
 
-import ml_collections
 
 from configs import common
-from rsjax import optim
 
 VARIANTS = ("default", "smoke", "synthetic")
 
@@ -46,15 +44,7 @@ def _config(variant: str):
     c.eval.linear_lr = 1e-2
     c.eval.linear_weight_decay = 1e-4
     c.eval.label_fraction = 1.0        # 0.01 | 0.1 | 1.0
-    # Fine-tuning on the one training loop (phase dir <workdir>/finetune; resumable).
-    c.finetune = ml_collections.ConfigDict()
-    c.finetune.total_steps = 0   # 0 = no fine-tuning
-    c.finetune.batch_size = 64
-    c.finetune.optimizer = optim.default_block(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine")
-    c.stop_after_steps = 0       # > 0: stop the fine-tune after this step (checkpoint); rerun continues
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 2
-    c.max_nonfinite_steps = 5
+    common.add_finetune(c)
     if variant == "default":
         return c
     c.model.name = "resnet18"

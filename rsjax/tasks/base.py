@@ -19,6 +19,17 @@ def freezes_encoder(config) -> bool:
     return optim.freezes_module(config.optimizer, "encoder")
 
 
+def dice_settings(config) -> tuple[float, str]:
+    """``(loss.dice_weight, loss.dice_reduction)`` of a dense task, the reduction checked."""
+    from rsjax import losses
+
+    loss = config.get("loss", {})
+    weight, reduction = float(loss.get("dice_weight", 1.0)), loss.get("dice_reduction", "example")
+    if reduction not in losses.DICE_REDUCTIONS:
+        raise ValueError(f"config.loss.dice_reduction={reduction!r}: expected one of {losses.DICE_REDUCTIONS}")
+    return weight, reduction
+
+
 class Task(Method):
     """Base class: subclasses set ``self.model`` (a Flax module with an ``encoder`` submodule)."""
 

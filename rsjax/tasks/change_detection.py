@@ -14,7 +14,7 @@ import numpy as np
 
 from rsjax import losses
 from rsjax.models import resnet as resnet_lib
-from rsjax.tasks.base import Task, freezes_encoder
+from rsjax.tasks.base import Task, dice_settings, freezes_encoder
 
 
 class ChangeDetectionTask(Task):
@@ -27,12 +27,7 @@ class ChangeDetectionTask(Task):
         m = config.model
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.image_size = int(image_size or config.data.crop_size or config.data.image_size)
-        loss = config.get("loss", {})
-        self.dice_weight = float(loss.get("dice_weight", 1.0))
-        self.dice_reduction = loss.get("dice_reduction", "example")
-        if self.dice_reduction not in losses.DICE_REDUCTIONS:
-            raise ValueError(f"config.loss.dice_reduction={self.dice_reduction!r}: expected one of "
-                             f"{losses.DICE_REDUCTIONS}")
+        self.dice_weight, self.dice_reduction = dice_settings(config)
         self.freeze_encoder = freezes_encoder(config)
         self.model = decoders.SiameseCDUNet(m.name, int(m.in_channels), stem=m.get("stem", "standard"),
                                             decoder_channels=tuple(m.get("decoder_channels", ())) or None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from rsjax import losses
 from rsjax.models import resnet as resnet_lib
-from rsjax.tasks.base import Task, freezes_encoder
+from rsjax.tasks.base import Task, dice_settings, freezes_encoder
 
 # model.output_stride = 0 picks the usual choice of each decoder.
 DEFAULT_OUTPUT_STRIDE = {"unet": 32, "deeplabv3plus": 16, "pspnet": 8}
@@ -45,12 +45,7 @@ class SegmentationTask(Task):
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.image_size = int(image_size or config.data.crop_size or config.data.image_size)
         self.decoder_name = decoder or m.get("decoder", "unet")
-        loss = config.get("loss", {})
-        self.dice_weight = float(loss.get("dice_weight", 1.0))
-        self.dice_reduction = loss.get("dice_reduction", "example")
-        if self.dice_reduction not in losses.DICE_REDUCTIONS:
-            raise ValueError(f"config.loss.dice_reduction={self.dice_reduction!r}: expected one of "
-                             f"{losses.DICE_REDUCTIONS}")
+        self.dice_weight, self.dice_reduction = dice_settings(config)
         if self.num_classes < 2:
             raise ValueError(f"config.model.num_classes={self.num_classes}: need >= 2 classes")
         if self.decoder_name not in DEFAULT_OUTPUT_STRIDE:
