@@ -19,6 +19,7 @@ import socket
 import pytest
 
 import _reliability_util as U
+from conftest import FAST_COMPILE_FLAGS
 from rsjax import train
 from rsjax.jobs import pretrain
 
@@ -42,7 +43,7 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path_factory, tmp
                 U.cli_overrides(synth), wd, worker=True,
                 JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=pid,
                 JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE_FLAGS}",
                 RSJAX_TEST_AUDIT=audit, RSJAX_DEBUG_STEP_SLEEP=0.5))
         U.wait_for_step(wd, 1, procs)
         procs[1].send_signal(U.SIGNALS["SIGTERM"])  # only one process is told
