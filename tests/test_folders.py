@@ -325,6 +325,16 @@ def test_dense_jobs_warn_on_diverged_training(tmp_path):
         wd.log_metrics(1, {"loss": 1.0})
         with pytest.warns(UserWarning, match=r"trained weights"):
             _dense.warn_if_diverged(wd, {"params": {"w": np.full((3,), np.nan, np.float32)}})
+    # A null (non-finite) loss of a step the loop refused was never applied: no warning; the
+    # same null loss on a step that was applied is one.
+    with Workdir(str(tmp_path / "wd3"), ml_collections.ConfigDict({"job": "t"})) as wd:
+        wd.log_metrics(1, {"loss": 1.0})
+        wd.log_metrics(2, {"loss": float("nan")})
+        wd.log_event(2, "nonfinite", "step refused")
+        assert not _no_warning(_dense.warn_if_diverged, wd, good)
+        wd.log_metrics(3, {"loss": float("nan")})
+        with pytest.warns(UserWarning, match=r"1 of 2 non-finite"):
+            _dense.warn_if_diverged(wd, good)
 
 
 # --------------------------------------------------------------------------------------

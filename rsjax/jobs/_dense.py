@@ -60,10 +60,13 @@ def validate(config, make_task: Callable) -> train.Phase:
 
 def warn_if_diverged(wd, variables) -> bool:
     """Before evaluating: warns when the last logged training losses (``metrics.jsonl``) or the
-    trained weights are non-finite or larger than 1e6 (``classification.warn_if_exploding``)."""
+    trained weights are non-finite or larger than 1e6 (``classification.warn_if_exploding``).
+    Steps the loop refused (``events.jsonl``, kind ``nonfinite``) are left out: their update was
+    never applied, so their logged null loss says nothing about the weights evaluated."""
     from rsjax.evaluate.classification import warn_if_exploding
 
-    losses = [r.get("loss") for r in wd.read_metrics() if "loss" in r][-3:]
+    refused = {e.get("step") for e in wd.read_events() if e.get("kind") == "nonfinite"}
+    losses = [r.get("loss") for r in wd.read_metrics() if "loss" in r and r.get("step") not in refused][-3:]
     warned = warn_if_exploding(losses, f"the last logged training losses ({wd.metrics_path})")
     leaves = [np.asarray(x) for x in jax.tree.leaves(variables)]
     norms = [float(np.linalg.norm(np.where(np.isfinite(x), x, 0.0))) if np.isfinite(x).all() else float("nan")
