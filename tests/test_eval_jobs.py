@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import load_config  # configs.<name> imported as a module
 
-from rsjax import losses
+from rsjax import errors, losses
 from rsjax.data import folders
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
@@ -373,6 +373,10 @@ def test_eurosat_finetune_stops_and_resumes_to_the_same_report(synth_dir, tmp_pa
     cut = main_lib.run(_eurosat_smoke(synth_dir, stop_after_steps=2), str(wd))
     assert cut["finetune_finished"] is False and cut["finetune_step"] == 2
     assert not (wd / "eval_report.json").exists()  # no report from a stopped fine-tune
+    assert [r["step"] for r in _rows(wd / "finetune" / "metrics.jsonl")] == [1, 2]
+    # eval.* may change between runs, but not the fine-tune's training data under a checkpoint
+    with pytest.raises(errors.CheckpointError, match=r"other training data.*eval\.label_fraction"):
+        main_lib.run(_eurosat_smoke(synth_dir, **{"eval.label_fraction": 0.5}), str(wd))
     assert [r["step"] for r in _rows(wd / "finetune" / "metrics.jsonl")] == [1, 2]
     resumed = main_lib.run(_eurosat_smoke(synth_dir), str(wd))
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from typing import Callable, Mapping
 
 import numpy as np
+
+from rsjax import errors
 
 
 def paired_crop_flip(arrays: Mapping[str, np.ndarray], index: int, crop: int, rng: np.random.Generator,
@@ -53,10 +56,17 @@ class ArrayIterator:
       crop: square crop size for spatial arrays (0 = whole images).
       augment: random crop window + flip + rot90 (else centre crop).
       transform: ``host batch -> host batch`` applied last (normalisation, label remap).
+      source: what the arrays are, for the error a resume with other data gets (name the config
+        keys that choose them).
+
+    The state records a fingerprint of the arrays (shapes, dtypes and a CRC of up to 256 evenly
+    spaced examples of each): a resume on other training data of the same size (another
+    labelled subset, split or crop) is refused instead of continuing on different batches.
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, *, crop: int = 0,
-                 augment: bool = True, transform: Callable[[dict], dict] | None = None):
+                 augment: bool = True, transform: Callable[[dict], dict] | None = None,
+                 source: str = "the training arrays"):
         lengths = {k: len(v) for k, v in arrays.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"arrays differ in length: {lengths}")
@@ -64,7 +74,9 @@ class ArrayIterator:
             raise ValueError("no training examples")
         self.arrays, self.batch_size, self.seed = dict(arrays), int(batch_size), int(seed)
         self.crop, self.augment, self.transform = int(crop), bool(augment), transform
+        self.source = source
         self.step = 0
+        self.fingerprint = _fingerprint(self.arrays)
 
     def __iter__(self):
         return self
@@ -76,13 +88,25 @@ class ArrayIterator:
 
     def get_state(self) -> str:
         return json.dumps({"kind": "arrays", "step": self.step, "seed": self.seed, "batch_size": self.batch_size,
-                           "num_examples": len(next(iter(self.arrays.values())))})
+                           "num_examples": len(next(iter(self.arrays.values()))), "fingerprint": self.fingerprint})
 
     def set_state(self, state: str | dict) -> None:
         s = json.loads(state) if isinstance(state, str) else dict(state)
         mine = json.loads(self.get_state())
-        for key in ("kind", "seed", "batch_size", "num_examples"):
-            if key in s and s[key] != mine[key]:
-                raise ValueError(f"the checkpoint's data iterator has {key}={s[key]!r}, this run {mine[key]!r}: "
-                                 f"the training data or batch changed since the checkpoint was written")
+        for key in ("kind", "seed", "batch_size", "num_examples", "fingerprint"):
+            if key in s and s[key] != mine[key]:  # states written before the fingerprint lack it
+                raise errors.CheckpointError(
+                    f"the checkpoint was written for other training data: {key} {s[key]!r} there, {mine[key]!r} "
+                    f"now ({self.source}). The settings that choose this data changed since; restore them, or "
+                    f"start a new workdir")
         self.step = int(s["step"])
+
+
+def _fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
+    crc = 0
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name])
+        rows = a[:: max(1, len(a) // 256)]
+        crc = zlib.crc32(f"{name}{a.shape}{a.dtype}".encode(), crc)
+        crc = zlib.crc32(np.ascontiguousarray(rows).tobytes(), crc)
+    return f"{crc:08x}"

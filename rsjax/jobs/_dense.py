@@ -89,7 +89,8 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
         train_arrays, test_arrays = prepare(*load_data(config), info)
         it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,
                                       crop=int(config.data.crop_size),
-                                      transform=normalizer(info, image_keys))
+                                      transform=normalizer(info, image_keys),
+                                      source="the training split read from config.data")
         result = train.fit(task, it, phase, wd, config)
         if not result.finished:
             return {**result.summary, "finished": False}

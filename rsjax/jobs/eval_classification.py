@@ -185,7 +185,8 @@ def finetune(config, wd, task, phase, x_tr, y_tr, x_te, mesh):
     from rsjax import train
     from rsjax.data.arrays import ArrayIterator
 
-    it = ArrayIterator({"image": x_tr, "label": y_tr}, phase.batch_size, phase.seed)
+    it = ArrayIterator({"image": x_tr, "label": y_tr}, phase.batch_size, phase.seed,
+                       source="the fine-tune's training images: config.data, eval.max_train, eval.label_fraction")
     result = train.fit(task, it, phase, wd, config, mesh=mesh)
     if not result.finished:
         return None, result

@@ -200,7 +200,8 @@ def iterator(data: SegData, labels: np.ndarray, phase: train.Phase, augment: boo
         return {"image": registry.normalize(batch["image"], info), "mask": batch["mask"].astype(np.int32)}
 
     return arrays_lib.ArrayIterator({"image": data.images, "mask": labels}, phase.batch_size, phase.seed,
-                                    augment=augment, transform=normalize)
+                                    augment=augment, transform=normalize,
+                                    source="the scenes of config.data with the labels of config.noise")
 
 
 def eval_batch_size(mesh) -> int:
