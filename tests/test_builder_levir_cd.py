@@ -33,3 +33,30 @@ class TestLevirCD(DatasetBuilderTestCase):
         scenes = {as_str(e["tile"]): int(e["scene_id"]) for exs in examples.values() for e in exs}
         assert len(set(scenes.values())) == len(scenes) == 4
         assert info.metadata["gsd_m"] == [0.5] * 3 and info.metadata["crop_size"] == 256
+
+
+def test_jpg_images_with_png_labels_build(tmp_path):
+    """Any extension of the shared image list: jpg images in A/ and B/ beside png labels (same
+    stem), split from the name prefix."""
+    from PIL import Image
+
+    from builder_testing import build_quietly, read_all
+
+    rng = np.random.default_rng(1)
+    labels, images_b = {}, {}
+    for stem in ("train_1", "test_2"):
+        for d in ("A", "B", "label"):
+            (tmp_path / "src" / d).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(dummy_data.smooth_rgb(rng, 256, 256)).save(tmp_path / "src" / "A" / f"{stem}.jpg")
+        Image.fromarray(dummy_data.smooth_rgb(rng, 256, 256)).save(tmp_path / "src" / "B" / f"{stem}.JPG")
+        labels[stem] = (rng.random((256, 256)) < 0.3).astype(np.uint8) * 255
+        Image.fromarray(labels[stem], mode="L").save(tmp_path / "src" / "label" / f"{stem}.png")
+        images_b[stem] = dummy_data.read_rgb(tmp_path / "src" / "B" / f"{stem}.JPG")
+    build_quietly("levir_cd", tmp_path / "tfds", tmp_path / "src")
+    examples = read_all("levir_cd", tmp_path / "tfds")
+    assert {s: len(v) for s, v in examples.items()} == {"train": 1, "test": 1}
+    for split, stem in (("train", "train_1"), ("test", "test_2")):
+        e = examples[split][0]
+        assert as_str(e["filename"]) == f"{stem}.jpg"
+        np.testing.assert_array_equal(e["change"] * 255, labels[stem])
+        np.testing.assert_array_equal(e["image_b"], images_b[stem])

@@ -1,7 +1,9 @@
 """``levir_cd``: LEVIR-CD building change detection (Chen & Shi 2020), 0.5 m Google Earth pairs.
 
-Reads ``--manual_dir`` (nothing is downloaded). Accepted layouts (png files, same file name in
-the three folders):
+Reads ``--manual_dir`` (nothing is downloaded). Accepted layouts (image files of
+``tfds_builders._common.IMAGE_EXTENSIONS``: png as released, jpg, tif, bmp; the same file name in
+the three folders, where ``B/`` and ``label/`` may use another extension of that list, e.g. png
+labels beside jpg images):
 
 1. the official release: ``{train,val,test}/A/*.png``, ``.../B/*.png``, ``.../label/*.png``
    (1024 x 1024 tiles ``train_1.png`` ...); the split is the parent folder;
@@ -17,7 +19,7 @@ the three folders):
    rest to ``train``; the build log announces it and the dataset metadata records it as
    ``split_rule``.
 
-Labels are single-channel pngs with values {0, 255} (255 = changed building; {0, 1} is also
+Labels are single-channel images with values {0, 255} (255 = changed building; {0, 1} is also
 accepted); any other value is an error naming the file. ``change`` = 1 where the label is
 non-zero.
 
@@ -61,8 +63,8 @@ class LevirCDConfig(tfds.core.BuilderConfig):
 
 
 def read_change_label(path) -> np.ndarray:
-    """A {0, 255} (or {0, 1}) label png -> uint8 {0, 1}; other values raise BadFileError."""
-    lab = _common.read_pil(path)
+    """A {0, 255} (or {0, 1}) label image -> uint8 {0, 1}; other values raise BadFileError."""
+    lab = _common.read_image(path)
     if lab.ndim == 3:  # RGB(A) label files: all colour channels must agree
         if not (lab[..., :3] == lab[..., :1]).all():
             raise _common.BadFileError(path, "label has differing colour channels")
@@ -75,6 +77,21 @@ def read_change_label(path) -> np.ndarray:
         raise _common.BadFileError(
             path, f"label values must be {{0, 255}} or {{0, 1}}, found {vals[:10].tolist()}")
     return (lab > 0).astype(np.uint8)
+
+
+def _partner(folder: pathlib.Path, name: str) -> pathlib.Path:
+    """The file of ``name`` (a file of ``A/``) in ``folder`` (``B/`` or ``label/``): the same name,
+    else the same stem with another image extension; the same name when neither exists (reading
+    it then fails naming the missing file)."""
+    same = folder / name
+    if same.is_file():
+        return same
+    stem = pathlib.Path(name).stem
+    for ext in _common.IMAGE_EXTENSIONS:
+        for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return same
 
 
 def _find_sets(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
@@ -105,7 +122,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                                      crop_size=256)]
     DEFAULT_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Pass --manual_dir=DIR with LEVIR-CD png files in A/, B/, label/ (optionally under "
+        "Pass --manual_dir=DIR with LEVIR-CD image files in A/, B/, label/ (optionally under "
         "train/, val/, test/) and an optional list/{train,val,test}.txt.")
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -139,7 +156,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        root = _common.manual_dir(dl_manager, self.name, "A/, B/ and label/ png folders")
+        root = _common.manual_dir(dl_manager, self.name, "A/, B/ and label/ image folders")
         items = {s: [] for s in _SPLIT_ORDER}
         unsplit = []  # files with no split information: split by tile below
         for set_split, d in _find_sets(root):
@@ -150,7 +167,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 if p.is_file():
                     for line in p.read_text().split():
                         lists[pathlib.Path(line.strip()).stem] = s
-            for a in _common.list_files(d / "A", (".png",)):
+            for a in _common.list_files(d / "A"):
                 stem = a.stem
                 m_pre = _SPLIT_PREFIX.match(stem)
                 split = (set_split or lists.get(stem)
@@ -182,7 +199,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         tiles = sorted({it[2] for its in items.values() for it in its})
         scene_of = {t: i for i, t in enumerate(tiles)}
         if not tiles:
-            raise FileNotFoundError(f"{root}: no png files in A/")
+            raise FileNotFoundError(f"{root}: no image files ({', '.join(_common.IMAGE_EXTENSIONS)}) in A/")
         return {s: self._generate_examples(root, s, its, scene_of)
                 for s, its in items.items() if its}
 
@@ -191,9 +208,9 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
 
         def one(item):
             d, name, key, tile, oy, ox = item
-            pa, pb, pl = d / "A" / name, d / "B" / name, d / "label" / name
-            a = _common.to_hwc(_common.read_pil(pa, "RGB"), 3, pa)
-            b = _common.to_hwc(_common.read_pil(pb, "RGB"), 3, pb)
+            pa, pb, pl = d / "A" / name, _partner(d / "B", name), _partner(d / "label", name)
+            a = _common.to_hwc(_common.read_image(pa, "RGB"), 3, pa)
+            b = _common.to_hwc(_common.read_image(pb, "RGB"), 3, pb)
             if b.shape != a.shape:
                 raise _common.BadFileError(pb, f"image B is {b.shape[:2]} but A is {a.shape[:2]}")
             lab = read_change_label(pl)
