@@ -245,17 +245,23 @@ def add_swimdiff(c: ml_collections.ConfigDict) -> None:
     c.loss.scene_mode = "soft"
 
 
-def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A few steps of a tiny model on the tiny synthetic dataset (used by the test suite)."""
+def _tiny_run(c: ml_collections.ConfigDict) -> None:
+    """The shape of every pretraining :smoke run: tiny model, 4 steps of 16 on the tiny
+    synthetic dataset, every step logged, checkpoints at 2 and 4."""
     c.model.name = "tiny"
-    c.model.proj_hidden_dim = 32
-    c.model.proj_dim = 16
     c.total_steps = 4
     c.batch_size = 16
     c.log_every = 1
     c.checkpoint_every = 2
     c.optimizer.warmup_steps = 1
     c.data.builder_config = "tiny"
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A few steps of a tiny model on the tiny synthetic dataset (used by the test suite)."""
+    _tiny_run(c)
+    c.model.proj_hidden_dim = 32
+    c.model.proj_dim = 16
     c.data.image_size = 32
     if c.data.scenes_per_batch:
         c.data.scenes_per_batch = 4
@@ -450,13 +456,7 @@ def noisy_label_base() -> ml_collections.ConfigDict:
 
 def noisy_label_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Tiny UNet, a few steps on the tiny synthetic dataset, UNet transfer only."""
-    c.model.name = "tiny"
-    c.total_steps = 4
-    c.batch_size = 16
-    c.log_every = 1
-    c.checkpoint_every = 2
-    c.optimizer.warmup_steps = 1
-    c.data.builder_config = "tiny"
+    _tiny_run(c)
     c.analysis.every = 2
     c.analysis.max_images = 16
     c.transfer.decoders = ("unet",)
