@@ -186,6 +186,7 @@ def pretrain_base() -> ml_collections.ConfigDict:
     # resnet18 | resnet50 | resnet10_w32 (the CPU demo default) | tiny (smoke tests)
     c.model.name = "resnet10_w32"
     c.model.stem = "standard"    # standard (7x7/2 + maxpool) | cifar (3x3/1, no maxpool)
+    c.model.conv = "auto"        # convolution formulation: auto | lax | taps | im2col (rsjax.models.conv)
     c.model.in_channels = 13
     c.model.proj_hidden_dim = 256
     c.model.proj_dim = 128
@@ -276,26 +277,42 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+# Throughput shapes of ``python -m rsjax.bench`` (every pretraining config has these variants).
+BENCH_VARIANTS = ("bench", "bench_eurosat", "bench_cpu", "bench_cpu_study", "bench_cpu_r50")
+
+
 def bench(c: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
     """Throughput-benchmark shapes (``python -m rsjax.bench``), matching the PyTorch peer's.
 
-    ``bench``: ResNet-50, 224 px, batch 256 (x2 views), 3 bands, bf16.
-    ``bench_eurosat``: ResNet-18, 64 px, batch 512, 3 bands, bf16 (the EuroSAT SimCLR peer).
+    GPU (bf16): ``bench``: ResNet-50, 224 px, batch 256 (x2 views), 3 bands;
+    ``bench_eurosat``: ResNet-18, 64 px, batch 512, 3 bands (the EuroSAT SimCLR peer).
+    CPU (float32, 3 bands): ``bench_cpu``: ResNet-18, 32 px, batch 64; ``bench_cpu_study``: the
+    CPU EuroSAT study's shape (``resnet10_w32``, 32 px, batch 128, SwiMDiff's denoiser at 16 px);
+    ``bench_cpu_r50``: ResNet-50, 64 px, batch 32.
     """
-    c.dtype = "bfloat16"
+    if kind not in BENCH_VARIANTS:
+        raise ConfigError(f"unknown bench shape {kind!r}; known: {', '.join(BENCH_VARIANTS)}")
     c.model.in_channels = 3
     c.data.name = "eurosat_rgb"
     c.data.builder_config = ""
-    c.model.proj_hidden_dim = 2048 if kind == "bench" else 512
-    c.model.name, c.batch_size, c.data.image_size = (
-        ("resnet50", 256, 224) if kind == "bench" else ("resnet18", 512, 64))
     c.optimizer.name = "sgd"
     c.optimizer.lr = 0.1
+    if kind in ("bench", "bench_eurosat"):
+        c.dtype = "bfloat16"
+        c.model.proj_hidden_dim = 2048 if kind == "bench" else 512
+        c.model.name, c.batch_size, c.data.image_size = (
+            ("resnet50", 256, 224) if kind == "bench" else ("resnet18", 512, 64))
+    else:
+        c.dtype = "float32"
+        c.model.name, c.batch_size, c.data.image_size = {
+            "bench_cpu": ("resnet18", 64, 32), "bench_cpu_study": ("resnet10_w32", 128, 32),
+            "bench_cpu_r50": ("resnet50", 32, 64)}[kind]
+        c.model.proj_hidden_dim = 512
     if "moco" in c:
         c.moco.queue_size = 16 * c.batch_size
     if "swimdiff" in c:
-        c.swimdiff.diffusion_size = 56 if kind == "bench" else 32
-        c.swimdiff.denoiser_channels = 16 if kind == "bench" else 16
+        c.swimdiff.diffusion_size = {"bench": 56, "bench_eurosat": 32, "bench_cpu_study": 16}.get(kind, 0)
+        c.swimdiff.denoiser_channels = 16
     if c.data.scenes_per_batch:
         c.data.scenes_per_batch = c.batch_size // c.data.samples_per_scene
     return c
@@ -338,6 +355,7 @@ def eval_base(job: str) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
     c.model.stem = "standard"
+    c.model.conv = "auto"        # convolution formulation (rsjax.models.conv); never changes the parameters
     c.model.in_channels = 13
 
     c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32)
@@ -399,6 +417,7 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "tiny"        # resnet18 | resnet50 | tiny
     c.model.stem = "standard"
+    c.model.conv = "auto"        # convolution formulation (rsjax.models.conv); never changes the parameters
     c.model.in_channels = 13
     c.model.num_classes = 6      # classes of the pretraining masks
     c.model.decoder = "unet"     # pretraining decoder (the paper: UNet)

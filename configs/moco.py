@@ -9,7 +9,7 @@ Run:
   python -m rsjax.main --config=configs/moco.py --workdir=runs/moco
   python -m rsjax.main --config=configs/moco.py:smoke --workdir=/tmp/smoke
 
-(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
+(`bench*` variants: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
 
 Variants: demo (default; half-width ResNet-10 on the synthetic scenes), smoke (tiny, 4 steps),
 paper (ResNet-50, batch 256, queue 65,536, m 0.999, SGD lr 0.03, tau 0.2, bf16, one direction).
@@ -17,7 +17,7 @@ paper (ResNet-50, batch 256, queue 65,536, m 0.999, SGD lr 0.03, tau 0.2, bf16, 
 
 from configs import common
 
-VARIANTS = ("demo", "smoke", "paper", "bench", "bench_eurosat")
+VARIANTS = ("demo", "smoke", "paper", *common.BENCH_VARIANTS)
 
 
 def get_config(arg=None):
@@ -33,7 +33,7 @@ def _config(variant: str):
     c.loss.temperature = 0.2
     if variant == "smoke":
         return common.smoke(c)
-    if variant in ("bench", "bench_eurosat"):
+    if variant in common.BENCH_VARIANTS:
         return common.bench(c, variant)
     if variant == "paper":
         c.model.name = "resnet50"

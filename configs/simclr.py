@@ -4,7 +4,7 @@ Run:
   python -m rsjax.main --config=configs/simclr.py --workdir=runs/simclr
   python -m rsjax.main --config=configs/simclr.py:smoke --workdir=/tmp/smoke
 
-(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
+(`bench*` variants: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
 
 Variants: demo (default; half-width ResNet-10 on the synthetic scenes, same budget as the SwiMDiff demo),
 smoke (tiny, 4 steps), imagenet_style (ResNet-50, batch 256, LARS, tau 0.5 — set data.*).
@@ -23,7 +23,7 @@ changes); Adam-type optimizers are invariant to it.
 
 from configs import common
 
-VARIANTS = ("demo", "smoke", "imagenet_style", "bench", "bench_eurosat")
+VARIANTS = ("demo", "smoke", "imagenet_style", *common.BENCH_VARIANTS)
 
 
 def get_config(arg=None):
@@ -39,7 +39,7 @@ def _config(variant: str):
     c.model.proj_last_bn = True          # the reference head's output BN (no centring)
     if variant == "smoke":
         return common.smoke(c)
-    if variant in ("bench", "bench_eurosat"):
+    if variant in common.BENCH_VARIANTS:
         return common.bench(c, variant)
     if variant == "imagenet_style":
         c.model.name = "resnet50"

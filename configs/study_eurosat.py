@@ -72,6 +72,7 @@ def _config(variant: str):
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
     c.model.stem = "standard"
+    c.model.conv = "auto"                  # convolution formulation (rsjax.models.conv)
     c.model.in_channels = 3
     c.temperature = 0.2
     c.optimizer = ml_collections.ConfigDict()
@@ -153,7 +154,7 @@ def add_arms(c: ml_collections.ConfigDict) -> None:
         a = _MODULES[module]._config(_MODULES[module].VARIANTS[0])
         a.dtype = c.get_ref("dtype")
         a.batch_size = c.get_ref("batch_size")
-        for key in ("name", "stem", "in_channels"):
+        for key in ("name", "stem", "conv", "in_channels"):
             a.model[key] = c.model.get_ref(key)
         a.model.proj_hidden_dim = 512
         a.model.proj_dim = 128

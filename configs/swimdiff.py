@@ -6,7 +6,7 @@ Run:
   python -m rsjax.main --config=configs/swimdiff.py:ssl4eo --workdir=runs/ssl4eo \
       --config.data.data_dir=/path/to/tfds
 
-(`bench` / `bench_eurosat`: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
+(`bench*` variants: the throughput shapes of `python -m rsjax.bench`, see configs.common.bench.)
 
 Variants:
   demo (default)  a half-width ResNet-10 (`resnet10_w32`; pass --config.model.name=resnet18 on a
@@ -21,7 +21,7 @@ Variants:
 
 from configs import common
 
-VARIANTS = ("demo", "smoke", "ssl4eo", "bench", "bench_eurosat")
+VARIANTS = ("demo", "smoke", "ssl4eo", *common.BENCH_VARIANTS)
 
 
 def get_config(arg=None):
@@ -41,7 +41,7 @@ def _config(variant: str):
     c.data.samples_per_scene = 4
     if variant == "smoke":
         return common.smoke(c)
-    if variant in ("bench", "bench_eurosat"):
+    if variant in common.BENCH_VARIANTS:
         return common.bench(c, variant)
     if variant == "ssl4eo":
         c.model.name = "resnet50"

@@ -1,13 +1,80 @@
 """The PyTorch peer timed beside rsjax (imported only by ``rsjax.bench --peer=torch``).
 
-What a PyTorch user would run: torchvision ResNet, channels_last, bf16 autocast, optionally
-torch.compile; SimCLR-style step (two views, NT-Xent at tau 0.1, SGD momentum 0.9) on random
-input. images/s counts both views (2 x batch per step).
+On a GPU (:func:`torch_simclr_step`), what a PyTorch user would run: torchvision ResNet,
+channels_last, bf16 autocast, optionally torch.compile; SimCLR-style step (two views, NT-Xent at
+tau 0.1, SGD momentum 0.9) on random input. On the CPU (:func:`torch_cpu_simclr_step`), the same
+model as rsjax's (the reference ResNet of :mod:`rsjax.export.torch_resnet`, which has every rsjax
+architecture, with rsjax's SimCLR projection head), float32, torch eager, as many threads as the
+cores JAX uses. images/s counts both views (2 x batch per step).
 """
 
 from __future__ import annotations
 
+import os
 import time
+
+
+def _median(times: list[float]) -> float:
+    times = sorted(times)
+    return times[len(times) // 2]
+
+
+def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channels: int, stem: str,
+                          proj_hidden_dim: int, proj_dim: int, proj_last_bn: bool, temperature: float,
+                          lr: float, weight_decay: float, steps: int = 20, warmup: int = 3,
+                          threads: int | None = None, compile_: bool = False) -> dict:
+    """One SimCLR train step of rsjax's model in torch on the CPU, timed: encoder (the reference
+    ResNet), head Linear -> BN -> ReLU -> Linear (-> BN without centring when ``proj_last_bn``),
+    NT-Xent over the 2B views at ``temperature``, SGD (momentum 0.9, ``weight_decay``).
+    ``threads`` (default: the cores this process may run on, which XLA:CPU also uses)."""
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"torch unavailable: {e!r}"[:300]}
+    from rsjax.export import torch_resnet
+
+    threads = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    enc = torch_resnet.reference_resnet(arch, in_channels, stem=stem)
+    layers = [torch.nn.Linear(enc.num_features, proj_hidden_dim, bias=False), torch.nn.BatchNorm1d(proj_hidden_dim),
+              torch.nn.ReLU(), torch.nn.Linear(proj_hidden_dim, proj_dim, bias=not proj_last_bn)]
+    if proj_last_bn:
+        layers.append(torch.nn.BatchNorm1d(proj_dim, affine=True))
+    head = torch.nn.Sequential(*layers)
+    params = list(enc.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    n = batch_size
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    eye = torch.eye(2 * n, dtype=torch.bool)
+
+    def step(x):
+        z = torch.nn.functional.normalize(head(enc(x)[0]), dim=1)
+        sim = (z @ z.t() / temperature).masked_fill(eye, -1e9)
+        loss = torch.nn.functional.cross_entropy(sim, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    fn = torch.compile(step) if compile_ else step
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * n, in_channels, image_size, image_size, generator=g)  # both views, one forward
+    enc.train(), head.train()
+    t0 = time.perf_counter()
+    fn(x)
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = fn(x)
+        times.append(time.perf_counter() - t)
+    med = _median(times)
+    return {"framework": "torch " + torch.__version__, "mode": "compiled" if compile_ else "eager",
+            "images_per_s": 2 * n / med, "step_ms_median": 1e3 * med, "first_call_s": first,
+            "threads": threads, "device": "cpu", "final_loss": float(loss)}
 
 
 def torch_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channels: int = 3, steps: int = 20,
@@ -58,8 +125,7 @@ def torch_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channel
         fn(x1, x2)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    times.sort()
-    med = times[len(times) // 2]
+    med = _median(times)
     return {"framework": "torch " + torch.__version__, "mode": "compiled" if compile_ else "eager",
             "images_per_s": 2 * n / med, "step_ms_median": 1e3 * med, "first_call_s": first,
             "device": torch.cuda.get_device_name()}

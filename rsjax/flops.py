@@ -72,6 +72,18 @@ def _jaxpr_flops(jaxpr) -> float:
     return total
 
 
+def iter_eqns(jaxpr):
+    """Every equation of ``jaxpr`` and of its sub-jaxprs (pjit, custom_vjp, scan, cond branches), once each."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                if isinstance(sub, jcore.ClosedJaxpr):
+                    yield from iter_eqns(sub.jaxpr)
+                elif isinstance(sub, jcore.Jaxpr):
+                    yield from iter_eqns(sub)
+
+
 def count_flops(fn, *args, **kwargs) -> float:
     """FLOPs of one call of ``fn(*args, **kwargs)`` (args may be ShapeDtypeStructs)."""
     closed = jax.make_jaxpr(fn)(*args, **kwargs)

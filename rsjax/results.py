@@ -62,12 +62,25 @@ def git_commit() -> dict | None:
     return None
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; what the CPU bench's figures depend on)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine() -> dict:
     """A description of the machine without its host name: OS, CPUs, accelerator, versions."""
     desc = {
         "platform": platform.platform(),  # OS/kernel/arch; platform.node() (host name) is left out
         "processor": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "python": platform.python_version(),
     }
     try:
@@ -262,7 +275,7 @@ def render_bench_table(payloads: list[dict]) -> str:
     steps/s = images_per_s / (2 x batch). SwiMDiff rows give their speed relative to MoCo and
     SimCLR rows of the same group, config variant and input.
     """
-    rows = [r for p in payloads for r in p.get("rows", []) if r.get("rsjax")]
+    rows = [r for p in payloads for r in p.get("rows", []) if r.get("rsjax") and not r.get("rsjax_conv")]
     if not rows:
         return "_No bench results yet (`results/bench_*.json`)._\n"
     groups: dict[tuple, list[dict]] = {}
@@ -327,14 +340,79 @@ def render_bench_table(payloads: list[dict]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def render_bench_cpu_table(payloads: list[dict]) -> str:
+    """Markdown table of CPU bench rows (``python -m rsjax.bench ... --conv=lax,auto --peer=torch``,
+    files ``bench_cpu_*.json``): per row the step's img/s under each convolution formulation
+    (``rsjax_conv``) and the torch eager peer's from the same run, ratios computed here from the
+    stored img/s, GFLOP/s and fraction of the CPU's FP32 peak (``auto``), compile seconds."""
+    rows = [r for p in payloads for r in p.get("rows", []) if r.get("rsjax_conv")]
+    if not rows:
+        return "_No CPU bench results yet (`results/bench_cpu_*.json`)._\n"
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        prov = r.get("provenance") or {}
+        m = prov.get("machine") or {}
+        key = (m.get("cpu_model") or "?", m.get("cpu_count", "?"), str(prov.get("date", "?"))[:10],
+               m.get("jax", "?"), (prov.get("git") or {}).get("commit", "?"))
+        groups.setdefault(key, []).append(r)
+    blocks = []
+    for (cpu, ncpu, date, jax_v, commit), grp in groups.items():
+        torch_v = sorted({(r.get("peer") or {}).get("framework", "").removeprefix("torch ") for r in grp} - {""})
+        lines = [f"**CPU: {cpu}, {ncpu} cores, {date}** (jax {jax_v}" + (f", torch {'/'.join(torch_v)}" if torch_v else "")
+                 + f", commit {commit}; float32, every figure of a row from one process)", "",
+                 "| config (`--config=...`) | rsjax `lax` img/s | rsjax `auto` img/s | auto / lax "
+                 "| torch eager img/s | auto / torch | GFLOP / step | GFLOP/s (`auto`) | of FP32 peak | compile s (lax / auto) |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        peaks, commands = set(), []
+        for r in grp:
+            conv = r["rsjax_conv"]
+            lax_r, auto_r = conv.get("lax") or {}, conv.get("auto") or {}
+            x = auto_r or r["rsjax"]
+            ann = f"{x.get('method', '?')}, {x.get('model', '?')}, {x.get('image_size', '?')} px, b{x.get('batch_size', '?')}"
+            if x.get("diffusion_size"):
+                ann += f", denoiser at {x['diffusion_size']} px"
+            li, ai = lax_r.get("images_per_s"), auto_r.get("images_per_s")
+            peer = r.get("peer") or {}
+            pi = peer.get("images_per_s")
+            fl = x.get("flops_per_step")
+            peaks.add(x.get("peak_source"))
+            lines.append(
+                f"| `{r.get('config', '?')}` ({ann}) | {_num(li)} | {_num(ai)} "
+                f"| {f'**{ai / li:.2f}x**' if li and ai else '-'} "
+                f"| {_num(pi) if pi else ('not timed: ' + peer['error'][:50].replace('|', '/') if peer.get('error') else '-')} "
+                f"| {f'{ai / pi:.2f}x' if ai and pi else '-'} | {f'{fl / 1e9:.2f}' if fl else 'n/a'} "
+                f"| {_num(x.get('gflops_per_s'))} | {_frac(x.get('mfu'))} "
+                f"| {_sec1(lax_r.get('compile_s'))} / {_sec1(auto_r.get('compile_s'))} |")
+            commands.append((r.get("provenance") or {}).get("command", "?"))
+        lines.append("")
+        lines += [f"FP32 peak: {src}." for src in sorted(p for p in peaks if p)]
+        lines.append("Commands: " + "; ".join(f"`{c}`" for c in commands))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _sec1(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def _frac(v) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
 # name -> renderer; SOURCES[name] is the glob (under the results folder) of the files it reads.
 RENDERERS = {
     "study": render_study_table,
     "bench": render_bench_table,
+    "bench_cpu": render_bench_cpu_table,
 }
 SOURCES = {
     "study": "study_*.json",
     "bench": "bench_*.json",
+    "bench_cpu": "bench_cpu_*.json",
 }
 
 

@@ -50,8 +50,9 @@ import ml_collections
 from rsjax.errors import ConfigError, WorkdirError
 
 # Keys that may change between a run and its continuation without changing its result.
+# model.conv picks how convolutions are computed, not what they compute (rsjax.models.conv).
 MUTABLE_KEYS = ("stop_after_steps", "log_every", "eval", "data.num_workers", "data.data_dir",
-                "data.cache_dir")
+                "data.cache_dir", "model.conv")
 
 LOCK_FILE = ".lock"
 # Files that exist before anything ran: a workdir holding only these may take another config.

@@ -39,6 +39,7 @@ import numpy as np
 from rsjax import errors
 from rsjax import results as results_lib
 from rsjax import study as lib
+from rsjax.models import conv as conv_lib
 
 
 def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
@@ -107,7 +108,7 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
 
     dtype = {"bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
     if arm == "random_init":  # the floor: the same encoder, untrained
-        enc = resnet.create_encoder(config.model.name, stem=config.model.stem, dtype=dtype)
+        enc = resnet.encoder_from_config(config.model, dtype)
         x0 = jnp.zeros((2,) + arrays[0].shape[1:], jnp.float32)
         variables = jax.jit(lambda k: enc.init(k, x0, train=False))(jax.random.PRNGKey(seed))
         r = _score(_encode_fn(enc), variables, arrays, config, seed)
@@ -117,7 +118,7 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
     print(f"== study arm {arm} (seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
     summary = pretrain.run(cfg, arm_wd)
     params, batch_stats, meta = checkpoint.load_encoder(arm_wd)
-    enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype)
+    enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype, conv=conv_lib.from_config(config.model))
     r = _score(_encode_fn(enc), {"params": params, "batch_stats": batch_stats}, arrays, config, seed)
     r.update(seed=seed, pretrain_s=summary["train_seconds"], compile_s=summary["compile_seconds"],
              steps=summary["step"],

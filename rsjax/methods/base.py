@@ -43,9 +43,7 @@ class Method:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.dtype = compute_dtype(config)
-        self.encoder = resnet_lib.create_encoder(
-            config.model.name, dtype=self.dtype, stem=config.model.get("stem", "standard")
-        )
+        self.encoder = resnet_lib.encoder_from_config(config.model, self.dtype)
         self.projector = heads_lib.ProjectionHead(
             hidden_dim=config.model.proj_hidden_dim,
             out_dim=config.model.proj_dim,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from rsjax import diffusion
 from rsjax.methods.moco import MoCo
+from rsjax.models import conv as conv_lib
 from rsjax.models import heads as heads_lib
 
 
@@ -50,6 +51,7 @@ class SwiMDiff(MoCo):
             channel_mults=tuple(d.denoiser_mults),
             time_dim=d.time_dim,
             dtype=self.dtype,
+            conv=conv_lib.from_config(config.model),
         )
         betas = diffusion.linear_beta_schedule(d.num_timesteps, d.beta_start, d.beta_end)
         self.alphas_cumprod = diffusion.alphas_cumprod(betas)

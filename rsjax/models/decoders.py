@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsjax.models import conv as conv_lib
 from rsjax.models import resnet as resnet_lib
 
 DECODERS = ("unet", "deeplabv3plus", "pspnet")
@@ -106,22 +107,24 @@ class ConvBNReLU(nn.Module):
     kernel: int = 3
     dilation: int = 1
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         pad = self.dilation * (self.kernel // 2)
-        x = nn.Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
-                    kernel_dilation=(self.dilation, self.dilation), use_bias=False, dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=resnet_lib.conv_kernel_init, name="conv")(x)
+        x = conv_lib.Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
+                          kernel_dilation=(self.dilation, self.dilation), use_bias=False, dtype=self.dtype,
+                          param_dtype=jnp.float32, kernel_init=resnet_lib.conv_kernel_init, impl=self.conv,
+                          name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                          param_dtype=jnp.float32, name="bn")(x)
         return nn.relu(x)
 
 
-def _head(features: int, kernel: int, dtype, name: str) -> nn.Conv:
+def _head(features: int, kernel: int, dtype, name: str, impl: str) -> conv_lib.Conv:
     pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
+    return conv_lib.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
+                         param_dtype=jnp.float32, impl=impl, name=name)
 
 
 # --------------------------------------------------------------------------------------
@@ -133,6 +136,7 @@ class UNet(nn.Module):
     num_classes: int
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, stem, features, out_hw, *, train: bool):
@@ -147,9 +151,9 @@ class UNet(nn.Module):
             x = _resize(x, target, "nearest")
             if skip is not None:
                 x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-            x = ConvBNReLU(ch, dtype=self.dtype, name=f"block{i}_conv1")(x, train=train)
-            x = ConvBNReLU(ch, dtype=self.dtype, name=f"block{i}_conv2")(x, train=train)
-        return _head(self.num_classes, 3, self.dtype, "head")(x).astype(jnp.float32)
+            x = ConvBNReLU(ch, dtype=self.dtype, conv=self.conv, name=f"block{i}_conv1")(x, train=train)
+            x = ConvBNReLU(ch, dtype=self.dtype, conv=self.conv, name=f"block{i}_conv2")(x, train=train)
+        return _head(self.num_classes, 3, self.dtype, "head", self.conv)(x).astype(jnp.float32)
 
 
 class ASPP(nn.Module):
@@ -159,16 +163,18 @@ class ASPP(nn.Module):
     rates: Sequence[int] = (6, 12, 18)
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        branches = [ConvBNReLU(self.channels, 1, dtype=self.dtype, name="b0")(x, train=train)]
+        cbr = lambda ch, k, name, d=1: ConvBNReLU(ch, k, d, dtype=self.dtype, conv=self.conv, name=name)  # noqa: E731
+        branches = [cbr(self.channels, 1, "b0")(x, train=train)]
         for i, r in enumerate(self.rates):
-            branches.append(ConvBNReLU(self.channels, 3, r, dtype=self.dtype, name=f"b{i + 1}")(x, train=train))
+            branches.append(cbr(self.channels, 3, f"b{i + 1}", r)(x, train=train))
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
-        pooled = ConvBNReLU(self.channels, 1, dtype=self.dtype, name="pool")(pooled, train=train)
+        pooled = cbr(self.channels, 1, "pool")(pooled, train=train)
         branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (self.channels,)))
-        y = ConvBNReLU(self.channels, 1, dtype=self.dtype, name="project")(jnp.concatenate(branches, -1), train=train)
+        y = cbr(self.channels, 1, "project")(jnp.concatenate(branches, -1), train=train)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
@@ -182,18 +188,20 @@ class DeepLabV3Plus(nn.Module):
     decoder_channels: int = 256
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, stem, features, out_hw, *, train: bool):
         del stem
         c1, c4 = features[0], features[3]
-        x = ASPP(self.aspp_channels, tuple(self.atrous_rates), self.dropout_rate, self.dtype, name="aspp")(c4, train=train)
+        x = ASPP(self.aspp_channels, tuple(self.atrous_rates), self.dropout_rate, self.dtype, self.conv,
+                 name="aspp")(c4, train=train)
         x = _resize(x, c1.shape[1:3], "bilinear")
-        low = ConvBNReLU(self.low_level_channels, 1, dtype=self.dtype, name="low_level")(c1, train=train)
+        low = ConvBNReLU(self.low_level_channels, 1, dtype=self.dtype, conv=self.conv, name="low_level")(c1, train=train)
         x = jnp.concatenate([x, low.astype(x.dtype)], axis=-1)
-        x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, name="fuse1")(x, train=train)
-        x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, name="fuse2")(x, train=train)
-        x = _head(self.num_classes, 1, self.dtype, "head")(x).astype(jnp.float32)
+        x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, conv=self.conv, name="fuse1")(x, train=train)
+        x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, conv=self.conv, name="fuse2")(x, train=train)
+        x = _head(self.num_classes, 1, self.dtype, "head", self.conv)(x).astype(jnp.float32)
         return _resize(x, out_hw, "bilinear")
 
 
@@ -205,6 +213,7 @@ class PSPNet(nn.Module):
     decoder_channels: int = 512
     dropout_rate: float = 0.1
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, stem, features, out_hw, *, train: bool):
@@ -215,12 +224,12 @@ class PSPNet(nn.Module):
         pyramid = [c4]
         for b in self.bins:
             p = adaptive_avg_pool(c4.astype(jnp.float32), b).astype(self.dtype)
-            p = ConvBNReLU(branch_ch, 1, dtype=self.dtype, name=f"pool{b}")(p, train=train)
+            p = ConvBNReLU(branch_ch, 1, dtype=self.dtype, conv=self.conv, name=f"pool{b}")(p, train=train)
             pyramid.append(_resize(p, hw, "bilinear"))
         x = jnp.concatenate(pyramid, axis=-1)
-        x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, name="bottleneck")(x, train=train)
+        x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, conv=self.conv, name="bottleneck")(x, train=train)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = _head(self.num_classes, 1, self.dtype, "head")(x).astype(jnp.float32)
+        x = _head(self.num_classes, 1, self.dtype, "head", self.conv)(x).astype(jnp.float32)
         return _resize(x, out_hw, "bilinear")
 
 
@@ -234,22 +243,23 @@ def _default_unet_channels(encoder_name: str) -> tuple[int, ...]:
 
 def make_decoder(decoder: str, num_classes: int, *, encoder_name: str = "resnet18", output_stride: int = 32,
                  decoder_channels: Sequence[int] | int | None = None, dropout_rate: float | None = None,
-                 dtype: Any = jnp.float32, name: str | None = None) -> nn.Module:
+                 dtype: Any = jnp.float32, conv: str = "auto", name: str | None = None) -> nn.Module:
     """Builds decoder ``unet | deeplabv3plus | pspnet`` with sizes suited to ``encoder_name``."""
     small = encoder_name == "tiny"
     kw = {} if name is None else {"name": name}
     if decoder == "unet":
         ch = tuple(decoder_channels) if decoder_channels else _default_unet_channels(encoder_name)
-        return UNet(num_classes, ch, dtype, **kw)
+        return UNet(num_classes, ch, dtype, conv, **kw)
     if decoder == "deeplabv3plus":
         ch = int(decoder_channels) if decoder_channels else (16 if small else 256)
         return DeepLabV3Plus(num_classes, aspp_rates(output_stride), aspp_channels=ch,
                              low_level_channels=8 if small else 48, decoder_channels=ch,
-                             dropout_rate=0.5 if dropout_rate is None else dropout_rate, dtype=dtype, **kw)
+                             dropout_rate=0.5 if dropout_rate is None else dropout_rate, dtype=dtype, conv=conv,
+                             **kw)
     if decoder == "pspnet":
         ch = int(decoder_channels) if decoder_channels else (16 if small else 512)
         return PSPNet(num_classes, decoder_channels=ch, dropout_rate=0.1 if dropout_rate is None else dropout_rate,
-                      dtype=dtype, **kw)
+                      dtype=dtype, conv=conv, **kw)
     raise ValueError(f"unknown decoder {decoder!r} (config key model.decoder); known: {', '.join(DECODERS)}")
 
 
@@ -268,6 +278,7 @@ class SegmentationModel(nn.Module):
       dropout_rate: override the decoder dropout (DeepLabV3+ 0.5, PSPNet 0.1).
       freeze_encoder: encoder in inference mode with stopped gradients (see module docstring).
       dtype: compute dtype; logits are float32.
+      conv: convolution formulation of encoder and decoder (:mod:`rsjax.models.conv`).
     """
 
     encoder_name: str
@@ -280,14 +291,15 @@ class SegmentationModel(nn.Module):
     dropout_rate: float | None = None
     freeze_encoder: bool = False
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     def setup(self):
         self.encoder = resnet_lib.create_encoder(
             self.encoder_name, dtype=self.dtype, stem=self.stem,
-            replace_stride_with_dilation=resnet_lib.dilation_for_output_stride(self.output_stride))
+            replace_stride_with_dilation=resnet_lib.dilation_for_output_stride(self.output_stride), conv=self.conv)
         self.head = make_decoder(self.decoder, self.num_classes, encoder_name=self.encoder_name,
                                  output_stride=self.output_stride, decoder_channels=self.decoder_channels,
-                                 dropout_rate=self.dropout_rate, dtype=self.dtype, name="decoder")
+                                 dropout_rate=self.dropout_rate, dtype=self.dtype, conv=self.conv, name="decoder")
 
     def encode(self, x, *, train: bool):
         """(stem, [c1..c4]) of the encoder, honouring ``freeze_encoder``."""
@@ -320,11 +332,12 @@ class SiameseCDUNet(nn.Module):
     decoder_channels: Any = None
     freeze_encoder: bool = False
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     def setup(self):
-        self.encoder = resnet_lib.create_encoder(self.encoder_name, dtype=self.dtype, stem=self.stem)
+        self.encoder = resnet_lib.create_encoder(self.encoder_name, dtype=self.dtype, stem=self.stem, conv=self.conv)
         ch = tuple(self.decoder_channels) if self.decoder_channels else _default_unet_channels(self.encoder_name)
-        self.decoder = UNet(1, ch, self.dtype)
+        self.decoder = UNet(1, ch, self.dtype, self.conv)
 
     def __call__(self, a, b, *, train: bool):
         for name, x in (("image A", a), ("image B", b)):

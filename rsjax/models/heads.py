@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.models import conv as conv_lib
+
 
 def _timestep_embedding(t, dim: int, max_period: float = 10000.0):
     """Sinusoidal embedding of timesteps t [B] -> [B, dim] float32 (see
@@ -104,11 +106,12 @@ class _ResBlock(nn.Module):
     channels: int
     num_groups: int = 8
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, temb):
-        conv = lambda c, k, name: nn.Conv(  # noqa: E731
-            c, (k, k), padding=k // 2, dtype=self.dtype, param_dtype=jnp.float32, name=name
+        conv = lambda c, k, name: conv_lib.Conv(  # noqa: E731
+            c, (k, k), padding=k // 2, dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv, name=name
         )
         h = nn.GroupNorm(_groups(x.shape[-1], self.num_groups), dtype=self.dtype, name="norm1")(x)
         h = conv(self.channels, 3, "conv1")(nn.silu(h))
@@ -132,6 +135,7 @@ class Denoiser(nn.Module):
       time_dim: width of the sinusoidal embedding and of the time MLP.
       num_groups: maximal GroupNorm group count (gcd with the channel count is used).
       dtype: compute dtype; parameters and the returned eps stay float32.
+      conv: convolution formulation (:mod:`rsjax.models.conv`).
     """
 
     out_channels: int
@@ -140,6 +144,7 @@ class Denoiser(nn.Module):
     time_dim: int = 128
     num_groups: int = 8
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x_t, t, cond=None, *, train: bool):
@@ -174,37 +179,38 @@ class Denoiser(nn.Module):
             ch_h = c.shape[1]
             dist = [abs(math.log2(ch_h / lh)) for lh, _ in level_hw]
             lvl = min(range(n_levels), key=lambda i: (dist[i], i))
-            p = nn.Conv(chans[lvl], (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name=f"cond_proj_{k}")(
+            p = conv_lib.Conv(chans[lvl], (1, 1), dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv,
+                              name=f"cond_proj_{k}")(
                 jnp.asarray(c, self.dtype)
             )
             if p.shape[1:3] != level_hw[lvl]:
                 p = jax.image.resize(p, (b, *level_hw[lvl], p.shape[-1]), method="bilinear")
             cond_at_level[lvl] = p if cond_at_level[lvl] is None else cond_at_level[lvl] + p
 
-        conv3 = lambda c, name, stride=1: nn.Conv(  # noqa: E731
+        conv3 = lambda c, name, stride=1: conv_lib.Conv(  # noqa: E731
             c, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-            dtype=self.dtype, param_dtype=jnp.float32, name=name,
+            dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv, name=name,
         )
 
         x = conv3(chans[0], "conv_in")(jnp.asarray(x_t, self.dtype))
         skips = []
         for lvl in range(n_levels):
-            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, name=f"down_{lvl}")(x, temb)
+            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, self.conv, name=f"down_{lvl}")(x, temb)
             if cond_at_level[lvl] is not None:
                 x = x + cond_at_level[lvl].astype(x.dtype)
             skips.append(x)
             if lvl < n_levels - 1:
                 x = conv3(chans[lvl + 1], f"downsample_{lvl}", stride=2)(x)
 
-        x = _ResBlock(chans[-1], self.num_groups, self.dtype, name="mid_0")(x, temb)
-        x = _ResBlock(chans[-1], self.num_groups, self.dtype, name="mid_1")(x, temb)
+        x = _ResBlock(chans[-1], self.num_groups, self.dtype, self.conv, name="mid_0")(x, temb)
+        x = _ResBlock(chans[-1], self.num_groups, self.dtype, self.conv, name="mid_1")(x, temb)
 
         for lvl in reversed(range(n_levels)):
             if lvl < n_levels - 1:
                 x = jax.image.resize(x, (b, *level_hw[lvl], x.shape[-1]), method="nearest")
                 x = conv3(chans[lvl], f"upsample_{lvl}")(x)
             x = jnp.concatenate([x, skips[lvl]], axis=-1)
-            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, name=f"up_{lvl}")(x, temb)
+            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, self.conv, name=f"up_{lvl}")(x, temb)
 
         x = nn.GroupNorm(_groups(chans[0], self.num_groups), dtype=self.dtype, name="norm_out")(x)
         x = conv3(self.out_channels, "conv_out")(nn.silu(x))

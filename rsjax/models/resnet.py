@@ -54,6 +54,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rsjax.models import conv as conv_lib
+
 # name -> (stage_sizes, block, width)
 ARCHS: dict[str, tuple[tuple[int, ...], str, int]] = {
     "resnet18": ((2, 2, 2, 2), "basic", 64),
@@ -100,9 +102,10 @@ def feature_dim(name: str) -> int:
     return stage_channels(name)[-1]
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str, dilation: int = 1) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str, dilation: int = 1,
+          impl: str = "auto") -> conv_lib.Conv:
     pad = dilation * (kernel // 2)
-    return nn.Conv(
+    return conv_lib.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
@@ -112,6 +115,7 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str, dilati
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=conv_kernel_init,
+        impl=impl,
         name=name,
     )
 
@@ -138,16 +142,17 @@ class BasicBlock(nn.Module):
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
     dilation: int = 1
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        out = _conv(self.planes, 3, self.stride, self.dtype, "conv1", self.dilation)(x)
+        out = _conv(self.planes, 3, self.stride, self.dtype, "conv1", self.dilation, self.conv)(x)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn1")(out)
         out = nn.relu(out)
-        out = _conv(self.planes, 3, 1, self.dtype, "conv2", self.dilation)(out)
+        out = _conv(self.planes, 3, 1, self.dtype, "conv2", self.dilation, self.conv)(out)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn2", zero=self.zero_init_residual)(out)
         if self.stride != 1 or x.shape[-1] != self.planes:
-            x = _conv(self.planes, 1, self.stride, self.dtype, "downsample_conv")(x)
+            x = _conv(self.planes, 1, self.stride, self.dtype, "downsample_conv", impl=self.conv)(x)
             x = _bn(train, self.dtype, self.bn_axis_name, "downsample_bn")(x)
         return nn.relu(out + x)
 
@@ -161,20 +166,21 @@ class Bottleneck(nn.Module):
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
     dilation: int = 1
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         out_ch = self.planes * 4
-        out = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+        out = _conv(self.planes, 1, 1, self.dtype, "conv1", impl=self.conv)(x)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn1")(out)
         out = nn.relu(out)
-        out = _conv(self.planes, 3, self.stride, self.dtype, "conv2", self.dilation)(out)
+        out = _conv(self.planes, 3, self.stride, self.dtype, "conv2", self.dilation, self.conv)(out)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn2")(out)
         out = nn.relu(out)
-        out = _conv(out_ch, 1, 1, self.dtype, "conv3")(out)
+        out = _conv(out_ch, 1, 1, self.dtype, "conv3", impl=self.conv)(out)
         out = _bn(train, self.dtype, self.bn_axis_name, "bn3", zero=self.zero_init_residual)(out)
         if self.stride != 1 or x.shape[-1] != out_ch:
-            x = _conv(out_ch, 1, self.stride, self.dtype, "downsample_conv")(x)
+            x = _conv(out_ch, 1, self.stride, self.dtype, "downsample_conv", impl=self.conv)(x)
             x = _bn(train, self.dtype, self.bn_axis_name, "downsample_bn")(x)
         return nn.relu(out + x)
 
@@ -194,6 +200,8 @@ class ResNet(nn.Module):
       zero_init_residual: zero-initialise the last BN scale in each block (torchvision option).
       replace_stride_with_dilation: (layer2, layer3, layer4) flags: replace that stage's stride
         2 by dilation (torchvision semantics, see the module docstring). Default: no dilation.
+      conv: convolution formulation (:mod:`rsjax.models.conv`: ``auto | lax | taps | im2col``);
+        never changes the parameters or, beyond rounding, the result.
     """
 
     stage_sizes: Sequence[int]
@@ -204,6 +212,7 @@ class ResNet(nn.Module):
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
     replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+    conv: str = "auto"
 
     @property
     def stage_channels(self) -> tuple[int, int, int, int]:
@@ -241,14 +250,14 @@ class ResNet(nn.Module):
 
         x = jnp.asarray(x, self.dtype)
         if self.stem == "standard":
-            x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
+            x = _conv(self.width, 7, 2, self.dtype, "conv1", impl=self.conv)(x)
         else:
-            x = _conv(self.width, 3, 1, self.dtype, "conv1")(x)
+            x = _conv(self.width, 3, 1, self.dtype, "conv1", impl=self.conv)(x)
         x = _bn(train, self.dtype, self.bn_axis_name, "bn1")(x)
         x = nn.relu(x)
         stem = x
         if self.stem == "standard":
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = conv_lib.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), impl=self.conv)
 
         block_cls = BasicBlock if self.block == "basic" else Bottleneck
         features = []
@@ -267,6 +276,7 @@ class ResNet(nn.Module):
                     bn_axis_name=self.bn_axis_name,
                     zero_init_residual=self.zero_init_residual,
                     dilation=previous_dilation if j == 0 else dilation,
+                    conv=self.conv,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
             features.append(x)
@@ -286,11 +296,13 @@ def create_encoder(
     bn_axis_name: str | None = None,
     zero_init_residual: bool = False,
     replace_stride_with_dilation: Sequence[bool] = (False, False, False),
+    conv: str = "auto",
 ) -> ResNet:
     """Build encoder ``name`` in ``resnet18 | resnet34 | resnet50 | tiny``.
 
     ``replace_stride_with_dilation``: (layer2, layer3, layer4) flags, see
-    :func:`dilation_for_output_stride`; parameter names and shapes do not depend on it.
+    :func:`dilation_for_output_stride`; parameter names and shapes do not depend on it, nor on
+    ``conv`` (the convolution formulation, :mod:`rsjax.models.conv`).
     """
     stage_sizes, block, width = _arch(name)
     if stem not in _STEMS:
@@ -304,7 +316,14 @@ def create_encoder(
         bn_axis_name=bn_axis_name,
         zero_init_residual=zero_init_residual,
         replace_stride_with_dilation=tuple(bool(f) for f in replace_stride_with_dilation),
+        conv=conv,
     )
+
+
+def encoder_from_config(model_cfg, dtype: Any = jnp.float32, **kwargs) -> ResNet:
+    """The encoder a config's ``model`` block names: ``model.name``, ``model.stem``, ``model.conv``."""
+    return create_encoder(model_cfg.name, dtype=dtype, stem=model_cfg.get("stem", "standard"),
+                          conv=conv_lib.from_config(model_cfg), **kwargs)
 
 
 def dilation_for_output_stride(output_stride: int) -> tuple[bool, bool, bool]:

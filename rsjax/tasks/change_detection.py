@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax import losses
+from rsjax.models import conv as conv_lib
 from rsjax.models import resnet as resnet_lib
 from rsjax.tasks.base import Task, dice_settings, freezes_encoder
 
@@ -31,8 +32,9 @@ class ChangeDetectionTask(Task):
         self.freeze_encoder = freezes_encoder(config)
         self.model = decoders.SiameseCDUNet(m.name, int(m.in_channels), stem=m.get("stem", "standard"),
                                             decoder_channels=tuple(m.get("decoder_channels", ())) or None,
-                                            freeze_encoder=self.freeze_encoder, dtype=self.dtype)
-        self.encoder = resnet_lib.create_encoder(m.name, dtype=self.dtype, stem=m.get("stem", "standard"))
+                                            freeze_encoder=self.freeze_encoder, dtype=self.dtype,
+                                            conv=conv_lib.from_config(m))
+        self.encoder = resnet_lib.encoder_from_config(m, self.dtype)
 
     def sample_batch(self, batch_size: int = 2) -> dict:
         s, c = self.image_size, int(self.config.model.in_channels)

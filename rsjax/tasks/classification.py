@@ -41,13 +41,11 @@ class ClassifierTask(Task):
         m = config.model
         self.num_outputs, self.multilabel = int(num_outputs), bool(multilabel)
         self.image_size = int(image_size or config.data.image_size)
-        self.encoder = resnet_lib.create_encoder(m.name, dtype=self.dtype, stem=m.get("stem", "standard"))
+        self.encoder = resnet_lib.encoder_from_config(m, self.dtype)
         block = optimizer if optimizer is not None else config.optimizer
         from rsjax import optim
 
-        self.model = EncoderClassifier(resnet_lib.create_encoder(m.name, dtype=self.dtype,
-                                                                 stem=m.get("stem", "standard")),
-                                       self.num_outputs, optim.freezes_module(block, "encoder"))
+        self.model = EncoderClassifier(resnet_lib.encoder_from_config(m, self.dtype), self.num_outputs, optim.freezes_module(block, "encoder"))
 
     def sample_batch(self, batch_size: int = 2) -> dict:
         s, c = self.image_size, int(self.config.model.in_channels)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax import losses
+from rsjax.models import conv as conv_lib
 from rsjax.models import resnet as resnet_lib
 from rsjax.tasks.base import Task, dice_settings, freezes_encoder
 
@@ -57,8 +58,9 @@ class SegmentationTask(Task):
         self.model = decoders.SegmentationModel(
             m.name, self.decoder_name, self.num_classes, int(m.in_channels), stem=m.get("stem", "standard"),
             output_stride=output_stride(m, self.decoder_name), decoder_channels=ch or None,
-            dropout_rate=m.get("dropout_rate", None), freeze_encoder=self.freeze_encoder, dtype=self.dtype)
-        self.encoder = resnet_lib.create_encoder(m.name, dtype=self.dtype, stem=m.get("stem", "standard"))
+            dropout_rate=m.get("dropout_rate", None), freeze_encoder=self.freeze_encoder, dtype=self.dtype,
+            conv=conv_lib.from_config(m))
+        self.encoder = resnet_lib.encoder_from_config(m, self.dtype)
 
     def sample_batch(self, batch_size: int = 2) -> dict:
         s, c = self.image_size, int(self.config.model.in_channels)
