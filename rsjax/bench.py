@@ -277,6 +277,7 @@ def bench_rsjax(config, *, steps: int, warmup: int, input_mode: str) -> dict:
         "peak_flops_per_s": peak,
         "peak_source": source,
         "conv": config.model.get("conv", "auto"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "peak_memory_gb": mem.get("peak_bytes_in_use", 0) / 2**30 if mem else None,
         "device": kind,
         "num_devices": n_dev,
