@@ -94,11 +94,13 @@ def arm_payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict
         method, overrides = source["config"], source["overrides"]
     p = {"format": "rsjax.study_arm/v1", "setting": config.study.name, "arm": arm, "arm_index": arm_index,
          "config_file": method, "overrides": dict(overrides), "settings": shared, "runs": runs}
+    ok = [r for r in runs if "error" not in r]
+    p["errors"] = [{"seed": r["seed"], "error": r["error"]} for r in runs if "error" in r]
     for m in ("linear", "knn"):
-        vals = [r[m] for r in runs]
-        p[f"{m}_mean"], p[f"{m}_std"] = float(np.mean(vals)), float(np.std(vals))
-    p["pretrain_s"] = float(np.mean([r["pretrain_s"] for r in runs]))
-    p["compile_s"] = float(np.mean([r.get("compile_s") or 0.0 for r in runs]))
+        vals = [r[m] for r in ok]
+        p[f"{m}_mean"], p[f"{m}_std"] = (float(np.mean(vals)), float(np.std(vals))) if vals else (None, None)
+    p["pretrain_s"] = float(np.mean([r["pretrain_s"] for r in ok])) if ok else None
+    p["compile_s"] = float(np.mean([r.get("compile_s") or 0.0 for r in ok])) if ok else None
     p["wall_s"] = float(sum(r.get("wall_s") or 0.0 for r in runs))
     p["provenance"] = results_lib.provenance()
     return p
@@ -128,6 +130,9 @@ def markdown_table(report: dict) -> str:
              f"{report['num_train']} train / {report['num_test']} test",
              "", "| method | linear top-1 | kNN top-1 | pretrain s |", "|---|---|---|---|"]
     for name, r in report["results"].items():
+        if r.get("linear_mean") is None:  # every seed failed: say why
+            lines.append(f"| {name} | failed: {'; '.join(e['error'][:80] for e in r.get('errors', []))} | | |")
+            continue
         pm = lambda m: f"{100 * r[m + '_mean']:.1f} ± {100 * r[m + '_std']:.1f}"  # noqa: E731
         lines.append(f"| {name} | {pm('linear')} | {pm('knn')} | {r['pretrain_s']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -171,33 +171,37 @@ def test_encoder_parameters_do_not_depend_on_the_formulation():
 
 
 def _run_steps(config, n: int):
-    mesh = shd.make_mesh()
+    """Params and metrics after each of ``n`` train steps (one device: the step is what is compared)."""
+    mesh = shd.make_mesh(jax.devices()[:1])
     method = methods.get_method(config)
     tx, schedule = optim.make(config.optimizer, config.total_steps)
     state = train.create_state(method, tx, config.seed, mesh)
     step = train.jit_train_step(train.make_train_step(method, tx, schedule, seed=config.seed), mesh)
     rng = np.random.default_rng(5)
     b, s, c = config.batch_size, config.data.image_size, config.model.in_channels
-    losses = []
+    params, metrics = [jax.device_get(state["params"])], []
     for _ in range(n):
         batch = {"view1": rng.standard_normal((b, s, s, c), np.float32),
                  "view2": rng.standard_normal((b, s, s, c), np.float32),
                  "label": np.zeros((b,), np.int32), "scene_id": np.arange(b, dtype=np.int32) // 4}
         state, m = step(state, jax.device_put(batch, shd.data_sharded(mesh)))
-        losses.append(jax.device_get(m))
-    return jax.device_get(state["params"]), losses
+        params.append(jax.device_get(state["params"]))
+        metrics.append(jax.device_get(m))
+    return params, metrics
 
 
 @pytest.mark.parametrize("name,arg", [("simclr", "smoke"), ("swimdiff", "smoke")])
 def test_train_steps_equal_under_both_formulations(config_loader, name, arg):
-    """3 train steps (ResNet-18 SimCLR at 32 px, where auto takes im2col for layer3/4, the 1x1
-    downsamples and the max pool; the SwiMDiff smoke step with its denoiser) give the same
-    losses and parameters with ``model.conv=lax`` and ``auto``. SGD: Adam's first steps are
-    ~lr * sign(g), which would turn a rounding-level difference of a near-zero gradient into a
-    difference of 2 lr. Tolerance 1e-3: each convolution agrees to 1e-5 (tests above); over three
-    steps float32 rounding passes through BatchNorm of 8 samples at 1 px and may move the max
-    pool's choice between near-equal elements. A wrong formulation (a tap lost, a stride off)
-    changes these by O(1)."""
+    """Three train steps of a ResNet-18 (SimCLR at 32 px, where auto takes im2col for layer3/4,
+    the 1x1 downsamples and the max pool) and of the SwiMDiff smoke step (with its denoiser) give
+    the same losses, gradient norms and parameters under ``model.conv=lax`` and ``auto``.
+
+    SGD without warm-up (Adam's first steps are ~lr * sign(g): a rounding-level difference of a
+    near-zero gradient would become 2 lr). The first step's loss and gradient norm agree to 1e-4;
+    later steps to 1e-3 and the parameters after three steps to 1e-3 of each leaf's largest value:
+    float32 rounding passes through BatchNorm of 8 samples at 1 px and may move the max pool's
+    choice between near-equal elements. A wrong formulation (a tap lost, a stride off) is O(1).
+    """
     out = {}
     for impl in ("lax", "auto"):
         c = config_loader(name, arg)
@@ -205,16 +209,16 @@ def test_train_steps_equal_under_both_formulations(config_loader, name, arg):
             c.model.name = "resnet18"
             c.batch_size = 8
         c.optimizer.name = "sgd"
-        c.optimizer.lr = 0.01
+        c.optimizer.lr = 0.001
+        c.optimizer.warmup_steps = 0
         c.model.conv = impl
         out[impl] = _run_steps(c, 3)
     (p_lax, m_lax), (p_auto, m_auto) = out["lax"], out["auto"]
-    for a, b in zip(m_lax, m_auto):
+    for i, (a, b) in enumerate(zip(m_lax, m_auto)):
         for k in ("loss", "loss_diffusion", "grad_norm"):
             if k in a:
-                np.testing.assert_allclose(b[k], a[k], rtol=1e-3, err_msg=k)
-    flat_a, flat_b = jax.tree.leaves_with_path(p_lax), jax.tree.leaves(p_auto)
-    for (path, a), b in zip(flat_a, flat_b):
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-4 if i == 0 else 1e-3, err_msg=f"step {i + 1} {k}")
+    for (path, a), b in zip(jax.tree.leaves_with_path(p_lax[-1]), jax.tree.leaves(p_auto[-1])):
         # + 1e-6: a conv bias right before a GroupNorm has a zero gradient up to rounding (~1e-12)
         err = float(np.max(np.abs(np.asarray(b) - np.asarray(a))))
         assert err <= 1e-3 * float(np.max(np.abs(a))) + 1e-6, (jax.tree_util.keystr(path), err)

@@ -63,3 +63,39 @@ def test_study_rejects_bad_keys_before_writing(tmp_path):
     with pytest.raises(errors.ConfigError, match="config.study.seeds"):
         study_eurosat.run(config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_failing_arm_is_recorded_and_the_next_arm_starts(tmp_path, monkeypatch):
+    """One arm's failure (here: a non-finite loss at every step, as SwiMDiff at a too-high lr)
+    ends that arm only: its JSON records the error, the next arm runs and is scored, and a rerun
+    keeps the recorded arm instead of retrying it."""
+    import json
+
+    from rsjax.data import build
+    from rsjax.jobs import study_eurosat
+
+    synth = str(tmp_path / "tfds")
+    build.ensure_built("rs_synthetic", synth, config="tiny")
+    out = tmp_path / "out"
+    config = _config(synth, str(out))
+    config.study.arms = "swimdiff,random_init"
+    config.eval.linear_epochs = 2
+    real = study_eurosat._run_arm_seed
+
+    def run_arm_seed(cfg, arm, seed, arm_wd, arrays, num_train):
+        if arm == "swimdiff":
+            from rsjax.errors import NonFiniteError
+
+            raise NonFiniteError("5 consecutive non-finite steps (loss nan) at step 5")
+        return real(cfg, arm, seed, arm_wd, arrays, num_train)
+
+    monkeypatch.setattr(study_eurosat, "_run_arm_seed", run_arm_seed)
+    report = study_eurosat.run(config, str(tmp_path / "wd"))
+    failed = json.loads((out / "study_smoke_swimdiff.json").read_text())
+    assert failed["linear_mean"] is None and "NonFiniteError" in failed["errors"][0]["error"]
+    assert report["results"]["random_init"]["linear_mean"] is not None
+    assert (out / "study_smoke_random_init.json").exists()
+    calls = []
+    monkeypatch.setattr(study_eurosat, "_run_arm_seed", lambda *a: calls.append(a[1]) or real(*a))
+    study_eurosat.run(config, str(tmp_path / "wd"))
+    assert calls == []  # both arms were recorded: nothing reruns

@@ -82,7 +82,9 @@ def test_swimdiff_step_same_on_1_and_8_devices():
     flat1, flat8 = jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])
     assert len(flat1) == len(flat8) > 10
     for a, b in zip(flat1, flat8):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+        # atol 1e-5 (gradients ~1e-2): 1 and 8 devices reduce the global batch in different orders;
+        # a loss over local shards only (the bug this guards against) differs by O(1).
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
     for a, b in zip(jax.tree.leaves(one[2]), jax.tree.leaves(eight[2])):  # global BN statistics
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 

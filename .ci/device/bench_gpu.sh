@@ -9,8 +9,8 @@
 #
 # Sequence (a session with a GPU lent):
 #   0. here, no device time: .ci/device/bench_gpu.sh pack   (the wheels the GPU image lacks ->
-#      .whl/: grain, array_record, portpicker, ml_collections; the commit -> .carry/commit; git-ignored)
-#   1. run(command=".ci/device/bench_gpu.sh", timeout_s=600, carry=[".whl", ".carry/commit"])
+#      .whl/: grain, array_record, portpicker, ml_collections; the commit and blob hashes -> .carry/; git-ignored)
+#   1. run(command=".ci/device/bench_gpu.sh", timeout_s=600, carry=[".whl", ".carry/commit", ".carry/manifest.json"])
 #   2. here: cp <files_at>/bench_*.json results/ && python -m rsjax.results && python -m rsjax.results --check
 #      (the README throughput table gains a table for the new device/date); put the e2e numbers
 #      and each measured prediction into rsjax/PERF_NOTES.md.
@@ -46,10 +46,8 @@ if [ "${1:-}" = pack ]; then
         --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform manylinux1_x86_64 -d .whl grain==0.2.18 array_record==0.8.6 portpicker==1.6.0 ml_collections==1.1.0
-    c=$(git rev-parse --short HEAD)
-    [ -n "$(git status --porcelain --untracked-files=no)" ] && c="$c-dirty"
-    echo "$c" > .carry/commit
-    du -ch .whl .carry/commit | tail -1
+    python3 .ci/device/stamp.py pack >/dev/null   # commit + blob hashes; the stamp itself is made at run time
+    du -ch .whl .carry/commit .carry/manifest.json | tail -1
     exit 0
 fi
 
@@ -77,8 +75,10 @@ if ! $PY -c "import grain, ml_collections" 2>/dev/null && ls .whl/*.whl >/dev/nu
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-if [ -z "${RSJAX_GIT_COMMIT:-}" ] && [ -f .carry/commit ]; then  # the device's tree has no .git
-    export RSJAX_GIT_COMMIT=$(cat .carry/commit)
+# First line of the call: the image's versions; stop before any work on a mismatch.
+$PY -m rsjax.versions --check || { echo "package versions do not fit pyproject.toml: stopping" >&2; exit 3; }
+if [ -z "${RSJAX_GIT_COMMIT:-}" ] && [ -f .carry/manifest.json ]; then  # the device's tree has no .git:
+    export RSJAX_GIT_COMMIT=$($PY .ci/device/stamp.py check)            # stamp it now against the pack
 fi
 
 if [ "$TINY" = 1 ]; then

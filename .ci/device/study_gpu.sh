@@ -12,10 +12,10 @@
 #        (wheels the GPU image lacks -> .whl/, EuroSAT halves -> .carry/eurosat/part{0,1}.{bin,json},
 #         the commit -> .carry/commit; all git-ignored; ~50 MiB per call with the tree)
 #   1. run(command=".ci/device/study_gpu.sh half1", timeout_s=180,
-#          carry=[".whl", ".carry/eurosat/part0.bin", ".carry/eurosat/part0.json", ".carry/commit"])
+#          carry=[".whl", ".carry/eurosat/part0.bin", ".carry/eurosat/part0.json", ".carry/commit", ".carry/manifest.json"])
 #   2. AT ONCE after 1 returns:
 #      run(command=".ci/device/study_gpu.sh run", timeout_s=600,
-#          carry=[".whl", ".carry/eurosat/part1.bin", ".carry/eurosat/part1.json", ".carry/commit"])
+#          carry=[".whl", ".carry/eurosat/part1.bin", ".carry/eurosat/part1.json", ".carry/commit", ".carry/manifest.json"])
 #        unpacks half 2, runs the arms in order random_init, simclr, moco_v2, swimdiff, false,
 #        swimdiff_matching_only, swimdiff_diffusion_only, starting no new arm after
 #        STUDY_BUDGET_S (default 330 s) and killing the study at STUDY_TIMEOUT_S (default 560 s).
@@ -49,10 +49,15 @@ install_wheels() {  # the GPU image lacks grain (+ array_record, portpicker) and
     export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 }
 
-commit_env() {  # the tree sent to the device has no .git: take the commit recorded by `pack`
-    if [ -z "${RSJAX_GIT_COMMIT:-}" ] && [ -f .carry/commit ]; then
-        export RSJAX_GIT_COMMIT=$(cat .carry/commit)
+commit_env() {  # the device's tree has no .git: stamp it now against what `pack` recorded
+    if [ -z "${RSJAX_GIT_COMMIT:-}" ] && [ -f .carry/manifest.json ]; then
+        export RSJAX_GIT_COMMIT=$(python3 .ci/device/stamp.py check)
     fi
+    echo "commit $RSJAX_GIT_COMMIT (stamped at run time)"
+}
+
+versions() {  # first line of every call: the image's versions; stop before any work on a mismatch
+    python3 -m rsjax.versions --check || { echo "package versions do not fit pyproject.toml: stopping" >&2; exit 3; }
 }
 
 case "${1:-}" in
@@ -63,14 +68,13 @@ pack)
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
         grain==0.2.18 array_record==0.8.6 portpicker==1.6.0 ml_collections==1.1.0
-    c=$(git rev-parse --short HEAD)
-    [ -n "$(git status --porcelain --untracked-files=no)" ] && c="$c-dirty"
-    echo "$c" > .carry/commit
-    du -ch .whl .carry/eurosat/part0.* .carry/commit | tail -1
+    python3 .ci/device/stamp.py pack >/dev/null   # commit + blob hashes; the stamp itself is made at run time
+    du -ch .whl .carry/eurosat/part0.* .carry/commit .carry/manifest.json | tail -1
     ;;
 half1)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     install_wheels
+    versions
     rm -rf "$DATA" && mkdir -p "$DATA"
     python3 .ci/device/pack_folder.py unpack .carry/eurosat/part0 "$DATA"
     touch "$DATA/.half1"
@@ -79,6 +83,7 @@ half1)
 run)
     [ -f "$DATA/.half1" ] || { echo "half 1 is missing in $DATA: a fresh machine; redo call 1 (half1), then 2" >&2; exit 3; }
     install_wheels
+    versions
     commit_env
     if [ ! -f "$DATA/.half2" ]; then
         python3 .ci/device/pack_folder.py unpack .carry/eurosat/part1 "$DATA"

@@ -190,7 +190,15 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
                 continue
             t_arm = time.time()
             lib.print_total_eta(arms, arm_index, results, t_study, config, num_train)
-            r = _run_arm_seed(config, arm, seed, arm_wd, arrays, num_train)
+            try:
+                r = _run_arm_seed(config, arm, seed, arm_wd, arrays, num_train)
+            except Exception as e:  # noqa: BLE001 - one arm's failure (non-finite loss, OOM) ends that arm only
+                # Recorded in the arm's JSON, not in arm_result.json: a rerun keeps the recorded arm
+                # (time-boxed windows move on); delete study_<name>_<arm>.json to retry it.
+                r = {"seed": seed, "error": f"{type(e).__name__}: {e}"[:1000], "wall_s": time.time() - t_arm}
+                runs.append(r)
+                print(f"   {arm} s{seed}: FAILED ({r['error'][:300]}); the next arm starts", flush=True)
+                continue
             r["wall_s"] = time.time() - t_arm
             os.makedirs(arm_wd, exist_ok=True)
             results_lib.save(r, done)
@@ -218,9 +226,10 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
     md = lib.markdown_table(report)
     with open(os.path.join(workdir, "study.md"), "w") as f:
         f.write(md)
-    if results:
-        plots.bars({k: 100 * v["linear_mean"] for k, v in results.items()}, os.path.join(workdir, "study.png"),
-                   errors={k: 100 * v["linear_std"] for k, v in results.items()}, ylabel="linear probe top-1 (%)",
+    scored = {k: v for k, v in results.items() if v.get("linear_mean") is not None}  # failed arms have none
+    if scored:
+        plots.bars({k: 100 * v["linear_mean"] for k, v in scored.items()}, os.path.join(workdir, "study.png"),
+                   errors={k: 100 * v["linear_std"] for k, v in scored.items()}, ylabel="linear probe top-1 (%)",
                    title=f"{data.name}: linear probe on frozen features")
     print(md, flush=True)
     return report
