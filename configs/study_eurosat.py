@@ -152,27 +152,32 @@ def add_arms(c: ml_collections.ConfigDict) -> None:
     c.arm_sources = ml_collections.ConfigDict()
     for name, (module, overrides) in ARMS.items():
         a = _MODULES[module]._config(_MODULES[module].VARIANTS[0])
-        a.dtype = c.get_ref("dtype")
-        a.batch_size = c.get_ref("batch_size")
+
+        def link(block, key, ref, dotted):
+            # An arm's own override is never linked: assigning to a field that holds a shared
+            # reference would re-point that reference, i.e. change every arm (and the study).
+            if dotted not in overrides:
+                block[key] = ref
+
+        link(a, "dtype", c.get_ref("dtype"), "dtype")
+        link(a, "batch_size", c.get_ref("batch_size"), "batch_size")
         for key in ("name", "stem", "conv", "in_channels"):
-            a.model[key] = c.model.get_ref(key)
+            link(a.model, key, c.model.get_ref(key), f"model.{key}")
         a.model.proj_hidden_dim = 512
         a.model.proj_dim = 128
-        a.loss.temperature = c.get_ref("temperature")
+        link(a.loss, "temperature", c.get_ref("temperature"), "loss.temperature")
         for key in ("name", "lr", "weight_decay"):
-            a.optimizer[key] = c.optimizer.get_ref(key)
-        # Assigning to a field that already holds a reference would re-point the shared one
-        # (every arm's), so the keys an arm sets itself are never linked.
+            link(a.optimizer, key, c.optimizer.get_ref(key), f"optimizer.{key}")
         own = {}
         if a.method == "swimdiff":
             own = {"crops_as_scenes": c.get_ref("swimdiff_crops_as_scenes"), "scenes_per_batch": 0}
         for key in c.data:
-            a.data[key] = own[key] if key in own else c.data.get_ref(key)
+            link(a.data, key, own[key] if key in own else c.data.get_ref(key), f"data.{key}")
         if a.method == "swimdiff":
-            a.swimdiff.diffusion_size = c.get_ref("swimdiff_diffusion_size")
-            a.swimdiff.denoiser_channels = c.get_ref("swimdiff_denoiser_channels")
+            link(a.swimdiff, "diffusion_size", c.get_ref("swimdiff_diffusion_size"), "swimdiff.diffusion_size")
+            link(a.swimdiff, "denoiser_channels", c.get_ref("swimdiff_denoiser_channels"), "swimdiff.denoiser_channels")
         if "moco" in a:
-            a.moco.queue_size = c.get_ref("batch_size") * 16
+            link(a.moco, "queue_size", c.get_ref("batch_size") * 16, "moco.queue_size")
         a.eval.enabled = False
         for dotted, value in overrides.items():
             common.set_key(a, dotted, value)

@@ -99,3 +99,25 @@ def test_a_failing_arm_is_recorded_and_the_next_arm_starts(tmp_path, monkeypatch
     monkeypatch.setattr(study_eurosat, "_run_arm_seed", lambda *a: calls.append(a[1]) or real(*a))
     study_eurosat.run(config, str(tmp_path / "wd"))
     assert calls == []  # both arms were recorded: nothing reruns
+
+
+def test_an_arms_override_stays_in_that_arm(monkeypatch):
+    """ARMS overrides of shared keys (optimizer.lr, data.crops_as_scenes, batch_size) change only
+    their arm; the study's own keys still reach every other arm, also when set after get_config."""
+    import configs.study_eurosat as study_cfg
+
+    arms = dict(study_cfg.ARMS)
+    arms["simclr_hot"] = ("simclr", {"optimizer.lr": 0.01, "data.crops_as_scenes": 2, "batch_size": 32})
+    monkeypatch.setattr(study_cfg, "ARMS", arms)
+    c = study_cfg.get_config("cpu")
+    assert c.arms.simclr_hot.optimizer.lr == 0.01 and c.arms.simclr_hot.data.crops_as_scenes == 2
+    assert c.arms.simclr_hot.batch_size == 32
+    for name in ("simclr", "moco_v2", "swimdiff"):
+        assert c.arms[name].optimizer.lr == c.optimizer.lr == 0.3
+        assert c.arms[name].batch_size == c.batch_size == 128
+    assert c.arms.simclr.data.crops_as_scenes == c.data.crops_as_scenes == 0
+    c.optimizer.lr = 0.5  # as --config.optimizer.lr=0.5 does
+    c.batch_size = 64
+    assert c.arms.simclr.optimizer.lr == 0.5 and c.arms.swimdiff.optimizer.lr == 0.5
+    assert c.arms.moco_v2.moco.queue_size == 64 * 16
+    assert c.arms.simclr_hot.optimizer.lr == 0.01 and c.arms.simclr_hot.batch_size == 32
