@@ -434,9 +434,9 @@ def main(argv):
               + "  ".join(f"{i:>8}" for i in impls) + "  auto picks")
         for r in table:
             best = min(r["ms"], key=r["ms"].get)
-            print(f"{str(r['x']):>18} {str(r['kernel']):>16} {r['strides'][0]:>6} {r['dilation'][0]:>4} {r['count']:>2}  "
-                  + "  ".join(f"{r['ms'][i]:8.2f}" for i in impls) + f"  {r['auto']}" + ("" if r["auto"] == best else
-                                                                                       f" (fastest here: {best})"))
+            shape = f"{str(r['x']):>18} {str(r['kernel']):>16} {r['strides'][0]:>6} {r['dilation'][0]:>4} {r['count']:>2}"
+            times = "  ".join(f"{r['ms'][i]:8.2f}" for i in impls)
+            print(f"{shape}  {times}  {r['auto']}" + ("" if r["auto"] == best else f" (fastest here: {best})"))
         row["conv_shapes"] = table
         if FLAGS.out:
             append_row(FLAGS.out, row)

@@ -1,10 +1,13 @@
 """rsjax.bench runs on CPU (tiny variant) and reports the fields the README table uses."""
 
+import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 
-from rsjax import bench
+from rsjax import bench, results
 
 
 def test_bench_smoke_on_cpu():
@@ -81,3 +84,42 @@ def test_flops_only_appends_rows(tmp_path):
     assert row["flops_per_step"] > 0
     assert row["provenance"]["command"].startswith("python -m rsjax.bench --config=configs/simclr.py:smoke")
     assert {"git", "date", "machine"} <= set(row["provenance"])
+
+
+def test_cpu_bench_times_each_formulation_and_the_torch_peer_in_one_process(tmp_path):
+    """`--conv=lax,auto --peer=torch` on the CPU: one row with both formulations and the torch
+    eager peer (rsjax's own model), rendered by the CPU table."""
+    out = tmp_path / "bench_cpu_x.json"
+    cmd = [sys.executable, "-m", "rsjax.bench", "--config=configs/simclr.py:smoke", "--conv=lax,auto",
+           "--peer=torch", "--steps=1", "--warmup=0", f"--out={out}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(pathlib.Path(__file__).parents[1]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert set(row["rsjax_conv"]) == {"lax", "auto"} and row["rsjax"]["conv"] == "auto"
+    lax_r, auto_r = row["rsjax_conv"]["lax"], row["rsjax_conv"]["auto"]
+    assert lax_r["flops_per_step"] == auto_r["flops_per_step"] > 0  # the model's FLOPs, not the formulation's
+    assert auto_r["peak_flops_per_s"] and 0 < auto_r["mfu"] < 1 and "FLOP/cycle" in auto_r["peak_source"]
+    peer = row["peer"]
+    assert peer.get("images_per_s", 0) > 0 and peer["device"] == "cpu" and peer["mode"] == "eager", peer
+    assert "cpu_model" in row["provenance"]["machine"]
+    table = results.render_bench_cpu_table([json.loads(out.read_text())])
+    assert f"**{auto_r['images_per_s'] / lax_r['images_per_s']:.2f}x**" in table
+    assert results.render_bench_table([json.loads(out.read_text())]).startswith("_No bench results")
+
+
+def test_render_bench_cpu_table_by_hand():
+    row = {"config": "configs/simclr.py:bench_cpu", "input": "views",
+           "provenance": {"command": "python -m rsjax.bench --config=configs/simclr.py:bench_cpu --conv=lax,auto",
+                          "date": "2030-01-02T00:00:00+00:00", "git": {"commit": "abc1234", "dirty": False},
+                          "machine": {"cpu_model": "Some CPU", "cpu_count": 2, "jax": "0.10.2"}},
+           "rsjax_conv": {
+               "lax": {"method": "simclr", "model": "resnet18", "image_size": 32, "batch_size": 64,
+                       "images_per_s": 100.0, "compile_s": 5.0, "flops_per_step": 2.8e10},
+               "auto": {"method": "simclr", "model": "resnet18", "image_size": 32, "batch_size": 64,
+                        "images_per_s": 500.0, "compile_s": 6.0, "flops_per_step": 2.8e10,
+                        "gflops_per_s": 109.4, "mfu": 0.656, "peak_source": "2 cores x ..."}},
+           "peer": {"framework": "torch 2.13.0+cpu", "mode": "eager", "images_per_s": 550.0}}
+    row["rsjax"] = row["rsjax_conv"]["auto"]
+    text = results.render_bench_cpu_table([{"kind": "rsjax.bench/v1", "rows": [row]}])
+    assert "**CPU: Some CPU, 2 cores, 2030-01-02**" in text and "commit abc1234" in text
+    assert "| 100 | 500 | **5.00x** | 550 | 0.91x | 28.00 | 109 | 65.6% | 5.0 / 6.0 |" in text

@@ -53,7 +53,7 @@ commit_env() {  # the device's tree has no .git: stamp it now against what `pack
     if [ -z "${RSJAX_GIT_COMMIT:-}" ] && [ -f .carry/manifest.json ]; then
         export RSJAX_GIT_COMMIT=$(python3 .ci/device/stamp.py check)
     fi
-    echo "commit $RSJAX_GIT_COMMIT (stamped at run time)"
+    echo "commit ${RSJAX_GIT_COMMIT:-from the git checkout} (stamped at run time)"
 }
 
 versions() {  # first line of every call: the image's versions; stop before any work on a mismatch

@@ -172,8 +172,8 @@ def conv2d(x, kernel, *, strides=1, padding=0, dilation=1, impl: str = "auto", p
     if not taps:  # every tap reads padding only: the output is zero
         return jnp.zeros((x.shape[0], ho, wo, cout), out_dtype)
     if impl == "im2col":
-        cols = jnp.concatenate([t for _, _, t in taps], axis=-1) if len(taps) > 1 else taps[0][2]
-        w = jnp.concatenate([kernel[i, j] for i, j, _ in taps], axis=0) if len(taps) > 1 else kernel[taps[0][0], taps[0][1]]
+        cols = jnp.concatenate([t for _, _, t in taps], axis=-1)  # one tap: a no-op concatenation
+        w = jnp.concatenate([kernel[i, j] for i, j, _ in taps], axis=0)
         return _matmul(cols, w, precision).astype(out_dtype)
     acc = None  # taps: accumulate in float32 so bf16 sums do not lose precision tap by tap
     for i, j, t in taps:
