@@ -96,8 +96,9 @@ def _config(variant: str):
     c.eval.max_train = 0
     c.eval.max_test = 0
     if variant == "gpu":
-        # issue 17's order: the floor and the three main methods first, the rest if time remains.
-        c.study.arms = "simclr,moco_v2,swimdiff,false,swimdiff_matching_only,swimdiff_diffusion_only"
+        # issue 28's order: the floor and the three main methods; the ablation arms do not fit one
+        # GPU window (add them with --config.study.arms=... in a later window).
+        c.study.arms = "simclr,moco_v2,swimdiff"
     elif variant == "cpu":
         # Issue 16's protocol: the four main arms at equal budget within 60 min of wall time on a
         # 2-core CPU. XLA:CPU convolutions are slow, so the budget buys steps only with a small

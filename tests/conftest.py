@@ -10,20 +10,12 @@ FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 _OPTIONAL_FLAG = "--xla_cpu_use_fusion_emitters=false"
 
 
-def _xla_knows(flag: str) -> bool:
-    import subprocess
-    import sys
+# rsjax's own probe (rsjax/backend.py: one subprocess per flag and jaxlib version, cached on
+# disk). Importing rsjax here also applies rsjax's XLA:CPU flags in every test process before
+# any test can start a backend, so all workers run the same XLA configuration.
+from rsjax import backend as _rsjax_backend  # noqa: E402
 
-    if os.environ.get("RSJAX_TEST_XLA_PROBE") in ("0", "1"):  # probed by the xdist controller
-        return os.environ["RSJAX_TEST_XLA_PROBE"] == "1"
-    env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
-    ok = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
-                        timeout=300).returncode == 0
-    os.environ["RSJAX_TEST_XLA_PROBE"] = "1" if ok else "0"
-    return ok
-
-
-if _xla_knows(_OPTIONAL_FLAG):
+if _rsjax_backend.xla_knows(_OPTIONAL_FLAG):
     FAST_COMPILE_FLAGS += " " + _OPTIONAL_FLAG
 _flags = os.environ.get("XLA_FLAGS", "")
 for _f in FAST_COMPILE_FLAGS.split():
