@@ -19,6 +19,44 @@ def _median(times: list[float]) -> float:
     return times[len(times) // 2]
 
 
+def _simclr_update(embed, opt, n: int, temperature: float, device: str):
+    """``step(*inputs) -> loss``: NT-Xent over the 2n embeddings ``embed(*inputs)`` (view 1's n
+    rows, then view 2's), backward, one optimizer step."""
+    import torch
+
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(device)
+    eye = torch.eye(2 * n, device=device, dtype=torch.bool)
+
+    def step(*xs):
+        z = torch.nn.functional.normalize(embed(*xs), dim=1)
+        sim = (z @ z.t() / temperature).masked_fill(eye, -1e9)
+        loss = torch.nn.functional.cross_entropy(sim, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def _timed(fn, args, *, steps: int, warmup: int, sync=lambda: None) -> tuple[float, float, object]:
+    """(first call s, median step s over ``steps`` after ``warmup``, last output)."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        out = fn(*args)
+    sync()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        out = fn(*args)
+        sync()
+        times.append(time.perf_counter() - t)
+    return first, _median(times), out
+
+
 def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channels: int, stem: str,
                           proj_hidden_dim: int, proj_dim: int, proj_last_bn: bool, temperature: float,
                           lr: float, weight_decay: float, steps: int = 20, warmup: int = 3,
@@ -45,33 +83,12 @@ def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_cha
     params = list(enc.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     n = batch_size
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
-    eye = torch.eye(2 * n, dtype=torch.bool)
-
-    def step(x):
-        z = torch.nn.functional.normalize(head(enc(x)[0]), dim=1)
-        sim = (z @ z.t() / temperature).masked_fill(eye, -1e9)
-        loss = torch.nn.functional.cross_entropy(sim, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = _simclr_update(lambda x: head(enc(x)[0]), opt, n, temperature, "cpu")
     fn = torch.compile(step) if compile_ else step
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2 * n, in_channels, image_size, image_size, generator=g)  # both views, one forward
     enc.train(), head.train()
-    t0 = time.perf_counter()
-    fn(x)
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        loss = fn(x)
-        times.append(time.perf_counter() - t)
-    med = _median(times)
+    first, med, loss = _timed(fn, (x,), steps=steps, warmup=warmup)
     return {"framework": "torch " + torch.__version__, "mode": "compiled" if compile_ else "eager",
             "images_per_s": 2 * n / med, "step_ms_median": 1e3 * med, "first_call_s": first,
             "threads": threads, "device": "cpu", "final_loss": float(loss)}
@@ -95,37 +112,16 @@ def torch_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channel
     m = m.cuda().to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
     n = batch_size
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).cuda()
-    eye = torch.eye(2 * n, device="cuda", dtype=torch.bool)
 
-    def step(x1, x2):
+    def embed(x1, x2):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            z = torch.cat([m(x1), m(x2)]).float()
-        z = torch.nn.functional.normalize(z, dim=1)
-        sim = (z @ z.t() / 0.1).masked_fill(eye, -1e9)
-        loss = torch.nn.functional.cross_entropy(sim, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
+            return torch.cat([m(x1), m(x2)]).float()
 
+    step = _simclr_update(embed, opt, n, 0.1, "cuda")
     fn = torch.compile(step) if compile_ else step
     x1 = torch.randn(n, in_channels, image_size, image_size, device="cuda").to(memory_format=torch.channels_last)
     x2 = torch.randn(n, in_channels, image_size, image_size, device="cuda").to(memory_format=torch.channels_last)
-    t0 = time.perf_counter()
-    fn(x1, x2)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        fn(x1, x2)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn(x1, x2)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    med = _median(times)
+    first, med, _ = _timed(fn, (x1, x2), steps=steps, warmup=warmup, sync=torch.cuda.synchronize)
     return {"framework": "torch " + torch.__version__, "mode": "compiled" if compile_ else "eager",
             "images_per_s": 2 * n / med, "step_ms_median": 1e3 * med, "first_call_s": first,
             "device": torch.cuda.get_device_name()}
