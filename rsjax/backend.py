@@ -1,12 +1,11 @@
 """XLA:CPU settings rsjax applies when it is imported, before JAX starts its CPU backend.
 
 ``--xla_cpu_experimental_ynn_fusion_type=`` (an empty list) keeps XLA:CPU from handing dots and
-convolutions to its YNNPACK library fusions, so they run on XLA's own (Eigen) kernels. Measured
-with ``python -m rsjax.bench`` on this project's 2-core CPU (AMD EPYC, jax 0.10.2), train steps
-under ``model.conv=auto``: SimCLR ``resnet10_w32`` 32 px batch 128 172 -> 103 ms, SwiMDiff at
-the same shape 396 -> 284 ms, ResNet-18 32 px batch 64 290 -> 254 ms, ResNet-50 64 px batch 32
-1,692 -> 1,643 ms: YNNPACK's convolutions of few channels (a 7x7 stem from 3 bands to 32 maps:
-31 ms vs 9 ms with 4 input channels) and its 3x3 weight gradients are slower than Eigen's here.
+convolutions to its YNNPACK library fusions, so they run on XLA's own (Eigen) kernels: on this
+project's 2-core CPU (AMD EPYC, jax 0.10.2) YNNPACK's convolutions of few channels (a 7x7 stem from
+3 bands to 32 maps: 31 ms vs 9 ms with a 4th zero band) and its 3x3 weight gradients are slower
+than Eigen's; train steps under ``model.conv=auto`` ran 1.03-1.7x faster without them
+(``rsjax/PERF_NOTES.md``, issue 23, item 3).
 
 Rules: only flags this jaxlib knows are added (XLA aborts on an unknown flag; each flag is
 probed once in a subprocess and the answer cached per jaxlib version under
