@@ -22,8 +22,8 @@ they do less work than ``lax`` there, never more.
 
 The same choice covers ResNet's 3x3 / stride-2 max pool (:func:`max_pool`): XLA:CPU's gradient
 of ``reduce_window`` (select-and-scatter through a variadic reduce-window) cost ~40 ms of a
-~350 ms SwiMDiff CPU step; an elementwise max over the window's strided slices with the same
-first-maximum gradient rule costs a few. Every formulation computes the same function as ``lax``
+~350 ms SwiMDiff CPU step; the same first-maximum gradient computed through the window's strided
+slices costs a few. Every formulation computes the same function as ``lax``
 (values and gradients, up to float rounding; ``tests/test_conv.py``), and :class:`Conv` creates
 exactly the parameters of ``flax.linen.Conv`` (names ``kernel`` [kh, kw, C_in, C_out] and
 ``bias`` [C_out], same initialisation), so checkpoints, ``rsjax.export`` and
@@ -187,37 +187,33 @@ def conv2d(x, kernel, *, strides=1, padding=0, dilation=1, impl: str = "auto", p
 # Max pooling (ResNet's stem): the same choice
 # --------------------------------------------------------------------------------------
 def _window_slices(x, window, strides, pads: _Pad, fill):
-    """Padded ``x`` (with ``fill``) and the strided slices of every window position, row-major."""
+    """The strided slices of ``x`` padded with ``fill``, one per window position, row-major."""
     b, h, w, c = x.shape
     (kh, kw), (sh, sw) = window, strides
     ho, wo = output_size(h, kh, sh, pads[0], 1), output_size(w, kw, sw, pads[1], 1)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=fill)
     return [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)], xp.shape
+            for i in range(kh) for j in range(kw)]
 
 
 def _make_max_pool(window, strides, pads):
-    """Max pooling as an elementwise max of the window's strided slices, with the gradient of
-    ``lax.reduce_window`` max (XLA's select-and-scatter): each output's gradient goes to the
-    FIRST maximal element of its window in row-major order (ties are common after a ReLU)."""
+    """Max pooling (``lax.reduce_window``) whose gradient is computed through the window's strided
+    slices with ``reduce_window``'s own rule (XLA's select-and-scatter): each output's gradient
+    goes to the FIRST maximal element of its window in row-major order (ties are common after a
+    ReLU)."""
 
     def pool(x):
-        parts, _ = _window_slices(x, window, strides, pads, -jnp.inf)
-        out = parts[0]
-        for p in parts[1:]:
-            out = jnp.maximum(out, p)
-        return out
+        # XLA:CPU runs reduce_window's forward well (its gradient is the slow part).
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                                 ((0, 0), *pads, (0, 0)))
 
     def fwd(x):
-        # XLA:CPU runs reduce_window's forward well (its gradient is the slow part), and one op
-        # compiles faster than nine slices.
-        out = lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
-                                ((0, 0), *pads, (0, 0)))
+        out = pool(x)
         return out, (x, out)
 
     def bwd(res, g):
         x, out = res
-        parts, _ = _window_slices(x, window, strides, pads, -jnp.inf)
+        parts = _window_slices(x, window, strides, pads, -jnp.inf)
         taken = jnp.zeros(out.shape, bool)
         routed = []
         for p in parts:  # row-major window order: the first maximum takes the gradient
@@ -226,7 +222,7 @@ def _make_max_pool(window, strides, pads):
             routed.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
         # The transpose of a strided slice of the padded input is a strided pad; one vjp of the
         # slicing sums them exactly.
-        _, slice_vjp = jax.vjp(lambda z: _window_slices(z, window, strides, pads, 0.0)[0], x)
+        _, slice_vjp = jax.vjp(lambda z: _window_slices(z, window, strides, pads, 0.0), x)
         return slice_vjp(routed)
 
     f = jax.custom_vjp(pool)
