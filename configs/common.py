@@ -242,7 +242,10 @@ def add_swimdiff(c: ml_collections.ConfigDict) -> None:
     c.swimdiff.beta_end = 0.02
     c.swimdiff.x0_scale = 3.0    # standardized view / 3 -> clip to [-1, 1]
     c.swimdiff.diffusion_size = 0  # denoise at this side in px (antialiased downsample); 0 = view size
-    c.swimdiff.log_nocond = True   # log loss_diffusion_nocond (L_D with the conditioning zeroed)
+    c.swimdiff.log_nocond = True   # log L_D with the conditioning zeroed / shuffled, and the conditioning gain
+    c.swimdiff.conditioning = "both"  # maps | film | both (rsjax.models.heads.Denoiser)
+    c.swimdiff.log_grad_share = True  # log grad_share_diffusion (L_D's share of the encoder's gradient):
+                                      # logged steps run a second program (compile time)
     c.loss.scene_mode = "soft"
 
 
@@ -272,6 +275,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if "swimdiff" in c:
         c.swimdiff.denoiser_channels = 8
         c.swimdiff.time_dim = 16
+        c.swimdiff.log_grad_share = False  # a second gradient program: compile time (tests enable it)
     c.eval.linear_epochs = 20
     c.eval.batch_size = 64
     return c

@@ -11,16 +11,16 @@ finished arm's JSON goes to study.out_dir = $OUT at once; time-boxed by study.ti
 
 Each method pretrains from scratch, without labels, on the train split only (21,600 images;
 split: per class in sorted order, one default_rng(0), first round(20%) of the permutation ->
-test), with the same encoder (ResNet-18), epochs and batch; the random-init encoder is the
-floor. Each encoder is evaluated with the linear probe and kNN (k = 20, T = 0.07) on the
+test), with the same encoder, epochs, batch and batch layout (every arm: each image's 2 x 2
+adjacent quarter crops, one scene per image); the random-init encoder is the floor. Each encoder is evaluated with the linear probe and kNN (k = 20, T = 0.07) on the
 5,400 test images (never seen in pretraining). Writes study.json, study.md and study.png.
 
 Variants:
   gpu    64 px, batch 512, device-resident data with on-device augmentation, bf16.
-  cpu    issue 16's CPU protocol: random_init, simclr, moco_v2, swimdiff; half-width ResNet-10
-         (resnet10_w32), 32 px, batch 128, 5 epochs (840 steps), SGD lr 0.3, two seeds; the
-         SwiMDiff denoiser at 16 px. Wall time on the idle 2-core machine: 34 min 50 s for
-         the whole command (2026-11-29; README "The EuroSAT study"). Two seeds: gaps below their spread are noise.
+  cpu    the factorial on the 2-core CPU (issue 24): random_init, simclr, moco_v2,
+         moco_v2_matching, moco_v2_diffusion, swimdiff, swimdiff_maps; half-width ResNet-10
+         (resnet10_w32), 32 px, batch 128, 5 epochs (840 steps), SGD lr 0.3, 5 seeds shared by
+         the arms; the SwiMDiff denoiser at 16 px with its own Adam.
   smoke  the synthetic tiny dataset, tiny encoder, 2 steps per method (the test suite).
 """
 
@@ -36,14 +36,27 @@ VARIANTS = ("gpu", "cpu", "smoke")
 
 # name -> (config module, overrides) of each arm of the study; get_config builds each arm's
 # pretraining config into config.arms.<name> (the job only sets seed and step counts).
+# The factorial around SwiMDiff is built from ONE config module (swimdiff) so that the arms
+# differ only in the overridden loss terms: MoCo v2 (scene_mode none, no L_D), + scene matching
+# (SwiMDiff with lambda_D = 0), + diffusion only (MoCo v2 + L_D: same-scene keys stay ordinary
+# negatives, exactly as in the MoCo v2 arm), full SwiMDiff; swimdiff_maps is SwiMDiff with the
+# first conditioning design (stage maps at the denoiser's coarse levels). Every MoCo-family arm
+# takes the other keys of the batch AND the queue as candidates (moco.batch_negatives, which
+# matching needs), so that is not a difference between them either.
 ARMS = {
     "simclr": ("simclr", {}),
-    "moco_v2": ("moco", {}),
+    "moco_v2": ("swimdiff", {"loss.scene_mode": "none", "swimdiff.lambda_d": 0.0}),
+    "moco_v2_matching": ("swimdiff", {"swimdiff.lambda_d": 0.0}),
+    "moco_v2_diffusion": ("swimdiff", {"loss.scene_mode": "none"}),
     "swimdiff": ("swimdiff", {}),
-    "swimdiff_matching_only": ("swimdiff", {"swimdiff.lambda_d": 0.0}),
-    "swimdiff_diffusion_only": ("swimdiff", {"loss.scene_mode": "none"}),
+    "swimdiff_maps": ("swimdiff", {"swimdiff.conditioning": "maps"}),
     "false": ("false", {}),
 }
+# The paired comparisons the study reports (config.study.comparisons; a 95 % t-interval of the
+# per-seed difference, first arm minus second): the full method against its base, each factor of
+# the factorial, against SimCLR, and the conditioning against the first design.
+COMPARISONS = ("swimdiff-moco_v2,moco_v2_matching-moco_v2,moco_v2_diffusion-moco_v2,swimdiff-moco_v2_matching,"
+               "swimdiff-moco_v2_diffusion,swimdiff-simclr,swimdiff-swimdiff_maps")
 
 
 def get_config(arg=None):
@@ -60,6 +73,7 @@ def _config(variant: str):
     c.study.arms = ",".join(ARMS)          # comma-separated subset of ARMS to run
     c.study.seeds = "0"                    # pretraining seeds, comma-separated
     c.study.include_random_init = True
+    c.study.comparisons = COMPARISONS      # "a-b,...": paired differences reported (rsjax.results)
     c.study.stop_after_arm = ""            # for time-limited slots: stop after this arm; rerun continues
     c.study.time_budget_s = 0.0            # > 0: start no new arm after this many seconds; rerun continues
     c.study.name = variant                 # results file names: study_<name>_<arm>.json
@@ -83,11 +97,16 @@ def _config(variant: str):
     c.data = common.data_config(
         name="eurosat_rgb", builder_config="", image_size=64, device_resident=True,
         augment="rrc(0.2, 1.0)|flip_rot|jitter(0.5, p=0.8, saturation=0.4)|gray(0.2)",  # no blur
-        crops_as_scenes=0)
-    c.swimdiff_crops_as_scenes = 2         # SwiMDiff arms: 2x2 adjacent crops of one image = a scene
+        # ONE batch layout for every arm: each image of a batch brings its 2 x 2 adjacent quarter
+        # crops, one scene of 4 units (32 images x 4 crops at batch 128), so every arm sees the
+        # same images in the same rows at the same scale; only the loss differs.
+        crops_as_scenes=2, scenes_per_batch=0)
     c.swimdiff_diffusion_size = 32         # denoise a 32 px downsample of the 64 px view
     c.swimdiff_denoiser_channels = 16
-    c.swimdiff_denoiser_lr_scale = 0.1     # denoiser lr = 0.1 x the shared lr (diverges under SGD at 1.0)
+    # The denoiser's own optimizer (optimizer.modules.denoiser): Adam, as DDPM trains its UNet; the
+    # encoder keeps the SGD every arm shares (the GroupNorm UNet diverges under SGD at that lr:
+    # L_D 1.2 -> 13,265 -> NaN within 10 steps at lr 0.3).
+    c.swimdiff_denoiser_lr = 1e-3
     c.eval = ml_collections.ConfigDict()
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.07
@@ -100,13 +119,12 @@ def _config(variant: str):
         # GPU window (add them with --config.study.arms=... in a later window).
         c.study.arms = "simclr,moco_v2,swimdiff"
     elif variant == "cpu":
-        # Issue 16's protocol: the four main arms at equal budget within 60 min of wall time on a
-        # 2-core CPU. XLA:CPU convolutions are slow, so the budget buys steps only with a small
-        # encoder: the demo's half-width ResNet-10 at 32 px, 5 epochs (840 steps of 128), two seeds
-        # (measured on the idle machine: ~19 min per seed for the four arms).
-        c.study.arms = "simclr,moco_v2,swimdiff"
-        c.study.seeds = "0,1"
-        c.study.time_budget_s = 3300.0
+        # The factorial on the 2-core CPU: every arm on the one crop layout, 5 seeds shared by the
+        # arms (paired differences), the demo's half-width ResNet-10 at 32 px, 5 epochs (840
+        # steps of 128), SGD lr 0.3 (untuned, shared), the SwiMDiff denoiser at 16 px. Split it
+        # over several calls with --config.study.time_budget_s (it resumes per arm and seed).
+        c.study.arms = "simclr,moco_v2,moco_v2_matching,moco_v2_diffusion,swimdiff,swimdiff_maps"
+        c.study.seeds = "0,1,2,3,4"
         c.epochs = 5
         c.batch_size = 128
         c.dtype = "float32"
@@ -169,12 +187,10 @@ def add_arms(c: ml_collections.ConfigDict) -> None:
         link(a.loss, "temperature", c.get_ref("temperature"), "loss.temperature")
         for key in ("name", "lr", "weight_decay"):
             link(a.optimizer, key, c.optimizer.get_ref(key), f"optimizer.{key}")
-        own = {}
-        if a.method == "swimdiff":
-            own = {"crops_as_scenes": c.get_ref("swimdiff_crops_as_scenes"), "scenes_per_batch": 0}
         for key in c.data:
-            link(a.data, key, own[key] if key in own else c.data.get_ref(key), f"data.{key}")
+            link(a.data, key, c.data.get_ref(key), f"data.{key}")
         if a.method == "swimdiff":
+            a.swimdiff.log_grad_share = True  # the run record reports L_D's share of the encoder's gradient
             link(a.swimdiff, "diffusion_size", c.get_ref("swimdiff_diffusion_size"), "swimdiff.diffusion_size")
             link(a.swimdiff, "denoiser_channels", c.get_ref("swimdiff_denoiser_channels"), "swimdiff.denoiser_channels")
         if "moco" in a:
@@ -183,11 +199,8 @@ def add_arms(c: ml_collections.ConfigDict) -> None:
         for dotted, value in overrides.items():
             common.set_key(a, dotted, value)
         if a.method == "swimdiff" and float(a.swimdiff.lambda_d):
-            # The encoder trains at the lr every arm shares; the GroupNorm UNet denoiser diverges
-            # under SGD at that lr (measured: L_D 1.2 -> 13,265 -> NaN within 10 steps at lr 0.3),
-            # so it gets a fraction of it (DDPM itself trains its UNet with Adam at 2e-4).
-            a.optimizer.module_lr_scale = (ml_collections.FieldReference("denoiser=")
-                                           + c.get_ref("swimdiff_denoiser_lr_scale").to_str())
+            a.optimizer.modules = ml_collections.ConfigDict({"denoiser": {
+                "name": "adam", "lr": c.get_ref("swimdiff_denoiser_lr"), "weight_decay": 0.0}})
         a.lock()
         c.arms[name] = a
         c.arm_sources[name] = json.dumps({"config": module, "overrides": overrides}, sort_keys=True)

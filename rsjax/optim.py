@@ -26,6 +26,13 @@ Keys (default)
 ``grad_clip`` (0.0)        > 0: clip the global gradient norm (of the trained leaves) first
 ``module_lr_scale`` ("")   "denoiser=0.1,projector=0.5": per top-level-module lr factor
 ``freeze`` ("")            comma-separated fnmatch patterns on "/"-joined parameter paths
+``modules`` ({})           top-level parameter modules trained by their OWN optimizer block, e.g.
+                           ``{"denoiser": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}}``
+                           (SwiMDiff's denoiser: Adam, as DDPM trains its UNet, while the encoder
+                           keeps the SGD every arm of a study shares); each block has every key
+                           above except ``modules`` and ``plateau``, with its own schedule over the
+                           same total steps; the outer block's clip, ``module_lr_scale`` and
+                           schedule then see only the other modules
 ``decay_bias``, ``trust_ratio_all`` (False), ``trust_coefficient`` (0.001), ``lars_eps`` (0.0)   lars
 ``plateau``                ReduceLROnPlateau: ``enabled`` (False), ``mode`` (max), ``factor`` (0.5),
                            ``patience`` (30), ``threshold`` (1e-4), ``threshold_mode`` (rel),
@@ -76,6 +83,7 @@ A schedule built for T <= W runs as if T = W + 1 (what the smoke configs, 4 step
 The transform :func:`make` builds (outermost last)::
 
     [clip_by_global_norm(grad_clip)] -> optimizer(schedule) -> [scale_modules(module_lr_scale)]
+    -> [modules: that chain on the other modules, each named module's own chain on its leaves]
     -> freeze: the chain above on the trained leaves, set_to_zero on the frozen ones
     -> [plateau_scale]          (so ``opt_state[-1]`` is the PlateauState when it is on)
 
@@ -139,6 +147,7 @@ _DEFAULTS = dict(
     grad_clip=0.0,
     module_lr_scale="",
     freeze="",
+    modules={},
     decay_bias=False,
     trust_ratio_all=False,
     trust_coefficient=0.001,
@@ -224,6 +233,20 @@ def parse_module_scales(scales, where: str = "optimizer") -> dict[str, float]:
     return out
 
 
+def module_blocks(block, where: str = "optimizer") -> dict[str, dict]:
+    """``modules`` of a block as ``{module: its own optimizer block}`` (empty: none)."""
+    mods = _as_dict(block).get("modules") or {}
+    if not isinstance(mods, Mapping) and not hasattr(mods, "to_dict"):
+        raise ConfigError(f"config.{where}.modules={mods!r}: expected a block of "
+                          "{module: optimizer block}, e.g. {'denoiser': {'name': 'adam', 'lr': 1e-3}}")
+    out = {}
+    for name, sub in _as_dict(mods).items():
+        if not isinstance(sub, Mapping) and not hasattr(sub, "to_dict"):
+            raise ConfigError(f"config.{where}.modules.{name}={sub!r}: expected an optimizer block")
+        out[str(name)] = _as_dict(sub)
+    return out
+
+
 def parse_freeze(freeze, where: str = "optimizer") -> list[str]:
     """``freeze`` as a list of patterns (comma-separated string; '' = none)."""
     if not freeze:
@@ -299,8 +322,19 @@ def validate(block, where: str = "optimizer", *, total_steps: int | None = None)
     need(num("lars_eps") >= 0, "lars_eps", "must be >= 0")
     for key in ("nesterov", "adaptive_restarts", "decay_bias", "trust_ratio_all"):
         flag(key)
-    parse_module_scales(b["module_lr_scale"], where)
+    scales = parse_module_scales(b["module_lr_scale"], where)
     parse_freeze(b["freeze"], where)
+    for name, sub in module_blocks(b, where).items():
+        sub_where = f"{where}.modules.{name}"
+        if module_blocks(_complete(sub), sub_where):
+            raise ConfigError(f"config.{sub_where}.modules: a module's own optimizer cannot split it further")
+        if _as_dict(_as_dict(sub).get("plateau")).get("enabled"):
+            raise ConfigError(f"config.{sub_where}.plateau.enabled=True: the plateau rule applies to the "
+                              f"whole model (config.{where}.plateau), not to one module")
+        if name in scales:
+            raise ConfigError(f"config.{where}.module_lr_scale names {name!r}, which config.{where}.modules "
+                              f"trains with its own optimizer: set config.{sub_where}.lr instead")
+        validate(sub, sub_where, total_steps=total_steps)
 
     p = b["plateau"]
     pre = "plateau."
@@ -698,6 +732,18 @@ def make(block, total_steps: int, *, where: str = "optimizer") -> tuple[optax.Gr
         tx = optax.chain(optax.clip_by_global_norm(float(b["grad_clip"])), tx)
     if parse_module_scales(b["module_lr_scale"], where):
         tx = optax.chain(tx, scale_modules(b["module_lr_scale"], where))
+    own = {name: make(sub, total_steps, where=f"{where}.modules.{name}")[0]
+           for name, sub in module_blocks(b, where).items()}
+    if own:
+        # each named top-level module by its own block; "shared" (the chain above) the others
+        def module_labels(params):
+            unknown = sorted(set(own) - set(params))
+            if unknown:
+                raise ConfigError(f"config.{where}.modules names {unknown}, which are not parameter modules; "
+                                  f"modules: {sorted(params)}")
+            return {k: jax.tree.map(lambda _, k=k: k if k in own else "shared", v) for k, v in params.items()}
+
+        tx = optax.multi_transform({"shared": tx, **own}, module_labels)
     if parse_freeze(b["freeze"], where):
         # frozen leaves: set_to_zero (no update, no decay, no optimizer moments kept); the
         # chain above only sees the trained leaves (its clip norm is theirs)

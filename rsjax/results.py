@@ -198,15 +198,72 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def _mean_std(vals) -> str:
+def _mean_sd(vals) -> str:
+    """``mean ± sd`` in percent, sd the SAMPLE standard deviation (ddof = 1); the mean alone
+    for one value."""
     vals = [v for v in vals if v is not None]
     if not vals:
         return "n/a"
     m = sum(vals) / len(vals)
     if len(vals) == 1:
         return f"{100 * m:.1f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))  # population std, as np.std
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
     return f"{100 * m:.1f} ± {100 * sd:.1f}"
+
+
+def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
+    """Paired difference ``a - b`` over the seeds both have (``{seed: value}``): mean, sample sd,
+    n and the two-sided ``level`` t-interval ``mean ± t_{(1+level)/2, n-1} sd / sqrt(n)``;
+    None with fewer than 2 common seeds."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = [a[s] - b[s] for s in seeds]
+    n = len(d)
+    m = sum(d) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": m, "sd": sd, "n": n, "lo": m - half, "hi": m + half}
+
+
+def _by_seed(payload: dict, metric: str) -> dict:
+    return {r["seed"]: r[metric] for r in payload.get("runs", []) if r.get(metric) is not None and "error" not in r}
+
+
+def _mechanism(p: dict) -> str:
+    """L_D, conditioning gain (zeroed / shuffled conditioning), L_D's gradient share, same-scene
+    candidates per query and refused steps: last-window means over the arm's seeds."""
+    w = p.get("last_window_mean") or {}
+    if not w:
+        return "| | | | |"
+    ld, nc, sh = w.get("loss_diffusion"), w.get("loss_diffusion_nocond"), w.get("loss_diffusion_shuffled")
+    gain = "" if w.get("conditioning_gain") is None else f"{100 * w['conditioning_gain']:.1f}"
+    if ld is not None and sh:
+        gain += f" / {100 * (sh - ld) / sh:.1f}"
+    share = "" if w.get("grad_share_diffusion") is None else f"{100 * w['grad_share_diffusion']:.0f}"
+    fn = "" if w.get("scene_false_negatives") is None else f"{w['scene_false_negatives']:.1f}"
+    return f"| {'' if ld is None else f'{ld:.4f}'} | {gain} | {share} | {fn} | {p.get('refused_steps', 0)} |"
+
+
+def _comparisons(rows: list[dict]) -> list[str]:
+    by_arm = {p.get("arm"): p for p in rows}
+    pairs = next((p["comparisons"] for p in rows if p.get("comparisons")), [])
+    out = []
+    for a, b in pairs:
+        if a not in by_arm or b not in by_arm:
+            continue
+        cells = []
+        for metric in ("linear", "knn"):
+            ci = paired_interval(_by_seed(by_arm[a], metric), _by_seed(by_arm[b], metric))
+            cells.append("n/a" if ci is None else
+                         f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})")
+        out.append(f"| {a} − {b} | {cells[0]} | {cells[1]} |")
+    if not out:
+        return []
+    return ["", "Paired differences (same seeds, first arm minus second, points of top-1 %; "
+            "mean [95 % t-interval]):", "", "| comparison | linear | kNN |", "|---|---|---|", *out]
 
 
 def _secs(x) -> str:
@@ -246,8 +303,9 @@ def render_study_table(payloads: list[dict]) -> str:
                 f"{s.get('num_train', '?')} train / {s.get('num_test', '?')} test images "
                 f"(linear probe and kNN k = {s.get('knn_k', '?')} on frozen features, test split, top-1 %)")
         lines = [head, "",
-                 "| arm | linear | kNN | per seed (linear / kNN) | steps | pretrain s | arm wall s | device | date | commit |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| arm | linear | kNN | per seed (linear / kNN) | steps | pretrain s | arm wall s | device | date "
+                 "| commit | L_D | cond. gain % (zeroed / shuffled) | L_D grad share % | same-scene cand. | refused |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in rows:
             runs = p.get("runs", [])
             per_seed = ", ".join(f"s{r.get('seed', '?')}: {_pct(r.get('linear'))} / {_pct(r.get('knn'))}" for r in runs)
@@ -256,10 +314,15 @@ def render_study_table(payloads: list[dict]) -> str:
             git = prov.get("git") or {}
             commit = (git.get("commit", "?") + ("-dirty" if git.get("dirty") else "")) if git else "n/a"
             lines.append(
-                f"| {p.get('arm', '?')} | {_mean_std([r.get('linear') for r in runs])} "
-                f"| {_mean_std([r.get('knn') for r in runs])} | {per_seed} "
+                f"| {p.get('arm', '?')} | {_mean_sd([r.get('linear') for r in runs])} "
+                f"| {_mean_sd([r.get('knn') for r in runs])} | {per_seed} "
                 f"| {'/'.join(str(x) for x in steps) or '0'} | {_secs(p.get('pretrain_s'))} "
-                f"| {_secs(p.get('wall_s'))} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} | {commit} |")
+                f"| {_secs(p.get('wall_s'))} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} | {commit} "
+                + _mechanism(p))
+        total = sum(p.get("wall_s") or 0.0 for p in rows)
+        lines += ["", f"Mean ± sample sd (ddof = 1) over seeds. Study wall time (every arm and seed, all calls): "
+                  f"{total / 60:,.0f} min."]
+        lines += _comparisons(rows)
         cmds = sorted({p.get("provenance", {}).get("command", "?") for p in rows})
         lines += ["", "Command" + ("s" if len(cmds) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in cmds)]
         blocks.append("\n".join(lines))

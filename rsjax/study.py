@@ -34,7 +34,7 @@ import numpy as np
 from rsjax import results as results_lib
 
 # config.study keys that may differ between the calls of one study (rsjax.jobs.study_eurosat.run).
-STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm")
+STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm", "comparisons")
 
 
 def arm_names(config) -> list[str]:
@@ -56,7 +56,7 @@ def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train
     steps_per_epoch = max(1, num_train // config.batch_size)
     c.total_steps = int(config.max_steps_per_arm or config.epochs * steps_per_epoch)
     c.optimizer.warmup_steps = int(config.optimizer.warmup_fraction * c.total_steps)
-    c.log_every = max(1, min(50, c.total_steps // 4))
+    c.log_every = max(1, min(20, c.total_steps // 4))  # >= 8 logged rows in the last 20 % of 840 steps
     c.checkpoint_every = c.total_steps
     c.data.cache_dir = config.data.cache_dir  # set by the job for a device-resident class folder
     c.lock()
@@ -92,18 +92,46 @@ def arm_payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict
     else:
         source = json.loads(config.arm_sources[arm])
         method, overrides = source["config"], source["overrides"]
-    p = {"format": "rsjax.study_arm/v1", "setting": config.study.name, "arm": arm, "arm_index": arm_index,
-         "config_file": method, "overrides": dict(overrides), "settings": shared, "runs": runs}
+    p = {"format": "rsjax.study_arm/v2", "setting": config.study.name, "arm": arm, "arm_index": arm_index,
+         "config_file": method, "overrides": dict(overrides), "settings": shared, "runs": runs,
+         "comparisons": [c.split("-") for c in str(config.study.get("comparisons", "")).split(",") if "-" in c]}
     ok = [r for r in runs if "error" not in r]
     p["errors"] = [{"seed": r["seed"], "error": r["error"]} for r in runs if "error" in r]
     for m in ("linear", "knn"):
         vals = [r[m] for r in ok]
-        p[f"{m}_mean"], p[f"{m}_std"] = (float(np.mean(vals)), float(np.std(vals))) if vals else (None, None)
+        p[f"{m}_mean"] = float(np.mean(vals)) if vals else None
+        p[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None  # sample sd
+    # the mechanism, averaged over seeds: last-window means of every logged metric
+    windows = [r["last_window"] for r in ok if r.get("last_window")]
+    keys = sorted({k for w in windows for k in w})
+    p["last_window_mean"] = {k: float(np.mean([w[k] for w in windows if k in w])) for k in keys}
+    p["refused_steps"] = int(sum(r.get("refused_steps", 0) for r in ok))
     p["pretrain_s"] = float(np.mean([r["pretrain_s"] for r in ok])) if ok else None
     p["compile_s"] = float(np.mean([r.get("compile_s") or 0.0 for r in ok])) if ok else None
     p["wall_s"] = float(sum(r.get("wall_s") or 0.0 for r in runs))
     p["provenance"] = results_lib.provenance()
     return p
+
+
+# The last fraction of a run's steps whose logged metrics a run record averages.
+WINDOW = 0.2
+
+
+def last_window(metrics_path: str, total_steps: int, fraction: float = WINDOW) -> dict:
+    """Means of every metric ``metrics.jsonl`` logged in the last ``fraction`` of the run's steps
+    (rows with ``step > (1 - fraction) * total_steps``; null values skipped): the loss terms,
+    ``conditioning_gain``, ``grad_share_diffusion``, ``scene_false_negatives``, ... Also
+    ``window_rows``, the number of logged rows averaged."""
+    from rsjax import workdir as workdir_lib
+
+    rows = [r for r in workdir_lib.read_jsonl(metrics_path) if r.get("step", 0) > (1 - fraction) * total_steps]
+    keys = sorted({k for r in rows for k in r if k != "step"})
+    out: dict = {"window_rows": len(rows)}
+    for k in keys:
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+        if vals:
+            out[k] = float(np.mean(vals))
+    return out
 
 
 def print_total_eta(arms, arm_index, results, t_study, config, num_train) -> None:
@@ -133,6 +161,6 @@ def markdown_table(report: dict) -> str:
         if r.get("linear_mean") is None:  # every seed failed: say why
             lines.append(f"| {name} | failed: {'; '.join(e['error'][:80] for e in r.get('errors', []))} | | |")
             continue
-        pm = lambda m: f"{100 * r[m + '_mean']:.1f} ± {100 * r[m + '_std']:.1f}"  # noqa: E731
+        pm = lambda m: f"{100 * r[m + '_mean']:.1f}" + (f" ± {100 * r[m + '_sd']:.1f}" if r[m + "_sd"] else "")  # noqa: E731
         lines.append(f"| {name} | {pm('linear')} | {pm('knn')} | {r['pretrain_s']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -162,12 +162,17 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def make_train_step(trainable, tx, schedule, *, seed: int, batch_transform=None, nonfinite_from: int = 0):
+def make_train_step(trainable, tx, schedule, *, seed: int, batch_transform=None, nonfinite_from: int = 0,
+                    probe: bool = False):
     """The pure ``(state, batch) -> (state, metrics)`` step (not yet jitted).
 
     ``batch_transform(batch, key)`` (the GPU-resident input path) turns the raw batch into the
     trainable's batch inside the step, from the ``augment`` random stream. ``nonfinite_from``
-    > 0 (debug hook) makes the loss NaN from that 1-based step on.
+    > 0 (debug hook) makes the loss NaN from that 1-based step on. ``probe``: the step also
+    takes the gradient of the trainable's probe term (its loss aux ``"probe"``, e.g. SwiMDiff's
+    lambda_D * L_D: one more pass of the same pullback) and adds
+    ``trainable.probe_metrics(grads, probe_grads)``; the loop runs this variant on logged steps
+    only (a second program: inside a ``lax.cond`` XLA:CPU ran that pullback ~13x slower).
     """
     root_key = jax.random.PRNGKey(seed)
 
@@ -187,9 +192,18 @@ def make_train_step(trainable, tx, schedule, *, seed: int, batch_transform=None,
             loss, aux = trainable.loss(params, state["batch_stats"], state["extra"], batch, rngs, step)
             if nonfinite_from:
                 loss = jnp.where(step + 1 >= nonfinite_from, jnp.nan, loss)
-            return loss, aux
+            aux = dict(aux)
+            probe = aux.pop("probe", None)
+            return (loss, jnp.zeros((), jnp.float32) if probe is None else probe.astype(jnp.float32)), aux
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        # value_and_grad spelt out, so that the probe variant can take the probe term's own
+        # gradient from the same pullback (no second forward)
+        (loss, _), pullback, aux = jax.vjp(loss_fn, state["params"], has_aux=True)
+        one, zero = jnp.ones_like(loss), jnp.zeros((), jnp.float32)
+        grads = pullback((one, zero))[0]
+        probe_metrics = {}
+        if probe:
+            probe_metrics = trainable.probe_metrics(grads, pullback((jnp.zeros_like(loss), jnp.ones_like(zero)))[0])
         finite = jnp.isfinite(loss) & _all_finite(grads)
         # Zero non-finite grads before the update so the (discarded) update stays finite.
         safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
@@ -213,6 +227,7 @@ def make_train_step(trainable, tx, schedule, *, seed: int, batch_transform=None,
             "finite": finite,
             "nonfinite_run": new_state["nonfinite_run"],
             **{k: v.astype(jnp.float32) for k, v in aux["metrics"].items()},
+            **probe_metrics,
         }
         if stop_any is not None:
             metrics["stop"] = stop_any
@@ -318,6 +333,10 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
     train_step = make_train_step(trainable, tx, schedule, seed=phase.seed, batch_transform=batch_transform,
                                  nonfinite_from=nonfinite_from)
     p_step = jit_train_step(train_step, mesh)
+    # logged steps run the probe variant when the trainable asks for one (make_train_step)
+    p_probe = (jit_train_step(make_train_step(trainable, tx, schedule, seed=phase.seed, batch_transform=batch_transform,
+                                              nonfinite_from=nonfinite_from, probe=True), mesh)
+               if getattr(trainable, "wants_probe", False) else None)
     config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
     manager = ckpt_lib.make_manager(run_dir.path, max_to_keep=phase.keep_checkpoints)
@@ -367,7 +386,8 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
                     batch = {**batch, "stop": shd.host_to_global(flag, mesh) if on_device else flag}
                 if not on_device:
                     batch = shd.host_to_global(batch, mesh)
-                state, metrics = p_step(state, batch)
+                logged = (step + 1) % phase.log_every == 0 or step + 1 in (total, stop_at)
+                state, metrics = (p_probe if p_probe is not None and logged else p_step)(state, batch)
                 step += 1
                 if step == start_step + 1:  # the first call compiles: keep it out of train time
                     jax.block_until_ready(metrics)

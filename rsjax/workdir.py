@@ -77,13 +77,20 @@ def _mutable(key: str, mutable=MUTABLE_KEYS) -> bool:
     return any(key == m or key.startswith(m + ".") for m in mutable)
 
 
+# SwiMDiff keys added in issue 24, at the values that reproduce what a config without them did
+# (not today's defaults: a workdir of the first conditioning resumes only with it).
+_SWIMDIFF_BEFORE = {"conditioning": "maps", "log_grad_share": False}
+
+
 def complete_config(d: dict) -> dict:
     """A config as plain dicts with the keys added in later rsjax versions at their defaults:
     every block named ``data`` gets the missing keys of
     :func:`rsjax.data.defaults.default_data_config` (its former augmentation keys folded into
     ``data.augment`` by :func:`rsjax.data.ops.augment_spec`), every block named ``optimizer``
-    (and its ``plateau``) those of :func:`rsjax.optim.default_block`, at any depth (``transfer.
-    optimizer``, a study's ``arms.<arm>.data``). Keys present are kept as they are.
+    (and its ``plateau``) those of :func:`rsjax.optim.default_block`, every block named
+    ``swimdiff`` the values its newer keys had in effect before they existed (``conditioning``
+    ``maps``, ``log_grad_share`` False), at any depth (``transfer.optimizer``, a study's
+    ``arms.<arm>.data``). Keys present are kept as they are.
 
     Old workdirs' configs are completed once, when read (:func:`config_diff`,
     :func:`rsjax.checkpoint.read_config`), so that adding a key with a default in a new rsjax
@@ -119,6 +126,8 @@ def complete_config(d: dict) -> dict:
                 v = fill(v, data_defaults)
             elif isinstance(v, dict) and k == "optimizer":
                 v = fill(v, opt_defaults)
+            elif isinstance(v, dict) and k == "swimdiff":
+                v = fill(v, _SWIMDIFF_BEFORE)
             out[k] = v
         return out
 

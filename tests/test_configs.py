@@ -98,8 +98,8 @@ def test_study_arms_are_built_in_the_config_and_follow_overrides():
     from rsjax import study
 
     c = load_config("study_eurosat", "cpu")
-    assert sorted(c.arms) == sorted(["simclr", "moco_v2", "swimdiff", "swimdiff_matching_only",
-                                     "swimdiff_diffusion_only", "false"])
+    assert sorted(c.arms) == sorted(["simclr", "moco_v2", "moco_v2_matching", "moco_v2_diffusion", "swimdiff",
+                                     "swimdiff_maps", "false"])
     c.data.folder = "/some/eurosat"
     c.batch_size = 64
     c.optimizer.lr = 0.5
@@ -108,13 +108,44 @@ def test_study_arms_are_built_in_the_config_and_follow_overrides():
         assert (a.data.folder, a.batch_size, a.optimizer.lr, a.seed) == ("/some/eurosat", 64, 0.5, 3)
         assert a.total_steps == 5 * (640 // 64) and a.optimizer.warmup_steps == int(0.05 * a.total_steps)
         assert a.eval.enabled is False and a.model.name == "resnet10_w32"
-    assert c.arms.swimdiff.data.crops_as_scenes == 2 and c.arms.simclr.data.crops_as_scenes == 0
-    assert c.data.crops_as_scenes == 0 and c.arms.swimdiff.data.scenes_per_batch == 0  # the study's own kept
+        # one batch layout for every arm: 2 x 2 quarter crops of each image, no scene sampling
+        assert (a.data.crops_as_scenes, a.data.scenes_per_batch) == (2, 0), arm
+    # identical batches: every input key (data block, batch, seed, steps) is the same in every arm,
+    # and the step's augmentation stream depends on seed and step only (rsjax.train.RNG_STREAMS)
+    inputs = {arm: (study.arm_config(c, arm, 3, 640).data.to_dict(), study.arm_config(c, arm, 3, 640).batch_size,
+                    study.arm_config(c, arm, 3, 640).total_steps) for arm in c.arms}
+    assert all(v == inputs["simclr"] for v in inputs.values())
     assert c.arms.moco_v2.moco.queue_size == 16 * 64
-    assert c.arms.swimdiff_matching_only.swimdiff.lambda_d == 0.0
-    assert c.arms.swimdiff_diffusion_only.loss.scene_mode == "none"
-    assert json.loads(c.arm_sources.swimdiff_matching_only) == {"config": "swimdiff",
-                                                                  "overrides": {"swimdiff.lambda_d": 0.0}}
+
+
+def test_study_factorial_arms_differ_only_in_their_loss_terms():
+    """The four MoCo-family arms are the swimdiff config with exactly the factorial's overrides:
+    after removing lambda_d, scene_mode, conditioning and the denoiser's optimizer, their
+    configs are equal (the candidates, queue, temperature, layout: everything else)."""
+    from rsjax import study
+
+    c = load_config("study_eurosat", "cpu")
+    expect = {"moco_v2": {"loss.scene_mode": "none", "swimdiff.lambda_d": 0.0},
+              "moco_v2_matching": {"swimdiff.lambda_d": 0.0}, "moco_v2_diffusion": {"loss.scene_mode": "none"},
+              "swimdiff": {}, "swimdiff_maps": {"swimdiff.conditioning": "maps"}}
+    stripped = {}
+    for arm, overrides in expect.items():
+        assert json.loads(c.arm_sources[arm]) == {"config": "swimdiff", "overrides": overrides}
+        d = study.arm_config(c, arm, seed=0, num_train=640).to_dict()
+        assert d["moco"]["batch_negatives"] is True
+        assert (d["loss"]["scene_mode"], d["swimdiff"]["lambda_d"]) == (
+            overrides.get("loss.scene_mode", "soft"), overrides.get("swimdiff.lambda_d", 1.0))
+        if d["swimdiff"]["lambda_d"]:
+            assert d["optimizer"]["modules"]["denoiser"]["name"] == "adam"
+        else:
+            assert not d["optimizer"]["modules"]
+        for block, key in (("loss", "scene_mode"), ("swimdiff", "lambda_d"), ("swimdiff", "conditioning"),
+                           ("optimizer", "modules")):
+            d[block].pop(key)
+        stripped[arm] = d
+    first = stripped.pop("moco_v2")
+    for arm, d in stripped.items():
+        assert d == first, arm
 
 
 def _old_workdir(tmp_path, config, drop):
@@ -152,6 +183,21 @@ def test_old_workdir_missing_key_that_now_differs_is_refused(tmp_path):
     config.data.crop_size = 16
     with pytest.raises(workdir_lib.ConfigMismatchError, match=r"data.crop_size: 0 -> 16"):
         workdir_lib.Workdir(str(wd), config)
+
+
+def test_old_swimdiff_workdir_resumes_only_with_the_conditioning_it_was_written_with(tmp_path):
+    """A SwiMDiff workdir from before swimdiff.conditioning existed trained the maps denoiser:
+    today's default (both) is refused naming the key; --config.swimdiff.conditioning=maps
+    (and log_grad_share=False, as then) resumes it."""
+    from rsjax import workdir as workdir_lib
+
+    config = load_config("swimdiff", "smoke")
+    wd = _old_workdir(tmp_path, config, ["swimdiff.conditioning", "swimdiff.log_grad_share", "optimizer.modules"])
+    with pytest.raises(workdir_lib.ConfigMismatchError, match=r"swimdiff.conditioning: 'maps' -> 'both'"):
+        workdir_lib.Workdir(str(wd), config)
+    config.swimdiff.conditioning = "maps"
+    config.swimdiff.log_grad_share = False
+    workdir_lib.Workdir(str(wd), config).close()
 
 
 def test_read_config_completes_old_configs(tmp_path):

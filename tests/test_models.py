@@ -287,3 +287,59 @@ def test_denoiser_bf16_and_errors(denoiser_case):
         _shapes_denoiser(den16, jnp.zeros((1, 30, 30, 5)), t1)
     with pytest.raises(ValueError, match="bands"):
         _shapes_denoiser(den16, jnp.zeros((1, 32, 32, 4)), t1)
+
+
+def _group_norm(x, groups, scale, bias, eps=1e-6):
+    """GroupNorm written out (flax's epsilon 1e-6): per sample and group of channels."""
+    b, h, w, c = x.shape
+    g = x.reshape(b, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(b, h, w, c) * scale + bias
+
+
+def _conv3(x, kernel, bias):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return np.asarray(y) + bias
+
+
+def test_film_block_is_adagn_written_out():
+    """A residual block of the film conditioning = x + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))) * (1 + s)
+    + b)), (s, b) = Dense(SiLU(emb)), written out here from its parameters."""
+    from rsjax.models.heads import _ResBlock
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 6, 8)).astype(np.float32)
+    emb = rng.normal(size=(2, 16)).astype(np.float32)
+    block = _ResBlock(8, num_groups=4, conv="lax", adagn=True)
+    variables = block.init(jax.random.key(1), x, emb)
+    p = jax.tree.map(lambda a: np.asarray(a) + rng.normal(size=a.shape).astype(np.float32) * 0.1,
+                     variables["params"])  # non-trivial norm scales / biases too
+    silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
+    h = _conv3(silu(_group_norm(x, 4, p["norm1"]["scale"], p["norm1"]["bias"])), p["conv1"]["kernel"],
+               p["conv1"]["bias"])
+    mod = silu(emb) @ p["emb_proj"]["kernel"] + p["emb_proj"]["bias"]
+    s, b = mod[:, None, None, :8], mod[:, None, None, 8:]
+    h = _group_norm(h, 4, p["norm2"]["scale"], p["norm2"]["bias"]) * (1 + s) + b
+    want = x + _conv3(silu(h), p["conv2"]["kernel"], p["conv2"]["bias"])
+    got = block.apply({"params": p}, x, emb)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+    assert "time_proj" not in p
+
+
+def test_film_denoiser_reads_the_pooled_vector_not_the_maps(denoiser_case):
+    _, _, _, _, x, t, cond = denoiser_case
+    den = Denoiser(out_channels=5, base_channels=8, channel_mults=(1, 2, 4), time_dim=16, conditioning="film")
+    vec = jnp.mean(cond[-1], axis=(1, 2))
+    variables = den.init(jax.random.key(0), x, t, cond, train=True, vec=vec)
+    assert not any(k.startswith("cond_proj") for k in variables["params"])
+    assert {"vec_mlp_0", "vec_mlp_1"} <= set(variables["params"])
+    apply = jax.jit(lambda v, c, vec: den.apply(v, x, t, c, train=True, vec=vec))
+    eps = apply(variables, cond, vec)
+    np.testing.assert_array_equal(eps, apply(variables, [c * 0 for c in cond], vec))  # maps unused
+    assert not np.allclose(eps, apply(variables, cond, vec[::-1]))                    # the vector is
+    with pytest.raises(ValueError, match="needs vec"):
+        den.apply(variables, x, t, cond, train=True)
+    with pytest.raises(ValueError, match="conditioning='fim'"):
+        Denoiser(out_channels=5, conditioning="fim").init(jax.random.key(0), x, t, cond, train=True, vec=vec)

@@ -16,6 +16,7 @@ queue rows, pointer, scene ids, normalization, view and EMA order are checked in
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from _method_check import load_config, run_train_steps
@@ -144,12 +145,17 @@ def test_queue_and_key_encoder_follow_moco(name, symmetric):
     assert config.moco.batch_negatives == (name == "swimdiff")
 
 
-def test_swimdiff_nocond_metric_is_zero_conditioning_same_noise_no_gradient():
-    """loss_diffusion_nocond = L_D with every conditioning map zeroed, same t and noise;
-    computed on logged steps only (NaN otherwise) and never part of the gradient."""
-    config = load_config("swimdiff")
+@pytest.mark.parametrize("conditioning", ["maps", "film"])
+def test_swimdiff_nocond_metric_is_zero_conditioning_same_noise_no_gradient(conditioning):
+    """loss_diffusion_nocond = L_D with every conditioning input zeroed (maps and the pooled
+    vector), loss_diffusion_shuffled = L_D with the conditioning of the image half a batch away,
+    same t and noise; conditioning_gain = (nocond - L_D) / nocond; computed on logged steps only
+    (NaN otherwise) and never part of the gradient."""
+    config = load_config("swimdiff", "smoke")
     config.log_every = 3
     config.total_steps = 100
+    config.swimdiff.conditioning = conditioning
+    config.swimdiff.log_grad_share = False
     method = methods.get_method(config)
     batch = _batches(config, 1, [0])[0]
     params, batch_stats, extra = method.init(jax.random.PRNGKey(0), batch)
@@ -161,16 +167,65 @@ def test_swimdiff_nocond_metric_is_zero_conditioning_same_noise_no_gradient():
     grad_fn = jax.jit(jax.value_and_grad(run, has_aux=True))
     (_, aux2), g2 = grad_fn(params, jnp.int32(2))   # step 3 is logged (3 % log_every == 0)
     (_, aux0), g0 = grad_fn(params, jnp.int32(0))   # step 1 is not
-    assert np.isnan(aux0["metrics"]["loss_diffusion_nocond"])
-    nocond = float(aux2["metrics"]["loss_diffusion_nocond"])
-    # the real L_D with the conditioning maps replaced by zeros, same rng streams
+    m = aux2["metrics"]
+    for key in ("loss_diffusion_nocond", "loss_diffusion_shuffled", "conditioning_gain"):
+        assert np.isnan(aux0["metrics"][key])
+    nocond = float(m["loss_diffusion_nocond"])
+    # the real L_D with the conditioning replaced, same rng streams
     _, _, _, feats, _ = method.contrastive(params, batch_stats, extra, batch)
-    zero_feats = [jnp.zeros_like(f) for f in feats]
-    ld_zero, _ = method.diffusion_loss(params, batch["view1"], zero_feats, rngs)
+    b = batch["view1"].shape[0]
+    ld_zero, _ = method.diffusion_loss(params, batch["view1"], [jnp.zeros_like(f) for f in feats], rngs)
+    ld_shuf, _ = method.diffusion_loss(params, batch["view1"], [np.roll(np.asarray(f), b // 2, axis=0)
+                                                                for f in feats], rngs)
     ld_real, _ = method.diffusion_loss(params, batch["view1"], feats, rngs)
     assert nocond == pytest.approx(float(ld_zero), rel=1e-5)
-    assert float(aux2["metrics"]["loss_diffusion"]) == pytest.approx(float(ld_real), rel=1e-5)
+    assert float(m["loss_diffusion_shuffled"]) == pytest.approx(float(ld_shuf), rel=1e-5)
+    assert float(m["loss_diffusion"]) == pytest.approx(float(ld_real), rel=1e-5)
+    assert float(m["conditioning_gain"]) == pytest.approx((float(ld_zero) - float(ld_real)) / float(ld_zero),
+                                                          rel=1e-4, abs=1e-6)
     assert abs(float(ld_real) - nocond) > 1e-6  # the conditioning does enter the denoiser
     # logging it changes no gradient
     for a, c in zip(jax.tree.leaves(g2), jax.tree.leaves(g0)):
         np.testing.assert_array_equal(a, c)
+
+
+def test_swimdiff_grad_share_is_the_diffusion_terms_share_of_the_encoder_gradient():
+    """grad_share_diffusion of the probe step (the variant the loop runs on logged steps) =
+    |g_D| / (|g_C| + |g_D|) on the encoder, with g_D and g_C taken independently: jax.grad of the
+    same loss with lambda_C = 0 and with lambda_D = 0 (same batch, step and random streams);
+    the probe step's update equals the plain step's."""
+    from rsjax import optim, train
+
+    config = load_config("swimdiff", "smoke")
+    config.swimdiff.log_grad_share = True
+    config.swimdiff.lambda_d = 0.5
+    method = methods.get_method(config)
+    assert method.wants_probe
+    batch = _batches(config, 1, [0])[0]
+    tx, schedule = optim.make(config.optimizer, config.total_steps)
+    state = train.init_state(method, tx, batch, config.seed)
+    plain = jax.jit(train.make_train_step(method, tx, schedule, seed=config.seed))
+    probe = jax.jit(train.make_train_step(method, tx, schedule, seed=config.seed, probe=True))
+    s1, m1 = plain(state, batch)
+    assert "grad_share_diffusion" not in m1
+    s_probe, m2 = probe(s1, batch)
+    s_plain, _ = plain(s1, batch)
+
+    step_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    rngs = {name: jax.random.fold_in(step_key, i) for i, name in enumerate(train.RNG_STREAMS)}
+
+    def grad_with(**lambdas):
+        c = config.copy_and_resolve_references()
+        for k, v in lambdas.items():
+            c.swimdiff[k] = v
+        meth = methods.get_method(c)
+        return jax.jit(jax.grad(lambda p: meth.loss(p, s1["batch_stats"], s1["extra"], batch, rngs, s1["step"])[0]))(
+            s1["params"])["encoder"]
+
+    n_d = float(optax.tree.norm(grad_with(lambda_c=0.0)))
+    n_c = float(optax.tree.norm(grad_with(lambda_d=0.0)))
+    assert 0.0 < n_d and 0.0 < n_c
+    assert float(m2["grad_share_diffusion"]) == pytest.approx(n_d / (n_c + n_d), rel=1e-3)
+    # the probe is a metric only: the update equals the plain step's
+    for a, c in zip(jax.tree.leaves(s_probe["params"]), jax.tree.leaves(s_plain["params"])):
+        np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)

@@ -89,16 +89,44 @@ def test_study_renderer_on_fixture(tmp_path):
     md = R.render_study_table(R.load_all("study_*.json", str(tmp_path)))
     lines = md.splitlines()
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| arm")]
-    # Hand-computed: linear mean (0.5 + 0.7) / 2 = 60.0 %, population std 10.0; kNN of seed 1 is
-    # NaN -> null -> left out of the mean (40.0 from seed 0 alone) and shown as n/a per seed.
+    # Hand-computed: linear mean (0.5 + 0.7) / 2 = 60.0 %, sample sd 0.1 * sqrt(2) = 14.1; kNN of
+    # seed 1 is NaN -> null -> left out of the mean (40.0 from seed 0 alone) and shown as n/a per
+    # seed; no run record of the mechanism: its five cells empty.
     assert rows == [
-        "| random_init | 68.3 | 48.7 | s0: 68.3 / 48.7 | 0 | 0 | 10 | 1x NVIDIA H200 | 2026-11-29 | abc1234 |",
-        "| simclr | 60.0 ± 10.0 | 40.0 | s0: 50.0 / 40.0, s1: 70.0 / n/a | 4200 | 60 | 123 | 1x NVIDIA H200 "
-        "| 2026-11-29 | abc1234 |",
+        "| random_init | 68.3 | 48.7 | s0: 68.3 / 48.7 | 0 | 0 | 10 | 1x NVIDIA H200 | 2026-11-29 | abc1234 | | | | |",
+        "| simclr | 60.0 ± 14.1 | 40.0 | s0: 50.0 / 40.0, s1: 70.0 / n/a | 4200 | 60 | 123 | 1x NVIDIA H200 "
+        "| 2026-11-29 | abc1234 | | | | |",
     ]
+    assert "Study wall time (every arm and seed, all calls): 2 min." in md
     assert lines[0].startswith("**`gpu`**: eurosat_rgb, resnet18, 64 px, 100 epochs, batch 512, bfloat16, 21600 train")
     assert "`python -m rsjax.main --config=configs/study_eurosat.py:gpu`" in md
     assert R.render_study_table([]).startswith("_No study results yet")
+
+
+def test_study_table_shows_the_mechanism_and_paired_t_intervals(tmp_path):
+    """Paired differences over the common seeds with a 95 % t-interval, hand-computed: linear
+    differences 2, 4, 3 points -> mean 3.0, sd 1.0, t(0.975, 2) = 4.3027 -> +-2.48 -> [+0.5, +5.5];
+    a seed only one arm has is left out of the pairs; the mechanism cells from last_window_mean."""
+    def arm(name, index, linear, knn, window=None):
+        p = _arm("cpu", name, index, [{"seed": s, "linear": lin, "knn": k, "steps": 840}
+                                      for s, (lin, k) in enumerate(zip(linear, knn))], 100.0, 90.0)
+        p["comparisons"] = [["swimdiff", "moco_v2"]]
+        if window:
+            p["last_window_mean"], p["refused_steps"] = window, 1
+        return p
+
+    R.save(arm("moco_v2", 0, [0.68, 0.68, 0.68], [0.60, 0.60, 0.60]), tmp_path / "study_cpu_moco_v2.json")
+    R.save(arm("swimdiff", 1, [0.70, 0.72, 0.71, 0.99], [0.60, 0.60, 0.60, 0.99],
+               window={"loss_diffusion": 0.08, "loss_diffusion_nocond": 0.1, "loss_diffusion_shuffled": 0.1,
+                       "conditioning_gain": 0.2, "grad_share_diffusion": 0.25, "scene_false_negatives": 13.5}),
+           tmp_path / "study_cpu_swimdiff.json")
+    md = R.render_study_table(R.load_all("study_*.json", str(tmp_path)))
+    assert "| swimdiff − moco_v2 | +3.0 [+0.5, +5.5] (n = 3) | +0.0 [+0.0, +0.0] (n = 3) |" in md
+    swim = next(line for line in md.splitlines() if line.startswith("| swimdiff |"))
+    assert swim.endswith("| abc1234 | 0.0800 | 20.0 / 20.0 | 25 | 13.5 | 1 |")
+    ci = R.paired_interval({0: 1.0, 1: 2.0}, {0: 0.0, 1: 0.0})  # d = 1, 2: mean 1.5, sd 0.707, t(0.975, 1) 12.706
+    assert ci["n"] == 2 and abs(ci["hi"] - (1.5 + 12.7062 * 0.70711 / 2 ** 0.5)) < 1e-3
+    assert R.paired_interval({0: 1.0}, {0: 0.0}) is None
 
 
 def _run_cli(*args):
@@ -116,7 +144,7 @@ def test_check_detects_out_of_date_readme_and_regeneration_fixes_it(tmp_path):
     assert "| stale | table |" in readme.read_text()  # --check writes nothing
     assert _run_cli(*args).returncode == 0
     text = readme.read_text()
-    assert "| stale |" not in text and "| simclr | 60.0 ± 10.0 |" in text
+    assert "| stale |" not in text and "| simclr | 60.0 ± 14.1 |" in text
     assert text.startswith("# t\n\nbefore\n<!-- results:study -->\n") and text.endswith("<!-- /results:study -->\nafter\n")
     assert _run_cli("--check", *args).returncode == 0
     # A new result makes the README out of date again.

@@ -107,15 +107,15 @@ def test_an_arms_override_stays_in_that_arm(monkeypatch):
     import configs.study_eurosat as study_cfg
 
     arms = dict(study_cfg.ARMS)
-    arms["simclr_hot"] = ("simclr", {"optimizer.lr": 0.01, "data.crops_as_scenes": 2, "batch_size": 32})
+    arms["simclr_hot"] = ("simclr", {"optimizer.lr": 0.01, "data.crops_as_scenes": 0, "batch_size": 32})
     monkeypatch.setattr(study_cfg, "ARMS", arms)
     c = study_cfg.get_config("cpu")
-    assert c.arms.simclr_hot.optimizer.lr == 0.01 and c.arms.simclr_hot.data.crops_as_scenes == 2
+    assert c.arms.simclr_hot.optimizer.lr == 0.01 and c.arms.simclr_hot.data.crops_as_scenes == 0
     assert c.arms.simclr_hot.batch_size == 32
     for name in ("simclr", "moco_v2", "swimdiff"):
         assert c.arms[name].optimizer.lr == c.optimizer.lr == 0.3
         assert c.arms[name].batch_size == c.batch_size == 128
-    assert c.arms.simclr.data.crops_as_scenes == c.data.crops_as_scenes == 0
+    assert c.arms.simclr.data.crops_as_scenes == c.data.crops_as_scenes == 2
     c.optimizer.lr = 0.5  # as --config.optimizer.lr=0.5 does
     c.batch_size = 64
     assert c.arms.simclr.optimizer.lr == 0.5 and c.arms.swimdiff.optimizer.lr == 0.5

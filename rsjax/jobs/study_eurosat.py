@@ -122,7 +122,13 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
     r = _score(_encode_fn(enc), {"params": params, "batch_stats": batch_stats}, arrays, config, seed)
     r.update(seed=seed, pretrain_s=summary["train_seconds"], compile_s=summary["compile_seconds"],
              steps=summary["step"],
-             images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9))
+             images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9),
+             refused_steps=int(summary.get("nonfinite_steps", 0) or 0),
+             last_window=lib.last_window(os.path.join(arm_wd, "metrics.jsonl"), cfg.total_steps),
+             optimizer=cfg.optimizer.to_dict())
+    for key in ("swimdiff", "loss", "moco"):
+        if key in cfg:
+            r[key] = cfg[key].to_dict()  # every setting of the arm's loss terms, overrides included
     return r
 
 
@@ -229,7 +235,7 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
     scored = {k: v for k, v in results.items() if v.get("linear_mean") is not None}  # failed arms have none
     if scored:
         plots.bars({k: 100 * v["linear_mean"] for k, v in scored.items()}, os.path.join(workdir, "study.png"),
-                   errors={k: 100 * v["linear_std"] for k, v in scored.items()}, ylabel="linear probe top-1 (%)",
+                   errors={k: 100 * (v["linear_sd"] or 0.0) for k, v in scored.items()}, ylabel="linear probe top-1 (%)",
                    title=f"{data.name}: linear probe on frozen features")
     print(md, flush=True)
     return report

@@ -11,26 +11,38 @@ L = lambda_C * L_C + lambda_D * L_D (DESIGN §3.1-3.2).
 * L_D: DDPM noise prediction. x0 = the query view mapped to [-1, 1]
   (``clip(view1 / swimdiff.x0_scale, -1, 1)`` on the standardized view: x0_scale standard
   deviations map to +-1); t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps); a small
-  UNet denoiser eps_theta(x_t, t, c) conditioned on the query encoder's stage 1..4 feature
-  maps of the *clean* view. Gradients of L_D flow into the encoder: that is the constraint.
+  UNet denoiser eps_theta(x_t, t, c) conditioned on the query encoder's features of the
+  *clean* view (``swimdiff.conditioning``, :class:`rsjax.models.heads.Denoiser`): ``maps``
+  the stage 1..4 maps added at the denoiser's closest levels (the first design), ``film`` the
+  pooled representation (the features the evaluation reads) modulating every block (AdaGN),
+  ``both``. Gradients of L_D flow into the encoder: that is the constraint.
 
 Ablations by config: ``swimdiff.lambda_d=0`` (matching only), ``loss.scene_mode=none``
-(diffusion only on top of MoCo), ``swimdiff.lambda_c=0`` (pure diffusion pretraining).
+(diffusion only on top of MoCo), ``swimdiff.lambda_c=0`` (pure diffusion pretraining),
+``swimdiff.conditioning=maps`` (the first conditioning).
 
-Sanity metric ``loss_diffusion_nocond``: L_D of the same denoiser, the same t and the same
-noise, with the encoder conditioning zeroed (every cond map = 0). Forward only, no
-gradient, and computed only on the steps that are logged (``lax.cond`` on the step: a
-multiple of ``log_every``, the last of ``total_steps`` and of ``stop_after_steps``; NaN on
-the others, which are not logged). ``loss_diffusion`` well below it means the denoiser
-uses the encoder's features, i.e. the constraint reaches the encoder; equal values mean
-the DDPM branch trains a denoiser that ignores the encoder. ``swimdiff.log_nocond=False``
-turns it off.
+Diagnostics, forward only, no gradient, computed only on the steps that are logged
+(``lax.cond`` on the step: a multiple of ``log_every``, the last of ``total_steps`` and of
+``stop_after_steps``; NaN on the others, which are not logged; ``swimdiff.log_nocond=False``
+turns them off), all with the same denoiser, t and noise as L_D:
+
+* ``loss_diffusion_nocond``: every conditioning input zeroed (maps and pooled vector);
+* ``loss_diffusion_shuffled``: the conditioning of the image half a batch away (another scene):
+  in-distribution features that say nothing about this image;
+* ``conditioning_gain`` = (nocond - L_D) / nocond. Zeroed features are outside what the
+  denoiser was trained on, so this gain can be large for a denoiser that only uses the
+  conditioning as a constant; (shuffled - L_D) / shuffled is the part that is information about
+  the image. Both are reported (README "Documented choices").
+* ``grad_share_diffusion`` (``swimdiff.log_grad_share``): |g_D| / (|g_C| + |g_D|) on the
+  encoder's parameters, g_D the gradient of lambda_D * L_D and g_C of the rest: the loop runs
+  its probe step on logged steps only (one more pullback; :meth:`SwiMDiff.probe_metrics`).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from rsjax import diffusion
 from rsjax.methods.moco import MoCo
@@ -52,6 +64,7 @@ class SwiMDiff(MoCo):
             time_dim=d.time_dim,
             dtype=self.dtype,
             conv=conv_lib.from_config(config.model),
+            conditioning=d.get("conditioning", "maps"),
         )
         betas = diffusion.linear_beta_schedule(d.num_timesteps, d.beta_start, d.beta_end)
         self.alphas_cumprod = diffusion.alphas_cumprod(betas)
@@ -73,12 +86,22 @@ class SwiMDiff(MoCo):
             if size:
                 x = jnp.zeros((x.shape[0], size, size, x.shape[-1]), x.dtype)
             t = jnp.zeros((x.shape[0],), jnp.int32)
-            params["denoiser"] = self.denoiser.init(k_den, x, t, feats, train=False)["params"]
+            params["denoiser"] = self.denoiser.init(k_den, x, t, feats, train=False, vec=pooled(feats))["params"]
         return params, batch_stats, extra
 
+    def logged(self, step):
+        """True on the steps the loop logs: a multiple of ``log_every``, the last of
+        ``total_steps`` and of ``stop_after_steps`` (a traced bool)."""
+        logged = (step + 1) % self.config.log_every == 0
+        for last in (self.config.total_steps, self.config.get("stop_after_steps", 0) or 0):
+            if last:
+                logged = logged | (step + 1 == last)
+        return logged
+
     def diffusion_loss(self, params, x, feats, rngs, step=None):
-        """L_D (mean over the batch); with ``step`` also returns ``loss_diffusion_nocond``
-        (see the module docstring), else None in its place."""
+        """L_D (mean over the batch); with ``step`` also returns the logged-step diagnostics
+        ``loss_diffusion_nocond``, ``loss_diffusion_shuffled`` and ``conditioning_gain`` (see the
+        module docstring) as a dict, else None in its place."""
         cfg = self.config.swimdiff
         x0 = jnp.clip(x.astype(jnp.float32) / cfg.x0_scale, -1.0, 1.0)
         size = int(cfg.get("diffusion_size", 0) or 0)
@@ -91,26 +114,32 @@ class SwiMDiff(MoCo):
         t = jax.random.randint(rngs["diffusion_t"], (b,), 0, cfg.num_timesteps)
         noise = jax.random.normal(rngs["diffusion_noise"], x0.shape, jnp.float32)
         x_t = diffusion.q_sample(x0, t, noise, self.alphas_cumprod)
-        pred = self.denoiser.apply({"params": params["denoiser"]}, x_t.astype(self.dtype), t, feats, train=True)
+        x_t = x_t.astype(self.dtype)
+        pred = self.denoiser.apply({"params": params["denoiser"]}, x_t, t, feats, train=True, vec=pooled(feats))
         l_d = jnp.mean(diffusion.ddpm_loss(noise, pred))
         if step is None:
             return l_d, None
 
-        # Same x_t, t and noise; conditioning zeroed; no input carries a tangent, so the
-        # cond is not differentiated and costs one denoiser forward on logged steps only.
+        # Same x_t, t and noise; the conditioning zeroed, or taken from another image of the
+        # batch (rolled by half the batch: another scene). No input carries a tangent, so nothing
+        # here is differentiated; two denoiser forwards on logged steps only.
         den = jax.lax.stop_gradient(params["denoiser"])
-        zeros = [jnp.zeros(f.shape, f.dtype) for f in feats]
+        sg = [jax.lax.stop_gradient(f) for f in feats]
 
-        def nocond(_):
-            p = self.denoiser.apply({"params": den}, x_t.astype(self.dtype), t, zeros, train=True)
+        def with_cond(maps):
+            p = self.denoiser.apply({"params": den}, x_t, t, maps, train=True, vec=pooled(maps))
             return jnp.mean(diffusion.ddpm_loss(noise, p))
 
-        logged = (step + 1) % self.config.log_every == 0
-        for last in (self.config.total_steps, self.config.get("stop_after_steps", 0) or 0):
-            if last:
-                logged = logged | (step + 1 == last)
-        l_nc = jax.lax.cond(logged, nocond, lambda _: jnp.full((), jnp.nan, jnp.float32), None)
-        return l_d, l_nc
+        def diagnostics(_):
+            l_nc = with_cond([jnp.zeros(f.shape, f.dtype) for f in sg])
+            l_sh = with_cond([jnp.roll(f, b // 2, axis=0) for f in sg])
+            return {"loss_diffusion_nocond": l_nc, "loss_diffusion_shuffled": l_sh,
+                    "conditioning_gain": (l_nc - jax.lax.stop_gradient(l_d)) / l_nc}
+
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        return l_d, jax.lax.cond(self.logged(step), diagnostics,
+                                 lambda _: {k: nan for k in ("loss_diffusion_nocond", "loss_diffusion_shuffled",
+                                                             "conditioning_gain")}, None)
 
     def loss(self, params, batch_stats, extra, batch, rngs, step):
         cfg = self.config.swimdiff
@@ -118,10 +147,32 @@ class SwiMDiff(MoCo):
         loss = cfg.lambda_c * l_c
         if self.use_diffusion:
             # feats: the query encoder's stage maps of view 1 (the clean x0's view)
-            l_d, l_nc = self.diffusion_loss(
+            l_d, diag = self.diffusion_loss(
                 params, batch["view1"], feats, rngs, step=step if cfg.get("log_nocond", True) else None)
             metrics["loss_diffusion"] = l_d
-            if l_nc is not None:
-                metrics["loss_diffusion_nocond"] = l_nc
+            metrics.update(diag or {})
             loss = loss + cfg.lambda_d * l_d
-        return loss, {"batch_stats": new_bs, "enqueue": pieces, "metrics": metrics}
+        aux = {"batch_stats": new_bs, "enqueue": pieces, "metrics": metrics}
+        if self.use_diffusion:
+            aux["probe"] = cfg.lambda_d * l_d  # its own gradient on logged steps: probe_metrics
+        return loss, aux
+
+    @property
+    def wants_probe(self) -> bool:
+        """The loop runs its probe step (rsjax.train.make_train_step) on logged steps."""
+        return self.use_diffusion and bool(self.config.swimdiff.get("log_grad_share", False))
+
+    def probe_metrics(self, grads, probe_grads):
+        """``grad_share_diffusion`` = ``|g_D| / (|g_C| + |g_D|)`` on the encoder's parameters, with
+        ``g_D`` the gradient of ``lambda_D * L_D`` and ``g_C = g - g_D`` that of the rest (the
+        contrastive term)."""
+        g_d = probe_grads["encoder"]
+        n_d = optax.tree.norm(g_d)
+        n_c = optax.tree.norm(jax.tree.map(lambda g, d: g - d, grads["encoder"], g_d))
+        return {"grad_share_diffusion": (n_d / jnp.maximum(n_c + n_d, 1e-30)).astype(jnp.float32)}
+
+
+def pooled(feats):
+    """The encoder's pooled representation (what the evaluation reads): the global mean of
+    the last stage map, float32."""
+    return jnp.mean(feats[-1].astype(jnp.float32), axis=(1, 2))

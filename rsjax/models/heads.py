@@ -96,17 +96,25 @@ class ProjectionHead(nn.Module):
         return x.astype(jnp.float32)
 
 
+CONDITIONINGS = ("maps", "film", "both")
+
+
 def _groups(channels: int, max_groups: int) -> int:
     return math.gcd(channels, max_groups)
 
 
 class _ResBlock(nn.Module):
-    """GN -> SiLU -> conv3x3 (+ time) -> GN -> SiLU -> conv3x3, plus a (1x1 conv) shortcut."""
+    """GN -> SiLU -> conv3x3 (+ time) -> GN -> SiLU -> conv3x3, plus a (1x1 conv) shortcut.
+
+    ``adagn``: the second GroupNorm is modulated by the embedding ``emb`` instead of adding a
+    projection of it after the first conv: ``GN(h) * (1 + s) + b`` with ``(s, b)`` a Dense of
+    ``SiLU(emb)`` (AdaGN, Dhariwal & Nichol 2021), so the embedding scales every channel."""
 
     channels: int
     num_groups: int = 8
     dtype: Any = jnp.float32
     conv: str = "auto"
+    adagn: bool = False
 
     @nn.compact
     def __call__(self, x, temb):
@@ -115,10 +123,17 @@ class _ResBlock(nn.Module):
         )
         h = nn.GroupNorm(_groups(x.shape[-1], self.num_groups), dtype=self.dtype, name="norm1")(x)
         h = conv(self.channels, 3, "conv1")(nn.silu(h))
-        h = h + nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="time_proj")(temb)[
-            :, None, None, :
-        ]
-        h = nn.GroupNorm(_groups(self.channels, self.num_groups), dtype=self.dtype, name="norm2")(h)
+        if self.adagn:
+            mod = nn.Dense(2 * self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="emb_proj")(
+                nn.silu(temb))[:, None, None, :]
+            scale, shift = jnp.split(mod, 2, axis=-1)
+            h = nn.GroupNorm(_groups(self.channels, self.num_groups), dtype=self.dtype, name="norm2")(h)
+            h = h * (1 + scale) + shift
+        else:
+            h = h + nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="time_proj")(temb)[
+                :, None, None, :
+            ]
+            h = nn.GroupNorm(_groups(self.channels, self.num_groups), dtype=self.dtype, name="norm2")(h)
         h = conv(self.channels, 3, "conv2")(nn.silu(h))
         if x.shape[-1] != self.channels:
             x = conv(self.channels, 1, "skip")(x)
@@ -136,6 +151,11 @@ class Denoiser(nn.Module):
       num_groups: maximal GroupNorm group count (gcd with the channel count is used).
       dtype: compute dtype; parameters and the returned eps stay float32.
       conv: convolution formulation (:mod:`rsjax.models.conv`).
+      conditioning: what of the encoder the denoiser sees (DESIGN §3.2; README "Documented
+        choices"): ``"maps"`` the stage maps added at the coarse levels (``cond``; the first
+        design), ``"film"`` the pooled representation ``vec`` (the features the evaluation
+        reads) through an MLP added to the time embedding, which modulates every residual
+        block's GroupNorm (AdaGN), ``"both"``.
     """
 
     out_channels: int
@@ -145,14 +165,25 @@ class Denoiser(nn.Module):
     num_groups: int = 8
     dtype: Any = jnp.float32
     conv: str = "auto"
+    conditioning: str = "maps"
 
     @nn.compact
-    def __call__(self, x_t, t, cond=None, *, train: bool):
-        """x_t [B, H, W, C], t [B] int, cond: list of NHWC maps (or None) -> eps [B, H, W, C] float32.
+    def __call__(self, x_t, t, cond=None, *, train: bool, vec=None):
+        """x_t [B, H, W, C], t [B] int, cond: list of NHWC maps (or None), vec: [B, D] pooled
+        features (or None) -> eps [B, H, W, C] float32. ``cond`` is read by the ``maps``
+        conditioning, ``vec`` by ``film`` (``both``: both).
 
         ``train`` is accepted for interface symmetry; the denoiser has no dropout or BN.
         """
         del train
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"Denoiser.conditioning={self.conditioning!r}: expected one of {CONDITIONINGS}")
+        film = self.conditioning in ("film", "both")
+        if self.conditioning == "film":
+            cond = None
+        if film and (vec is None or vec.ndim != 2 or vec.shape[0] != x_t.shape[0]):
+            raise ValueError(f"Denoiser.conditioning={self.conditioning!r} needs vec [B, D] with B = "
+                             f"{x_t.shape[0]}, got {None if vec is None else vec.shape}")
         if x_t.ndim != 4:
             raise ValueError(f"Denoiser expects x_t as [B, H, W, C], got shape {x_t.shape}")
         if x_t.shape[-1] != self.out_channels:
@@ -170,6 +201,12 @@ class Denoiser(nn.Module):
         temb = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="time_mlp_0")(temb)
         temb = nn.silu(temb)
         temb = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="time_mlp_1")(temb)
+        if film:
+            # class-conditional DDPM style: the condition's embedding joins the time embedding
+            c = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="vec_mlp_0")(
+                jnp.asarray(vec, self.dtype))
+            c = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="vec_mlp_1")(nn.silu(c))
+            temb = temb + c
 
         # Conditioning: project each map to its closest level and sum per level.
         cond_at_level: list[Any] = [None] * n_levels
@@ -195,22 +232,22 @@ class Denoiser(nn.Module):
         x = conv3(chans[0], "conv_in")(jnp.asarray(x_t, self.dtype))
         skips = []
         for lvl in range(n_levels):
-            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, self.conv, name=f"down_{lvl}")(x, temb)
+            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, self.conv, film, name=f"down_{lvl}")(x, temb)
             if cond_at_level[lvl] is not None:
                 x = x + cond_at_level[lvl].astype(x.dtype)
             skips.append(x)
             if lvl < n_levels - 1:
                 x = conv3(chans[lvl + 1], f"downsample_{lvl}", stride=2)(x)
 
-        x = _ResBlock(chans[-1], self.num_groups, self.dtype, self.conv, name="mid_0")(x, temb)
-        x = _ResBlock(chans[-1], self.num_groups, self.dtype, self.conv, name="mid_1")(x, temb)
+        x = _ResBlock(chans[-1], self.num_groups, self.dtype, self.conv, film, name="mid_0")(x, temb)
+        x = _ResBlock(chans[-1], self.num_groups, self.dtype, self.conv, film, name="mid_1")(x, temb)
 
         for lvl in reversed(range(n_levels)):
             if lvl < n_levels - 1:
                 x = jax.image.resize(x, (b, *level_hw[lvl], x.shape[-1]), method="nearest")
                 x = conv3(chans[lvl], f"upsample_{lvl}")(x)
             x = jnp.concatenate([x, skips[lvl]], axis=-1)
-            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, self.conv, name=f"up_{lvl}")(x, temb)
+            x = _ResBlock(chans[lvl], self.num_groups, self.dtype, self.conv, film, name=f"up_{lvl}")(x, temb)
 
         x = nn.GroupNorm(_groups(chans[0], self.num_groups), dtype=self.dtype, name="norm_out")(x)
         x = conv3(self.out_channels, "conv_out")(nn.silu(x))
