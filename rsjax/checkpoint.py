@@ -12,9 +12,13 @@ set aside as ``<step>.unreadable``, and the previous step used). Readers (:func:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -114,6 +118,43 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
         manager.wait_until_finished()
 
 
+def _disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` or an exception it came from is "no space left on device" (ENOSPC), however
+    Orbax / TensorStore wrap it."""
+    seen = 0
+    while e is not None and seen < 10:
+        if getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in str(e).lower():
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(checkpoint_dir: str, step_of: Any = None):
+    """Turns a full disk during a checkpoint write into a :class:`CheckpointError` of one line,
+    after removing the half-written ``<step>.orbax-checkpoint-tmp*`` folders (they hold the space;
+    the complete steps are untouched, so nothing is lost and a rerun resumes from the last one)."""
+    from rsjax.errors import CheckpointError
+
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a full disk
+        if not _disk_full(e):
+            raise
+        partial = sorted(n for n in (os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else [])
+                         if ".orbax-checkpoint-tmp" in n)
+        for name in partial:
+            shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
+        complete = sorted(int(n) for n in os.listdir(checkpoint_dir) if n.isdigit()) if os.path.isdir(
+            checkpoint_dir) else []
+        last = f"step {complete[-1]}" if complete else "none yet"
+        raise CheckpointError(
+            f"no space left on device while writing a checkpoint in {checkpoint_dir}"
+            f"{f' (step {step_of()})' if callable(step_of) else ''}: the partial write was removed "
+            f"({', '.join(partial) or 'none left'}); last complete checkpoint: {last}. Free space and rerun "
+            f"the same command to resume") from None
+
+
 def _path_str(path) -> str:
     """``"opt_state/1/0/mu/encoder/conv/kernel"`` of a jax key path."""
     return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
@@ -134,9 +175,25 @@ def fit_problems(stored_tree, template) -> list[str]:
     return out
 
 
+# Orbax formats a TensorStore error's method object instead of its text ("See full TensorStore
+# details: <bound method pybind11_detail_function_record_...>"): cut there, read the cause instead.
+_ORBAX_DETAILS = re.compile(r"\s*See full TensorStore details:.*$")
+
+
+def _first_line(e: BaseException, limit: int) -> str:
+    text = str(e).strip()
+    return _ORBAX_DETAILS.sub("", text.splitlines()[0])[:limit] if text else ""
+
+
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    """``Type: first line`` of an error, plus the first line of its cause (e.g. TensorStore's
+    "DATA_LOSS: ..." behind Orbax's generic message)."""
+    text = _first_line(e, 200)
+    out = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    cause = e.__cause__ or e.__context__
+    if cause is not None and _first_line(cause, 160) and _first_line(cause, 160) not in text:
+        out += f" <- {type(cause).__name__}: {_first_line(cause, 160)}"
+    return out
 
 
 def _warn(msg: str) -> None:
@@ -427,6 +484,13 @@ def load_encoder(workdir: str, step: int | None = None):
         raise CheckpointError(f"checkpoint {step} of {workdir} holds no encoder (parameter modules: "
                               f"{sorted(state.get('params', {}))})")
     if not imported:
+        if "method" not in config:  # e.g. a segmentation or change-detection run's workdir
+            from rsjax.errors import CheckpointError
+
+            raise CheckpointError(
+                f"{workdir} holds a {config.get('job', '?')!r} run, not a pretraining run: an encoder is read from "
+                f"the workdir of a pretraining job (one with config.method, e.g. configs/swimdiff.py) or of "
+                f"python -m rsjax.import_weights")
         methods.get_method(config)  # validates the config names an existing method
     normalization = registry.normalization_name(config.data.normalization)  # config completed when read
     n = int(config.model.in_channels)

@@ -22,6 +22,34 @@ def run(config, workdir: str):
     return jobs.get(config.get("job", "pretrain"))(config, workdir)
 
 
+def run_stoppable(config, workdir: str):
+    """:func:`run` with SIGTERM / SIGINT turned into exit 75 outside the training loop (the final
+    evaluation, reading data): nothing is lost there (the last checkpoint is complete) and a
+    scheduler's signal must not be ignored for minutes. The loop installs its own handler while
+    it trains (finish the step, checkpoint, exit 75) and gives this one back."""
+    import signal
+
+    from rsjax.train import PREEMPTED_EXIT_CODE
+
+    def stop(signum, frame):
+        del frame
+        print(f"Stopped by signal {signum} outside training (evaluation or data preparation); the last "
+              f"checkpoint is complete. Rerun the same command to continue.", flush=True)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, stop)
+        except ValueError:  # not in the main thread
+            pass
+    try:
+        return run(config, workdir)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def main(argv):
     """Runs the job; an :class:`rsjax.errors.RsjaxError` is printed in one line (exit 2) by
     :func:`rsjax.errors.run_cli`, anything else keeps its traceback (a bug to report)."""
@@ -29,7 +57,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:  # quiet by default; --verbosity=N / -v N as given
         logging.set_verbosity(logging.WARNING)
-    run(_CONFIG.value, FLAGS.workdir)
+    run_stoppable(_CONFIG.value, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -340,6 +340,7 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
     config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
     manager = ckpt_lib.make_manager(run_dir.path, max_to_keep=phase.keep_checkpoints)
+    ckpt_dir = os.path.join(run_dir.path, "checkpoints")
     start_step = 0
     restored = ckpt_lib.restore_latest(manager, state, config_dict)
     if restored is not None:
@@ -359,7 +360,8 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
             return
         # Asynchronous on accelerators (the write overlaps the next steps; Orbax copies the
         # arrays to host first, so the donated state is free to change): waited for on exit.
-        ckpt_lib.save(manager, step, state, json.loads(data_iter.get_state()), config_dict, block=False)
+        with ckpt_lib.disk_full_is_one_line(ckpt_dir, lambda: step):
+            ckpt_lib.save(manager, step, state, json.loads(data_iter.get_state()), config_dict, block=False)
         last_saved = step
 
     multi = jax.process_count() > 1
@@ -416,7 +418,8 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
                 save(step)
     finally:
         bar.close()  # also on errors: a progress bar redrawn after the error message hides it
-        manager.wait_until_finished()  # every exit (end, signal, error) waits for a pending save
+        with ckpt_lib.disk_full_is_one_line(ckpt_dir, lambda: last_saved):
+            manager.wait_until_finished()  # every exit (end, signal, error) waits for a pending save
     elapsed = time.time() - t0
     summary = {"step": step, "start_step": start_step, "total_steps": total, "train_seconds": elapsed if step > start_step else 0.0,
                "compile_seconds": compile_s, "compiles": train_step.trace_count,
@@ -424,7 +427,9 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
     if summary["nonfinite_steps"] and is_main and step > start_step:
         print(f"{summary['nonfinite_steps']} step(s) refused for a non-finite loss or gradient "
               f"(listed in {run_dir.events_path})", flush=True)
-    if is_main and step > start_step:
+    # also when this invocation trained nothing but the picture is missing (a run killed after its
+    # last step, e.g. during the final evaluation, then rerun)
+    if is_main and (step > start_step or not os.path.exists(run_dir.file("loss_curve.png"))):
         run_dir.plot_loss_curve()
     if (stop_seen if multi else stop.signum is not None) and step < stop_at:
         if is_main:

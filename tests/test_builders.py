@@ -8,6 +8,7 @@ the command line, the file format, and the grain pipeline on a built EuroSAT.
 """
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -84,6 +85,26 @@ def test_eurosat_bad_files_are_named_and_skipped_with_skip_bad(tmp_path):
     with pytest.raises(ValueError, match=r"Forest_1\.tif: cannot decode TIFF"):
         build_quietly("eurosat_ms", tmp_path / "o3", ms)
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_eurosat_rgb_reads_png_copies_and_reports_files_it_does_not_read(tmp_path, caplog):
+    """Issue 27 fault 7: a png among the jpgs is read like them (the shared image reader takes it;
+    its file name sorts into the split order like any other); a file that is no image is not
+    dropped silently: counted and named in the metadata and in a warning."""
+    manual = dummy_data.eurosat_rgb(tmp_path / "m", counts=(2,) * 10)
+    jpg = manual / "Forest" / "Forest_2.jpg"
+    Image.open(jpg).save(manual / "Forest" / "Forest_3.png")
+    (manual / "River" / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        build_quietly("eurosat_rgb", tmp_path / "out", manual)
+    b = build.get_builder("eurosat_rgb", str(tmp_path / "out"))
+    assert sum(s.num_examples for s in b.info.splits.values()) == 21
+    assert b.info.metadata["num_ignored"] == 1 and list(b.info.metadata["ignored_files"]) == ["River/notes.txt"]
+    assert "River/notes.txt" in caplog.text and "not read" in caplog.text
+    ds = b.as_data_source()
+    names = {str(e["filename"], "utf-8") if isinstance(e["filename"], bytes) else e["filename"]: e
+             for split in ds.values() for e in split}
+    np.testing.assert_array_equal(names["Forest/Forest_3.png"]["image"], names["Forest/Forest_2.jpg"]["image"])
 
 
 # -------------------------------------------------------------------------- BigEarthNet

@@ -124,3 +124,34 @@ def test_cli_export_on_a_machine_with_fewer_devices(run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     _export_cli(workdir, out, {**env, "JAX_PLATFORMS": "cpu"})
     _check_export(out, config, flax_pooled, images)
+
+
+def test_export_to_an_unwritable_place_is_one_line_exit_2(run, tmp_path, monkeypatch):
+    """Issue 27 fault 5: --out below a path that is a file, or in a folder that cannot be written
+    (read-only file system: simulated in-process, as this suite runs as root), is refused in one
+    line with exit 2, before the checkpoint is read, and no partial file stays."""
+    import tempfile
+
+    from rsjax import errors
+    from rsjax.export import torch_export
+
+    config, workdir, _ = run
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    res = subprocess.run([sys.executable, "-m", "rsjax.export", f"--workdir={workdir}",
+                          f"--out={blocker / 'sub' / 'encoder.pt'}"], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines == [f"rsjax.export: error: --out={blocker / 'sub' / 'encoder.pt'}: {blocker} is a file, not a folder"]
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    out = tmp_path / "ro" / "encoder.pt"
+    with pytest.raises(errors.ConfigError) as e:
+        torch_export.export_encoder(str(workdir), str(out))
+    assert errors.one_line("rsjax.export", e.value) == (
+        f"rsjax.export: error: --out={out}: cannot write in {out.parent} (Read-only file system)")
+    assert list(out.parent.iterdir()) == []

@@ -494,3 +494,107 @@ def test_loop_fault5_two_launches_at_once(tmp_path):
     finally:
         first.kill()
         first.communicate()
+
+
+# --------------------------------------------------------------------------------------
+# Issue 27's hostile-user faults
+# --------------------------------------------------------------------------------------
+def test_issue27_fault1_a_downstream_workdir_as_pretrained_is_one_line(tmp_path):
+    """A segmentation / change-detection run's workdir where a pretraining one is expected: one
+    line naming the job it holds and what is accepted (was: AttributeError 'method', 53 lines)."""
+    wd = tmp_path / "cd_run"
+    cfg = {"job": "change_detection", "optimizer": {"lr": 0.1, "name": "adamw"}, "seed": 0,
+           "model": {"name": "resnet18", "in_channels": 13}, "data": {"name": "levir_cd"}}
+    _save_steps(wd, steps=(2,), config=cfg)
+    (wd / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"holds a 'change_detection' run, not a pretraining run"):
+        ckpt_lib.load_encoder(str(wd))
+    p = _cli("-m", "rsjax.export", f"--workdir={wd}", f"--out={tmp_path / 'e' / 'enc.pt'}")
+    _assert_one_line_error(p, "rsjax.export", "'change_detection' run, not a pretraining run", "import_weights")
+
+
+def test_issue27_fault3_encoder_of_another_shape_is_a_one_line_config_error():
+    """Another architecture / band count: a ConfigError (one line, exit 2 from every CLI) naming
+    both sides; an imported encoder without band names says so instead of printing []."""
+    from rsjax import errors
+    from rsjax.evaluate.common import check_pretrained_meta
+
+    config = ml_collections.ConfigDict({"model": {"name": "resnet50", "in_channels": 13, "stem": "standard"},
+                                        "data": {"normalization": "registry"}})
+    meta = {"arch": "resnet18", "in_channels": 3, "bands": [], "stem": "standard", "normalization": "registry"}
+    with pytest.raises(ConfigError) as e:
+        check_pretrained_meta(meta, config, "/w (step 4)")
+    line = errors.one_line("rsjax", e.value)
+    assert "\n" not in line and "[]" not in line
+    assert "architecture 'resnet18' (checkpoint) vs config.model.name='resnet50'" in line
+    assert "3 input bands (band names not recorded) (checkpoint) vs config.model.in_channels=13" in line
+
+
+def test_issue27_fault8_rerun_after_the_last_step_still_draws_the_loss_curve(tmp_path):
+    """loop: a run killed after its last step (e.g. during the final evaluation) and rerun trains
+    nothing, and still writes loss_curve.png when it is missing."""
+    wd = tmp_path / "wd"
+    p = _smoke(wd)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (wd / "loss_curve.png").unlink()  # what a kill -9 before the picture leaves
+    p = _smoke(wd)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (wd / "loss_curve.png").stat().st_size > 0
+
+
+def test_issue27_fault6_a_signal_during_the_final_evaluation_exits_75(monkeypatch):
+    """SIGTERM after training (the job's evaluation, which writes no checkpoint) ends the job
+    with exit 75 at once instead of being ignored until the evaluation ends."""
+    import signal
+    import time
+
+    from rsjax import main as main_lib
+
+    reached = []
+
+    def job(config, workdir):  # stands in for a job whose training is done and evaluation runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        reached.append("evaluation ran to its end")
+
+    monkeypatch.setattr(main_lib, "run", job)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        main_lib.run_stoppable(None, "wd")
+    assert e.value.code == 75 and not reached
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers given back
+
+
+def test_issue27_fault2_disk_full_during_a_checkpoint_is_one_line_and_frees_the_partial_write(tmp_path, monkeypatch):
+    """loop (in process): the disk fills while step 4 is written (Orbax wraps the OSError): a
+    CheckpointError of one line (exit 2 from the CLI) naming the last complete step; the
+    half-written <step>.orbax-checkpoint-tmp folder is removed; the rerun resumes and finishes."""
+    from conftest import load_config
+    from rsjax import errors
+    from rsjax.jobs import pretrain
+
+    config = load_config("simclr", "smoke")
+    config.eval.enabled = False
+    real_save = ckpt_lib.save
+
+    def full_disk_at_4(manager, step, *a, **k):
+        if step == 4:
+            partial = pathlib.Path(manager.directory) / "4.orbax-checkpoint-tmp-1700000000"
+            partial.mkdir()
+            (partial / "d").write_bytes(b"x" * 1000)
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as cause:
+                raise ValueError("Failed to serialize array") from cause
+        return real_save(manager, step, *a, **k)
+
+    monkeypatch.setattr(ckpt_lib, "save", full_disk_at_4)
+    wd = tmp_path / "wd"
+    with pytest.raises(CheckpointError) as e:
+        pretrain.run(config, str(wd))
+    line = errors.one_line("rsjax", e.value)
+    assert "no space left on device" in line and "last complete checkpoint: step 2" in line
+    assert "4.orbax-checkpoint-tmp-1700000000" in line and "\n" not in line
+    assert _listing(wd) == ["2"]
+    monkeypatch.setattr(ckpt_lib, "save", real_save)
+    assert pretrain.run(config, str(wd))["step"] == config.total_steps

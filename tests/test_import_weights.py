@@ -255,6 +255,36 @@ def test_cli_inputs_are_checked_before_writing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "w.safetensors"]
 
 
+class _NotATensor:
+    """Pickled beside the tensors: what torch's weights_only=True refuses to load."""
+
+
+def test_junk_weight_files_are_one_line_errors_that_never_suggest_unpickling(tmp_path):
+    """Issue 27 fault 4: a pickled object, a truncated .safetensors and a junk .pt are refused by
+    the CLI in one line with exit 2; nothing there invites weights_only=False."""
+    import torch
+    from safetensors.torch import save_file
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"conv1.weight": torch.zeros(2), "obj": _NotATensor()}, pickled)
+    good = tmp_path / "good.safetensors"
+    save_file(_ref_state(), str(good))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:200])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(4096))
+    for path, want in ((pickled, "pickled Python objects"), (truncated, "not a readable .safetensors"),
+                       (junk, "not a readable PyTorch state dict")):
+        res = subprocess.run([sys.executable, "-m", "rsjax.import_weights", f"--weights={path}", "--format=timm",
+                              "--arch=resnet18", "--in_channels=13", f"--workdir={tmp_path / 'wd'}"],
+                             capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+        assert lines[0].startswith(f"rsjax.import_weights: error: --weights={path}") or str(path) in lines[0]
+        assert want in lines[0] and "weights_only=False" not in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "wd").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # data.normalization
 

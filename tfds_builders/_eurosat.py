@@ -25,6 +25,7 @@ is its own scene and ids are stable across configs and unaffected by skipped fil
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from typing import Sequence
 
@@ -33,6 +34,8 @@ import tensorflow_datasets as tfds
 
 from rsjax.data import folders, registry
 from tfds_builders import _common
+
+log = logging.getLogger(__name__)
 
 
 def find_class_root(manual_dir: pathlib.Path, classes: Sequence[str], ext: str) -> pathlib.Path:
@@ -54,20 +57,24 @@ def find_class_root(manual_dir: pathlib.Path, classes: Sequence[str], ext: str) 
     return root
 
 
-def list_class_files(root: pathlib.Path, classes: Sequence[str], ext: str
-                     ) -> dict[str, list[str]]:
-    """``{class: sorted file names}`` of the ``ext`` files in each class folder.
+def list_class_files(root: pathlib.Path, classes: Sequence[str], exts: Sequence[str]
+                     ) -> tuple[dict[str, list[str]], list[str]]:
+    """``({class: sorted file names}, ignored)``: the files with one of ``exts`` in each class
+    folder, and the ``<Class>/<name>`` of every other (non-hidden) file there, which is not read.
 
     Raises:
-      FileNotFoundError: a class folder holds no ``ext`` file.
+      FileNotFoundError: a class folder holds no such file.
     """
-    out = {}
+    out, ignored = {}, []
     for c in classes:
-        names = sorted(p.name for p in _common.list_files(root / c, (ext,)))
+        names = sorted(p.name for p in _common.list_files(root / c, tuple(exts)))
         if not names:
-            raise FileNotFoundError(f"{root / c}: no {ext} files for EuroSAT class {c!r}")
+            raise FileNotFoundError(f"{root / c}: no {'/'.join(exts)} files for EuroSAT class {c!r}")
         out[c] = names
-    return out
+        taken = set(names)
+        ignored += [f"{c}/{p.name}" for p in sorted((root / c).iterdir())
+                    if p.is_file() and not p.name.startswith(".") and p.name not in taken]
+    return out, ignored
 
 
 # The split rule lives in the library so that the TFDS builder, the folder readers of the
@@ -113,7 +120,7 @@ class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilde
     DEFAULT_CONFIG_NAME = "default"
 
     REGISTRY_NAME: str = ""
-    EXTENSION: str = ""
+    EXTENSIONS: tuple = ()  # file types read from the class folders; the first names the layout
     DTYPE = np.uint8
     DESCRIPTION: str = ""
     CITATION = """@article{helber2019eurosat,
@@ -165,9 +172,16 @@ class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilde
     def _split_generators(self, dl_manager):
         info, cfg = self.dataset_info, self.builder_config
         mdir = _common.manual_dir(dl_manager, self.name,
-                                  f"<Class>/<Class>_<n>{self.EXTENSION}")
-        root = find_class_root(mdir, info.class_names, self.EXTENSION)
-        files = list_class_files(root, info.class_names, self.EXTENSION)
+                                  f"<Class>/<Class>_<n>{self.EXTENSIONS[0]}")
+        root = find_class_root(mdir, info.class_names, self.EXTENSIONS[0])
+        files, ignored = list_class_files(root, info.class_names, self.EXTENSIONS)
+        md = self.info.metadata
+        if md is not None:
+            md["num_ignored"], md["ignored_files"] = len(ignored), ignored
+        if ignored:  # said, counted and recorded: never a silent drop
+            log.warning("%s: %d file(s) in the class folders are not %s images and are not read: %s%s",
+                        self.name, len(ignored), "/".join(self.EXTENSIONS), ", ".join(ignored[:5]),
+                        " ..." if len(ignored) > 5 else "")
         assign = stratified_split(
             [len(files[c]) for c in info.class_names], test_fraction=cfg.test_fraction,
             split_seed=cfg.split_seed, validation_fraction=cfg.validation_fraction,

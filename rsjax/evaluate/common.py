@@ -54,12 +54,15 @@ def check_bands(config, num_bands: int, what: str) -> None:
 # Pretrained encoders
 # --------------------------------------------------------------------------------------
 def check_pretrained_meta(meta: Mapping, config, source: str) -> None:
-    """Raises ValueError naming both sides when the checkpoint's encoder does not fit the job."""
+    """Raises ConfigError (one line) naming both sides when the checkpoint's encoder does not fit
+    the job."""
     problems = []
     if meta["arch"] != config.model.name:
         problems.append(f"architecture {meta['arch']!r} (checkpoint) vs config.model.name={config.model.name!r}")
     if int(meta["in_channels"]) != int(config.model.in_channels):
-        problems.append(f"{meta['in_channels']} input bands {list(meta.get('bands', []))} (checkpoint) vs "
+        bands = list(meta.get("bands") or [])
+        named = f" {bands}" if bands else " (band names not recorded)"
+        problems.append(f"{meta['in_channels']} input bands{named} (checkpoint) vs "
                         f"config.model.in_channels={config.model.in_channels}")
     stem = config.model.get("stem", "standard")
     if meta.get("stem", "standard") != stem:
@@ -71,7 +74,7 @@ def check_pretrained_meta(meta: Mapping, config, source: str) -> None:
         problems.append(f"input normalization {norm_ckpt!r} (checkpoint) vs config.data.normalization={norm_job!r} "
                         f"(pass --config.data.normalization={norm_ckpt})")
     if problems:
-        raise ValueError(f"pretrained encoder {source} does not match the job config: " + "; ".join(problems))
+        raise ConfigError(f"pretrained encoder {source} does not match the job config: " + "; ".join(problems))
 
 
 def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:

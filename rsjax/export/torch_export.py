@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import tempfile
 from typing import Any, Iterable, Mapping
 
@@ -215,6 +216,22 @@ def _st_path(out: pathlib.Path) -> pathlib.Path:
     return out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
 
 
+def _prepare_out(out: pathlib.Path) -> None:
+    """Creates ``out``'s folder; an OSError (a file in the way, a read-only file system, no
+    permission) becomes one ConfigError line naming ``--out``."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p = out.parent
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        what = (f"{p} is a file, not a folder" if p.is_file()
+                else f"cannot create the folder {out.parent} ({e.strerror or type(e).__name__})")
+        raise ConfigError(f"--out={out}: {what}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--out={out}: the folder {out.parent} is not writable")
+
+
 def save_encoder(
     state_dict: Mapping[str, np.ndarray], out_path: str | os.PathLike, metadata: Mapping[str, Any]
 ) -> dict[str, pathlib.Path]:
@@ -232,23 +249,26 @@ def save_encoder(
     out = pathlib.Path(out_path)
     pt_path, st_path = _pt_path(out), _st_path(out)
     json_path = sidecar_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out)
 
     # A writable C-ordered copy (arrays restored from jax are read-only, which torch warns about).
     tensors = {k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in state_dict.items()}
     meta = _jsonable(dict(metadata))
     meta.setdefault("num_tensors", len(tensors))
-    _atomic_write(pt_path, lambda tmp: torch.save(tensors, tmp))
     # safetensors metadata must be str -> str.
     st_meta = {"rsjax": json.dumps(meta, sort_keys=True)}
-    _atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata=st_meta))
 
     def write_json(tmp):
         with open(tmp, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(json_path, write_json)
+    try:
+        _atomic_write(pt_path, lambda tmp: torch.save(tensors, tmp))
+        _atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata=st_meta))
+        _atomic_write(json_path, write_json)
+    except OSError as e:  # read-only file system, disk full, permission: one line (no partial file stays)
+        raise ConfigError(f"--out={out}: cannot write in {out.parent} ({e.strerror or type(e).__name__})") from None
     return {"pt": pt_path, "safetensors": st_path, "json": json_path}
 
 
@@ -263,11 +283,30 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - safetensors' own error type (truncated, not safetensors)
+            raise DataError(f"{p} is not a readable .safetensors file ({_first_line(e)})") from None
+    try:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError / RuntimeError / EOFError ...
+        # torch's message suggests turning the check off: rsjax never runs code from a weights file,
+        # so only the reason is kept (a class torch refuses to unpickle, or no pickle at all)
+        if "unsupported global" in str(e).lower():
+            raise DataError(f"{p} holds pickled Python objects besides tensors, which rsjax does not load "
+                            "(it never unpickles code); save the tensors alone: "
+                            "torch.save(model.state_dict(), path) or safetensors.torch.save_file") from None
+        why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        raise DataError(f"{p} is not a readable PyTorch state dict "
+                        f"({why.group(1).strip()[:160] if why else _first_line(e)})") from None
     if not isinstance(sd, dict):
         raise DataError(f"{p} does not hold a state dict (got {type(sd).__name__})")
     return sd
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
 
 
 def _first_conv_key(fmt: str) -> str:
@@ -367,6 +406,7 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None, fmt: str 
         raise ConfigError(f"--out={out} names a folder; give the .pt file to write, e.g. "
                           f"--out={os.path.join(str(out), 'encoder.pt')}")
 
+    _prepare_out(pathlib.Path(out))  # before the checkpoint is read: a bad --out fails at once
     params, batch_stats, meta = load_encoder(workdir, step)
     arch = meta["arch"]
     state = flax_to_torch_state(params, batch_stats, arch=arch, fmt=fmt)

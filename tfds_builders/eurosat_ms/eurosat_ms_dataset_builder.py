@@ -24,7 +24,7 @@ class Builder(_eurosat.EuroSATBuilderBase):
     """DatasetBuilder for eurosat_ms."""
 
     REGISTRY_NAME = "eurosat_ms"
-    EXTENSION = ".tif"
+    EXTENSIONS = (".tif", ".tiff")  # 13 bands: GeoTIFF only
     DTYPE = np.uint16
     DESCRIPTION = (
         "EuroSAT MS: 27,000 Sentinel-2 L1C patches (64 x 64 px, 13 bands, uint16 reflectance "

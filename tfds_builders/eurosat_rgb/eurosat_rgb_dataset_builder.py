@@ -29,7 +29,8 @@ class Builder(_eurosat.EuroSATBuilderBase):
     """DatasetBuilder for eurosat_rgb."""
 
     REGISTRY_NAME = "eurosat_rgb"
-    EXTENSION = ".jpg"
+    # as released: .jpg; png / tif / bmp copies are read the same way (the shared image reader)
+    EXTENSIONS = (".jpg", *(e for e in _common.IMAGE_EXTENSIONS if e != ".jpg"))
     DTYPE = np.uint8
     DESCRIPTION = (
         "EuroSAT RGB: 27,000 Sentinel-2 patches (64 x 64 px, 10 m, 8-bit RGB JPEG) in 10 "
