@@ -5,7 +5,7 @@ convolutions to its YNNPACK library fusions, so they run on XLA's own (Eigen) ke
 project's 2-core CPU (AMD EPYC, jax 0.10.2) YNNPACK's convolutions of few channels (a 7x7 stem from
 3 bands to 32 maps: 31 ms vs 9 ms with a 4th zero band) and its 3x3 weight gradients are slower
 than Eigen's; train steps under ``model.conv=auto`` ran 1.03-1.7x faster without them
-(``rsjax/PERF_NOTES.md``, issue 23, item 3).
+(``docs/performance.md``, issue 23, item 3).
 
 Rules: only flags this jaxlib knows are added (XLA aborts on an unknown flag; each flag is
 probed once in a subprocess and the answer cached per jaxlib version under

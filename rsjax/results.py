@@ -520,18 +520,25 @@ def update_readme(readme: str = "README.md", results_dir: str = "results", check
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rsjax.results", description=__doc__.split("\n")[0])
     ap.add_argument("--readme", default=os.path.join(REPO, "README.md"))
+    ap.add_argument("--docs", default=None,
+                    help="folder of further .md pages with results blocks (default: docs/ beside the README; "
+                         "'' = the README alone)")
     ap.add_argument("--results-dir", default=os.path.join(REPO, "results"))
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a page is out of date; write nothing")
     a = ap.parse_args(argv)
-    changed = update_readme(a.readme, a.results_dir, check=a.check)
-    if a.check:
-        if changed:
-            print(f"{a.readme} is out of date with {a.results_dir}: run `python -m rsjax.results`", file=sys.stderr)
-            return 1
-        print(f"{a.readme} is up to date with {a.results_dir}")
-        return 0
-    print(f"{a.readme} {'updated' if changed else 'unchanged'}")
-    return 0
+    docs = os.path.join(os.path.dirname(os.path.abspath(a.readme)), "docs") if a.docs is None else a.docs
+    pages = [a.readme] + (sorted(glob.glob(os.path.join(docs, "*.md"))) if docs else [])
+    stale = []
+    for page in pages:
+        changed = update_readme(page, a.results_dir, check=a.check)
+        if a.check and changed:
+            stale.append(page)
+            print(f"{page} is out of date with {a.results_dir}: run `python -m rsjax.results`", file=sys.stderr)
+        elif not a.check:
+            print(f"{page} {'updated' if changed else 'unchanged'}")
+    if a.check and not stale:
+        print(f"{', '.join(pages)}: up to date with {a.results_dir}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

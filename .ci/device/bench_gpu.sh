@@ -13,7 +13,7 @@
 #   1. run(command=".ci/device/bench_gpu.sh", timeout_s=600, carry=[".whl", ".carry/commit", ".carry/manifest.json"])
 #   2. here: cp <files_at>/bench_*.json results/ && python -m rsjax.results && python -m rsjax.results --check
 #      (the README throughput table gains a table for the new device/date); put the e2e numbers
-#      and each measured prediction into rsjax/PERF_NOTES.md.
+#      and each measured prediction into docs/performance.md.
 #
 # Order = priority, under one budget (BENCH_TOTAL_S, default 540 s; a step starts only with
 # >= 40 s left and is killed at min(its cap, what is left)):
