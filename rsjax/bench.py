@@ -188,12 +188,12 @@ def config_flops(config, input_mode: str = "views") -> float:
     import jax
     import numpy as np
 
-    from rsjax import methods, optim, train
+    from rsjax import optim, train, trainables
     from rsjax.data import input as input_lib
 
     if input_mode == "device_augment":
         config.data.device_resident = True
-    method = methods.get_method(config)
+    method = trainables.from_config(config)
     tx, schedule = optim.make(config.optimizer, config.total_steps)
     state = jax.eval_shape(lambda b: train.init_state(method, tx, b, config.seed), method.sample_batch(2))
     b, s, c = config.batch_size, config.data.image_size, config.model.in_channels
@@ -211,7 +211,7 @@ def config_flops(config, input_mode: str = "views") -> float:
 def bench_rsjax(config, *, steps: int, warmup: int, input_mode: str) -> dict:
     import jax
 
-    from rsjax import methods, optim, train
+    from rsjax import optim, train, trainables
     from rsjax import sharding as shd
     from rsjax.data import input as input_lib
 
@@ -219,7 +219,7 @@ def bench_rsjax(config, *, steps: int, warmup: int, input_mode: str) -> dict:
     shd.check_batch_divisible(config.batch_size, mesh)
     if input_mode == "device_augment":
         config.data.device_resident = True
-    method = methods.get_method(config)
+    method = trainables.from_config(config)
     tx, schedule = optim.make(config.optimizer, config.total_steps)
     state = train.create_state(method, tx, config.seed, mesh)
     transform = input_lib.make_batch_transform(config) if input_mode == "device_augment" else None
@@ -361,10 +361,10 @@ def conv_shapes(config) -> list[dict]:
     import jax
 
     from rsjax import flops as flops_lib
-    from rsjax import methods, optim, train
+    from rsjax import optim, train, trainables
 
     c = _with_conv(config, "lax")
-    method = methods.get_method(c)
+    method = trainables.from_config(c)
     tx, schedule = optim.make(c.optimizer, c.total_steps)
     state = jax.eval_shape(lambda b: train.init_state(method, tx, b, c.seed), method.sample_batch(2))
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _random_batch(c, "views"))

@@ -472,7 +472,7 @@ def load_encoder(workdir: str, step: int | None = None):
     expects (``config.data.normalization``; ``"registry"`` for runs that predate the key), and
     ``mean`` / ``std`` / ``scale`` are the values that mode applies.
     """
-    from rsjax import methods
+    from rsjax import trainables
     from rsjax.data import registry
 
     config = read_config(workdir)
@@ -491,7 +491,7 @@ def load_encoder(workdir: str, step: int | None = None):
                 f"{workdir} holds a {config.get('job', '?')!r} run, not a pretraining run: an encoder is read from "
                 f"the workdir of a pretraining job (one with config.method, e.g. configs/swimdiff.py) or of "
                 f"python -m rsjax.import_weights")
-        methods.get_method(config)  # validates the config names an existing method
+        trainables.from_config(config)  # validates the config names an existing method
     normalization = registry.normalization_name(config.data.normalization)  # config completed when read
     n = int(config.model.in_channels)
     if config.data.name:

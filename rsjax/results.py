@@ -237,7 +237,7 @@ def _mechanism(p: dict) -> str:
     candidates per query and refused steps: last-window means over the arm's seeds."""
     w = p.get("last_window_mean") or {}
     if not w:
-        return "| | | | |"
+        return "| | | | | |"
     ld, nc, sh = w.get("loss_diffusion"), w.get("loss_diffusion_nocond"), w.get("loss_diffusion_shuffled")
     gain = "" if w.get("conditioning_gain") is None else f"{100 * w['conditioning_gain']:.1f}"
     if ld is not None and sh:

@@ -23,7 +23,8 @@ from rsjax import errors, losses
 from rsjax.data import folders
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
-from rsjax.jobs import eval_classification as ecj
+from rsjax.evaluate import classifier as clf
+from rsjax.jobs import eval_classification
 from rsjax.models import resnet as R
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -267,9 +268,9 @@ def test_pretrained_encoder_plugs_in(pretrained_run):
     config.pretrained = path
     loaded = common.load_pretrained(config)
     assert loaded[2]["step"] == 5 and loaded[2]["arch"] == "tiny"
-    ecj.validate(config)
-    task = ecj.make_task(config, num_outputs=10, multilabel=False, loaded=loaded)
-    variables = ecj.init_variables(task, config.seed)
+    clf.validate(config)
+    task = clf.make_task(config, num_outputs=10, multilabel=False, loaded=loaded)
+    variables = clf.init_variables(task, config.seed)
     enc = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
     assert jax.tree.structure(enc) == jax.tree.structure(v)
     for a, b in zip(jax.tree.leaves(enc), jax.tree.leaves(v)):
@@ -455,7 +456,7 @@ def test_eurosat_folder_linear_probe(shared_data, tmp_path):
     config.model.name = "tiny"
     config.eval.batch_size = 64
     config.eval.linear_epochs = 100
-    m = ecj.run(config, str(tmp_path / "wd"))
+    m = eval_classification.run(config, str(tmp_path / "wd"))
     assert (m["num_train"], m["num_test"]) == (240, 60)
     assert m["linear_top1"] > 0.2 and m["knn_top1"] > 0.15  # chance is 0.1
     for png in ("confusion_linear.png", "per_class_accuracy.png", "embedding_pca.png"):

@@ -153,22 +153,22 @@ def test_device_path_reads_the_class_folder_and_names_bad_files(tmp_path):
 def test_eval_folder_names_the_odd_file(tmp_path):
     from conftest import load_config
 
-    from rsjax.jobs import eval_classification as ecj
+    from rsjax.evaluate import classifier as clf
 
     root = write_eurosat_like(tmp_path / "eurosat", per_class=5)
     config = load_config("eval_eurosat", "smoke")
     config.data.name, config.data.builder_config = "eurosat_rgb", None
     config.data.folder = str(root)
-    x_tr, y_tr, x_te, y_te, names = ecj.load_data(config)
+    x_tr, y_tr, x_te, y_te, names = clf.load_data(config)
     assert names == list(registry.EUROSAT_CLASSES) and len(y_tr) == 40 and len(y_te) == 10
     assert x_tr.dtype == np.float32 and x_tr.shape[1:] == (config.data.image_size,) * 2 + (3,)
     bad = root / "River" / "River_4.jpg"
     Image.fromarray(np.zeros((64, 64), np.uint8), mode="L").save(bad)
     with pytest.raises(DataError, match=r"River_4\.jpg' has shape \(64, 64, 1\)"):
-        ecj.load_data(config)
+        clf.load_data(config)
     truncate(bad)
     with pytest.raises(DataError, match=r"River_4\.jpg"):
-        ecj.load_data(config)
+        clf.load_data(config)
 
 
 # --------------------------------------------------------------------------------------
@@ -267,15 +267,15 @@ def test_missing_split_names_the_eval_keys_and_they_work(levir_unsplit, tmp_path
 # Fault 3: warnings on silent surprises
 # --------------------------------------------------------------------------------------
 def test_upsampling_warns():
-    from rsjax.jobs import eval_classification as ecj
+    from rsjax.evaluate import classifier as clf
 
     info = registry.get_dataset_info("eurosat_rgb")
     raw = np.zeros((2, 32, 32, 3), np.uint8)
     with pytest.warns(UserWarning, match=r"image_size=128 is larger than the stored images .*32 x 32.*4x"):
-        x = ecj.prepare_images(raw, info, 128)
+        x = clf.prepare_images(raw, info, 128)
     assert x.shape == (2, 128, 128, 3)
-    _no_warning(ecj.prepare_images, raw, info, 32)
-    _no_warning(ecj.prepare_images, raw, info, 16)  # downsampling is fine
+    _no_warning(clf.prepare_images, raw, info, 32)
+    _no_warning(clf.prepare_images, raw, info, 16)  # downsampling is fine
     assert not registry.warn_if_upsampling(0, 32, what="x")
 
 
@@ -310,31 +310,31 @@ def test_frozen_eval_warns_on_exploded_features():
 def test_dense_jobs_warn_on_diverged_training(tmp_path):
     import ml_collections
 
-    from rsjax.jobs import _dense
+    from rsjax.evaluate import dense
     from rsjax.workdir import Workdir
 
     with Workdir(str(tmp_path / "wd"), ml_collections.ConfigDict({"job": "t"})) as wd:
         for step, loss in ((1, 2.0), (2, 1.5)):
             wd.log_metrics(step, {"loss": loss})
         good = {"params": {"w": np.ones((3, 3), np.float32)}}
-        assert not _no_warning(_dense.warn_if_diverged, wd, good)
+        assert not _no_warning(dense.warn_if_diverged, wd, good)
         wd.log_metrics(3, {"loss": 4e7})
         with pytest.warns(UserWarning, match=r"last logged training losses"):
-            _dense.warn_if_diverged(wd, good)
+            dense.warn_if_diverged(wd, good)
     with Workdir(str(tmp_path / "wd2"), ml_collections.ConfigDict({"job": "t"})) as wd:
         wd.log_metrics(1, {"loss": 1.0})
         with pytest.warns(UserWarning, match=r"trained weights"):
-            _dense.warn_if_diverged(wd, {"params": {"w": np.full((3,), np.nan, np.float32)}})
+            dense.warn_if_diverged(wd, {"params": {"w": np.full((3,), np.nan, np.float32)}})
     # A null (non-finite) loss of a step the loop refused was never applied: no warning; the
     # same null loss on a step that was applied is one.
     with Workdir(str(tmp_path / "wd3"), ml_collections.ConfigDict({"job": "t"})) as wd:
         wd.log_metrics(1, {"loss": 1.0})
         wd.log_metrics(2, {"loss": float("nan")})
         wd.log_event(2, "nonfinite", "step refused")
-        assert not _no_warning(_dense.warn_if_diverged, wd, good)
+        assert not _no_warning(dense.warn_if_diverged, wd, good)
         wd.log_metrics(3, {"loss": float("nan")})
         with pytest.warns(UserWarning, match=r"1 of 2 non-finite"):
-            _dense.warn_if_diverged(wd, good)
+            dense.warn_if_diverged(wd, good)
 
 
 # --------------------------------------------------------------------------------------

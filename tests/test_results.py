@@ -91,13 +91,14 @@ def test_study_renderer_on_fixture(tmp_path):
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| arm")]
     # Hand-computed: linear mean (0.5 + 0.7) / 2 = 60.0 %, sample sd 0.1 * sqrt(2) = 14.1; kNN of
     # seed 1 is NaN -> null -> left out of the mean (40.0 from seed 0 alone) and shown as n/a per
-    # seed; no run record of the mechanism: its five cells empty.
+    # seed; no run record of the mechanism: its five cells empty (15 cells in every row).
     assert rows == [
-        "| random_init | 68.3 | 48.7 | s0: 68.3 / 48.7 | 0 | 0 | 10 | 1x NVIDIA H200 | 2026-11-29 | abc1234 | | | | |",
+        "| random_init | 68.3 | 48.7 | s0: 68.3 / 48.7 | 0 | 0 | 10 | 1x NVIDIA H200 | 2026-11-29 | abc1234 | | | | | |",
         "| simclr | 60.0 ± 14.1 | 40.0 | s0: 50.0 / 40.0, s1: 70.0 / n/a | 4200 | 60 | 123 | 1x NVIDIA H200 "
-        "| 2026-11-29 | abc1234 | | | | |",
+        "| 2026-11-29 | abc1234 | | | | | |",
     ]
     assert "Study wall time (every arm and seed, all calls): 2 min." in md
+    assert {line.count("|") for line in lines if line.startswith("|")} == {16}
     assert lines[0].startswith("**`gpu`**: eurosat_rgb, resnet18, 64 px, 100 epochs, batch 512, bfloat16, 21600 train")
     assert "`python -m rsjax.main --config=configs/study_eurosat.py:gpu`" in md
     assert R.render_study_table([]).startswith("_No study results yet")

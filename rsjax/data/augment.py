@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from rsjax.data import ops
+from rsjax.data import op_registry as ops  # the registry; rsjax.data.ops imports this module
 from rsjax.errors import ConfigError, DataError
 
 

@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rsjax.data import ops
+from rsjax.data import op_registry as ops  # the registry; rsjax.data.ops imports this module
 from rsjax.errors import ConfigError
 
 

@@ -4,9 +4,8 @@
 evaluation jobs and the GPU-resident input path read directly instead of the TFDS dataset
 ``data.name`` (``data.manual_dir`` is something else: the original files of a TFDS build).
 
-* Images are read by THE image reader of rsjax, the builders' (``tfds_builders._common
-  .read_image``: PIL for jpg / png / bmp, tifffile for tif; a truncated or undecodable file is
-  an error) with THE extension list :data:`IMAGE_EXTS`; any problem is a
+* Images are read by THE image reader of rsjax, :mod:`rsjax.data.images` (the builders use it
+  too: PIL for jpg / png / bmp, tifffile for tif; a truncated or undecodable file is an error) with THE extension list :data:`IMAGE_EXTS`; any problem is a
   :class:`rsjax.errors.DataError` naming the file, and an image whose shape differs from the
   others' is named with both shapes (:func:`read_images`).
 * Class-folder split, fixed by the project (and used by the ``eurosat_rgb`` TFDS builder): for
@@ -30,19 +29,11 @@ from typing import Sequence
 
 import numpy as np
 
-
-def _reader():
-    """The builders' image reader module (``tfds_builders._common``), checked to be rsjax's own."""
-    from rsjax import tfds_builders
-
-    tfds_builders.package()
-    from tfds_builders import _common
-
-    return _common
+from rsjax.data import images
 
 
 # THE extension list of image files (builders, evaluation folders, the GPU-resident path).
-IMAGE_EXTS: tuple[str, ...] = tuple(_reader().IMAGE_EXTENSIONS)
+IMAGE_EXTS: tuple[str, ...] = tuple(images.IMAGE_EXTENSIONS)
 
 
 def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[list[str], list[list[str]]]:
@@ -113,14 +104,13 @@ def stratified_split(counts: Sequence[int], *, test_fraction: float = 0.2, seed:
 
 def read_image(path: str) -> np.ndarray:
     """One image file as ``[H, W, C]`` in its stored dtype, with the builders' reader
-    (``tfds_builders._common.read_image``: PIL for jpg / png / bmp, tifffile for tif; truncated or
+    (:func:`rsjax.data.images.read_image`: PIL for jpg / png / bmp, tifffile for tif; truncated or
     undecodable files are errors). Raises :class:`rsjax.errors.DataError` naming the file."""
     from rsjax.errors import DataError
 
-    common = _reader()
     try:
-        a = common.read_image(path)
-    except common.BadFileError as e:
+        a = images.read_image(path)
+    except images.BadFileError as e:
         raise DataError(f"cannot read image {e.path!r}: {e.reason}") from None
     return a[..., None] if a.ndim == 2 else a
 

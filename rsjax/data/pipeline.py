@@ -71,10 +71,11 @@ import json
 import os
 import sys
 import threading
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import grain
 import numpy as np
+from tqdm.auto import tqdm
 
 from rsjax.data import augment, ops, registry
 from rsjax.errors import ConfigError, DataError, MissingDataError
@@ -189,6 +190,35 @@ def open_source(cfg_data: Any, split: str, split_key: str = "data.train_split") 
 
 
 _SCENE_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def load_fields(cfg_data, split: str, fields: Mapping[str, str], *, max_examples: int | None = None,
+                desc: str = "read", split_key: str = "eval.train_split / eval.test_split"
+                ) -> dict[str, np.ndarray]:
+    """Reads the features ``fields`` (``role -> feature name``) of a split into stacked raw arrays.
+
+    Values are kept in their stored dtype (uint8 / uint16): normalisation happens per batch, so
+    large datasets (LEVIR-CD 1024 px tiles) stay compact in memory. Raises ValueError naming
+    the missing feature and the features the dataset has; ``split_key`` is the config key that
+    chose ``split`` (named, with the dataset's splits, when there is no such split).
+    """
+    source = open_source(cfg_data, split, split_key=split_key)
+    have = source.features()
+    for role, key in fields.items():
+        if key not in have:
+            raise ValueError(f"dataset {source.name!r} has no feature {key!r} (for {role}; config key "
+                             f"data.{role}_key); its features are {list(have)}")
+    n = len(source)
+    if max_examples:
+        n = min(n, int(max_examples))
+    out: dict[str, list] = {role: [] for role in fields}
+    for s in tqdm(range(0, n, 256), desc=f"{desc} {split}", leave=False):
+        for ex in source.read(range(s, min(n, s + 256))):
+            for role, key in fields.items():
+                out[role].append(np.asarray(ex[key]))
+    if n == 0:
+        raise ValueError(f"split {split!r} of dataset {source.name!r} is empty")
+    return {role: np.stack(v) for role, v in out.items()}
 
 
 def unit_scene_ids(source: DataSource, crops_as_scenes: int = 0) -> np.ndarray:

@@ -32,8 +32,7 @@ import dataclasses
 
 import numpy as np
 
-from rsjax.data import label_noise
-from rsjax.data import registry
+from rsjax.data import label_noise, pipeline, registry
 from rsjax.errors import ConfigError, DataError
 
 IGNORE_INDEX = -1
@@ -110,14 +109,11 @@ def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
 def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = None) -> SegData:
     """Reads ``image`` + ``mask`` (+ ``scene_id``) of a split as a :class:`SegData`; ``cfg`` is the
     complete ``config.data`` block (``configs.common.data_config``)."""
-    from rsjax.data import pipeline
-    from rsjax.evaluate import common
-
     source = pipeline.open_source(cfg, split)
     fields = {"image": "image", "mask": "mask"}
     if "scene_id" in source.features():
         fields["scene_id"] = "scene_id"
-    arrays = common.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
+    arrays = pipeline.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
     info = registry.data_info(cfg)
     labels = masks_to_labels(arrays["mask"], mask_ignore_value(info, source))
     bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)

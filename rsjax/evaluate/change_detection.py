@@ -48,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from rsjax import plots
+from rsjax.data import pipeline
 from rsjax.evaluate import common
 
 
@@ -56,9 +57,9 @@ def load_data(config):
     d = config.data
     keys = {"a": d.image_a_key, "b": d.image_b_key, "change": d.change_key}
     ec = config.eval
-    train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
+    train = pipeline.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
                                split_key="eval.train_split")
-    test = common.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
+    test = pipeline.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
                               split_key="eval.test_split")
     return train, test
 

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rsjax.evaluate.metrics import accuracy, confusion_matrix, per_class_accuracy
+
 
 def _l2n(x):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -114,23 +116,6 @@ def linear_probe_multilabel(train_feats, train_targets, test_feats, *, epochs: i
 # --------------------------------------------------------------------------------------
 # Metrics of class predictions (re-exported by rsjax.evaluate.metrics)
 # --------------------------------------------------------------------------------------
-def accuracy(pred, labels) -> float:
-    pred, labels = np.asarray(pred), np.asarray(labels)
-    return float((pred == labels).mean()) if labels.size else float("nan")
-
-
-def per_class_accuracy(pred, labels, num_classes: int) -> list[float]:
-    pred, labels = np.asarray(pred), np.asarray(labels)
-    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
-            for c in range(num_classes)]
-
-
-def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(cm, (np.asarray(labels), np.asarray(pred)), 1)
-    return cm
-
-
 def _num_classes(train_targets, test_targets, num_classes: int | None) -> int:
     if num_classes:
         return int(num_classes)
@@ -189,7 +174,7 @@ def linear_multilabel_evaluator(train_feats, train_targets, test_feats, test_tar
                                 **_) -> tuple[dict, np.ndarray]:
     """``"linear_multilabel"``: ``({"micro_map", "macro_map", "per_class_ap",
     "classes_with_positives"}, test logits [N, C])`` (:func:`rsjax.evaluate.metrics.multilabel_map`)."""
-    from rsjax.evaluate import metrics as M  # metrics imports this module
+    from rsjax.evaluate import metrics as M
 
     scores = linear_probe_multilabel(train_feats, train_targets, test_feats, epochs=epochs, lr=lr,
                                      weight_decay=weight_decay, seed=seed)

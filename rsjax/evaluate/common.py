@@ -16,9 +16,6 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-import jax.numpy as jnp
-import numpy as np
-from tqdm.auto import tqdm
 
 from rsjax.data import registry
 from rsjax.errors import ConfigError
@@ -29,14 +26,6 @@ PyTree = Any
 # --------------------------------------------------------------------------------------
 # Config helpers
 # --------------------------------------------------------------------------------------
-def compute_dtype(config) -> Any:
-    name = config.get("dtype", "float32")
-    table = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-    if name not in table:
-        raise ValueError(f"config.dtype={name!r}: expected float32, bfloat16 or float16")
-    return table[name]
-
-
 def dataset_info(config) -> registry.DatasetInfo:
     """Registry entry of ``config.data.name`` for its ``builder_config`` (per-config bands/stats),
     with ``config.data.normalization`` applied (``registry.data_info``)."""
@@ -110,37 +99,6 @@ def pretrained_summary(loaded) -> dict:
 # --------------------------------------------------------------------------------------
 # Reading TFDS feature columns
 # --------------------------------------------------------------------------------------
-def load_fields(cfg_data, split: str, fields: Mapping[str, str], *, max_examples: int | None = None,
-                desc: str = "read", split_key: str = "eval.train_split / eval.test_split"
-                ) -> dict[str, np.ndarray]:
-    """Reads the features ``fields`` (``role -> feature name``) of a split into stacked raw arrays.
-
-    Values are kept in their stored dtype (uint8 / uint16): normalisation happens per batch, so
-    large datasets (LEVIR-CD 1024 px tiles) stay compact in memory. Raises ValueError naming
-    the missing feature and the features the dataset has; ``split_key`` is the config key that
-    chose ``split`` (named, with the dataset's splits, when there is no such split).
-    """
-    from rsjax.data import pipeline
-
-    source = pipeline.open_source(cfg_data, split, split_key=split_key)
-    have = source.features()
-    for role, key in fields.items():
-        if key not in have:
-            raise ValueError(f"dataset {source.name!r} has no feature {key!r} (for {role}; config key "
-                             f"data.{role}_key); its features are {list(have)}")
-    n = len(source)
-    if max_examples:
-        n = min(n, int(max_examples))
-    out: dict[str, list] = {role: [] for role in fields}
-    for s in tqdm(range(0, n, 256), desc=f"{desc} {split}", leave=False):
-        for ex in source.read(range(s, min(n, s + 256))):
-            for role, key in fields.items():
-                out[role].append(np.asarray(ex[key]))
-    if n == 0:
-        raise ValueError(f"split {split!r} of dataset {source.name!r} is empty")
-    return {role: np.stack(v) for role, v in out.items()}
-
-
 # --------------------------------------------------------------------------------------
 # Pictures
 # --------------------------------------------------------------------------------------

@@ -33,7 +33,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from rsjax.evaluate.classification import accuracy, confusion_matrix, per_class_accuracy
+
+def accuracy(pred, labels) -> float:
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    return float((pred == labels).mean()) if labels.size else float("nan")
+
+
+def per_class_accuracy(pred, labels, num_classes: int) -> list[float]:
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
+            for c in range(num_classes)]
+
+
+def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(pred)), 1)
+    return cm
+
 
 __all__ = [
     "accuracy", "per_class_accuracy", "confusion_matrix", "average_precision", "multilabel_map",

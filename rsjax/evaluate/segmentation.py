@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from rsjax import plots
+from rsjax.data import pipeline
 from rsjax.data.segmentation import IGNORE_INDEX, masks_to_labels
 from rsjax.errors import DataError
 from rsjax.evaluate import common
@@ -50,9 +51,9 @@ def load_data(config):
     d = config.data
     keys = {"image": d.image_key, "mask": d.mask_key}
     ec = config.eval
-    train = common.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
+    train = pipeline.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
                                split_key="eval.train_split")
-    test = common.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
+    test = pipeline.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
                               split_key="eval.test_split")
     return train, test
 

@@ -12,7 +12,7 @@ import os
 from rsjax.data.segmentation import IGNORE_INDEX
 from rsjax.evaluate import change_detection as cd
 from rsjax.evaluate import metrics as M
-from rsjax.jobs import _dense
+from rsjax.evaluate import dense
 from rsjax.tasks import ChangeDetectionTask
 
 
@@ -43,5 +43,5 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
                   flush=True)
         return metrics
 
-    return _dense.run(config, workdir, make_task=make_task, load_data=(lambda c: data) if data is not None else cd.load_data, prepare=prepare,
+    return dense.run(config, workdir, make_task=make_task, load_data=(lambda c: data) if data is not None else cd.load_data, prepare=prepare,
                       image_keys=("a", "b"), report=report, info=info)

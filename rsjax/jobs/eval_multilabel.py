@@ -34,10 +34,11 @@ import numpy as np
 
 from rsjax import errors, plots
 from rsjax import sharding as shd
+from rsjax.data import pipeline
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
 from rsjax.evaluate import metrics as M
-from rsjax.jobs import eval_classification as ecj
+from rsjax.evaluate import classifier as clf
 
 
 def load_data(config):
@@ -49,13 +50,11 @@ def load_data(config):
     out = []
     for split, cap in ((ec.train_split, ec.max_train), (ec.test_split, ec.max_test)):
         if d.multilabel_from_mask:
-            f = common.load_fields(d, split, {"image": d.image_key, "mask": d.mask_key},
+            f = pipeline.load_fields(d, split, {"image": d.image_key, "mask": d.mask_key},
                                    max_examples=cap or None)
-            x = ecj.prepare_images(f["image"], info, size)
+            x = clf.prepare_images(f["image"], info, size)
             t = cls.targets_from_mask(f["mask"], info.num_classes)
         else:
-            from rsjax.data import pipeline
-
             x, t = pipeline.load_arrays(d, split, max_examples=cap or None, image_size=size)
             if t.ndim != 2:
                 raise errors.DataError(
@@ -77,8 +76,8 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
     keep = cls.label_subset(len(t_tr), frac, config.seed)
     x_tr, t_tr = x_tr[keep], t_tr[keep]
     common.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
-    task = ecj.make_task(config, num_outputs=num_classes, multilabel=True, loaded=loaded)
-    frozen = cls.frozen_eval(ecj.encode_fn(task), ecj.init_variables(task, config.seed), x_tr, t_tr, x_te, t_te,
+    task = clf.make_task(config, num_outputs=num_classes, multilabel=True, loaded=loaded)
+    frozen = cls.frozen_eval(clf.encode_fn(task), clf.init_variables(task, config.seed), x_tr, t_tr, x_te, t_te,
                              eval_config=ec, seed=config.seed, evaluators=("linear_multilabel",), mesh=mesh)
     fm = frozen.metrics
     metrics = {
@@ -94,7 +93,7 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
         "encoder": common.pretrained_summary(loaded),
     }
     if phase is not None:
-        logits, result = ecj.finetune(config, wd, task, phase, x_tr, t_tr, x_te, mesh)
+        logits, result = clf.finetune(config, wd, task, phase, x_tr, t_tr, x_te, mesh)
         if logits is None:  # stopped by stop_after_steps: the rerun continues and reports
             return {**metrics, "finetune_step": result.step, "finetune_finished": False}
         ft = M.multilabel_map(logits, t_te)
@@ -123,8 +122,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from rsjax import workdir as workdir_lib
 
     shd.maybe_initialize_distributed()
-    phase = ecj.validate(config, multilabel=True)
-    ecj.make_task(config, num_outputs=2, multilabel=True)  # model name / stem errors before anything is written
+    phase = clf.validate(config, multilabel=True)
+    clf.make_task(config, num_outputs=2, multilabel=True)  # model name / stem errors before anything is written
     loaded = common.load_pretrained(config)
     with workdir_lib.Workdir(workdir, config, is_main=jax.process_index() == 0) as wd:
         x_tr, t_tr, x_te, t_te, names = load_data(config)

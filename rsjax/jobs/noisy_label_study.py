@@ -28,7 +28,7 @@ from rsjax import workdir as workdir_lib
 from rsjax.data import label_noise
 from rsjax.data import segmentation as segdata
 from rsjax.data.segmentation import IGNORE_INDEX
-from rsjax.jobs import noisy_label as nl
+from rsjax import noisy_label as nl
 
 
 def study_arms(config) -> list[tuple[str, ml_collections.ConfigDict]]:

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import errors, methods, train
+from rsjax import errors, train, trainables
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import input as input_lib
@@ -30,7 +30,7 @@ def validate(config: ml_collections.ConfigDict):
             raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels!r}: must be > 0")
         input_lib.validate(config)
         input_lib.check_bands(config)
-        method = methods.get_method(config)
+        method = trainables.from_config(config)
     return method, phase
 
 

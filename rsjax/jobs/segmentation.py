@@ -15,7 +15,7 @@ from rsjax import plots
 from rsjax.data.segmentation import IGNORE_INDEX
 from rsjax.evaluate import metrics as M
 from rsjax.evaluate import segmentation as seg
-from rsjax.jobs import _dense
+from rsjax.evaluate import dense
 from rsjax.tasks import SegmentationTask
 from rsjax.tasks.segmentation import output_stride
 
@@ -65,5 +65,5 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
                   f"{metrics['overall_accuracy']:.4f} ({metrics['num_test']} test images)", flush=True)
         return metrics
 
-    return _dense.run(config, workdir, make_task=make_task, load_data=(lambda c: data) if data is not None else seg.load_data, prepare=prepare,
+    return dense.run(config, workdir, make_task=make_task, load_data=(lambda c: data) if data is not None else seg.load_data, prepare=prepare,
                       image_keys=("image",), report=report, info=info)

@@ -103,7 +103,7 @@ def _encode_fn(encoder):
 def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: int) -> dict:
     """Pretrains (or, for random_init, initialises) one arm's encoder and scores it."""
     from rsjax import checkpoint
-    from rsjax.jobs import pretrain
+    from rsjax import jobs  # the registry: a study runs the pretraining job by name
     from rsjax.models import resnet
 
     dtype = {"bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
@@ -116,7 +116,7 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
         return r
     cfg = lib.arm_config(config, arm, seed, num_train)
     print(f"== study arm {arm} (seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
-    summary = pretrain.run(cfg, arm_wd)
+    summary = jobs.get("pretrain")(cfg, arm_wd)
     params, batch_stats, meta = checkpoint.load_encoder(arm_wd)
     enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype, conv=conv_lib.from_config(config.model))
     r = _score(_encode_fn(enc), {"params": params, "batch_stats": batch_stats}, arrays, config, seed)

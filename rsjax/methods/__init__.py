@@ -22,17 +22,6 @@ _REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
 }
 
 
-def _noisy_label(config) -> Method:
-    # Supervised segmentation pretraining on (noisy) masks: the segmentation task with the
-    # noisy-label job's ignore value (rsjax.data.segmentation.IGNORE_INDEX = -1).
-    from rsjax.tasks import SegmentationTask
-
-    return SegmentationTask(config, ignore_index=-1)
-
-
-_REGISTRY["noisy_label"] = _noisy_label
-
-
 def register(name: str, cls: Callable[[ml_collections.ConfigDict], Method]) -> None:
     _REGISTRY[name] = cls
 

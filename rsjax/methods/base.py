@@ -23,20 +23,14 @@ import ml_collections
 
 from rsjax.models import heads as heads_lib
 from rsjax.models import resnet as resnet_lib
+from rsjax.trainable import compute_dtype
 
 PyTree = Any
 
 
-def compute_dtype(config: ml_collections.ConfigDict):
-    name = config.get("dtype", "float32")
-    try:
-        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
-    except KeyError:
-        raise ValueError(f"config.dtype={name!r}: expected float32, bfloat16 or float16") from None
-
-
 class Method:
-    """Base class: an encoder (ResNet) with a projection head."""
+    """Base class of the self-supervised methods: an encoder (ResNet) with a projection head;
+    implements :class:`rsjax.trainable.Trainable`."""
 
     name = "base"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from rsjax.methods.base import Method, compute_dtype
+from rsjax.trainable import compute_dtype
 
 PyTree = Any
 
@@ -30,16 +30,22 @@ def dice_settings(config) -> tuple[float, str]:
     return weight, reduction
 
 
-class Task(Method):
-    """Base class: subclasses set ``self.model`` (a Flax module with an ``encoder`` submodule)."""
+class Task:
+    """Base class of the supervised tasks (implements :class:`rsjax.trainable.Trainable`):
+    subclasses set ``self.model`` (a Flax module with an ``encoder`` submodule) and
+    ``self.encoder``, and define ``sample_batch``, ``init``, ``loss`` and ``predict``."""
 
     name = "task"
 
-    def __init__(self, config, *, pretrained=None):  # noqa: D107 - no projector, unlike Method
+    def __init__(self, config, *, pretrained=None):  # noqa: D107
         self.config = config
         self.dtype = compute_dtype(config)
         self.pretrained = pretrained
-        self.projector = None
+
+    def update_extra(self, params, batch_stats, extra, aux, step):
+        """A task has no state besides its parameters and statistics."""
+        del params, batch_stats, aux, step
+        return extra
 
     def _finish_init(self, variables) -> tuple[PyTree, PyTree, PyTree]:
         params, batch_stats = variables["params"], variables.get("batch_stats", {})

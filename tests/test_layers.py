@@ -1,0 +1,124 @@
+"""The import graph of rsjax/, built from the source (every import, inside functions too),
+against the layer order of ``rsjax.LAYERS``: no module imports a higher layer, no import
+circle, no job imports another job (only the registry ``rsjax.jobs``), and the TFDS builders
+import the library, never the other way round (only ``rsjax.tfds_builders`` loads them)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import rsjax
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _modules(package: str) -> dict[str, pathlib.Path]:
+    out = {}
+    for f in (REPO / package).rglob("*.py"):
+        parts = f.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = f
+    return out
+
+
+MODULES = _modules("rsjax")
+
+
+def _targets(module: str, path: pathlib.Path) -> set[str]:
+    """The modules ``module`` imports (rsjax modules and the top-level tfds_builders package)."""
+    out = set()
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = module.split(".") if is_pkg else module.split(".")[:-1]
+                pkg = pkg[:len(pkg) - (node.level - 1)]
+                base = ".".join(pkg + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        for n in names:
+            if n.split(".")[0] == "tfds_builders":
+                out.add("tfds_builders")
+                continue
+            while n and n not in MODULES:
+                n = n.rpartition(".")[0]
+            if n and n != module:
+                out.add(n)
+    return out
+
+
+GRAPH = {m: _targets(m, p) for m, p in MODULES.items()}
+
+
+def _layer(module: str) -> int | None:
+    best = None
+    for i, names in enumerate(rsjax.LAYERS):
+        for n in names:
+            if module == n or (n != "rsjax" and module.startswith(n + ".")):
+                if best is None or len(n) > best[1]:
+                    best = (i, len(n))
+    return None if best is None else best[0]
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if _layer(m) is None] == []
+
+
+def test_no_import_of_a_higher_layer():
+    up = [f"{m} (layer {_layer(m)}) -> {t} (layer {_layer(t)})" for m, ts in GRAPH.items() for t in ts
+          if t in MODULES and _layer(t) > _layer(m)]
+    assert up == []
+
+
+def test_no_import_circle():
+    index, low, stack, on, circles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in GRAPH[v]:
+            if w not in MODULES:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                circles.append(sorted(comp))
+
+    for v in MODULES:
+        if v not in index:
+            visit(v)
+    assert circles == []
+
+
+def test_jobs_import_no_other_job():
+    side = [f"{m} -> {t}" for m, ts in GRAPH.items() if m.startswith("rsjax.jobs.")
+            for t in ts if t.startswith("rsjax.jobs.")]
+    assert side == []
+
+
+def test_the_builders_import_the_library_not_the_other_way_round():
+    # rsjax.tfds_builders loads them by name (importlib, after checking the package's path)
+    assert sorted(m for m, ts in GRAPH.items() if "tfds_builders" in ts) == []
+    common = ast.parse((REPO / "tfds_builders" / "_common.py").read_text())
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "rsjax.data.images" for n in ast.walk(common))
+
+
+def test_the_graph_is_not_empty():  # a broken parser would pass the tests above vacuously
+    assert len(MODULES) > 60 and sum(map(len, GRAPH.values())) > 200
+    assert "rsjax.data.op_registry" in GRAPH["rsjax.data.augment"]
