@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from rsjax.data import op_registry as ops  # the registry; rsjax.data.ops imports this module
+from rsjax.data import registry
 from rsjax.errors import ConfigError
 
 
@@ -214,11 +215,9 @@ def _jax_blur(data, key, ctx, *, p, sigma):
 def _jax_normalize(data, key, ctx, *, keys):
     if ctx.info is None:
         raise ValueError("op normalize needs the dataset's registry entry (Context.info)")
-    mean = jnp.asarray(ctx.info.mean, jnp.float32)
-    std = jnp.asarray(ctx.info.std, jnp.float32)
     for k in keys:
         if k in data:
-            data[k] = (data[k].astype(jnp.float32) / ctx.info.scale - mean) / std
+            data[k] = registry.normalize(data[k], ctx.info, jnp)
     return data
 
 
@@ -240,11 +239,9 @@ def augment_views(key, images, recipe=ops.DEFAULT_AUGMENT, *, out_size: int, sca
       float32 [B, S, S, C] standardized views.
     """
     pipe = recipe if isinstance(recipe, ops.Pipeline) else ops.view_recipe(recipe, "jax")
-    x = images.astype(jnp.float32) / scale
+    x = registry.scale_values(images, scale, jnp)
     x = pipe.image(x, key, ops.Context(out_size=int(out_size), regions=regions))
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    return (x - mean) / std
+    return registry.standardize_values(x, mean, std, jnp)
 
 
 def two_views(key, images, recipe=ops.DEFAULT_AUGMENT, *, out_size: int, scale, mean, std, regions=None):

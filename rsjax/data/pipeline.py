@@ -490,8 +490,6 @@ class _MakeBatch:
         self.g = int(crops_as_scenes)
         self.p = int(process_index)
         self.bl = int(local_batch)
-        self.mean = np.asarray(info.mean, np.float32)
-        self.inv_std = np.float32(1.0) / np.asarray(info.std, np.float32)
 
     def __call__(self, b: int) -> dict[str, np.ndarray]:
         b = int(b)
@@ -503,20 +501,17 @@ class _MakeBatch:
                       np.float32)
         v2 = np.empty_like(v1)
         labels = np.empty((self.bl,), np.int32)
-        inv_scale = np.float32(1.0 / self.info.scale)
         for i, (ex, unit, row) in enumerate(zip(exs, units, rows)):
             img = np.asarray(ex["image"])
             if img.ndim != 3 or img.shape[-1] != self.info.num_bands or img.dtype.kind != "u":
                 check_images(img, self.info, where=f"record {int(unit // g2)} of split "
                                                    f"{self.source.split!r}")
             img = _sub_crop(img, self.g, unit % g2)
-            x = img.astype(np.float32) * inv_scale
+            x = registry.to_scaled(img, self.info)
             rng = np.random.default_rng([self.seed, b, int(row)])
             a, c = augment.two_views(x, rng, self.recipe, self.out_size)
-            np.subtract(a, self.mean, out=v1[i])
-            v1[i] *= self.inv_std
-            np.subtract(c, self.mean, out=v2[i])
-            v2[i] *= self.inv_std
+            v1[i] = registry.standardize(a, self.info)
+            v2[i] = registry.standardize(c, self.info)
             labels[i] = _scalar_label(ex)
         return {"view1": v1, "view2": v2, "scene_id": self.unit_scenes[units], "label": labels}
 

@@ -307,30 +307,49 @@ def get_dataset_info(name: str) -> DatasetInfo:
         ) from None
 
 
-def normalize(x_raw: np.ndarray, info: DatasetInfo) -> np.ndarray:
-    """``(x_raw / info.scale - mean[c]) / std[c]`` over the last axis, as float32.
+def scale_values(x_raw, scale: float, xp=np):
+    """Step 1 of THE normalization: ``x_raw * (1 / scale)`` in float32 (reflectance / [0, 1] RGB).
+    ``xp``: ``numpy`` or ``jax.numpy`` (the jax backend of the ops, jitted steps)."""
+    return xp.asarray(x_raw).astype(xp.float32) * np.float32(1.0 / scale)
+
+
+def standardize_values(x_scaled, mean, std, xp=np):
+    """Step 2 of THE normalization: ``(x_scaled - mean[c]) * (1 / std[c])`` over the last axis,
+    float32. The augmentations run between the two steps (photometric ops act on scaled values)."""
+    inv_std = np.float32(1.0) / np.asarray(std, np.float32)
+    return (xp.asarray(x_scaled, xp.float32) - np.asarray(mean, np.float32)) * inv_std
+
+
+def to_scaled(x_raw, info: DatasetInfo, xp=np):
+    """:func:`scale_values` with the dataset's ``scale``."""
+    return scale_values(x_raw, info.scale, xp)
+
+
+def standardize(x_scaled, info: DatasetInfo, xp=np):
+    """:func:`standardize_values` with the dataset's ``mean`` / ``std``."""
+    return standardize_values(x_scaled, info.mean, info.std, xp)
+
+
+def normalize(x_raw, info: DatasetInfo, xp=np):
+    """``(x_raw / info.scale - mean[c]) / std[c]`` over the last axis, as float32: THE formula
+    (:func:`to_scaled` then :func:`standardize`; every input path uses these two).
 
     Args:
       x_raw: array ``[..., C]`` of stored pixel values (uint8 / uint16 / float), ``C`` equal to
         ``info.num_bands``.
       info: the dataset's registry entry.
+      xp: ``numpy`` (default) or ``jax.numpy``.
 
     Returns:
       float32 array of the same shape.
     """
-    x = np.asarray(x_raw)
-    if x.shape[-1] != info.num_bands:
+    shape = tuple(getattr(x_raw, "shape", np.shape(x_raw)))
+    if not shape or shape[-1] != info.num_bands:
         raise DataError(
             f"dataset {info.name!r} has {info.num_bands} bands {info.bands} but the image has "
-            f"shape {x.shape} (last axis = bands)"
+            f"shape {shape} (last axis = bands)"
         )
-    mean = np.asarray(info.mean, np.float32)
-    inv_std = np.float32(1.0) / np.asarray(info.std, np.float32)
-    # One fused affine map: x * (1 / (scale * std)) - mean / std.
-    out = x.astype(np.float32)
-    out *= inv_std / np.float32(info.scale)
-    out -= mean * inv_std
-    return out
+    return standardize(to_scaled(x_raw, info, xp), info, xp)
 
 
 def denormalize(x: np.ndarray, info: DatasetInfo) -> np.ndarray:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsjax.data import registry
+
 
 def fisher_stats(feat, labels, num_classes: int):
     """Per-class sufficient statistics of one feature map for the Fisher ratio.
@@ -120,8 +122,7 @@ class SegmentationProbe:
     def _fn(self, variables, batch):
         x, labels = batch["image"], batch["mask"]
         if self.info is not None:  # raw stored pixels: registry.normalize on the device
-            inv_std = 1.0 / np.asarray(self.info.std, np.float32)
-            x = x.astype(jnp.float32) * (inv_std / np.float32(self.info.scale)) - np.asarray(self.info.mean) * inv_std
+            x = registry.normalize(x, self.info, jnp)
         if not self.levels:
             logits = self.model.apply(variables, x, train=False)
             return {"pred": jnp.argmax(logits, -1).astype(jnp.int32)}
