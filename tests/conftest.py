@@ -45,13 +45,12 @@ def shared_data():
 
 
 def load_config(name: str, arg: str | None = None):
-    """``configs/<name>.py:<arg>`` imported as the module ``configs.<name>`` (``name`` with or
-    without ``.py``; ``arg`` as after the colon on the command line, e.g. ``"smoke"`` or
-    ``"smoke,total_steps=3"``). The configs package is installed with rsjax (``pip install -e .``);
-    nothing loads a config file by path."""
-    import importlib
+    """``configs/<name>.py:<arg>`` through THE config loader, :func:`configs.common.load` (``name``
+    with or without ``.py``; ``arg`` as after the colon on the command line, e.g. ``"smoke"`` or
+    ``"smoke,total_steps=3"``)."""
+    from configs import common
 
-    return importlib.import_module(f"configs.{pathlib.PurePath(name).stem}").get_config(arg)
+    return common.load(name, arg)
 
 
 @pytest.fixture
