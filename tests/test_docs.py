@@ -30,7 +30,9 @@ def _commands(text: str) -> list[str]:
         m = re.search(r"(?:^|&&\s*|\$\s*)(python -m rsjax\S*(?:\s+(?!#)\S+)*)", line.strip())
         if m and not line.strip().startswith("|"):
             found.append(m.group(1))
-    return sorted({c.split(" #")[0].strip().rstrip(";.,") for c in found})
+    cmds = {c.split(" #")[0].strip().rstrip(";,") for c in found}
+    # prose about commands ("`python -m rsjax...`", "`python -m rsjax.<module>`") is not a command
+    return sorted(c for c in cmds if not any(mark in c.split()[2] for mark in ("...", "<")) and c.split()[2] != "rsjax")
 
 
 ALL = [(page.relative_to(REPO).as_posix(), cmd) for page in PAGES for cmd in _commands(page.read_text())]
