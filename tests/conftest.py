@@ -57,3 +57,17 @@ def load_config(name: str, arg: str | None = None):
 def config_loader():
     """:func:`load_config` as a fixture, for tests that prefer fixtures to imports."""
     return load_config
+
+
+# The modules whose tests run longest (each over ~60 s in all, 2026-12-07 durations), started
+# first: pytest-xdist hands out tests in collection order and steals from the busier worker at
+# the end, so long tests at the front overlap the rest of the suite instead of running alone at
+# its end. Whole modules move, so module-scoped fixtures are still built once. Order only: a
+# stale entry costs time, never a result.
+_LONG_MODULES = ("test_multihost.py", "test_reliability.py", "test_noisy_label.py", "test_train.py",
+                 "test_notebooks.py", "test_reference_moco.py", "test_conv.py", "test_input_paths.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a module stays
