@@ -5,7 +5,6 @@ export entry point."""
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 import types
@@ -29,6 +28,7 @@ from rsjax.export import (  # noqa: E402
     torch_name_table,
     torch_resnet,
 )
+from rsjax.errors import DataError  # noqa: E402
 from rsjax.models.resnet import create_encoder  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def test_exported_files_honour_the_umask(tmp_path, umask, mode):
 def test_load_state_dict_refuses_pickled_objects(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(2), "obj": types.SimpleNamespace(a=1)}, p)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(DataError, match="pickled Python objects"):  # one line; never suggests unpickling
         load_state_dict(p)
     with pytest.raises(FileNotFoundError):
         load_state_dict(tmp_path / "missing.pt")
