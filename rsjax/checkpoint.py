@@ -181,8 +181,9 @@ _ORBAX_DETAILS = re.compile(r"\s*See full TensorStore details:.*$")
 
 
 def _first_line(e: BaseException, limit: int) -> str:
-    text = str(e).strip()
-    return _ORBAX_DETAILS.sub("", text.splitlines()[0])[:limit] if text else ""
+    from rsjax.errors import first_line
+
+    return _ORBAX_DETAILS.sub("", first_line(e, 10_000))[:limit]
 
 
 def _short(e: BaseException) -> str:

@@ -73,6 +73,18 @@ def _message(e: BaseException) -> str:
     return msg or type(e).__name__
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``str(e)``, at most ``limit`` characters ('' for an empty message)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def short(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line`` of an error (a wrapped library error in one line)."""
+    line = first_line(e, limit)
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
 def one_line(prog: str, e: BaseException) -> str:
     """``"<prog>: error: <message>"`` with the message's lines joined by "; " (one line)."""
     text = "; ".join(line.strip() for line in _message(e).splitlines() if line.strip())

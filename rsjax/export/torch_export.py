@@ -56,6 +56,7 @@ from absl import logging
 
 import numpy as np
 
+from rsjax import errors
 from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.models.resnet import ARCHS
 
@@ -286,7 +287,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         try:
             return load_file(str(p))
         except Exception as e:  # noqa: BLE001 - safetensors' own error type (truncated, not safetensors)
-            raise DataError(f"{p} is not a readable .safetensors file ({_first_line(e)})") from None
+            raise DataError(f"{p} is not a readable .safetensors file ({errors.short(e, 160)})") from None
     try:
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError / RuntimeError / EOFError ...
@@ -298,15 +299,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
                             "torch.save(model.state_dict(), path) or safetensors.torch.save_file") from None
         why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
         raise DataError(f"{p} is not a readable PyTorch state dict "
-                        f"({why.group(1).strip()[:160] if why else _first_line(e)})") from None
+                        f"({why.group(1).strip()[:160] if why else errors.short(e, 160)})") from None
     if not isinstance(sd, dict):
         raise DataError(f"{p} does not hold a state dict (got {type(sd).__name__})")
     return sd
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
 
 
 def _first_conv_key(fmt: str) -> str:
