@@ -201,12 +201,12 @@ def checkpoint_steps(workdir: str) -> list[int]:
 def sample_images(workdir: str, n: int = 8, split: str | None = None) -> np.ndarray:
     """``n`` standardized images (NHWC float32) of the run's dataset, the encoder's input."""
     from rsjax import checkpoint
-    from rsjax.data import input as input_lib
+    from rsjax.data import pipeline
 
     config = checkpoint.read_config(workdir)  # completed with the defaults of keys added since
     data_cfg = config.data
     split = split or config.get("eval", {}).get("test_split", data_cfg.eval_split)
-    x, _ = input_lib.load_eval_arrays(data_cfg, split, max_examples=n)
+    x, _ = pipeline.eval_arrays(data_cfg, split, limit=n)
     return np.asarray(x, np.float32)
 
 

@@ -217,7 +217,9 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def _numeric_scalars(d: Any, prefix: str = "") -> dict[str, float]:
-    """``{"a/b": float}`` of the int / float / bool / 0-d array leaves of nested dicts."""
+    """``{"a/b": float}`` of the int / float / bool / 0-d array leaves of nested dicts; NaN left
+    out (a value not computed at this step: the logged-steps-only diagnostics of a row forced by
+    a stop; a refused step's NaN loss stays in ``metrics.jsonl`` and ``events.jsonl``)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -225,7 +227,7 @@ def _numeric_scalars(d: Any, prefix: str = "") -> dict[str, float]:
             continue
         if hasattr(v, "shape") and getattr(v, "shape", None) == ():
             v = v.item() if hasattr(v, "item") else v
-        if isinstance(v, (bool, int, float)) and not isinstance(v, str):
+        if isinstance(v, (bool, int, float)) and not isinstance(v, str) and not math.isnan(v):
             out[f"{prefix}{k}"] = float(v)
     return out
 

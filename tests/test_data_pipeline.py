@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rsjax.data import pipeline, registry
+from rsjax.errors import ConfigError
 
 SIZE = 16  # view size: small keeps these tests fast on a shared CPU
 
@@ -196,20 +197,31 @@ def test_crops_as_scenes(data_dir):
         assert matched == set(quads)
 
 
-def test_load_arrays(data_dir):
+def test_eval_arrays(data_dir):
     cfg = _cfg(data_dir)
-    x, y = pipeline.load_arrays(cfg, "test")
+    x, y = pipeline.eval_arrays(cfg, "test")
     assert x.shape == (16, 32, 32, 13) and x.dtype == np.float32
     assert y.shape == (16,) and y.dtype == np.int32 and ((y >= 0) & (y < 6)).all()
     src = pipeline.open_source(cfg, "test")
+    info = registry.get_dataset_info("rs_synthetic")
     ex = src.read([3])[0]
-    np.testing.assert_allclose(x[3], registry.normalize(ex["image"], registry.get_dataset_info(
-        "rs_synthetic")), rtol=1e-6)
+    # the normalisation written out: (x / scale - mean) / std with the registry's statistics
+    ref = (np.asarray(ex["image"], np.float64) / info.scale - np.asarray(info.mean)) / np.asarray(info.std)
+    np.testing.assert_allclose(x[3], ref, rtol=1e-5, atol=1e-5)
     assert y[3] == ex["label"]
-    xs, ys = pipeline.load_arrays(cfg, "test", max_examples=5, image_size=24)
-    assert xs.shape == (5, 24, 24, 13) and ys.shape == (5,)
+    # the one subset rule: 5 records drawn with default_rng(0), in record order
+    keep = np.sort(np.random.default_rng(0).permutation(16)[:5])
+    xs, ys = pipeline.eval_arrays(cfg, "test", limit=5, image_size=24)
+    assert xs.shape == (5, 24, 24, 13) and ys.tolist() == y[keep].tolist()
+    from rsjax.data import augment
+
+    np.testing.assert_allclose(xs[2], augment.resize(x[keep[2]], 24), rtol=1e-5, atol=1e-5)
+    cfg.pp_eval = "normalize|flip_rot"
+    with pytest.raises(ConfigError, match=r"config.data.pp_eval='normalize\|flip_rot': \['flip_rot'\] draw random"):
+        pipeline.eval_arrays(cfg, "test")
+    cfg.pp_eval = "normalize|resize"
     with pytest.raises(ValueError, match="no split 'validation'"):
-        pipeline.load_arrays(cfg, "validation")
+        pipeline.eval_arrays(cfg, "validation")
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def run(tmp_path_factory):
     workdir = root / "run"
     summary = pretrain.run(config, str(workdir))
     assert summary["step"] == STEPS
-    images, _ = pipeline.load_arrays(config.data, "test", max_examples=8)
+    images, _ = pipeline.eval_arrays(config.data, "test", limit=8)
     return config, workdir, np.asarray(images, np.float32)
 
 

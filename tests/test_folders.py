@@ -121,10 +121,14 @@ def _device_cfg(root, **kw):
 
 
 def test_device_path_reads_the_class_folder_and_names_bad_files(tmp_path):
-    from rsjax.data import device_data
+    from rsjax.data import pipeline
+
+    def read(**kw):
+        out = pipeline.read_split(_device_cfg(root), "train", **kw)
+        return out["image"], out["label"], out["scene_id"]
 
     root = write_eurosat_like(tmp_path / "eurosat", per_class=5)
-    images, labels, scenes = device_data.load_raw_with_scenes(_device_cfg(root), "train")
+    images, labels, scenes = read()
     # the split recipe written out independently: one generator over the sorted classes
     rng = np.random.default_rng(0)
     exp = []
@@ -136,7 +140,7 @@ def test_device_path_reads_the_class_folder_and_names_bad_files(tmp_path):
     with Image.open(root / registry.EUROSAT_CLASSES[0] / exp[0][1]) as im:
         np.testing.assert_array_equal(images[0], np.asarray(im))
     np.testing.assert_array_equal(scenes, np.arange(len(exp)))
-    sub, sub_y, _ = device_data.load_raw_with_scenes(_device_cfg(root), "train", max_examples=7)
+    sub, sub_y, _ = read(limit=7)
     keep = np.sort(np.random.default_rng(0).permutation(len(exp))[:7])  # the documented subset
     np.testing.assert_array_equal(sub, images[keep])
     np.testing.assert_array_equal(sub_y, labels[keep])
@@ -144,10 +148,10 @@ def test_device_path_reads_the_class_folder_and_names_bad_files(tmp_path):
     name = exp[3][1]
     Image.fromarray(_rgb(np.random.default_rng(2), 32)).save(root / name.split("_")[0] / name)
     with pytest.raises(DataError, match=rf"{name}' has shape \(32, 32, 3\)"):
-        device_data.load_raw_with_scenes(_device_cfg(root), "train")
+        read()
     truncate(root / name.split("_")[0] / name)
     with pytest.raises(DataError, match=rf"{name}"):
-        device_data.load_raw_with_scenes(_device_cfg(root), "train")
+        read()
 
 
 def test_eval_folder_names_the_odd_file(tmp_path):
@@ -267,15 +271,15 @@ def test_missing_split_names_the_eval_keys_and_they_work(levir_unsplit, tmp_path
 # Fault 3: warnings on silent surprises
 # --------------------------------------------------------------------------------------
 def test_upsampling_warns():
-    from rsjax.evaluate import classifier as clf
+    from rsjax.data import pipeline
 
     info = registry.get_dataset_info("eurosat_rgb")
     raw = np.zeros((2, 32, 32, 3), np.uint8)
     with pytest.warns(UserWarning, match=r"image_size=128 is larger than the stored images .*32 x 32.*4x"):
-        x = clf.prepare_images(raw, info, 128)
+        x = pipeline.prepare(raw, info, image_size=128)
     assert x.shape == (2, 128, 128, 3)
-    _no_warning(clf.prepare_images, raw, info, 32)
-    _no_warning(clf.prepare_images, raw, info, 16)  # downsampling is fine
+    _no_warning(pipeline.prepare, raw, info, image_size=32)
+    _no_warning(pipeline.prepare, raw, info, image_size=16)  # downsampling is fine
     assert not registry.warn_if_upsampling(0, 32, what="x")
 
 

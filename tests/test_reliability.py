@@ -25,6 +25,7 @@ import _reliability_util as U
 from rsjax import checkpoint as ckpt_lib
 from rsjax import train
 from rsjax.data import input as input_lib
+from rsjax.data import pipeline
 from rsjax.jobs import pretrain
 
 @pytest.fixture(scope="module")
@@ -293,7 +294,7 @@ def test_finite_float_dataset_passes_the_checks(monkeypatch):
 
 @pytest.mark.parametrize("label", [4, -3])
 def test_eval_arrays_refuse_labels_out_of_range(monkeypatch, label):
-    """The classification evaluation path (pipeline.load_arrays, used by the
+    """The classification evaluation path (pipeline.eval_arrays, used by the
     eval_classification job and the post-pretraining kNN / linear probe)."""
     from rsjax.data import pipeline
 
@@ -302,11 +303,11 @@ def test_eval_arrays_refuse_labels_out_of_range(monkeypatch, label):
     monkeypatch.setattr(pipeline, "open_source", lambda cfg, split, **kw: _StubSource(name, recs, split))
     cfg = pipeline.default_data_config()
     cfg.name, cfg.builder_config = name, None
-    with pytest.raises(ValueError, match=rf"dataset 'rel_test_float': record 4 of split 'test' has label {label}, "
+    with pytest.raises(ValueError, match=rf"dataset 'rel_test_float': split 'test' has label {label} \(record 4\), "
                                          rf"outside \[0, 4\)"):
-        pipeline.load_arrays(cfg, "test")
+        pipeline.eval_arrays(cfg, "test")
     recs[4]["label"] = np.int64(3)
-    x, y = pipeline.load_arrays(cfg, "test")
+    x, y = pipeline.eval_arrays(cfg, "test")
     assert x.shape == (6, 16, 16, 3) and y.tolist() == [1, 1, 1, 1, 3, 1]
 
 
@@ -314,7 +315,7 @@ def test_pretraining_eval_on_a_split_without_labels_says_so(synth, tmp_path, mon
     """kNN / linear probe after pretraining on data whose label is missing (-1)."""
     config = U.smoke_config(synth)
     x = np.zeros((4, 8, 8, 13), np.float32)
-    monkeypatch.setattr(input_lib, "load_eval_arrays", lambda cfg, split, n=None: (x, np.full((4,), -1, np.int32)))
+    monkeypatch.setattr(pipeline, "eval_arrays", lambda cfg, split, **kw: (x, np.full((4,), -1, np.int32)))
     with pytest.raises(ValueError, match=r"dataset 'rs_synthetic' split 'train' has no single-class labels .* "
                                          r"set config.eval.enabled=False"):
         pretrain.evaluate_pretrained(None, None, config, None)

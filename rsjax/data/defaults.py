@@ -56,6 +56,10 @@ def default_data_config() -> ml_collections.ConfigDict:
         meaning per key); workdirs whose config still sets them have them folded into
         ``augment`` once, when read (``rsjax.workdir.complete_config``); a live config that sets
         them is refused by :func:`check_complete`, naming the equivalent ``augment``.
+      pp_eval: the evaluation inputs' recipe (kNN, linear probe, fine-tune; deterministic ops
+        only, ``rsjax.data.ops.prep_recipe``): ``"normalize|resize"`` = the registry's
+        normalisation, then the whole image to ``image_size`` (the evaluation's size; the
+        stored side where a job evaluates at the stored size).
       device_resident: hold the decoded split in device memory and augment inside the
         jitted step (rsjax.data.device_data / device_augment) instead of the grain pipeline.
       folder: a ``<Class>/<image>`` tree read directly instead of the TFDS dataset ``name``
@@ -91,6 +95,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.samples_per_scene = 2
     c.crops_as_scenes = 0
     c.augment = "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.1, 1.0))"  # ops.DEFAULT_AUGMENT
+    c.pp_eval = "normalize|resize"  # pipeline.DEFAULT_PP_EVAL
     c.device_resident = False
     c.folder = ""
     c.folder_seed = 0

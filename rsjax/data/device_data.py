@@ -35,7 +35,6 @@ state saved with another seed / dataset / batch layout is refused.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,61 +45,6 @@ from rsjax.data import device_augment
 
 STATE_FORMAT = "rsjax.data.device/v2"
 _OLD_FORMATS = ("rsjax.data.device/v1",)
-
-
-def load_raw_with_scenes(cfg_data: Any, split: str, *, max_examples: int | None = None):
-    """Raw (un-normalized) images [N, H, W, C], labels [N] and scene ids [N] of ``split``.
-
-    ``data.folder`` set: read that ``<Class>/<image>`` tree directly
-    (:func:`rsjax.data.folders.load_class_folder`: the builders' image reader, the project's
-    class split with seed ``data.folder_seed``, cached under ``data.cache_dir``), where every
-    image is its own scene (scene id = index); otherwise read the TFDS dataset ``data.name``
-    through ``tfds.data_source``, taking the scene id from the records' ``scene_id`` feature
-    when the dataset has one (else the record index), as the host pipeline's
-    ``unit_scene_ids`` does.
-    """
-    if cfg_data.folder:
-        from rsjax.data import folders
-
-        images, labels, _ = folders.load_class_folder(
-            cfg_data.folder, split, seed=int(cfg_data.folder_seed),
-            cache_dir=cfg_data.cache_dir or None, max_examples=max_examples)
-        scenes = np.arange(len(labels), dtype=np.int64)
-        return images, labels, scenes
-    from rsjax.data import pipeline
-
-    source = pipeline.open_source(cfg_data, split)
-    n = len(source)
-    rows = []
-    for s in range(0, n, 512):
-        rows.extend(source.read(range(s, min(n, s + 512))))
-    images = np.stack([np.asarray(r["image"]) for r in rows])
-    labels = np.asarray([np.asarray(r.get("label", -1)).reshape(()) for r in rows], np.int32)
-    if rows and "scene_id" in rows[0]:
-        scenes = np.asarray([int(np.asarray(r["scene_id"]).reshape(())) for r in rows], np.int64)
-    else:
-        scenes = np.arange(n, dtype=np.int64)
-    if max_examples is not None and max_examples < len(labels):
-        # A fixed random subset, not a prefix (as the class-folder path does).
-        keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:max_examples])
-        images, labels, scenes = images[keep], labels[keep], scenes[keep]
-    return images, labels, scenes
-
-
-def load_raw(cfg_data: Any, split: str, *, max_examples: int | None = None):
-    """Raw (un-normalized) images [N, H, W, C] and labels [N] of ``split``
-    (:func:`load_raw_with_scenes` without the scene ids)."""
-    images, labels, _ = load_raw_with_scenes(cfg_data, split, max_examples=max_examples)
-    return images, labels
-
-
-def normalized_eval_arrays(cfg_data: Any, split: str, *, max_examples: int | None = None):
-    """float32 standardized images (registry statistics) + labels, for kNN / linear probe."""
-    from rsjax.data import registry
-
-    info = registry.data_info(cfg_data)
-    images, labels = load_raw(cfg_data, split, max_examples=max_examples)
-    return registry.normalize(images, info), labels
 
 
 class DeviceIterator:

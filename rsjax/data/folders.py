@@ -18,6 +18,10 @@ evaluation jobs and the GPU-resident input path read directly instead of the TFD
   :func:`fraction_split`: the sorted unit names (tiles), ``perm =
   numpy.random.default_rng(seed).permutation(n)``, the first ``round(test_fraction * n)`` to
   ``test`` (at least one when ``n >= 2``), the rest to ``train``.
+* Subsets (``eval.max_train``, ``transfer.max_examples``, ...): ONE rule for every split reader
+  of rsjax, class folders and TFDS alike (:func:`subset_indices`): ``limit`` records drawn
+  with ``numpy.random.default_rng(0)``, kept in record order. A prefix would be the first
+  classes of a tree listed class by class.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ from rsjax.data import images
 
 # THE extension list of image files (builders, evaluation folders, the GPU-resident path).
 IMAGE_EXTS: tuple[str, ...] = tuple(images.IMAGE_EXTENSIONS)
+
+
+def subset_indices(n: int, limit: int | None) -> np.ndarray:
+    """The subset rule of every split reader: indices of ``limit`` of ``n`` records drawn with
+    ``numpy.random.default_rng(0)``, in record order; all ``n`` when ``limit`` is None, 0 or >= n."""
+    if not limit or int(limit) >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:int(limit)])
 
 
 def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[list[str], list[list[str]]]:
@@ -159,12 +171,11 @@ def read_images(files: Sequence[str], *, desc: str = "images", expected_shape: t
 
 
 def load_class_folder(root: str, split: str, *, test_fraction: float = 0.2, seed: int = 0,
-                      cache_dir: str | None = None, max_examples: int | None = None):
+                      cache_dir: str | None = None, limit: int | None = None):
     """Decoded ``split`` ('train' | 'test' | 'all') of a class-folder tree (:func:`folder_split`).
 
     Returns (images [N, H, W, C] in their stored dtype, labels int32 [N], class names), class
-    by class. ``max_examples`` keeps a fixed random subset (``default_rng(0)``) of that many,
-    in the same order. Decoding 27,000 EuroSAT jpgs takes ~10-20 s; with ``cache_dir`` the
+    by class. ``limit`` keeps the subset of :func:`subset_indices`. Decoding 27,000 EuroSAT jpgs takes ~10-20 s; with ``cache_dir`` the
     arrays are cached as ``.npz`` keyed by the folder listing, split rule and split.
     """
     if split not in ("all", "test", "train"):
@@ -176,9 +187,8 @@ def load_class_folder(root: str, split: str, *, test_fraction: float = 0.2, seed
         labels = np.repeat(np.arange(len(classes)), [len(fs) for fs in files])
     else:
         paths, labels = (tr_f, tr_y) if split == "train" else (te_f, te_y)
-    if max_examples is not None and max_examples < len(paths):
-        keep = np.sort(np.random.default_rng(0).permutation(len(paths))[:max_examples])
-        paths, labels = [paths[i] for i in keep], labels[keep]
+    keep = subset_indices(len(paths), limit)
+    paths, labels = [paths[i] for i in keep], np.asarray(labels)[keep]
     key = hashlib.sha1(repr((paths, test_fraction, seed)).encode()).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"classfolder_{split}_{key}.npz") if cache_dir else None
     if cache and os.path.exists(cache):

@@ -7,7 +7,7 @@ keys no input path reads, a block that lacks keys, and out-of-range values (befo
 written); :func:`make_iterator` decides ONCE between the host grain pipeline and the
 GPU-resident path (``data.device_resident``) and returns the iterator together with the in-step
 batch transform (``None`` on the host path, where the views are made per example).
-:func:`load_eval_arrays` reads standardized evaluation images.
+:func:`rsjax.data.pipeline.eval_arrays` prepares evaluation images (the ``data.pp_eval`` recipe).
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def make_iterator(config, mesh=None):
     if data_cfg.device_resident:
         from rsjax.data import device_data, pipeline, registry
 
-        images, labels, scenes = device_data.load_raw_with_scenes(data_cfg, data_cfg.train_split)
+        split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split")
+        images, scenes = split["image"], split["scene_id"]
+        labels = split["label"] if split["label"].ndim == 1 else np.full(len(images), -1, np.int32)  # as the host path
         pipeline.check_images(images, registry.data_info(data_cfg),
                               where=f"split {data_cfg.train_split!r}", stacked=True)
         # The stored side, not a crop-as-scene's: views cut from g x g sub-crops are upsampled by design.
@@ -141,17 +143,3 @@ def check_bands(config) -> None:
             f"config.model.in_channels={config.model.in_channels} does not match dataset "
             f"{config.data.name!r} with {len(info.bands)} bands {list(info.bands)}"
         )
-
-
-
-def load_eval_arrays(data_cfg, split: str, max_examples=None):
-    """Standardized images + labels of ``split`` (the class folder when data.folder is set)."""
-    if data_cfg.folder:
-        from rsjax.data import device_data
-
-        return device_data.normalized_eval_arrays(data_cfg, split, max_examples=max_examples)
-    from rsjax.data import pipeline
-
-    return pipeline.load_arrays(data_cfg, split, max_examples=max_examples)
-
-

@@ -76,6 +76,10 @@ DEFAULT_AUGMENT = "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.
 #: Ops that set the view size (a pretraining recipe starts with one of them).
 SIZING_OPS = ("rrc", "resize")
 
+#: Ops that draw no random numbers: the only ones a preparation recipe (``data.pp_eval``) may
+#: use, since evaluation inputs must not depend on a seed.
+DETERMINISTIC_OPS = ("resize", "normalize", "ignore", "remap", "multi_hot")
+
 #: The former individual ``config.data`` augmentation keys, folded into ``data.augment`` by
 #: :func:`spec_from_legacy` (old workdirs / configs), with their former defaults.
 LEGACY_KEYS = {
@@ -268,6 +272,18 @@ def view_recipe(spec: str, backend: str, *, key: str = "data.augment") -> Pipeli
     if not pipe.calls or pipe.calls[0].name not in SIZING_OPS:
         raise ConfigError(f"config.{key}={spec!r}: a view recipe starts with an op that sets the view size "
                           f"({' or '.join(SIZING_OPS)}), e.g. {DEFAULT_AUGMENT!r}")
+    return pipe
+
+
+@functools.lru_cache(maxsize=64)
+def prep_recipe(spec: str, backend: str = "numpy", *, key: str = "data.pp_eval") -> Pipeline:
+    """A preparation recipe (evaluation inputs): like :func:`build`, memoized, and every op
+    deterministic (:data:`DETERMINISTIC_OPS`); a random op is refused naming it and the key."""
+    pipe = build(spec, backend, key=key)
+    random_ops = [c.name for c in pipe.calls if c.name not in DETERMINISTIC_OPS]
+    if random_ops:
+        raise ConfigError(f"config.{key}={spec!r}: {random_ops} draw random numbers; a preparation recipe "
+                          f"uses only {list(DETERMINISTIC_OPS)}, e.g. 'normalize|resize'")
     return pipe
 
 

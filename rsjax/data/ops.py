@@ -12,6 +12,7 @@ from rsjax.data import device_augment as _jax_backend  # noqa: F401  registers t
 from rsjax.data.op_registry import (  # noqa: F401  (the public API, re-exported)
     BACKENDS,
     DEFAULT_AUGMENT,
+    DETERMINISTIC_OPS,
     LEGACY_KEYS,
     SIZING_OPS,
     Context,
@@ -25,6 +26,7 @@ from rsjax.data.op_registry import (  # noqa: F401  (the public API, re-exported
     define,
     known_ops,
     parse,
+    prep_recipe,
     register,
     spec_from_legacy,
     view_recipe,
@@ -33,6 +35,7 @@ from rsjax.data.op_registry import (  # noqa: F401  (the public API, re-exported
 __all__ = [
     "BACKENDS",
     "DEFAULT_AUGMENT",
+    "DETERMINISTIC_OPS",
     "LEGACY_KEYS",
     "SIZING_OPS",
     "Context",
@@ -46,6 +49,7 @@ __all__ = [
     "define",
     "known_ops",
     "parse",
+    "prep_recipe",
     "register",
     "spec_from_legacy",
     "view_recipe",

@@ -52,9 +52,13 @@ Batch: ``view1``, ``view2`` float32 ``[b_local, image_size, image_size, C]`` nor
 the registry's per-band statistics, ``scene_id`` int32 ``[b_local]``, ``label`` int32 ``[b_local]`` (-1 for
 unlabelled or multi-label data).
 
+Arrays in host memory (evaluation inputs, dense training, the device-resident split):
+:func:`read_split` reads any split (class folder or TFDS, one subset rule), :func:`eval_arrays`
+prepares evaluation inputs with the ``data.pp_eval`` op recipe.
+
 Input checks (:func:`check_images`, :func:`check_label`): a record whose image has the wrong
 band count or dtype, or NaN / inf pixels, and (evaluation arrays) a label outside the
-dataset's classes raise ValueError naming the dataset, split and record index.
+dataset's classes raise DataError naming the dataset, split and record index.
 
 Checkpointing: ``it.get_state()`` returns **bytes**: UTF-8 JSON ``{"format", "next_batch",
 "fingerprint"}`` (``json.loads`` gives a JSON-serializable dict), the same convention as
@@ -77,7 +81,7 @@ import grain
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsjax.data import augment, ops, registry
+from rsjax.data import augment, folders, ops, registry
 from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
 
@@ -192,33 +196,69 @@ def open_source(cfg_data: Any, split: str, split_key: str = "data.train_split") 
 _SCENE_CACHE: dict[tuple, np.ndarray] = {}
 
 
-def load_fields(cfg_data, split: str, fields: Mapping[str, str], *, max_examples: int | None = None,
-                desc: str = "read", split_key: str = "eval.train_split / eval.test_split"
-                ) -> dict[str, np.ndarray]:
-    """Reads the features ``fields`` (``role -> feature name``) of a split into stacked raw arrays.
+def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None, limit: int | None = None,
+               desc: str = "read", split_key: str = "eval.train_split / eval.test_split") -> dict[str, np.ndarray]:
+    """THE reader of a split into host memory: stacked raw arrays in their stored dtype.
 
-    Values are kept in their stored dtype (uint8 / uint16): normalisation happens per batch, so
-    large datasets (LEVIR-CD 1024 px tiles) stay compact in memory. Raises ValueError naming
-    the missing feature and the features the dataset has; ``split_key`` is the config key that
-    chose ``split`` (named, with the dataset's splits, when there is no such split).
+    Every job that holds a split as arrays reads it here (evaluation inputs, dense training,
+    the device-resident pretraining split, noisy-label data); normalisation and resizing are
+    the caller's op recipe (e.g. :func:`eval_arrays`), so large datasets (LEVIR-CD 1024 px
+    tiles) stay compact. ``data.folder`` set: the ``<Class>/<image>`` tree
+    (:func:`rsjax.data.folders.load_class_folder`, cached under ``data.cache_dir``), each image
+    its own scene. Otherwise the TFDS dataset ``data.name``.
+
+    Args:
+      cfg_data: the ``config.data`` block.
+      split: the split name (``split_key``: the config key that chose it, named when the
+        dataset has no such split).
+      fields: ``role -> feature name`` to read (a missing feature is refused naming the
+        features the dataset has). None: ``image``, ``label`` (-1 when the dataset has none)
+        and ``scene_id`` (the record index when it has none).
+      limit: keep the subset of :func:`rsjax.data.folders.subset_indices` (the one subset rule).
+
+    Returns:
+      ``{role: [N, ...] array}``.
     """
+    if cfg_data.get("folder"):
+        if fields is not None and set(fields) - {"image", "label", "scene_id"}:
+            raise ConfigError(f"config.data.folder={cfg_data.folder!r} is a <Class>/<image> tree: it has image, "
+                              f"label and scene_id, not {sorted(set(fields) - {'image', 'label', 'scene_id'})}")
+        images, labels, _ = folders.load_class_folder(cfg_data.folder, split, seed=int(cfg_data.folder_seed),
+                                                      cache_dir=cfg_data.cache_dir or None, limit=limit)
+        out = {"image": images, "label": labels, "scene_id": np.arange(len(labels), dtype=np.int64)}
+        return out if fields is None else {role: out[role] for role in fields}
     source = open_source(cfg_data, split, split_key=split_key)
     have = source.features()
+    defaults = fields is None
+    if defaults:
+        fields = {k: k for k in ("image", "label", "scene_id") if k in have}
     for role, key in fields.items():
         if key not in have:
-            raise ValueError(f"dataset {source.name!r} has no feature {key!r} (for {role}; config key "
-                             f"data.{role}_key); its features are {list(have)}")
-    n = len(source)
-    if max_examples:
-        n = min(n, int(max_examples))
+            raise DataError(f"dataset {source.name!r} has no feature {key!r} (for {role}; config key "
+                            f"data.{role}_key); its features are {list(have)}")
+    keep = folders.subset_indices(len(source), limit)
+    if not len(keep):
+        raise DataError(f"split {split!r} of dataset {source.name!r} is empty")
     out: dict[str, list] = {role: [] for role in fields}
-    for s in tqdm(range(0, n, 256), desc=f"{desc} {split}", leave=False):
-        for ex in source.read(range(s, min(n, s + 256))):
+    for s in tqdm(range(0, len(keep), 256), desc=f"{desc} {split}", leave=False):
+        for ex in source.read(keep[s:s + 256].tolist()):
             for role, key in fields.items():
                 out[role].append(np.asarray(ex[key]))
-    if n == 0:
-        raise ValueError(f"split {split!r} of dataset {source.name!r} is empty")
-    return {role: np.stack(v) for role, v in out.items()}
+    arrays = {role: np.stack(v) for role, v in out.items()}
+    if defaults:
+        arrays.setdefault("label", np.full((len(keep),), -1, np.int32))
+        arrays.setdefault("scene_id", keep.astype(np.int64))
+    return arrays
+
+
+def num_records(cfg_data, split: str) -> int:
+    """The number of records of a split (what :func:`read_split` reads without ``limit``)."""
+    if cfg_data.get("folder"):
+        if split == "all":
+            return sum(len(f) for f in folders.class_folder_files(cfg_data.folder)[1])
+        tr, _, te, _, _ = folders.folder_split(cfg_data.folder, seed=int(cfg_data.folder_seed))
+        return len(tr if split == "train" else te)
+    return len(open_source(cfg_data, split))
 
 
 def unit_scene_ids(source: DataSource, crops_as_scenes: int = 0) -> np.ndarray:
@@ -452,19 +492,25 @@ def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
             raise DataError(f"{what} has {int((~finite).sum())} NaN/inf pixel value(s) ({at})")
 
 
-def check_label(label: np.ndarray, info: registry.DatasetInfo, *, where: str) -> None:
-    """Raises ValueError naming ``where`` for a stored label outside ``[0, num_classes)``
-    (multi-hot labels: a value other than 0 / 1). Datasets without classes are not checked."""
+def check_label(labels: np.ndarray, info: registry.DatasetInfo, *, where: str) -> None:
+    """Raises DataError naming ``where`` and the first bad record for a stored label outside
+    ``[0, num_classes)`` (``labels`` ``[N]``, -1 = no label; multi-hot ``[N, K]``: a value other
+    than 0 / 1). Datasets without classes are not checked."""
     if info.num_classes <= 0:
         return
-    lab = np.asarray(label)
+    lab = np.asarray(labels)
     if info.multi_label:
-        if lab.size and not np.isin(lab, (0, 1)).all():
+        bad = ~np.isin(lab, (0, 1))
+        if bad.any():
             raise DataError(f"dataset {info.name!r}: {where} has a multi-hot label with values "
-                             f"{sorted(set(np.unique(lab).tolist()))[:5]}; expected 0 / 1")
-    elif lab.ndim == 0 and not 0 <= int(lab) < info.num_classes:
-        raise DataError(f"dataset {info.name!r}: {where} has label {int(lab)}, outside [0, "
-                         f"{info.num_classes}) (classes {list(info.class_names)[:10]})")
+                            f"{sorted(set(np.unique(lab[bad]).tolist()))[:5]} (record {int(np.argwhere(bad)[0][0])}); "
+                            f"expected 0 / 1")
+    elif lab.ndim == 1:
+        bad = (lab < -1) | (lab >= info.num_classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"dataset {info.name!r}: {where} has label {int(lab[i])} (record {i}), outside [0, "
+                            f"{info.num_classes}) (classes {list(info.class_names)[:10]})")
 
 
 def _scalar_label(ex: dict) -> int:
@@ -655,51 +701,39 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
 # Evaluation arrays
 # ----------------------------------------------------------------------------------------
 
-def load_arrays(cfg_data: Any, split: str, *, max_examples: Optional[int] = None,
-                image_size: Optional[int] = None, split_key: str = "eval.train_split / eval.test_split"
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Whole split as arrays for evaluation (kNN, linear probe): no augmentation.
+#: The evaluation inputs' recipe (``config.data.pp_eval``): the registry's normalisation, then
+#: the whole image to ``data.image_size`` (the stored side when that is 0).
+DEFAULT_PP_EVAL = "normalize|resize"
 
-    Args:
-      cfg_data: the ``config.data`` block.
-      split: TFDS split name (e.g. ``cfg_data.eval_split``).
-      max_examples: keep the first N records (TFDS stores records in a shuffled order, so the
-        first N are a random-like sample).
-      image_size: optional side to resize (bilinear, antialiased) every image to (a warning
-        when that upsamples the stored images: ``registry.warn_if_upsampling``).
-      split_key: the config key that chose ``split`` (named when the dataset has no such split).
 
-    Returns:
-      ``images`` float32 ``[N, H, W, C]`` normalized with the registry statistics and
-      ``labels`` int32 ``[N]`` (``[N, num_classes]`` multi-hot for multi-label data; -1 when
-      the dataset has no label).
+def prepare(images: np.ndarray, info: registry.DatasetInfo, recipe: str = DEFAULT_PP_EVAL, *,
+            image_size: int | None = None, key: str = "data.pp_eval", what: str = "") -> np.ndarray:
+    """float32 ``[N, S, S, C]``: the deterministic op recipe ``recipe`` (``config.data.pp_eval``)
+    applied to every raw image of ``images`` ``[N, H, W, C]`` with ``ctx.out_size = image_size``
+    (None or 0: the stored side). Warns when that upsamples (``registry.warn_if_upsampling``)."""
+    size = int(image_size or 0) or int(images.shape[1])
+    registry.warn_if_upsampling(size, images.shape[1:3], what=what or f"dataset {info.name!r}")
+    pipe = ops.prep_recipe(recipe, "numpy", key=key)
+    ctx = ops.Context(out_size=size, info=info)
+    return np.stack([pipe.image(im, None, ctx) for im in images]).astype(np.float32, copy=False)
+
+
+def eval_arrays(cfg_data: Any, split: str, *, limit: Optional[int] = None, image_size: Optional[int] = None,
+                split_key: str = "eval.train_split / eval.test_split") -> tuple[np.ndarray, np.ndarray]:
+    """A split as evaluation inputs (kNN, linear probe, fine-tune): :func:`read_split`, the
+    pixels and labels checked, then the ``data.pp_eval`` recipe (:func:`prepare`).
+
+    Returns ``images`` float32 ``[N, S, S, C]`` and ``labels`` int32 ``[N]`` (``[N, num_classes]``
+    multi-hot for multi-label data; -1 when the dataset has no label).
     """
     info = registry.data_info(cfg_data)
-    source = open_source(cfg_data, split, split_key=split_key)
-    n = len(source)
-    if max_examples is not None:
-        n = min(n, int(max_examples))
-    images, labels = [], []
-    warned = not image_size
-    for s in range(0, n, 256):
-        for i, ex in enumerate(source.read(range(s, min(n, s + 256))), start=s):
-            where = f"record {i} of split {split!r}"
-            raw = np.asarray(ex["image"])
-            check_images(raw, info, where=where)
-            if "label" in ex:
-                check_label(ex["label"], info, where=where)
-            if not warned:  # once per split
-                warned = True
-                registry.warn_if_upsampling(int(image_size), raw.shape[:2], what=f"split {split!r} of {info.name!r}")
-            x = registry.normalize(raw, info)
-            if image_size and x.shape[0] != image_size:
-                x = augment.resize(x, int(image_size))
-            images.append(x)
-            lab = np.asarray(ex["label"]) if "label" in ex else np.asarray(-1)
-            labels.append(lab.astype(np.int32))
-    if not images:
-        raise DataError(f"split {split!r} of {info.name!r} is empty")
-    return np.stack(images), np.stack(labels)
+    arrays = read_split(cfg_data, split, limit=limit, split_key=split_key)
+    raw, labels = arrays["image"], arrays["label"]
+    check_images(raw, info, where=f"split {split!r}", stacked=True)
+    check_label(labels, info, where=f"split {split!r}")
+    x = prepare(raw, info, cfg_data.get("pp_eval") or DEFAULT_PP_EVAL, image_size=image_size,
+                what=f"split {split!r} of {info.name!r}")
+    return x, labels.astype(np.int32)
 
 
 def check_fingerprint(state: dict, current: dict) -> None:

@@ -113,7 +113,7 @@ def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = N
     fields = {"image": "image", "mask": "mask"}
     if "scene_id" in source.features():
         fields["scene_id"] = "scene_id"
-    arrays = pipeline.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
+    arrays = pipeline.read_split(cfg, split, fields=fields, limit=max_examples)
     info = registry.data_info(cfg)
     labels = masks_to_labels(arrays["mask"], mask_ignore_value(info, source))
     bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)

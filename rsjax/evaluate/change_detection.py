@@ -57,10 +57,10 @@ def load_data(config):
     d = config.data
     keys = {"a": d.image_a_key, "b": d.image_b_key, "change": d.change_key}
     ec = config.eval
-    train = pipeline.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
-                               split_key="eval.train_split")
-    test = pipeline.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
-                              split_key="eval.test_split")
+    train = pipeline.read_split(d, ec.train_split, fields=keys, limit=ec.get("max_train", 0),
+                                  split_key="eval.train_split")
+    test = pipeline.read_split(d, ec.test_split, fields=keys, limit=ec.get("max_test", 0),
+                                  split_key="eval.test_split")
     return train, test
 
 

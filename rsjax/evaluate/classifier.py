@@ -14,7 +14,6 @@ import numpy as np
 
 from rsjax import errors, trainable
 from rsjax import sharding as shd
-from rsjax.data import registry
 from rsjax.data.defaults import check_complete
 from rsjax.evaluate import common
 
@@ -87,47 +86,26 @@ def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
 # --------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------
-def prepare_images(raw: np.ndarray, info: registry.DatasetInfo, image_size: int | None) -> np.ndarray:
-    """Normalised float32 images (``registry.normalize``), resized to ``image_size`` when set
-    (a warning when that upsamples: :func:`rsjax.data.registry.warn_if_upsampling`)."""
-    from rsjax.data import ops
-
-    if image_size:
-        registry.warn_if_upsampling(int(image_size), raw.shape[1:3], what=f"dataset {info.name!r}")
-    x = registry.normalize(raw, info)
-    if image_size and x.shape[1] != image_size:
-        resize = ops.cached(f"resize({int(image_size)})")  # the resize op, as the view recipes
-        x = np.stack([resize.image(im, None) for im in x])
-    return x
-
-
 def load_data(config):
-    """``(x_train, y_train, x_test, y_test, class_names)``: float32 normalized images, labels."""
-    from rsjax.data import folders
+    """``(x_train, y_train, x_test, y_test, class_names)``: float32 images prepared by the
+    ``data.pp_eval`` recipe (:func:`rsjax.data.pipeline.eval_arrays`), int32 labels."""
+    from rsjax.data import folders, pipeline
 
     d = config.data
     info = common.dataset_info(config)
-    size = int(d.image_size or 0) or None  # 0 = the stored size
-    ec = config.eval
+    names = list(info.class_names)
     if d.folder:
         names = folders.class_folder_files(d.folder)[0]
         if info.class_names and tuple(names) != tuple(info.class_names):
             raise errors.DataError(f"class folders {names} in {d.folder} differ from the classes of "
                                    f"{d.name!r} {list(info.class_names)} (config.data.name)")
-        out = []
-        for split, cap in (("train", ec.get("max_train", 0)), ("test", ec.get("max_test", 0))):
-            raw, y, _ = folders.load_class_folder(d.folder, split, seed=int(d.folder_seed),
-                                                  cache_dir=d.cache_dir or None,
-                                                  max_examples=int(cap or 0) or None)
-            out += [prepare_images(raw, info, size), y]
-        return (*out, list(names))
-    from rsjax.data import pipeline
-
-    x_tr, y_tr = pipeline.load_arrays(d, ec.train_split, max_examples=ec.get("max_train", 0) or None, image_size=size,
-                                      split_key="eval.train_split")
-    x_te, y_te = pipeline.load_arrays(d, ec.test_split, max_examples=ec.get("max_test", 0) or None, image_size=size,
-                                      split_key="eval.test_split")
-    return x_tr, y_tr, x_te, y_te, list(info.class_names)
+    ec = config.eval
+    out = []
+    for role in ("train", "test"):
+        x, y = pipeline.eval_arrays(d, ec[f"{role}_split"], limit=ec.get(f"max_{role}", 0), image_size=d.image_size,
+                                    split_key=f"eval.{role}_split")
+        out += [x, y]
+    return (*out, list(names))
 
 
 # --------------------------------------------------------------------------------------

@@ -7,13 +7,14 @@ Run::
 
 Protocol (DESIGN §4):
 
-1. Data: ``pipeline.load_arrays(config.data, split)`` (TFDS, e.g. the ``eurosat_rgb`` builder),
+1. Data: ``pipeline.eval_arrays(config.data, split)`` (TFDS, e.g. the ``eurosat_rgb`` builder),
    or, with ``config.data.folder`` set, a EuroSAT-style class-folder tree
    (``<folder>/<Class>/<image>``, any of ``rsjax.data.folders.IMAGE_EXTS``) read directly with
    the builders' image reader (a bad or odd-shaped file is named) and split by
    :func:`rsjax.data.folders.folder_split` with seed ``data.folder_seed`` (EuroSAT RGB: 21,600
-   train / 5,400 test); ``eval.max_train`` / ``eval.max_test`` keep a fixed random subset.
-   ``data.image_size`` larger than the stored images upsamples them, with a warning.
+   train / 5,400 test); ``eval.max_train`` / ``eval.max_test`` keep the one subset rule's
+   fixed random subset; the ``data.pp_eval`` recipe prepares the images (normalize, resize to
+   ``data.image_size``; larger than the stored images upsamples them, with a warning).
 2. Encoder: ``config.model`` (random init from ``config.seed``) or the encoder of the
    pretraining run ``config.pretrained`` (``rsjax.evaluate.common.load_pretrained``).
 3. Frozen eval-mode features (global-average-pooled last stage) of both splits;

@@ -46,16 +46,16 @@ def load_data(config):
     d = config.data  # complete (configs.common.data_config; old workdirs: rsjax.workdir.complete_config)
     info = common.dataset_info(config)
     ec = config.eval
-    size = int(d.image_size or 0) or None
     out = []
-    for split, cap in ((ec.train_split, ec.max_train), (ec.test_split, ec.max_test)):
+    for role in ("train", "test"):
+        split, cap, key = ec[f"{role}_split"], ec[f"max_{role}"], f"eval.{role}_split"
         if d.multilabel_from_mask:
-            f = pipeline.load_fields(d, split, {"image": d.image_key, "mask": d.mask_key},
-                                   max_examples=cap or None)
-            x = clf.prepare_images(f["image"], info, size)
+            f = pipeline.read_split(d, split, fields={"image": d.image_key, "mask": d.mask_key}, limit=cap,
+                                    split_key=key)
+            x = pipeline.prepare(f["image"], info, d.pp_eval, image_size=d.image_size)
             t = cls.targets_from_mask(f["mask"], info.num_classes)
         else:
-            x, t = pipeline.load_arrays(d, split, max_examples=cap or None, image_size=size)
+            x, t = pipeline.eval_arrays(d, split, limit=cap, image_size=d.image_size, split_key=key)
             if t.ndim != 2:
                 raise errors.DataError(
                     f"dataset {d.name!r} has single labels {t.shape}; eval_multilabel needs multi-hot [N, C] "

@@ -16,6 +16,7 @@ from rsjax import errors, train, trainables
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import input as input_lib
+from rsjax.data import pipeline
 
 
 def validate(config: ml_collections.ConfigDict):
@@ -54,8 +55,10 @@ def evaluate_pretrained(method, state, config, wd) -> dict:
 
     ecfg = config.eval
     data_cfg = config.data
-    x_tr, y_tr = input_lib.load_eval_arrays(data_cfg, ecfg.train_split, ecfg.get("max_train", None) or None)
-    x_te, y_te = input_lib.load_eval_arrays(data_cfg, ecfg.test_split, ecfg.get("max_test", None) or None)
+    x_tr, y_tr = pipeline.eval_arrays(data_cfg, ecfg.train_split, limit=ecfg.get("max_train", None),
+                                      split_key="eval.train_split")
+    x_te, y_te = pipeline.eval_arrays(data_cfg, ecfg.test_split, limit=ecfg.get("max_test", None),
+                                      split_key="eval.test_split")
     for split, y in ((ecfg.train_split, y_tr), (ecfg.test_split, y_te)):
         if y.ndim != 1 or (y < 0).any():
             raise errors.DataError(

@@ -34,11 +34,12 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from rsjax import errors
+from rsjax import errors, plots
 from rsjax import results as results_lib
 from rsjax import study as lib
+from rsjax import workdir as workdir_lib
+from rsjax.data import pipeline
 from rsjax.models import conv as conv_lib
 
 
@@ -133,10 +134,6 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    from rsjax import plots
-    from rsjax import workdir as workdir_lib
-    from rsjax.data import input as input_lib
-
     seeds, arms = validate(config)
     with workdir_lib.Workdir(workdir, workdir_config(config)):
         config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as given
@@ -144,19 +141,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if data.device_resident and data.folder and not data.cache_dir:
             data.cache_dir = os.path.join(os.path.abspath(workdir), "cache")
         ecfg = config.eval
-        x_tr, y_tr = input_lib.load_eval_arrays(data, data.train_split, ecfg.max_train or None)
-        x_te, y_te = input_lib.load_eval_arrays(data, data.eval_split, ecfg.max_test or None)
-        if data.device_resident and ecfg.max_train:  # the probe saw a subset: count the whole split
-            from rsjax.data import device_data
-
-            num_train = device_data.load_raw(data, data.train_split)[0].shape[0]
-        else:
-            num_train = len(y_tr)
-        if x_tr.shape[1] != data.image_size:
-            from rsjax.data import augment
-
-            x_tr = np.stack([augment.resize(x, data.image_size) for x in x_tr])
-            x_te = np.stack([augment.resize(x, data.image_size) for x in x_te])
+        x_tr, y_tr = pipeline.eval_arrays(data, data.train_split, limit=ecfg.max_train, image_size=data.image_size,
+                                          split_key="data.train_split")
+        x_te, y_te = pipeline.eval_arrays(data, data.eval_split, limit=ecfg.max_test, image_size=data.image_size,
+                                          split_key="data.eval_split")
+        num_train = pipeline.num_records(data, data.train_split)  # the probe may see a subset
         arrays = (x_tr, y_tr, x_te, y_te)
         return _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots)
 
