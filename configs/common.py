@@ -457,6 +457,7 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.analysis = ml_collections.ConfigDict()
     c.analysis.every = 50        # per-layer weight statistics + Fisher ratios every N steps (0 = off)
     c.analysis.max_images = 128  # clean test crops used for it
+    c.analysis.split = "test"    # ... read from this split
 
     c.transfer = ml_collections.ConfigDict()
     c.transfer.enabled = True

@@ -108,6 +108,8 @@ def _config(variant: str):
     # L_D 1.2 -> 13,265 -> NaN within 10 steps at lr 0.3).
     c.swimdiff_denoiser_lr = 1e-3
     c.eval = ml_collections.ConfigDict()
+    c.eval.train_split = "train"  # the linear probe / kNN reference set (the pretraining split)
+    c.eval.test_split = "test"
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.07
     c.eval.linear_epochs = 300

@@ -131,7 +131,7 @@ def load_data(config) -> tuple[SegData, SegData]:
     """(pretraining split with clean labels, clean analysis / evaluation split)."""
     d = config.data
     pre = segdata.load_split(d, d.train_split, image_size=d.image_size, max_examples=d.max_train or None)
-    ana = segdata.load_split(d, d.eval_split, image_size=d.image_size,
+    ana = segdata.load_split(d, config.analysis.split, image_size=d.image_size,
                              max_examples=config.analysis.get("max_images", 0) or None)
     return pre, ana
 

@@ -205,7 +205,7 @@ def sample_images(workdir: str, n: int = 8, split: str | None = None) -> np.ndar
 
     config = checkpoint.read_config(workdir)  # completed with the defaults of keys added since
     data_cfg = config.data
-    split = split or config.get("eval", {}).get("test_split", data_cfg.eval_split)
+    split = split or config.get("eval", {}).get("test_split", "test")
     x, _ = pipeline.eval_arrays(data_cfg, split, limit=n)
     return np.asarray(x, np.float32)
 

@@ -90,7 +90,10 @@ def complete_config(d: dict) -> dict:
     (and its ``plateau``) those of :func:`rsjax.optim.default_block`, every block named
     ``swimdiff`` the values its newer keys had in effect before they existed (``conditioning``
     ``maps``, ``log_grad_share`` False), at any depth (``transfer.optimizer``, a study's
-    ``arms.<arm>.data``). Keys present are kept as they are.
+    ``arms.<arm>.data``). Keys present are kept as they are. The retired ``data.eval_split``
+    moves to the one name of its role: ``analysis.split`` where the config has an ``analysis``
+    block (noisy labels), else ``eval.test_split`` (with ``eval.train_split`` from
+    ``data.train_split`` where the block lacks it: the EuroSAT study before it had both).
 
     Old workdirs' configs are completed once, when read (:func:`config_diff`,
     :func:`rsjax.checkpoint.read_config`), so that adding a key with a default in a new rsjax
@@ -111,11 +114,23 @@ def complete_config(d: dict) -> dict:
                 out[k] = fill(out[k], v)
         return out
 
+    def retire_eval_split(node: dict) -> dict:
+        data = node.get("data")
+        if not isinstance(data, dict) or "eval_split" not in data:
+            return node
+        node = {**node, "data": {k: v for k, v in data.items() if k != "eval_split"}}
+        if isinstance(node.get("analysis"), dict):
+            node["analysis"] = {"split": data["eval_split"], **node["analysis"]}
+        elif isinstance(node.get("eval"), dict):
+            node["eval"] = {"train_split": data.get("train_split", "train"), "test_split": data["eval_split"],
+                            **node["eval"]}
+        return node
+
     def walk(node):
         if not isinstance(node, dict):
             return node
         out = {}
-        for k, v in node.items():
+        for k, v in retire_eval_split(node).items():
             v = walk(v)
             if isinstance(v, dict) and k == "data":
                 legacy = [key for key in ops.LEGACY_KEYS if key in v]

@@ -200,6 +200,40 @@ def test_old_swimdiff_workdir_resumes_only_with_the_conditioning_it_was_written_
     workdir_lib.Workdir(str(wd), config).close()
 
 
+def _with_data_eval_split(tmp_path, config, value, drop=()):
+    """An old workdir whose data block still has the retired ``eval_split`` = ``value``."""
+    wd = _old_workdir(tmp_path, config, drop)
+    d = json.loads((wd / "config.json").read_text())
+    d["data"]["eval_split"] = value
+    (wd / "config.json").write_text(json.dumps(d))
+    return wd
+
+
+@pytest.mark.parametrize("name,drop,moved_to", [
+    ("study_eurosat", ["eval.train_split", "eval.test_split"], ("eval", "test_split")),
+    ("noisy_label", ["analysis.split"], ("analysis", "split")),
+])
+def test_retired_data_eval_split_moves_to_the_one_name_of_its_role(tmp_path, name, drop, moved_to):
+    """data.eval_split is gone (one name per split role): an old workdir's value is read as
+    eval.test_split (the study; eval.* may change on resume) / analysis.split (noisy labels:
+    another value than today's is refused naming the new key)."""
+    from rsjax import workdir as workdir_lib
+
+    config = load_config(name, "smoke")
+    assert "eval_split" not in config.data
+    for sub in "ab":
+        (tmp_path / sub).mkdir()
+    workdir_lib.Workdir(str(_with_data_eval_split(tmp_path / "a", config, "test", drop)), config).close()
+    wd = _with_data_eval_split(tmp_path / "b", config, "validation", drop)
+    done = workdir_lib.complete_config(json.loads((wd / "config.json").read_text()))
+    assert done[moved_to[0]][moved_to[1]] == "validation" and "eval_split" not in done["data"]
+    if name == "study_eurosat":
+        assert done["eval"]["train_split"] == "train"
+    else:
+        with pytest.raises(workdir_lib.ConfigMismatchError, match=r"analysis.split: 'validation' -> 'test'"):
+            workdir_lib.Workdir(str(wd), config)
+
+
 def test_read_config_completes_old_configs(tmp_path):
     from rsjax import checkpoint
 

@@ -37,7 +37,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         std) or ``scale:S`` (``x_raw / S`` only, e.g. ``scale:10000`` for imported SSL4EO-S12
         weights); see ``rsjax.data.registry.data_info``.
       data_dir: TFDS data dir; None = ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
-      train_split, eval_split: TFDS split names for pretraining and evaluation.
+      train_split: the split a job trains on (pretraining, noisy-label pretraining); the
+        evaluation splits are ``eval.train_split`` / ``eval.test_split`` of the job's config.
       auto_build: build self-contained datasets (rs_synthetic) into data_dir when missing.
       scenes_per_batch: 0 = plain random batches; S > 0 = S distinct scenes per global batch,
         laid out scene by scene (scene id: the records' ``scene_id`` feature, else the record).
@@ -89,7 +90,6 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.normalization = "registry"
     c.data_dir = ml_collections.config_dict.placeholder(str)
     c.train_split = "train"
-    c.eval_split = "test"
     c.auto_build = True
     c.scenes_per_batch = 0
     c.samples_per_scene = 2

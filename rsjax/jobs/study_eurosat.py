@@ -141,10 +141,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if data.device_resident and data.folder and not data.cache_dir:
             data.cache_dir = os.path.join(os.path.abspath(workdir), "cache")
         ecfg = config.eval
-        x_tr, y_tr = pipeline.eval_arrays(data, data.train_split, limit=ecfg.max_train, image_size=data.image_size,
-                                          split_key="data.train_split")
-        x_te, y_te = pipeline.eval_arrays(data, data.eval_split, limit=ecfg.max_test, image_size=data.image_size,
-                                          split_key="data.eval_split")
+        x_tr, y_tr = pipeline.eval_arrays(data, ecfg.train_split, limit=ecfg.max_train, image_size=data.image_size,
+                                          split_key="eval.train_split")
+        x_te, y_te = pipeline.eval_arrays(data, ecfg.test_split, limit=ecfg.max_test, image_size=data.image_size,
+                                          split_key="eval.test_split")
         num_train = pipeline.num_records(data, data.train_split)  # the probe may see a subset
         arrays = (x_tr, y_tr, x_te, y_te)
         return _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots)
