@@ -496,8 +496,7 @@ def load_encoder(workdir: str, step: int | None = None):
     normalization = registry.normalization_name(config.data.normalization)  # config completed when read
     n = int(config.model.in_channels)
     if config.data.name:
-        info = registry.with_normalization(
-            registry.get_config_info(config.data.name, config.data.builder_config), normalization)
+        info = registry.data_info(config.data)
         bands, mean, std = list(info.bands), list(map(float, info.mean)), list(map(float, info.std))
         scale = float(info.scale)
     else:  # imported without --data: the band order is the source's, not known here

@@ -238,7 +238,7 @@ def _mechanism(p: dict) -> str:
     w = p.get("last_window_mean") or {}
     if not w:
         return "| | | | | |"
-    ld, nc, sh = w.get("loss_diffusion"), w.get("loss_diffusion_nocond"), w.get("loss_diffusion_shuffled")
+    ld, sh = w.get("loss_diffusion"), w.get("loss_diffusion_shuffled")
     gain = "" if w.get("conditioning_gain") is None else f"{100 * w['conditioning_gain']:.1f}"
     if ld is not None and sh:
         gain += f" / {100 * (sh - ld) / sh:.1f}"

@@ -31,7 +31,7 @@ class TestBigEarthNet(DatasetBuilderTestCase):
         from tfds_builders.bigearthnet import BEN19_FROM_43, BEN43_CLASSES
 
         names19 = registry.BIGEARTHNET19_CLASSES
-        order = registry.get_dataset_info("bigearthnet").bands
+        order = registry.get_config_info("bigearthnet").bands
         exs = {as_str(e["patch"]): e for split in examples.values() for e in split}
         assert [as_str(e["patch"]) for e in examples["test"]] == [list(PATCHES)[2]]
         for name, e in exs.items():

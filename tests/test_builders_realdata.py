@@ -162,7 +162,7 @@ def test_bigearthnet_real_samples(shared_data, tmp_path):
     src = b.as_data_source(split="train")
     assert len(src) == 6
     scenes = {}
-    info = registry.get_dataset_info("bigearthnet")
+    info = registry.get_config_info("bigearthnet")
     for i in range(6):
         e = src[i]
         name = _s(e["patch"])

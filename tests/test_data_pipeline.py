@@ -184,7 +184,7 @@ def test_crops_as_scenes(data_dir):
     assert len(scenes) == 2 and (counts == 4).all()
     # with scale-1 crops and no photometric changes, each view is the 16 px quadrant, and the
     # four rows of a scene are the four quadrants of that record's image
-    info = registry.get_dataset_info("rs_synthetic")
+    info = registry.get_config_info("rs_synthetic")
     for s in scenes:
         img = registry.normalize(src.read([s])[0]["image"], info)
         quads = {(y, x): img[y:y + 16, x:x + 16] for y in (0, 16) for x in (0, 16)}
@@ -203,7 +203,7 @@ def test_eval_arrays(data_dir):
     assert x.shape == (16, 32, 32, 13) and x.dtype == np.float32
     assert y.shape == (16,) and y.dtype == np.int32 and ((y >= 0) & (y < 6)).all()
     src = pipeline.open_source(cfg, "test")
-    info = registry.get_dataset_info("rs_synthetic")
+    info = registry.get_config_info("rs_synthetic")
     ex = src.read([3])[0]
     # the normalisation written out: (x / scale - mean) / std with the registry's statistics
     ref = (np.asarray(ex["image"], np.float64) / info.scale - np.asarray(info.mean)) / np.asarray(info.std)

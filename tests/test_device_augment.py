@@ -119,7 +119,7 @@ def test_device_resident_step_equals_plain_step_on_same_views():
     # The same views, made outside the step with the step's own augment key (step 0).
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0),
                              train.RNG_STREAMS.index("augment"))
-    info = registry.get_dataset_info(config.data.name)
+    info = registry.get_config_info(config.data.name)
     v1, v2 = dev.two_views(key, raw, config.data.augment, out_size=config.data.image_size,
                            scale=info.scale, mean=info.mean, std=info.std)
     config.data.device_resident = False

@@ -491,7 +491,7 @@ def test_levir_cd_crops(shared_data, tmp_path):
     config.batch_size = 8
     config.data.crop_size = 64
     config.eval.batch_size = 8
-    m = change_detection.run(config, str(tmp_path / "wd"), data=(train, test), info=registry.get_dataset_info("levir_cd"))
+    m = change_detection.run(config, str(tmp_path / "wd"), data=(train, test), info=registry.get_config_info("levir_cd"))
     assert m["tp"] + m["fn"] == int(test["change"].sum()) > 0
     assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == 4 * 256 * 256
     assert 0.0 <= m["f1"] <= 1.0

@@ -455,7 +455,7 @@ def test_export_encoder_entry_point(tmp_path, monkeypatch):
 def test_sidecar_describes_the_input(tmp_path, monkeypatch, dataset, normalization, formula):
     from rsjax.data import registry
 
-    info = registry.get_dataset_info(dataset)
+    info = registry.get_config_info(dataset)
     n = len(info.bands)
     _, variables = _random_variables("tiny", n)
 

@@ -273,7 +273,7 @@ def test_missing_split_names_the_eval_keys_and_they_work(levir_unsplit, tmp_path
 def test_upsampling_warns():
     from rsjax.data import pipeline
 
-    info = registry.get_dataset_info("eurosat_rgb")
+    info = registry.get_config_info("eurosat_rgb")
     raw = np.zeros((2, 32, 32, 3), np.uint8)
     with pytest.warns(UserWarning, match=r"image_size=128 is larger than the stored images .*32 x 32.*4x"):
         x = pipeline.prepare(raw, info, image_size=128)
@@ -350,19 +350,19 @@ def test_mask_convention_from_the_registry():
     from rsjax.evaluate import segmentation as seg
 
     assert registry.get_config_info("rs_segmentation", "potsdam").mask_ignore_value == 0
-    assert registry.get_dataset_info("dynamic_world").mask_ignore_value == 0
-    assert registry.get_dataset_info("rs_synthetic").mask_ignore_value is None
-    assert registry.get_dataset_info("levir_cd").mask_ignore_value is None
+    assert registry.get_config_info("dynamic_world").mask_ignore_value == 0
+    assert registry.get_config_info("rs_synthetic").mask_ignore_value is None
+    assert registry.get_config_info("levir_cd").mask_ignore_value is None
     stored = np.array([[[0, 1, 6], [255, 3, 2]]], np.uint8)
     # reduce_zero_label written out by hand: 0 / 255 -> ignore (-1), v -> v - 1
     exp = np.array([[[-1, 0, 5], [-1, 2, 1]]], np.int32)
     potsdam = registry.get_config_info("rs_segmentation", "potsdam")
     got = seg.labels({"image": None, "mask": stored}, potsdam)["mask"]
     assert got.dtype == np.int32 and np.array_equal(got, exp)
-    synth = registry.get_dataset_info("rs_synthetic")
+    synth = registry.get_config_info("rs_synthetic")
     np.testing.assert_array_equal(seg.labels({"mask": stored[..., :2] % 6}, synth)["mask"], stored[..., :2] % 6)
     ch = np.array([[[0, 1], [1, 0]]], np.uint8)
-    np.testing.assert_array_equal(cd.labels({"change": ch}, registry.get_dataset_info("levir_cd"))["change"], ch)
+    np.testing.assert_array_equal(cd.labels({"change": ch}, registry.get_config_info("levir_cd"))["change"], ch)
 
     class Src:  # a build whose metadata disagrees with the registry
         class builder:

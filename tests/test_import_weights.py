@@ -290,7 +290,7 @@ def test_junk_weight_files_are_one_line_errors_that_never_suggest_unpickling(tmp
 
 
 def test_scale_normalization_is_raw_over_s():
-    info = registry.get_dataset_info("eurosat_ms")
+    info = registry.get_config_info("eurosat_ms")
     raw = np.random.default_rng(0).integers(0, 12000, size=(3, 4, 4, 13)).astype(np.uint16)
     x = registry.normalize(raw, registry.with_normalization(info, "scale:10000"))
     np.testing.assert_allclose(x, raw.astype(np.float64) / 10000.0, rtol=2e-7, atol=0)
@@ -318,7 +318,7 @@ def test_job_with_other_normalization_is_refused(imported, tmp_path):
     config.data.normalization = "scale:10000"
     params, _, meta = common.load_pretrained(config)
     assert meta["method"] == "imported" and meta["normalization"] == "scale:10000"
-    assert common.dataset_info(config).scale == 10000.0 and common.dataset_info(config).mean == (0.0,) * 13
+    assert registry.data_info(config.data).scale == 10000.0 and registry.data_info(config.data).mean == (0.0,) * 13
 
 
 def test_imported_workdir_runs_eval_eurosat_smoke(imported, tmp_path):

@@ -218,7 +218,7 @@ def test_both_paths_read_data_augment(synth_dir, device_resident):
     assert (transform is None) != device_resident  # decided once, by data.device_resident
     if device_resident:
         b = transform(b, jax.random.PRNGKey(0))
-    info = registry.get_dataset_info("rs_synthetic")
+    info = registry.get_config_info("rs_synthetic")
     v = np.asarray(b["view1"])
     assert v.shape[1:3] == (config.data.image_size,) * 2
     raw = v * np.asarray(info.std, np.float32) + np.asarray(info.mean, np.float32)

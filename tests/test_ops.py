@@ -257,7 +257,7 @@ def test_blur_same_distribution():
 def test_normalize_identical_to_the_registry():
     from rsjax.data import registry
 
-    info = registry.get_dataset_info("rs_synthetic")
+    info = registry.get_config_info("rs_synthetic")
     raw = np.random.default_rng(4).integers(0, 10000, (2, 4, 4, info.num_bands)).astype(np.uint16)
     want = registry.normalize(raw, info)
     ctx = ops.Context(info=info)

@@ -108,7 +108,7 @@ def test_generator_is_fast():
 
 
 def test_registry_statistics_match_generator():
-    info = registry.get_dataset_info("rs_synthetic")
+    info = registry.get_config_info("rs_synthetic")
     mean, std = synthetic.band_statistics(24)
     np.testing.assert_allclose(mean, info.mean, rtol=0.2, atol=0.002)
     np.testing.assert_allclose(std, info.std, rtol=0.25, atol=0.002)
@@ -119,22 +119,22 @@ def test_registry_statistics_match_generator():
 def test_registry_entries_and_errors():
     for name in ("rs_synthetic", "eurosat_rgb", "eurosat_ms", "bigearthnet", "ssl4eo_s12",
                  "levir_cd"):
-        info = registry.get_dataset_info(name)
+        info = registry.get_config_info(name)
         assert len(info.bands) == len(info.mean) == len(info.std) == len(info.wavelengths_nm)
         assert info.scale in (255.0, 10000.0)
-    assert registry.get_dataset_info("rs_synthetic").num_bands == 13
-    assert registry.get_dataset_info("bigearthnet").num_bands == 12
-    assert "B10" not in registry.get_dataset_info("bigearthnet").bands
-    assert registry.get_dataset_info("eurosat_rgb").num_bands == 3
-    assert registry.get_dataset_info("rs_synthetic/tiny").name == "rs_synthetic"
+    assert registry.get_config_info("rs_synthetic").num_bands == 13
+    assert registry.get_config_info("bigearthnet").num_bands == 12
+    assert "B10" not in registry.get_config_info("bigearthnet").bands
+    assert registry.get_config_info("eurosat_rgb").num_bands == 3
+    assert registry.get_config_info("rs_synthetic/tiny").name == "rs_synthetic"
     with pytest.raises(ValueError, match="known datasets: .*eurosat_rgb"):
-        registry.get_dataset_info("imagenet")
+        registry.get_config_info("imagenet")
     with pytest.raises(ValueError, match="no band 'B99'"):
-        registry.get_dataset_info("eurosat_ms").band_index("B99")
+        registry.get_config_info("eurosat_ms").band_index("B99")
 
 
 def test_normalize_formula_and_band_check():
-    info = registry.get_dataset_info("eurosat_rgb")
+    info = registry.get_config_info("eurosat_rgb")
     x = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 3)).astype(np.uint8)
     y = registry.normalize(x, info)
     assert y.dtype == np.float32 and y.shape == x.shape
@@ -190,7 +190,7 @@ def test_builder_metadata_and_atomic_layout(tiny_dir):
     builder = build.get_builder("rs_synthetic", tiny_dir, "tiny")
     assert builder.is_prepared()
     md = builder.info.metadata
-    info = registry.get_dataset_info("rs_synthetic")
+    info = registry.get_config_info("rs_synthetic")
     assert list(md["bands"]) == list(info.bands)
     assert list(md["mean"]) == pytest.approx(list(info.mean))
     assert md["crop_size"] == 32 and md["tile_size"] == 64

@@ -132,7 +132,7 @@ class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilde
 
     @property
     def dataset_info(self) -> registry.DatasetInfo:
-        return registry.get_dataset_info(self.REGISTRY_NAME)
+        return registry.get_config_info(self.REGISTRY_NAME)
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR where DIR (or a sub-folder of it, e.g. `2750/`) holds one "

@@ -137,7 +137,7 @@ def _warn_if_upsampling(data_cfg) -> None:
 def check_bands(config) -> None:
     from rsjax.data import registry
 
-    info = registry.get_dataset_info(config.data.name)
+    info = registry.data_info(config.data)
     if len(info.bands) != config.model.in_channels:
         raise ValueError(
             f"config.model.in_channels={config.model.in_channels} does not match dataset "

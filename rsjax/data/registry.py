@@ -289,14 +289,9 @@ def known_datasets() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get_dataset_info(name: str) -> DatasetInfo:
-    """Returns the :class:`DatasetInfo` registered as ``name``.
-
-    A TFDS-style ``name/config`` suffix is ignored (``rs_synthetic/tiny`` -> ``rs_synthetic``).
-
-    Raises:
-      ValueError: unknown name; the message lists the known names.
-    """
+def _base_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` registered as ``name`` (a ``name/config`` suffix ignored);
+    ConfigError listing the known names for an unknown one."""
     base = name.split("/")[0].split(":")[0]
     try:
         return _REGISTRY[base]
@@ -572,14 +567,15 @@ register(DatasetInfo(
 
 
 def get_config_info(name: str, config: str | None = None) -> DatasetInfo:
-    """Registry entry of dataset ``name`` built with builder config ``config``.
+    """THE registry lookup by name: the entry of dataset ``name`` built with builder config
+    ``config`` (a config block is looked up with :func:`data_info`, which calls this).
 
     Returns the per-config entry ``<name>/<config>`` when one is registered (datasets whose
-    configs differ in bands, e.g. ``rs_segmentation``), else :func:`get_dataset_info`.
-    ``name`` may itself be ``<name>/<config>``.
+    configs differ in bands, e.g. ``rs_segmentation``), else the dataset's entry. ``name`` may
+    itself be ``<name>/<config>``. Raises ConfigError listing the known names for an unknown one.
     """
     base, _, suffix = name.partition("/")
     config = config or suffix or None
     if config and f"{base}/{config}" in _REGISTRY:
         return _REGISTRY[f"{base}/{config}"]
-    return get_dataset_info(base)
+    return _base_info(base)

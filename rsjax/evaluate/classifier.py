@@ -14,6 +14,7 @@ import numpy as np
 
 from rsjax import errors, trainable
 from rsjax import sharding as shd
+from rsjax.data import registry
 from rsjax.data.defaults import check_complete
 from rsjax.evaluate import common
 
@@ -67,7 +68,7 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
         folder = d.folder
         if folder and not os.path.isdir(folder):
             raise errors.ConfigError(f"config.data.folder={folder!r} is not a directory (a <Class>/<image> tree)")
-        info = common.dataset_info(config)  # unknown data.name / builder_config -> error naming it
+        info = registry.data_info(config.data)  # unknown data.name / builder_config -> error naming it
         if info.bands:
             common.check_bands(config, len(info.bands), f"dataset {d.name!r}")
         trainable.compute_dtype(config)
@@ -92,7 +93,7 @@ def load_data(config):
     from rsjax.data import folders, pipeline
 
     d = config.data
-    info = common.dataset_info(config)
+    info = registry.data_info(config.data)
     names = list(info.class_names)
     if d.folder:
         names = folders.class_folder_files(d.folder)[0]

@@ -26,12 +26,6 @@ PyTree = Any
 # --------------------------------------------------------------------------------------
 # Config helpers
 # --------------------------------------------------------------------------------------
-def dataset_info(config) -> registry.DatasetInfo:
-    """Registry entry of ``config.data.name`` for its ``builder_config`` (per-config bands/stats),
-    with ``config.data.normalization`` applied (``registry.data_info``)."""
-    return registry.data_info(config.data)
-
-
 def check_bands(config, num_bands: int, what: str) -> None:
     """ValueError when the data's band count differs from ``config.model.in_channels``."""
     if int(num_bands) != int(config.model.in_channels):
@@ -80,7 +74,7 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
     params, batch_stats, meta = ckpt_lib.load_encoder(path, step)
     check_pretrained_meta(meta, config, f"{path} (step {meta.get('step')})")
     try:
-        data_bands = tuple(dataset_info(config).bands)
+        data_bands = tuple(registry.data_info(config.data).bands)
     except ValueError:
         data_bands = ()
     if data_bands and tuple(meta.get("bands", ())) and tuple(meta["bands"]) != data_bands:

@@ -51,7 +51,7 @@ def validate(config, make_task: Callable) -> train.Phase:
         phase = train.Phase.from_config(config, desc=config.job)
         phase.validate()
         check_complete(config.data)  # read directly below: unknown, former or missing keys, named
-        common.dataset_info(config)
+        registry.data_info(config.data)
         if int(config.data.crop_size) < 0:
             raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size}: must be >= 0 (0 = whole images)")
         make_task(None)  # builds the model: unknown decoder, classes, dice reduction, freeze pattern
@@ -84,7 +84,7 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
     phase = validate(config, make_task)
     loaded = common.load_pretrained(config)
     task = make_task(loaded)
-    info = info or common.dataset_info(config)
+    info = info or registry.data_info(config.data)
     with workdir_lib.Workdir(workdir, config) as wd:
         train_arrays, test_arrays = prepare(*load_data(config), info)
         it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,

@@ -34,7 +34,7 @@ import numpy as np
 
 from rsjax import errors, plots
 from rsjax import sharding as shd
-from rsjax.data import pipeline
+from rsjax.data import pipeline, registry
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import common
 from rsjax.evaluate import metrics as M
@@ -44,7 +44,7 @@ from rsjax.evaluate import classifier as clf
 def load_data(config):
     """``(x_train, t_train, x_test, t_test, class_names)`` with multi-hot targets."""
     d = config.data  # complete (configs.common.data_config; old workdirs: rsjax.workdir.complete_config)
-    info = common.dataset_info(config)
+    info = registry.data_info(config.data)
     ec = config.eval
     out = []
     for role in ("train", "test"):

@@ -72,7 +72,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
                 raise errors.ConfigError(f"config.eval.{key}={config.eval[key]!r}: must be > 0")
         from rsjax.data import registry
 
-        info = registry.get_dataset_info(config.data.name)
+        info = registry.data_info(config.data)
         if len(info.bands) != config.model.in_channels:
             raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels} but {config.data.name} "
                                      f"has {len(info.bands)} bands")

@@ -10,7 +10,7 @@ Bands: the 10 m bands (B02, B03, B04, B08) are 120 x 120 px; the 20 m bands (B05
 B8A, B11, B12, 60 x 60 px) and 60 m bands (B01, B09, 20 x 20 px) are upsampled to 120 x 120 by
 **bilinear** interpolation with half-pixel centres (``align_corners=False``, no antialiasing;
 ``tfds_builders._common.resize_bilinear``), rounded to uint16. Storage order is
-``registry.get_dataset_info("bigearthnet").bands`` (B01 .. B8A, B09, B11, B12).
+``registry.get_config_info("bigearthnet").bands`` (B01 .. B8A, B09, B11, B12).
 
 Labels: ``labels_43`` multi-hot over :data:`BEN43_CLASSES` (the order of the official
 ``label_indices.json`` ``original_labels``), ``labels_19`` multi-hot over the 19-class
@@ -125,7 +125,7 @@ BEN19_FROM_43: dict[str, tuple[str, ...]] = {
     "Marine waters": ("Coastal lagoons", "Estuaries", "Sea and ocean"),
 }
 
-_INFO = registry.get_dataset_info("bigearthnet")
+_INFO = registry.get_config_info("bigearthnet")
 BEN19_CLASSES = _INFO.class_names
 # index in BEN43_CLASSES -> index in BEN19_CLASSES (-1 = no 19-class counterpart)
 INDEX_43_TO_19 = np.full(len(BEN43_CLASSES), -1, np.int64)

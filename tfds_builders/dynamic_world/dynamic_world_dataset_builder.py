@@ -39,7 +39,7 @@ import tensorflow_datasets as tfds
 from rsjax.data import registry
 from tfds_builders import _common
 
-_INFO = registry.get_dataset_info("dynamic_world")
+_INFO = registry.get_config_info("dynamic_world")
 _K = _INFO.num_classes  # 9
 
 

@@ -49,7 +49,7 @@ import tensorflow_datasets as tfds
 from rsjax.data import folders, registry
 from tfds_builders import _common
 
-_INFO = registry.get_dataset_info("levir_cd")
+_INFO = registry.get_config_info("levir_cd")
 _CROP_NAME = re.compile(r"^(?P<tile>(?:[A-Za-z]+_)?\d+)_(?P<y>\d+)_(?P<x>\d+)$")
 _SPLIT_PREFIX = re.compile(r"^(train|val|test)_", re.IGNORECASE)
 _SPLIT_ORDER = ("train", "validation", "test")

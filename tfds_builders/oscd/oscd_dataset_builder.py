@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from rsjax.data import registry
 from tfds_builders import _common
 
-_INFO = registry.get_dataset_info("oscd")
+_INFO = registry.get_config_info("oscd")
 
 
 @dataclasses.dataclass

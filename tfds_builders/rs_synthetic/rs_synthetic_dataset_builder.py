@@ -37,7 +37,7 @@ class RsSyntheticConfig(tfds.core.BuilderConfig):
         return (self.tile_size // self.crop_size) ** 2
 
 
-_INFO = registry.get_dataset_info("rs_synthetic")
+_INFO = registry.get_config_info("rs_synthetic")
 
 
 def _description() -> str:

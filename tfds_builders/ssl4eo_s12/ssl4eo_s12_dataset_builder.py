@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from rsjax.data import registry
 from tfds_builders import _common
 
-_INFO = registry.get_dataset_info("ssl4eo_s12")
+_INFO = registry.get_config_info("ssl4eo_s12")
 SIZE = _INFO.image_size  # 264
 _TEN_M = tuple(b for b in _INFO.bands if registry.S2_GSD_M[b] == 10.0)
 
