@@ -143,30 +143,86 @@ def levir_cd(root, files=LEVIR_FILES, seed=0) -> dict:
 
 # -------------------------------------------------------------------------------- OSCD
 
-def oscd_city(root, city, h, w, rect=True, seed=0):
+OSCD_IMAGES = "Onera Satellite Change Detection dataset - Images"
+OSCD_TRAIN_LABELS = "Onera Satellite Change Detection dataset - Train Labels"
+OSCD_TEST_LABELS = "Onera Satellite Change Detection dataset - Test Labels"
+
+
+def oscd_city(root, city, h, w, rect=True, seed=0, *, date2_hw=None, label_root=None,
+              label="png"):
     """``<city>/imgs_{1,2}[_rect]/`` band tifs (native 20 / 60 m sizes when not ``rect``) and
-    ``cm/cm.png``; returns (``{date: [band arrays on the 10 m grid, or None]}``, change map)."""
+    the change map in ``<label_root or root>/<city>/cm/``: ``cm.png`` (0 / 255) for
+    ``label="png"``, ``<city>-cm.tif`` (1 / 2, as OSCD ships it) and ``cm.png`` for ``"tif"``,
+    nothing for None. ``date2_hw``: date 2's 10 m size when it differs from date 1's (OSCD's
+    hongkong and saclay_e). Returns (``{date: [band arrays on that date's 10 m grid, None for
+    a native 20 / 60 m band]}``, change map on date 1's grid)."""
     rng = np.random.default_rng(seed)
     root = pathlib.Path(root)
     imgs = {}
-    for t in (1, 2):
+    for t, (ht, wt) in ((1, (h, w)), (2, date2_hw or (h, w))):
         d = root / city / (f"imgs_{t}_rect" if rect else f"imgs_{t}")
         stack = []
         for b in registry.S2_BANDS:
             gsd = registry.S2_GSD_M[b]
             if rect or gsd == 10.0:
-                arr = rng.integers(0, 5000, (h, w)).astype(np.uint16)
+                arr = rng.integers(0, 5000, (ht, wt)).astype(np.uint16)
                 full = arr
             else:  # native grid: sizes as in OSCD, ceil of the 10 m size
                 f = int(gsd // 10)
-                arr = rng.integers(0, 5000, (-(-h // f), -(-w // f))).astype(np.uint16)
+                arr = rng.integers(0, 5000, (-(-ht // f), -(-wt // f))).astype(np.uint16)
                 full = None
             _tif(arr, d / (f"{b}.tif" if rect else f"S2A_OPER_MSI_L1C_{b}.tif"))
             stack.append(full)
         imgs[t] = stack
     cm = (rng.random((h, w)) < 0.1).astype(np.uint8)
-    _save(cm * 255, root / city / "cm" / "cm.png", mode="L")
+    cm_dir = pathlib.Path(label_root or root) / city / "cm"
+    if label is not None:
+        _save(cm * 255, cm_dir / "cm.png", mode="L")
+    if label == "tif":
+        _tif(cm + 1, cm_dir / f"{city}-cm.tif")
     return imgs, cm
+
+
+def oscd_archives(root, cities, train=(), test=(), test_labels=()) -> dict:
+    """The OSCD archives as they unpack under ``root``: ``<OSCD_IMAGES>/`` with ``train.txt`` /
+    ``test.txt`` (the city lists ``train`` / ``test``, which may name absent cities) and the
+    city folders (native band sizes), ``<OSCD_TRAIN_LABELS>/<city>/cm/<city>-cm.tif`` and
+    ``cm.png``, and ``<OSCD_TEST_LABELS>/`` for the cities in ``test_labels``.
+
+    ``cities``: ``{city: (h, w, date2_hw or None, labelled)}``. Returns ``{city: (imgs, cm)}``
+    as :func:`oscd_city`.
+    """
+    root = pathlib.Path(root)
+    images = root / OSCD_IMAGES
+    out = {}
+    for i, (city, (h, w, date2_hw, labelled)) in enumerate(sorted(cities.items())):
+        labels = root / (OSCD_TEST_LABELS if city in test_labels else OSCD_TRAIN_LABELS)
+        out[city] = oscd_city(images, city, h, w, rect=False, seed=10 + i, date2_hw=date2_hw,
+                              label_root=labels, label="tif" if labelled else None)
+    (images / "train.txt").write_text(",".join(train))
+    (images / "test.txt").write_text(",".join(test))
+    return out
+
+
+def geokeys(epsg, pixel_is_point=False):
+    """A GeoKeyDirectory (GeoTIFF 1.0, 3 keys): projected model, raster type, projected CRS."""
+    return [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 2 if pixel_is_point else 1, 3072, 0, 1, epsg]
+
+
+def geotag(path, x0, y0, gsd, epsg=32632, tie_pixel=(0.0, 0.0)):
+    """Rewrites a TIFF with the same pixels plus GeoTIFF tags: pixel ``tie_pixel`` (col, row)
+    has its top-left corner at map (x0 + col * gx, y0 - row * gy); ``gsd``: ``gx = gy``, or
+    ``(gx, gy)``."""
+    tifffile = _tifffile()
+    arr = tifffile.imread(path)
+    i, j = tie_pixel
+    gx, gy = (gsd, gsd) if np.isscalar(gsd) else gsd
+    keys = geokeys(epsg)
+    kw = {"photometric": "minisblack", "planarconfig": "contig"} if arr.ndim == 3 else {}
+    tifffile.imwrite(path, arr, extratags=[
+        (33550, "d", 3, (gx, gy, 0.0)),
+        (33922, "d", 6, (i, j, 0.0, x0 + i * gx, y0 - j * gy, 0.0)),
+        (34735, "H", len(keys), keys)], **kw)
 
 
 # -------------------------------------------------------------------------- SSL4EO-S12

@@ -22,6 +22,7 @@ from PIL import Image
 
 import dummy_data
 from builder_testing import as_str, build_quietly, read_all, tree
+from dummy_data import geotag as _geotag
 from rsjax.data import build
 
 tifffile = pytest.importorskip("tifffile")
@@ -388,22 +389,15 @@ def test_throughput_presets_on_eurosat(eurosat):
 
 # ------------------------------------------------------------------- georeferencing
 
-def _geokeys(epsg, pixel_is_point=False):
-    """A GeoKeyDirectory (GeoTIFF 1.0, 3 keys): projected model, raster type, projected CRS."""
-    return [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 2 if pixel_is_point else 1, 3072, 0, 1, epsg]
+def test_footprint_offset_px():
+    from tfds_builders._common import GeoRef, footprint_offset_px
 
-
-def _geotag(path, x0, y0, gsd, epsg=32632, tie_pixel=(0.0, 0.0)):
-    """Rewrites a TIFF with the same pixels plus GeoTIFF tags: pixel ``tie_pixel`` (col, row)
-    has its top-left corner at map (x0 + col * gsd, y0 - row * gsd)."""
-    arr = tifffile.imread(path)
-    i, j = tie_pixel
-    geokeys = _geokeys(epsg)
-    kw = dict(photometric="minisblack", planarconfig="contig") if arr.ndim == 3 else {}
-    tifffile.imwrite(path, arr, extratags=[
-        (33550, "d", 3, (gsd, gsd, 0.0)),
-        (33922, "d", 6, (i, j, 0.0, x0 + i * gsd, y0 - j * gsd, 0.0)),
-        (34735, "H", len(geokeys), geokeys)], **kw)
+    g = GeoRef("EPSG:32632", (500000.0, 10.0, 0.0, 4600000.0, 0.0, -10.0))
+    coarse = GeoRef("EPSG:32632", (500000.0, 20.0, 0.0, 4600000.0, 0.0, -20.0))
+    assert footprint_offset_px(g, (100, 60), coarse, (50, 30)) == 0.0  # same ground
+    assert footprint_offset_px(g, (100, 60), coarse, (50, 31)) == 2.0  # 20 m too far east
+    assert footprint_offset_px(g, (100, 60), GeoRef("EPSG:32633", coarse.transform), (50, 30)) is None
+    assert footprint_offset_px(g, (100, 60), GeoRef(), (50, 30)) is None
 
 
 def test_read_georef_conventions(tmp_path):

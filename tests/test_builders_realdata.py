@@ -201,3 +201,31 @@ def test_segmentation_real_crops(shared_data, tmp_path, config, n_crops, values)
     assert seen == values
     assert all(len(v) == 1 for v in by_tile.values())
     assert len(by_tile) == len({next(iter(v)) for v in by_tile.values()})
+
+
+def test_oscd_real_archives_as_they_unpack(shared_data, tmp_path):
+    """The images and train-labels archives side by side (section 8 of the data README): labels
+    paired by city; hongkong's and saclay_e's smaller date 2 resampled onto date 1's grid."""
+    import tifffile
+
+    root = shared_data / "oscd_s2_subset"
+    build.build_dataset("oscd", str(tmp_path), str(root), progress=False)
+    b = build.get_builder("oscd", str(tmp_path))
+    assert {k: v.num_examples for k, v in b.info.splits.items()} == {"train": 128}
+    md = b.info.metadata
+    sizes = {c: (tuple(r["size"]), tuple(r["date_2_size"])) for c, r in md["cities"].items()}
+    assert sizes == {"aguasclaras": ((471, 525),) * 2, "bercy": ((395, 360),) * 2,
+                     "bordeaux": ((517, 461),) * 2, "hongkong": ((695, 540), (693, 538)),
+                     "paris": ((408, 390),) * 2, "saclay_e": ((639, 688), (631, 679))}
+    assert {"nantes", "rennes"} <= set(md["absent_cities"]["train"])
+    assert len(md["absent_cities"]["test"]) == 10 and md["num_skipped"] == 0
+    cm = tifffile.imread(root / "Onera Satellite Change Detection dataset - Train Labels" /
+                         "saclay_e" / "cm" / "saclay_e-cm.tif")
+    assert md["cities"]["saclay_e"]["change_fraction"] == round(float((cm == 2).mean()), 6)
+    src = b.as_data_source(split="train")
+    e = next(src[i] for i in range(len(src)) if _s(src[i]["city"]) == "saclay_e"
+             and (int(src[i]["crop_y"]), int(src[i]["crop_x"])) == (511, 560))
+    np.testing.assert_array_equal(e["change"], (cm == 2)[511:, 560:])
+    # the bottom-right corner: date 2 registered on date 1 (a top-left crop gives r ~ 0.07)
+    a, b2 = (e[k][..., registry.S2_BANDS.index("B02")].astype(float) for k in ("image_a", "image_b"))
+    assert np.corrcoef(a.ravel(), b2.ravel())[0, 1] > 0.4

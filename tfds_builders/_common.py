@@ -11,7 +11,10 @@
   cut large tiles into fixed-size crops.
 * Georeferencing (:class:`GeoRef`, :func:`read_georef`, :func:`georef_features`): the CRS and
   geotransform of a GeoTIFF, kept by the builders that read .tif in every example as ``crs`` /
-  ``transform`` (of the example's own crop), empty / NaN when the source has none.
+  ``transform`` (of the example's own crop), empty / NaN when the source has none; and
+  :func:`footprint_offset_px`, whether two rasters of different pixel size cover one ground.
+* :func:`walk_dirs` / :func:`find_dir`: the folder search of the builders that find their
+  layout anywhere below ``--manual_dir``.
 
 Nothing in here downloads anything.
 """
@@ -74,6 +77,30 @@ class GeoRef:
 
     def __repr__(self):
         return f"GeoRef({self.crs!r}, {self.transform})"
+
+
+def footprint_offset_px(ref: GeoRef, ref_shape: Sequence[int], other: GeoRef,
+                        other_shape: Sequence[int]) -> float | None:
+    """How far apart two rasters' footprints lie, in pixels of ``ref``: the larger of the
+    distances between their top-left corners and between their bottom-right corners (map
+    units), divided by ``ref``'s smaller pixel side. ``shape``: ``(h, w, ...)``.
+
+    None when it cannot be told: either raster lacks a transform or a CRS, or the CRSs
+    differ (no reprojection here). Two grids of different pixel size over the same ground
+    give ~0: that is what makes resampling one onto the other right.
+    """
+    if not ref.crs or ref.crs != other.crs or np.isnan(ref.transform + other.transform).any():
+        return None
+
+    def corners(g, shape):
+        h, w = shape[:2]
+        x0, a, b, y0, d, e = g.transform
+        return np.array([[x0, y0], [x0 + w * a + h * b, y0 + w * d + h * e]])
+
+    _, a, b, _, d, e = ref.transform
+    pixel = min(np.hypot(a, d), np.hypot(b, e))
+    gap = np.hypot(*(corners(ref, ref_shape) - corners(other, other_shape)).T)
+    return float(gap.max() / pixel)
 
 
 def georef_features() -> dict:
@@ -215,23 +242,28 @@ def list_files(folder, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[pat
                    and p.name.lower().endswith(exts)), key=lambda p: p.name)
 
 
-def find_dir(root, predicate, max_depth: int = 4) -> Optional[pathlib.Path]:
-    """Breadth-first search under ``root`` (``root`` included) for the first folder where
-    ``predicate(path)`` is true; folders are visited in sorted order. None when there is none."""
-    root = pathlib.Path(root)
-    level = [root]
+def walk_dirs(root, max_depth: int = 4) -> Iterator[pathlib.Path]:
+    """``root`` and the folders below it, breadth-first down to ``max_depth`` levels, each
+    level in sorted order. Symbolic links are followed (a data folder is often a link; the depth
+    bound stops a link loop); hidden folders and ``__MACOSX`` (zip resource forks) are not
+    entered."""
+    level = [pathlib.Path(root)]
     for _ in range(max_depth + 1):
         nxt = []
         for d in level:
-            if predicate(d):
-                return d
+            yield d
             try:
-                nxt.extend(sorted(p for p in d.iterdir()
-                                  if p.is_dir() and not p.name.startswith(".")))
+                nxt.extend(sorted(p for p in d.iterdir() if p.is_dir()
+                                  and not p.name.startswith(".") and p.name != "__MACOSX"))
             except OSError:
                 continue
         level = nxt
-    return None
+
+
+def find_dir(root, predicate, max_depth: int = 4) -> Optional[pathlib.Path]:
+    """The first folder of :func:`walk_dirs` where ``predicate(path)`` is true; None when
+    there is none."""
+    return next((d for d in walk_dirs(root, max_depth) if predicate(d)), None)
 
 
 def split_name(folder_name: str) -> Optional[str]:
