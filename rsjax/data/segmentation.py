@@ -18,7 +18,20 @@ write the same value into their metadata as ``ignore_value``):
   is a class id.
 
 Images larger than ``data.image_size`` are cut into a grid of ``image_size`` tiles
-(:func:`tile`). A split is held in its stored dtype (uint8 / uint16) and normalised per batch.
+(:func:`tile`, :func:`grid`: row-major from the top-left corner, the remainder at the bottom and
+right that makes no whole tile is dropped, never padded). A split is held in its stored dtype
+(uint8 / uint16) and normalised per batch.
+
+Where a split comes from (ONE decision, :func:`reads_folder`, for :func:`load_split` and the
+segmentation job's ``rsjax.evaluate.segmentation.load_data``): the TFDS dataset ``data.name``,
+or, for a dataset whose registry entry has a colour table (``DatasetInfo.mask_colours``:
+``dubai_aerial_seg``), its folder ``data.folder`` read as it unpacks (:func:`read_folder`). A
+folder and not a TFDS build because such a set is split by tile at run time: its tiles are areas
+whose images are neighbours (a split by image would leak), there are only a handful, and which of
+them to hold out (``data.test_tiles`` / ``data.val_tiles``) and the crop side (``data.image_size``,
+what the CPU can afford) are choices of the experiment, not of a build. Reading 63 JPEGs (92 Mpx)
+takes seconds. The colours become the stored masks of the registry's convention (0 = ignore,
+``v`` = class ``v - 1``; :func:`colour_mask`), so everything after the read is shared.
 
 Label noise (``config.noise``; pure numpy in :mod:`rsjax.data.label_noise`) is added by
 :func:`noisy_labels`. The transfer task (``config.transfer``, :func:`downstream_data`) is the
@@ -28,11 +41,13 @@ with the classes remapped by ``transfer.class_map``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 
 import numpy as np
 
-from rsjax.data import label_noise, pipeline, registry
+from rsjax.data import folders, images as images_lib, label_noise, pipeline, registry
 from rsjax.errors import ConfigError, DataError
 
 IGNORE_INDEX = -1
@@ -86,36 +101,162 @@ def mask_ignore_value(info: registry.DatasetInfo, source=None):
     return value
 
 
+def grid(h: int, w: int, size: int) -> list[tuple[int, int]]:
+    """Top-left ``(y, x)`` of the ``(h // size) x (w // size)`` tiles of an ``h x w`` image, row-major;
+    the remainder at the bottom and right is dropped."""
+    return [(y, x) for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
+
+
 def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
-    """Cuts every ``S x S`` example into the ``(S // size)**2`` grid of ``size`` tiles
-    (example-major: the tiles of one image stay adjacent, in row-major order)."""
-    s = images.shape[1]
-    if size > s:
-        raise ConfigError(f"config.data.image_size={size} is larger than the stored images ({s} px)")
-    if size == s:
+    """Cuts every ``H x W`` example into its :func:`grid` of ``size`` tiles (example-major: the
+    tiles of one image stay adjacent, in row-major order)."""
+    h, w = images.shape[1:3]
+    if size > min(h, w):
+        raise ConfigError(f"config.data.image_size={size} is larger than the stored images ({h} x {w} px)")
+    if size == h == w:
         return images, labels, scene
-    g = s // size
-    ims, labs, scs = [], [], []
-    for i in range(g):
-        for j in range(g):
-            sl = (slice(None), slice(i * size, (i + 1) * size), slice(j * size, (j + 1) * size))
-            ims.append(images[sl])
-            labs.append(labels[sl])
-            scs.append(scene)
-    stack = lambda a: np.stack(a, 1).reshape((-1,) + a[0].shape[1:])  # noqa: E731
-    return stack(ims), stack(labs), np.stack(scs, 1).reshape(-1)
+    offsets = grid(h, w, size)
+    stack = lambda a: np.stack([a[:, y:y + size, x:x + size] for y, x in offsets], 1).reshape(  # noqa: E731
+        (-1, size, size) + a.shape[3:])
+    return stack(images), stack(labels), np.repeat(scene, len(offsets))
+
+
+def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.ndarray:
+    """A colour-coded ``[H, W, 3]`` uint8 mask -> stored uint8 ``[H, W]`` by ``info.mask_colours``
+    (exact colours: class ``i`` -> ``i + 1``, a colour named by no class -> 0 = ignore).
+
+    Raises DataError naming ``path``, the unknown colours (most frequent first) and their pixel
+    counts: a colour off the table is a defect of the file (or of the table), never guessed."""
+    code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    table = sorted((int(c[1:], 16), info.class_names.index(n) + 1 if n in info.class_names else 0)
+                   for n, c in info.mask_colours)
+    keys = np.asarray([k for k, _ in table], np.int32)
+    values = np.asarray([v for _, v in table], np.uint8)
+    idx = np.minimum(np.searchsorted(keys, code), len(keys) - 1)
+    known = keys[idx] == code
+    if not known.all():
+        colours, counts = np.unique(code[~known], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        shown = ", ".join(f"#{colours[i]:06X} x {counts[i]}" for i in order[:3])
+        more = f" and {len(colours) - 3} more colours" if len(colours) > 3 else ""
+        raise DataError(f"mask {path!r}: {int(counts.sum())} pixels of colours outside the colour table of "
+                        f"dataset {info.name!r} ({shown}{more}); the table "
+                        f"(registry DatasetInfo.mask_colours): "
+                        + ", ".join(f"{n} {c}" for n, c in info.mask_colours))
+    return values[idx]
+
+
+def reads_folder(cfg) -> bool:
+    """True when the splits of ``cfg`` (a ``config.data`` block) come from its folder
+    (:func:`read_folder`), False for the TFDS dataset: THE choice, made by the registry entry's
+    colour table. ConfigError for a folder without a table or a table without a folder."""
+    info = registry.data_info(cfg)
+    if cfg.folder and not info.mask_colours:
+        raise ConfigError(f"config.data.folder={cfg.folder!r}: the dense jobs read a folder only for datasets with a "
+                          f"colour table (dubai_aerial_seg); dataset {info.name!r} is read from its TFDS build "
+                          f"(clear data.folder)")
+    if info.mask_colours and not cfg.folder:
+        raise ConfigError(f"dataset {info.name!r} is read from its folder as it unpacks: set "
+                          f"config.data.folder (e.g. .../dubai_aerial_seg)")
+    return bool(cfg.folder)
+
+
+SPLIT_TILES = {"train": "every tile not in data.test_tiles / data.val_tiles", "test": "data.test_tiles",
+               "validation": "data.val_tiles"}
+
+
+def folder_tiles(cfg, split: str, tiles, split_key: str) -> list[int]:
+    """The tile numbers of ``split`` of a tile folder (``train`` | ``test`` | ``validation``, see
+    :data:`SPLIT_TILES`) out of ``tiles`` (those the folder has). ConfigError naming the key of an
+    unknown or doubly held-out tile, an unknown split, or a split without tiles."""
+    held = {}
+    for key in ("test_tiles", "val_tiles"):
+        try:
+            held[key] = [int(t) for t in cfg[key]]
+        except (TypeError, ValueError):
+            raise ConfigError(f"config.data.{key}={cfg[key]!r}: expected tile numbers, e.g. (3, 8)") from None
+        unknown = [t for t in held[key] if t not in tiles]
+        if unknown:
+            raise ConfigError(f"config.data.{key}={tuple(cfg[key])}: no tile {unknown[0]} in {cfg.folder!r} "
+                              f"(its tiles: {', '.join(map(str, tiles))})")
+    both = sorted(set(held["test_tiles"]) & set(held["val_tiles"]))
+    if both:
+        raise ConfigError(f"config.data.test_tiles and config.data.val_tiles both hold tile {both[0]}")
+    if split not in SPLIT_TILES:
+        raise ConfigError(f"config.{split_key}={split!r}: a tile folder has the splits "
+                          + "; ".join(f"{k} ({v})" for k, v in SPLIT_TILES.items()))
+    out = {"test": held["test_tiles"], "validation": held["val_tiles"],
+           "train": [t for t in tiles if t not in held["test_tiles"] + held["val_tiles"]]}[split]
+    if not out:
+        raise ConfigError(f"config.{split_key}={split!r}: no tile of {cfg.folder!r} is in it "
+                          f"({SPLIT_TILES[split]}; the folder's tiles: {', '.join(map(str, tiles))})")
+    return sorted(out)
+
+
+def read_folder(cfg, split: str, *, image_size: int, max_examples: int | None = None,
+                split_key: str = "data.train_split") -> dict[str, np.ndarray]:
+    """``split`` of the tile folder ``cfg.folder`` (``rsjax.data.folders``: ``<Tile N>/images/`` +
+    ``masks/``) as raw arrays: ``image`` uint8 ``[N, S, S, C]``, ``mask`` uint8 ``[N, S, S]`` stored by
+    the registry convention (:func:`colour_mask`), ``scene_id`` int64 ``[N]`` = the tile number
+    (its images are neighbouring parts of one area), ``S = image_size``.
+
+    The split's tiles (:func:`folder_tiles`), in tile order, each image in name order cut into its
+    :func:`grid` of crops; ``max_examples`` keeps the first crops. Masks are read as RGB (palette
+    PNGs converted by PIL). DataError naming the file: unreadable, not 8-bit with the registry's
+    bands, a mask of another size than its image, a colour off the table; ConfigError naming the
+    image smaller than ``image_size``."""
+    info = registry.data_info(cfg)
+    dirs = folders.tile_folders(cfg.folder)
+    size = int(image_size)
+    pairs = [(t, image, mask) for t in folder_tiles(cfg, split, list(dirs), split_key)
+             for image, mask in folders.tile_pairs(dirs[t])]
+
+    def one(pair):
+        tile_number, image_path, mask_path = pair
+        try:
+            image = images_lib.to_hwc(folders.read_image(image_path), info.num_bands, image_path)
+        except images_lib.BadFileError as e:
+            raise DataError(f"image {e.path!r}: {e.reason}") from None
+        if image.dtype != np.uint8:
+            raise DataError(f"image {image_path!r} has {image.dtype} pixels; dataset {info.name!r} is 8-bit")
+        mask = folders.read_image(mask_path, "RGB")
+        if mask.shape[:2] != image.shape[:2]:
+            raise DataError(f"mask {mask_path!r} is {mask.shape[1]} x {mask.shape[0]} px (W x H), its image "
+                            f"{os.path.basename(image_path)!r} {image.shape[1]} x {image.shape[0]}")
+        offsets = grid(*image.shape[:2], size)
+        if not offsets:
+            raise ConfigError(f"config.data.image_size={size} is larger than image {image_path!r} "
+                              f"({image.shape[1]} x {image.shape[0]} px)")
+        stored = colour_mask(mask, info, mask_path)
+        return (np.stack([image[y:y + size, x:x + size] for y, x in offsets]),
+                np.stack([stored[y:y + size, x:x + size] for y, x in offsets]),
+                np.full(len(offsets), tile_number, np.int64))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        parts = list(ex.map(one, pairs))
+    out = {k: np.concatenate([p[i] for p in parts]) for i, k in enumerate(("image", "mask", "scene_id"))}
+    if max_examples:
+        out = {k: v[: int(max_examples)] for k, v in out.items()}
+    return out
 
 
 def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = None) -> SegData:
     """Reads ``image`` + ``mask`` (+ ``scene_id``) of a split as a :class:`SegData`; ``cfg`` is the
-    complete ``config.data`` block (``configs.common.data_config``)."""
-    source = pipeline.open_source(cfg, split)
-    fields = {"image": "image", "mask": "mask"}
-    if "scene_id" in source.features():
-        fields["scene_id"] = "scene_id"
-    arrays = pipeline.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
+    complete ``config.data`` block (``configs.common.data_config``): the TFDS dataset, or its
+    folder (:func:`reads_folder`)."""
     info = registry.data_info(cfg)
-    labels = masks_to_labels(arrays["mask"], mask_ignore_value(info, source))
+    if reads_folder(cfg):
+        arrays = read_folder(cfg, split, image_size=image_size, max_examples=max_examples,
+                             split_key="data.train_split / data.eval_split")
+        ignore = info.mask_ignore_value
+    else:
+        source = pipeline.open_source(cfg, split)
+        fields = {"image": "image", "mask": "mask"}
+        if "scene_id" in source.features():
+            fields["scene_id"] = "scene_id"
+        arrays = pipeline.load_fields(cfg, split, fields, max_examples=max_examples or None, desc="read")
+        ignore = mask_ignore_value(info, source)
+    labels = masks_to_labels(arrays["mask"], ignore)
     bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)
     if bad.any():
         raise DataError(f"dataset {cfg.name!r} split {split!r}: mask values {np.unique(arrays['mask'][bad])[:5]} "

@@ -22,7 +22,9 @@ Dataset contract (the ``rs_segmentation`` TFDS builder, read through ``tfds.data
 features ``image`` [H, W, C] (uint8 / uint16, band order and statistics of the registry entry
 of ``data.name`` / ``data.builder_config``) and ``mask`` [H, W] uint8; splits
 ``eval.train_split`` / ``eval.test_split`` (``train`` / ``test``); one image size per split.
-Other feature names: ``data.image_key`` / ``data.mask_key``.
+Other feature names: ``data.image_key`` / ``data.mask_key``. A colour-coded dataset read from its
+folder (``data.name=dubai_aerial_seg``, ``data.folder``; :func:`rsjax.data.segmentation.read_folder`)
+gives the same arrays: ``data.image_size`` crops, split by tile (``data.test_tiles``).
 
 Mask convention (one for every dense job, :mod:`rsjax.data.segmentation`): the registry entry's
 ``DatasetInfo.mask_ignore_value`` says how the stored masks mark "no label" (``0`` for the
@@ -41,16 +43,26 @@ import numpy as np
 
 from rsjax import plots
 from rsjax.data import pipeline
+from rsjax.data import segmentation as segdata
 from rsjax.data.segmentation import IGNORE_INDEX, masks_to_labels
 from rsjax.errors import DataError
 from rsjax.evaluate import common
 
 
 def load_data(config):
-    """``(train, test)`` dicts of raw arrays ``{"image", "mask"}`` (masks as stored)."""
+    """``(train, test)`` dicts of raw arrays ``{"image", "mask"}`` (masks as stored): the TFDS
+    dataset, or the folder of a colour-coded dataset cut into ``data.image_size`` crops
+    (:func:`rsjax.data.segmentation.reads_folder`; split by ``data.test_tiles``)."""
     d = config.data
     keys = {"image": d.image_key, "mask": d.mask_key}
     ec = config.eval
+    if segdata.reads_folder(d):
+        def read(split, key, limit):
+            arrays = segdata.read_folder(d, split, image_size=d.image_size, max_examples=limit, split_key=key)
+            return {"image": arrays["image"], "mask": arrays["mask"]}
+
+        return (read(ec.train_split, "eval.train_split", ec.get("max_train", 0) or None),
+                read(ec.test_split, "eval.test_split", ec.get("max_test", 0) or None))
     train = pipeline.load_fields(d, ec.train_split, keys, max_examples=ec.get("max_train", 0) or None,
                                split_key="eval.train_split")
     test = pipeline.load_fields(d, ec.test_split, keys, max_examples=ec.get("max_test", 0) or None,
