@@ -68,7 +68,12 @@ def default_data_config() -> ml_collections.ConfigDict:
         the builders' image reader and the project's seeded 80 / 20 class split
         (``rsjax.data.folders``); folder_seed: that split's seed; cache_dir: .npz cache of the
         decoded arrays. (``--manual_dir`` is something else: the original files of a TFDS
-        build, a flag of ``python -m rsjax.data.build``, not a config key.)
+        build, a flag of ``python -m rsjax.data.build``, not a config key.) For a segmentation
+        dataset whose registry entry has a colour table (``dubai_aerial_seg``), ``folder`` is its
+        tree of tile folders (``<Tile N>/images/`` + ``masks/``), read by the dense jobs
+        (``rsjax.data.tiles.read``) and split by tile:
+      test_tiles, val_tiles: the tile numbers (``Tile 3`` -> 3) of such a folder that form the
+        ``test`` and ``validation`` splits; ``train`` is every other tile. () = none.
       num_workers: grain worker processes (0 = in-process).
       num_threads: grain reader threads per process; prefetch_batches: batches read ahead.
 
@@ -100,6 +105,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.folder = ""
     c.folder_seed = 0
     c.cache_dir = ""
+    c.test_tiles = ()
+    c.val_tiles = ()
     c.num_workers = 0
     c.num_threads = 2
     c.prefetch_batches = 2

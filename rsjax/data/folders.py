@@ -13,6 +13,12 @@ evaluation jobs and the GPU-resident input path read directly instead of the TFD
   numpy.random.default_rng(seed)`` shared across classes, ``perm = rng.permutation(n_class)``
   over that class's files sorted by name; the first ``round(test_fraction * n_class)`` go to
   ``test``, the rest to ``train`` (:func:`split_assignments`).
+* Tile folders (segmentation images with colour-coded masks, as the Dubai aerial set unpacks):
+  ``<root>[/<one or two folders>]/<Tile N>/images/<stem>.jpg`` with ``<Tile N>/masks/<stem>.png``
+  (:func:`tile_folders`, :func:`tile_pairs`). A tile is named by the last number in its folder's
+  name (``Tile 3`` -> 3), so configs can split by tile (``data.test_tiles``); the masks are decoded
+  and cut by :func:`rsjax.data.tiles.read`. An image without its mask, a mask
+  without its image, two tiles with one number are DataErrors naming the files.
 * Folders whose files carry no split information (e.g. a change-detection folder in the
   LEVIR layout without ``train_`` / ``test_`` prefixes or ``list/`` files) are split by
   :func:`fraction_split`: the sorted unit names (tiles), ``perm =
@@ -29,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -66,6 +73,70 @@ def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[lis
         if not fs:
             raise MissingDataError(f"class folder {os.path.join(root, c)!r} holds no image files ({', '.join(exts)})")
     return classes, files
+
+
+def tile_folders(root: str, max_depth: int = 3) -> dict[int, str]:
+    """``{tile number: folder}`` of the tile folders at or below ``root`` (module docstring): the
+    folders, up to ``max_depth`` levels down, that hold an ``images/`` folder. MissingDataError when
+    there is none; DataError naming a tile folder without a number, or two with the same one."""
+    from rsjax.errors import DataError, MissingDataError
+
+    if not os.path.isdir(root):
+        raise MissingDataError(f"dataset folder {root!r} does not exist")
+    found: dict[int, str] = {}
+    level = [root]
+    for _ in range(max_depth + 1):
+        below = []
+        for d in level:
+            if os.path.isdir(os.path.join(d, "images")):
+                numbers = re.findall(r"\d+", os.path.basename(os.path.normpath(d)))
+                if not numbers:
+                    raise DataError(f"tile folder {d!r} has no number in its name (expected e.g. 'Tile 3')")
+                n = int(numbers[-1])
+                if n in found:
+                    raise DataError(f"tile folders {found[n]!r} and {d!r} are both tile {n}")
+                found[n] = d
+                continue  # a tile's own sub-folders are images/ and masks/, not tiles
+            below += sorted(os.path.join(d, e) for e in os.listdir(d)
+                            if not e.startswith(".") and os.path.isdir(os.path.join(d, e)))
+        level = below
+    if not found:
+        raise MissingDataError(f"dataset folder {root!r} has no tile folders (expected <Tile N>/images/ "
+                               f"+ <Tile N>/masks/, at most {max_depth} levels down)")
+    return dict(sorted(found.items()))
+
+
+def tile_pairs(tile_dir: str, exts: Sequence[str] = IMAGE_EXTS) -> list[tuple[str, str]]:
+    """``(image, mask)`` paths of one tile folder, in image-name order: ``images/<stem>.<ext>`` with
+    ``masks/<stem>.<ext>`` (any of ``exts``). DataError naming an image without a mask, a mask
+    without an image, or an empty ``images/``."""
+    from rsjax.errors import DataError
+
+    def listing(sub):
+        d = os.path.join(tile_dir, sub)
+        names = sorted(f for f in os.listdir(d) if f.lower().endswith(tuple(e.lower() for e in exts))
+                       and not f.startswith(".") and os.path.isfile(os.path.join(d, f))) if os.path.isdir(d) else []
+        by_stem: dict[str, str] = {}
+        for f in names:
+            stem = os.path.splitext(f)[0]
+            if stem in by_stem:
+                raise DataError(f"{os.path.join(d, by_stem[stem])!r} and {os.path.join(d, f)!r} share the "
+                                f"name {stem!r}: keep one of them")
+            by_stem[stem] = f
+        return d, by_stem
+
+    image_dir, image_files = listing("images")
+    mask_dir, mask_files = listing("masks")
+    if not image_files:
+        raise DataError(f"tile folder {image_dir!r} holds no image files ({', '.join(exts)})")
+    for stem, f in image_files.items():
+        if stem not in mask_files:
+            raise DataError(f"image {os.path.join(image_dir, f)!r} has no mask (expected "
+                            f"{os.path.join(mask_dir, stem + '.png')!r})")
+    for stem, f in mask_files.items():
+        if stem not in image_files:
+            raise DataError(f"mask {os.path.join(mask_dir, f)!r} has no image in {image_dir!r}")
+    return [(os.path.join(image_dir, image_files[s]), os.path.join(mask_dir, mask_files[s])) for s in image_files]
 
 
 def split_assignments(counts: Sequence[int], *, test_fraction: float = 0.2, split_seed: int = 0,
@@ -114,14 +185,15 @@ def stratified_split(counts: Sequence[int], *, test_fraction: float = 0.2, seed:
     return [a == 1 for a in split_assignments(counts, test_fraction=test_fraction, split_seed=seed)]
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, mode: str | None = None) -> np.ndarray:
     """One image file as ``[H, W, C]`` in its stored dtype, with the builders' reader
     (:func:`rsjax.data.images.read_image`: PIL for jpg / png / bmp, tifffile for tif; truncated or
-    undecodable files are errors). Raises :class:`rsjax.errors.DataError` naming the file."""
+    undecodable files are errors); ``mode`` a PIL mode to convert to (``"RGB"`` turns a palette
+    PNG into its colours). Raises :class:`rsjax.errors.DataError` naming the file."""
     from rsjax.errors import DataError
 
     try:
-        a = images.read_image(path)
+        a = images.read_image(path, mode)
     except images.BadFileError as e:
         raise DataError(f"cannot read image {e.path!r}: {e.reason}") from None
     return a[..., None] if a.ndim == 2 else a

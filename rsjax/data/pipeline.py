@@ -81,7 +81,7 @@ import grain
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsjax.data import augment, folders, ops, registry
+from rsjax.data import augment, folders, ops, registry, tiles
 from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
 
@@ -205,7 +205,9 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
     the caller's op recipe (e.g. :func:`eval_arrays`), so large datasets (LEVIR-CD 1024 px
     tiles) stay compact. ``data.folder`` set: the ``<Class>/<image>`` tree
     (:func:`rsjax.data.folders.load_class_folder`, cached under ``data.cache_dir``), each image
-    its own scene. Otherwise the TFDS dataset ``data.name``.
+    its own scene; for a dataset with a colour table (``DatasetInfo.mask_colours``) the tile
+    folder (:func:`rsjax.data.tiles.read`: ``image``, ``mask``, ``scene_id`` = tile). Otherwise
+    the TFDS dataset ``data.name``.
 
     Args:
       cfg_data: the ``config.data`` block.
@@ -219,14 +221,27 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
     Returns:
       ``{role: [N, ...] array}``.
     """
+    info = registry.data_info(cfg_data)
+    if info.mask_colours and not cfg_data.get("folder"):
+        raise ConfigError(f"dataset {info.name!r} is read from its folder as it unpacks: set config.data.folder "
+                          f"(e.g. $DATA/{info.name})")
     if cfg_data.get("folder"):
-        if fields is not None and set(fields) - {"image", "label", "scene_id"}:
-            raise ConfigError(f"config.data.folder={cfg_data.folder!r} is a <Class>/<image> tree: it has image, "
-                              f"label and scene_id, not {sorted(set(fields) - {'image', 'label', 'scene_id'})}")
-        images, labels, _ = folders.load_class_folder(cfg_data.folder, split, seed=int(cfg_data.folder_seed),
-                                                      cache_dir=cfg_data.cache_dir or None, limit=limit)
-        out = {"image": images, "label": labels, "scene_id": np.arange(len(labels), dtype=np.int64)}
-        return out if fields is None else {role: out[role] for role in fields}
+        tiled = bool(info.mask_colours)  # a tile folder (rsjax.data.tiles), else a <Class>/<image> tree
+        have = ("image", "mask", "scene_id") if tiled else ("image", "label", "scene_id")
+        fields = fields if fields is not None else {k: k for k in have if k != "mask"}
+        missing = sorted(set(fields.values()) - set(have))
+        if missing:
+            raise ConfigError(f"config.data.folder={cfg_data.folder!r} is a {'tile folder' if tiled else '<Class>/<image> tree'}"
+                              f" of {info.name!r}: it has {', '.join(have)}, not {', '.join(missing)}")
+        if tiled:
+            out = tiles.read(cfg_data, split, split_key=split_key)
+            keep = folders.subset_indices(len(out["image"]), limit)
+            out = {k: v[keep] for k, v in out.items()}
+        else:
+            images, labels, _ = folders.load_class_folder(cfg_data.folder, split, seed=int(cfg_data.folder_seed),
+                                                          cache_dir=cfg_data.cache_dir or None, limit=limit)
+            out = {"image": images, "label": labels, "scene_id": np.arange(len(labels), dtype=np.int64)}
+        return {role: out[key] for role, key in fields.items()}
     source = open_source(cfg_data, split, split_key=split_key)
     have = source.features()
     defaults = fields is None

@@ -29,6 +29,7 @@ Statistics provenance (all in scaled units, i.e. already divided by ``scale``):
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Sequence
 
 import numpy as np
@@ -77,6 +78,12 @@ class DatasetInfo:
         class id; ``0`` = mmsegmentation's ``reduce_zero_label`` (stored 0 and 255 are ignored,
         ``v`` in 1..254 is class ``v - 1``); another value ``u`` = stored ``u`` is ignored, the
         rest are class ids as stored.
+      mask_colours: for datasets whose original masks are colour-coded and read from their folder
+        (``config.data.folder``; :func:`rsjax.data.tiles.read`): ``(name, "#RRGGBB")``
+        pairs, THE colour table. A name among ``class_names`` is that class; any other name
+        (``unlabeled``, ``no_data``) marks pixels to ignore. Only exact colours are read: a colour
+        not in the table is an error naming the file. Needs ``mask_ignore_value=0`` (the colours
+        become stored masks of that convention). ``()`` = index masks (every TFDS builder).
     """
 
     name: str
@@ -92,6 +99,7 @@ class DatasetInfo:
     multi_label: bool = False
     task: str = "classification"
     mask_ignore_value: int | None = None
+    mask_colours: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         n = len(self.bands)
@@ -108,6 +116,12 @@ class DatasetInfo:
                 f"DatasetInfo({self.name!r}) has num_classes={self.num_classes} but "
                 f"{len(self.class_names)} class_names"
             )
+        if self.mask_colours:
+            hexes = [c.upper() for _, c in self.mask_colours]
+            if self.mask_ignore_value != 0 or not all(re.fullmatch(r"#[0-9A-F]{6}", c) for c in hexes) \
+                    or len(set(hexes)) != len(hexes) or not set(self.class_names) <= {n for n, _ in self.mask_colours}:
+                raise ValueError(f"DatasetInfo({self.name!r}).mask_colours {self.mask_colours}: needs distinct "
+                                 f"#RRGGBB colours, one for each class {self.class_names}, and mask_ignore_value=0")
 
     @property
     def num_bands(self) -> int:
@@ -563,6 +577,43 @@ register(DatasetInfo(
     image_size=256,
     task="segmentation",
     mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
+))
+
+
+# Dubai aerial imagery ("Semantic segmentation of aerial imagery", Humans in the Loop with MBRSC;
+# ``shared/data/dubai_aerial_seg``), read from its folder as it unpacks (no TFDS build). Classes in
+# the order of the dataset's own ``classes.json`` (Water, Land (unpaved area), Road, Building,
+# Vegetation, Unlabeled), "Unlabeled" left out. The colours are those of the dataset's description:
+# the ones ``classes.json`` lists (#50E3C2, #F5A623, ...) are the annotation tool's and occur in no
+# mask. Checked on all 63 masks at hand (92.55 Mpx): exactly these 7 colours, no other value.
+# "Unlabeled" (0.5 % of the pixels) and the black no-data border (0.6 %, nearly all in Tile 8) are
+# ignored: neither is a land-cover class a model can be scored on.
+DUBAI_CLASSES: tuple[str, ...] = ("water", "land", "road", "building", "vegetation")
+DUBAI_MASK_COLOURS: tuple[tuple[str, str], ...] = (
+    ("water", "#E2A929"),
+    ("land", "#8429F6"),       # "Land (unpaved area)"
+    ("road", "#6EC1E4"),
+    ("building", "#3C1098"),
+    ("vegetation", "#FEDD3A"),
+    ("unlabeled", "#9B9B9B"),  # ignored
+    ("no_data", "#000000"),    # ignored: not a class, the border outside the imaged area
+)
+
+register(DatasetInfo(
+    "dubai_aerial_seg",
+    bands=("R", "G", "B"),
+    wavelengths_nm=RGB_WAVELENGTHS_NM,
+    gsd_m=(1.0,) * 3,  # not documented; about 0.5-1 m by eye, varying between tiles
+    # measured on all 63 JPEGs at hand (92.55 Mpx, pixels / 255)
+    mean=(0.54107, 0.54661, 0.56296),
+    std=(0.28505, 0.29157, 0.30678),
+    scale=255.0,
+    num_classes=len(DUBAI_CLASSES),
+    class_names=DUBAI_CLASSES,
+    image_size=128,  # the crop side the configs use; the images are 509-2149 px, cut at data.image_size
+    task="segmentation",
+    mask_ignore_value=0,  # the colours become stored 0 = ignore, v = class v - 1
+    mask_colours=DUBAI_MASK_COLOURS,
 ))
 
 

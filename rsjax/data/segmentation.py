@@ -18,7 +18,14 @@ write the same value into their metadata as ``ignore_value``):
   is a class id.
 
 Images larger than ``data.image_size`` are cut into a grid of ``image_size`` tiles
-(:func:`tile`). A split is held in its stored dtype (uint8 / uint16) and normalised per batch.
+(:func:`tile`, :func:`rsjax.data.tiles.grid`: row-major from the top-left corner, the remainder at the bottom and
+right that makes no whole tile is dropped, never padded). A split is held in its stored dtype
+(uint8 / uint16) and normalised per batch.
+
+Where a split comes from: :func:`rsjax.data.pipeline.read_split` (the one reader): the TFDS
+dataset ``data.name``, or, for a dataset whose registry entry has a colour table
+(``DatasetInfo.mask_colours``: ``dubai_aerial_seg``), its folder ``data.folder`` read as it
+unpacks, split by tile (:mod:`rsjax.data.tiles`).
 
 Label noise (``config.noise``; pure numpy in :mod:`rsjax.data.label_noise`) is added by
 :func:`noisy_labels`. The transfer task (``config.transfer``, :func:`downstream_data`) is the
@@ -33,6 +40,7 @@ import dataclasses
 import numpy as np
 
 from rsjax.data import label_noise, pipeline, registry
+from rsjax.data.tiles import grid
 from rsjax.errors import ConfigError, DataError
 
 IGNORE_INDEX = -1
@@ -87,35 +95,36 @@ def mask_ignore_value(info: registry.DatasetInfo, source=None):
 
 
 def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
-    """Cuts every ``S x S`` example into the ``(S // size)**2`` grid of ``size`` tiles
-    (example-major: the tiles of one image stay adjacent, in row-major order)."""
-    s = images.shape[1]
-    if size > s:
-        raise ConfigError(f"config.data.image_size={size} is larger than the stored images ({s} px)")
-    if size == s:
+    """Cuts every ``H x W`` example into its :func:`grid` of ``size`` tiles (example-major: the
+    tiles of one image stay adjacent, in row-major order)."""
+    h, w = images.shape[1:3]
+    if size > min(h, w):
+        raise ConfigError(f"config.data.image_size={size} is larger than the stored images ({h} x {w} px)")
+    if size == h == w:
         return images, labels, scene
-    g = s // size
-    ims, labs, scs = [], [], []
-    for i in range(g):
-        for j in range(g):
-            sl = (slice(None), slice(i * size, (i + 1) * size), slice(j * size, (j + 1) * size))
-            ims.append(images[sl])
-            labs.append(labels[sl])
-            scs.append(scene)
-    stack = lambda a: np.stack(a, 1).reshape((-1,) + a[0].shape[1:])  # noqa: E731
-    return stack(ims), stack(labs), np.stack(scs, 1).reshape(-1)
+    offsets = grid(h, w, size)
+    stack = lambda a: np.stack([a[:, y:y + size, x:x + size] for y, x in offsets], 1).reshape(  # noqa: E731
+        (-1, size, size) + a.shape[3:])
+    return stack(images), stack(labels), np.repeat(scene, len(offsets))
 
 
 def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = None) -> SegData:
     """Reads ``image`` + ``mask`` (+ ``scene_id``) of a split as a :class:`SegData`; ``cfg`` is the
-    complete ``config.data`` block (``configs.common.data_config``)."""
-    source = pipeline.open_source(cfg, split)
-    fields = {"image": "image", "mask": "mask"}
-    if "scene_id" in source.features():
-        fields["scene_id"] = "scene_id"
-    arrays = pipeline.read_split(cfg, split, fields=fields, limit=max_examples)
+    complete ``config.data`` block (``configs.common.data_config``): the TFDS dataset, or its
+    tile folder (:func:`rsjax.data.pipeline.read_split`)."""
     info = registry.data_info(cfg)
-    labels = masks_to_labels(arrays["mask"], mask_ignore_value(info, source))
+    fields = {"image": "image", "mask": "mask"}
+    if cfg.folder or info.mask_colours:  # a tile folder (read_split says when data.folder is missing)
+        fields["scene_id"] = "scene_id"
+        ignore = info.mask_ignore_value
+    else:
+        source = pipeline.open_source(cfg, split)
+        if "scene_id" in source.features():
+            fields["scene_id"] = "scene_id"
+        ignore = mask_ignore_value(info, source)
+    arrays = pipeline.read_split(cfg, split, fields=fields, limit=max_examples,
+                                 split_key="data.train_split / analysis.split / transfer.split")
+    labels = masks_to_labels(arrays["mask"], ignore)
     bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)
     if bad.any():
         raise DataError(f"dataset {cfg.name!r} split {split!r}: mask values {np.unique(arrays['mask'][bad])[:5]} "

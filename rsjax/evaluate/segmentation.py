@@ -22,7 +22,10 @@ Dataset contract (the ``rs_segmentation`` TFDS builder, read through ``tfds.data
 features ``image`` [H, W, C] (uint8 / uint16, band order and statistics of the registry entry
 of ``data.name`` / ``data.builder_config``) and ``mask`` [H, W] uint8; splits
 ``eval.train_split`` / ``eval.test_split`` (``train`` / ``test``); one image size per split.
-Other feature names: ``data.image_key`` / ``data.mask_key``.
+Other feature names: ``data.image_key`` / ``data.mask_key``. A colour-coded dataset read from its
+folder (``data.name=dubai_aerial_seg``, ``data.folder``; :mod:`rsjax.data.tiles`) gives the same
+arrays through the same reader (:func:`rsjax.data.pipeline.read_split`): ``data.image_size``
+crops, split by tile (``data.test_tiles``).
 
 Mask convention (one for every dense job, :mod:`rsjax.data.segmentation`): the registry entry's
 ``DatasetInfo.mask_ignore_value`` says how the stored masks mark "no label" (``0`` for the

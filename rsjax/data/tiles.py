@@ -1,0 +1,130 @@
+"""Tile folders read as they unpack: segmentation images with colour-coded masks (Dubai aerial).
+
+A tile folder (:func:`rsjax.data.folders.tile_folders`: ``<Tile N>/images/`` + ``masks/``) is
+split by tile at run time: its tiles are areas whose images are neighbours (a split by image
+would leak), there are only a handful, and which of them to hold out (``data.test_tiles`` /
+``data.val_tiles``) and the crop side (``data.image_size``, what the CPU can afford) are choices
+of the experiment, not of a build. Reading 63 JPEGs (92 Mpx) takes seconds. The colours become
+stored masks of the registry's convention (0 = ignore, ``v`` = class ``v - 1``;
+:func:`colour_mask`, exact colours of ``DatasetInfo.mask_colours``), so everything after the read
+is shared with the TFDS datasets. :func:`rsjax.data.pipeline.read_split` reads a tile folder
+for a dataset whose registry entry has a colour table (its one switch on ``data.folder``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import numpy as np
+
+from rsjax.data import folders, registry
+from rsjax.data import images as images_lib
+from rsjax.errors import ConfigError, DataError
+
+
+def grid(h: int, w: int, size: int) -> list[tuple[int, int]]:
+    """Top-left ``(y, x)`` of the ``(h // size) x (w // size)`` tiles of an ``h x w`` image, row-major;
+    the remainder at the bottom and right is dropped."""
+    return [(y, x) for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
+
+
+def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.ndarray:
+    """A colour-coded ``[H, W, 3]`` uint8 mask -> stored uint8 ``[H, W]`` by ``info.mask_colours``
+    (exact colours: class ``i`` -> ``i + 1``, a colour named by no class -> 0 = ignore).
+
+    Raises DataError naming ``path``, the unknown colours (most frequent first) and their pixel
+    counts: a colour off the table is a defect of the file (or of the table), never guessed."""
+    code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    table = sorted((int(c[1:], 16), info.class_names.index(n) + 1 if n in info.class_names else 0)
+                   for n, c in info.mask_colours)
+    keys = np.asarray([k for k, _ in table], np.int32)
+    values = np.asarray([v for _, v in table], np.uint8)
+    idx = np.minimum(np.searchsorted(keys, code), len(keys) - 1)
+    known = keys[idx] == code
+    if not known.all():
+        colours, counts = np.unique(code[~known], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        shown = ", ".join(f"#{colours[i]:06X} x {counts[i]}" for i in order[:3])
+        more = f" and {len(colours) - 3} more colours" if len(colours) > 3 else ""
+        raise DataError(f"mask {path!r}: {int(counts.sum())} pixels of colours outside the colour table of "
+                        f"dataset {info.name!r} ({shown}{more}); the table "
+                        f"(registry DatasetInfo.mask_colours): "
+                        + ", ".join(f"{n} {c}" for n, c in info.mask_colours))
+    return values[idx]
+
+
+SPLIT_TILES = {"train": "every tile not in data.test_tiles / data.val_tiles", "test": "data.test_tiles",
+               "validation": "data.val_tiles"}
+
+
+def folder_tiles(cfg, split: str, tiles, split_key: str) -> list[int]:
+    """The tile numbers of ``split`` of a tile folder (``train`` | ``test`` | ``validation``, see
+    :data:`SPLIT_TILES`) out of ``tiles`` (those the folder has). ConfigError naming the key of an
+    unknown or doubly held-out tile, an unknown split, or a split without tiles."""
+    held = {}
+    for key in ("test_tiles", "val_tiles"):
+        try:
+            held[key] = [int(t) for t in cfg[key]]
+        except (TypeError, ValueError):
+            raise ConfigError(f"config.data.{key}={cfg[key]!r}: expected tile numbers, e.g. (3, 8)") from None
+        unknown = [t for t in held[key] if t not in tiles]
+        if unknown:
+            raise ConfigError(f"config.data.{key}={tuple(cfg[key])}: no tile {unknown[0]} in {cfg.folder!r} "
+                              f"(its tiles: {', '.join(map(str, tiles))})")
+    both = sorted(set(held["test_tiles"]) & set(held["val_tiles"]))
+    if both:
+        raise ConfigError(f"config.data.test_tiles and config.data.val_tiles both hold tile {both[0]}")
+    if split not in SPLIT_TILES:
+        raise ConfigError(f"config.{split_key}={split!r}: a tile folder has the splits "
+                          + "; ".join(f"{k} ({v})" for k, v in SPLIT_TILES.items()))
+    out = {"test": held["test_tiles"], "validation": held["val_tiles"],
+           "train": [t for t in tiles if t not in held["test_tiles"] + held["val_tiles"]]}[split]
+    if not out:
+        raise ConfigError(f"config.{split_key}={split!r}: no tile of {cfg.folder!r} is in it "
+                          f"({SPLIT_TILES[split]}; the folder's tiles: {', '.join(map(str, tiles))})")
+    return sorted(out)
+
+
+def read(cfg, split: str, *, split_key: str = "data.train_split") -> dict[str, np.ndarray]:
+    """``split`` of the tile folder ``cfg.folder`` (``rsjax.data.folders``: ``<Tile N>/images/`` +
+    ``masks/``) as raw arrays: ``image`` uint8 ``[N, S, S, C]``, ``mask`` uint8 ``[N, S, S]`` stored by
+    the registry convention (:func:`colour_mask`), ``scene_id`` int64 ``[N]`` = the tile number
+    (its images are neighbouring parts of one area), ``S = cfg.image_size`` (the images differ in
+    size: they are cut when read).
+
+    The split's tiles (:func:`folder_tiles`), in tile order, each image in name order cut into its
+    :func:`grid` of crops (subsets: :func:`rsjax.data.pipeline.read_split`'s one rule). Masks are
+    read as RGB (palette PNGs converted by PIL). DataError naming the file: unreadable, not 8-bit with the registry's
+    bands, a mask of another size than its image, a colour off the table; ConfigError naming the
+    image smaller than ``image_size``."""
+    info = registry.data_info(cfg)
+    dirs = folders.tile_folders(cfg.folder)
+    size = int(cfg.image_size)
+    pairs = [(t, image, mask) for t in folder_tiles(cfg, split, list(dirs), split_key)
+             for image, mask in folders.tile_pairs(dirs[t])]
+
+    def one(pair):
+        tile_number, image_path, mask_path = pair
+        try:
+            image = images_lib.to_hwc(folders.read_image(image_path), info.num_bands, image_path)
+        except images_lib.BadFileError as e:
+            raise DataError(f"image {e.path!r}: {e.reason}") from None
+        if image.dtype != np.uint8:
+            raise DataError(f"image {image_path!r} has {image.dtype} pixels; dataset {info.name!r} is 8-bit")
+        mask = folders.read_image(mask_path, "RGB")
+        if mask.shape[:2] != image.shape[:2]:
+            raise DataError(f"mask {mask_path!r} is {mask.shape[1]} x {mask.shape[0]} px (W x H), its image "
+                            f"{os.path.basename(image_path)!r} {image.shape[1]} x {image.shape[0]}")
+        offsets = grid(*image.shape[:2], size)
+        if not offsets:
+            raise ConfigError(f"config.data.image_size={size} is larger than image {image_path!r} "
+                              f"({image.shape[1]} x {image.shape[0]} px)")
+        stored = colour_mask(mask, info, mask_path)
+        return (np.stack([image[y:y + size, x:x + size] for y, x in offsets]),
+                np.stack([stored[y:y + size, x:x + size] for y, x in offsets]),
+                np.full(len(offsets), tile_number, np.int64))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        parts = list(ex.map(one, pairs))
+    return {k: np.concatenate([p[i] for p in parts]) for i, k in enumerate(("image", "mask", "scene_id"))}
