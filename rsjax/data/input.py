@@ -92,7 +92,8 @@ def make_iterator(config, mesh=None):
 
         split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split")
         images, scenes = split["image"], split["scene_id"]
-        labels = split["label"] if split["label"].ndim == 1 else np.full(len(images), -1, np.int32)  # as the host path
+        labels = split.get("label")  # none in a tile folder; multi-hot -> -1, as the host path
+        labels = labels if labels is not None and labels.ndim == 1 else np.full(len(images), -1, np.int32)
         pipeline.check_images(images, registry.data_info(data_cfg),
                               where=f"split {data_cfg.train_split!r}", stacked=True)
         # The stored side, not a crop-as-scene's: views cut from g x g sub-crops are upsampled by design.
