@@ -45,7 +45,6 @@ from rsjax.errors import ConfigError, DataError
 
 IGNORE_INDEX = -1
 
-SYNTHETIC_MERGED_CLASSES = ("water", "vegetation", "built_or_bare")
 SYNTHETIC_MERGE_MAP = (0, 1, 1, 1, 2, 2)  # water | forest, cropland, grassland | urban, bare soil
 
 

@@ -35,6 +35,9 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from rsjax import errors
+from rsjax.evaluate import metrics as M
+
 # name -> "module:function"
 EVALUATORS = {
     "knn": "rsjax.evaluate.classification:knn_evaluator",
@@ -52,8 +55,6 @@ def names() -> list[str]:
 def get(name: str) -> Callable:
     """The evaluator registered as ``name`` (see the module docstring)."""
     if name not in EVALUATORS:
-        from rsjax import errors
-
         raise errors.ConfigError(f"unknown evaluator {name!r}; known: {', '.join(names())}")
     module, fn = EVALUATORS[name].split(":")
     return getattr(importlib.import_module(module), fn)
@@ -61,8 +62,6 @@ def get(name: str) -> Callable:
 
 def segmentation_scorer(pred, labels, *, num_classes: int | None = None, ignore_index: int | None = None) -> dict:
     """``"segmentation"``: :func:`rsjax.evaluate.metrics.segmentation_metrics` of class maps."""
-    from rsjax.evaluate import metrics as M
-
     if not num_classes:
         raise ValueError("the segmentation evaluator needs num_classes")
     return M.segmentation_metrics(pred, labels, int(num_classes), ignore_index)
@@ -70,8 +69,6 @@ def segmentation_scorer(pred, labels, *, num_classes: int | None = None, ignore_
 
 def change_detection_scorer(pred, labels, *, num_classes: int | None = None, ignore_index: int | None = None) -> dict:
     """``"change_detection"``: :func:`rsjax.evaluate.metrics.binary_change_metrics` of {0, 1} maps."""
-    from rsjax.evaluate import metrics as M
-
     if num_classes not in (None, 2):
         raise ValueError(f"the change_detection evaluator is binary (num_classes=2), got {num_classes}")
     return M.binary_change_metrics(pred, labels, ignore_index)

@@ -12,11 +12,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import errors, trainable
+from rsjax import errors, optim, train, trainable
 from rsjax import sharding as shd
-from rsjax.data import registry
+from rsjax.data import folders, pipeline, registry
+from rsjax.data.arrays import ArrayIterator
 from rsjax.data.defaults import check_complete
 from rsjax.evaluate import common
+from rsjax.tasks import ClassifierTask
 
 
 # --------------------------------------------------------------------------------------
@@ -25,8 +27,6 @@ from rsjax.evaluate import common
 def complete(config: ml_collections.ConfigDict) -> None:
     """Fills ``config.finetune.optimizer`` with every key of :func:`rsjax.optim.default_block`
     (the configs give only what differs), so config.json and the checkpoints hold the whole block."""
-    from rsjax import optim
-
     with config.unlocked():
         ft = config.finetune
         given = ft.optimizer.to_dict() if "optimizer" in ft else {}
@@ -36,8 +36,6 @@ def complete(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, task_cls: Any = None):
     """Completes and checks the whole config before anything is written (ConfigError naming the
     key). Returns the fine-tune :class:`rsjax.train.Phase` (None without fine-tuning)."""
-    from rsjax import optim, train
-
     with errors.config_errors():
         complete(config)
         ec, ft = config.eval, config.finetune
@@ -76,8 +74,6 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
 
 
 def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
-    from rsjax.tasks import ClassifierTask
-
     with errors.config_errors():  # unknown model name / stem
         return ClassifierTask(config, num_outputs=num_outputs, multilabel=multilabel,
                               image_size=int(config.data.image_size or 32),  # 0 = stored size
@@ -90,8 +86,6 @@ def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
 def load_data(config):
     """``(x_train, y_train, x_test, y_test, class_names)``: float32 images prepared by the
     ``data.pp_eval`` recipe (:func:`rsjax.data.pipeline.eval_arrays`), int32 labels."""
-    from rsjax.data import folders, pipeline
-
     d = config.data
     info = registry.data_info(config.data)
     names = list(info.class_names)
@@ -127,9 +121,6 @@ def encode_fn(task):
 def finetune(config, wd, task, phase, x_tr, y_tr, x_te, mesh):
     """Fine-tunes ``task`` on ``(x_tr, y_tr)`` (phase ``finetune`` of the one loop) and returns
     ``(test logits [N, K] or None when stopped early, FitResult)``."""
-    from rsjax import train
-    from rsjax.data.arrays import ArrayIterator
-
     it = ArrayIterator({"image": x_tr, "label": y_tr}, phase.batch_size, phase.seed,
                        source="the fine-tune's training images: config.data, eval.max_train, eval.label_fraction")
     result = train.fit(task, it, phase, wd, config, mesh=mesh)

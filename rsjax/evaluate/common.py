@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-
+from rsjax import checkpoint as ckpt_lib
 from rsjax.data import registry
 from rsjax.errors import ConfigError
 
@@ -65,7 +65,6 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
     path = config.get("pretrained", "") or ""
     if not path:
         return None
-    from rsjax import checkpoint as ckpt_lib
 
     if not os.path.isdir(path):
         raise ConfigError(f"config.pretrained={path!r} is not a directory (a pretraining workdir, or '' for "
