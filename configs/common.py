@@ -204,6 +204,7 @@ def pretrain_base() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
+    c.eval.evaluators = ("knn", "linear")  # frozen-feature evaluators (rsjax.evaluate)
     c.eval.train_split = "train"
     c.eval.test_split = "test"
     c.eval.knn_k = 20

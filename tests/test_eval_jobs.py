@@ -204,6 +204,9 @@ def test_frozen_eval_features_and_metrics():
     assert r.metrics["linear_top1"] == pytest.approx(float((lin == y_te).mean()))
     assert r.metrics["majority_baseline"] == pytest.approx(4 / 9)
     assert (r.metrics["num_train"], r.metrics["num_test"]) == (21, 9)
+    ec.evaluators = ("knn",)  # the evaluators are data: only kNN runs
+    only = cls.frozen_eval(encode, v, x_tr, y_tr, x_te, y_te, eval_config=ec, seed=0)
+    assert only.metrics["knn_top1"] == r.metrics["knn_top1"] and not any(k.startswith("linear") for k in only.metrics)
 
 
 # --------------------------------------------------------------------------------------
@@ -425,6 +428,9 @@ def test_multilabel_smoke_with_finetune(synth_dir, tmp_path):
     ("eval.label_fraction", 1.5, r"config\.eval\.label_fraction=1\.5"),
     ("data.folder", "/nonexistent/eurosat", r"config\.data\.folder='/nonexistent/eurosat'"),
     ("finetune.optimizer.name", "adamx", r"config\.finetune\.optimizer\.name"),
+    ("eval.evaluators", ("knn", "segmentation"), r"config\.eval\.evaluators=\('knn', 'segmentation'\): "
+                                                 r"\['segmentation'\] not usable here"),
+    ("eval.evaluators", ("linear_multilabel",), r"this job's frozen-feature evaluators are \('knn', 'linear'\)"),
 ])
 def test_eval_config_errors_before_anything_is_written(tmp_path, key, value, match):
     from rsjax import errors

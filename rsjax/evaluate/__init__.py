@@ -18,6 +18,8 @@ Frozen-feature evaluators (:mod:`rsjax.evaluate.classification`)::
 
 ``classification.evaluator_options(name, config.eval, seed)`` maps an ``eval`` config block to
 the options, and ``classification.frozen_eval`` runs features + evaluators for one encoder.
+A job's frozen-feature evaluators are data: ``config.eval.evaluators`` (e.g. ``("knn", "linear")``;
+the BigEarthNet job ``("linear_multilabel",)``), checked by :func:`check_feature_evaluators`.
 
 Dense scorers (:mod:`rsjax.evaluate.metrics`; predictions already made)::
 
@@ -46,6 +48,23 @@ EVALUATORS = {
     "segmentation": "rsjax.evaluate:segmentation_scorer",
     "change_detection": "rsjax.evaluate:change_detection_scorer",
 }
+
+
+#: The frozen-feature evaluators (``config.eval.evaluators`` names these; the rest are dense scorers).
+FEATURE_EVALUATORS = ("knn", "linear", "linear_multilabel")
+
+
+def check_feature_evaluators(names_: tuple, *, multilabel: bool, key: str = "eval.evaluators") -> tuple[str, ...]:
+    """``names_`` as a tuple after checking it names frozen-feature evaluators of the right kind
+    (``linear_multilabel`` for multi-hot targets, ``knn`` / ``linear`` for single labels);
+    ConfigError naming ``config.<key>`` otherwise."""
+    names_ = tuple(names_ or ())
+    allowed = ("linear_multilabel",) if multilabel else ("knn", "linear")
+    bad = [n for n in names_ if n not in allowed]
+    if not names_ or bad:
+        raise errors.ConfigError(f"config.{key}={names_!r}: {'empty' if not names_ else f'{bad} not usable here'}; "
+                                 f"this job's frozen-feature evaluators are {allowed}")
+    return names_
 
 
 def names() -> list[str]:

@@ -254,17 +254,20 @@ class FrozenEval:
 
 
 def frozen_eval(encode_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, x_train, y_train, x_test,
-                y_test, *, eval_config, seed: int, evaluators=("knn", "linear"), num_classes: int | None = None,
+                y_test, *, eval_config, seed: int, evaluators=None, num_classes: int | None = None,
                 mesh=None) -> FrozenEval:
     """Frozen-feature evaluation of one encoder, shared by pretraining, the eval jobs and the study.
 
     Features ``encode_fn(variables, x) -> [B, F]`` (eval mode, row-wise) are extracted once per
     split with :func:`rsjax.sharding.batched_predict` (``eval_config.batch_size``), then each
-    evaluator named in ``evaluators`` (``rsjax.evaluate.get``) scores the test split with its
-    options from ``eval_config`` (:func:`evaluator_options`). Non-finite features or feature
+    evaluator named in ``evaluators`` (default: ``eval_config.evaluators``, else ``("knn",
+    "linear")``; ``rsjax.evaluate.get``) scores the test split with its options from
+    ``eval_config`` (:func:`evaluator_options`). Non-finite features or feature
     norms > 1e6 are warned about first (:func:`warn_if_exploding`).
     """
     bs = int(eval_config.get("batch_size", 256))
+    if evaluators is None:
+        evaluators = tuple(eval_config.get("evaluators", None) or ("knn", "linear"))
 
     def features(x, desc):
         out = sharding.batched_predict(encode_fn, variables, x, batch_size=bs, desc=desc, mesh=mesh)

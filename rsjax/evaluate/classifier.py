@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import errors, optim, train, trainable
+from rsjax import errors, evaluate, optim, train, trainable
 from rsjax import sharding as shd
 from rsjax.data import folders, pipeline, registry
 from rsjax.data.arrays import ArrayIterator
@@ -45,6 +45,8 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
                 raise errors.ConfigError(f"config.{key}={value!r}: {msg}")
 
         need(int(ec.batch_size) > 0, "eval.batch_size", ec.batch_size, "must be > 0")
+        evaluate.check_feature_evaluators(
+            ec.get("evaluators", ("linear_multilabel",) if multilabel else ("knn", "linear")), multilabel=multilabel)
         need(0 < float(ec.get("label_fraction", 1.0)) <= 1, "eval.label_fraction", ec.get("label_fraction"),
              "must be in (0, 1]")
         for key in ("max_train", "max_test"):

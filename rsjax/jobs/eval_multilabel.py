@@ -36,9 +36,9 @@ from rsjax import errors, plots
 from rsjax import sharding as shd
 from rsjax.data import pipeline, registry
 from rsjax.evaluate import classification as cls
+from rsjax.evaluate import classifier as clf
 from rsjax.evaluate import common
 from rsjax.evaluate import metrics as M
-from rsjax.evaluate import classifier as clf
 
 
 def load_data(config):
@@ -78,7 +78,7 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
     common.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
     task = clf.make_task(config, num_outputs=num_classes, multilabel=True, loaded=loaded)
     frozen = cls.frozen_eval(clf.encode_fn(task), clf.init_variables(task, config.seed), x_tr, t_tr, x_te, t_te,
-                             eval_config=ec, seed=config.seed, evaluators=("linear_multilabel",), mesh=mesh)
+                             eval_config=ec, seed=config.seed, evaluators=("linear_multilabel",), mesh=mesh)  # eval.evaluators: checked by clf.validate
     fm = frozen.metrics
     metrics = {
         "linear_micro_map": fm["linear_micro_map"],
