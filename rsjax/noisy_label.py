@@ -37,9 +37,8 @@ def validate(config) -> None:
     """Every key the job reads, before anything is written (ConfigError naming ``config.<key>``)."""
     from rsjax.losses import DICE_REDUCTIONS
 
-    def need(cond, key, msg):
-        if not cond:
-            raise errors.ConfigError(f"config.{key}={_get(config, key)!r}: {msg}")
+    def need(cond, key, msg):  # keys of any depth: errors.require with the dotted key's value
+        errors.require(cond, key, _get(config, key), msg)
 
     with errors.config_errors():
         need(config.total_steps > 0 or config.get("epochs", 0) > 0, "total_steps", "must be > 0 (or set epochs)")

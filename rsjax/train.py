@@ -48,9 +48,9 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from rsjax import checkpoint as ckpt_lib
-from rsjax import optim
+from rsjax import errors, optim
 from rsjax import sharding as shd
-from rsjax.errors import ConfigError, NonFiniteError
+from rsjax.errors import NonFiniteError
 
 RNG_STREAMS = ("dropout", "diffusion_t", "diffusion_noise", "augment")
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; the next start resumes.
@@ -96,13 +96,10 @@ class Phase:
 
     def validate(self) -> None:
         """ConfigError naming the key for values out of range (before anything is written)."""
-        pre = f"config.{self.where}." if self.where else "config."
+        top = ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps", "stop_after_steps")
 
-        def need(cond, key, value, msg):
-            if not cond:
-                top = key in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
-                              "stop_after_steps")
-                raise ConfigError(f"{'config.' if top else pre}{key}={value!r}: {msg}")
+        def need(cond, key, value, msg):  # the phase's own keys under config.<where>, the loop's at the top
+            errors.require(cond, key if key in top or not self.where else f"{self.where}.{key}", value, msg)
 
         need(self.total_steps > 0, "total_steps", self.total_steps, "must be > 0")
         need(self.batch_size > 0, "batch_size", self.batch_size, "must be > 0")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from rsjax import errors
 from rsjax import sharding as shd
 
 
@@ -31,9 +32,7 @@ def validate(config) -> None:
     check_complete(config.data)  # unknown, former or missing keys, named
     d = config.data
 
-    def need(cond, key, msg):
-        if not cond:
-            raise ValueError(f"config.data.{key}={d[key]!r}: {msg}")
+    need = errors.checker(d, "data")
 
     spb, sps, g = d.scenes_per_batch or 0, d.samples_per_scene, d.crops_as_scenes or 0
     need(spb >= 0, "scenes_per_batch", "must be >= 0 (0 = no scene-aware batching)")

@@ -50,10 +50,6 @@ EVALUATORS = {
 }
 
 
-#: The frozen-feature evaluators (``config.eval.evaluators`` names these; the rest are dense scorers).
-FEATURE_EVALUATORS = ("knn", "linear", "linear_multilabel")
-
-
 def check_feature_evaluators(names_: tuple, *, multilabel: bool, key: str = "eval.evaluators") -> tuple[str, ...]:
     """``names_`` as a tuple after checking it names frozen-feature evaluators of the right kind
     (``linear_multilabel`` for multi-hot targets, ``knn`` / ``linear`` for single labels);

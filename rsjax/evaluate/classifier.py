@@ -40,10 +40,7 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
         complete(config)
         ec, ft = config.eval, config.finetune
 
-        def need(cond, key, value, msg):
-            if not cond:
-                raise errors.ConfigError(f"config.{key}={value!r}: {msg}")
-
+        need = errors.require
         need(int(ec.batch_size) > 0, "eval.batch_size", ec.batch_size, "must be > 0")
         evaluate.check_feature_evaluators(
             ec.get("evaluators", ("linear_multilabel",) if multilabel else ("knn", "linear")), multilabel=multilabel)
