@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from rsjax import checkpoint as ckpt_lib
 from rsjax import errors, optim
 from rsjax import sharding as shd
+from rsjax import trainable as trainable_lib
 from rsjax.errors import NonFiniteError
 
 RNG_STREAMS = ("dropout", "diffusion_t", "diffusion_noise", "augment")
@@ -385,7 +386,7 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
                     batch = {**batch, "stop": shd.host_to_global(flag, mesh) if on_device else flag}
                 if not on_device:
                     batch = shd.host_to_global(batch, mesh)
-                logged = (step + 1) % phase.log_every == 0 or step + 1 in (total, stop_at)
+                logged = trainable_lib.is_logged(step + 1, phase.log_every, (total, stop_at))
                 state, metrics = (p_probe if p_probe is not None and logged else p_step)(state, batch)
                 step += 1
                 if step == start_step + 1:  # the first call compiles: keep it out of train time
@@ -479,7 +480,7 @@ def _handle_metrics(wd, bar, step, metrics, phase: Phase, force_log: bool = Fals
             f"Lower config.{phase.where + '.' if phase.where else ''}optimizer.lr or check the data for NaN/inf."
         )
     bar.update(step - bar.n)
-    if step % phase.log_every == 0 or force_log or step == phase.total_steps:
+    if force_log or trainable_lib.is_logged(step, phase.log_every, (phase.total_steps,)):
         bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
         wd.log_metrics(step, m)
         if throughput is not None:  # TensorBoard only: metrics.jsonl stays deterministic
