@@ -306,9 +306,8 @@ def encoder_of(state) -> tuple:
 
 def rgb(data: SegData, n: int) -> np.ndarray:
     """Display images [n, H, W, 3] in [0, 1] of the first ``n`` examples (2-98 % stretch)."""
-    from rsjax.evaluate import common
 
-    x = registry.denormalize(data.normalized(slice(0, n)), data.info)[..., list(common.rgb_indices(data.info.bands))]
+    x = registry.denormalize(data.normalized(slice(0, n)), data.info)[..., list(registry.rgb_indices(data.info.bands))]
     lo, hi = np.percentile(x, 2), np.percentile(x, 98)
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 

@@ -261,7 +261,9 @@ def rs_segmentation(root, config, seed=5) -> dict:
     """The layout of one ``rs_segmentation`` config; returns ``{filename feature: index mask
     (0 = ignore, 1..K)}``, and for ``nyc4band`` also ``"image"``."""
     from tfds_builders.rs_segmentation.rs_segmentation_dataset_builder import (
-        DEEPGLOBE_PALETTE, ISPRS_PALETTE)
+        DEEPGLOBE_PALETTE,
+        ISPRS_PALETTE,
+    )
 
     rng = np.random.default_rng(seed)
     root = pathlib.Path(root)

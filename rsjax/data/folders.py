@@ -42,7 +42,6 @@ import numpy as np
 
 from rsjax.data import images
 
-
 # THE extension list of image files (builders, evaluation folders, the GPU-resident path).
 IMAGE_EXTS: tuple[str, ...] = tuple(images.IMAGE_EXTENSIONS)
 

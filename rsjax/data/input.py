@@ -132,14 +132,3 @@ def _warn_if_upsampling(data_cfg) -> None:
         return
     if len(hw) == 2 and (hw > 0).all():
         registry.warn_if_upsampling(data_cfg.image_size, hw, what=f"split {data_cfg.train_split!r} of {data_cfg.name!r}")
-
-
-def check_bands(config) -> None:
-    from rsjax.data import registry
-
-    info = registry.data_info(config.data)
-    if len(info.bands) != config.model.in_channels:
-        raise ValueError(
-            f"config.model.in_channels={config.model.in_channels} does not match dataset "
-            f"{config.data.name!r} with {len(info.bands)} bands {list(info.bands)}"
-        )

@@ -82,8 +82,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rsjax.data import augment, folders, ops, registry, tiles
-from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
+from rsjax.errors import ConfigError, DataError, MissingDataError
 
 STATE_FORMAT = "rsjax.data.pipeline/v1"
 
@@ -130,7 +130,9 @@ class DataSource:
             return self._source
         with self._lock:
             if self._source is None:
-                from rsjax.data import build  # heavy tfds import only when data is needed
+                from rsjax.data import (
+                    build,  # heavy tfds import only when data is needed
+                )
 
                 if self.auto_build:
                     build.ensure_built(self.name, self.data_dir, self.builder_config)

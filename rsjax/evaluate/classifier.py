@@ -17,7 +17,6 @@ from rsjax import sharding as shd
 from rsjax.data import folders, pipeline, registry
 from rsjax.data.arrays import ArrayIterator
 from rsjax.data.defaults import check_complete
-from rsjax.evaluate import common
 from rsjax.tasks import ClassifierTask
 
 
@@ -67,7 +66,7 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
             raise errors.ConfigError(f"config.data.folder={folder!r} is not a directory (a <Class>/<image> tree)")
         info = registry.data_info(config.data)  # unknown data.name / builder_config -> error naming it
         if info.bands:
-            common.check_bands(config, len(info.bands), f"dataset {d.name!r}")
+            registry.check_bands(config, len(info.bands), f"dataset {d.name!r}")
         trainable.compute_dtype(config)
     return phase
 

@@ -19,7 +19,7 @@ from rsjax import workdir as workdir_lib
 from rsjax.data import arrays as arrays_lib
 from rsjax.data import ops, registry
 from rsjax.data.defaults import check_complete
-from rsjax.evaluate import common
+from rsjax.evaluate import encoders
 from rsjax.evaluate.classification import warn_if_exploding
 
 
@@ -77,7 +77,7 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
     registry entry of the images (default: ``config.data``'s)."""
     t0 = time.time()
     phase = validate(config, make_task)
-    loaded = common.load_pretrained(config)
+    loaded = encoders.load_pretrained(config)
     task = make_task(loaded)
     info = info or registry.data_info(config.data)
     with workdir_lib.Workdir(workdir, config) as wd:
@@ -103,7 +103,7 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
         pred = shd.batched_predict(fn, variables, inputs, batch_size=int(config.eval.batch_size),
                                    desc="predict test")
         summary = {"train_steps": int(phase.total_steps), "num_train": int(len(next(iter(train_arrays.values())))),
-                   "encoder": common.pretrained_summary(loaded), "nonfinite_steps": result.summary["nonfinite_steps"]}
+                   "encoder": encoders.pretrained_summary(loaded), "nonfinite_steps": result.summary["nonfinite_steps"]}
         metrics = report(wd, task, test_arrays, np.asarray(pred), info, summary)
         metrics["seconds"] = time.time() - t0
         return metrics

@@ -16,7 +16,7 @@ from rsjax import errors, evaluate, train, trainables
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import input as input_lib
-from rsjax.data import pipeline
+from rsjax.data import pipeline, registry
 
 
 def validate(config: ml_collections.ConfigDict):
@@ -30,7 +30,7 @@ def validate(config: ml_collections.ConfigDict):
         if not config.model.in_channels > 0:
             raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels!r}: must be > 0")
         input_lib.validate(config)
-        input_lib.check_bands(config)
+        registry.check_bands(config)
         if config.get("eval", {}).get("enabled", True):
             evaluate.check_feature_evaluators(config.eval.get("evaluators", ("knn", "linear")), multilabel=False)
         method = trainables.from_config(config)

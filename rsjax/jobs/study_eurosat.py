@@ -103,8 +103,10 @@ def _encode_fn(encoder):
 
 def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: int) -> dict:
     """Pretrains (or, for random_init, initialises) one arm's encoder and scores it."""
-    from rsjax import checkpoint
-    from rsjax import jobs  # the registry: a study runs the pretraining job by name
+    from rsjax import (
+        checkpoint,
+        jobs,  # the registry: a study runs the pretraining job by name
+    )
     from rsjax.models import resnet
 
     dtype = {"bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
