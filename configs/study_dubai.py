@@ -47,15 +47,29 @@ Decoders: UNet only. DeepLabv3+ and PSPNet would triple the 36 fine-tunes, which
 budget does not hold (--config.finetune.decoders=unet,deeplabv3plus,pspnet adds them).
 
 Variants:
-  cpu    3 seeds, 64 px crops, pretraining 400 steps of 32, fine-tuning 200 steps of 16 (Adam
-         1e-3), the test score on 2,000 of the 7,731 test crops (study.max_test, drawn once by the
-         one subset rule, the same for every arm). Projection for the 2-core CPU (idle): see
-         COST below.
+  cpu    3 seeds, 64 px crops (a 16 px pooling cell leaves 4 x 4 cells per crop), pretraining 400
+         steps of 32 (0.9 epoch of the training crops; the supervised arms: Adam 1e-3 cosine, CE +
+         Dice as CromSS; the contrastive arms: configs/false.py's AdamW 2e-3), fine-tuning 200 steps
+         of 16 (Adam 1e-3, cosine; the same steps for both fractions: 10 % = 1,408 crops, ~2.3
+         epochs; 100 % = 14,085 crops, 0.23 epoch), the test score on 2,000 of the 7,731 test crops
+         (study.max_test, drawn once by the one subset rule, the same for every arm and seed).
+         About 65-75 min on the idle 2-core CPU: see COST below.
   smoke  tiny ResNet at 32 px, 2 pretraining steps, 2 fine-tuning steps, one seed (the tests, on a
          generated Dubai-like folder).
 
-COST (measured 2026-12-08 on the 2-core CPU while another study ran, niced; idle is roughly half):
-  to be measured.
+COST of :cpu, measured 2026-12-07 at these settings on the real data, one seed of random_init,
+noisy_coarse and false with the 10 % fraction (python -m rsjax.main ... --config.study.arms=random_init,
+noisy_coarse,false --config.study.seeds=0 --config.study.label_fractions="(0.1,)"), niced on the
+2-core CPU while two other runs used it (this process got ~0.65 of a core: 662 CPU-s in 17 min):
+  supervised pretraining, 400 steps of 32   400 s training + 25 s compile (+ 29 s noisy labels, once per arm)
+  FALSE pretraining, 400 steps of 32         127 s training + 29 s compile; 217 s with reading the crops and
+                                             the firing sweep (SimCLR: the same step, no sweep)
+  one fine-tune, 200 steps of 16, + scoring  ~105 s (127 s for the first, compiling; later ones hit
+    2,000 test crops                         the compilation cache)
+  Whole study = 3 seeds x (3 supervised x (425 + 2 x 105) + 2 contrastive x (~205 + 2 x 105) + random
+  init 2 x 105) + ~90 s = ~148 min on the busy machine -> ~74 min idle by the "halve it" rule; by CPU
+  seconds (~6,100 CPU-s at ~1.6 effective cores) ~64 min. So <= 90 min on the idle machine, with a margin
+  of ~15-25 min; study.max_test=0 (all 7,731 test crops) would add ~9 min.
 """
 
 import json
@@ -103,8 +117,6 @@ def _config(variant: str):
 
     c = ml_collections.ConfigDict()
     c.job = "study_dubai"
-    c.seed = 0                             # unused: the seeds are study.seeds (kept for RUN_ARGS)
-    c.total_steps = 0                      # unused: max_steps_per_arm (kept for RUN_ARGS)
     c.study = ml_collections.ConfigDict()
     c.study.name = variant                 # results file names: dubai_<name>_<arm>.json
     c.study.arms = ",".join(ARM_ORDER)     # comma-separated subset of ARM_ORDER
@@ -216,5 +228,6 @@ def add_runs(c: ml_collections.ConfigDict, optim) -> None:
     f.transfer.batch_size = c.finetune.get_ref("batch_size")
     f.transfer.optimizer = optim.default_block(name="adam", weight_decay=0.0, warmup_steps=10, schedule="cosine")
     f.transfer.optimizer.lr = c.finetune.get_ref("lr")
+    f.checkpoint_every = c.finetune.get_ref("total_steps")  # one checkpoint per fine-tune, at its end
     f.lock()
     c.finetune_run = f

@@ -525,7 +525,8 @@ def render_dubai_table(payloads: list[dict]) -> str:
                  f"{st.get('pretrain_steps', '?')} steps of {st.get('pretrain_batch', '?')}; fine-tuning "
                  f"{st.get('finetune_steps', '?')} steps of {st.get('finetune_batch', '?')} "
                  f"({', '.join(decs)}, decoder widths {st.get('decoder_channels', '?')}) on a fraction of the "
-                 f"training crops with clean labels; scored on {st.get('num_test', '?')} crops of test tiles "
+                 f"training crops with clean labels; scored on {st.get('num_test', '?')} (of {st.get('num_test_all', '?')}) "
+                 f"crops of test tiles "
                  f"{', '.join(str(t) for t in st.get('test_tiles', []))} (mIoU %, {len(classes)} classes)", ""]
         cols = [(d, f) for d in decs for f in fracs]
         head = " | ".join(f"{d} {_pct_of(f)} labels" for d, f in cols)

@@ -274,26 +274,30 @@ def markdown_table(report: dict) -> str:
 FIRING_MODES = ("vissl", "gate_then_pick", "per_anchor")
 
 
-def false_firing(config, *, thresholds, num_batches: int, params=None, batch_stats=None,
-                 modes=FIRING_MODES) -> dict:
+def false_firing(config, states: dict, *, thresholds, num_batches: int, modes=FIRING_MODES) -> dict:
     """Where FALSE's selection fires on real batches: ``num_batches`` batches of the pretraining
     data of ``config`` (a ``false`` config: its iterator and views, as its training draws them
     at steps 0, 1, ...), embedded by encoder + projector in training mode (batch statistics, as
-    the step) with ``params`` / ``batch_stats`` (None: the initialisation of ``config.seed``).
+    the step) with each of ``states`` (``name -> (params, batch_stats)``, or None: the
+    initialisation of ``config.seed``), on the same batches.
 
-    Returns ``{mode: {"threshold": [...], "false_calibrated": [...], "false_gated": [...]}}`` per
-    FNSD mode of ``modes``, counts per batch averaged over the batches
+    Returns per name ``{mode: {"threshold": [...], "false_calibrated": [...], "false_gated":
+    [...]}}`` per FNSD mode of ``modes``, counts per batch averaged over the batches
     (:func:`rsjax.methods.false.firing`; the configured ``loss.alpha`` and ``loss.temperature``),
     and ``"cos_pos"``: the 0, 10, 50, 90 and 100 % quantiles of the batches' positive cosines
     (the gate compares them with the threshold)."""
     method = trainables.from_config(config)
-    if params is None:
-        params, batch_stats, _ = method.init(jax.random.PRNGKey(int(config.seed)), method.sample_batch(2))
+    init = None
+    variables = {}
+    for name, st in states.items():
+        if st is None and init is None:
+            init = method.init(jax.random.PRNGKey(int(config.seed)), method.sample_batch(2))[:2]
+        variables[name] = init if st is None else st
     it, transform = input_lib.make_iterator(config, shd.make_mesh())
     embed = jax.jit(lambda p, bs, x: method.embed(p, bs, x, train=True)[0])
     alpha, tau = float(config.loss.get("alpha", 1.0)), float(config.loss.temperature)
-    per_mode = {m: [] for m in modes}
-    cosines = []
+    rows = {name: {m: [] for m in modes} for name in variables}
+    cosines = {name: [] for name in variables}
     root = jax.random.PRNGKey(int(config.seed))
     for step in range(int(num_batches)):
         batch = next(it)
@@ -301,19 +305,24 @@ def false_firing(config, *, thresholds, num_batches: int, params=None, batch_sta
             key = jax.random.fold_in(jax.random.fold_in(root, step), train.RNG_STREAMS.index("augment"))
             batch = transform(batch, key)
         b = batch["view1"].shape[0]
-        z = embed(params, batch_stats, jnp.concatenate([jnp.asarray(batch["view1"]), jnp.asarray(batch["view2"])]))
-        z1, z2 = z[:b], z[b:]
-        n1, n2 = (np.asarray(v) / np.linalg.norm(np.asarray(v), axis=-1, keepdims=True) for v in (z1, z2))
-        cosines.append(np.sum(n1 * n2, axis=-1))
-        for m in modes:
-            per_mode[m].append(false_lib.firing(z1, z2, thresholds=thresholds, temperature=tau, alpha=alpha,
-                                                fnsd_mode=m))
-    out: dict = {"batches": int(num_batches), "batch_size": int(config.batch_size), "alpha": alpha,
-                 "temperature": tau}
-    for m, rows in per_mode.items():
-        out[m] = {"threshold": [float(t) for t in thresholds],
-                  **{k: [float(np.mean([r[k][i] for r in rows])) for i in range(len(thresholds))]
-                     for k in ("false_calibrated", "false_gated")}}
-    cos = np.concatenate(cosines) if cosines else np.zeros(0)
-    out["cos_pos"] = {f"q{q}": float(np.percentile(cos, q)) for q in (0, 10, 50, 90, 100)} if len(cos) else {}
+        x = jnp.concatenate([jnp.asarray(batch["view1"]), jnp.asarray(batch["view2"])])
+        for name, (params, batch_stats) in variables.items():
+            z = embed(params, batch_stats, x)
+            z1, z2 = z[:b], z[b:]
+            n1, n2 = (np.asarray(v) / np.linalg.norm(np.asarray(v), axis=-1, keepdims=True) for v in (z1, z2))
+            cosines[name].append(np.sum(n1 * n2, axis=-1))
+            for m in modes:
+                rows[name][m].append(false_lib.firing(z1, z2, thresholds=thresholds, temperature=tau, alpha=alpha,
+                                                      fnsd_mode=m))
+    out = {}
+    for name in variables:
+        o: dict = {"batches": int(num_batches), "batch_size": int(config.batch_size), "alpha": alpha,
+                   "temperature": tau}
+        for m, rs in rows[name].items():
+            o[m] = {"threshold": [float(t) for t in thresholds],
+                    **{k: [float(np.mean([r[k][i] for r in rs])) for i in range(len(thresholds))]
+                       for k in ("false_calibrated", "false_gated")}}
+        cos = np.concatenate(cosines[name]) if cosines[name] else np.zeros(0)
+        o["cos_pos"] = {f"q{q}": float(np.percentile(cos, q)) for q in (0, 10, 50, 90, 100)} if len(cos) else {}
+        out[name] = o
     return out

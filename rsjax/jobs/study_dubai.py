@@ -159,6 +159,7 @@ class _Study:
     overlay: SegData     # the crops of one test image (the overlay picture)
     overlay_grid: tuple[int, int]
     analysis: SegData    # clean test crops of the per-layer analysis
+    num_test_all: int    # test crops of the test tiles (study.max_test of them scored)
     noisy: dict = dataclasses.field(default_factory=dict)  # arm -> (labels, agreement)
 
     def noisy_labels(self, arm: str, cfg) -> tuple[np.ndarray, dict]:
@@ -187,7 +188,7 @@ def _load(config, mesh, wd, seeds) -> _Study:
     print(f"{d.name}: {len(train)} training crops (tiles {sorted(set(train.scene_id.tolist()))}), {len(test)} of "
           f"{len(test_all)} test crops scored (tiles {sorted(set(test_all.scene_id.tolist()))}), "
           f"{d.image_size} px", flush=True)
-    return _Study(config, wd, mesh, seeds, train, test, overlay, (first["rows"], first["cols"]), ana)
+    return _Study(config, wd, mesh, seeds, train, test, overlay, (first["rows"], first["cols"]), ana, len(test_all))
 
 
 def _fit_summary(summary: dict, metrics_path: str, total_steps: int) -> dict:
@@ -224,9 +225,9 @@ def _pretrain_ssl(s: _Study, arm: str, seed: int, arm_wd: str) -> tuple[tuple, d
                                 "gated_mean": float(np.mean([r["false_gated"] for r in rows]))}
     if cfg.method == "false" and float(cfg.loss.alpha) > 0 and int(s.config.study.firing_batches):
         _, state = checkpoint.read_state(path)
-        kw = dict(thresholds=tuple(s.config.study.firing_thresholds), num_batches=int(s.config.study.firing_batches))
-        rec["firing"] = {"trained": lib.false_firing(cfg, params=state["params"], batch_stats=state["batch_stats"], **kw),
-                         "init": lib.false_firing(cfg, **kw)}
+        rec["firing"] = lib.false_firing(cfg, {"init": None, "trained": (state["params"], state["batch_stats"])},
+                                         thresholds=tuple(s.config.study.firing_thresholds),
+                                         num_batches=int(s.config.study.firing_batches))
     return (params, batch_stats), rec
 
 
@@ -278,7 +279,7 @@ def settings(s: _Study) -> dict:
             "finetune_steps": int(c.finetune.total_steps), "finetune_batch": int(c.finetune.batch_size),
             "finetune_lr": float(c.finetune.lr), "decoders": list(c.finetune.decoders),
             "label_fractions": [float(f) for f in c.study.label_fractions], "num_train": len(s.train),
-            "num_test": len(s.test), "class_names": list(s.train.class_names), "dtype": c.dtype}
+            "num_test": len(s.test), "num_test_all": s.num_test_all, "class_names": list(s.train.class_names), "dtype": c.dtype}
 
 
 def arm_payload(s: _Study, shared: dict, arm: str, arm_index: int, runs: list[dict]) -> dict:
