@@ -205,7 +205,7 @@ def test_test_tiles_never_reach_a_training(study_run):
 def test_arm_records(study_run):
     out = study_run["out"]
     assert sorted(os.listdir(out)) == ["dubai_smoke_false.json", "dubai_smoke_noisy_coarse_3class.json",
-                                       "dubai_smoke_random_init.json"]
+                                       "dubai_smoke_overlay.png", "dubai_smoke_random_init.json"]
     recs = {a: json.loads((out / f"dubai_smoke_{a}.json").read_text()) for a in ARMS.split(",")}
     for arm, p in recs.items():
         assert p["format"] == "rsjax.dubai_arm/v1" and p["arm"] == arm and p["setting"] == "smoke"

@@ -36,7 +36,8 @@ ones (supervised arms); the per-layer analysis rows (supervised arms); FALSE's f
 ``study.firing_thresholds`` with the trained and the untrained encoder). The table of
 docs/results.md is rendered from these files by ``python -m rsjax.results``. At the end:
 ``study.json``, ``study.md`` and ``study_overlay.png`` (one test image: truth and each arm's
-prediction after fine-tuning on ``study.overlay_fraction`` of the labels, first seed).
+prediction after fine-tuning on ``study.overlay_fraction`` of the labels, first seed; copied to
+``study.out_dir`` as ``dubai_<study.name>_overlay.png``).
 
 XLA's persistent compilation cache goes to ``<workdir>/xla_cache`` unless one is configured
 (every fine-tune compiles the same programs).
@@ -47,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -314,7 +316,7 @@ def _overlay_picture(s: _Study, arms: list[str], path: str) -> str | None:
     if len(columns) < 2:
         return None
     rgb = tiles.stitch(nl.rgb(s.overlay, len(s.overlay)), rows, cols)[None]
-    return plots.class_map_rows(path, rgb, columns, len(s.train.class_names), s.train.class_names)
+    return plots.class_map_rows(path, rgb, columns, len(s.train.class_names), s.train.class_names, panel_inches=4.0)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -347,6 +349,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "study.md"), "w") as f:
             f.write(md)
         if float(config.study.overlay_fraction):
-            _overlay_picture(s, list(results), os.path.join(workdir, "study_overlay.png"))
+            picture = _overlay_picture(s, list(results), os.path.join(workdir, "study_overlay.png"))
+            for d in lib.out_dirs(config, workdir)[1:]:  # beside the arm records (e.g. results/)
+                if picture:
+                    shutil.copyfile(picture, os.path.join(d, f"dubai_{config.study.name}_overlay.png"))
         print(md, flush=True)
     return report
