@@ -44,7 +44,7 @@ untrained encoder (rsjax.study.false_firing). The supervised arms record the per
 feature level) every analysis.every steps on analysis.max_images test crops.
 
 Decoders: UNet only. DeepLabv3+ and PSPNet would triple the 36 fine-tunes, which the 90 min
-budget does not hold (--config.finetune.decoders=unet,deeplabv3plus,pspnet adds them).
+budget does not hold (--config.finetune.decoders="('unet','deeplabv3plus','pspnet')" adds them).
 
 Variants:
   cpu    3 seeds, 64 px crops (a 16 px pooling cell leaves 4 x 4 cells per crop), pretraining 400
@@ -78,6 +78,7 @@ import ml_collections
 
 from configs import common
 from configs import false as false_config
+from rsjax import optim
 
 VARIANTS = ("cpu", "smoke")
 
@@ -113,8 +114,6 @@ def get_config(arg=None):
 
 
 def _config(variant: str):
-    from rsjax import optim
-
     c = ml_collections.ConfigDict()
     c.job = "study_dubai"
     c.study = ml_collections.ConfigDict()
@@ -172,11 +171,11 @@ def _config(variant: str):
         c.analysis.max_images = 8
         c.finetune.total_steps = 2
         c.finetune.batch_size = 8
-    add_runs(c, optim)
+    add_runs(c)
     return c
 
 
-def _supervised(c: ml_collections.ConfigDict, optim, num_classes: int, analysis: bool) -> ml_collections.ConfigDict:
+def _supervised(c: ml_collections.ConfigDict, num_classes: int, analysis: bool) -> ml_collections.ConfigDict:
     """A UNet training on masks (the shape of configs/noisy_label.py); with ``analysis`` the
     per-layer analysis of the study's ``analysis`` block (else none)."""
     a = common.noisy_label_base()
@@ -194,7 +193,7 @@ def _supervised(c: ml_collections.ConfigDict, optim, num_classes: int, analysis:
     return a
 
 
-def add_runs(c: ml_collections.ConfigDict, optim) -> None:
+def add_runs(c: ml_collections.ConfigDict) -> None:
     """``c.arms.<name>``: the pretraining config of each arm of :data:`ARMS` (its base, the
     study's shared settings as references, then the arm's overrides); ``c.arm_sources.<name>``
     (JSON, recorded in the arm's result file); ``c.finetune_run``: the one fine-tuning config
@@ -207,7 +206,7 @@ def add_runs(c: ml_collections.ConfigDict, optim) -> None:
     c.arm_sources = ml_collections.ConfigDict()
     for name, (kind, overrides) in ARMS.items():
         if kind == "supervised":
-            a = _supervised(c, optim, len(COARSE_3CLASS_NAMES) if "noise.class_map" in overrides else 5, True)
+            a = _supervised(c, len(COARSE_3CLASS_NAMES) if "noise.class_map" in overrides else 5, True)
             keys = shared + ["model.decoder_channels"]
         else:
             a = false_config._config(false_config.VARIANTS[0])
@@ -220,7 +219,7 @@ def add_runs(c: ml_collections.ConfigDict, optim) -> None:
         c.arms[name] = a
         c.arm_sources[name] = json.dumps({"config": "noisy_label" if kind == "supervised" else "false",
                                           "overrides": overrides}, sort_keys=True)
-    f = _supervised(c, optim, 5, False)
+    f = _supervised(c, 5, False)
     common.link_shared(f, c, shared + ["model.decoder_channels"], {})
     f.transfer.enabled = True
     f.transfer.decoders = c.finetune.get_ref("decoders")

@@ -162,12 +162,15 @@ class _Study:
     overlay_grid: tuple[int, int]
     analysis: SegData    # clean test crops of the per-layer analysis
     num_test_all: int    # test crops of the test tiles (study.max_test of them scored)
-    noisy: dict = dataclasses.field(default_factory=dict)  # arm -> (labels, agreement)
+    noisy: dict = dataclasses.field(default_factory=dict)  # arm -> (labels, agreement), the arm running
 
     def noisy_labels(self, arm: str, cfg) -> tuple[np.ndarray, dict]:
+        """The arm's noisy labels (int8: 58 MB instead of 230 for the 14,085 crops) and their
+        agreement with the clean ones; computed once per arm (the seeds of an arm run in a row)."""
         if arm not in self.noisy:
+            self.noisy.clear()
             t = time.time()
-            labels = segdata.noisy_labels(cfg, self.train.labels, self.train.info.num_classes)
+            labels = segdata.noisy_labels(cfg, self.train.labels, self.train.info.num_classes).astype(np.int8)
             agree = segdata.noise_agreement(cfg, self.train.labels, labels)
             self.noisy[arm] = (labels, agree)
             print(f"   {arm}: noisy labels of {len(labels)} crops in {time.time() - t:.0f} s, "
