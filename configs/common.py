@@ -148,6 +148,22 @@ def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def link_shared(arm: ml_collections.ConfigDict, study: ml_collections.ConfigDict, keys, overrides=()) -> None:
+    """``arm.<key> = study.<key>`` as a FieldReference for every dotted key of ``keys`` that the
+    arm does not override itself (a study's shared settings: an override given after get_config,
+    ``--config.data.folder=...``, reaches every arm). An arm's own override is never linked:
+    assigning to a field that holds a shared reference would re-point that reference, i.e. change
+    every arm (and the study)."""
+    for dotted in keys:
+        if dotted in overrides:
+            continue
+        *parents, last = dotted.split(".")
+        src, dst = study, arm
+        for p in parents:
+            src, dst = src[p], dst[p]
+        dst[last] = src.get_ref(last)
+
+
 # --------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------

@@ -177,22 +177,16 @@ def add_arms(c: ml_collections.ConfigDict) -> None:
         a = _MODULES[module]._config(_MODULES[module].VARIANTS[0])
 
         def link(block, key, ref, dotted):
-            # An arm's own override is never linked: assigning to a field that holds a shared
-            # reference would re-point that reference, i.e. change every arm (and the study).
+            # An arm's own override is never linked (see common.link_shared).
             if dotted not in overrides:
                 block[key] = ref
 
-        link(a, "dtype", c.get_ref("dtype"), "dtype")
-        link(a, "batch_size", c.get_ref("batch_size"), "batch_size")
-        for key in ("name", "stem", "conv", "in_channels"):
-            link(a.model, key, c.model.get_ref(key), f"model.{key}")
+        common.link_shared(a, c, ["dtype", "batch_size", *(f"model.{k}" for k in ("name", "stem", "conv", "in_channels")),
+                                  *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay")),
+                                  *(f"data.{k}" for k in c.data)], overrides)
         a.model.proj_hidden_dim = 512
         a.model.proj_dim = 128
         link(a.loss, "temperature", c.get_ref("temperature"), "loss.temperature")
-        for key in ("name", "lr", "weight_decay"):
-            link(a.optimizer, key, c.optimizer.get_ref(key), f"optimizer.{key}")
-        for key in c.data:
-            link(a.data, key, c.data.get_ref(key), f"data.{key}")
         if a.method == "swimdiff":
             a.swimdiff.log_grad_share = True  # the run record reports L_D's share of the encoder's gradient
             link(a.swimdiff, "diffusion_size", c.get_ref("swimdiff_diffusion_size"), "swimdiff.diffusion_size")

@@ -1,4 +1,7 @@
-"""The EuroSAT study's library part: arm configs, result records and the table.
+"""The studies' library part: the arm-by-arm loop with resume and result records
+(:func:`run_arms`, shared by :mod:`rsjax.jobs.study_eurosat` and :mod:`rsjax.jobs.study_dubai`),
+the EuroSAT study's arm configs, records and table, and FALSE's firing on real batches
+(:func:`false_firing`).
 
 The job itself is :mod:`rsjax.jobs.study_eurosat` (``config.job = "study_eurosat"``,
 ``configs/study_eurosat.py``). For each arm (method + overrides) and seed it builds the arm's
@@ -28,13 +31,112 @@ import json
 import os
 import time
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rsjax import errors, train, trainables
 from rsjax import results as results_lib
+from rsjax import sharding as shd
+from rsjax.data import input as input_lib
+from rsjax.methods import false as false_lib
 
 # config.study keys that may differ between the calls of one study (rsjax.jobs.study_eurosat.run).
 STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm", "comparisons")
+
+
+def parse_seeds(config) -> list[int]:
+    """``config.study.seeds`` (comma-separated integers) as a list; ConfigError naming the key."""
+    try:
+        seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
+    except ValueError:
+        raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
+                                 f"integers") from None
+    if not seeds:
+        raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
+    return seeds
+
+
+def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What a study's config.json holds: the config without the ``study`` keys that may change
+    between the calls of one study (:data:`STUDY_MUTABLE_KEYS`), so that config.json refuses the
+    workdir of another study but not the continuation of this one."""
+    d = config.to_dict()
+    for key in STUDY_MUTABLE_KEYS:
+        d["study"].pop(key, None)
+    return ml_collections.ConfigDict(d)
+
+
+def run_arms(config, workdir: str, arms: list[str], seeds: list[int], *, file_name, run_seed, payload,
+             describe=lambda r: "", before_seed=None) -> tuple[dict, list[str]]:
+    """The arm-by-arm loop of a study, resumable: ``(results, not_started)``.
+
+    For each arm (in order) and seed: ``run_seed(arm, seed, arm_wd)`` -> the seed's record (a
+    dict with ``seed``), run in ``arm_wd = <workdir>/<arm>_s<seed>`` and kept there as
+    ``arm_result.json`` (a rerun reads it instead of running again). An exception ends that
+    seed only: ``{"seed", "error", "wall_s"}`` goes into the arm's record (not into
+    ``arm_result.json``), and the next seed / arm starts. When an arm's seeds are done,
+    ``payload(arm, arm_index, runs)`` is written with :func:`rsjax.results.save` as
+    ``file_name(arm)`` to every folder of :func:`out_dirs`; an arm whose record in
+    ``<workdir>/results`` already holds every seed is not run again (its record is copied to the
+    other folders). ``config.study.time_budget_s`` > 0 starts no new arm after that many seconds
+    (those arms are ``not_started``); ``config.study.stop_after_arm`` ends the loop after that arm.
+    ``describe(record)`` -> the text printed after a seed; ``before_seed(arm_index, results,
+    t_study)`` runs before a seed starts (an ETA line)."""
+    results: dict[str, dict] = {}
+    dirs = out_dirs(config, workdir)
+    t_study = time.time()
+    not_started: list[str] = []
+    budget = float(config.study.get("time_budget_s", 0) or 0)
+    for arm_index, arm in enumerate(arms):
+        name = file_name(arm)
+        finished = os.path.join(dirs[0], name)
+        if os.path.exists(finished):  # this arm (all seeds) ended in an earlier run: keep its record
+            with open(finished) as f:
+                record = json.load(f)
+            if sorted(r["seed"] for r in record["runs"]) == sorted(seeds):
+                for d in dirs[1:]:
+                    results_lib.save(record, os.path.join(d, name))
+                results[arm] = record
+                continue
+        if budget and time.time() - t_study > budget:
+            not_started = arms[arm_index:]
+            print(f"== study: time_budget_s={budget:.0f} spent; not started: "
+                  f"{', '.join(arms[arm_index:])} (rerun to continue)", flush=True)
+            break
+        runs = []
+        for seed in seeds:
+            arm_wd = os.path.join(workdir, f"{arm}_s{seed}")
+            done = os.path.join(arm_wd, "arm_result.json")
+            if os.path.exists(done):
+                with open(done) as f:
+                    runs.append(json.load(f))
+                continue
+            t_arm = time.time()
+            if before_seed is not None:
+                before_seed(arm_index, results, t_study)
+            try:
+                r = run_seed(arm, seed, arm_wd)
+            except Exception as e:  # noqa: BLE001 - one arm's failure (non-finite loss, OOM) ends that arm only
+                # Recorded in the arm's JSON, not in arm_result.json: a rerun keeps the recorded arm
+                # (time-boxed windows move on); delete the arm's JSON to retry it.
+                r = {"seed": seed, "error": f"{type(e).__name__}: {e}"[:1000], "wall_s": time.time() - t_arm}
+                runs.append(r)
+                print(f"   {arm} s{seed}: FAILED ({r['error'][:300]}); the next arm starts", flush=True)
+                continue
+            r["wall_s"] = time.time() - t_arm
+            os.makedirs(arm_wd, exist_ok=True)
+            results_lib.save(r, done)
+            runs.append(r)
+            print(f"   {arm} s{seed}: {describe(r)} ({r['wall_s']:.0f} s wall)", flush=True)
+        record = payload(arm, arm_index, runs)
+        for d in dirs:
+            results_lib.save(record, os.path.join(d, name))
+        results[arm] = record
+        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
+            break
+    return results, not_started
 
 
 def arm_names(config) -> list[str]:
@@ -47,7 +149,8 @@ def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train
     study's shared settings, by the study config itself) plus what needs the split size or the
     seed: ``seed``, ``total_steps`` (``max_steps_per_arm``, else ``epochs`` x ``num_train //
     batch_size``), ``optimizer.warmup_steps`` (``optimizer.warmup_fraction`` of them),
-    ``log_every`` and ``checkpoint_every`` (one checkpoint, at the end), and the run-time
+    ``log_every`` (``arm_log_every`` when set) and ``checkpoint_every`` (one checkpoint, at the
+    end), and the run-time
     ``data.cache_dir``."""
     if arm not in config.arms:
         raise ValueError(f"config.study.arms: unknown arm {arm!r}; known: {sorted(config.arms)}")
@@ -56,7 +159,8 @@ def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train
     steps_per_epoch = max(1, num_train // config.batch_size)
     c.total_steps = int(config.max_steps_per_arm or config.epochs * steps_per_epoch)
     c.optimizer.warmup_steps = int(config.optimizer.warmup_fraction * c.total_steps)
-    c.log_every = max(1, min(20, c.total_steps // 4))  # >= 8 logged rows in the last 20 % of 840 steps
+    # >= 8 logged rows in the last 20 % of 840 steps; config.arm_log_every > 0 sets it (1: every step)
+    c.log_every = int(config.get("arm_log_every", 0) or 0) or max(1, min(20, c.total_steps // 4))
     c.checkpoint_every = c.total_steps
     c.data.cache_dir = config.data.cache_dir  # set by the job for a device-resident class folder
     c.lock()
@@ -164,3 +268,61 @@ def markdown_table(report: dict) -> str:
         pm = lambda m: f"{100 * r[m + '_mean']:.1f}" + (f" ± {100 * r[m + '_sd']:.1f}" if r[m + "_sd"] else "")  # noqa: E731
         lines.append(f"| {name} | {pm('linear')} | {pm('knn')} | {r['pretrain_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+# FNSD modes the firing report measures besides the configured one (rsjax.losses.false_nt_xent).
+FIRING_MODES = ("vissl", "gate_then_pick", "per_anchor")
+
+
+def false_firing(config, states: dict, *, thresholds, num_batches: int, modes=FIRING_MODES) -> dict:
+    """Where FALSE's selection fires on real batches: ``num_batches`` batches of the pretraining
+    data of ``config`` (a ``false`` config: its iterator and views, as its training draws them
+    at steps 0, 1, ...), embedded by encoder + projector in training mode (batch statistics, as
+    the step) with each of ``states`` (``name -> (params, batch_stats)``, or None: the
+    initialisation of ``config.seed``), on the same batches.
+
+    Returns per name ``{mode: {"threshold": [...], "false_calibrated": [...], "false_gated":
+    [...]}}`` per FNSD mode of ``modes``, counts per batch averaged over the batches
+    (:func:`rsjax.methods.false.firing`; the configured ``loss.alpha`` and ``loss.temperature``),
+    and ``"cos_pos"``: the 0, 10, 50, 90 and 100 % quantiles of the batches' positive cosines
+    (the gate compares them with the threshold)."""
+    method = trainables.from_config(config)
+    init = None
+    variables = {}
+    for name, st in states.items():
+        if st is None and init is None:
+            init = method.init(jax.random.PRNGKey(int(config.seed)), method.sample_batch(2))[:2]
+        variables[name] = init if st is None else st
+    it, transform = input_lib.make_iterator(config, shd.make_mesh())
+    embed = jax.jit(lambda p, bs, x: method.embed(p, bs, x, train=True)[0])
+    alpha, tau = float(config.loss.get("alpha", 1.0)), float(config.loss.temperature)
+    rows = {name: {m: [] for m in modes} for name in variables}
+    cosines = {name: [] for name in variables}
+    root = jax.random.PRNGKey(int(config.seed))
+    for step in range(int(num_batches)):
+        batch = next(it)
+        if transform is not None:  # the step's augment stream (rsjax.train.make_train_step)
+            key = jax.random.fold_in(jax.random.fold_in(root, step), train.RNG_STREAMS.index("augment"))
+            batch = transform(batch, key)
+        b = batch["view1"].shape[0]
+        x = jnp.concatenate([jnp.asarray(batch["view1"]), jnp.asarray(batch["view2"])])
+        for name, (params, batch_stats) in variables.items():
+            z = embed(params, batch_stats, x)
+            z1, z2 = z[:b], z[b:]
+            n1, n2 = (np.asarray(v) / np.linalg.norm(np.asarray(v), axis=-1, keepdims=True) for v in (z1, z2))
+            cosines[name].append(np.sum(n1 * n2, axis=-1))
+            for m in modes:
+                rows[name][m].append(false_lib.firing(z1, z2, thresholds=thresholds, temperature=tau, alpha=alpha,
+                                                      fnsd_mode=m))
+    out = {}
+    for name in variables:
+        o: dict = {"batches": int(num_batches), "batch_size": int(config.batch_size), "alpha": alpha,
+                   "temperature": tau}
+        for m, rs in rows[name].items():
+            o[m] = {"threshold": [float(t) for t in thresholds],
+                    **{k: [float(np.mean([r[k][i] for r in rs])) for i in range(len(thresholds))]
+                       for k in ("false_calibrated", "false_gated")}}
+        cos = np.concatenate(cosines[name]) if cosines[name] else np.zeros(0)
+        o["cos_pos"] = {f"q{q}": float(np.percentile(cos, q)) for q in (0, 10, 50, 90, 100)} if len(cos) else {}
+        out[name] = o
+    return out

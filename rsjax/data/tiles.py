@@ -17,6 +17,7 @@ import concurrent.futures
 import os
 
 import numpy as np
+import PIL.Image
 
 from rsjax.data import folders, registry
 from rsjax.data import images as images_lib
@@ -27,6 +28,17 @@ def grid(h: int, w: int, size: int) -> list[tuple[int, int]]:
     """Top-left ``(y, x)`` of the ``(h // size) x (w // size)`` tiles of an ``h x w`` image, row-major;
     the remainder at the bottom and right is dropped."""
     return [(y, x) for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
+
+
+def stitch(crops: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The inverse of cutting an image into its :func:`grid`: ``rows x cols`` crops ``[rows * cols,
+    S, S, ...]`` in row-major order -> one ``[rows * S, cols * S, ...]`` array."""
+    crops = np.asarray(crops)
+    if len(crops) != rows * cols:
+        raise ValueError(f"stitch: {len(crops)} crops for a grid of {rows} x {cols}")
+    s = crops.shape[1]
+    out = crops.reshape((rows, cols, s, s) + crops.shape[3:])
+    return np.moveaxis(out, 2, 1).reshape((rows * s, cols * s) + crops.shape[3:])
 
 
 def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.ndarray:
@@ -84,6 +96,22 @@ def folder_tiles(cfg, split: str, tiles, split_key: str) -> list[int]:
         raise ConfigError(f"config.{split_key}={split!r}: no tile of {cfg.folder!r} is in it "
                           f"({SPLIT_TILES[split]}; the folder's tiles: {', '.join(map(str, tiles))})")
     return sorted(out)
+
+
+def crop_layout(cfg, split: str, *, split_key: str = "data.train_split") -> list[dict]:
+    """Where :func:`read`'s crops of ``split`` come from, in its order: per image ``{"tile",
+    "image" (path), "rows", "cols"}``; its crops are the next ``rows * cols`` rows of the arrays,
+    row-major (:func:`grid`; :func:`stitch` puts them back together). Reads only the image
+    headers."""
+    dirs = folders.tile_folders(cfg.folder)
+    size = int(cfg.image_size)
+    out = []
+    for t in folder_tiles(cfg, split, list(dirs), split_key):
+        for image, _ in folders.tile_pairs(dirs[t]):
+            with PIL.Image.open(image) as im:
+                w, h = im.size
+            out.append({"tile": t, "image": image, "rows": h // size, "cols": w // size})
+    return out
 
 
 def read(cfg, split: str, *, split_key: str = "data.train_split") -> dict[str, np.ndarray]:

@@ -47,13 +47,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
     """``(seeds, arms)`` after checking the study keys (ConfigError naming the key) before
     anything is written or loaded."""
     with errors.config_errors():
-        try:
-            seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
-        except ValueError:
-            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
-                                     f"integers") from None
-        if not seeds:
-            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
+        seeds = lib.parse_seeds(config)
         arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
         if config.study.include_random_init and "random_init" not in arms:
             arms = ["random_init", *arms]
@@ -79,14 +73,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
     return seeds, arms
 
 
-def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What the study's config.json holds: the config without the ``study`` keys that may change
-    between the calls of one study (:data:`rsjax.study.STUDY_MUTABLE_KEYS`), so that config.json
-    refuses the workdir of another study but not the continuation of this one."""
-    d = config.to_dict()
-    for key in lib.STUDY_MUTABLE_KEYS:
-        d["study"].pop(key, None)
-    return ml_collections.ConfigDict(d)
+workdir_config = lib.workdir_config
 
 
 def _score(encode_fn, variables, arrays, config, seed: int) -> dict:
@@ -154,60 +141,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> dict:
     y_te = arrays[3]
-    results: dict[str, dict] = {}
-    out_dirs = lib.out_dirs(config, workdir)
     shared = lib.settings(config, data, num_train, len(y_te))
-    t_study = time.time()
-    not_started: list[str] = []
-    budget = float(config.study.get("time_budget_s", 0) or 0)
-
-    for arm_index, arm in enumerate(arms):
-        name = f"study_{config.study.name}_{arm}.json"
-        finished = os.path.join(out_dirs[0], name)
-        if os.path.exists(finished):  # this arm (all seeds) ended in an earlier run: keep its record
-            with open(finished) as f:
-                payload = json.load(f)
-            if sorted(r["seed"] for r in payload["runs"]) == sorted(seeds):
-                for d in out_dirs[1:]:
-                    results_lib.save(payload, os.path.join(d, name))
-                results[arm] = payload
-                continue
-        if budget and time.time() - t_study > budget:
-            not_started = arms[arm_index:]
-            print(f"== study: time_budget_s={budget:.0f} spent; not started: "
-                  f"{', '.join(arms[arm_index:])} (rerun to continue)", flush=True)
-            break
-        runs = []
-        for seed in seeds:
-            arm_wd = os.path.join(workdir, f"{arm}_s{seed}")
-            done = os.path.join(arm_wd, "arm_result.json")
-            if os.path.exists(done):
-                with open(done) as f:
-                    runs.append(json.load(f))
-                continue
-            t_arm = time.time()
-            lib.print_total_eta(arms, arm_index, results, t_study, config, num_train)
-            try:
-                r = _run_arm_seed(config, arm, seed, arm_wd, arrays, num_train)
-            except Exception as e:  # noqa: BLE001 - one arm's failure (non-finite loss, OOM) ends that arm only
-                # Recorded in the arm's JSON, not in arm_result.json: a rerun keeps the recorded arm
-                # (time-boxed windows move on); delete study_<name>_<arm>.json to retry it.
-                r = {"seed": seed, "error": f"{type(e).__name__}: {e}"[:1000], "wall_s": time.time() - t_arm}
-                runs.append(r)
-                print(f"   {arm} s{seed}: FAILED ({r['error'][:300]}); the next arm starts", flush=True)
-                continue
-            r["wall_s"] = time.time() - t_arm
-            os.makedirs(arm_wd, exist_ok=True)
-            results_lib.save(r, done)
-            runs.append(r)
-            print(f"   {arm} s{seed}: linear {r['linear']:.2%}  kNN {r['knn']:.2%}  "
-                  f"({r['pretrain_s']:.0f} s training, {r['wall_s']:.0f} s wall)", flush=True)
-        payload = lib.arm_payload(config, arm, arm_index, runs, shared)
-        for d in out_dirs:
-            results_lib.save(payload, os.path.join(d, name))
-        results[arm] = payload
-        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
-            break
+    results, not_started = lib.run_arms(
+        config, workdir, arms, seeds, file_name=lambda arm: f"study_{config.study.name}_{arm}.json",
+        run_seed=lambda arm, seed, arm_wd: _run_arm_seed(config, arm, seed, arm_wd, arrays, num_train),
+        payload=lambda arm, arm_index, runs: lib.arm_payload(config, arm, arm_index, runs, shared),
+        describe=lambda r: f"linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s training)",
+        before_seed=lambda arm_index, results, t_study: lib.print_total_eta(arms, arm_index, results, t_study,
+                                                                            config, num_train))
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
