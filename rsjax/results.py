@@ -228,6 +228,15 @@ def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
     return {"mean": m, "sd": sd, "n": n, "lo": m - half, "hi": m + half}
 
 
+def _by_setting(payloads: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``[(setting, arm payloads in arm order)]`` of a study's arm files, settings sorted."""
+    groups: dict[str, list[dict]] = {}
+    for p in payloads:
+        groups.setdefault(p.get("setting", "?"), []).append(p)
+    return [(setting, sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", ""))))
+            for setting in sorted(groups)]
+
+
 def _by_seed(payload: dict, metric: str) -> dict:
     return {r["seed"]: r[metric] for r in payload.get("runs", []) if r.get(metric) is not None and "error" not in r}
 
@@ -291,12 +300,8 @@ def render_study_table(payloads: list[dict]) -> str:
     """
     if not payloads:
         return "_No study results yet (`results/study_*.json`)._\n"
-    groups: dict[str, list[dict]] = {}
-    for p in payloads:
-        groups.setdefault(p.get("setting", "?"), []).append(p)
     blocks = []
-    for setting in sorted(groups):
-        rows = sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", "")))
+    for setting, rows in _by_setting(payloads):
         s = rows[0].get("settings", {})
         head = (f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}, {s.get('image_size', '?')} px, "
                 f"{_length(s)}, batch {s.get('batch_size', '?')}, {s.get('dtype', '?')}, "
@@ -510,12 +515,8 @@ def render_dubai_table(payloads: list[dict]) -> str:
     untrained encoder, per FNSD mode)."""
     if not payloads:
         return "_No Dubai study results yet (`results/dubai_*.json`)._\n"
-    groups: dict[str, list[dict]] = {}
-    for p in payloads:
-        groups.setdefault(p.get("setting", "?"), []).append(p)
     blocks = []
-    for setting in sorted(groups):
-        rows = sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", "")))
+    for setting, rows in _by_setting(payloads):
         st = rows[0].get("settings", {})
         fracs = [f"{float(f):g}" for f in st.get("label_fractions", [])]
         decs = st.get("decoders", ["unet"])
