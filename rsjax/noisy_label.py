@@ -171,10 +171,8 @@ def split_pretraining(config, pre: SegData, labels: np.ndarray):
 
 
 def iterator(data: SegData, labels: np.ndarray, phase: train.Phase, augment: bool) -> arrays_lib.ArrayIterator:
-    info = data.info
-
     def normalize(batch):
-        return {"image": registry.normalize(batch["image"], info), "mask": batch["mask"].astype(np.int32)}
+        return {"image": data.prepare(batch["image"]), "mask": batch["mask"].astype(np.int32)}
 
     return arrays_lib.ArrayIterator({"image": data.images, "mask": labels}, phase.batch_size, phase.seed,
                                     augment=augment, transform=normalize,
@@ -188,13 +186,15 @@ def eval_batch_size(mesh) -> int:
 _PROBES: dict = {}
 
 
-def probe_for(model, num_classes: int, levels, info, mesh) -> layers.SegmentationProbe:
-    """One :class:`layers.SegmentationProbe` per (model, classes, levels, dataset): equal flax
-    modules share it, so its predict function is compiled once per process (study arms, reruns)."""
+def probe_for(model, num_classes: int, levels, data: SegData, mesh) -> layers.SegmentationProbe:
+    """One :class:`layers.SegmentationProbe` per (model, classes, levels, dataset, dense recipe):
+    equal flax modules share it, so its predict function is compiled once per process (study
+    arms, reruns)."""
+    info = data.info
     key = (model, int(num_classes), tuple(levels), info.name, info.scale, tuple(info.mean), tuple(info.std),
-           eval_batch_size(mesh))
+           data.recipe, eval_batch_size(mesh))
     if key not in _PROBES:
-        _PROBES[key] = layers.SegmentationProbe(model, num_classes, levels, info=info,
+        _PROBES[key] = layers.SegmentationProbe(model, num_classes, levels, info=info, recipe=data.recipe,
                                                 batch_size=eval_batch_size(mesh), ignore_index=IGNORE_INDEX)
     return _PROBES[key]
 
@@ -227,7 +227,7 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
     phase = pretrain_phase(config, len(data), name=name, desc=desc or name)
     run_dir = wd.sub(name)
     hooks = []
-    probe = probe_for(task.model, k, layers.feature_modules(config.model.name, task.decoder_name), data.info, mesh)
+    probe = probe_for(task.model, k, layers.feature_modules(config.model.name, task.decoder_name), data, mesh)
     apath = run_dir.file("analysis.jsonl")
     every = int(config.analysis.get("every", 0)) if analysis_data is not None else 0
     rows = workdir_lib.read_jsonl(apath) if every else []
@@ -265,7 +265,7 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
                                      "(config.optimizer.plateau.val_fraction > 0)")
         kw = optim.plateau_kwargs(config.optimizer)
         p_every = int(plateau.get("every", 0)) or max(1, math.ceil(len(data) / int(config.batch_size)))
-        val_probe = probe_for(task.model, k, (), data.info, mesh)
+        val_probe = probe_for(task.model, k, (), data, mesh)
 
         def plateau_hook(step, state):
             # CromSS's validation (once per epoch by default), then torch's ReduceLROnPlateau rule
@@ -308,7 +308,7 @@ def transfer(config, wd, mesh, encoders: dict, train_data: SegData, test_data: S
             res = train.fit(task, it, phase, wd, config, mesh=mesh)
             if not res.finished:
                 return None
-            probe = probe_for(task.model, k, (), test_data.info, mesh)
+            probe = probe_for(task.model, k, (), test_data, mesh)
             cm, _, _ = probe(res.state["params"], res.state["batch_stats"], test_data.images, test_data.labels,
                              desc=f"test {name}")
             s = metrics.segmentation_scores(cm)
@@ -334,7 +334,8 @@ def encoder_of(state) -> tuple:
 def rgb(data: SegData, n: int) -> np.ndarray:
     """Display images [n, H, W, 3] in [0, 1] of the first ``n`` examples (2-98 % stretch)."""
 
-    x = registry.denormalize(data.normalized(slice(0, n)), data.info)[..., list(registry.rgb_indices(data.info.bands))]
+    # stored units: the percentile stretch below is the same for any positive scale
+    x = data.images[:n][..., list(registry.rgb_indices(data.info.bands))].astype(np.float32)
     lo, hi = np.percentile(x, 2), np.percentile(x, 98)
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 

@@ -224,6 +224,32 @@ def test_eval_arrays(data_dir):
         pipeline.eval_arrays(cfg, "validation")
 
 
+def test_dense_inputs_are_the_pp_dense_recipe_on_host_and_device():
+    """The dense jobs' host batches and device test images come from ``data.pp_dense``: the
+    normalisation written out, on every image key (both dates of a change pair), int32 for the
+    rest; a recipe that resizes (the masks would no longer match) or draws is refused."""
+    import jax
+
+    from rsjax.evaluate import dense
+
+    info = registry.get_config_info("oscd")
+    rng = np.random.default_rng(0)
+    batch = {k: rng.integers(0, 4000, (2, 8, 8, info.num_bands)).astype(np.uint16) for k in ("a", "b")}
+    batch["change"] = rng.integers(0, 2, (2, 8, 8)).astype(np.uint8)
+    ref = {k: (batch[k].astype(np.float64) / info.scale - np.asarray(info.mean)) / np.asarray(info.std)
+           for k in ("a", "b")}
+    host = dense.normalizer(info, ("a", "b"), "normalize")(batch)
+    device = jax.jit(dense.device_normalizer(info, ("a", "b"), "normalize"))(batch)
+    for k in ("a", "b"):
+        np.testing.assert_allclose(host[k], ref[k], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(device[k]), ref[k], rtol=1e-5, atol=1e-5)
+    assert host["change"].dtype == np.int32 and (host["change"] == batch["change"]).all()
+    for bad, what in (("normalize|resize", r"\['resize'\] change the image size"),
+                      ("normalize|flip_lr", r"\['flip_lr'\] draw random")):
+        with pytest.raises(ConfigError, match=rf"config.data.pp_dense='{bad.replace('|', '[|]')}': {what}"):
+            dense.normalizer(info, ("image",), bad)
+
+
 @pytest.mark.slow
 def test_worker_processes_match_in_process(data_dir):
     cfg = _cfg(data_dir)

@@ -71,7 +71,7 @@ def test_labels_images_and_crops_follow_the_files(dubai):
     assert data.class_names[data.labels[0, 1, 1]] == "water"  # the known pixel
     assert data.labels[3, 20 - S, 20 - S] == -1  # the no-data pixel, in the crop at (16, 16)
     assert set(np.unique(data.labels)) <= set(range(-1, 5))
-    assert np.isfinite(data.normalized(slice(0, 2))).all()
+    assert np.isfinite(data.prepare(data.images[:2])).all()
 
 
 def test_palette_masks_read_as_their_colours(dubai):

@@ -61,6 +61,10 @@ def default_data_config() -> ml_collections.ConfigDict:
         only, ``rsjax.data.ops.prep_recipe``): ``"normalize|resize"`` = the registry's
         normalisation, then the whole image to ``image_size`` (the evaluation's size; the
         stored side where a job evaluates at the stored size).
+      pp_dense: the dense inputs' recipe (segmentation, change detection, noisy-label
+        pretraining: every image of a training batch on the host, the test images on the
+        device; deterministic per-pixel ops only, ``rsjax.data.ops.dense_recipe``, so masks keep
+        the images' grid): ``"normalize"`` = the registry's normalisation.
       device_resident: hold the decoded split in device memory and augment inside the
         jitted step (rsjax.data.device_data / device_augment) instead of the grain pipeline.
       folder: a ``<Class>/<image>`` tree read directly instead of the TFDS dataset ``name``
@@ -101,6 +105,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.crops_as_scenes = 0
     c.augment = "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.1, 1.0))"  # ops.DEFAULT_AUGMENT
     c.pp_eval = "normalize|resize"  # pipeline.DEFAULT_PP_EVAL
+    c.pp_dense = "normalize"  # ops.DEFAULT_PP_DENSE
     c.device_resident = False
     c.folder = ""
     c.folder_seed = 0

@@ -80,6 +80,10 @@ SIZING_OPS = ("rrc", "resize")
 #: use, since evaluation inputs must not depend on a seed.
 DETERMINISTIC_OPS = ("resize", "normalize", "ignore", "remap", "multi_hot")
 
+#: The dense inputs' recipe (``config.data.pp_dense``: segmentation, change detection and
+#: noisy-label pretraining images, on the host and on the device): the registry's normalisation.
+DEFAULT_PP_DENSE = "normalize"
+
 #: The former individual ``config.data`` augmentation keys, folded into ``data.augment`` by
 #: :func:`spec_from_legacy` (old workdirs / configs), with their former defaults.
 LEGACY_KEYS = {
@@ -239,6 +243,11 @@ class Pipeline:
         """Shorthand: the recipe applied to ``{"image": img}``, returning the image."""
         return self({"image": img}, rng_or_key, ctx)["image"]
 
+    def on_keys(self, data: dict, keys, ctx: Context = Context()) -> dict:
+        """A deterministic recipe applied to each of ``keys`` of ``data`` as its image (the two
+        dates of a change pair, say); the other entries pass through unchanged."""
+        return {k: self.image(v, None, ctx) if k in keys else v for k, v in data.items()}
+
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.calls)
 
@@ -284,6 +293,18 @@ def prep_recipe(spec: str, backend: str = "numpy", *, key: str = "data.pp_eval")
     if random_ops:
         raise ConfigError(f"config.{key}={spec!r}: {random_ops} draw random numbers; a preparation recipe "
                           f"uses only {list(DETERMINISTIC_OPS)}, e.g. 'normalize|resize'")
+    return pipe
+
+
+@functools.lru_cache(maxsize=64)
+def dense_recipe(spec: str, backend: str = "numpy", *, key: str = "data.pp_dense") -> Pipeline:
+    """A dense inputs' recipe: a :func:`prep_recipe` without the ops that change the image size
+    (the masks and change maps keep the images' grid); refused naming the op and the key."""
+    pipe = prep_recipe(spec, backend, key=key)
+    sizing = [c.name for c in pipe.calls if c.name in SIZING_OPS]
+    if sizing:
+        raise ConfigError(f"config.{key}={spec!r}: {sizing} change the image size, which the masks must keep; "
+                          f"a dense recipe uses per-pixel ops, e.g. {DEFAULT_PP_DENSE!r}")
     return pipe
 
 

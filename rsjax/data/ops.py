@@ -12,6 +12,7 @@ from rsjax.data import device_augment as _jax_backend  # noqa: F401  registers t
 from rsjax.data.op_registry import (  # noqa: F401  (the public API, re-exported)
     BACKENDS,
     DEFAULT_AUGMENT,
+    DEFAULT_PP_DENSE,
     DETERMINISTIC_OPS,
     LEGACY_KEYS,
     SIZING_OPS,
@@ -24,6 +25,7 @@ from rsjax.data.op_registry import (  # noqa: F401  (the public API, re-exported
     build,
     cached,
     define,
+    dense_recipe,
     known_ops,
     parse,
     prep_recipe,
@@ -35,6 +37,7 @@ from rsjax.data.op_registry import (  # noqa: F401  (the public API, re-exported
 __all__ = [
     "BACKENDS",
     "DEFAULT_AUGMENT",
+    "DEFAULT_PP_DENSE",
     "DETERMINISTIC_OPS",
     "LEGACY_KEYS",
     "SIZING_OPS",
@@ -47,6 +50,7 @@ __all__ = [
     "build",
     "cached",
     "define",
+    "dense_recipe",
     "known_ops",
     "parse",
     "prep_recipe",

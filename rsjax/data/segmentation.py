@@ -39,7 +39,7 @@ import dataclasses
 
 import numpy as np
 
-from rsjax.data import label_noise, pipeline, registry
+from rsjax.data import label_noise, ops, pipeline, registry
 from rsjax.data.tiles import grid
 from rsjax.errors import ConfigError, DataError
 
@@ -57,6 +57,7 @@ class SegData:
     scene_id: np.ndarray     # [N] int64
     info: registry.DatasetInfo
     class_names: tuple[str, ...]
+    recipe: str = ops.DEFAULT_PP_DENSE  # config.data.pp_dense: how the images become model inputs
 
     def __len__(self):
         return len(self.images)
@@ -65,8 +66,9 @@ class SegData:
         return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx],
                                    scene_id=self.scene_id[idx])
 
-    def normalized(self, idx=slice(None)) -> np.ndarray:
-        return registry.normalize(self.images[idx], self.info)
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """``images`` (stored units, any leading axes) as model inputs: the dense recipe."""
+        return ops.dense_recipe(self.recipe, "numpy").image(images, None, ops.Context(info=self.info))
 
 
 def masks_to_labels(mask: np.ndarray, ignore_value) -> np.ndarray:
@@ -132,7 +134,7 @@ def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = N
     images, labels, scene = tile(arrays["image"], labels, scene, int(image_size))
     if images.shape[-1] != info.num_bands:
         raise DataError(f"dataset {cfg.name!r} images have {images.shape[-1]} bands, registry says {info.bands}")
-    return SegData(images, labels, scene, info, tuple(info.class_names))
+    return SegData(images, labels, scene, info, tuple(info.class_names), cfg.get("pp_dense") or ops.DEFAULT_PP_DENSE)
 
 
 def remap(labels: np.ndarray, class_map) -> np.ndarray:

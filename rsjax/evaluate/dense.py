@@ -23,23 +23,24 @@ from rsjax.evaluate import encoders
 from rsjax.evaluate.classification import warn_if_exploding
 
 
-def normalizer(info: registry.DatasetInfo, image_keys) -> Callable[[dict], dict]:
-    """Host batch transform: stored pixel values -> standardized float32 for ``image_keys``,
-    int32 for every other array (masks, change maps)."""
-    keys = tuple(image_keys)
-    ctx = ops.Context(info=info)
+def normalizer(info: registry.DatasetInfo, image_keys, recipe: str = ops.DEFAULT_PP_DENSE) -> Callable[[dict], dict]:
+    """Host batch transform: the dense recipe ``recipe`` (``config.data.pp_dense``) on each of
+    ``image_keys`` (stored pixel values -> standardized float32), int32 for every other array
+    (masks, change maps)."""
+    keys, pipe, ctx = tuple(image_keys), ops.dense_recipe(recipe, "numpy"), ops.Context(info=info)
 
     def transform(batch):
-        out = ops.apply(f"normalize(keys={keys!r})", batch, ctx=ctx)  # the registry's statistics
+        out = pipe.on_keys(batch, keys, ctx)
         return {k: v if k in keys else v.astype(np.int32) for k, v in out.items()}
 
     return transform
 
 
-def jax_normalize(x, info: registry.DatasetInfo):
-    """``registry.normalize`` inside a jitted function (test images stay in stored units on the host):
-    the jax backend of the ``normalize`` op."""
-    return ops.apply("normalize", {"image": x}, None, ops.Context(info=info), backend="jax")["image"]
+def device_normalizer(info: registry.DatasetInfo, image_keys, recipe: str = ops.DEFAULT_PP_DENSE) -> Callable[[dict], dict]:
+    """The same recipe's jax backend, inside a jitted function (test images stay in stored units
+    on the host)."""
+    keys, pipe, ctx = tuple(image_keys), ops.dense_recipe(recipe, "jax"), ops.Context(info=info)
+    return lambda batch: pipe.on_keys(batch, keys, ctx)
 
 
 def validate(config, make_task: Callable) -> train.Phase:
@@ -49,6 +50,7 @@ def validate(config, make_task: Callable) -> train.Phase:
         phase.validate()
         check_complete(config.data)  # read directly below: unknown, former or missing keys, named
         registry.data_info(config.data)
+        ops.dense_recipe(config.data.pp_dense, "numpy")  # an op that resizes or draws, named
         if int(config.data.crop_size) < 0:
             raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size}: must be >= 0 (0 = whole images)")
         make_task(None)  # builds the model: unknown decoder, classes, dice reduction, freeze pattern
@@ -80,11 +82,12 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
     loaded = encoders.load_pretrained(config)
     task = make_task(loaded)
     info = info or registry.data_info(config.data)
+    recipe = config.data.pp_dense
     with workdir_lib.Workdir(workdir, config) as wd:
         train_arrays, test_arrays = prepare(*load_data(config), info)
         it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,
                                       crop=int(config.data.crop_size),
-                                      transform=normalizer(info, image_keys),
+                                      transform=normalizer(info, image_keys, recipe),
                                       source="the training split read from config.data")
         result = train.fit(task, it, phase, wd, config)
         if not result.finished:
@@ -95,9 +98,10 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
         variables = jax.device_get({"params": result.state["params"], "batch_stats": result.state["batch_stats"]})
         warn_if_diverged(wd, variables)
 
+        on_device = device_normalizer(info, image_keys, recipe)
+
         def fn(v, batch):
-            batch = {k: jax_normalize(x, info) if k in image_keys else x for k, x in batch.items()}
-            return task.predict(v["params"], v["batch_stats"], batch)
+            return task.predict(v["params"], v["batch_stats"], on_device(batch))
 
         inputs = {k: test_arrays[k] for k in image_keys}
         pred = shd.batched_predict(fn, variables, inputs, batch_size=int(config.eval.batch_size),

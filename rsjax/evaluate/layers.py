@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax import sharding as shd
-from rsjax.data import registry
+from rsjax.data import ops
 from rsjax.evaluate import metrics
 from rsjax.models import resnet as resnet_lib
 
@@ -115,15 +115,16 @@ class SegmentationProbe:
     only). One instance per model keeps its jitted function (compiled once per batch shape).
     """
 
-    def __init__(self, model, num_classes: int, levels=(), *, info=None, batch_size: int = 8,
-                 ignore_index: int = -1):
+    def __init__(self, model, num_classes: int, levels=(), *, info=None, recipe: str = ops.DEFAULT_PP_DENSE,
+                 batch_size: int = 8, ignore_index: int = -1):
         self.model, self.num_classes, self.levels = model, int(num_classes), list(levels)
         self.batch_size, self.ignore_index, self.info = int(batch_size), int(ignore_index), info
+        self.prepare = ops.dense_recipe(recipe, "jax")
 
     def _fn(self, variables, batch):
         x, labels = batch["image"], batch["mask"]
-        if self.info is not None:  # raw stored pixels: registry.normalize on the device
-            x = registry.normalize(x, self.info, jnp)
+        if self.info is not None:  # raw stored pixels: the dense recipe (data.pp_dense) on the device
+            x = self.prepare.image(x, None, ops.Context(info=self.info))
         if not self.levels:
             logits = self.model.apply(variables, x, train=False)
             return {"pred": jnp.argmax(logits, -1).astype(jnp.int32)}
