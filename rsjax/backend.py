@@ -81,7 +81,7 @@ def _backends_initialized() -> bool:
     if "jax" not in sys.modules:
         return False
     try:
-        from jax._src import (
+        from jax._src import (  # only once jax is imported: this module sets flags before that
             xla_bridge,  # private, but the only way to ask; absent -> assume started
         )
 

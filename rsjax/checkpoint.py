@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from rsjax import trainables
@@ -66,7 +67,6 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
     # step's array metadata before restoring anything (see read_state).
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
-    from absl import logging as absl_logging
 
     # A reader: Orbax warns three times that a read-only manager saves nothing ("read_only=True,
     # setting max_to_keep=None", ...), which is what the caller asked for.
@@ -96,7 +96,6 @@ def _save_replicated_from_one_device() -> None:
     if getattr(_save_replicated_from_one_device, "done", False):
         return
     if jax.default_backend() == "cpu":  # backends are up: called after distributed init
-        from absl import logging as absl_logging
 
         verbosity = absl_logging.get_verbosity()
         absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about the override

@@ -16,6 +16,8 @@ import contextlib
 import sys
 from typing import Callable, Iterator, Sequence
 
+from absl import app, flags
+
 EXIT_CODE = 2  # what every CLI exits with on an RsjaxError (as argparse does on a usage error)
 
 
@@ -141,8 +143,6 @@ def parse_flags(prog: str, config_flag=None) -> Callable[[list[str]], list[str]]
     ``config_flags.DEFINE_config_file``) so that both surface here, and turns them into
     ``<prog>: error: ...`` with exit status 2.
     """
-    from absl import flags
-
     def parser(argv: list[str]) -> list[str]:
         try:
             with config_errors():
@@ -174,8 +174,6 @@ def parse_flags(prog: str, config_flag=None) -> Callable[[list[str]], list[str]]
 def run_cli(main: Callable, prog: str, config_flag=None) -> None:
     """``absl.app.run(main)`` with :func:`parse_flags` and every :class:`RsjaxError` raised by
     ``main`` printed in one line (exit 2); other exceptions keep their traceback."""
-    from absl import app
-
     def wrapped(argv):
         try:
             return main(argv)

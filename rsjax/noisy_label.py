@@ -20,7 +20,9 @@ from rsjax.data import label_noise, registry
 from rsjax.data import segmentation as segdata
 from rsjax.data.defaults import check_complete
 from rsjax.data.segmentation import IGNORE_INDEX, SegData
-from rsjax.evaluate import layers
+from rsjax.evaluate import layers, metrics
+from rsjax.losses import DICE_REDUCTIONS
+from rsjax.tasks import SegmentationTask
 
 DECODERS = ("unet", "deeplabv3plus", "pspnet")
 
@@ -35,8 +37,6 @@ def plateau_config(config):
 
 def validate(config) -> None:
     """Every key the job reads, before anything is written (ConfigError naming ``config.<key>``)."""
-    from rsjax.losses import DICE_REDUCTIONS
-
     def need(cond, key, msg):  # keys of any depth: errors.require with the dotted key's value
         errors.require(cond, key, _get(config, key), msg)
 
@@ -219,9 +219,6 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
     ``labels`` have ``model.num_classes`` classes. Returns ``{"result": FitResult, "task",
     "analysis": rows, "probe"}``.
     """
-    from rsjax.evaluate import metrics
-    from rsjax.tasks import SegmentationTask
-
     k = int(config.model.num_classes)
     task = SegmentationTask(config, num_classes=k, ignore_index=IGNORE_INDEX)
     phase = pretrain_phase(config, len(data), name=name, desc=desc or name)
@@ -291,9 +288,6 @@ def transfer(config, wd, mesh, encoders: dict, train_data: SegData, test_data: S
     (``transfer_<decoder>`` when not ``tagged``) of ``wd`` and scored on ``test_data``. None when
     a phase stopped early (``stop_after_steps``). With ``overlay`` (examples to picture) the
     scores also hold ``overlay_pred``, the fine-tuned model's predictions of them."""
-    from rsjax.evaluate import metrics
-    from rsjax.tasks import SegmentationTask
-
     k = len(train_data.class_names)
     out = {}
     for tag, enc in encoders.items():

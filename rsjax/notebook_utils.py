@@ -21,6 +21,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from configs import (
+    common,  # the repository's config package, only where a notebook loads one
+)
 from rsjax import checkpoint, sharding
 from rsjax import workdir as workdir_lib
 from rsjax.data import pipeline
@@ -69,10 +72,6 @@ def load_config(name: str, variant: str | None = None, overrides: Mapping[str, A
     """``configs/<name>.py:<variant>`` with dotted-key ``overrides`` applied, the same config
     ``python -m rsjax.main --config=configs/<name>.py:<variant> --config.<key>=<value>`` runs
     (``configs.common.load``: the configs package installed with rsjax)."""
-    from configs import (
-        common,  # the repository's config package, only where a notebook loads one
-    )
-
     return common.load(name, variant, dict(overrides or {}))
 
 

@@ -143,7 +143,7 @@ def image_grid(rows: list[list[np.ndarray]], titles: list[str], path: str, *, ro
             if j == 0 and row_labels:
                 ax.set_ylabel(row_labels[i], fontsize=8)
     if legend:
-        from matplotlib.patches import Patch
+        from matplotlib.patches import Patch  # heavy import (matplotlib): only when drawing
 
         fig.legend(handles=[Patch(facecolor=c, edgecolor="0.3", label=k) for k, c in legend.items()], loc="lower center",
                    ncol=min(len(legend), 6), fontsize=7, frameon=False)
@@ -190,7 +190,7 @@ def class_map_rows(path: str, rgb: np.ndarray, columns: list[tuple[str, np.ndarr
                 axes[i, j].set_title(title, fontsize=8)
     names = list(class_names or [])[:num_classes]
     if names:
-        from matplotlib.patches import Patch
+        from matplotlib.patches import Patch  # heavy import (matplotlib): only when drawing
 
         fig.legend(handles=[Patch(color=cmap(c), label=nm) for c, nm in enumerate(names)], loc="lower center",
                    ncol=min(len(names), 6), fontsize=7, frameon=False)

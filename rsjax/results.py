@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 
+from scipy import stats
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -84,7 +86,7 @@ def machine() -> dict:
         "python": platform.python_version(),
     }
     try:
-        import jax
+        import jax  # provenance only: rendering the tables never starts a backend
 
         devices = jax.devices()
         desc.update(jax=jax.__version__, backend=jax.default_backend(), device_count=len(devices),
@@ -92,7 +94,7 @@ def machine() -> dict:
     except Exception as e:  # noqa: BLE001 - provenance must never stop a run that already finished
         desc["jax_error"] = repr(e)
     try:
-        import flax
+        import flax  # provenance only, as jax above
 
         desc["flax"] = flax.__version__
     except Exception:  # noqa: BLE001
@@ -215,8 +217,6 @@ def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
     """Paired difference ``a - b`` over the seeds both have (``{seed: value}``): mean, sample sd,
     n and the two-sided ``level`` t-interval ``mean ± t_{(1+level)/2, n-1} sd / sqrt(n)``;
     None with fewer than 2 common seeds."""
-    from scipy import stats
-
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         return None

@@ -19,6 +19,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from rsjax import errors
+from rsjax.data import (
+    ops,  # the crop_flip op (numpy backend): one definition of the paired draw
+)
 
 
 def paired_crop_flip(arrays: Mapping[str, np.ndarray], index: int, crop: int, rng: np.random.Generator,
@@ -27,10 +30,6 @@ def paired_crop_flip(arrays: Mapping[str, np.ndarray], index: int, crop: int, rn
     spatial array (``[N, H, W, ...]``: images and masks alike; arrays with fewer than three axes,
     e.g. class labels, are passed through). ``crop`` <= 0 or >= the image keeps the full image;
     ``augment=False`` takes the centre window without flip / rotation."""
-    from rsjax.data import (
-        ops,  # the crop_flip op (numpy backend): one definition of the paired draw
-    )
-
     example = {name: arr[index] for name, arr in arrays.items()}
     return ops.apply(f"crop_flip({max(int(crop), 0)}, augment={bool(augment)})", example, rng)
 

@@ -32,6 +32,7 @@ import numpy as np
 from rsjax.data import (
     op_registry as ops,  # the registry; rsjax.data.ops imports this module
 )
+from rsjax.data import registry
 from rsjax.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------------------------------
@@ -350,8 +351,6 @@ def _np_blur(data, rng, ctx, *, p, sigma):
 
 @ops.register("normalize", "numpy")
 def _np_normalize(data, rng, ctx, *, keys):
-    from rsjax.data import registry
-
     if ctx.info is None:
         raise ValueError("op normalize needs the dataset's registry entry (Context.info)")
     for k in keys:

@@ -45,6 +45,8 @@ import time
 from typing import Optional
 
 import tensorflow_datasets as tfds
+from absl import flags
+from tensorflow_datasets.core import file_adapters
 
 from rsjax.errors import ConfigError, DataError, MissingDataError, RsjaxError
 
@@ -141,8 +143,6 @@ def check_random_access(builder: tfds.core.DatasetBuilder) -> None:
     """
     if not is_built(builder):
         return
-    from tensorflow_datasets.core import file_adapters
-
     formats = set(builder.info.available_file_formats())
     if formats and not formats & set(file_adapters.FileFormat.with_random_access()):
         name = builder.info.full_name.split("/")[0]
@@ -362,8 +362,6 @@ def main(argv):
 
 
 def _define_flags():
-    from absl import flags
-
     flags.DEFINE_string("manual_dir", None, "Folder with the original dataset files.")
     flags.DEFINE_string("data_dir", None, "TFDS data dir to write to (default: $TFDS_DATA_DIR "
                         "or ~/tensorflow_datasets).")

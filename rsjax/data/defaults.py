@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from rsjax.data import ops
 from rsjax.errors import ConfigError
 
 
@@ -142,8 +143,6 @@ def check_complete(data: Any, where: str = "config.data") -> None:
       range are named as such);
     * missing keys are named, with where a complete block comes from.
     """
-    from rsjax.data import ops
-
     given = data.to_dict() if hasattr(data, "to_dict") else dict(data)
     known = default_data_config().keys()
     legacy = sorted(k for k in given if k in ops.LEGACY_KEYS)

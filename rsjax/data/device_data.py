@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax import sharding as shd
-from rsjax.data import device_augment
+from rsjax.data import device_augment, pipeline
 
 STATE_FORMAT = "rsjax.data.device/v2"
 _OLD_FORMATS = ("rsjax.data.device/v1",)
@@ -145,7 +145,6 @@ class DeviceIterator:
                 f"continue the same batch sequence: start a new workdir")
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a {STATE_FORMAT} iterator state: {state!r:.200}")
-        from rsjax.data import pipeline
 
         pipeline.check_fingerprint(state, self._fingerprint)
         self._next = int(state["next_batch"])

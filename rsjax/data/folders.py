@@ -39,8 +39,10 @@ import re
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from rsjax.data import images
+from rsjax.errors import DataError, MissingDataError
 
 # THE extension list of image files (builders, evaluation folders, the GPU-resident path).
 IMAGE_EXTS: tuple[str, ...] = tuple(images.IMAGE_EXTENSIONS)
@@ -57,8 +59,6 @@ def subset_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
 
 def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[list[str], list[list[str]]]:
     """(sorted class names, per class the sorted file names) of a ``<Class>/<file>`` folder."""
-    from rsjax.errors import MissingDataError
-
     if not os.path.isdir(root):
         raise MissingDataError(f"dataset folder {root!r} does not exist")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
@@ -79,8 +79,6 @@ def tile_folders(root: str, max_depth: int = 3) -> dict[int, str]:
     """``{tile number: folder}`` of the tile folders at or below ``root`` (module docstring): the
     folders, up to ``max_depth`` levels down, that hold an ``images/`` folder. MissingDataError when
     there is none; DataError naming a tile folder without a number, or two with the same one."""
-    from rsjax.errors import DataError, MissingDataError
-
     if not os.path.isdir(root):
         raise MissingDataError(f"dataset folder {root!r} does not exist")
     found: dict[int, str] = {}
@@ -110,8 +108,6 @@ def tile_pairs(tile_dir: str, exts: Sequence[str] = IMAGE_EXTS) -> list[tuple[st
     """``(image, mask)`` paths of one tile folder, in image-name order: ``images/<stem>.<ext>`` with
     ``masks/<stem>.<ext>`` (any of ``exts``). DataError naming an image without a mask, a mask
     without an image, or an empty ``images/``."""
-    from rsjax.errors import DataError
-
     def listing(sub):
         d = os.path.join(tile_dir, sub)
         names = sorted(f for f in os.listdir(d) if f.lower().endswith(tuple(e.lower() for e in exts))
@@ -190,8 +186,6 @@ def read_image(path: str, mode: str | None = None) -> np.ndarray:
     (:func:`rsjax.data.images.read_image`: PIL for jpg / png / bmp, tifffile for tif; truncated or
     undecodable files are errors); ``mode`` a PIL mode to convert to (``"RGB"`` turns a palette
     PNG into its colours). Raises :class:`rsjax.errors.DataError` naming the file."""
-    from rsjax.errors import DataError
-
     try:
         a = images.read_image(path, mode)
     except images.BadFileError as e:
@@ -204,8 +198,6 @@ def check_shapes(shapes: Sequence[tuple], files: Sequence[str], expected: tuple 
 
     ``expected`` None: the most frequent shape (ties: the first file's), so that a single odd
     image is blamed, not the file that happens to come first."""
-    from rsjax.errors import DataError
-
     if expected is None:
         counts: dict = {}
         for s in shapes:
@@ -228,10 +220,6 @@ def read_images(files: Sequence[str], *, desc: str = "images", expected_shape: t
 
     Raises DataError naming the file that cannot be read, or that differs in shape from
     ``expected_shape`` (default: the shape most of the files have; :func:`check_shapes`)."""
-    from tqdm.auto import tqdm
-
-    from rsjax.errors import DataError
-
     files = list(files)
     if not files:
         raise DataError("no image files to read")

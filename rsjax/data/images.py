@@ -9,6 +9,7 @@ import os
 from typing import Optional
 
 import numpy as np
+from PIL import Image
 
 # THE image extension list of rsjax: the builders, the class-folder readers of evaluation and
 # the GPU-resident path (``rsjax.data.folders.IMAGE_EXTS`` is this tuple) all use it.
@@ -39,8 +40,6 @@ def read_pil(path, mode: Optional[str] = None) -> np.ndarray:
     Raises:
       BadFileError: the file is missing, not an image, truncated or otherwise undecodable.
     """
-    from PIL import Image
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise BadFileError(path, "file is missing")
@@ -67,7 +66,7 @@ def read_tif(path) -> np.ndarray:
     if not os.path.isfile(path):
         raise BadFileError(path, "file is missing")
     try:
-        import tifffile
+        import tifffile  # only when a GeoTIFF is read
     except ImportError as e:  # pragma: no cover - tifffile is a dependency
         raise ImportError("reading .tif files needs `pip install tifffile`") from e
     try:

@@ -17,6 +17,8 @@ import numpy as np
 
 from rsjax import errors
 from rsjax import sharding as shd
+from rsjax.data import build, device_augment, device_data, ops, pipeline, registry
+from rsjax.data.defaults import check_complete
 
 
 def validate(config) -> None:
@@ -26,9 +28,6 @@ def validate(config) -> None:
     rsjax.data.pipeline / device_data); refused are keys no path reads, a block that lacks keys
     (:func:`rsjax.data.defaults.check_complete`), and combinations one path cannot serve, naming
     both keys."""
-    from rsjax.data import ops
-    from rsjax.data.defaults import check_complete
-
     check_complete(config.data)  # unknown, former or missing keys, named
     d = config.data
 
@@ -64,8 +63,6 @@ def make_batch_transform(config):
     """For device-resident data: raw ``image`` batch -> standardized ``view1``/``view2``, made
     inside the step from ``config.data.augment`` (jax backend of :mod:`rsjax.data.ops`) with
     the ``augment`` stream's key (see rsjax.data.device_augment)."""
-    from rsjax.data import device_augment, ops, registry
-
     d = config.data
     info = registry.data_info(d)
     recipe = ops.view_recipe(d.augment, "jax")
@@ -87,8 +84,6 @@ def make_iterator(config, mesh=None):
     device memory and augmented inside the jitted step by ``batch_transform(batch, key)``."""
     data_cfg = config.data
     if data_cfg.device_resident:
-        from rsjax.data import device_data, pipeline, registry
-
         split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split")
         images, scenes = split["image"], split["scene_id"]
         labels = split.get("label")  # none in a tile folder; multi-hot -> -1, as the host path
@@ -104,7 +99,6 @@ def make_iterator(config, mesh=None):
             scene_ids=scenes, scenes_per_batch=data_cfg.scenes_per_batch,
             samples_per_scene=data_cfg.samples_per_scene, dataset=data_cfg.name)
         return it, make_batch_transform(config)
-    from rsjax.data import build, pipeline
 
     build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.builder_config)
     _warn_if_upsampling(data_cfg)
@@ -123,8 +117,6 @@ def _warn_if_upsampling(data_cfg) -> None:
     """Warns when ``data.image_size`` exceeds the stored image side of the TFDS dataset's
     ``image`` feature (``registry.warn_if_upsampling``; crops-as-scenes sub-crops are upsampled
     by design and not warned about)."""
-    from rsjax.data import pipeline, registry
-
     try:
         shape = pipeline.open_source(data_cfg, data_cfg.train_split).builder.info.features["image"].shape
         hw = np.asarray(shape[:2], np.int64)  # None (variable size) -> TypeError

@@ -231,7 +231,7 @@ class Pipeline:
             for call in self.calls:
                 data = _IMPLS[(call.name, "numpy")](data, rng_or_key, ctx, **call.kwargs)
             return data
-        import jax
+        import jax  # only for the jax backend: the numpy pipelines (grain workers) never import it
 
         for i, call in enumerate(self.calls):
             # key None: deterministic recipes only (normalize, resize); a random op then fails loudly

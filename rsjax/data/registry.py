@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -287,8 +288,6 @@ def warn_if_upsampling(image_size: int, stored, *, what: str) -> bool:
     """Warns (``UserWarning``) when ``config.data.image_size`` is larger than the stored images
     ``stored`` (a side in pixels, or ``(H, W)``): resizing them up adds no detail, costs
     compute and is usually a typo. Returns True when it warned."""
-    import warnings
-
     hw = (int(stored), int(stored)) if np.ndim(stored) == 0 else tuple(int(v) for v in stored)[:2]
     if not image_size or int(image_size) <= min(hw):
         return False

@@ -76,8 +76,6 @@ def masks_to_labels(mask: np.ndarray, ignore_value) -> np.ndarray:
 
     ``ignore_value`` 0: ``0, 255 -> -1``, ``v -> v - 1``; another value ``u``: ``u -> -1``;
     None: unchanged. The ``ignore`` op of :mod:`rsjax.data.ops` (numpy backend)."""
-    from rsjax.data import ops
-
     value = None if ignore_value is None else int(ignore_value)
     return ops.apply(f"ignore({value!r})", {"mask": mask})["mask"]
 
@@ -140,8 +138,6 @@ def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = N
 def remap(labels: np.ndarray, class_map) -> np.ndarray:
     """``class_map[label]`` for every valid label (-1 stays -1; ``class_map`` entries of -1 ignore):
     the ``remap`` op of :mod:`rsjax.data.ops`."""
-    from rsjax.data import ops
-
     return ops.apply(f"remap({tuple(int(c) for c in class_map)!r})", {"mask": labels})["mask"]
 
 

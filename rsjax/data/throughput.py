@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags
 
-from rsjax.data import pipeline
+from rsjax.data import build, pipeline
 
 # Named measurement setups: flag values applied unless the flag is given on the command line.
 PRESETS = {
@@ -89,8 +89,6 @@ def main(argv):
     cfg.crops_as_scenes = _value(_CAS, preset, "crops_as_scenes")
     image_size = _value(_IMAGE_SIZE, preset, "image_size")
     if _MANUAL.value:
-        from rsjax.data import build
-
         build.build_dataset(cfg.name, cfg.data_dir, _MANUAL.value, cfg.builder_config)
     r = measure(cfg, batch_size=_BATCH.value, image_size=image_size, batches=_BATCHES.value)
     extra = (f", crops_as_scenes {cfg.crops_as_scenes}, {cfg.scenes_per_batch} scenes x "

@@ -47,6 +47,7 @@ import numpy as np
 
 from rsjax import evaluate, plots
 from rsjax import sharding as shd
+from rsjax import workdir as workdir_lib
 from rsjax.data import registry
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import classifier as clf
@@ -116,8 +117,6 @@ def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, *, loa
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Validates the config, checks ``config.pretrained``, then opens the workdir, reads the data,
     evaluates (and fine-tunes) and writes the report."""
-    from rsjax import workdir as workdir_lib
-
     shd.maybe_initialize_distributed()
     phase = clf.validate(config)
     clf.make_task(config, num_outputs=2, multilabel=False)  # model name / stem errors before anything is written

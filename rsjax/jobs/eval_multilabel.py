@@ -34,6 +34,7 @@ import numpy as np
 
 from rsjax import errors, plots
 from rsjax import sharding as shd
+from rsjax import workdir as workdir_lib
 from rsjax.data import pipeline, registry
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import classifier as clf
@@ -119,8 +120,6 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Validates the config, checks ``config.pretrained``, then opens the workdir, reads the data,
     evaluates (and fine-tunes) and writes the report."""
-    from rsjax import workdir as workdir_lib
-
     shd.maybe_initialize_distributed()
     phase = clf.validate(config, multilabel=True)
     clf.make_task(config, num_outputs=2, multilabel=True)  # model name / stem errors before anything is written

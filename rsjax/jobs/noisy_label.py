@@ -50,19 +50,17 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from rsjax import errors
+from rsjax import errors, plots
 from rsjax import noisy_label as nl
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import segmentation as segdata
+from rsjax.evaluate import metrics
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Noisy-label pretraining + transfer. Returns the report metrics, or ``{"stopped": phase,
     "step": step}`` when a phase stopped at ``stop_after_steps`` (rerun to continue)."""
-    from rsjax import plots
-    from rsjax.evaluate import metrics
-
     shd.maybe_initialize_distributed()
     nl.validate(config)
     mesh = shd.make_mesh()

@@ -22,13 +22,14 @@ import time
 import jax
 import ml_collections
 
-from rsjax import errors
+from rsjax import errors, plots
 from rsjax import noisy_label as nl
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import label_noise
 from rsjax.data import segmentation as segdata
 from rsjax.data.segmentation import IGNORE_INDEX
+from rsjax.evaluate import metrics
 
 
 def study_arms(config) -> list[tuple[str, ml_collections.ConfigDict]]:
@@ -81,9 +82,6 @@ def markdown_table(table, decoders) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Clean vs noisy pretraining -> downstream mIoU and per-layer analysis. Returns the summary,
     or ``{"stopped": phase}`` when a phase stopped at ``stop_after_steps`` (rerun to continue)."""
-    from rsjax import plots
-    from rsjax.evaluate import metrics
-
     t_start = time.time()
     shd.maybe_initialize_distributed()
     arms = validate(config)

@@ -17,6 +17,7 @@ from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import input as input_lib
 from rsjax.data import pipeline, registry
+from rsjax.evaluate import classification as cls
 
 
 def validate(config: ml_collections.ConfigDict):
@@ -53,8 +54,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate_pretrained(method, state, config, wd) -> dict:
     """kNN + linear probe of the frozen encoder on ``eval.train_split`` / ``eval.test_split``."""
-    from rsjax.evaluate import classification as cls
-
     ecfg = config.eval
     data_cfg = config.data
     x_tr, y_tr = pipeline.eval_arrays(data_cfg, ecfg.train_split, limit=ecfg.get("max_train", None),

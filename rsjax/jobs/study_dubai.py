@@ -55,8 +55,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import checkpoint, errors, plots
-from rsjax import jobs  # the registry: the SSL arms run the pretraining job by name
+from rsjax import (
+    checkpoint,
+    errors,
+    jobs,  # the registry: the SSL arms run the pretraining job by name
+    plots,
+)
 from rsjax import noisy_label as nl
 from rsjax import results as results_lib
 from rsjax import sharding as shd

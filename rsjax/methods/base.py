@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from rsjax.models import heads as heads_lib
 from rsjax.models import resnet as resnet_lib
@@ -89,8 +90,6 @@ class Method:
     # --- interface ----------------------------------------------------------------------
     def sample_batch(self, batch_size: int = 2) -> dict:
         """Zeros shaped like a training batch (initialisation, shapes, FLOP counts)."""
-        import numpy as np
-
         s, c = int(self.config.data.image_size), int(self.config.model.in_channels)
         return {
             "view1": np.zeros((batch_size, s, s, c), np.float32),

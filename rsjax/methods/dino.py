@@ -48,6 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.data import device_augment, ops
 from rsjax.methods.base import Method
 from rsjax.methods.moco import ema
 
@@ -105,8 +106,6 @@ def crop_resize(images, y0, x0, bh, bw, size: int):
     """Crops box ``[y0, y0+bh) x [x0, x0+bw)`` (continuous pixel units) of every image
     [N, H, W, C] and resamples it to ``size x size`` (antialiased bilinear: the resampling
     operators of the ``rrc`` op, :func:`rsjax.data.device_augment.resample_matrix`)."""
-    from rsjax.data import device_augment
-
     _, h, w, _ = images.shape
     my = jax.vmap(lambda st, ln: device_augment.resample_matrix(st, ln, h, size))(y0, bh)
     mx = jax.vmap(lambda st, ln: device_augment.resample_matrix(st, ln, w, size))(x0, bw)
@@ -125,8 +124,6 @@ def local_crops(key, global_views, *, num_crops: int, size: int, scale):
     Returns:
       [num_crops * B, size, size, C] float32, crop-major (rows j*B .. (j+1)*B - 1 are crop j).
     """
-    from rsjax.data import ops
-
     lo, hi = (float(v) for v in scale)
     pipe = ops.build(f"rrc({lo!r}, {hi!r}, size={int(size)})|flip_lr", "jax", key="dino.local_scale")
     g = global_views.shape[0]
