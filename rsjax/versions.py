@@ -19,6 +19,10 @@ import sys
 import tomllib
 from importlib import metadata
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
 # Shown on the line (in this order); checked when pyproject.toml names them.
 SHOWN = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "ml-collections", "grain",
          "array_record", "tensorflow-datasets", "numpy", "torch")
@@ -44,10 +48,6 @@ def line() -> str:
 
 def requirements(pyproject: str = PYPROJECT) -> list[str]:
     """The ``[project] dependencies`` of ``pyproject`` that apply to this interpreter."""
-    from packaging.requirements import (
-        Requirement,  # packaging: only for this version report
-    )
-
     with open(pyproject, "rb") as f:
         deps = tomllib.load(f)["project"]["dependencies"]
     return [d for d in deps if Requirement(d).marker is None or Requirement(d).marker.evaluate()]
@@ -57,12 +57,6 @@ def problems(pyproject: str = PYPROJECT, version_of=installed) -> tuple[list[str
     """``(errors, warnings)``: an installed package outside its declared range or a missing
     :data:`ESSENTIAL` one is an error (``"flax 0.12.8 is not in <0.13,>=0.12.10"``), another
     missing package a warning."""
-    from packaging.requirements import (
-        Requirement,  # packaging: only for this version report
-    )
-    from packaging.utils import canonicalize_name
-    from packaging.version import Version
-
     errors, warnings = [], []
     essential = {canonicalize_name(n) for n in ESSENTIAL}
     for text in requirements(pyproject):

@@ -160,3 +160,34 @@ def test_every_definition_is_used_somewhere():
     unused = [f"{name} ({', '.join(files)})" for name, files in _top_level_definitions().items()
               if words[name] <= len(files)]
     assert not unused, f"defined but never used: {unused}"
+
+
+def _function_level_imports(path: pathlib.Path) -> list[tuple[int, str]]:
+    """``(line, source line)`` of every import inside a function of ``path`` with no comment on
+    any of its lines or on the line above (the comment says why it is not at module top)."""
+    lines = path.read_text().splitlines()
+    out = []
+    for fn in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                span = lines[max(node.lineno - 2, 0):node.end_lineno]
+                if not any("#" in line for line in span):
+                    out.append((node.lineno, lines[node.lineno - 1].strip()))
+    return out
+
+
+def test_imports_sit_at_module_top_unless_a_comment_says_why():
+    """An import inside a function hides an arrow of the graph from a reader (and used to hide
+    circles): rsjax/ imports at module top, except where a comment gives the reason (an optional
+    or heavy dependency, jax kept out of a numpy-only path)."""
+    hidden = [f"{p.relative_to(REPO)}:{n}: {src}" for p in sorted((REPO / "rsjax").rglob("*.py"))
+              for n, src in _function_level_imports(p)]
+    assert not hidden, "imports inside functions without a comment saying why:\n" + "\n".join(hidden)
+
+
+def test_the_import_rule_sees_a_hidden_import(tmp_path):  # the check above must be able to fail
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    import os\n    return os\n\n\ndef g():\n    import torch  # optional dependency\n")
+    assert _function_level_imports(f) == [(2, "import os")]
