@@ -58,6 +58,9 @@ def validate(config) -> None:
              "the class folder is read by the GPU-resident path only; with data.device_resident=False "
              "the host pipeline reads the TFDS dataset data.name (set data.device_resident=True, or "
              "build the dataset and clear data.folder)")
+        for key in ("test_scenes", "val_scenes", "pretrain_images"):
+            need(not d[key], key, "read by the GPU-resident path only (rsjax.data.pipeline.read_split); the host "
+                 "pipeline reads the stored split as it is (set data.device_resident=True)")
 
 
 
@@ -82,6 +85,36 @@ def make_batch_transform(config):
 
 
 
+def pretrain_images(data_cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images [M, H, W, C], labels [M], scenes [M])`` of the device-resident pretraining split
+    (``data.train_split`` through :func:`rsjax.data.pipeline.read_split`, so ``data.test_scenes``
+    / ``val_scenes`` hold their scenes out). ``scenes`` is the scene of each image's units: with
+    ``data.crops_as_scenes`` the source record (its ``g x g`` crops are one scene), else the
+    record's ``scene_id`` (the record index when the dataset has none).
+
+    ``data.pretrain_images = (f1, f2, ...)``: every record gives one image per feature (e.g. an
+    OSCD crop at both dates, ``("image_a", "image_b")``), all ``f1`` images first, and the images
+    of a record share its scene (with crops: the record, i.e. one place at every date); labels -1.
+    Otherwise the ``image`` feature, with its label (-1 where a record has none, or a multi-hot
+    one: as the host path)."""
+    from rsjax.data import pipeline
+
+    keys, g = tuple(data_cfg.pretrain_images), int(data_cfg.crops_as_scenes or 0)
+    if keys:
+        split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split",
+                                    fields={**{k: k for k in keys}, **({} if g else {"scene_id": "scene_id"})})
+        n = len(split[keys[0]])
+        images = np.concatenate([split[k] for k in keys])
+        scenes = np.tile(np.arange(n) if g else split["scene_id"], len(keys))
+        return images, np.full(len(images), -1, np.int32), scenes.astype(np.int64)
+    split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split")
+    images = split["image"]
+    labels = split.get("label")  # none in a tile folder; multi-hot -> -1, as the host path
+    labels = labels if labels is not None and labels.ndim == 1 else np.full(len(images), -1, np.int32)
+    scenes = np.arange(len(images)) if g else split["scene_id"]
+    return images, labels, np.asarray(scenes, np.int64)
+
+
 def make_iterator(config, mesh=None):
     """``(iterator, batch_transform)`` of the pretraining data: the host grain pipeline (views made
     per example, ``batch_transform`` None) or, with ``data.device_resident``, the split held in
@@ -90,10 +123,7 @@ def make_iterator(config, mesh=None):
     if data_cfg.device_resident:
         from rsjax.data import device_data, pipeline, registry
 
-        split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split")
-        images, scenes = split["image"], split["scene_id"]
-        labels = split.get("label")  # none in a tile folder; multi-hot -> -1, as the host path
-        labels = labels if labels is not None and labels.ndim == 1 else np.full(len(images), -1, np.int32)
+        images, labels, scenes = pretrain_images(data_cfg)
         pipeline.check_images(images, registry.data_info(data_cfg),
                               where=f"split {data_cfg.train_split!r}", stacked=True)
         # The stored side, not a crop-as-scene's: views cut from g x g sub-crops are upsampled by design.
