@@ -27,19 +27,56 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Callable
 
 import ml_collections
 import numpy as np
 
+from rsjax import errors
 from rsjax import results as results_lib
 
-# config.study keys that may differ between the calls of one study (rsjax.jobs.study_eurosat.run).
-STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm", "comparisons")
+# config.study keys that may differ between the calls of one study (they change no result).
+STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm", "comparisons", "picture_city")
 
 
 def arm_names(config) -> list[str]:
-    """The arms the study config defines (``config.arms``, built by configs/study_eurosat.py)."""
+    """The arms the study config defines (``config.arms``, built by configs.common.add_arms)."""
     return list(config.arms.keys())
+
+
+def plan(config) -> tuple[list[int], list[str]]:
+    """``(seeds, arms)`` of ``config.study`` (``seeds``: comma-separated integers; ``arms``: a
+    comma-separated subset of :func:`arm_names`, ``random_init`` first when
+    ``include_random_init``). ConfigError naming the key, before anything is written."""
+    with errors.config_errors():
+        try:
+            seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
+        except ValueError:
+            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
+                                     f"integers") from None
+        if not seeds:
+            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
+        arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
+        if config.study.include_random_init and "random_init" not in arms:
+            arms = ["random_init", *arms]
+        known = arm_names(config)
+        unknown = [a for a in arms if a != "random_init" and a not in known]
+        if unknown:
+            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
+                                     f"{', '.join(known)}")
+        if config.dtype not in ("float32", "bfloat16"):
+            raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
+    return seeds, arms
+
+
+def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What a study's config.json holds: the config without the ``study`` keys that may change
+    between the calls of one study (:data:`STUDY_MUTABLE_KEYS`), so that config.json refuses the
+    workdir of another study but not the continuation of this one."""
+    d = config.to_dict()
+    for key in STUDY_MUTABLE_KEYS:
+        d["study"].pop(key, None)
+    return ml_collections.ConfigDict(d)
 
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train: int) -> ml_collections.ConfigDict:
@@ -134,23 +171,88 @@ def last_window(metrics_path: str, total_steps: int, fraction: float = WINDOW) -
     return out
 
 
-def print_total_eta(arms, arm_index, results, t_study, config, num_train) -> None:
-    """One line before each arm: elapsed time and a rough total ETA.
+def run_dir(workdir: str, arm: str, unit: dict) -> str:
+    """``<workdir>/<arm>_<k><v>...``: one run's folder (``unit`` ``{"seed": 0}`` -> ``<arm>_s0``,
+    ``{"fold": 1, "seed": 0}`` -> ``<arm>_f1_s0``; the first letter of each key)."""
+    return os.path.join(workdir, arm + "".join(f"_{k[0]}{v}" for k, v in unit.items()))
 
-    The estimate charges every remaining trained arm the mean wall seconds per step of the
-    arms finished in this run (their compile and evaluation included); before the first trained
-    arm has finished it says so instead of guessing.
+
+def run_arms(config, workdir: str, arms: list[str], units: list[dict], *,
+             run_one: Callable[[str, dict, str], dict], payload: Callable[[str, int, list[dict]], dict],
+             file_name: Callable[[str], str], line: Callable[[str, dict], str]) -> tuple[dict, list[str]]:
+    """The resumable loop of a study: every arm, then every run ``unit`` of it (``{"seed": s}``, or
+    ``{"fold": k, "seed": s}``), each in its own :func:`run_dir`.
+
+    ``run_one(arm, unit, folder)`` -> the run's record (the unit's keys are added); it is saved as
+    ``<folder>/arm_result.json`` and never rerun. When every unit of an arm has a record,
+    ``payload(arm, arm_index, runs)`` (the arm's result) is written with :func:`rsjax.results.save`
+    as ``file_name(arm)`` to every :func:`out_dirs`; an arm whose file already holds every unit is
+    not looked at again (its file is copied to the other out dirs). A run that raises is recorded
+    in the arm's file with its error (not in arm_result.json: delete the arm's file to retry it) and
+    the next run starts. ``config.study.time_budget_s`` > 0: no run starts after that many
+    seconds; ``config.study.stop_after_arm``: the loop ends after that arm. ``line(arm, record)``:
+    the progress line of a finished run.
+
+    Returns ``(results, not_started)``: ``{arm: payload}`` of the finished arms, and the arms
+    left (unfinished or not started) when the budget ran out.
     """
-    done = [r for a, r in results.items() if a != "random_init"]
-    per_step = [run["wall_s"] / max(run["steps"], 1) for r in done for run in r["runs"]
-                if run.get("steps") and run.get("wall_s")]
-    elapsed = time.time() - t_study
-    msg = f"== study: arm {arm_index + 1}/{len(arms)} ({arms[arm_index]}), {elapsed / 60:.1f} min elapsed"
-    if per_step:
-        steps = int(config.get("max_steps_per_arm", 0) or config.epochs * max(1, num_train // config.batch_size))
-        left = sum(1 for a in arms[arm_index:] if a != "random_init") * len(str(config.study.seeds).split(","))
-        msg += f", about {left * steps * float(np.mean(per_step)) / 60:.0f} min left (rough: mean s/step so far)"
-    print(msg, flush=True)
+    results: dict[str, dict] = {}
+    dirs = out_dirs(config, workdir)
+    t_study = time.time()
+    budget = float(config.study.get("time_budget_s", 0) or 0)
+    keys = [tuple(sorted(u.items())) for u in units]
+    walls: list[float] = []  # wall seconds of the trained runs finished in this call (the ETA)
+    for arm_index, arm in enumerate(arms):
+        name = file_name(arm)
+        finished = os.path.join(dirs[0], name)
+        if os.path.exists(finished):  # this arm ended in an earlier call: keep its record
+            with open(finished) as f:
+                done = json.load(f)
+            if sorted(tuple(sorted((k, r[k]) for k in units[0])) for r in done["runs"]) == sorted(keys):
+                for d in dirs[1:]:
+                    results_lib.save(done, os.path.join(d, name))
+                results[arm] = done
+                continue
+        runs = []
+        for unit in units:
+            folder = run_dir(workdir, arm, unit)
+            record = os.path.join(folder, "arm_result.json")
+            if os.path.exists(record):
+                with open(record) as f:
+                    runs.append(json.load(f))
+                continue
+            elapsed = time.time() - t_study
+            if budget and elapsed > budget:
+                left = arms[arm_index:]
+                print(f"== study: time_budget_s={budget:.0f} spent; left: {', '.join(left)} (rerun to continue)",
+                      flush=True)
+                return results, left
+            todo = sum(a != "random_init" for a in arms[arm_index:]) * len(units) - (arm != "random_init") * len(runs)
+            eta = f", about {todo * np.mean(walls) / 60:.0f} min left (mean run so far)" if walls else ""
+            print(f"== study: {arm} {unit} (arm {arm_index + 1}/{len(arms)}), {elapsed / 60:.1f} min elapsed{eta}",
+                  flush=True)
+            t_run = time.time()
+            try:
+                r = {**run_one(arm, unit, folder), **unit}
+            except Exception as e:  # noqa: BLE001 - one run's failure (non-finite loss, OOM) ends that run only
+                r = {**unit, "error": f"{type(e).__name__}: {e}"[:1000], "wall_s": time.time() - t_run}
+                runs.append(r)
+                print(f"   {arm} {unit}: FAILED ({r['error'][:300]}); the next run starts", flush=True)
+                continue
+            r["wall_s"] = time.time() - t_run
+            if arm != "random_init":
+                walls.append(r["wall_s"])
+            os.makedirs(folder, exist_ok=True)
+            results_lib.save(r, record)
+            runs.append(r)
+            print(f"   {arm} {unit}: {line(arm, r)} ({r['wall_s']:.0f} s wall)", flush=True)
+        p = payload(arm, arm_index, runs)
+        for d in dirs:
+            results_lib.save(p, os.path.join(d, name))
+        results[arm] = p
+        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
+            break
+    return results, []
 
 
 def markdown_table(report: dict) -> str:

@@ -46,24 +46,8 @@ from rsjax.models import conv as conv_lib
 def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
     """``(seeds, arms)`` after checking the study keys (ConfigError naming the key) before
     anything is written or loaded."""
+    seeds, arms = lib.plan(config)
     with errors.config_errors():
-        try:
-            seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
-        except ValueError:
-            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
-                                     f"integers") from None
-        if not seeds:
-            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
-        arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
-        if config.study.include_random_init and "random_init" not in arms:
-            arms = ["random_init", *arms]
-        known = lib.arm_names(config)
-        unknown = [a for a in arms if a != "random_init" and a not in known]
-        if unknown:
-            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
-                                     f"{', '.join(known)}")
-        if config.dtype not in ("float32", "bfloat16"):
-            raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
         for key in ("batch_size", "epochs"):
             if not int(config[key]) > 0:
                 raise errors.ConfigError(f"config.{key}={config[key]!r}: must be > 0")
@@ -77,16 +61,6 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
             raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels} but {config.data.name} "
                                      f"has {len(info.bands)} bands")
     return seeds, arms
-
-
-def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What the study's config.json holds: the config without the ``study`` keys that may change
-    between the calls of one study (:data:`rsjax.study.STUDY_MUTABLE_KEYS`), so that config.json
-    refuses the workdir of another study but not the continuation of this one."""
-    d = config.to_dict()
-    for key in lib.STUDY_MUTABLE_KEYS:
-        d["study"].pop(key, None)
-    return ml_collections.ConfigDict(d)
 
 
 def _score(encode_fn, variables, arrays, config, seed: int) -> dict:
@@ -135,7 +109,7 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seeds, arms = validate(config)
-    with workdir_lib.Workdir(workdir, workdir_config(config)):
+    with workdir_lib.Workdir(workdir, lib.workdir_config(config)):
         config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as given
         data = config.data  # complete: configs.common.data_config
         if data.device_resident and data.folder and not data.cache_dir:
@@ -152,60 +126,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> dict:
     y_te = arrays[3]
-    results: dict[str, dict] = {}
-    out_dirs = lib.out_dirs(config, workdir)
     shared = lib.settings(config, data, num_train, len(y_te))
-    t_study = time.time()
-    not_started: list[str] = []
-    budget = float(config.study.get("time_budget_s", 0) or 0)
-
-    for arm_index, arm in enumerate(arms):
-        name = f"study_{config.study.name}_{arm}.json"
-        finished = os.path.join(out_dirs[0], name)
-        if os.path.exists(finished):  # this arm (all seeds) ended in an earlier run: keep its record
-            with open(finished) as f:
-                payload = json.load(f)
-            if sorted(r["seed"] for r in payload["runs"]) == sorted(seeds):
-                for d in out_dirs[1:]:
-                    results_lib.save(payload, os.path.join(d, name))
-                results[arm] = payload
-                continue
-        if budget and time.time() - t_study > budget:
-            not_started = arms[arm_index:]
-            print(f"== study: time_budget_s={budget:.0f} spent; not started: "
-                  f"{', '.join(arms[arm_index:])} (rerun to continue)", flush=True)
-            break
-        runs = []
-        for seed in seeds:
-            arm_wd = os.path.join(workdir, f"{arm}_s{seed}")
-            done = os.path.join(arm_wd, "arm_result.json")
-            if os.path.exists(done):
-                with open(done) as f:
-                    runs.append(json.load(f))
-                continue
-            t_arm = time.time()
-            lib.print_total_eta(arms, arm_index, results, t_study, config, num_train)
-            try:
-                r = _run_arm_seed(config, arm, seed, arm_wd, arrays, num_train)
-            except Exception as e:  # noqa: BLE001 - one arm's failure (non-finite loss, OOM) ends that arm only
-                # Recorded in the arm's JSON, not in arm_result.json: a rerun keeps the recorded arm
-                # (time-boxed windows move on); delete study_<name>_<arm>.json to retry it.
-                r = {"seed": seed, "error": f"{type(e).__name__}: {e}"[:1000], "wall_s": time.time() - t_arm}
-                runs.append(r)
-                print(f"   {arm} s{seed}: FAILED ({r['error'][:300]}); the next arm starts", flush=True)
-                continue
-            r["wall_s"] = time.time() - t_arm
-            os.makedirs(arm_wd, exist_ok=True)
-            results_lib.save(r, done)
-            runs.append(r)
-            print(f"   {arm} s{seed}: linear {r['linear']:.2%}  kNN {r['knn']:.2%}  "
-                  f"({r['pretrain_s']:.0f} s training, {r['wall_s']:.0f} s wall)", flush=True)
-        payload = lib.arm_payload(config, arm, arm_index, runs, shared)
-        for d in out_dirs:
-            results_lib.save(payload, os.path.join(d, name))
-        results[arm] = payload
-        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
-            break
+    results, not_started = lib.run_arms(
+        config, workdir, arms, [{"seed": s} for s in seeds],
+        run_one=lambda arm, unit, folder: _run_arm_seed(config, arm, unit["seed"], folder, arrays, num_train),
+        payload=lambda arm, index, runs: lib.arm_payload(config, arm, index, runs, shared),
+        file_name=lambda arm: f"study_{config.study.name}_{arm}.json",
+        line=lambda arm, r: f"linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s training)")
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
