@@ -1,27 +1,23 @@
-"""The EuroSAT study's library part: arm configs, result records and the table.
+"""The library part of the studies (``rsjax.jobs.study_eurosat``, ``rsjax.jobs.study_oscd``):
+the plan, the resumable loop, arm configs, run records, and the EuroSAT table.
 
-The job itself is :mod:`rsjax.jobs.study_eurosat` (``config.job = "study_eurosat"``,
-``configs/study_eurosat.py``). For each arm (method + overrides) and seed it builds the arm's
-pretraining config with :func:`arm_config` (``config.arms.<arm>``, which the study config builds
-from the arm's config module plus the study's shared settings: encoder, batch, optimizer, data;
-the job adds the seed and step counts), pretrains in ``<workdir>/<arm>_s<seed>``
-with the pretraining job, then scores the frozen encoder with the ``knn`` and ``linear``
-evaluators (:func:`rsjax.evaluate.classification.frozen_eval`) on the test split. Arms already
-finished (their ``arm_result.json`` exists) are not rerun, so an interrupted study continues
-where it stopped. Writes ``study.json``, ``study.md`` (:func:`markdown_table`: method x metric,
-mean +- std over seeds) and ``study.png``.
+Shared by both jobs: :func:`plan` (seeds and arms from ``config.study``), :func:`workdir_config`
+(config.json without the keys a continuation may change), :func:`compilation_cache`,
+:func:`arm_config` (an arm's pretraining config: ``config.arms.<arm>``, which the study config
+builds with ``configs.common.add_arms`` from the arm's config module plus the study's shared
+settings, and the seed and step counts), :func:`last_window` (the mechanism's evidence from
+``metrics.jsonl``) and :func:`run_arms`: every arm, then every run of it (a seed, or a fold and a
+seed) in ``<workdir>/<arm>_s<seed>`` / ``<arm>_f<fold>_s<seed>``; a run whose ``arm_result.json``
+exists is not rerun, so an interrupted study continues where it stopped.
 
-Results as data: as soon as an arm (all its seeds) ends, its result is written as strict JSON
-with :func:`rsjax.results.save` to ``<out_dir>/study_<study.name>_<arm>.json`` (``out_dir`` =
-``config.study.out_dir``, default ``<workdir>/results``; a GPU call points it at ``$OUT`` so a
-run cut off mid-study still returns every finished arm). The payload carries the arm's per-seed
-linear/kNN top-1, pretraining seconds (compile excluded), compile seconds, the arm's wall
-seconds (compile + pretraining + features + probes) and :func:`rsjax.results.provenance`
-(command, commit, date, device). ``python -m rsjax.results`` renders the README table from
-``results/study_*.json``. ``config.study.time_budget_s`` > 0 starts no new arm after that many
-seconds, for time-boxed device calls; the rerun resumes at the next arm.
+Results as data: as soon as an arm (all its runs) ends, its result is written as strict JSON
+with :func:`rsjax.results.save` to ``<workdir>/results`` and ``config.study.out_dir`` when set (a
+GPU call points it at ``$OUT`` so a run cut off mid-study still returns every finished arm), with
+:func:`rsjax.results.provenance` (command, commit, date, device); ``python -m rsjax.results``
+renders the tables from ``results/study_*.json`` (EuroSAT: :func:`arm_payload`, :func:`settings`,
+:func:`markdown_table` here) and ``results/oscd_*.json``. ``config.study.time_budget_s`` > 0
+starts no new run after that many seconds, for time-boxed calls; the rerun resumes there.
 """
-
 from __future__ import annotations
 
 import json
@@ -29,6 +25,7 @@ import os
 import time
 from typing import Callable
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -169,6 +166,17 @@ def last_window(metrics_path: str, total_steps: int, fraction: float = WINDOW) -
         if vals:
             out[k] = float(np.mean(vals))
     return out
+
+
+def compilation_cache(workdir: str) -> str:
+    """Turns on JAX's persistent compilation cache in ``<workdir>/jax_cache`` unless one is set
+    (``JAX_COMPILATION_CACHE_DIR``), and returns its folder. A study's runs compile the same
+    programs again and again (each run builds its own step); with the cache only the first run of
+    each program compiles (a CPU change-detection run: 25 s -> 3 s). Call it before the first
+    compilation of the process: JAX reads the setting when it first compiles."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache"))
+    return jax.config.jax_compilation_cache_dir
 
 
 def run_dir(workdir: str, arm: str, unit: dict) -> str:
