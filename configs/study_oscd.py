@@ -40,16 +40,25 @@ normalisation (8-bit EuroSAT JPEGs) does not carry to L1C reflectance; left for 
 
 Variants:
   cpu    the study on the 2-core CPU: resnet10_w32 (half-width ResNet-10, 13 bands), 32 px views,
-         batch 128, 20 epochs over the fold's patches (about 390 / 500 steps), SGD lr 0.3 (as the
-         EuroSAT CPU study), the SwiMDiff denoiser at 16 px with its own Adam; change detection on
-         64 px random crops, batch 16, 300 steps, AdamW 1e-3, a narrow UNet (128, 64, 32, 16, 16),
-         scored on the whole 128 px test crops; 3 seeds x 3 folds x 4 arms.
-         Cost, measured niced beside another CPU job (x ~0.5 for an idle machine): see COST below.
+         batch 128 (8 places x 16 patches), 300 pretraining steps per run (12-15 epochs), SGD lr
+         0.3 as the EuroSAT CPU study, the SwiMDiff denoiser at 16 px with its own Adam; change
+         detection: a narrow UNet (128, 64, 32, 16, 16), 64 px random crops with flips, batch 16,
+         200 steps, AdamW lr 1e-2 for the decoder and 1e-3 for a fine-tuned encoder, BCE + one
+         Dice over the batch, scored on the whole 128 px test crops; 3 seeds x 3 folds x 4 arms.
   smoke  the tiny synthetic dataset (scene = tile; 3 folds of its 8 train tiles), tiny encoder,
          2 pretraining and 2 change-detection steps per run (the test suite).
 
-COST (the :cpu settings, measured on the 2-core CPU; rsjax.jobs.study_oscd prints an ETA):
-  see docs/results.md "OSCD study" for the measured single-run seconds and the projection.
+COST of :cpu on the 2-core CPU (AMD EPYC, 2026-12-07, niced; the machine was shared, so times
+under load are divided by the contention factor of the same minutes: the EuroSAT-shape SwiMDiff
+bench step, 572-593 ms against its idle 282 ms, i.e. x2.07):
+  pretraining, s per step (views from the 32 px patches): SimCLR 0.15, MoCo v2 0.17 (idle,
+  measured), SwiMDiff 0.36 (0.74 under load / 2.07); compilation once per program (the job turns
+  the persistent cache on: a change-detection run's 25 s compile drops to 3 s afterwards).
+  change detection (idle, measured): frozen 0.074 s/step + 8 s per run, fine-tuned 0.24 s/step
+  + 4 s per run -> 45 s (500 steps) and 52 s (200 steps).
+  one (fold, seed) unit of all 4 arms: 8 pretraining + change-detection runs, 1,048 s under load
+  = 506 s idle with its first compilations; by the per-step figures 550 s.
+  Projection for 9 units (3 folds x 3 seeds): 76-84 min idle (the issue's budget: 90 min).
 """
 
 import ml_collections
@@ -62,7 +71,11 @@ VARIANTS = ("cpu", "smoke")
 ARMS = {
     "simclr": ("simclr", {}),
     "moco_v2": ("swimdiff", {"loss.scene_mode": "none", "swimdiff.lambda_d": 0.0}),
-    "swimdiff": ("swimdiff", {}),
+    # L_D's share of the encoder's gradient costs a second gradient program on every logged step
+    # (+40 % of a SwiMDiff run here): off; L_D with its conditioning zeroed / shuffled and the
+    # conditioning gain are still logged (swimdiff.log_nocond). Not a loss term: the arms still
+    # differ only in the loss.
+    "swimdiff": ("swimdiff", {"swimdiff.log_grad_share": False}),
 }
 # The test cities of each fold, "+" between the cities of a fold (see the module docstring).
 FOLDS = "bercy+paris,bordeaux+hongkong,aguasclaras+saclay_e"
@@ -93,8 +106,11 @@ def _config(variant: str):
     c.study.name = variant                 # results file names: oscd_<name>_<arm>.json
     c.study.out_dir = ""                   # also write each finished arm's JSON here (e.g. results)
     c.study.picture_city = "hongkong"      # the test city of the prediction picture
-    c.epochs = 20                          # pretraining epochs over the fold's training patches
-    c.max_steps_per_arm = 0                # > 0: every pretraining run takes this many steps (smoke)
+    c.epochs = 0                           # > 0 (and max_steps_per_arm 0): epochs over the fold's patches
+    # Every pretraining run takes this many steps, whatever the fold (8 epochs of the Paris fold's
+    # 3,200 patches, 10 of the others' 2,496): equal budgets, and one program per arm for every
+    # fold and seed (the schedule's length is compiled in; the compilation cache reuses it).
+    c.max_steps_per_arm = 200
     c.batch_size = 128
     c.dtype = "float32"
     c.model = ml_collections.ConfigDict()
@@ -126,7 +142,7 @@ def _config(variant: str):
         cd.data[key] = c.data.get_ref(key)
     cd.dtype = c.get_ref("dtype")
     cd.model.decoder_channels = (128, 64, 32, 16, 16)
-    cd.total_steps = 300
+    cd.total_steps = 0                     # per mode: cd_steps
     cd.batch_size = 16
     cd.optimizer.lr = 1e-2                 # the decoder's; a fine-tuned encoder takes a tenth
     cd.optimizer.module_lr_scale = "encoder=0.1"
@@ -139,6 +155,10 @@ def _config(variant: str):
     cd.eval.num_pictures = 4
     cd.eval.save_predictions = True        # the study's picture of a test city reads them
     c.cd = cd
+    # Change-detection steps per mode. A fine-tuning step costs ~3x a frozen one (the encoder's
+    # backward pass). At 200 frozen steps the decoder often had not left "no change" yet (F1 0.0
+    # in 2 of 4 probes, 0.28-0.34 in the others); at 500 every probe scored (0.15-0.19).
+    c.cd_steps = ml_collections.ConfigDict({"frozen": 500, "finetuned": 200})
     if variant == "smoke":
         c.study.arms = "simclr,swimdiff"
         c.study.seeds = "0"
@@ -159,7 +179,7 @@ def _config(variant: str):
         cd.data.image_size = 32
         cd.data.crop_size = 16
         cd.model.decoder_channels = ()
-        cd.total_steps = 2
+        c.cd_steps.frozen = c.cd_steps.finetuned = 2
         cd.batch_size = 8
         cd.eval.batch_size = 16
         cd.log_every = 1

@@ -372,8 +372,9 @@ def render_oscd_table(payloads: list[dict]) -> str:
         length = (f"{s['max_steps_per_arm']} steps" if s.get("max_steps_per_arm") else f"{s.get('epochs', '?')} epochs")
         head = (f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}; pretraining on both dates of the "
                 f"training cities' crops, {s.get('image_size', '?')} px patches, {length}, batch {s.get('batch_size', '?')}; "
-                f"change detection on {cd.get('crop_size', '?')} px crops, {cd.get('total_steps', '?')} steps, batch "
-                f"{cd.get('batch_size', '?')}. Folds (test cities): "
+                f"change detection on {cd.get('crop_size', '?')} px crops, "
+                + ", ".join(f"{v} {k} steps" for k, v in (cd.get("steps") or {}).items())
+                + f", batch {cd.get('batch_size', '?')}. Folds (test cities): "
                 + ", ".join(f"F{f['fold']} {' + '.join(f['test'])}" for f in folds)
                 + ". Scores of the change class, %.")
         fold_ids = [f["fold"] for f in folds]

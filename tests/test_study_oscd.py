@@ -120,12 +120,14 @@ def test_folds_test_every_scene_once_and_leak_none(synth):
         assert not np.isin(cd_train, test).any() and sorted(set(cd_test)) == sorted(test)
         for arm in ("simclr", "swimdiff"):
             pre = S.pretrain_config(config, arm, f, 0)
-            images, labels, scenes = input_lib.pretrain_images(pre.data)
+            images, labels, scenes, g = input_lib.pretrain_images(pre.data)
             keep = ~np.isin(whole["s"], test)  # both dates of every training record, no test record
-            np.testing.assert_array_equal(images, np.concatenate([whole["a"][keep], whole["b"][keep]]))
+            dates = np.concatenate([whole["a"][keep], whole["b"][keep]])
+            crops = np.stack([pipeline._sub_crop(im, 2, j) for im in dates for j in range(4)])  # cut on read
+            np.testing.assert_array_equal(images, crops)
             n = int(keep.sum())
-            np.testing.assert_array_equal(scenes, np.tile(np.arange(n), 2))  # a record's dates: one scene
-            assert (labels == -1).all()
+            np.testing.assert_array_equal(scenes, np.repeat(np.tile(np.arange(n), 2), 4))  # a record's dates: one scene
+            assert (labels == -1).all() and g == 0
             assert S.pretrain_units(config, f) == 2 * n * 4  # 2 dates x 2 x 2 crops
 
 
@@ -271,7 +273,8 @@ def _arm(arm, index, f1):
     return {"setting": "cpu", "arm": arm, "arm_index": index, "runs": runs, "pooled": pooled,
             "comparisons": [["simclr", "random_init"]],
             "settings": {"dataset": "oscd", "model": "resnet10_w32", "epochs": 20, "image_size": 32,
-                         "batch_size": 128, "cd": {"crop_size": 64, "total_steps": 300, "batch_size": 16},
+                         "batch_size": 128, "cd": {"crop_size": 64, "steps": {"frozen": 500, "finetuned": 200},
+                                                             "batch_size": 16},
                          "folds": [{"fold": 0, "test": ["bercy", "paris"]}, {"fold": 1, "test": ["hongkong"]}]},
             "provenance": {"command": "python -m rsjax.main --config=configs/study_oscd.py:cpu", "date": "2026-12-07",
                            "git": {"commit": "abc1234", "dirty": False}}}

@@ -497,6 +497,16 @@ def _sub_crop(img: np.ndarray, g: int, sub: int) -> np.ndarray:
     return img[cy * ch:(cy + 1) * ch, cx * cw:(cx + 1) * cw]
 
 
+def sub_crops(images: np.ndarray, g: int) -> np.ndarray:
+    """Every ``g x g`` adjacent sub-crop of every image of ``images`` ``[N, H, W, C]``: ``[N * g^2,
+    H // g, W // g, C]``, image-major, sub-crops row-major (crop ``i * g^2 + j`` is
+    :func:`_sub_crop` ``j`` of image ``i``; the remainder of ``H`` / ``W`` is dropped)."""
+    n, h, w = images.shape[:3]
+    ch, cw = h // g, w // g
+    x = images[:, :g * ch, :g * cw].reshape(n, g, ch, g, cw, *images.shape[3:])
+    return np.swapaxes(x, 2, 3).reshape(n * g * g, ch, cw, *images.shape[3:])
+
+
 def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
                  stacked: bool = False) -> None:
     """Raises ValueError naming ``where`` for pixels rsjax cannot use.

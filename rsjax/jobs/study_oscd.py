@@ -120,12 +120,14 @@ def pretrain_units(config, fold: dict) -> int:
 
 def cd_config(config, fold: dict, seed: int, pretrained: str, mode: str) -> ml_collections.ConfigDict:
     """The change-detection config of one run: ``config.cd`` with the seed, the fold's test scenes
-    held out, the encoder of ``pretrained`` ('' = random init) frozen or fine-tuned."""
+    held out, the encoder of ``pretrained`` ('' = random init) frozen or fine-tuned, and the
+    mode's steps (``config.cd_steps.<mode>``)."""
     c = ml_collections.ConfigDict(config.cd.to_dict())
     c.seed = seed
     c.pretrained = pretrained
     c.data.test_scenes = tuple(fold["test_scenes"])
     c.optimizer.freeze = "encoder/*" if mode == "frozen" else ""
+    c.total_steps = int(config.cd_steps[mode])
     c.lock()
     return c
 
@@ -193,7 +195,8 @@ def settings(config, folds: list[dict]) -> dict:
         "batch_size": int(config.batch_size), "dtype": config.dtype, "optimizer": config.optimizer.name,
         "lr": config.optimizer.lr, "augment": config.data.augment,
         "folds": [{k: f[k] for k in ("fold", "test", "train")} for f in folds],
-        "cd": {"crop_size": int(c.data.crop_size), "total_steps": int(c.total_steps), "batch_size": int(c.batch_size),
+        "cd": {"crop_size": int(c.data.crop_size), "steps": {m: int(config.cd_steps[m]) for m in MODES},
+               "batch_size": int(c.batch_size),
                "optimizer": c.optimizer.name, "lr": c.optimizer.lr, "decoder_channels": list(c.model.decoder_channels),
                "loss_dice_weight": c.loss.dice_weight},
     }
