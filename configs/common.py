@@ -149,6 +149,22 @@ def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def link_shared(arm: ml_collections.ConfigDict, study: ml_collections.ConfigDict, keys, overrides=()) -> None:
+    """``arm.<key> = study.<key>`` as a FieldReference for every dotted key of ``keys`` that the
+    arm does not override itself (a study's shared settings: an override given after get_config,
+    ``--config.data.folder=...``, reaches every arm). An arm's own override is never linked:
+    assigning to a field that holds a shared reference would re-point that reference, i.e. change
+    every arm (and the study)."""
+    for dotted in keys:
+        if dotted in overrides:
+            continue
+        *parents, last = dotted.split(".")
+        src, dst = study, arm
+        for p in parents:
+            src, dst = src[p], dst[p]
+        dst[last] = src.get_ref(last)
+
+
 # --------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------
@@ -205,6 +221,7 @@ def pretrain_base() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
+    c.eval.evaluators = ("knn", "linear")  # frozen-feature evaluators (rsjax.evaluate)
     c.eval.train_split = "train"
     c.eval.test_split = "test"
     c.eval.knn_k = 20
@@ -517,22 +534,16 @@ def add_arms(c: ml_collections.ConfigDict, arms: dict[str, tuple[str, dict]]) ->
         a = mod._config(mod.VARIANTS[0])
 
         def link(block, key, ref, dotted):
-            # An arm's own override is never linked: assigning to a field that holds a shared
-            # reference would re-point that reference, i.e. change every arm (and the study).
+            # An arm's own override is never linked (see link_shared).
             if dotted not in overrides:
                 block[key] = ref
 
-        link(a, "dtype", c.get_ref("dtype"), "dtype")
-        link(a, "batch_size", c.get_ref("batch_size"), "batch_size")
-        for key in ("name", "stem", "conv", "in_channels"):
-            link(a.model, key, c.model.get_ref(key), f"model.{key}")
+        link_shared(a, c, ["dtype", "batch_size", *(f"model.{k}" for k in ("name", "stem", "conv", "in_channels")),
+                           *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay")),
+                           *(f"data.{k}" for k in c.data)], overrides)
         a.model.proj_hidden_dim = 512
         a.model.proj_dim = 128
         link(a.loss, "temperature", c.get_ref("temperature"), "loss.temperature")
-        for key in ("name", "lr", "weight_decay"):
-            link(a.optimizer, key, c.optimizer.get_ref(key), f"optimizer.{key}")
-        for key in c.data:
-            link(a.data, key, c.data.get_ref(key), f"data.{key}")
         if a.method == "swimdiff":
             a.swimdiff.log_grad_share = True  # the run record reports L_D's share of the encoder's gradient
             link(a.swimdiff, "diffusion_size", c.get_ref("swimdiff_diffusion_size"), "swimdiff.diffusion_size")

@@ -40,6 +40,7 @@ def _config(variant: str):
     c.data.image_key = "image"
     c.data.mask_key = "mask"
     c.eval.batch_size = 128
+    c.eval.evaluators = ("linear_multilabel",)  # frozen-feature evaluators (rsjax.evaluate)
     c.eval.linear_epochs = 300
     c.eval.linear_lr = 1e-2
     c.eval.linear_weight_decay = 1e-4

@@ -38,6 +38,7 @@ def _config(variant: str):
     c.data = common.data_config(name="eurosat_rgb", builder_config=None, image_size=64)
     c.data.folder = ""           # EuroSAT-style class folders; '' = read the TFDS dataset
     c.data.folder_seed = 0
+    c.eval.evaluators = ("knn", "linear")  # frozen-feature evaluators (rsjax.evaluate); fine-tune: finetune.*
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.07
     c.eval.linear_epochs = 300

@@ -71,7 +71,7 @@ def _config(variant: str):
     c.study.include_random_init = True
     c.study.comparisons = COMPARISONS      # "a-b,...": paired differences reported (rsjax.results)
     c.study.stop_after_arm = ""            # for time-limited slots: stop after this arm; rerun continues
-    c.study.time_budget_s = 0.0            # > 0: start no new arm after this many seconds; rerun continues
+    c.study.time_budget_s = 0.0            # > 0: start no new run after this many seconds; rerun continues
     c.study.name = variant                 # results file names: study_<name>_<arm>.json
     c.study.out_dir = ""                   # also write each finished arm's JSON here (e.g. $OUT); "" = only
                                            # <workdir>/results

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import version
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 _APPLIED: list[str] = []
@@ -29,8 +30,6 @@ _APPLIED: list[str] = []
 
 def _cache_file() -> str | None:
     try:
-        from importlib.metadata import version
-
         jaxlib = version("jaxlib")
     except Exception:  # noqa: BLE001 - no jaxlib: nothing to probe
         return None
@@ -82,7 +81,9 @@ def _backends_initialized() -> bool:
     if "jax" not in sys.modules:
         return False
     try:
-        from jax._src import xla_bridge  # private, but the only way to ask; absent -> assume started
+        from jax._src import (
+            xla_bridge,  # private, but the only way to ask; absent -> assume started
+        )
 
         return bool(xla_bridge.backends_are_initialized())
     except Exception:  # noqa: BLE001

@@ -50,8 +50,18 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
+
+from rsjax import bench_peer, optim, results, train, trainables
+from rsjax import flops as flops_lib
+from rsjax import sharding as shd
+from rsjax.data import input as input_lib
+from rsjax.errors import ConfigError
+from rsjax.models import conv as conv_lib
 
 FLAGS = flags.FLAGS
 _CONFIG = None
@@ -150,17 +160,11 @@ def mfu(flops_per_step, step_s, kind: str, num_devices: int = 1):
 
 
 def _percentile(xs, q):
-    import numpy as np
-
     return float(np.percentile(np.asarray(xs), q))
 
 
 def step_flops(config, step_fn, state, batch) -> float:
     """Model FLOPs of one train step (matmuls + convolutions, forward and backward)."""
-    import jax
-
-    from rsjax import flops as flops_lib
-
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
     count = step_fn.trace_count
     try:
@@ -170,8 +174,6 @@ def step_flops(config, step_fn, state, batch) -> float:
 
 
 def _random_batch(config, input_mode: str) -> dict:
-    import numpy as np
-
     b, s, c = config.batch_size, config.data.image_size, config.model.in_channels
     rng = np.random.default_rng(0)
     if input_mode == "device_augment":
@@ -185,12 +187,6 @@ def _random_batch(config, input_mode: str) -> dict:
 def config_flops(config, input_mode: str = "views") -> float:
     """Model FLOPs of one train step of ``config`` by tracing alone (abstract state and batch:
     nothing is initialised, compiled or run, so the ResNet-50 / 224 px step counts on a CPU)."""
-    import jax
-    import numpy as np
-
-    from rsjax import optim, train, trainables
-    from rsjax.data import input as input_lib
-
     if input_mode == "device_augment":
         config.data.device_resident = True
     method = trainables.from_config(config)
@@ -209,12 +205,6 @@ def config_flops(config, input_mode: str = "views") -> float:
 
 
 def bench_rsjax(config, *, steps: int, warmup: int, input_mode: str) -> dict:
-    import jax
-
-    from rsjax import optim, train, trainables
-    from rsjax import sharding as shd
-    from rsjax.data import input as input_lib
-
     mesh = shd.make_mesh()
     shd.check_batch_divisible(config.batch_size, mesh)
     if input_mode == "device_augment":
@@ -301,15 +291,11 @@ def _config_arg() -> str:
 
 def append_row(path: str, row: dict) -> dict:
     """Adds ``row`` to the bench results file ``path`` (created if missing); returns the payload."""
-    from rsjax import results
-
     payload = {"kind": "rsjax.bench/v1", "rows": []}
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
         if old.get("kind") != "rsjax.bench/v1":
-            from rsjax.errors import ConfigError
-
             raise ConfigError(f"--out={path} exists and is not an rsjax.bench/v1 results file")
         payload = old
     payload["rows"].append(row)
@@ -326,11 +312,9 @@ def _with_conv(config, impl: str):
 
 def run_peer(config, *, steps: int, warmup: int, compile_: bool | None) -> dict:
     """The torch peer's row (or ``{"error": why}``) for ``config``'s shape."""
-    from rsjax import bench_peer
-
     m = config.model
     try:
-        import torch
+        import torch  # optional dependency (torch): only for the PyTorch side
 
         cuda = torch.cuda.is_available()
     except Exception:  # noqa: BLE001 - reported by the peer itself
@@ -358,11 +342,6 @@ def _conv_key(eqn) -> tuple:
 def conv_shapes(config) -> list[dict]:
     """The forward convolutions of ``config``'s train step (traced with ``model.conv=lax``;
     nothing compiled): ``[{"x", "kernel", "strides", "padding", "dilation", "count"}]``."""
-    import jax
-
-    from rsjax import flops as flops_lib
-    from rsjax import optim, train, trainables
-
     c = _with_conv(config, "lax")
     method = trainables.from_config(c)
     tx, schedule = optim.make(c.optimizer, c.total_steps)
@@ -383,12 +362,6 @@ def conv_shapes(config) -> list[dict]:
 def time_conv_shapes(shapes: list[dict], impls=("lax", "taps", "im2col"), reps: int = 5) -> list[dict]:
     """Adds ``ms`` = {impl: median ms of forward + input and kernel gradients} and ``auto`` (the
     formulation :func:`rsjax.models.conv.choose` picks) to each shape."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from rsjax.models import conv as conv_lib
-
     out = []
     for sh in shapes:
         rng = np.random.default_rng(0)
@@ -416,7 +389,6 @@ def time_conv_shapes(shapes: list[dict], impls=("lax", "taps", "im2col"), reps: 
 
 def main(argv):
     del argv
-    from rsjax import results
 
     config = _CONFIG.value
     command = " ".join(["python -m rsjax.bench", *sys.argv[1:]])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import time
 
+from rsjax.export import torch_resnet
+
 
 def _median(times: list[float]) -> float:
     times = sorted(times)
@@ -22,7 +24,7 @@ def _median(times: list[float]) -> float:
 def _simclr_update(embed, opt, n: int, temperature: float, device: str):
     """``step(*inputs) -> loss``: NT-Xent over the 2n embeddings ``embed(*inputs)`` (view 1's n
     rows, then view 2's), backward, one optimizer step."""
-    import torch
+    import torch  # optional dependency (torch): only for the PyTorch side
 
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(device)
     eye = torch.eye(2 * n, device=device, dtype=torch.bool)
@@ -66,10 +68,9 @@ def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_cha
     NT-Xent over the 2B views at ``temperature``, SGD (momentum 0.9, ``weight_decay``).
     ``threads`` (default: the cores this process may run on, which XLA:CPU also uses)."""
     try:
-        import torch
+        import torch  # optional dependency (torch): only for the PyTorch side
     except Exception as e:  # noqa: BLE001
         return {"error": f"torch unavailable: {e!r}"[:300]}
-    from rsjax.export import torch_resnet
 
     threads = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -97,8 +98,8 @@ def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_cha
 def torch_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channels: int = 3, steps: int = 20,
                       warmup: int = 5, compile_: bool = True) -> dict:
     try:
-        import torch
-        import torchvision
+        import torch  # optional dependency (torch): only for the PyTorch side
+        import torchvision  # optional dependency (torchvision)
     except Exception as e:  # noqa: BLE001
         return {"error": f"torch/torchvision unavailable: {e!r}"[:300]}
     if not torch.cuda.is_available():

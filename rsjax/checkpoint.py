@@ -16,14 +16,24 @@ import contextlib
 import errno
 import json
 import logging
+import logging as py_logging
 import os
 import re
 import shutil
+import sys
+import warnings
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from rsjax import trainables
+from rsjax import workdir as workdir_lib
+from rsjax.data import registry
+from rsjax.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +144,6 @@ def disk_full_is_one_line(checkpoint_dir: str, step_of: Any = None):
     """Turns a full disk during a checkpoint write into a :class:`CheckpointError` of one line,
     after removing the half-written ``<step>.orbax-checkpoint-tmp*`` folders (they hold the space;
     the complete steps are untouched, so nothing is lost and a rerun resumes from the last one)."""
-    from rsjax.errors import CheckpointError
-
     try:
         yield
     except Exception as e:  # noqa: BLE001 - re-raised unless it is a full disk
@@ -181,8 +189,6 @@ _ORBAX_DETAILS = re.compile(r"\s*See full TensorStore details:.*$")
 
 
 def _first_line(e: BaseException, limit: int) -> str:
-    from rsjax.errors import first_line
-
     return _ORBAX_DETAILS.sub("", first_line(e, 10_000))[:limit]
 
 
@@ -223,8 +229,6 @@ def _install_noise_filter() -> None:
     tensorstore's threads print them: hundreds of tracebacks after one corrupt step) and
     ``sys.unraisablehook`` (the same, as "Exception ignored in: <bound method ...>"); every
     other exception reaches the previous hooks unchanged. Installed once, on first use."""
-    import sys
-
     if getattr(_install_noise_filter, "done", False):
         return
     prev_except, prev_unraisable = sys.excepthook, sys.unraisablehook
@@ -245,10 +249,6 @@ def _quiet_failed_restore():
     """Silences the leftovers of a failed Orbax restore: the other reads of that step keep
     running, fail in turn, and surface as hundreds of lines of "Task exception was never
     retrieved" / "Event loop is closed" asyncio tracebacks although the failure was handled."""
-    import contextlib
-    import logging as py_logging
-    import warnings
-
     _install_noise_filter()
 
     @contextlib.contextmanager
@@ -291,9 +291,6 @@ def restore_latest(manager: ocp.CheckpointManager, state_template: Any, config_d
       only when an earlier step exists, else that training starts from step 0.
     * readable and fitting: restored.
     """
-    from rsjax import workdir as workdir_lib
-    from rsjax.errors import CheckpointError
-
     mutable = workdir_lib.MUTABLE_KEYS if mutable is None else mutable
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
@@ -357,8 +354,6 @@ def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
     if not steps:
         return
     if jax.process_index() == 0:
-        import shutil
-
         for step in steps:
             src = os.path.join(str(manager.directory), str(step))
             dst = f"{src}.unreadable"
@@ -367,8 +362,6 @@ def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
             os.rename(src, dst)
             print(f"WARNING: moved the unreadable checkpoint {src} to {dst}", flush=True)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("rsjax_checkpoint_set_aside")
     manager.reload()
 
@@ -378,8 +371,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
     A phase folder (``Workdir.sub``: ``<workdir>/pretrain``, ``<study>/<arm>/pretrain``) holds no
     config.json: the nearest enclosing folder's (at most 3 levels up) is the run's config."""
-    from rsjax.errors import CheckpointError
-
     if not os.path.isdir(workdir):
         raise CheckpointError(f"workdir {workdir} does not exist or is not a folder")
     path = os.path.join(workdir, "config.json")
@@ -397,15 +388,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             stored = json.load(f)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    from rsjax import workdir as workdir_lib
 
     # completed once, here: keys added in later rsjax versions at their defaults
     return ml_collections.ConfigDict(workdir_lib.complete_config(stored))
 
 
 def _read_state_at(manager: ocp.CheckpointManager, step: int):
-    import numpy as np
-
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device),
                           manager.item_metadata(step)["state"])
@@ -426,8 +414,6 @@ def read_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
     target Orbax would rebuild the saved sharding and refuse a run trained on other devices
     (8 GPUs, 2 hosts) when exporting or evaluating on this machine ("Topology mismatch").
     """
-    from rsjax.errors import CheckpointError
-
     if not os.path.isdir(checkpoint_dir(workdir)):
         raise CheckpointError(f"no checkpoint in {workdir} ({checkpoint_dir(workdir)} does not exist)")
     manager = make_manager(workdir, read_only=True)
@@ -473,20 +459,14 @@ def load_encoder(workdir: str, step: int | None = None):
     expects (``config.data.normalization``; ``"registry"`` for runs that predate the key), and
     ``mean`` / ``std`` / ``scale`` are the values that mode applies.
     """
-    from rsjax import trainables
-    from rsjax.data import registry
-
     config = read_config(workdir)
     step, state = read_state(workdir, step)
     imported = config.get("job", None) == IMPORTED_JOB
     if "encoder" not in state.get("params", {}):
-        from rsjax.errors import CheckpointError
-
         raise CheckpointError(f"checkpoint {step} of {workdir} holds no encoder (parameter modules: "
                               f"{sorted(state.get('params', {}))})")
     if not imported:
         if "method" not in config:  # e.g. a segmentation or change-detection run's workdir
-            from rsjax.errors import CheckpointError
 
             raise CheckpointError(
                 f"{workdir} holds a {config.get('job', '?')!r} run, not a pretraining run: an encoder is read from "

@@ -49,6 +49,19 @@ class NonFiniteError(RsjaxError, RuntimeError):
     """Too many consecutive train steps with a non-finite loss or gradient."""
 
 
+def require(ok, key: str, value, msg: str) -> None:
+    """THE config check: raises :class:`ConfigError` ``config.<key>=<value!r>: <msg>`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"config.{key}={value!r}: {msg}")
+
+
+def checker(block, where: str = "") -> Callable[..., None]:
+    """``need(ok, key, msg)`` for the keys of one config block ``config.<where>``: :func:`require`
+    with the value read from ``block`` and the block's path in front of ``key``."""
+    prefix = f"{where}." if where else ""
+    return lambda ok, key, msg: require(ok, prefix + key, block[key], msg)
+
+
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:
     """Re-raises ``ValueError`` / ``KeyError`` / ``AttributeError`` raised inside as

@@ -39,10 +39,15 @@ import sys
 import tempfile
 from typing import Any
 
+import jax
+import numpy as np
 from absl import app, flags, logging
 
+import rsjax
+from rsjax import checkpoint
+from rsjax.data import registry
 from rsjax.errors import ConfigError, MissingDataError, WorkdirError
-
+from rsjax.export import torch_import
 from rsjax.export.torch_import import IMPORT_FORMATS
 
 ARCHS = ("resnet18", "resnet50")
@@ -83,14 +88,6 @@ def import_weights(
     ``MissingDataError`` / ``DataError`` / ``WorkdirError`` naming the flag or file on bad input,
     before anything is written.
     """
-    import jax
-    import numpy as np
-
-    import rsjax
-    from rsjax import checkpoint
-    from rsjax.data import registry
-    from rsjax.export import torch_import
-
     # -- check every input before reading the file ---------------------------------------------
     if fmt not in IMPORT_FORMATS:
         raise ConfigError(f"--format={fmt!r}: choose one of {IMPORT_FORMATS}")

@@ -6,8 +6,13 @@ function chosen by ``config.job`` (default ``pretrain``), report errors in one l
 
 from __future__ import annotations
 
+import signal
+
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from rsjax import jobs
+from rsjax.train import PREEMPTED_EXIT_CODE
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
@@ -17,8 +22,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str):
     """Runs the job named by ``config.job`` (default ``pretrain``): ``rsjax.jobs.<job>.run``."""
-    from rsjax import jobs
-
     return jobs.get(config.get("job", "pretrain"))(config, workdir)
 
 
@@ -27,10 +30,6 @@ def run_stoppable(config, workdir: str):
     evaluation, reading data): nothing is lost there (the last checkpoint is complete) and a
     scheduler's signal must not be ignored for minutes. The loop installs its own handler while
     it trains (finish the step, checkpoint, exit 75) and gives this one back."""
-    import signal
-
-    from rsjax.train import PREEMPTED_EXIT_CODE
-
     def stop(signum, frame):
         del frame
         print(f"Stopped by signal {signum} outside training (evaluation or data preparation); the last "

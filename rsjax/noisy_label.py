@@ -37,9 +37,8 @@ def validate(config) -> None:
     """Every key the job reads, before anything is written (ConfigError naming ``config.<key>``)."""
     from rsjax.losses import DICE_REDUCTIONS
 
-    def need(cond, key, msg):
-        if not cond:
-            raise errors.ConfigError(f"config.{key}={_get(config, key)!r}: {msg}")
+    def need(cond, key, msg):  # keys of any depth: errors.require with the dotted key's value
+        errors.require(cond, key, _get(config, key), msg)
 
     with errors.config_errors():
         need(config.total_steps > 0 or config.get("epochs", 0) > 0, "total_steps", "must be > 0 (or set epochs)")
@@ -76,8 +75,17 @@ def validate(config) -> None:
         info = registry.data_info(config.data)
         need(int(config.model.in_channels) == info.num_bands, "model.in_channels",
              f"dataset {config.data.name!r} has {info.num_bands} bands {list(info.bands)}")
-        need(int(config.model.num_classes) == info.num_classes, "model.num_classes",
-             f"dataset {config.data.name!r} has {info.num_classes} classes {list(info.class_names)}")
+        need(int(config.noise.get("pool_factor", 1) or 1) >= 1, "noise.pool_factor", "must be >= 1 (1 = no pooling)")
+        cmap = segdata.noise_class_map(config)
+        need(not cmap or (len(cmap) == info.num_classes and min(cmap) >= 0), "noise.class_map",
+             f"must give each of the {info.num_classes} classes {list(info.class_names)} of dataset "
+             f"{config.data.name!r} a class id >= 0 of the noisy labels' legend")
+        k = segdata.noise_num_classes(config, info.num_classes)
+        need(int(config.model.num_classes) == k, "model.num_classes",
+             f"the pretraining labels have {k} classes (dataset {config.data.name!r}: {list(info.class_names)}"
+             + (f", remapped by config.noise.class_map={cmap}" if cmap else "") + ")")
+        names = tuple(config.noise.get("class_names", ()) or ())
+        need(not names or len(names) == k, "noise.class_names", f"must name the {k} classes of the noisy labels")
         for phase in phases(config, num_train=max(1, int(config.batch_size))):
             phase.validate()
 
@@ -134,6 +142,18 @@ def load_data(config) -> tuple[SegData, SegData]:
     ana = segdata.load_split(d, config.analysis.split, image_size=d.image_size,
                              max_examples=config.analysis.get("max_images", 0) or None)
     return pre, ana
+
+
+def in_pretraining_legend(config, data: SegData) -> SegData:
+    """``data`` (clean labels) in the classes the pretraining learns: remapped by
+    ``noise.class_map`` and named by ``noise.class_names`` when the noisy labels have a coarser
+    legend, else ``data`` itself (the clean analysis of a pretraining is scored in its legend)."""
+    cmap = segdata.noise_class_map(config)
+    if not cmap:
+        return data
+    k = segdata.noise_num_classes(config, len(data.class_names))
+    names = tuple(config.noise.get("class_names", ()) or ()) or tuple(f"class_{i}" for i in range(k))
+    return dataclasses.replace(data, labels=segdata.remap(data.labels, cmap), class_names=names)
 
 
 def split_pretraining(config, pre: SegData, labels: np.ndarray):
@@ -194,13 +214,15 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
     """Trains the pretraining task on ``(data.images, labels)`` in phase ``name`` of ``wd``.
 
     Hooks: the plateau rule (``config.optimizer.plateau``, on ``val``) and the per-layer
-    analysis (``config.analysis``, on ``analysis_data``; rows in ``<phase>/analysis.jsonl``,
-    trimmed on resume). Returns ``{"result": FitResult, "task", "analysis": rows, "probe"}``.
+    analysis (``config.analysis``, on ``analysis_data``, clean labels in the pretraining's legend:
+    :func:`in_pretraining_legend`; rows in ``<phase>/analysis.jsonl``, trimmed on resume).
+    ``labels`` have ``model.num_classes`` classes. Returns ``{"result": FitResult, "task",
+    "analysis": rows, "probe"}``.
     """
     from rsjax.evaluate import metrics
     from rsjax.tasks import SegmentationTask
 
-    k = data.info.num_classes
+    k = int(config.model.num_classes)
     task = SegmentationTask(config, num_classes=k, ignore_index=IGNORE_INDEX)
     phase = pretrain_phase(config, len(data), name=name, desc=desc or name)
     run_dir = wd.sub(name)
@@ -263,11 +285,12 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
 
 
 def transfer(config, wd, mesh, encoders: dict, train_data: SegData, test_data: SegData, *,
-             tagged: bool = True) -> dict | None:
+             tagged: bool = True, overlay: SegData | None = None) -> dict | None:
     """``{encoder tag: {decoder: scores}}``: each encoder (``(params, batch_stats)`` or None =
     random init) fine-tuned with each of ``transfer.decoders`` in phase ``transfer_<tag>_<decoder>``
     (``transfer_<decoder>`` when not ``tagged``) of ``wd`` and scored on ``test_data``. None when
-    a phase stopped early (``stop_after_steps``)."""
+    a phase stopped early (``stop_after_steps``). With ``overlay`` (examples to picture) the
+    scores also hold ``overlay_pred``, the fine-tuned model's predictions of them."""
     from rsjax.evaluate import metrics
     from rsjax.tasks import SegmentationTask
 
@@ -289,6 +312,9 @@ def transfer(config, wd, mesh, encoders: dict, train_data: SegData, test_data: S
             cm, _, _ = probe(res.state["params"], res.state["batch_stats"], test_data.images, test_data.labels,
                              desc=f"test {name}")
             s = metrics.segmentation_scores(cm)
+            if overlay is not None:
+                s["overlay_pred"] = probe(res.state["params"], res.state["batch_stats"], overlay.images,
+                                          overlay.labels, keep_pred=len(overlay), desc="overlay")[2]
             s["loss_curve"] = [{"step": r["step"], "loss": r["loss"]} for r in wd.sub(name).read_metrics()
                                if "loss" in r]
             s["confusion"] = cm.tolist()
@@ -307,9 +333,8 @@ def encoder_of(state) -> tuple:
 
 def rgb(data: SegData, n: int) -> np.ndarray:
     """Display images [n, H, W, 3] in [0, 1] of the first ``n`` examples (2-98 % stretch)."""
-    from rsjax.evaluate import common
 
-    x = registry.denormalize(data.normalized(slice(0, n)), data.info)[..., list(common.rgb_indices(data.info.bands))]
+    x = registry.denormalize(data.normalized(slice(0, n)), data.info)[..., list(registry.rgb_indices(data.info.bands))]
     lo, hi = np.percentile(x, 2), np.percentile(x, 98)
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 

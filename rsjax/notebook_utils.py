@@ -18,7 +18,13 @@ import json
 import os
 from typing import Any, Mapping
 
+import jax
 import numpy as np
+
+from rsjax import checkpoint, sharding
+from rsjax import workdir as workdir_lib
+from rsjax.data import pipeline
+from rsjax.models.resnet import create_encoder
 
 SMOKE_ENV = "RSJAX_NOTEBOOK_SMOKE"
 DATA_DIR_ENV = "RSJAX_NOTEBOOK_DATA_DIR"
@@ -63,7 +69,9 @@ def load_config(name: str, variant: str | None = None, overrides: Mapping[str, A
     """``configs/<name>.py:<variant>`` with dotted-key ``overrides`` applied, the same config
     ``python -m rsjax.main --config=configs/<name>.py:<variant> --config.<key>=<value>`` runs
     (``configs.common.load``: the configs package installed with rsjax)."""
-    from configs import common
+    from configs import (
+        common,  # the repository's config package, only where a notebook loads one
+    )
 
     return common.load(name, variant, dict(overrides or {}))
 
@@ -97,8 +105,6 @@ def summarize_config(config, keys=("method", "model.name", "model.in_channels", 
 # --------------------------------------------------------------------------------------
 def device_report() -> str:
     """Platform, device count and kinds, process count (what ``jax.devices()`` sees)."""
-    import jax
-
     devs = jax.devices()
     kinds = sorted({d.device_kind for d in devs})
     return (f"platform {jax.default_backend()}: {jax.device_count()} devices ({', '.join(kinds)}), "
@@ -114,8 +120,6 @@ def require_backend(expected: str = "tpu", *, allow_other: bool = False) -> str:
     Raises:
       RuntimeError: another backend, with how to switch the Colab runtime or override.
     """
-    import jax
-
     backend = jax.default_backend()
     allowed = {expected} | {b.strip() for b in os.environ.get(ALLOW_BACKEND_ENV, "").split(",") if b.strip()}
     if backend in allowed or allow_other:
@@ -130,8 +134,6 @@ def require_backend(expected: str = "tpu", *, allow_other: bool = False) -> str:
 def batch_report(config, mesh) -> str:
     """Checks ``config.batch_size`` against ``mesh`` (ValueError naming the key if it does not divide)
     and says how it is split."""
-    from rsjax import sharding
-
     sharding.check_batch_divisible(config.batch_size, mesh)
     n = mesh.devices.size
     return (f"global batch {config.batch_size} over {n} devices (mesh axis {mesh.axis_names[0]!r}): "
@@ -143,8 +145,6 @@ def batch_report(config, mesh) -> str:
 # --------------------------------------------------------------------------------------
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of ``<workdir>/metrics.jsonl`` (``step``, ``loss``, ...)."""
-    from rsjax import workdir as workdir_lib
-
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: has the run logged a step yet?")
@@ -157,7 +157,7 @@ def plot_loss(workdir: str, *, title: str | None = None):
     Built without pyplot, so it displays in a notebook (as a cell's last expression) whatever
     matplotlib backend is active, and nothing is left open.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy import (matplotlib): only when drawing
 
     rows = read_metrics(workdir)
     keys = sorted({k for r in rows for k in r if k.startswith("loss")}, key=lambda k: (k != "loss", k))
@@ -188,8 +188,6 @@ def read_eval_report(workdir: str) -> dict:
 
 def checkpoint_steps(workdir: str) -> list[int]:
     """Steps of the complete checkpoints in ``<workdir>/checkpoints`` (empty when none)."""
-    from rsjax import checkpoint
-
     if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
         return []
     return sorted(int(s) for s in checkpoint.make_manager(workdir, read_only=True).all_steps())
@@ -200,9 +198,6 @@ def checkpoint_steps(workdir: str) -> list[int]:
 # --------------------------------------------------------------------------------------
 def sample_images(workdir: str, n: int = 8, split: str | None = None) -> np.ndarray:
     """``n`` standardized images (NHWC float32) of the run's dataset, the encoder's input."""
-    from rsjax import checkpoint
-    from rsjax.data import pipeline
-
     config = checkpoint.read_config(workdir)  # completed with the defaults of keys added since
     data_cfg = config.data
     split = split or config.get("eval", {}).get("test_split", "test")
@@ -213,9 +208,6 @@ def sample_images(workdir: str, n: int = 8, split: str | None = None) -> np.ndar
 def flax_features(workdir: str, images: np.ndarray, *, step: int | None = None) -> np.ndarray:
     """Pooled eval-mode features ``[N, C]`` of the run's encoder (checkpoint ``step``, latest if
     None) computed by the Flax model, the values an export must reproduce."""
-    from rsjax import checkpoint, sharding
-    from rsjax.models.resnet import create_encoder
-
     params, batch_stats, meta = checkpoint.load_encoder(workdir, step)
     model = create_encoder(meta["arch"], stem=meta.get("stem", "standard"))
     out = sharding.batched_predict(lambda v, x: model.apply(v, x, train=False),

@@ -105,6 +105,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from rsjax import errors
 from rsjax.errors import ConfigError
 
 NAMES = ("adamw", "adam", "sgd", "lars")
@@ -293,9 +294,8 @@ def validate(block, where: str = "optimizer", *, total_steps: int | None = None)
             raise ConfigError(f"config.{where}.{prefix}{key}={src[key]!r}: expected an integer")
         return int(v)
 
-    def need(ok, key, msg, src=b, prefix=""):
-        if not ok:
-            raise ConfigError(f"config.{where}.{prefix}{key}={src[key]!r}: {msg}")
+    def need(ok, key, msg, src=b, prefix=""):  # the block's keys, or its plateau sub-block's
+        errors.require(ok, f"{where}.{prefix}{key}", src[key], msg)
 
     def choice(key, options, src=b, prefix=""):
         need(src[key] in options, key, f"expected one of {options}", src, prefix)

@@ -187,12 +187,14 @@ def change_overlay(image_a: np.ndarray, image_b: np.ndarray, truth: np.ndarray, 
 # Noisy-label pretraining (rsjax.jobs.noisy_label / noisy_label_study)
 # --------------------------------------------------------------------------------------
 def class_map_rows(path: str, rgb: np.ndarray, columns: list[tuple[str, np.ndarray]], num_classes: int,
-                   class_names=None) -> str:
+                   class_names=None, panel_inches: float = 2.2) -> str:
     """One row per example: the display image ``rgb`` [N, H, W, 3] in [0, 1], then one class map
-    per ``(title, masks [N, H, W])`` column (negative labels = ignore, left blank)."""
+    per ``(title, masks [N, H, W])`` column (negative labels = ignore, left blank); each panel
+    ``panel_inches`` wide."""
     n = min([len(rgb)] + [len(m) for _, m in columns])
     cmap = plt.get_cmap("tab10", max(num_classes, 2))
-    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(2.2 * (1 + len(columns)), 2.2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(panel_inches * (1 + len(columns)), panel_inches * n),
+                             squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(rgb[i])
         for j, (_, masks) in enumerate(columns):

@@ -228,6 +228,15 @@ def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
     return {"mean": m, "sd": sd, "n": n, "lo": m - half, "hi": m + half}
 
 
+def _by_setting(payloads: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``[(setting, arm payloads in arm order)]`` of a study's arm files, settings sorted."""
+    groups: dict[str, list[dict]] = {}
+    for p in payloads:
+        groups.setdefault(p.get("setting", "?"), []).append(p)
+    return [(setting, sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", ""))))
+            for setting in sorted(groups)]
+
+
 def _by_seed(payload: dict, metric: str) -> dict:
     return {r["seed"]: r[metric] for r in payload.get("runs", []) if r.get(metric) is not None and "error" not in r}
 
@@ -291,12 +300,8 @@ def render_study_table(payloads: list[dict]) -> str:
     """
     if not payloads:
         return "_No study results yet (`results/study_*.json`)._\n"
-    groups: dict[str, list[dict]] = {}
-    for p in payloads:
-        groups.setdefault(p.get("setting", "?"), []).append(p)
     blocks = []
-    for setting in sorted(groups):
-        rows = sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", "")))
+    for setting, rows in _by_setting(payloads):
         s = rows[0].get("settings", {})
         head = (f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}, {s.get('image_size', '?')} px, "
                 f"{_length(s)}, batch {s.get('batch_size', '?')}, {s.get('dtype', '?')}, "
@@ -553,6 +558,176 @@ def render_bench_cpu_table(payloads: list[dict]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def _pct_of(fraction: float) -> str:
+    return f"{100 * float(fraction):g} %"
+
+
+def _dubai_score(run: dict, fraction: str, decoder: str, cls: str | None = None):
+    """A run's fine-tune mIoU (or the IoU of class ``cls``) at ``fraction`` with ``decoder``; None if absent."""
+    d = ((run.get("finetune") or {}).get(fraction) or {}).get("decoders", {}).get(decoder)
+    if not d or "error" in run:
+        return None
+    return d["miou"] if cls is None else (d.get("per_class_iou") or {}).get(cls)
+
+
+def _analysis_end(run: dict) -> dict:
+    """The last per-layer analysis row of a supervised run: Fisher ratio per level and mean
+    relative weight change of the encoder's and of the decoder's groups."""
+    rows = (run.get("pretrain") or {}).get("analysis") or []
+    if not rows:
+        return {}
+    last = rows[-1]
+    w = last.get("weights") or {}
+    mean = lambda vals: sum(vals) / len(vals) if vals else None  # noqa: E731
+    return {"fisher": last.get("fisher") or {},
+            "enc_change": mean([v["rel_change"] for g, v in w.items() if g.startswith("enc_") and v.get("rel_change") is not None]),
+            "dec_change": mean([v["rel_change"] for g, v in w.items() if g.startswith("dec_") and v.get("rel_change") is not None])}
+
+
+def _deepest(fisher: dict, prefix: str):
+    """The Fisher ratio of the last level named ``prefix...`` (``enc_c4``, ``dec_block4``), or None."""
+    names = sorted(k for k in fisher if k.startswith(prefix))
+    return fisher[names[-1]] if names else None
+
+
+def _avg(vals) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _f(v, fmt=".2f") -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def render_dubai_table(payloads: list[dict]) -> str:
+    """Markdown of the Dubai study (files ``dubai_<setting>_<arm>.json``, job
+    ``rsjax.jobs.study_dubai``), one block per setting, rows in ``arm_index`` order.
+
+    Per arm and label fraction: the fine-tuned mIoU on the test tiles (mean ± sample sd over
+    seeds, then per seed); per-class IoU (means); the paired differences of
+    ``payload["comparisons"]`` (first arm minus second, over the seeds both have) with their 95 %
+    t-interval (:func:`paired_interval`); the mechanism: the noisy labels' pixel agreement with
+    the clean ones, the per-layer analysis at the end of pretraining (Fisher ratio of the
+    encoder's last stage and the decoder's last block, mean relative weight change of encoder and
+    decoder), FALSE's firing at its threshold (anchors calibrated per logged step, logged steps
+    with any) and over the threshold range (anchors calibrated per batch of real crops, trained /
+    untrained encoder, per FNSD mode)."""
+    if not payloads:
+        return "_No Dubai study results yet (`results/dubai_*.json`)._\n"
+    blocks = []
+    for setting, rows in _by_setting(payloads):
+        st = rows[0].get("settings", {})
+        fracs = [f"{float(f):g}" for f in st.get("label_fractions", [])]
+        decs = st.get("decoders", ["unet"])
+        classes = st.get("class_names", [])
+        lines = [f"**`{setting}`**: {st.get('dataset', '?')}, {st.get('model', '?')} encoder, "
+                 f"{st.get('image_size', '?')} px crops, {st.get('num_train', '?')} training crops; pretraining "
+                 f"{st.get('pretrain_steps', '?')} steps of {st.get('pretrain_batch', '?')}; fine-tuning "
+                 f"{st.get('finetune_steps', '?')} steps of {st.get('finetune_batch', '?')} "
+                 f"({', '.join(decs)}, decoder widths {st.get('decoder_channels', '?')}) on a fraction of the "
+                 f"training crops with clean labels; scored on {st.get('num_test', '?')} (of {st.get('num_test_all', '?')}) "
+                 f"crops of test tiles "
+                 # test_tiles: records written before data.test_tiles was renamed data.test_scenes
+                 f"{', '.join(str(t) for t in st.get('test_scenes', st.get('test_tiles', [])))} (mIoU %, {len(classes)} classes)", ""]
+        cols = [(d, f) for d in decs for f in fracs]
+        head = " | ".join(f"{d} {_pct_of(f)} labels" for d, f in cols)
+        lines += [f"| arm | {head} | per seed | pretrain s | arm wall s | device | date | commit |",
+                  "|" + "---|" * (7 + len(cols))]
+        for p in rows:
+            runs = p.get("runs", [])
+            cells = " | ".join(_mean_sd([_dubai_score(r, f, d) for r in runs]) for d, f in cols)
+            per_seed = ", ".join(f"s{r.get('seed', '?')}: " + ("failed" if "error" in r else
+                                 " / ".join(_pct(_dubai_score(r, f, d)) for d, f in cols)) for r in runs)
+            prov = p.get("provenance", {})
+            git = prov.get("git") or {}
+            commit = (git.get("commit", "?") + ("-dirty" if git.get("dirty") else "")) if git else "n/a"
+            lines.append(f"| {p.get('arm', '?')} | {cells} | {per_seed} | {_secs(p.get('pretrain_s'))} "
+                         f"| {_secs(p.get('wall_s'))} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} | {commit} |")
+        lines += ["", "Mean ± sample sd (ddof = 1) over seeds; every arm of a seed fine-tunes on the same labelled "
+                  "crops with the same decoder initialisation and batches."]
+        for d, f in cols:
+            lines += ["", f"Per-class IoU (%, mean over seeds), {d}, {_pct_of(f)} labels:", "",
+                      "| arm | " + " | ".join(classes) + " |", "|" + "---|" * (1 + len(classes))]
+            for p in rows:
+                lines.append(f"| {p.get('arm', '?')} | " + " | ".join(
+                    _pct(_avg([_dubai_score(r, f, d, c) for r in p.get("runs", [])])) for c in classes) + " |")
+        by_arm = {p.get("arm"): p for p in rows}
+        pairs = [(a, b) for a, b in next((p["comparisons"] for p in rows if p.get("comparisons")), [])
+                 if a in by_arm and b in by_arm]
+        if pairs:
+            lines += ["", "Paired differences (same seeds, first arm minus second, mIoU points; mean [95 % t-interval]):",
+                      "", "| comparison | " + " | ".join(f"{d} {_pct_of(f)} labels" for d, f in cols) + " |",
+                      "|" + "---|" * (1 + len(cols))]
+            for a, b in pairs:
+                cells = []
+                for d, f in cols:
+                    score = lambda arm: {r["seed"]: v for r in by_arm[arm].get("runs", [])  # noqa: E731
+                                         if (v := _dubai_score(r, f, d)) is not None}
+                    ci = paired_interval(score(a), score(b))
+                    cells.append("n/a" if ci is None else
+                                 f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})")
+                lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+        lines += ["", "Mechanism (means over seeds): noisy labels' pixel agreement with the clean ones on the training "
+                  "crops; at the end of pretraining, Fisher ratio of the clean classes (encoder's last stage / decoder's "
+                  "last block; analysis crops of the test tiles) and mean relative weight change from the "
+                  "initialisation; FALSE: anchors calibrated per logged step at its threshold, logged steps with any; "
+                  "refused (non-finite) steps.", "",
+                  "| arm | pretraining labels | pixel agreement | Fisher enc / dec | weight change enc / dec "
+                  "| calibrated per step | steps firing | refused |", "|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            ok = [r for r in p.get("runs", []) if "error" not in r]
+            pre = [r.get("pretrain") or {} for r in ok]
+            if p.get("kind") == "random_init":
+                lines.append(f"| {p.get('arm')} | none | | | | | | |")
+                continue
+            noise = p.get("noise") or {}
+            labels = "views (no labels)" if p.get("kind") != "supervised" else (
+                f"{len(noise.get('class_names') or []) or len(classes)} classes" +
+                (f", pooled x{noise['pool_factor']}" if (noise.get("pool_factor") or 1) > 1 else "") +
+                (f", {100 * noise['flip_rate']:g} % regions flipped" if noise.get("flip_rate") else "") or "")
+            agree = (p.get("agreement") or {}).get("pixel")
+            ends = [_analysis_end(r) for r in ok]
+            fisher = [e.get("fisher") or {} for e in ends]
+            enc_f = _avg([_deepest(fi, "enc_") for fi in fisher])
+            dec_f = _avg([_deepest(fi, "dec_") for fi in fisher])
+            firing = [x.get("logged_firing") for x in pre if x.get("logged_firing")]
+            cal = _avg([x["calibrated_mean"] for x in firing])
+            steps_firing = f"{sum(x['steps_firing'] for x in firing)} / {sum(x['rows'] for x in firing)}" if firing else ""
+            lines.append(
+                f"| {p.get('arm')} | {labels} | {_pct(agree) if agree is not None else ''} "
+                f"| {_f(enc_f)}{' / ' + _f(dec_f) if dec_f is not None else ''} "
+                f"| {_f(_avg([e.get('enc_change') for e in ends]))}{' / ' + _f(_avg([e.get('dec_change') for e in ends])) if ends and ends[0] else ''} "
+                f"| {_f(cal, '.3f')} | {steps_firing} | {sum(x.get('refused_steps', 0) for x in pre)} |")
+        sweeps = [(p.get("arm"), r["pretrain"]["firing"]) for p in rows for r in p.get("runs", [])
+                  if "error" not in r and (r.get("pretrain") or {}).get("firing")]
+        if sweeps:
+            arm0, first = sweeps[0]
+            modes = [m for m in first["trained"] if isinstance(first["trained"][m], dict) and "threshold" in first["trained"][m]]
+            ts = first["trained"][modes[0]]["threshold"]
+            lines += ["", f"FALSE's selection over the threshold range: anchors calibrated per batch of "
+                      f"{first['trained'].get('batch_size', '?')} real training crops (mean over "
+                      f"{first['trained'].get('batches', '?')} batches and the seeds; gated anchors in brackets), "
+                      f"tau {first['trained'].get('temperature', '?')}, alpha {first['trained'].get('alpha', '?')}:", "",
+                      "| arm | encoder | FNSD mode | " + " | ".join(f"T = {t:g}" for t in ts) + " |",
+                      "|" + "---|" * (3 + len(ts))]
+            for arm in dict.fromkeys(a for a, _ in sweeps):
+                mine = [fi for a, fi in sweeps if a == arm]
+                for enc in ("init", "trained"):
+                    for m in modes:
+                        cells = []
+                        for i in range(len(ts)):
+                            cal = _avg([fi[enc][m]["false_calibrated"][i] for fi in mine])
+                            gated = _avg([fi[enc][m]["false_gated"][i] for fi in mine])
+                            cells.append(f"{cal:.2f} ({gated:.0f})")
+                        lines.append(f"| {arm} | {enc} | {m} | " + " | ".join(cells) + " |")
+        total = sum(p.get("wall_s") or 0.0 for p in rows)
+        cmds = sorted({p.get("provenance", {}).get("command", "?") for p in rows})
+        lines += ["", f"Study wall time (every arm and seed, all calls): {total / 60:,.0f} min.",
+                  "", "Command" + ("s" if len(cmds) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in cmds)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def _sec1(v) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
@@ -571,12 +746,14 @@ RENDERERS = {
     "oscd": render_oscd_table,
     "bench": render_bench_table,
     "bench_cpu": render_bench_cpu_table,
+    "dubai": render_dubai_table,
 }
 SOURCES = {
     "study": "study_*.json",
     "oscd": "oscd_*.json",
     "bench": "bench_*.json",
     "bench_cpu": "bench_cpu_*.json",
+    "dubai": "dubai_*.json",
 }
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
 
 DATA_AXIS = "data"
 
@@ -88,11 +90,6 @@ def host_to_global(batch: Any, mesh: Mesh) -> Any:
     )
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a host-identical pytree replicated on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
-
-
 # --------------------------------------------------------------------------------------
 # Batched prediction (features, dense predictions, fine-tuned logits)
 # --------------------------------------------------------------------------------------
@@ -156,7 +153,6 @@ def batched_predict(fn, variables: Any, arrays: Any, *, batch_size: int, desc: s
     sharding = data_sharded(mesh)
     steps = -(-n // b)
     outs = []
-    from tqdm.auto import tqdm
 
     for i in tqdm(range(steps), desc=desc, disable=not progress or steps <= 1, leave=False):
         chunk = []

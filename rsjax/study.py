@@ -1,7 +1,8 @@
-"""The library part of the studies (``rsjax.jobs.study_eurosat``, ``rsjax.jobs.study_oscd``):
-the plan, the resumable loop, arm configs, run records, and the EuroSAT table.
+"""The library part of the studies (:mod:`rsjax.jobs.study_eurosat`, :mod:`rsjax.jobs.study_dubai`,
+:mod:`rsjax.jobs.study_oscd`): the plan, the one resumable loop, arm configs, run records, the
+EuroSAT table, and FALSE's firing on real batches (:func:`false_firing`).
 
-Shared by both jobs: :func:`plan` (seeds and arms from ``config.study``), :func:`workdir_config`
+Shared by the jobs: :func:`plan` (seeds and arms from ``config.study``), :func:`workdir_config`
 (config.json without the keys a continuation may change), :func:`compilation_cache`,
 :func:`arm_config` (an arm's pretraining config: ``config.arms.<arm>``, which the study config
 builds with ``configs.common.add_arms`` from the arm's config module plus the study's shared
@@ -15,7 +16,8 @@ with :func:`rsjax.results.save` to ``<workdir>/results`` and ``config.study.out_
 GPU call points it at ``$OUT`` so a run cut off mid-study still returns every finished arm), with
 :func:`rsjax.results.provenance` (command, commit, date, device); ``python -m rsjax.results``
 renders the tables from ``results/study_*.json`` (EuroSAT: :func:`arm_payload`, :func:`settings`,
-:func:`markdown_table` here) and ``results/oscd_*.json``. ``config.study.time_budget_s`` > 0
+:func:`markdown_table` here), ``results/dubai_*.json`` and ``results/oscd_*.json`` (their jobs'
+payloads). ``config.study.time_budget_s`` > 0
 starts no new run after that many seconds, for time-boxed calls; the rerun resumes there.
 """
 from __future__ import annotations
@@ -26,44 +28,30 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rsjax import errors
+from rsjax import errors, train, trainables
 from rsjax import results as results_lib
+from rsjax import sharding as shd
+from rsjax.data import input as input_lib
+from rsjax.methods import false as false_lib
 
 # config.study keys that may differ between the calls of one study (they change no result).
 STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm", "comparisons", "picture_city")
 
 
-def arm_names(config) -> list[str]:
-    """The arms the study config defines (``config.arms``, built by configs.common.add_arms)."""
-    return list(config.arms.keys())
-
-
-def plan(config) -> tuple[list[int], list[str]]:
-    """``(seeds, arms)`` of ``config.study`` (``seeds``: comma-separated integers; ``arms``: a
-    comma-separated subset of :func:`arm_names`, ``random_init`` first when
-    ``include_random_init``). ConfigError naming the key, before anything is written."""
-    with errors.config_errors():
-        try:
-            seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
-        except ValueError:
-            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
-                                     f"integers") from None
-        if not seeds:
-            raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
-        arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
-        if config.study.include_random_init and "random_init" not in arms:
-            arms = ["random_init", *arms]
-        known = arm_names(config)
-        unknown = [a for a in arms if a != "random_init" and a not in known]
-        if unknown:
-            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
-                                     f"{', '.join(known)}")
-        if config.dtype not in ("float32", "bfloat16"):
-            raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
-    return seeds, arms
+def parse_seeds(config) -> list[int]:
+    """``config.study.seeds`` (comma-separated integers) as a list; ConfigError naming the key."""
+    try:
+        seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
+    except ValueError:
+        raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
+                                 f"integers") from None
+    if not seeds:
+        raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
+    return seeds
 
 
 def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -76,12 +64,37 @@ def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return ml_collections.ConfigDict(d)
 
 
+def arm_names(config) -> list[str]:
+    """The arms the study config defines (``config.arms``, built by configs.common.add_arms)."""
+    return list(config.arms.keys())
+
+
+def plan(config) -> tuple[list[int], list[str]]:
+    """``(seeds, arms)`` of ``config.study`` (``seeds``: comma-separated integers; ``arms``: a
+    comma-separated subset of :func:`arm_names`, ``random_init`` first when
+    ``include_random_init``). ConfigError naming the key, before anything is written."""
+    with errors.config_errors():
+        seeds = parse_seeds(config)
+        arms = [a.strip() for a in str(config.study.arms).split(",") if a.strip()]
+        if config.study.include_random_init and "random_init" not in arms:
+            arms = ["random_init", *arms]
+        known = arm_names(config)
+        unknown = [a for a in arms if a != "random_init" and a not in known]
+        if unknown:
+            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
+                                     f"{', '.join(known)}")
+        if config.dtype not in ("float32", "bfloat16"):
+            raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
+    return seeds, arms
+
+
 def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train: int) -> ml_collections.ConfigDict:
     """The pretraining config of ``arm`` for ``seed``: ``config.arms.<arm>`` (built, with the
     study's shared settings, by the study config itself) plus what needs the split size or the
     seed: ``seed``, ``total_steps`` (``max_steps_per_arm``, else ``epochs`` x ``num_train //
     batch_size``), ``optimizer.warmup_steps`` (``optimizer.warmup_fraction`` of them),
-    ``log_every`` and ``checkpoint_every`` (one checkpoint, at the end), and the run-time
+    ``log_every`` (``arm_log_every`` when set) and ``checkpoint_every`` (one checkpoint, at the
+    end), and the run-time
     ``data.cache_dir``."""
     if arm not in config.arms:
         raise ValueError(f"config.study.arms: unknown arm {arm!r}; known: {sorted(config.arms)}")
@@ -90,7 +103,8 @@ def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train
     steps_per_epoch = max(1, num_train // config.batch_size)
     c.total_steps = int(config.max_steps_per_arm or config.epochs * steps_per_epoch)
     c.optimizer.warmup_steps = int(config.optimizer.warmup_fraction * c.total_steps)
-    c.log_every = max(1, min(20, c.total_steps // 4))  # >= 8 logged rows in the last 20 % of 840 steps
+    # >= 8 logged rows in the last 20 % of 840 steps; config.arm_log_every > 0 sets it (1: every step)
+    c.log_every = int(config.get("arm_log_every", 0) or 0) or max(1, min(20, c.total_steps // 4))
     c.checkpoint_every = c.total_steps
     c.data.cache_dir = config.data.cache_dir  # set by the job for a device-resident class folder
     c.lock()
@@ -169,13 +183,14 @@ def last_window(metrics_path: str, total_steps: int, fraction: float = WINDOW) -
 
 
 def compilation_cache(workdir: str) -> str:
-    """Turns on JAX's persistent compilation cache in ``<workdir>/jax_cache`` unless one is set
+    """Turns on JAX's persistent compilation cache in ``<workdir>/xla_cache`` unless one is set
     (``JAX_COMPILATION_CACHE_DIR``), and returns its folder. A study's runs compile the same
-    programs again and again (each run builds its own step); with the cache only the first run of
-    each program compiles (a CPU change-detection run: 25 s -> 3 s). Call it before the first
-    compilation of the process: JAX reads the setting when it first compiles."""
+    programs again and again (each run builds its own step, every fine-tune the same programs);
+    with the cache only the first run of each program compiles (a CPU change-detection run: 25 s
+    -> 3 s). Call it before the first compilation of the process: JAX reads the setting when it
+    first compiles."""
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache"))
+        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "xla_cache"))
     return jax.config.jax_compilation_cache_dir
 
 
@@ -188,8 +203,9 @@ def run_dir(workdir: str, arm: str, unit: dict) -> str:
 def run_arms(config, workdir: str, arms: list[str], units: list[dict], *,
              run_one: Callable[[str, dict, str], dict], payload: Callable[[str, int, list[dict]], dict],
              file_name: Callable[[str], str], line: Callable[[str, dict], str]) -> tuple[dict, list[str]]:
-    """The resumable loop of a study: every arm, then every run ``unit`` of it (``{"seed": s}``, or
-    ``{"fold": k, "seed": s}``), each in its own :func:`run_dir`.
+    """The one resumable loop of the studies: every arm, then every run ``unit`` of it (``{"seed": s}``
+    for EuroSAT and Dubai, ``{"fold": k, "seed": s}`` for OSCD), each in its own :func:`run_dir`
+    (``<arm>_s<seed>``, ``<arm>_f<fold>_s<seed>``).
 
     ``run_one(arm, unit, folder)`` -> the run's record (the unit's keys are added); it is saved as
     ``<folder>/arm_result.json`` and never rerun. When every unit of an arm has a record,
@@ -274,3 +290,61 @@ def markdown_table(report: dict) -> str:
         pm = lambda m: f"{100 * r[m + '_mean']:.1f}" + (f" ± {100 * r[m + '_sd']:.1f}" if r[m + "_sd"] else "")  # noqa: E731
         lines.append(f"| {name} | {pm('linear')} | {pm('knn')} | {r['pretrain_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+# FNSD modes the firing report measures besides the configured one (rsjax.losses.false_nt_xent).
+FIRING_MODES = ("vissl", "gate_then_pick", "per_anchor")
+
+
+def false_firing(config, states: dict, *, thresholds, num_batches: int, modes=FIRING_MODES) -> dict:
+    """Where FALSE's selection fires on real batches: ``num_batches`` batches of the pretraining
+    data of ``config`` (a ``false`` config: its iterator and views, as its training draws them
+    at steps 0, 1, ...), embedded by encoder + projector in training mode (batch statistics, as
+    the step) with each of ``states`` (``name -> (params, batch_stats)``, or None: the
+    initialisation of ``config.seed``), on the same batches.
+
+    Returns per name ``{mode: {"threshold": [...], "false_calibrated": [...], "false_gated":
+    [...]}}`` per FNSD mode of ``modes``, counts per batch averaged over the batches
+    (:func:`rsjax.methods.false.firing`; the configured ``loss.alpha`` and ``loss.temperature``),
+    and ``"cos_pos"``: the 0, 10, 50, 90 and 100 % quantiles of the batches' positive cosines
+    (the gate compares them with the threshold)."""
+    method = trainables.from_config(config)
+    init = None
+    variables = {}
+    for name, st in states.items():
+        if st is None and init is None:
+            init = method.init(jax.random.PRNGKey(int(config.seed)), method.sample_batch(2))[:2]
+        variables[name] = init if st is None else st
+    it, transform = input_lib.make_iterator(config, shd.make_mesh())
+    embed = jax.jit(lambda p, bs, x: method.embed(p, bs, x, train=True)[0])
+    alpha, tau = float(config.loss.get("alpha", 1.0)), float(config.loss.temperature)
+    rows = {name: {m: [] for m in modes} for name in variables}
+    cosines = {name: [] for name in variables}
+    root = jax.random.PRNGKey(int(config.seed))
+    for step in range(int(num_batches)):
+        batch = next(it)
+        if transform is not None:  # the step's augment stream (rsjax.train.make_train_step)
+            key = jax.random.fold_in(jax.random.fold_in(root, step), train.RNG_STREAMS.index("augment"))
+            batch = transform(batch, key)
+        b = batch["view1"].shape[0]
+        x = jnp.concatenate([jnp.asarray(batch["view1"]), jnp.asarray(batch["view2"])])
+        for name, (params, batch_stats) in variables.items():
+            z = embed(params, batch_stats, x)
+            z1, z2 = z[:b], z[b:]
+            n1, n2 = (np.asarray(v) / np.linalg.norm(np.asarray(v), axis=-1, keepdims=True) for v in (z1, z2))
+            cosines[name].append(np.sum(n1 * n2, axis=-1))
+            for m in modes:
+                rows[name][m].append(false_lib.firing(z1, z2, thresholds=thresholds, temperature=tau, alpha=alpha,
+                                                      fnsd_mode=m))
+    out = {}
+    for name in variables:
+        o: dict = {"batches": int(num_batches), "batch_size": int(config.batch_size), "alpha": alpha,
+                   "temperature": tau}
+        for m, rs in rows[name].items():
+            o[m] = {"threshold": [float(t) for t in thresholds],
+                    **{k: [float(np.mean([r[k][i] for r in rs])) for i in range(len(thresholds))]
+                       for k in ("false_calibrated", "false_gated")}}
+        cos = np.concatenate(cosines[name]) if cosines[name] else np.zeros(0)
+        o["cos_pos"] = {f"q{q}": float(np.percentile(cos, q)) for q in (0, 10, 50, 90, 100)} if len(cos) else {}
+        out[name] = o
+    return out

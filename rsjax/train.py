@@ -48,9 +48,10 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from rsjax import checkpoint as ckpt_lib
-from rsjax import optim
+from rsjax import errors, optim
 from rsjax import sharding as shd
-from rsjax.errors import ConfigError, NonFiniteError
+from rsjax import trainable as trainable_lib
+from rsjax.errors import NonFiniteError
 
 RNG_STREAMS = ("dropout", "diffusion_t", "diffusion_noise", "augment")
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; the next start resumes.
@@ -96,13 +97,10 @@ class Phase:
 
     def validate(self) -> None:
         """ConfigError naming the key for values out of range (before anything is written)."""
-        pre = f"config.{self.where}." if self.where else "config."
+        top = ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps", "stop_after_steps")
 
-        def need(cond, key, value, msg):
-            if not cond:
-                top = key in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
-                              "stop_after_steps")
-                raise ConfigError(f"{'config.' if top else pre}{key}={value!r}: {msg}")
+        def need(cond, key, value, msg):  # the phase's own keys under config.<where>, the loop's at the top
+            errors.require(cond, key if key in top or not self.where else f"{self.where}.{key}", value, msg)
 
         need(self.total_steps > 0, "total_steps", self.total_steps, "must be > 0")
         need(self.batch_size > 0, "batch_size", self.batch_size, "must be > 0")
@@ -388,7 +386,7 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
                     batch = {**batch, "stop": shd.host_to_global(flag, mesh) if on_device else flag}
                 if not on_device:
                     batch = shd.host_to_global(batch, mesh)
-                logged = (step + 1) % phase.log_every == 0 or step + 1 in (total, stop_at)
+                logged = trainable_lib.is_logged(step + 1, phase.log_every, (total, stop_at))
                 state, metrics = (p_probe if p_probe is not None and logged else p_step)(state, batch)
                 step += 1
                 if step == start_step + 1:  # the first call compiles: keep it out of train time
@@ -482,7 +480,7 @@ def _handle_metrics(wd, bar, step, metrics, phase: Phase, force_log: bool = Fals
             f"Lower config.{phase.where + '.' if phase.where else ''}optimizer.lr or check the data for NaN/inf."
         )
     bar.update(step - bar.n)
-    if step % phase.log_every == 0 or force_log or step == phase.total_steps:
+    if force_log or trainable_lib.is_logged(step, phase.log_every, (phase.total_steps,)):
         bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
         wd.log_metrics(step, m)
         if throughput is not None:  # TensorBoard only: metrics.jsonl stays deterministic

@@ -33,6 +33,18 @@ def compute_dtype(config):
     return DTYPES[name]
 
 
+def is_logged(step, log_every: int, last=()):
+    """THE logging rule of the loop: step number ``step`` (1-based, the step just taken) is logged
+    when it is a multiple of ``log_every`` or one of ``last`` (the run's last step and the step
+    a ``stop_after_steps`` run stops at; 0 = none). Python ints, or traced arrays inside a step
+    (a trainable's logged-steps-only diagnostics follow the same rule)."""
+    out = step % log_every == 0
+    for n in last:
+        if n:
+            out = out | (step == n)
+    return out
+
+
 @runtime_checkable
 class Trainable(Protocol):
     """The loop's view of a method or task (see the module docstring)."""

@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import sys
+import tomllib
 from importlib import metadata
 
 # Shown on the line (in this order); checked when pyproject.toml names them.
@@ -43,9 +44,9 @@ def line() -> str:
 
 def requirements(pyproject: str = PYPROJECT) -> list[str]:
     """The ``[project] dependencies`` of ``pyproject`` that apply to this interpreter."""
-    import tomllib
-
-    from packaging.requirements import Requirement
+    from packaging.requirements import (
+        Requirement,  # packaging: only for this version report
+    )
 
     with open(pyproject, "rb") as f:
         deps = tomllib.load(f)["project"]["dependencies"]
@@ -56,7 +57,9 @@ def problems(pyproject: str = PYPROJECT, version_of=installed) -> tuple[list[str
     """``(errors, warnings)``: an installed package outside its declared range or a missing
     :data:`ESSENTIAL` one is an error (``"flax 0.12.8 is not in <0.13,>=0.12.10"``), another
     missing package a warning."""
-    from packaging.requirements import Requirement
+    from packaging.requirements import (
+        Requirement,  # packaging: only for this version report
+    )
     from packaging.utils import canonicalize_name
     from packaging.version import Version
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import fcntl
 import json
 import math
 import os
@@ -47,6 +48,9 @@ from typing import Any
 
 import ml_collections
 
+from rsjax import optim, plots
+from rsjax.data import ops
+from rsjax.data.defaults import RENAMED, default_data_config
 from rsjax.errors import ConfigError, WorkdirError
 
 # Keys that may change between a run and its continuation without changing its result.
@@ -99,10 +103,6 @@ def complete_config(d: dict) -> dict:
     Old workdirs' configs are completed once, when read (:func:`config_diff`,
     :func:`rsjax.checkpoint.read_config`), so that adding a key with a default in a new rsjax
     version does not lock a workdir written before it existed."""
-    from rsjax import optim
-    from rsjax.data import ops
-    from rsjax.data.defaults import RENAMED, default_data_config
-
     data_defaults = default_data_config().to_dict()
     opt_defaults = optim.default_block().to_dict()
 
@@ -270,8 +270,6 @@ class _Lock:
     """
 
     def __init__(self, path: str):
-        import fcntl
-
         self.file = os.path.join(path, LOCK_FILE)
         try:
             fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -491,7 +489,9 @@ class Workdir:
         tb = self._writer()
         if tb is None:
             return
-        from tensorboardX.summary import hparams
+        from tensorboardX.summary import (
+            hparams,  # heavy import (tensorboardX): only when a writer is opened
+        )
 
         hp = {}
         for k, v in _flatten(config_dict).items():
@@ -518,7 +518,9 @@ class Workdir:
     def _writer(self):
         if self._tb is None:
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import (
+                    SummaryWriter,  # heavy import (tensorboardX): only when a writer is opened
+                )
             except ImportError:  # optional: metrics.jsonl is the record of truth
                 self._tb = False
                 return None
@@ -590,11 +592,8 @@ class Workdir:
         rows = self.read_metrics()
         if not rows:
             return None
-        from rsjax import plots
 
         return plots.loss_curve(rows, self.file(name))
 
     def plot_confusion(self, cm, name: str, class_names=None) -> str:
-        from rsjax import plots
-
         return plots.confusion_matrix(cm, self.file(name), class_names=class_names)

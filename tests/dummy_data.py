@@ -261,7 +261,9 @@ def rs_segmentation(root, config, seed=5) -> dict:
     """The layout of one ``rs_segmentation`` config; returns ``{filename feature: index mask
     (0 = ignore, 1..K)}``, and for ``nyc4band`` also ``"image"``."""
     from tfds_builders.rs_segmentation.rs_segmentation_dataset_builder import (
-        DEEPGLOBE_PALETTE, ISPRS_PALETTE)
+        DEEPGLOBE_PALETTE,
+        ISPRS_PALETTE,
+    )
 
     rng = np.random.default_rng(seed)
     root = pathlib.Path(root)
@@ -320,3 +322,63 @@ def dynamic_world(root, seed=9) -> dict:
         _tif(lab, pathlib.Path(root) / split / f"{pid}_label.tif")
         out[f"{split}/{pid}_s2.tif"] = (img, lab)
     return out
+
+
+# --- dubai_aerial_seg (a tile folder, read as it unpacks: rsjax.data.tiles) ----------------
+# drawn class index -> (colour in the masks, expected label): the dataset README's table,
+# Unlabeled and black no-data ignored (-1); labels in the order of classes.json. Written out here
+# again (not read from the registry), so the tests check the registry's table.
+DUBAI_DRAWN = [("#E2A929", 0), ("#8429F6", 1), ("#6EC1E4", 2), ("#3C1098", 3), ("#FEDD3A", 4),
+               ("#9B9B9B", -1), ("#000000", -1)]
+DUBAI_RGB = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c, _ in DUBAI_DRAWN], np.uint8)
+DUBAI_LABEL = np.array([lab for _, lab in DUBAI_DRAWN])
+# tile -> image sizes (h, w) of the small default folder (tile 2 repeats tile 1's first image)
+DUBAI_SIZES = {1: [(36, 40), (37, 40)], 2: [(36, 40)], 3: [(32, 33)]}
+
+
+def _dubai_classes(rng, h, w, block=4):
+    """A class-index map of ``block`` px squares; known pixels: water at the top left, no-data at (20, 20)."""
+    c = np.kron(rng.integers(0, len(DUBAI_DRAWN), (h // block + 1, w // block + 1)),
+                np.ones((block, block), np.int64))[:h, :w]
+    c[:4, :4] = 0
+    c[20:24, 20:24] = 6
+    return c
+
+
+def _dubai_mask(path, cls, palette: bool):
+    if not palette:
+        Image.fromarray(DUBAI_RGB[cls]).save(path)
+        return
+    order = np.random.default_rng(5).permutation(len(DUBAI_DRAWN))  # palette indices unrelated to classes
+    im = Image.fromarray(np.argsort(order)[cls].astype(np.uint8), mode="P")
+    im.putpalette(DUBAI_RGB[order].reshape(-1).tolist())
+    im.save(path)
+
+
+def write_dubai_like(base, seed=0, sizes=None, block=4):
+    """The Dubai layout as it unpacks, in ``base/dubai_aerial_seg``: ``Semantic segmentation
+    dataset/Tile <n>/images/image_part_00<i>.jpg`` + ``masks/...png`` for the tiles and image
+    sizes ``sizes`` (default :data:`DUBAI_SIZES`: tiles 1 (RGB masks, 40 x 36 and 40 x 37 px), 2
+    (the first image of tile 1 again, its mask a palette PNG), 3 (33 x 32, RGB)); masks of random
+    ``block`` px squares of the 7 colours; ``classes.json`` beside them. Returns ``(folder,
+    {(tile, name): (image array as read back, class index map)})``."""
+    rng = np.random.default_rng(seed)
+    base = pathlib.Path(base)
+    root = base / "dubai_aerial_seg" / "Semantic segmentation dataset"
+    truth = {}
+    first = None
+    for tile, shapes in (sizes or DUBAI_SIZES).items():
+        for sub in ("images", "masks"):
+            os.makedirs(root / f"Tile {tile}" / sub)
+        for i, (h, w) in enumerate(shapes, 1):
+            name = f"image_part_{i:03d}"
+            if tile == 2 and sizes is None:
+                image, cls = first
+            else:
+                image, cls = rng.integers(0, 256, (h, w, 3), dtype=np.uint8), _dubai_classes(rng, h, w, block)
+                first = first or (image, cls)
+            Image.fromarray(image).save(root / f"Tile {tile}" / "images" / f"{name}.jpg", quality=95)
+            _dubai_mask(root / f"Tile {tile}" / "masks" / f"{name}.png", cls, palette=tile == 2)
+            truth[tile, name] = (np.asarray(Image.open(root / f"Tile {tile}" / "images" / f"{name}.jpg")), cls)
+    (root / "classes.json").write_text(json.dumps({"classes": [{"title": "Water", "color": "#50E3C2"}]}))
+    return base / "dubai_aerial_seg", truth

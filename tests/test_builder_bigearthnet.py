@@ -1,9 +1,9 @@
 """``bigearthnet`` on generated dummy data (tests/builder_testing.py)."""
 
-import numpy as np
-
 import dummy_data
+import numpy as np
 from builder_testing import DatasetBuilderTestCase, as_str
+
 from rsjax.data import registry
 
 PATCHES = {  # the first two are cut from one Sentinel-2 product (one scene)

@@ -1,8 +1,7 @@
 """``dynamic_world`` on generated dummy data (tests/builder_testing.py)."""
 
-import numpy as np
-
 import dummy_data
+import numpy as np
 from builder_testing import DatasetBuilderTestCase, as_str
 
 

@@ -2,10 +2,10 @@
 
 import os
 
-import numpy as np
-
 import dummy_data
+import numpy as np
 from builder_testing import DatasetBuilderTestCase, as_str
+
 from rsjax.data import registry
 
 # Per class (5, 4, 6, 3, 5, 2, 4, 7, 3, 5) images; test = round(0.2 n) = 1 except the class of

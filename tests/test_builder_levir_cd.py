@@ -1,8 +1,7 @@
 """``levir_cd`` on generated dummy data (tests/builder_testing.py)."""
 
-import numpy as np
-
 import dummy_data
+import numpy as np
 from builder_testing import DatasetBuilderTestCase, as_str
 
 
@@ -38,9 +37,8 @@ class TestLevirCD(DatasetBuilderTestCase):
 def test_jpg_images_with_png_labels_build(tmp_path):
     """Any extension of the shared image list: jpg images in A/ and B/ beside png labels (same
     stem), split from the name prefix."""
-    from PIL import Image
-
     from builder_testing import build_quietly, read_all
+    from PIL import Image
 
     rng = np.random.default_rng(1)
     labels, images_b = {}, {}

@@ -6,14 +6,14 @@ import logging
 import re
 import shutil
 
+import dummy_data
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
-
-import dummy_data
 from builder_testing import DatasetBuilderTestCase, as_str, build_quietly, read_all
 from dummy_data import OSCD_IMAGES, OSCD_TEST_LABELS, OSCD_TRAIN_LABELS
+from PIL import Image
+
 from rsjax.data import build, registry
 from rsjax.errors import DataError
 from tfds_builders._common import resize_bilinear

@@ -1,10 +1,10 @@
 """``rs_segmentation`` (one config per layout) on generated dummy data
 (tests/builder_testing.py)."""
 
-import numpy as np
-
 import dummy_data
+import numpy as np
 from builder_testing import DatasetBuilderTestCase, as_str
+
 from rsjax.data import registry
 
 

@@ -16,13 +16,13 @@ import sys
 import threading
 import time
 
+import dummy_data
 import numpy as np
 import pytest
-from PIL import Image
-
-import dummy_data
 from builder_testing import as_str, build_quietly, read_all, tree
 from dummy_data import geotag as _geotag
+from PIL import Image
+
 from rsjax.data import build
 
 tifffile = pytest.importorskip("tifffile")
@@ -221,7 +221,9 @@ def test_wrong_size_band_and_label_named(tmp_path):
 # ---------------------------------------------------------------------- rs_segmentation
 
 def test_rs_segmentation_palette_and_mask_errors_named(tmp_path):
-    from tfds_builders.rs_segmentation.rs_segmentation_dataset_builder import ISPRS_PALETTE
+    from tfds_builders.rs_segmentation.rs_segmentation_dataset_builder import (
+        ISPRS_PALETTE,
+    )
 
     m = tmp_path / "v"
     idx = dummy_data.rs_segmentation(m, "vaihingen")["area1_IRRG.png"]

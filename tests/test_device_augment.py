@@ -4,7 +4,6 @@ the plain step fed the same views."""
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,6 +96,7 @@ def test_crops_as_scenes_views_stay_inside_their_sub_crop():
 
 def test_device_resident_step_equals_plain_step_on_same_views():
     from conftest import load_config
+
     from rsjax import methods, optim, train
     from rsjax import sharding as shd
     from rsjax.data import input as input_lib

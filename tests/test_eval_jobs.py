@@ -22,8 +22,8 @@ from conftest import load_config  # configs.<name> imported as a module
 from rsjax import errors, losses
 from rsjax.data import folders
 from rsjax.evaluate import classification as cls
-from rsjax.evaluate import common
 from rsjax.evaluate import classifier as clf
+from rsjax.evaluate import encoders
 from rsjax.jobs import eval_classification
 from rsjax.models import resnet as R
 
@@ -170,7 +170,7 @@ def test_knn_and_linear_evaluators_match_numpy():
 
 
 def test_dense_evaluators_and_unknown_name():
-    from rsjax import evaluate, errors
+    from rsjax import errors, evaluate
 
     pred = np.array([[0, 1], [2, 2]])
     lab = np.array([[0, 1], [1, 255]])
@@ -184,8 +184,9 @@ def test_dense_evaluators_and_unknown_name():
 
 
 def test_frozen_eval_features_and_metrics():
-    from rsjax.evaluate import classification as cls
     import ml_collections
+
+    from rsjax.evaluate import classification as cls
 
     rng = np.random.default_rng(2)
     x_tr, x_te = rng.normal(size=(21, 4, 4, 2)).astype(np.float32), rng.normal(size=(9, 4, 4, 2)).astype(np.float32)
@@ -204,6 +205,9 @@ def test_frozen_eval_features_and_metrics():
     assert r.metrics["linear_top1"] == pytest.approx(float((lin == y_te).mean()))
     assert r.metrics["majority_baseline"] == pytest.approx(4 / 9)
     assert (r.metrics["num_train"], r.metrics["num_test"]) == (21, 9)
+    ec.evaluators = ("knn",)  # the evaluators are data: only kNN runs
+    only = cls.frozen_eval(encode, v, x_tr, y_tr, x_te, y_te, eval_config=ec, seed=0)
+    assert only.metrics["knn_top1"] == r.metrics["knn_top1"] and not any(k.startswith("linear") for k in only.metrics)
 
 
 # --------------------------------------------------------------------------------------
@@ -266,7 +270,7 @@ def test_pretrained_encoder_plugs_in(pretrained_run):
     path, v = pretrained_run
     config = load_config("eval_eurosat.py", "smoke")
     config.pretrained = path
-    loaded = common.load_pretrained(config)
+    loaded = encoders.load_pretrained(config)
     assert loaded[2]["step"] == 5 and loaded[2]["arch"] == "tiny"
     clf.validate(config)
     task = clf.make_task(config, num_outputs=10, multilabel=False, loaded=loaded)
@@ -275,7 +279,7 @@ def test_pretrained_encoder_plugs_in(pretrained_run):
     assert jax.tree.structure(enc) == jax.tree.structure(v)
     for a, b in zip(jax.tree.leaves(enc), jax.tree.leaves(v)):
         np.testing.assert_array_equal(a, b)
-    assert common.pretrained_summary(loaded)["init"] == "pretrained"
+    assert encoders.pretrained_summary(loaded)["init"] == "pretrained"
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -313,8 +317,8 @@ def test_every_job_refuses_an_incomplete_or_misspelt_data_block(tmp_path, name):
 
 
 def test_segmentation_job_with_pretrained_encoder(pretrained_run, tmp_path):
-    from rsjax.data import build
     from rsjax import main as main_lib
+    from rsjax.data import build
 
     data_dir = str(tmp_path / "tfds")
     build.ensure_built("rs_synthetic", data_dir, config="tiny")
@@ -425,6 +429,9 @@ def test_multilabel_smoke_with_finetune(synth_dir, tmp_path):
     ("eval.label_fraction", 1.5, r"config\.eval\.label_fraction=1\.5"),
     ("data.folder", "/nonexistent/eurosat", r"config\.data\.folder='/nonexistent/eurosat'"),
     ("finetune.optimizer.name", "adamx", r"config\.finetune\.optimizer\.name"),
+    ("eval.evaluators", ("knn", "segmentation"), r"config\.eval\.evaluators=\('knn', 'segmentation'\): "
+                                                 r"\['segmentation'\] not usable here"),
+    ("eval.evaluators", ("linear_multilabel",), r"this job's frozen-feature evaluators are \('knn', 'linear'\)"),
 ])
 def test_eval_config_errors_before_anything_is_written(tmp_path, key, value, match):
     from rsjax import errors

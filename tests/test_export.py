@@ -9,16 +9,16 @@ import subprocess
 import sys
 import types
 
+import _torch_compat  # tests/: torch / torchvision / timm / smp imports, see its docstring
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _torch_compat  # tests/: torch / torchvision / timm / smp imports, see its docstring
-
 torch = _torch_compat.require("torch", module_level=True)
 from torch import nn as tnn  # noqa: E402
 
+from rsjax.errors import DataError  # noqa: E402
 from rsjax.export import (  # noqa: E402
     FORMATS,
     export_encoder,
@@ -28,7 +28,6 @@ from rsjax.export import (  # noqa: E402
     torch_name_table,
     torch_resnet,
 )
-from rsjax.errors import DataError  # noqa: E402
 from rsjax.models.resnet import create_encoder  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------

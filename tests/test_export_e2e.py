@@ -9,11 +9,10 @@ import pathlib
 import subprocess
 import sys
 
+import _torch_compat  # noqa: E402  (tests/: skip naming any import failure, see its docstring)
 import jax
 import numpy as np
 import pytest
-
-import _torch_compat  # noqa: E402  (tests/: skip naming any import failure, see its docstring)
 
 torch = _torch_compat.require("torch", module_level=True)
 

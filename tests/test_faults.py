@@ -517,7 +517,7 @@ def test_issue27_fault3_encoder_of_another_shape_is_a_one_line_config_error():
     """Another architecture / band count: a ConfigError (one line, exit 2 from every CLI) naming
     both sides; an imported encoder without band names says so instead of printing []."""
     from rsjax import errors
-    from rsjax.evaluate.common import check_pretrained_meta
+    from rsjax.evaluate.encoders import check_pretrained_meta
 
     config = ml_collections.ConfigDict({"model": {"name": "resnet50", "in_channels": 13, "stem": "standard"},
                                         "data": {"normalization": "registry"}})
@@ -570,6 +570,7 @@ def test_issue27_fault2_disk_full_during_a_checkpoint_is_one_line_and_frees_the_
     CheckpointError of one line (exit 2 from the CLI) naming the last complete step; the
     half-written <step>.orbax-checkpoint-tmp folder is removed; the rerun resumes and finishes."""
     from conftest import load_config
+
     from rsjax import errors
     from rsjax.jobs import pretrain
 

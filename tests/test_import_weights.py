@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import _torch_compat  # noqa: E402  (tests/: timm imports; skips naming the failure)
+
 from rsjax.data import registry  # noqa: E402
 from rsjax.export import torch_resnet  # noqa: E402
 from rsjax.export.torch_export import export_encoder, load_state_dict  # noqa: E402
@@ -307,16 +308,17 @@ def test_scale_normalization_is_raw_over_s():
 
 def test_job_with_other_normalization_is_refused(imported, tmp_path):
     from conftest import load_config
-    from rsjax.evaluate import common
+
+    from rsjax.evaluate import encoders
 
     config = load_config("eval_eurosat", "smoke")
     config.pretrained = str(imported[1])
     config.model.name = "resnet18"
     with pytest.raises(ValueError, match=r"input normalization 'scale:10000' \(checkpoint\) vs "
                                          r"config.data.normalization='registry'"):
-        common.load_pretrained(config)
+        encoders.load_pretrained(config)
     config.data.normalization = "scale:10000"
-    params, _, meta = common.load_pretrained(config)
+    params, _, meta = encoders.load_pretrained(config)
     assert meta["method"] == "imported" and meta["normalization"] == "scale:10000"
     assert registry.data_info(config.data).scale == 10000.0 and registry.data_info(config.data).mean == (0.0,) * 13
 

@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 
 from rsjax.data import device_augment as dev
-from rsjax.data import ops
 from rsjax.data import input as input_lib
+from rsjax.data import ops, pipeline
 from rsjax.jobs import pretrain
-from rsjax.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

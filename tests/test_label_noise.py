@@ -1,5 +1,6 @@
 """Label noise: connected components vs a BFS reference, flips of whole regions, blob pixel
-rate, erosion / dilation by exact pixel counts, ignore pixels untouched, determinism."""
+rate, erosion / dilation by exact pixel counts, coarse labels (majority pooling) and the
+agreement report against written-out loops, ignore pixels untouched, determinism."""
 
 from __future__ import annotations
 
@@ -142,9 +143,73 @@ def test_apply_label_noise_deterministic():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(flip_rate=1.5), "flip_rate"), (dict(flip_rate=0.1, flip_mode="pixels"), "flip_mode"),
-    (dict(erosion=1, erosion_class=9), "erosion_class"),
+    (dict(erosion=1, erosion_class=9), "erosion_class"), (dict(pool_factor=0), "pool_factor"),
 ])
 def test_bad_arguments_name_the_key(kw, match):
     masks = np.zeros((1, 8, 8), np.int32)
     with pytest.raises(ValueError, match=match):
         LN.apply_label_noise(masks, num_classes=6, **kw)
+
+
+def _pool_loops(mask, f, k, ignore):
+    """Majority pooling written out: every block of f x f pixels from the top-left (cut at the
+    border), its valid pixels counted class by class, the first most frequent class written
+    back to the block's valid pixels."""
+    h, w = mask.shape
+    out = mask.copy()
+    for by in range(0, h, f):
+        for bx in range(0, w, f):
+            votes = [0] * k
+            for y in range(by, min(by + f, h)):
+                for x in range(bx, min(bx + f, w)):
+                    if mask[y, x] != ignore:
+                        votes[mask[y, x]] += 1
+            if max(votes) == 0:
+                continue
+            best = votes.index(max(votes))
+            for y in range(by, min(by + f, h)):
+                for x in range(bx, min(bx + f, w)):
+                    if mask[y, x] != ignore:
+                        out[y, x] = best
+    return out
+
+
+@pytest.mark.parametrize("f,shape", [(4, (16, 16)), (3, (10, 14)), (16, (40, 33)), (1, (5, 5))])
+def test_majority_pool_matches_loops(f, shape):
+    rng = np.random.default_rng(f)
+    masks = rng.integers(-1, 5, (3,) + shape).astype(np.int32)  # -1 = ignore, about 1 in 6
+    masks[0, :f, :f] = -1  # a block with no valid pixel: stays ignored
+    got = LN.majority_pool(masks, f, 5, ignore_index=-1)
+    for m, g in zip(masks, got):
+        np.testing.assert_array_equal(g, _pool_loops(m, f, 5, -1))
+    assert got.dtype == masks.dtype and (got[masks == -1] == -1).all()
+
+
+def test_majority_pool_by_hand():
+    # 2 x 2 blocks: [0 0 / 1 -]: 0 wins; [1 1 / 2 2]: tie -> the smaller id 1; right column cut
+    # at the border: [3 / 3] -> 3; bottom row [4 4 | 0]
+    m = np.array([[0, 0, 1, 1, 3],
+                  [1, -1, 2, 2, 3],
+                  [4, 4, 2, 0, 0]], np.int64)
+    expect = np.array([[0, 0, 1, 1, 3],
+                       [0, -1, 1, 1, 3],
+                       [4, 4, 0, 0, 0]])
+    np.testing.assert_array_equal(LN.majority_pool(m, 2, 5, ignore_index=-1), expect)
+    # in apply_label_noise: pooling, then nothing else (no flip, no erosion)
+    np.testing.assert_array_equal(LN.apply_label_noise(m[None], num_classes=5, pool_factor=2, ignore_index=-1)[0],
+                                  expect)
+
+
+def test_agreement_matches_loops():
+    rng = np.random.default_rng(3)
+    clean = rng.integers(-1, 4, (2, 9, 11))
+    noisy = np.where(rng.random(clean.shape) < 0.3, rng.integers(-1, 4, clean.shape), clean)
+    a = LN.agreement(clean, noisy, ignore_index=-1)
+    pixels = [(c, n) for c, n in zip(clean.ravel().tolist(), noisy.ravel().tolist()) if c != -1]
+    assert a["pixels"] == len(pixels)
+    assert a["pixel"] == pytest.approx(sum(c == n for c, n in pixels) / len(pixels))
+    for k in range(4):
+        of_k = [n for c, n in pixels if c == k]
+        assert a["per_class"][k] == pytest.approx(sum(n == k for n in of_k) / len(of_k))
+    assert LN.noise_rate(clean, noisy, -1) == pytest.approx(1 - a["pixel"])
+    assert LN.agreement(np.full((2, 2), -1), np.zeros((2, 2), int), -1) == {"pixel": 1.0, "per_class": {}, "pixels": 0}

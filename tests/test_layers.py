@@ -122,3 +122,41 @@ def test_the_builders_import_the_library_not_the_other_way_round():
 def test_the_graph_is_not_empty():  # a broken parser would pass the tests above vacuously
     assert len(MODULES) > 60 and sum(map(len, GRAPH.values())) > 200
     assert "rsjax.data.op_registry" in GRAPH["rsjax.data.augment"]
+
+
+# --------------------------------------------------------------------------------------
+# Hygiene: no definition nothing uses
+# --------------------------------------------------------------------------------------
+# Where a name may be used: the library, its tests, configs, builders, notebooks, docs, CI.
+_USE_SITES = ("rsjax/**/*.py", "tests/**/*.py", "configs/**/*.py", "tfds_builders/**/*.py",
+              "colab/*.ipynb", "docs/*.md", "README.md", ".ci/**/*", "pyproject.toml")
+
+
+def _top_level_definitions() -> dict[str, list[str]]:
+    """``{name: [files]}`` of the module-level functions, classes and UPPER_CASE constants of
+    rsjax/, except dunders and definitions registered by a decorator (op implementations)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted((REPO / "rsjax").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.decorator_list:
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name) and t.id.isupper()]
+            for name in names:
+                if not (name.startswith("__") and name.endswith("__")):
+                    out.setdefault(name, []).append(str(path.relative_to(REPO)))
+    return out
+
+
+def test_every_definition_is_used_somewhere():
+    """A module-level definition of rsjax/ that no file of the repository names besides its own
+    definition is dead code: remove it (or use it). Counted by whole-word occurrences."""
+    import collections
+    import re
+
+    words = collections.Counter(w for pattern in _USE_SITES for p in REPO.glob(pattern) if p.is_file()
+                                for w in re.findall(r"\w+", p.read_text(errors="ignore")))
+    unused = [f"{name} ({', '.join(files)})" for name, files in _top_level_definitions().items()
+              if words[name] <= len(files)]
+    assert not unused, f"defined but never used: {unused}"

@@ -111,6 +111,7 @@ def test_bad_spelling_is_refused():
 
 def test_study_swimdiff_arms_train_the_denoiser_with_its_own_adam():
     from conftest import load_config
+
     from rsjax import study
 
     cfg = load_config("study_eurosat", "cpu")

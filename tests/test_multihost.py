@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import socket
 
-import pytest
-
 import _reliability_util as U
+import pytest
 from conftest import FAST_COMPILE_FLAGS
+
 from rsjax import train
 from rsjax.jobs import pretrain
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from _method_check import load_config, run_train_steps
+
 from rsjax import methods
 from rsjax.methods.moco import scene_false_negatives
 

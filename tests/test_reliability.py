@@ -17,16 +17,17 @@ import re
 import shutil
 import signal
 
+import _reliability_util as U
 import jax
 import numpy as np
 import pytest
 
-import _reliability_util as U
 from rsjax import checkpoint as ckpt_lib
 from rsjax import train
 from rsjax.data import input as input_lib
 from rsjax.data import pipeline
 from rsjax.jobs import pretrain
+
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):

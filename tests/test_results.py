@@ -174,6 +174,7 @@ def test_study_writes_each_arm_json_and_resumes_arm_by_arm(tmp_path):
     """The smoke study: one JSON per finished arm in study.out_dir with provenance; a rerun
     with one more arm and a spent time budget retrains nothing and starts no new arm."""
     from conftest import load_config
+
     from rsjax.data import build
     from rsjax.jobs import study_eurosat as study
 

@@ -14,6 +14,10 @@ import os
 
 import numpy as np
 import pytest
+from dummy_data import DUBAI_DRAWN as DRAWN
+from dummy_data import DUBAI_LABEL as LABEL
+from dummy_data import DUBAI_RGB as RGB
+from dummy_data import write_dubai_like
 from PIL import Image
 
 from configs import common
@@ -21,57 +25,8 @@ from rsjax.data import pipeline, registry, tiles
 from rsjax.data import segmentation as SD
 from rsjax.errors import ConfigError, DataError, MissingDataError
 
-# drawn class index -> (colour in the masks, expected label): the README's table, Unlabeled and
-# black no-data ignored (-1); labels in the order of classes.json.
-DRAWN = [("#E2A929", 0), ("#8429F6", 1), ("#6EC1E4", 2), ("#3C1098", 3), ("#FEDD3A", 4),
-         ("#9B9B9B", -1), ("#000000", -1)]
 NAMES = ("water", "land", "road", "building", "vegetation")
-RGB = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c, _ in DRAWN], np.uint8)
-LABEL = np.array([lab for _, lab in DRAWN])
 S = 16  # crop side of the tests
-
-
-def _classes(rng, h, w):
-    """A class-index map of 4 px blocks; known pixels: water at the top left, no-data at (20, 20)."""
-    c = np.kron(rng.integers(0, len(DRAWN), (h // 4 + 1, w // 4 + 1)), np.ones((4, 4), np.int64))[:h, :w]
-    c[:4, :4] = 0
-    c[20:24, 20:24] = 6
-    return c
-
-
-def _save_mask(path, cls, palette: bool):
-    if not palette:
-        Image.fromarray(RGB[cls]).save(path)
-        return
-    order = np.random.default_rng(5).permutation(len(DRAWN))  # palette indices unrelated to classes
-    im = Image.fromarray(np.argsort(order)[cls].astype(np.uint8), mode="P")
-    im.putpalette(RGB[order].reshape(-1).tolist())
-    im.save(path)
-
-
-def write_dubai_like(base, seed=0):
-    """The layout as it unpacks: tiles 1 (RGB masks, 40 x 36 and 40 x 37 px), 2 (the first image
-    of tile 1 again, its mask a palette PNG), 3 (33 x 32, RGB); ``classes.json`` beside them.
-    Returns ``{(tile, name): (image array, class map)}``."""
-    rng = np.random.default_rng(seed)
-    root = base / "dubai_aerial_seg" / "Semantic segmentation dataset"
-    truth = {}
-    first = None
-    for tile, sizes in ((1, [(36, 40), (37, 40)]), (2, [(36, 40)]), (3, [(32, 33)])):
-        for sub in ("images", "masks"):
-            os.makedirs(root / f"Tile {tile}" / sub)
-        for i, (h, w) in enumerate(sizes, 1):
-            name = f"image_part_{i:03d}"
-            if tile == 2:
-                image, cls = first
-            else:
-                image, cls = rng.integers(0, 256, (h, w, 3), dtype=np.uint8), _classes(rng, h, w)
-                first = first or (image, cls)
-            Image.fromarray(image).save(root / f"Tile {tile}" / "images" / f"{name}.jpg", quality=95)
-            _save_mask(root / f"Tile {tile}" / "masks" / f"{name}.png", cls, palette=tile == 2)
-            truth[tile, name] = (np.asarray(Image.open(root / f"Tile {tile}" / "images" / f"{name}.jpg")), cls)
-    (root / "classes.json").write_text(json.dumps({"classes": [{"title": "Water", "color": "#50E3C2"}]}))
-    return base / "dubai_aerial_seg", truth
 
 
 @pytest.fixture

@@ -20,8 +20,9 @@ def _config(synth: str, out: str):
 
 
 def test_study_holds_its_workdir_and_scores_with_frozen_eval(tmp_path, monkeypatch):
-    from rsjax import errors, workdir as workdir_lib
+    from rsjax import errors
     from rsjax import study as study_lib
+    from rsjax import workdir as workdir_lib
     from rsjax.data import build
     from rsjax.evaluate import classification as cls
     from rsjax.jobs import study_eurosat

@@ -11,7 +11,6 @@ import pytest
 
 from rsjax.data import registry, synthetic
 
-
 # ------------------------------------------------------------------------------- generator
 
 def test_generate_shapes_dtypes_and_labels():

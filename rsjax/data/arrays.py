@@ -27,7 +27,9 @@ def paired_crop_flip(arrays: Mapping[str, np.ndarray], index: int, crop: int, rn
     spatial array (``[N, H, W, ...]``: images and masks alike; arrays with fewer than three axes,
     e.g. class labels, are passed through). ``crop`` <= 0 or >= the image keeps the full image;
     ``augment=False`` takes the centre window without flip / rotation."""
-    from rsjax.data import ops  # the crop_flip op (numpy backend): one definition of the paired draw
+    from rsjax.data import (
+        ops,  # the crop_flip op (numpy backend): one definition of the paired draw
+    )
 
     example = {name: arr[index] for name, arr in arrays.items()}
     return ops.apply(f"crop_flip({max(int(crop), 0)}, augment={bool(augment)})", example, rng)

@@ -29,9 +29,10 @@ import math
 
 import numpy as np
 
-from rsjax.data import op_registry as ops  # the registry; rsjax.data.ops imports this module
+from rsjax.data import (
+    op_registry as ops,  # the registry; rsjax.data.ops imports this module
+)
 from rsjax.errors import ConfigError, DataError
-
 
 # ----------------------------------------------------------------------------------------
 # Separable resampling

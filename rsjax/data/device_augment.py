@@ -31,7 +31,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rsjax.data import op_registry as ops  # the registry; rsjax.data.ops imports this module
+from rsjax.data import (
+    op_registry as ops,  # the registry; rsjax.data.ops imports this module
+)
 from rsjax.data import registry
 from rsjax.errors import ConfigError
 

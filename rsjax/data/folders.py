@@ -42,17 +42,17 @@ import numpy as np
 
 from rsjax.data import images
 
-
 # THE extension list of image files (builders, evaluation folders, the GPU-resident path).
 IMAGE_EXTS: tuple[str, ...] = tuple(images.IMAGE_EXTENSIONS)
 
 
-def subset_indices(n: int, limit: int | None) -> np.ndarray:
+def subset_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
     """The subset rule of every split reader: indices of ``limit`` of ``n`` records drawn with
-    ``numpy.random.default_rng(0)``, in record order; all ``n`` when ``limit`` is None, 0 or >= n."""
+    ``numpy.random.default_rng(seed)`` (0 for every reader; a study's labelled fraction draws one
+    subset per study seed), in record order; all ``n`` when ``limit`` is None, 0 or >= n."""
     if not limit or int(limit) >= n:
         return np.arange(n)
-    return np.sort(np.random.default_rng(0).permutation(n)[:int(limit)])
+    return np.sort(np.random.default_rng(int(seed)).permutation(n)[:int(limit)])
 
 
 def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[list[str], list[list[str]]]:

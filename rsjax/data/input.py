@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from rsjax import errors
 from rsjax import sharding as shd
 
 
@@ -31,9 +32,7 @@ def validate(config) -> None:
     check_complete(config.data)  # unknown, former or missing keys, named
     d = config.data
 
-    def need(cond, key, msg):
-        if not cond:
-            raise ValueError(f"config.data.{key}={d[key]!r}: {msg}")
+    need = errors.checker(d, "data")
 
     spb, sps, g = d.scenes_per_batch or 0, d.samples_per_scene, d.crops_as_scenes or 0
     need(spb >= 0, "scenes_per_batch", "must be >= 0 (0 = no scene-aware batching)")
@@ -173,14 +172,3 @@ def _warn_if_upsampling(data_cfg) -> None:
         return
     if len(hw) == 2 and (hw > 0).all():
         registry.warn_if_upsampling(data_cfg.image_size, hw, what=f"split {data_cfg.train_split!r} of {data_cfg.name!r}")
-
-
-def check_bands(config) -> None:
-    from rsjax.data import registry
-
-    info = registry.data_info(config.data)
-    if len(info.bands) != config.model.in_channels:
-        raise ValueError(
-            f"config.model.in_channels={config.model.in_channels} does not match dataset "
-            f"{config.data.name!r} with {len(info.bands)} bands {list(info.bands)}"
-        )

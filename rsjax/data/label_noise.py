@@ -10,6 +10,11 @@ Neighbourhoods are 4-connected (up, down, left, right; ties between donors go to
 
 Noise kinds:
 
+* **coarse labels** (:func:`majority_pool`, ``pool_factor`` f): each f x f block of a mask
+  (from its top-left corner) takes the most frequent class of its valid pixels and every pixel
+  of the block that had a label takes it (majority pooling, then nearest upsampling): a product
+  of f times coarser resolution over the imagery (Dynamic World's 10 m cells over sub-metre
+  pixels). Pixels without a label keep none.
 * **class flips of whole regions** (``flip_mode="regions"``): every connected same-class
   region (:func:`connected_components`) is, with probability ``flip_rate``, relabelled to a
   class drawn uniformly from the *other* classes. ``flip_rate`` is the expected fraction of
@@ -26,9 +31,12 @@ Noise kinds:
   class present is dilated by ``|erosion|`` px in a random order per image, which moves each
   boundary by up to ``|erosion|`` px in a random direction (coarse / misregistered labels).
 
-:func:`apply_label_noise` applies flips first (regions of the clean map), then the boundary
-noise; image ``i`` uses ``np.random.default_rng([seed, i])``, so a mask's noise does not depend
-on the other masks or on their order of processing.
+:func:`apply_label_noise` applies the pooling first, then flips (regions of the pooled map),
+then the boundary noise; image ``i`` uses ``np.random.default_rng([seed, i])``, so a mask's
+noise does not depend on the other masks or on their order of processing. A coarser legend
+(fewer classes, ``noise.class_map``) is a remap of the classes before all of these
+(:func:`rsjax.data.segmentation.noisy_labels`). :func:`agreement` reports how far noisy labels
+are from the clean ones.
 """
 
 from __future__ import annotations
@@ -218,12 +226,47 @@ def shift_boundaries(mask: np.ndarray, px: int, rng: np.random.Generator, ignore
 
 
 # --------------------------------------------------------------------------------------
+# Coarse labels
+# --------------------------------------------------------------------------------------
+def majority_pool(masks: np.ndarray, factor: int, num_classes: int, ignore_index=None) -> np.ndarray:
+    """Coarse labels of ``masks`` [..., H, W]: majority pooling by ``factor``, nearest upsampling.
+
+    The blocks are ``factor x factor`` pixels from the top-left corner; those at the bottom and
+    right edges are cut by the image border and vote with the pixels they have. A block's label
+    is the class with most valid pixels in it (ties: the smaller class id); every valid pixel of
+    the block takes it, ignored pixels (``ignore_index``) stay ignored and take no part in the
+    vote. ``factor`` 1 returns a copy. Classes must lie in ``0 .. num_classes - 1``.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim < 2 or not np.issubdtype(masks.dtype, np.integer):
+        raise ValueError(f"expected integer class maps [..., H, W], got {masks.dtype} {masks.shape}")
+    f = int(factor)
+    if f < 1:
+        raise ValueError(f"noise.pool_factor={factor}: must be >= 1 (1 = no pooling)")
+    if f == 1:
+        return masks.copy()
+    h, w = masks.shape[-2:]
+    hb, wb = -(-h // f), -(-w // f)
+    valid = _valid(masks, ignore_index)
+    # counts[..., i, j, c]: pixels of class c in block (i, j); the padding (outside the image) is invalid
+    padded = np.full(masks.shape[:-2] + (hb * f, wb * f), -1, np.int64)
+    padded[..., :h, :w] = np.where(valid, masks, -1)
+    blocks = padded.reshape(masks.shape[:-2] + (hb, f, wb, f))
+    counts = np.stack([(blocks == c).sum(axis=(-3, -1)) for c in range(int(num_classes))], axis=-1)
+    winner = counts.argmax(axis=-1)  # first maximum: ties go to the smaller class id
+    up = np.repeat(np.repeat(winner, f, axis=-2), f, axis=-1)[..., :h, :w]
+    return np.where(valid, up, masks).astype(masks.dtype)
+
+
+# --------------------------------------------------------------------------------------
 # Whole data sets
 # --------------------------------------------------------------------------------------
 def apply_label_noise(masks: np.ndarray, *, num_classes: int, flip_rate: float = 0.0,
                       flip_mode: str = "regions", erosion: int = 0, erosion_class: int = -1,
-                      blob_radius: float = 6.0, seed: int = 0, ignore_index=None) -> np.ndarray:
-    """Noisy copies of ``masks`` [N, H, W]: flips (``flip_mode``), then boundary noise.
+                      blob_radius: float = 6.0, pool_factor: int = 1, seed: int = 0,
+                      ignore_index=None) -> np.ndarray:
+    """Noisy copies of ``masks`` [N, H, W]: coarse labels (``pool_factor``), then flips
+    (``flip_mode``), then boundary noise.
 
     Image ``i`` draws from ``np.random.default_rng([seed, i])``. Returns the input dtype.
     """
@@ -232,6 +275,10 @@ def apply_label_noise(masks: np.ndarray, *, num_classes: int, flip_rate: float =
         raise ValueError(f"noise.flip_mode={flip_mode!r}: expected one of {FLIP_MODES}")
     if erosion_class >= num_classes:
         raise ValueError(f"noise.erosion_class={erosion_class}: must be -1 or < num_classes={num_classes}")
+    if int(pool_factor) > 1:
+        masks = majority_pool(masks, pool_factor, num_classes, ignore_index)
+    elif int(pool_factor) < 1:
+        raise ValueError(f"noise.pool_factor={pool_factor}: must be >= 1 (1 = no pooling)")
     out = np.empty_like(masks)
     for i, m in enumerate(masks):
         rng = np.random.default_rng([int(seed), i])
@@ -247,10 +294,26 @@ def apply_label_noise(masks: np.ndarray, *, num_classes: int, flip_rate: float =
 
 
 def noise_rate(clean: np.ndarray, noisy: np.ndarray, ignore_index=None) -> float:
-    """Fraction of valid pixels whose noisy label differs from the clean one."""
+    """Fraction of valid pixels whose noisy label differs from the clean one (1 - the
+    ``pixel`` agreement of :func:`agreement`)."""
+    return 1.0 - agreement(clean, noisy, ignore_index)["pixel"]
+
+
+def agreement(clean: np.ndarray, noisy: np.ndarray, ignore_index=None) -> dict:
+    """How far noisy labels are from the clean ones, on the pixels the clean masks label.
+
+    Returns ``{"pixel": fraction of those pixels whose noisy label equals the clean one,
+    "per_class": {clean class id: the same fraction among that class's pixels}, "pixels": their
+    number}``; ``pixel`` is 1.0 when no pixel is labelled. A noisy label in another legend must be
+    compared with the clean labels remapped to that legend (the caller's remap)."""
     clean, noisy = np.asarray(clean), np.asarray(noisy)
     if clean.shape != noisy.shape:
         raise ValueError(f"clean {clean.shape} and noisy {noisy.shape} masks differ in shape")
     valid = _valid(clean, ignore_index)
-    n = int(valid.sum())
-    return float(np.sum((clean != noisy) & valid) / n) if n else 0.0
+    c, same = clean[valid].astype(np.int64), (clean == noisy)[valid]
+    if len(c) and c.min() < 0:
+        raise ValueError(f"clean labels must be class ids >= 0 outside ignore_index={ignore_index}, got {c.min()}")
+    total = np.bincount(c)
+    hits = np.bincount(c, weights=same)
+    per_class = {int(k): float(hits[k] / total[k]) for k in np.flatnonzero(total)}
+    return {"pixel": float(same.mean()) if len(c) else 1.0, "per_class": per_class, "pixels": int(len(c))}

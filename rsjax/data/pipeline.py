@@ -82,8 +82,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rsjax.data import augment, folders, ops, registry, scenes, tiles
-from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
+from rsjax.errors import ConfigError, DataError, MissingDataError
 
 STATE_FORMAT = "rsjax.data.pipeline/v1"
 
@@ -130,7 +130,9 @@ class DataSource:
             return self._source
         with self._lock:
             if self._source is None:
-                from rsjax.data import build  # heavy tfds import only when data is needed
+                from rsjax.data import (
+                    build,  # heavy tfds import only when data is needed
+                )
 
                 if self.auto_build:
                     build.ensure_built(self.name, self.data_dir, self.builder_config)
@@ -237,9 +239,7 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
             raise ConfigError(f"config.data.folder={cfg_data.folder!r} is a {'tile folder' if tiled else '<Class>/<image> tree'}"
                               f" of {info.name!r}: it has {', '.join(have)}, not {', '.join(missing)}")
         if tiled:  # no stored splits: always cut by scene (= tile number)
-            numbers = list(folders.tile_folders(cfg_data.folder))
-            out = tiles.read(cfg_data, scenes.select(cfg_data, split, numbers, split_key=split_key,
-                                                     where=f"the tile folder {cfg_data.folder!r} (scene = tile number)"))
+            out = tiles.read(cfg_data, tiles.split_tiles(cfg_data, split, split_key=split_key))
             keep = folders.subset_indices(len(out["image"]), limit)
             out = {k: v[keep] for k, v in out.items()}
         else:

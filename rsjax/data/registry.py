@@ -630,3 +630,23 @@ def get_config_info(name: str, config: str | None = None) -> DatasetInfo:
     if config and f"{base}/{config}" in _REGISTRY:
         return _REGISTRY[f"{base}/{config}"]
     return _base_info(base)
+
+
+def check_bands(config, num_bands: int | None = None, what: str | None = None) -> None:
+    """ConfigError when the data's band count (``num_bands``, default the registry entry of
+    ``config.data``) differs from ``config.model.in_channels``; ``what`` names the data."""
+    if num_bands is None:
+        info = data_info(config.data)
+        num_bands, what = len(info.bands), what or f"dataset {info.name!r} with bands {list(info.bands)}"
+    if int(num_bands) != int(config.model.in_channels):
+        raise ConfigError(f"config.model.in_channels={config.model.in_channels} does not match "
+                          f"{what or 'the data'} ({num_bands} bands)")
+
+
+def rgb_indices(bands) -> tuple[int, ...]:
+    """Band indices to show as RGB: R/G/B, else Sentinel-2 B04/B03/B02, else the first band."""
+    bands = list(bands)
+    for triple in (("R", "G", "B"), ("B04", "B03", "B02")):
+        if all(b in bands for b in triple):
+            return tuple(bands.index(b) for b in triple)
+    return (0, 1, 2) if len(bands) >= 3 else (0, 0, 0)

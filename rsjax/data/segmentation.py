@@ -45,7 +45,6 @@ from rsjax.errors import ConfigError, DataError
 
 IGNORE_INDEX = -1
 
-SYNTHETIC_MERGED_CLASSES = ("water", "vegetation", "built_or_bare")
 SYNTHETIC_MERGE_MAP = (0, 1, 1, 1, 2, 2)  # water | forest, cropland, grassland | urban, bare soil
 
 
@@ -144,13 +143,41 @@ def remap(labels: np.ndarray, class_map) -> np.ndarray:
     return ops.apply(f"remap({tuple(int(c) for c in class_map)!r})", {"mask": labels})["mask"]
 
 
+def noise_class_map(config) -> tuple[int, ...]:
+    """``config.noise.class_map`` (clean class -> class of the noisy labels' coarser legend), or
+    () when the noisy labels keep the clean classes."""
+    return tuple(int(c) for c in (config.noise.get("class_map", ()) or ()))
+
+
+def noise_num_classes(config, num_classes: int) -> int:
+    """The number of classes of the noisy labels: ``max(noise.class_map) + 1``, else ``num_classes``."""
+    cmap = noise_class_map(config)
+    return max(cmap) + 1 if cmap else int(num_classes)
+
+
 def noisy_labels(config, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``labels`` with the noise of ``config.noise`` (a pure function of ``noise.seed``)."""
+    """``labels`` with the noise of ``config.noise`` (a pure function of ``noise.seed``): the
+    classes remapped to the coarser legend ``noise.class_map`` (when set), then
+    :func:`rsjax.data.label_noise.apply_label_noise` (coarse labels by ``noise.pool_factor``,
+    flips, boundary noise) with :func:`noise_num_classes` classes."""
     n = config.noise
+    cmap = noise_class_map(config)
+    if cmap:
+        if len(cmap) != num_classes:
+            raise ConfigError(f"config.noise.class_map has {len(cmap)} entries for {num_classes} classes")
+        labels = remap(labels, cmap)
     return label_noise.apply_label_noise(
-        labels, num_classes=num_classes, flip_rate=float(n.flip_rate), flip_mode=n.get("flip_mode", "regions"),
-        erosion=int(n.get("erosion", 0)), erosion_class=int(n.get("erosion_class", -1)),
-        blob_radius=float(n.get("blob_radius", 6.0)), seed=int(n.get("seed", 0)), ignore_index=IGNORE_INDEX)
+        labels, num_classes=noise_num_classes(config, num_classes), flip_rate=float(n.flip_rate),
+        flip_mode=n.get("flip_mode", "regions"), erosion=int(n.get("erosion", 0)),
+        erosion_class=int(n.get("erosion_class", -1)), blob_radius=float(n.get("blob_radius", 6.0)),
+        pool_factor=int(n.get("pool_factor", 1) or 1), seed=int(n.get("seed", 0)), ignore_index=IGNORE_INDEX)
+
+
+def noise_agreement(config, clean: np.ndarray, noisy: np.ndarray) -> dict:
+    """:func:`rsjax.data.label_noise.agreement` of ``noisy`` (from :func:`noisy_labels`) with the
+    clean labels in the noisy labels' legend (remapped by ``noise.class_map`` when set)."""
+    cmap = noise_class_map(config)
+    return label_noise.agreement(remap(clean, cmap) if cmap else clean, noisy, IGNORE_INDEX)
 
 
 def holdout_split(n: int, fraction: float, seed: int, *, key: str) -> tuple[np.ndarray, np.ndarray]:

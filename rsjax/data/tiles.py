@@ -17,8 +17,9 @@ import concurrent.futures
 import os
 
 import numpy as np
+import PIL.Image
 
-from rsjax.data import folders, registry
+from rsjax.data import folders, registry, scenes
 from rsjax.data import images as images_lib
 from rsjax.errors import ConfigError, DataError
 
@@ -27,6 +28,17 @@ def grid(h: int, w: int, size: int) -> list[tuple[int, int]]:
     """Top-left ``(y, x)`` of the ``(h // size) x (w // size)`` tiles of an ``h x w`` image, row-major;
     the remainder at the bottom and right is dropped."""
     return [(y, x) for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
+
+
+def stitch(crops: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The inverse of cutting an image into its :func:`grid`: ``rows x cols`` crops ``[rows * cols,
+    S, S, ...]`` in row-major order -> one ``[rows * S, cols * S, ...]`` array."""
+    crops = np.asarray(crops)
+    if len(crops) != rows * cols:
+        raise ValueError(f"stitch: {len(crops)} crops for a grid of {rows} x {cols}")
+    s = crops.shape[1]
+    out = crops.reshape((rows, cols, s, s) + crops.shape[3:])
+    return np.moveaxis(out, 2, 1).reshape((rows * s, cols * s) + crops.shape[3:])
 
 
 def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.ndarray:
@@ -54,6 +66,31 @@ def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.nd
     return values[idx]
 
 
+def split_tiles(cfg, split: str, *, split_key: str = "data.train_split") -> list[int]:
+    """The sorted tile numbers of run-time split ``split`` of the tile folder ``cfg.folder``: the one
+    rule of :mod:`rsjax.data.scenes` (scene = tile number; ``data.test_scenes`` /
+    ``data.val_scenes`` held out, ``train`` = every other tile). ConfigError naming the key."""
+    numbers = list(folders.tile_folders(cfg.folder))
+    return scenes.select(cfg, split, numbers, split_key=split_key,
+                         where=f"the tile folder {cfg.folder!r} (scene = tile number)")
+
+
+def crop_layout(cfg, split: str, *, split_key: str = "data.train_split") -> list[dict]:
+    """Where :func:`read`'s crops of ``split`` (:func:`split_tiles`) come from, in its order: per
+    image ``{"tile", "image" (path), "rows", "cols"}``; its crops are the next ``rows * cols`` rows
+    of the arrays, row-major (:func:`grid`; :func:`stitch` puts them back together). Reads only the
+    image headers."""
+    dirs = folders.tile_folders(cfg.folder)
+    size = int(cfg.image_size)
+    out = []
+    for t in split_tiles(cfg, split, split_key=split_key):
+        for image, _ in folders.tile_pairs(dirs[t]):
+            with PIL.Image.open(image) as im:
+                w, h = im.size
+            out.append({"tile": t, "image": image, "rows": h // size, "cols": w // size})
+    return out
+
+
 def read(cfg, tile_numbers) -> dict[str, np.ndarray]:
     """The tiles ``tile_numbers`` of the tile folder ``cfg.folder`` (``rsjax.data.folders``:
     ``<Tile N>/images/`` + ``masks/``) as raw arrays: ``image`` uint8 ``[N, S, S, C]``, ``mask`` uint8 ``[N, S, S]`` stored by
@@ -61,7 +98,7 @@ def read(cfg, tile_numbers) -> dict[str, np.ndarray]:
     (its images are neighbouring parts of one area), ``S = cfg.image_size`` (the images differ in
     size: they are cut when read).
 
-    The tiles in the order given (which tiles form a split: :mod:`rsjax.data.scenes`, applied by
+    The tiles in the order given (which tiles form a split: :func:`split_tiles`, applied by
     :func:`rsjax.data.pipeline.read_split`), each image in name order cut into its :func:`grid` of
     crops (subsets: read_split's one rule). Masks are
     read as RGB (palette PNGs converted by PIL). DataError naming the file: unreadable, not 8-bit with the registry's

@@ -18,6 +18,8 @@ Frozen-feature evaluators (:mod:`rsjax.evaluate.classification`)::
 
 ``classification.evaluator_options(name, config.eval, seed)`` maps an ``eval`` config block to
 the options, and ``classification.frozen_eval`` runs features + evaluators for one encoder.
+A job's frozen-feature evaluators are data: ``config.eval.evaluators`` (e.g. ``("knn", "linear")``;
+the BigEarthNet job ``("linear_multilabel",)``), checked by :func:`check_feature_evaluators`.
 
 Dense scorers (:mod:`rsjax.evaluate.metrics`; predictions already made)::
 
@@ -35,6 +37,9 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from rsjax import errors
+from rsjax.evaluate import metrics as M
+
 # name -> "module:function"
 EVALUATORS = {
     "knn": "rsjax.evaluate.classification:knn_evaluator",
@@ -45,6 +50,19 @@ EVALUATORS = {
 }
 
 
+def check_feature_evaluators(names_: tuple, *, multilabel: bool, key: str = "eval.evaluators") -> tuple[str, ...]:
+    """``names_`` as a tuple after checking it names frozen-feature evaluators of the right kind
+    (``linear_multilabel`` for multi-hot targets, ``knn`` / ``linear`` for single labels);
+    ConfigError naming ``config.<key>`` otherwise."""
+    names_ = tuple(names_ or ())
+    allowed = ("linear_multilabel",) if multilabel else ("knn", "linear")
+    bad = [n for n in names_ if n not in allowed]
+    if not names_ or bad:
+        raise errors.ConfigError(f"config.{key}={names_!r}: {'empty' if not names_ else f'{bad} not usable here'}; "
+                                 f"this job's frozen-feature evaluators are {allowed}")
+    return names_
+
+
 def names() -> list[str]:
     return sorted(EVALUATORS)
 
@@ -52,8 +70,6 @@ def names() -> list[str]:
 def get(name: str) -> Callable:
     """The evaluator registered as ``name`` (see the module docstring)."""
     if name not in EVALUATORS:
-        from rsjax import errors
-
         raise errors.ConfigError(f"unknown evaluator {name!r}; known: {', '.join(names())}")
     module, fn = EVALUATORS[name].split(":")
     return getattr(importlib.import_module(module), fn)
@@ -61,8 +77,6 @@ def get(name: str) -> Callable:
 
 def segmentation_scorer(pred, labels, *, num_classes: int | None = None, ignore_index: int | None = None) -> dict:
     """``"segmentation"``: :func:`rsjax.evaluate.metrics.segmentation_metrics` of class maps."""
-    from rsjax.evaluate import metrics as M
-
     if not num_classes:
         raise ValueError("the segmentation evaluator needs num_classes")
     return M.segmentation_metrics(pred, labels, int(num_classes), ignore_index)
@@ -70,8 +84,6 @@ def segmentation_scorer(pred, labels, *, num_classes: int | None = None, ignore_
 
 def change_detection_scorer(pred, labels, *, num_classes: int | None = None, ignore_index: int | None = None) -> dict:
     """``"change_detection"``: :func:`rsjax.evaluate.metrics.binary_change_metrics` of {0, 1} maps."""
-    from rsjax.evaluate import metrics as M
-
     if num_classes not in (None, 2):
         raise ValueError(f"the change_detection evaluator is binary (num_classes=2), got {num_classes}")
     return M.binary_change_metrics(pred, labels, ignore_index)

@@ -49,8 +49,7 @@ from __future__ import annotations
 import numpy as np
 
 from rsjax import plots
-from rsjax.data import pipeline
-from rsjax.evaluate import common
+from rsjax.data import pipeline, registry
 
 
 def load_data(config):
@@ -82,14 +81,14 @@ def check(arrays, info, config, split):
     if a.shape[-1] != info.num_bands:
         raise ValueError(f"{split}: images have {a.shape[-1]} bands, dataset {info.name!r} declares "
                          f"{info.num_bands} {list(info.bands)}")
-    common.check_bands(config, a.shape[-1], f"dataset {info.name!r}")
+    registry.check_bands(config, a.shape[-1], f"dataset {info.name!r}")
 
 
 def overlay(test: dict, pred: np.ndarray, info, path: str, n: int = 4) -> str:
     """Rows of (A, B, ground truth, prediction, error map) for the first ``n`` test pairs,
     preferring pairs with change in the ground truth."""
     order = np.argsort(-(test["change"] == 1).reshape(len(pred), -1).mean(1), kind="stable")[:n]
-    idx = common.rgb_indices(info.bands)
+    idx = registry.rgb_indices(info.bands)
     rows = [plots.change_panels(test["a"][i], test["b"][i], test["change"][i], pred[i], idx) for i in order]
     return plots.image_grid(rows, plots.CHANGE_TITLES, path, legend=plots.CHANGE_LEGEND)
 

@@ -24,6 +24,7 @@ test_feats, test_targets, **options) -> (metrics, predictions)``.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -31,6 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rsjax import evaluate, sharding
+from rsjax.data import ops
+from rsjax.errors import ConfigError
+from rsjax.evaluate import metrics as M
 from rsjax.evaluate.metrics import accuracy, confusion_matrix, per_class_accuracy
 
 
@@ -131,8 +136,6 @@ def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of a seeded random ``fraction`` of ``n`` training examples (at least 1):
     ``default_rng([seed, 7]).choice(n, round(fraction * n), replace=False)``."""
     if not 0 < fraction <= 1:
-        from rsjax.errors import ConfigError
-
         raise ConfigError(f"config.eval.label_fraction={fraction} must be in (0, 1]")
     if fraction >= 1:
         return np.arange(n)
@@ -143,8 +146,6 @@ def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
 def targets_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """Multi-hot [N, C] (int32): 1 where class c occurs anywhere in the example's mask [N, H, W]
     (the ``multi_hot`` op of :mod:`rsjax.data.ops`)."""
-    from rsjax.data import ops
-
     return ops.apply(f"multi_hot({int(num_classes)})", {"mask": np.asarray(mask)})["label"]
 
 
@@ -174,8 +175,6 @@ def linear_multilabel_evaluator(train_feats, train_targets, test_feats, test_tar
                                 **_) -> tuple[dict, np.ndarray]:
     """``"linear_multilabel"``: ``({"micro_map", "macro_map", "per_class_ap",
     "classes_with_positives"}, test logits [N, C])`` (:func:`rsjax.evaluate.metrics.multilabel_map`)."""
-    from rsjax.evaluate import metrics as M
-
     scores = linear_probe_multilabel(train_feats, train_targets, test_feats, epochs=epochs, lr=lr,
                                      weight_decay=weight_decay, seed=seed)
     return M.multilabel_map(scores, test_targets), scores
@@ -211,8 +210,6 @@ def warn_if_exploding(values, what: str, *, limit: float = EXPLOSION_LIMIT) -> b
     numbers are meaningless (a kNN / linear probe at chance), typically after a learning rate
     far too high. ``what`` names the values in the message.
     """
-    import warnings
-
     x = np.asarray([np.nan if v is None else v for v in values] if isinstance(values, (list, tuple)) else values,
                    np.float64)
     if x.size == 0:
@@ -257,19 +254,20 @@ class FrozenEval:
 
 
 def frozen_eval(encode_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, x_train, y_train, x_test,
-                y_test, *, eval_config, seed: int, evaluators=("knn", "linear"), num_classes: int | None = None,
+                y_test, *, eval_config, seed: int, evaluators=None, num_classes: int | None = None,
                 mesh=None) -> FrozenEval:
     """Frozen-feature evaluation of one encoder, shared by pretraining, the eval jobs and the study.
 
     Features ``encode_fn(variables, x) -> [B, F]`` (eval mode, row-wise) are extracted once per
     split with :func:`rsjax.sharding.batched_predict` (``eval_config.batch_size``), then each
-    evaluator named in ``evaluators`` (``rsjax.evaluate.get``) scores the test split with its
-    options from ``eval_config`` (:func:`evaluator_options`). Non-finite features or feature
+    evaluator named in ``evaluators`` (default: ``eval_config.evaluators``, else ``("knn",
+    "linear")``; ``rsjax.evaluate.get``) scores the test split with its options from
+    ``eval_config`` (:func:`evaluator_options`). Non-finite features or feature
     norms > 1e6 are warned about first (:func:`warn_if_exploding`).
     """
-    from rsjax import evaluate, sharding
-
     bs = int(eval_config.get("batch_size", 256))
+    if evaluators is None:
+        evaluators = tuple(eval_config.get("evaluators", None) or ("knn", "linear"))
 
     def features(x, desc):
         out = sharding.batched_predict(encode_fn, variables, x, batch_size=bs, desc=desc, mesh=mesh)

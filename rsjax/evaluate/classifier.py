@@ -12,11 +12,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import errors, trainable
+from rsjax import errors, evaluate, optim, train, trainable
 from rsjax import sharding as shd
-from rsjax.data import registry
+from rsjax.data import folders, pipeline, registry
+from rsjax.data.arrays import ArrayIterator
 from rsjax.data.defaults import check_complete
-from rsjax.evaluate import common
+from rsjax.tasks import ClassifierTask
 
 
 # --------------------------------------------------------------------------------------
@@ -25,8 +26,6 @@ from rsjax.evaluate import common
 def complete(config: ml_collections.ConfigDict) -> None:
     """Fills ``config.finetune.optimizer`` with every key of :func:`rsjax.optim.default_block`
     (the configs give only what differs), so config.json and the checkpoints hold the whole block."""
-    from rsjax import optim
-
     with config.unlocked():
         ft = config.finetune
         given = ft.optimizer.to_dict() if "optimizer" in ft else {}
@@ -36,17 +35,14 @@ def complete(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, task_cls: Any = None):
     """Completes and checks the whole config before anything is written (ConfigError naming the
     key). Returns the fine-tune :class:`rsjax.train.Phase` (None without fine-tuning)."""
-    from rsjax import optim, train
-
     with errors.config_errors():
         complete(config)
         ec, ft = config.eval, config.finetune
 
-        def need(cond, key, value, msg):
-            if not cond:
-                raise errors.ConfigError(f"config.{key}={value!r}: {msg}")
-
+        need = errors.require
         need(int(ec.batch_size) > 0, "eval.batch_size", ec.batch_size, "must be > 0")
+        evaluate.check_feature_evaluators(
+            ec.get("evaluators", ("linear_multilabel",) if multilabel else ("knn", "linear")), multilabel=multilabel)
         need(0 < float(ec.get("label_fraction", 1.0)) <= 1, "eval.label_fraction", ec.get("label_fraction"),
              "must be in (0, 1]")
         for key in ("max_train", "max_test"):
@@ -70,14 +66,12 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
             raise errors.ConfigError(f"config.data.folder={folder!r} is not a directory (a <Class>/<image> tree)")
         info = registry.data_info(config.data)  # unknown data.name / builder_config -> error naming it
         if info.bands:
-            common.check_bands(config, len(info.bands), f"dataset {d.name!r}")
+            registry.check_bands(config, len(info.bands), f"dataset {d.name!r}")
         trainable.compute_dtype(config)
     return phase
 
 
 def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
-    from rsjax.tasks import ClassifierTask
-
     with errors.config_errors():  # unknown model name / stem
         return ClassifierTask(config, num_outputs=num_outputs, multilabel=multilabel,
                               image_size=int(config.data.image_size or 32),  # 0 = stored size
@@ -90,8 +84,6 @@ def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
 def load_data(config):
     """``(x_train, y_train, x_test, y_test, class_names)``: float32 images prepared by the
     ``data.pp_eval`` recipe (:func:`rsjax.data.pipeline.eval_arrays`), int32 labels."""
-    from rsjax.data import folders, pipeline
-
     d = config.data
     info = registry.data_info(config.data)
     names = list(info.class_names)
@@ -127,9 +119,6 @@ def encode_fn(task):
 def finetune(config, wd, task, phase, x_tr, y_tr, x_te, mesh):
     """Fine-tunes ``task`` on ``(x_tr, y_tr)`` (phase ``finetune`` of the one loop) and returns
     ``(test logits [N, K] or None when stopped early, FitResult)``."""
-    from rsjax import train
-    from rsjax.data.arrays import ArrayIterator
-
     it = ArrayIterator({"image": x_tr, "label": y_tr}, phase.batch_size, phase.seed,
                        source="the fine-tune's training images: config.data, eval.max_train, eval.label_fraction")
     result = train.fit(task, it, phase, wd, config, mesh=mesh)

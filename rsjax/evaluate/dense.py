@@ -17,16 +17,15 @@ from rsjax import errors, train
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import arrays as arrays_lib
-from rsjax.data import registry
+from rsjax.data import ops, registry
 from rsjax.data.defaults import check_complete
-from rsjax.evaluate import common
+from rsjax.evaluate import encoders
+from rsjax.evaluate.classification import warn_if_exploding
 
 
 def normalizer(info: registry.DatasetInfo, image_keys) -> Callable[[dict], dict]:
     """Host batch transform: stored pixel values -> standardized float32 for ``image_keys``,
     int32 for every other array (masks, change maps)."""
-    from rsjax.data import ops
-
     keys = tuple(image_keys)
     ctx = ops.Context(info=info)
 
@@ -40,8 +39,6 @@ def normalizer(info: registry.DatasetInfo, image_keys) -> Callable[[dict], dict]
 def jax_normalize(x, info: registry.DatasetInfo):
     """``registry.normalize`` inside a jitted function (test images stay in stored units on the host):
     the jax backend of the ``normalize`` op."""
-    from rsjax.data import ops
-
     return ops.apply("normalize", {"image": x}, None, ops.Context(info=info), backend="jax")["image"]
 
 
@@ -63,8 +60,6 @@ def warn_if_diverged(wd, variables) -> bool:
     trained weights are non-finite or larger than 1e6 (``classification.warn_if_exploding``).
     Steps the loop refused (``events.jsonl``, kind ``nonfinite``) are left out: their update was
     never applied, so their logged null loss says nothing about the weights evaluated."""
-    from rsjax.evaluate.classification import warn_if_exploding
-
     refused = {e.get("step") for e in wd.read_events() if e.get("kind") == "nonfinite"}
     losses = [r.get("loss") for r in wd.read_metrics() if "loss" in r and r.get("step") not in refused][-3:]
     warned = warn_if_exploding(losses, f"the last logged training losses ({wd.metrics_path})")
@@ -82,7 +77,7 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
     registry entry of the images (default: ``config.data``'s)."""
     t0 = time.time()
     phase = validate(config, make_task)
-    loaded = common.load_pretrained(config)
+    loaded = encoders.load_pretrained(config)
     task = make_task(loaded)
     info = info or registry.data_info(config.data)
     with workdir_lib.Workdir(workdir, config) as wd:
@@ -108,7 +103,7 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
         pred = shd.batched_predict(fn, variables, inputs, batch_size=int(config.eval.batch_size),
                                    desc="predict test")
         summary = {"train_steps": int(phase.total_steps), "num_train": int(len(next(iter(train_arrays.values())))),
-                   "encoder": common.pretrained_summary(loaded), "nonfinite_steps": result.summary["nonfinite_steps"]}
+                   "encoder": encoders.pretrained_summary(loaded), "nonfinite_steps": result.summary["nonfinite_steps"]}
         metrics = report(wd, task, test_arrays, np.asarray(pred), info, summary)
         metrics["seconds"] = time.time() - t0
         return metrics

@@ -25,7 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsjax import sharding as shd
 from rsjax.data import registry
+from rsjax.evaluate import metrics
+from rsjax.models import resnet as resnet_lib
 
 
 def fisher_stats(feat, labels, num_classes: int):
@@ -94,8 +97,6 @@ def weight_stats(params, init_params) -> dict[str, dict[str, float]]:
 def feature_modules(encoder_name: str, decoder: str) -> list[tuple[str, str, str]]:
     """(level name, parent module, module name) of the analysed feature maps, shallow to deep
     in the encoder and coarse to fine in the decoder."""
-    from rsjax.models import resnet as resnet_lib
-
     stages = resnet_lib.ARCHS[encoder_name][0]
     out = [(f"enc_c{i + 1}", "encoder", f"layer{i + 1}_{n - 1}") for i, n in enumerate(stages)]
     if decoder == "unet":
@@ -143,9 +144,6 @@ class SegmentationProbe:
         """``(confusion [K, K] on labels != ignore, {level: Fisher ratio}, first keep_pred predictions)``.
         ``images`` [N, H, W, C]: stored pixels when the probe has an ``info`` (normalised on the
         device), else normalised float32; ``labels`` [N, H, W] int."""
-        from rsjax import sharding as shd
-        from rsjax.evaluate import metrics
-
         if not hasattr(self, "_jfn"):
             self._jfn = self._fn  # one function object: batched_predict caches its jit per function
         out = shd.batched_predict(self._jfn, {"params": params, "batch_stats": batch_stats},

@@ -43,10 +43,9 @@ from __future__ import annotations
 import numpy as np
 
 from rsjax import plots
-from rsjax.data import pipeline
+from rsjax.data import pipeline, registry
 from rsjax.data.segmentation import IGNORE_INDEX, masks_to_labels
 from rsjax.errors import DataError
-from rsjax.evaluate import common
 
 
 def load_data(config):
@@ -75,7 +74,7 @@ def check(arrays, info, config, split):
     if x.shape[-1] != info.num_bands:
         raise DataError(f"{split}: images have {x.shape[-1]} bands, dataset {info.name!r} declares "
                         f"{info.num_bands} {list(info.bands)}")
-    common.check_bands(config, x.shape[-1], f"dataset {info.name!r}")
+    registry.check_bands(config, x.shape[-1], f"dataset {info.name!r}")
     vals = np.unique(m)
     bad = [int(v) for v in vals if (v < 0 or v >= config.model.num_classes) and v != IGNORE_INDEX]
     if bad:
@@ -87,7 +86,7 @@ def check(arrays, info, config, split):
 
 def overlay(test: dict, pred: np.ndarray, info, num_classes: int, names, ignore, path: str, n: int = 4) -> str:
     """Rows of (image, ground truth, prediction) for the first ``n`` test images."""
-    idx = common.rgb_indices(info.bands)
+    idx = registry.rgb_indices(info.bands)
     pal = plots.label_palette(num_classes)
     rows = []
     for i in range(min(n, len(pred))):

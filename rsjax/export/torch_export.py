@@ -45,6 +45,7 @@ torch is imported lazily, only by the functions that write or read torch files.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
@@ -52,11 +53,11 @@ import re
 import tempfile
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 from absl import logging
 
-import numpy as np
-
 from rsjax import errors
+from rsjax.data import registry
 from rsjax.errors import ConfigError, DataError, MissingDataError
 from rsjax.models.resnet import ARCHS
 
@@ -245,7 +246,7 @@ def save_encoder(
     (0644 usually). Returns ``{"pt": ..., "safetensors": ..., "json": ...}``.
     """
     import torch  # lazy: torch is only needed for export
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # optional dependency (safetensors)
 
     out = pathlib.Path(out_path)
     pt_path, st_path = _pt_path(out), _st_path(out)
@@ -276,13 +277,13 @@ def save_encoder(
 def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """Read a state dict of torch tensors: safetensors for ``*.safetensors``, otherwise
     ``torch.load(..., weights_only=True)`` (never arbitrary unpickling)."""
-    import torch
+    import torch  # optional dependency (torch): only for the PyTorch side
 
     p = pathlib.Path(path)
     if not p.is_file():
         raise MissingDataError(f"no state dict file at {p}")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # optional dependency (safetensors)
 
         try:
             return load_file(str(p))
@@ -335,8 +336,6 @@ def data_metadata(meta: Mapping[str, Any], builder_config: str | None = None) ->
     ``normalization_formula``. Fields are None when the run has no registered dataset (an
     imported workdir without ``--data``) or when the registry's bands differ from ``bands``.
     """
-    from rsjax.data import registry
-
     out: dict[str, Any] = {"wavelengths_nm": None, "gsd_m": None, "product_level": None,
                            "normalization_formula": None}
     mode = meta.get("normalization") or "registry"
@@ -379,8 +378,6 @@ def _builder_config_of(workdir: str) -> str | None:
     # The builder config (rs_segmentation/potsdam, ...) is not in the loader's meta; read it
     # from the run's config when the checkpoint module can.
     try:
-        import importlib
-
         read_config = getattr(importlib.import_module("rsjax.checkpoint"), "read_config", None)
         if read_config is None:
             return None

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rsjax.errors import ConfigError, DataError
 from rsjax.export.torch_export import load_state_dict, torch_name_table
+from rsjax.models.resnet import create_encoder
 
 IMPORT_FORMATS = ("timm", "torchvision")
 HEAD_PREFIXES = ("fc.",)  # classifier of timm / torchvision ResNets
@@ -40,7 +43,7 @@ _WRAPPERS = ("state_dict", "model")  # {"state_dict": {...}} files (Lightning, s
 
 def _to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor; bfloat16 has no numpy dtype, widen it first
-        import torch
+        import torch  # optional dependency (torch): only for the PyTorch side
 
         t = x.detach().cpu()
         if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
@@ -61,11 +64,6 @@ def _unwrap_file(sd: Mapping[str, Any], source: str) -> Mapping[str, Any]:
 
 def expected_shapes(arch: str, in_channels: int, stem: str = "standard") -> tuple[dict, dict]:
     """``(params, batch_stats)`` trees of ``jax.ShapeDtypeStruct`` of the Flax encoder (no init compile)."""
-    import jax
-    import jax.numpy as jnp
-
-    from rsjax.models.resnet import create_encoder
-
     model = create_encoder(arch, stem=stem)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                             jnp.zeros((1, 32, 32, int(in_channels)), jnp.float32))

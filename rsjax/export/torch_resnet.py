@@ -21,10 +21,12 @@ torch is imported only when a network is built, so ``import rsjax.export`` stays
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import numpy as np
 
+from rsjax.export.torch_export import load_state_dict, sidecar_path
 from rsjax.models.resnet import ARCHS
 
 STEMS = ("standard", "cifar")
@@ -33,8 +35,8 @@ STEMS = ("standard", "cifar")
 @functools.lru_cache(maxsize=None)
 def _modules() -> dict[str, Any]:
     """The torch module classes, defined on first use (torch is imported here)."""
-    import torch
-    from torch import nn
+    import torch  # optional dependency (torch): only for the PyTorch side
+    from torch import nn  # optional dependency (torch): only for the PyTorch side
 
     class BasicBlock(nn.Module):
         expansion = 1
@@ -133,10 +135,6 @@ def from_export(state_dict_or_path, sidecar: dict | None = None):
     ``state_dict_or_path``: a dict of tensors or the path of a ``.pt`` / ``.safetensors`` export;
     ``sidecar``: its JSON metadata (read from ``<path>.json`` when None and a path is given).
     """
-    import json
-
-    from rsjax.export.torch_export import load_state_dict, sidecar_path
-
     if isinstance(state_dict_or_path, dict):
         sd = state_dict_or_path
         if sidecar is None:
@@ -156,7 +154,7 @@ def from_export(state_dict_or_path, sidecar: dict | None = None):
 def pooled_features(net, images_nhwc, *, return_features: bool = False):
     """Runs ``net`` in eval mode on channels-last numpy images (the Flax layout) and returns
     the pooled features as numpy ``[N, C]`` (and the stage maps as NHWC numpy if asked)."""
-    import torch
+    import torch  # optional dependency (torch): only for the PyTorch side
 
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(images_nhwc, np.float32).transpose(0, 3, 1, 2)))
     net.eval()

@@ -16,6 +16,7 @@ JOBS = {
     "noisy_label": "noisy_label",
     "noisy_label_study": "noisy_label_study",
     "study_eurosat": "study_eurosat",
+    "study_dubai": "study_dubai",
     "study_oscd": "study_oscd",
 }
 

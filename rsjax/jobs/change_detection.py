@@ -13,8 +13,8 @@ import numpy as np
 
 from rsjax.data.segmentation import IGNORE_INDEX
 from rsjax.evaluate import change_detection as cd
-from rsjax.evaluate import metrics as M
 from rsjax.evaluate import dense
+from rsjax.evaluate import metrics as M
 from rsjax.tasks import ChangeDetectionTask
 
 

@@ -16,7 +16,7 @@ Protocol (DESIGN §4):
    fixed random subset; the ``data.pp_eval`` recipe prepares the images (normalize, resize to
    ``data.image_size``; larger than the stored images upsamples them, with a warning).
 2. Encoder: ``config.model`` (random init from ``config.seed``) or the encoder of the
-   pretraining run ``config.pretrained`` (``rsjax.evaluate.common.load_pretrained``).
+   pretraining run ``config.pretrained`` (``rsjax.evaluate.encoders.load_pretrained``).
 3. Frozen eval-mode features (global-average-pooled last stage) of both splits;
    ``eval.label_fraction`` < 1 keeps a seeded random subset of the training set.
 4. Evaluators ``knn`` (cosine, k = ``eval.knn_k``, T = ``eval.knn_temperature``) and ``linear``
@@ -45,11 +45,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import plots
+from rsjax import evaluate, plots
 from rsjax import sharding as shd
+from rsjax.data import registry
 from rsjax.evaluate import classification as cls
 from rsjax.evaluate import classifier as clf
-from rsjax.evaluate import common
+from rsjax.evaluate import encoders
 from rsjax.evaluate import metrics as M
 
 
@@ -67,15 +68,17 @@ def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, *, loa
     ec = config.eval
     keep = cls.label_subset(len(y_tr), float(ec.get("label_fraction", 1.0)), config.seed)
     x_tr, y_tr = x_tr[keep], y_tr[keep]
-    common.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
+    registry.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
     task = clf.make_task(config, num_outputs=num_classes, multilabel=False, loaded=loaded)
+    evaluators = evaluate.check_feature_evaluators(ec.get("evaluators", ("knn", "linear")), multilabel=False)
     frozen = cls.frozen_eval(clf.encode_fn(task), clf.init_variables(task, config.seed), x_tr, y_tr, x_te, y_te,
-                             eval_config=ec, seed=config.seed, num_classes=num_classes, mesh=mesh)
+                             eval_config=ec, seed=config.seed, evaluators=evaluators, num_classes=num_classes,
+                             mesh=mesh)
     metrics = dict(frozen.metrics)
-    for m in ("linear", "knn"):
+    for m in evaluators:
         metrics[f"{m}_per_class"] = dict(zip(names, metrics[f"{m}_per_class"]))
     metrics["label_fraction"] = float(ec.get("label_fraction", 1.0))
-    metrics["encoder"] = common.pretrained_summary(loaded)
+    metrics["encoder"] = encoders.pretrained_summary(loaded)
     if phase is not None:
         logits, result = clf.finetune(config, wd, task, phase, x_tr, y_tr, x_te, mesh)
         if logits is None:  # stopped by stop_after_steps: the rerun continues and reports
@@ -90,15 +93,19 @@ def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, *, loa
                               class_names=names)
     metrics["seconds"] = time.time() - t0
     if wd.is_main:
-        wd.plot_confusion(np.asarray(metrics["linear_confusion_matrix"]), "confusion_linear.png", class_names=names)
-        plots.bars(metrics["linear_per_class"], os.path.join(wd.path, "per_class_accuracy.png"),
-                   ylabel="linear-probe accuracy", title=f"{config.data.name}: per-class accuracy")
+        if "linear" in evaluators:
+            wd.plot_confusion(np.asarray(metrics["linear_confusion_matrix"]), "confusion_linear.png", class_names=names)
+        first = evaluators[0]
+        label = {"linear": "linear-probe", "knn": "kNN"}
+        plots.bars(metrics[f"{first}_per_class"], os.path.join(wd.path, "per_class_accuracy.png"),
+                   ylabel=f"{label[first]} accuracy", title=f"{config.data.name}: per-class accuracy")
         plots.embedding_scatter(frozen.test_features, y_te, os.path.join(wd.path, "embedding_pca.png"),
                                 class_names=names,
                                 title=f"{config.model.name} test features (PCA), {metrics['encoder']['init']}")
         wd.write_eval_report("classification", metrics, config)
-        msg = (f"{config.data.name}: linear probe top-1 {metrics['linear_top1']:.2%} | kNN (k={ec.knn_k}) "
-               f"{metrics['knn_top1']:.2%}")
+        parts = {"linear": lambda: f"linear probe top-1 {metrics['linear_top1']:.2%}",
+                 "knn": lambda: f"kNN (k={ec.knn_k}) {metrics['knn_top1']:.2%}"}
+        msg = f"{config.data.name}: " + " | ".join(parts[n]() for n in sorted(evaluators, key=("linear", "knn").index))
         if "finetune_top1" in metrics:
             msg += f" | fine-tune {metrics['finetune_top1']:.2%}"
         print(msg + f" | majority {metrics['majority_baseline']:.2%} ({metrics['num_train']} train / "
@@ -114,7 +121,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     shd.maybe_initialize_distributed()
     phase = clf.validate(config)
     clf.make_task(config, num_outputs=2, multilabel=False)  # model name / stem errors before anything is written
-    loaded = common.load_pretrained(config)
+    loaded = encoders.load_pretrained(config)
     with workdir_lib.Workdir(workdir, config, is_main=jax.process_index() == 0) as wd:
         x_tr, y_tr, x_te, y_te, names = clf.load_data(config)
         return evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, names, loaded=loaded, phase=phase)

@@ -36,9 +36,9 @@ from rsjax import errors, plots
 from rsjax import sharding as shd
 from rsjax.data import pipeline, registry
 from rsjax.evaluate import classification as cls
-from rsjax.evaluate import common
-from rsjax.evaluate import metrics as M
 from rsjax.evaluate import classifier as clf
+from rsjax.evaluate import encoders
+from rsjax.evaluate import metrics as M
 
 
 def load_data(config):
@@ -75,10 +75,10 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
     frac = float(ec.get("label_fraction", 1.0))
     keep = cls.label_subset(len(t_tr), frac, config.seed)
     x_tr, t_tr = x_tr[keep], t_tr[keep]
-    common.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
+    registry.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
     task = clf.make_task(config, num_outputs=num_classes, multilabel=True, loaded=loaded)
     frozen = cls.frozen_eval(clf.encode_fn(task), clf.init_variables(task, config.seed), x_tr, t_tr, x_te, t_te,
-                             eval_config=ec, seed=config.seed, evaluators=("linear_multilabel",), mesh=mesh)
+                             eval_config=ec, seed=config.seed, evaluators=("linear_multilabel",), mesh=mesh)  # eval.evaluators: checked by clf.validate
     fm = frozen.metrics
     metrics = {
         "linear_micro_map": fm["linear_micro_map"],
@@ -90,7 +90,7 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
         "label_fraction": frac,
         "num_train": fm["num_train"],
         "num_test": fm["num_test"],
-        "encoder": common.pretrained_summary(loaded),
+        "encoder": encoders.pretrained_summary(loaded),
     }
     if phase is not None:
         logits, result = clf.finetune(config, wd, task, phase, x_tr, t_tr, x_te, mesh)
@@ -124,7 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     shd.maybe_initialize_distributed()
     phase = clf.validate(config, multilabel=True)
     clf.make_task(config, num_outputs=2, multilabel=True)  # model name / stem errors before anything is written
-    loaded = common.load_pretrained(config)
+    loaded = encoders.load_pretrained(config)
     with workdir_lib.Workdir(workdir, config, is_main=jax.process_index() == 0) as wd:
         x_tr, t_tr, x_te, t_te, names = load_data(config)
         return evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, names, loaded=loaded, phase=phase)

@@ -54,9 +54,7 @@ from rsjax import errors
 from rsjax import noisy_label as nl
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
-from rsjax.data import label_noise
 from rsjax.data import segmentation as segdata
-from rsjax.data.segmentation import IGNORE_INDEX
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -75,9 +73,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     with workdir_lib.Workdir(workdir, config, is_main=is_main) as wd:
         pre, ana = nl.load_data(config)
-        k = pre.info.num_classes
-        pre, labels, val = nl.split_pretraining(config, pre, segdata.noisy_labels(config, pre.labels, k))
-        rate = label_noise.noise_rate(pre.labels, labels, IGNORE_INDEX)
+        pre, labels, val = nl.split_pretraining(config, pre, segdata.noisy_labels(config, pre.labels,
+                                                                                  pre.info.num_classes))
+        rate = 1.0 - segdata.noise_agreement(config, pre.labels, labels)["pixel"]
+        # clean labels from here on in the pretraining's classes (noise.class_map: a coarser legend)
+        pre, ana = nl.in_pretraining_legend(config, pre), nl.in_pretraining_legend(config, ana)
+        k = len(pre.class_names)
         if is_main:
             print(f"{config.data.name}: {len(pre)} training crops of {config.data.image_size} px, {k} classes; "
                   f"label noise: {rate:.1%} of pixels differ from the clean masks", flush=True)

@@ -23,12 +23,12 @@ import jax
 import ml_collections
 
 from rsjax import errors
+from rsjax import noisy_label as nl
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import label_noise
 from rsjax.data import segmentation as segdata
 from rsjax.data.segmentation import IGNORE_INDEX
-from rsjax import noisy_label as nl
 
 
 def study_arms(config) -> list[tuple[str, ml_collections.ConfigDict]]:

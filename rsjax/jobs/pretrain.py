@@ -12,11 +12,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import errors, train, trainables
+from rsjax import errors, evaluate, train, trainables
 from rsjax import sharding as shd
 from rsjax import workdir as workdir_lib
 from rsjax.data import input as input_lib
-from rsjax.data import pipeline
+from rsjax.data import pipeline, registry
 
 
 def validate(config: ml_collections.ConfigDict):
@@ -30,7 +30,9 @@ def validate(config: ml_collections.ConfigDict):
         if not config.model.in_channels > 0:
             raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels!r}: must be > 0")
         input_lib.validate(config)
-        input_lib.check_bands(config)
+        registry.check_bands(config)
+        if config.get("eval", {}).get("enabled", True):
+            evaluate.check_feature_evaluators(config.eval.get("evaluators", ("knn", "linear")), multilabel=False)
         method = trainables.from_config(config)
     return method, phase
 
@@ -64,14 +66,18 @@ def evaluate_pretrained(method, state, config, wd) -> dict:
             raise errors.DataError(
                 f"dataset {config.data.name!r} split {split!r} has no single-class labels (missing = -1, or "
                 f"multi-hot); the kNN / linear-probe evaluation needs them: set config.eval.enabled=False")
+    evaluators = evaluate.check_feature_evaluators(ecfg.get("evaluators", ("knn", "linear")), multilabel=False)
     variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     result = cls.frozen_eval(lambda v, x: method.encode(v["params"], v["batch_stats"], x), variables,
-                             x_tr, y_tr, x_te, y_te, eval_config=ecfg, seed=int(config.seed))
+                             x_tr, y_tr, x_te, y_te, eval_config=ecfg, seed=int(config.seed), evaluators=evaluators)
     metrics = result.metrics
     if wd.is_main:
-        print(f"kNN top-1 (k={ecfg.knn_k}): {metrics['knn_top1']:.2%} | linear probe top-1: "
-              f"{metrics['linear_top1']:.2%} | majority-class baseline {metrics['majority_baseline']:.2%} "
-              f"({metrics['num_test']} test crops)", flush=True)
+        parts = {"knn": lambda: f"kNN top-1 (k={ecfg.knn_k}): {metrics['knn_top1']:.2%}",
+                 "linear": lambda: f"linear probe top-1: {metrics['linear_top1']:.2%}"}
+        print(" | ".join([parts[n]() for n in evaluators] + [
+            f"majority-class baseline {metrics['majority_baseline']:.2%} ({metrics['num_test']} test crops)"]),
+            flush=True)
         wd.write_eval_report("pretrain_knn_linear", metrics, config)
-        wd.plot_confusion(np.asarray(metrics["linear_confusion_matrix"]), "confusion_linear.png")
+        if "linear" in evaluators:
+            wd.plot_confusion(np.asarray(metrics["linear_confusion_matrix"]), "confusion_linear.png")
     return metrics

@@ -13,9 +13,9 @@ import numpy as np
 
 from rsjax import plots
 from rsjax.data.segmentation import IGNORE_INDEX
+from rsjax.evaluate import dense
 from rsjax.evaluate import metrics as M
 from rsjax.evaluate import segmentation as seg
-from rsjax.evaluate import dense
 from rsjax.tasks import SegmentationTask
 from rsjax.tasks.segmentation import output_stride
 

@@ -18,8 +18,8 @@ soon as an arm (all its seeds) ends, its record is written as strict JSON with
 :func:`rsjax.results.save` to ``<workdir>/results/study_<study.name>_<arm>.json`` and to
 ``config.study.out_dir`` when set (a GPU call points it at ``$OUT`` so a run cut off mid-study
 still returns every finished arm). Finished arms and seeds (``arm_result.json``) are not rerun.
-``config.study.time_budget_s`` > 0 starts no new arm after that many seconds; the rerun
-resumes at the next arm. ``config.study.arms``, ``out_dir``, ``time_budget_s`` and
+``config.study.time_budget_s`` > 0 starts no new run after that many seconds; the rerun
+resumes there (the loop: :func:`rsjax.study.run_arms`). ``config.study.arms``, ``out_dir``, ``time_budget_s`` and
 ``stop_after_arm`` may change between the calls of one study (they change no result).
 Writes ``study.json``, ``study.md`` and ``study.png``; ``python -m rsjax.results`` renders the
 README table from ``results/study_*.json``.
@@ -77,8 +77,10 @@ def _encode_fn(encoder):
 
 def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: int) -> dict:
     """Pretrains (or, for random_init, initialises) one arm's encoder and scores it."""
-    from rsjax import checkpoint
-    from rsjax import jobs  # the registry: a study runs the pretraining job by name
+    from rsjax import (
+        checkpoint,
+        jobs,  # the registry: a study runs the pretraining job by name
+    )
     from rsjax.models import resnet
 
     dtype = {"bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)

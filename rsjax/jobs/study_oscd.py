@@ -45,12 +45,12 @@ import ml_collections
 import numpy as np
 
 from rsjax import errors, plots
+from rsjax import jobs  # the registry: a study runs other jobs by name
 from rsjax import results as results_lib
 from rsjax import study as lib
 from rsjax import workdir as workdir_lib
 from rsjax.data import pipeline, registry
 from rsjax.evaluate import change_detection as cd_lib
-from rsjax.evaluate import common as eval_common
 from rsjax.evaluate import metrics as M
 
 MODES = ("frozen", "finetuned")
@@ -143,8 +143,6 @@ def pretrain_config(config, arm: str, fold: dict, seed: int) -> ml_collections.C
 def run_one(config, arm: str, fold: dict, seed: int, folder: str) -> dict:
     """Pretrains ``arm`` (not random_init) on ``fold``'s training scenes and scores its encoder
     in change detection, frozen and fine-tuned (see the module docstring)."""
-    from rsjax import jobs  # the registry: a study runs other jobs by name
-
     r: dict = {"test": fold["test"], "train": fold["train"]}
     pretrained = ""
     if arm != "random_init":
@@ -260,7 +258,7 @@ def _picture(config, workdir: str, results: dict, folds: list[dict], seed: int) 
     ys = test["y"][keep] if "y" in test else (np.arange(n) // cols) * s
     xs = test["x"][keep] if "x" in test else (np.arange(n) % cols) * s
     a, b, t = (cd_lib.mosaic(test[k][keep], ys, xs) for k in ("a", "b", "change"))
-    idx = eval_common.rgb_indices(registry.data_info(d).bands)
+    idx = registry.rgb_indices(registry.data_info(d).bands)
     grid = [plots.change_panels(a, b, t, cd_lib.mosaic(p[keep], ys, xs), idx) for p in preds.values()]
     out = os.path.join(workdir, f"prediction_{city}.png")
     return plots.image_grid(grid, plots.CHANGE_TITLES, out, row_labels=list(preds), legend=plots.CHANGE_LEGEND)

@@ -30,6 +30,9 @@ Metrics besides the loss (no gradient, O(B^2) on a matrix the loss forms anyway)
   ``false_nt_xent < nt_xent`` (1 or 0 in ``gate_then_pick`` mode; an anchor whose calibration
   term underflows in float32 is not counted, which does not happen at tau ~ 0.5);
 * ``loss_ntxent``: the plain NT-Xent of the same embeddings, for comparison.
+
+:func:`selection_counts` computes them (the step's metrics and :func:`firing`, the same counts
+at several thresholds on one batch: where the selection fires).
 """
 
 from __future__ import annotations
@@ -75,20 +78,39 @@ class FALSE(Method):
         kw = self.loss_kwargs()
         per_example = losses.false_nt_xent(z1, z2, **kw)
         loss = jnp.mean(per_example)
-
-        # Diagnostics (stop_gradient: they must not change the gradient of the loss).
-        zs1, zs2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
-        plain = losses.nt_xent(zs1, zs2, temperature=kw["temperature"])
-        n1 = zs1 / jnp.maximum(jnp.linalg.norm(zs1, axis=-1, keepdims=True), 1e-12)
-        n2 = zs2 / jnp.maximum(jnp.linalg.norm(zs2, axis=-1, keepdims=True), 1e-12)
-        cos_pos = jnp.sum(n1 * n2, axis=-1)  # both views of pair i share this cosine
-        gated = 2.0 * jnp.sum((cos_pos >= kw["threshold"]).astype(jnp.float32))
-        calibrated = jnp.sum((jax.lax.stop_gradient(per_example) < plain).astype(jnp.float32))
-        metrics = {
-            "loss_contrastive": loss,
-            "loss_ntxent": jnp.mean(plain),
-            "false_gated": gated,
-            "false_calibrated": calibrated,
-            "cos_pos": jnp.mean(cos_pos),
-        }
+        metrics = {"loss_contrastive": loss,
+                   **selection_counts(z1, z2, per_example, temperature=kw["temperature"], threshold=kw["threshold"])}
         return loss, {"batch_stats": new_bs, "metrics": metrics}
+
+
+def selection_counts(z1, z2, per_example, *, temperature, threshold) -> dict:
+    """The selection's diagnostics on one batch (no gradient): ``false_gated`` (anchors whose
+    positive cosine reaches ``threshold``), ``false_calibrated`` (anchors whose FALSE loss
+    ``per_example`` [2B] is below their plain NT-Xent: FNCC acted), ``loss_ntxent``, ``cos_pos``
+    (the mean positive cosine)."""
+    zs1, zs2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
+    plain = losses.nt_xent(zs1, zs2, temperature=temperature)
+    n1 = zs1 / jnp.maximum(jnp.linalg.norm(zs1, axis=-1, keepdims=True), 1e-12)
+    n2 = zs2 / jnp.maximum(jnp.linalg.norm(zs2, axis=-1, keepdims=True), 1e-12)
+    cos_pos = jnp.sum(n1 * n2, axis=-1)  # both views of pair i share this cosine
+    return {
+        "loss_ntxent": jnp.mean(plain),
+        "false_gated": 2.0 * jnp.sum((cos_pos >= threshold).astype(jnp.float32)),
+        "false_calibrated": jnp.sum((jax.lax.stop_gradient(per_example) < plain).astype(jnp.float32)),
+        "cos_pos": jnp.mean(cos_pos),
+    }
+
+
+def firing(z1, z2, *, thresholds, temperature, alpha=1.0, fnsd_mode="vissl") -> dict:
+    """Where the FALSE selection fires on one batch of embeddings ``z1``, ``z2`` [B, D]:
+    ``{"threshold": [T...], "false_calibrated": [...], "false_gated": [...]}``, the counts of
+    :func:`selection_counts` with the loss at each gate threshold T (the step's metric at
+    ``loss.threshold = T``)."""
+    out = {"threshold": [float(t) for t in thresholds], "false_calibrated": [], "false_gated": []}
+    for t in thresholds:
+        per_example = losses.false_nt_xent(z1, z2, temperature=temperature, threshold=float(t), alpha=alpha,
+                                           fnsd_mode=fnsd_mode)
+        c = selection_counts(z1, z2, per_example, temperature=temperature, threshold=float(t))
+        out["false_calibrated"].append(float(c["false_calibrated"]))
+        out["false_gated"].append(float(c["false_gated"]))
+    return out

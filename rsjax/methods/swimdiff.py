@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rsjax import diffusion
+from rsjax import diffusion, trainable
 from rsjax.methods.moco import MoCo
 from rsjax.models import conv as conv_lib
 from rsjax.models import heads as heads_lib
@@ -90,13 +90,9 @@ class SwiMDiff(MoCo):
         return params, batch_stats, extra
 
     def logged(self, step):
-        """True on the steps the loop logs: a multiple of ``log_every``, the last of
-        ``total_steps`` and of ``stop_after_steps`` (a traced bool)."""
-        logged = (step + 1) % self.config.log_every == 0
-        for last in (self.config.total_steps, self.config.get("stop_after_steps", 0) or 0):
-            if last:
-                logged = logged | (step + 1 == last)
-        return logged
+        """True on the steps the loop logs (:func:`rsjax.trainable.is_logged` of the traced step)."""
+        c = self.config
+        return trainable.is_logged(step + 1, c.log_every, (c.total_steps, c.get("stop_after_steps", 0) or 0))
 
     def diffusion_loss(self, params, x, feats, rngs, step=None):
         """L_D (mean over the batch); with ``step`` also returns the logged-step diagnostics

@@ -29,14 +29,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax import diffusion
 from rsjax.models import conv as conv_lib
 
 
 def _timestep_embedding(t, dim: int, max_period: float = 10000.0):
     """Sinusoidal embedding of timesteps t [B] -> [B, dim] float32 (see
     :func:`rsjax.diffusion.timestep_embedding`, sines first)."""
-    from rsjax import diffusion
-
     return diffusion.timestep_embedding(jnp.asarray(t).reshape(-1), dim, max_period)
 
 

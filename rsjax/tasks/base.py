@@ -6,6 +6,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from rsjax import losses, optim
+from rsjax.models import decoders
 from rsjax.trainable import compute_dtype
 
 PyTree = Any
@@ -14,15 +16,11 @@ PyTree = Any
 def freezes_encoder(config) -> bool:
     """Whether ``config.optimizer.freeze`` freezes the whole encoder: the model then also runs
     the encoder in inference mode (BatchNorm running statistics, stopped gradients)."""
-    from rsjax import optim
-
     return optim.freezes_module(config.optimizer, "encoder")
 
 
 def dice_settings(config) -> tuple[float, str]:
     """``(loss.dice_weight, loss.dice_reduction)`` of a dense task, the reduction checked."""
-    from rsjax import losses
-
     loss = config.get("loss", {})
     weight, reduction = float(loss.get("dice_weight", 1.0)), loss.get("dice_reduction", "example")
     if reduction not in losses.DICE_REDUCTIONS:
@@ -50,8 +48,6 @@ class Task:
     def _finish_init(self, variables) -> tuple[PyTree, PyTree, PyTree]:
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         if self.pretrained is not None:
-            from rsjax.models import decoders
-
             plugged = decoders.plug_encoder({"params": params, "batch_stats": batch_stats},
                                             self.pretrained[0], self.pretrained[1])
             params, batch_stats = plugged["params"], plugged["batch_stats"]

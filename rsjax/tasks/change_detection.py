@@ -14,6 +14,7 @@ import numpy as np
 
 from rsjax import losses
 from rsjax.models import conv as conv_lib
+from rsjax.models import decoders
 from rsjax.models import resnet as resnet_lib
 from rsjax.tasks.base import Task, dice_settings, freezes_encoder
 
@@ -22,8 +23,6 @@ class ChangeDetectionTask(Task):
     name = "change_detection"
 
     def __init__(self, config, *, ignore_index: int | None = None, image_size: int | None = None, pretrained=None):
-        from rsjax.models import decoders
-
         super().__init__(config, pretrained=pretrained)
         m = config.model
         self.ignore_index = None if ignore_index is None else int(ignore_index)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rsjax import optim
 from rsjax.models import resnet as resnet_lib
 from rsjax.tasks.base import Task
 
@@ -43,7 +44,6 @@ class ClassifierTask(Task):
         self.image_size = int(image_size or config.data.image_size)
         self.encoder = resnet_lib.encoder_from_config(m, self.dtype)
         block = optimizer if optimizer is not None else config.optimizer
-        from rsjax import optim
 
         self.model = EncoderClassifier(resnet_lib.encoder_from_config(m, self.dtype), self.num_outputs, optim.freezes_module(block, "encoder"))
 

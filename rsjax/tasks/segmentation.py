@@ -21,6 +21,7 @@ import numpy as np
 
 from rsjax import losses
 from rsjax.models import conv as conv_lib
+from rsjax.models import decoders
 from rsjax.models import resnet as resnet_lib
 from rsjax.tasks.base import Task, dice_settings, freezes_encoder
 
@@ -38,8 +39,6 @@ class SegmentationTask(Task):
 
     def __init__(self, config, *, num_classes: int | None = None, ignore_index: int | None = -1,
                  image_size: int | None = None, decoder: str | None = None, pretrained=None):
-        from rsjax.models import decoders
-
         super().__init__(config, pretrained=pretrained)
         m = config.model
         self.num_classes = int(num_classes or m.num_classes)

@@ -1,14 +1,12 @@
-"""Pieces shared by the downstream evaluation jobs (classification, multi-label, change
-detection, segmentation): pretrained-encoder loading with compatibility checks, reading
-feature columns of a TFDS split, the RGB bands of a picture. (Training runs on the one loop,
-``rsjax.train.fit``; batches of in-memory arrays come from ``rsjax.data.arrays``.)
+"""The pretrained encoder a downstream job starts from (classification, multi-label, change
+detection, segmentation): ``config.pretrained`` read with compatibility checks.
 
-Pretrained encoders: ``config.pretrained`` is the workdir of any pretraining run (SimCLR,
-MoCo, SwiMDiff, FALSE, noisy-label, ...) or ``''`` for random initialisation;
-``config.pretrained_step`` picks a checkpoint step (0 = latest). The encoder trees come from
-``rsjax.checkpoint.load_encoder``; a checkpoint whose architecture, stem or band
-count differs from the job's ``config.model`` is refused with a ValueError naming both
-(never silently broadcast or re-initialised).
+``config.pretrained`` is the workdir of any pretraining run (SimCLR, MoCo, SwiMDiff, FALSE,
+noisy-label, ...) or ``''`` for random initialisation; ``config.pretrained_step`` picks a
+checkpoint step (0 = latest). The encoder trees come from ``rsjax.checkpoint.load_encoder``; a
+checkpoint whose architecture, stem, band count or input normalisation differs from the job's
+config is refused with a ConfigError naming both sides (never silently broadcast or
+re-initialised).
 """
 
 from __future__ import annotations
@@ -16,21 +14,11 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-
+from rsjax import checkpoint as ckpt_lib
 from rsjax.data import registry
 from rsjax.errors import ConfigError
 
 PyTree = Any
-
-
-# --------------------------------------------------------------------------------------
-# Config helpers
-# --------------------------------------------------------------------------------------
-def check_bands(config, num_bands: int, what: str) -> None:
-    """ValueError when the data's band count differs from ``config.model.in_channels``."""
-    if int(num_bands) != int(config.model.in_channels):
-        raise ValueError(f"config.model.in_channels={config.model.in_channels} does not match {what} "
-                         f"with {num_bands} bands")
 
 
 # --------------------------------------------------------------------------------------
@@ -65,7 +53,6 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
     path = config.get("pretrained", "") or ""
     if not path:
         return None
-    from rsjax import checkpoint as ckpt_lib
 
     if not os.path.isdir(path):
         raise ConfigError(f"config.pretrained={path!r} is not a directory (a pretraining workdir, or '' for "
@@ -88,18 +75,3 @@ def pretrained_summary(loaded) -> dict:
         return {"init": "random"}
     meta = loaded[2]
     return {"init": "pretrained", **{k: meta[k] for k in ("method", "dataset", "step", "arch") if k in meta}}
-
-
-# --------------------------------------------------------------------------------------
-# Reading TFDS feature columns
-# --------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------
-# Pictures
-# --------------------------------------------------------------------------------------
-def rgb_indices(bands) -> tuple[int, ...]:
-    """Band indices to show as RGB: R/G/B, else Sentinel-2 B04/B03/B02, else the first band."""
-    bands = list(bands)
-    for triple in (("R", "G", "B"), ("B04", "B03", "B02")):
-        if all(b in bands for b in triple):
-            return tuple(bands.index(b) for b in triple)
-    return (0, 1, 2) if len(bands) >= 3 else (0, 0, 0)
