@@ -36,6 +36,7 @@ def base(name: str, in_channels: int, crop: int) -> ml_collections.ConfigDict:
     common.add_dense_train(c, steps=20_000, batch_size=16, crop_size=crop, lr=5e-4)
     c.eval.batch_size = 8
     c.eval.num_pictures = 4
+    c.eval.save_predictions = False        # True: predictions.npz (the test change maps, uint8) in the workdir
     c.log_every = 50
     return c
 

@@ -21,6 +21,7 @@ modules, ``importlib.import_module("configs.swimdiff").get_config("smoke")``, or
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Any, Callable
 
 import ml_collections
@@ -505,3 +506,56 @@ def noisy_label_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.transfer.batch_size = 16
     c.transfer.optimizer.warmup_steps = 1
     return c
+
+
+# --------------------------------------------------------------------------------------
+# Studies (configs/study_*.py)
+# --------------------------------------------------------------------------------------
+def add_arms(c: ml_collections.ConfigDict, arms: dict[str, tuple[str, dict]]) -> None:
+    """``c.arms.<name>``: the pretraining config of every arm of ``arms`` (``name -> (config module,
+    overrides)``: the module's default variant, then the study's shared settings, then the arm's
+    overrides), and ``c.arm_sources.<name>``: ``{"config": module, "overrides": {...}}`` as JSON
+    (recorded in the arm's result file). So the arms of a study differ only in what their module
+    and overrides say: the loss.
+
+    The shared settings are FieldReferences to the study's own keys (``dtype``, ``batch_size``,
+    ``model.{name,stem,conv,in_channels}``, ``temperature``, ``optimizer.{name,lr,weight_decay}``,
+    every ``data`` key, ``swimdiff_diffusion_size`` / ``swimdiff_denoiser_channels`` /
+    ``swimdiff_denoiser_lr``), so an override given after get_config (``--config.data.folder=...``,
+    ``--config.batch_size=...``) reaches every arm. Left to the job (rsjax.study.arm_config),
+    because they need the split size or the seed: ``seed``, ``total_steps``,
+    ``optimizer.warmup_steps``, ``log_every`` and ``checkpoint_every``.
+    """
+    c.arms = ml_collections.ConfigDict()
+    c.arm_sources = ml_collections.ConfigDict()
+    for name, (module, overrides) in arms.items():
+        # configs.<module> imports this module: imported here, when a study builds its arms.
+        mod = importlib.import_module(f"configs.{module}")
+        a = mod._config(mod.VARIANTS[0])
+
+        def link(block, key, ref, dotted):
+            # An arm's own override is never linked (see link_shared).
+            if dotted not in overrides:
+                block[key] = ref
+
+        link_shared(a, c, ["dtype", "batch_size", *(f"model.{k}" for k in ("name", "stem", "conv", "in_channels")),
+                           *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay")),
+                           *(f"data.{k}" for k in c.data)], overrides)
+        a.model.proj_hidden_dim = 512
+        a.model.proj_dim = 128
+        link(a.loss, "temperature", c.get_ref("temperature"), "loss.temperature")
+        if a.method == "swimdiff":
+            a.swimdiff.log_grad_share = True  # the run record reports L_D's share of the encoder's gradient
+            link(a.swimdiff, "diffusion_size", c.get_ref("swimdiff_diffusion_size"), "swimdiff.diffusion_size")
+            link(a.swimdiff, "denoiser_channels", c.get_ref("swimdiff_denoiser_channels"), "swimdiff.denoiser_channels")
+        if "moco" in a:
+            link(a.moco, "queue_size", c.get_ref("batch_size") * 16, "moco.queue_size")
+        a.eval.enabled = False
+        for dotted, value in overrides.items():
+            set_key(a, dotted, value)
+        if a.method == "swimdiff" and float(a.swimdiff.lambda_d):
+            a.optimizer.modules = ml_collections.ConfigDict({"denoiser": {
+                "name": "adam", "lr": c.get_ref("swimdiff_denoiser_lr"), "weight_decay": 0.0}})
+        a.lock()
+        c.arms[name] = a
+        c.arm_sources[name] = json.dumps({"config": module, "overrides": overrides}, sort_keys=True)

@@ -26,7 +26,7 @@ Variants:
                   cross entropy.
   dubai           the Dubai aerial set (`dubai_aerial_seg`, 5 classes; Unlabeled and the black
                   no-data border ignored) read from its folder as it unpacks (data.folder), cut
-                  into 128 px crops; tiles 3 and 8 are the test split (data.test_tiles: all 5
+                  into 128 px crops; tiles 3 and 8 are the test split (data.test_scenes: all 5
                   classes at >= 9 % of their pixels, 34 % of the labelled pixels; docs/datasets.md),
                   the other five train; ResNet-18 + UNet, batch 16, 2000 steps.
   smoke           tiny ResNet + UNet on the tiny synthetic dataset (6-class mask), 2 steps.
@@ -66,7 +66,7 @@ def _config(variant: str):
         return c
     if variant == "dubai":
         c.model.num_classes = 5
-        c.data = common.data_config(name="dubai_aerial_seg", image_size=128, test_tiles=(3, 8))
+        c.data = common.data_config(name="dubai_aerial_seg", image_size=128, test_scenes=(3, 8))
         c.data.crop_size = 0           # the 128 px crops whole (flipped and rotated)
         c.total_steps = 2000
         return c

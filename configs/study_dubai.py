@@ -7,10 +7,10 @@ Run:
   python -m rsjax.main --config=configs/study_dubai.py:smoke --workdir=/tmp/smoke \
       --config.data.folder=<a Dubai-like folder>     # tests/test_study_dubai.py writes one
 Resumes per arm and seed (rerun the same command); --config.study.time_budget_s=S starts no new
-arm after S seconds. Then `python -m rsjax.results` renders the table of docs/results.md from
+run after S seconds. Then `python -m rsjax.results` renders the table of docs/results.md from
 results/dubai_<variant>_<arm>.json.
 
-Protocol (rsjax.jobs.study_dubai). Tiles 3 and 8 are the test split (data.test_tiles; all 5
+Protocol (rsjax.jobs.study_dubai). Tiles 3 and 8 are the test split (data.test_scenes; all 5
 classes, 34 % of the labelled pixels); nothing of them reaches a pretraining, a fine-tuning or any
 choice (no early stopping, no selection: every setting below is fixed in advance); they are only
 scored (and hold the clean crops of the per-layer analysis, a measurement). Tiles 1, 2, 4, 5, 7
@@ -146,7 +146,7 @@ def _config(variant: str):
     c.model.in_channels = 3
     c.model.decoder_channels = (128, 64, 32, 16, 16)
     c.data = common.data_config(
-        name="dubai_aerial_seg", image_size=64, test_tiles=(3, 8), device_resident=True, crop_size=0,
+        name="dubai_aerial_seg", image_size=64, test_scenes=(3, 8), device_resident=True, crop_size=0,
         augment="rrc(0.2, 1.0)|flip_rot|jitter(0.5, p=0.8, saturation=0.4)|gray(0.2)")  # the SSL views
 
     c.analysis = ml_collections.ConfigDict()

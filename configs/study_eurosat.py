@@ -24,13 +24,9 @@ Variants:
   smoke  the synthetic tiny dataset, tiny encoder, 2 steps per method (the test suite).
 """
 
-import json
-
 import ml_collections
 
 from configs import common
-from configs import false as false_config
-from configs import moco, simclr, swimdiff
 
 VARIANTS = ("gpu", "cpu", "smoke")
 
@@ -75,7 +71,7 @@ def _config(variant: str):
     c.study.include_random_init = True
     c.study.comparisons = COMPARISONS      # "a-b,...": paired differences reported (rsjax.results)
     c.study.stop_after_arm = ""            # for time-limited slots: stop after this arm; rerun continues
-    c.study.time_budget_s = 0.0            # > 0: start no new arm after this many seconds; rerun continues
+    c.study.time_budget_s = 0.0            # > 0: start no new run after this many seconds; rerun continues
     c.study.name = variant                 # results file names: study_<name>_<arm>.json
     c.study.out_dir = ""                   # also write each finished arm's JSON here (e.g. $OUT); "" = only
                                            # <workdir>/results
@@ -151,54 +147,5 @@ def _config(variant: str):
         c.eval.linear_epochs = 20
         c.eval.batch_size = 64
         c.max_steps_per_arm = 2
-    add_arms(c)
+    common.add_arms(c, ARMS)
     return c
-
-
-_MODULES = {"simclr": simclr, "moco": moco, "swimdiff": swimdiff, "false": false_config}
-
-
-def add_arms(c: ml_collections.ConfigDict) -> None:
-    """``c.arms.<name>``: the pretraining config of every arm of :data:`ARMS` (its config module's
-    default variant, then the study's shared settings, then the arm's overrides), and
-    ``c.arm_sources.<name>``: ``{"config": module, "overrides": {...}}`` as JSON (recorded in the
-    arm's result file).
-
-    The shared settings are FieldReferences to the study's own keys, so an override given after
-    get_config (``--config.data.folder=...``, ``--config.batch_size=...``) reaches every arm.
-    Left to the job (rsjax.study.arm_run_config), because they need the split size or the seed:
-    ``seed``, ``total_steps`` (``max_steps_per_arm`` or ``epochs`` x steps per epoch),
-    ``optimizer.warmup_steps`` (``optimizer.warmup_fraction`` of them), ``log_every`` and
-    ``checkpoint_every``.
-    """
-    c.arms = ml_collections.ConfigDict()
-    c.arm_sources = ml_collections.ConfigDict()
-    for name, (module, overrides) in ARMS.items():
-        a = _MODULES[module]._config(_MODULES[module].VARIANTS[0])
-
-        def link(block, key, ref, dotted):
-            # An arm's own override is never linked (see common.link_shared).
-            if dotted not in overrides:
-                block[key] = ref
-
-        common.link_shared(a, c, ["dtype", "batch_size", *(f"model.{k}" for k in ("name", "stem", "conv", "in_channels")),
-                                  *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay")),
-                                  *(f"data.{k}" for k in c.data)], overrides)
-        a.model.proj_hidden_dim = 512
-        a.model.proj_dim = 128
-        link(a.loss, "temperature", c.get_ref("temperature"), "loss.temperature")
-        if a.method == "swimdiff":
-            a.swimdiff.log_grad_share = True  # the run record reports L_D's share of the encoder's gradient
-            link(a.swimdiff, "diffusion_size", c.get_ref("swimdiff_diffusion_size"), "swimdiff.diffusion_size")
-            link(a.swimdiff, "denoiser_channels", c.get_ref("swimdiff_denoiser_channels"), "swimdiff.denoiser_channels")
-        if "moco" in a:
-            link(a.moco, "queue_size", c.get_ref("batch_size") * 16, "moco.queue_size")
-        a.eval.enabled = False
-        for dotted, value in overrides.items():
-            common.set_key(a, dotted, value)
-        if a.method == "swimdiff" and float(a.swimdiff.lambda_d):
-            a.optimizer.modules = ml_collections.ConfigDict({"denoiser": {
-                "name": "adam", "lr": c.get_ref("swimdiff_denoiser_lr"), "weight_decay": 0.0}})
-        a.lock()
-        c.arms[name] = a
-        c.arm_sources[name] = json.dumps({"config": module, "overrides": overrides}, sort_keys=True)

@@ -155,6 +155,23 @@ def image_grid(rows: list[list[np.ndarray]], titles: list[str], path: str, *, ro
     return path
 
 
+CHANGE_TITLES = ["image A", "image B", "ground truth", "prediction", "errors on B"]
+CHANGE_LEGEND = {"hit": (1, 1, 1), "false alarm": (1, 0.15, 0.15), "miss": (0.2, 0.5, 1)}
+
+
+def change_panels(image_a: np.ndarray, image_b: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                  rgb_index=(0, 1, 2)) -> list[np.ndarray]:
+    """The :data:`CHANGE_TITLES` panels of one change pair (raw ``[H, W, C]`` images, ``truth`` and
+    ``pred`` ``[H, W]`` {0, 1}): A and B as RGB stretched together (so colours compare across
+    dates), truth, prediction, and the errors on B (:func:`change_overlay`). A row of
+    :func:`image_grid` (titles :data:`CHANGE_TITLES`, legend :data:`CHANGE_LEGEND`)."""
+    w = image_a.shape[1]
+    ab = display_rgb(np.concatenate([image_a, image_b], axis=1), rgb_index)
+    a, b = ab[:, :w], ab[:, w:]
+    t, p = (np.asarray(truth) == 1).astype(np.float32), (np.asarray(pred) == 1).astype(np.float32)
+    return [a, b, t, p, change_overlay(a, b, t, p)]
+
+
 def change_overlay(image_a: np.ndarray, image_b: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Prediction vs truth on image B: true positives white, false positives red, misses blue."""
     base = 0.5 * np.asarray(image_b, np.float32)

@@ -334,6 +334,105 @@ def render_study_table(payloads: list[dict]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+_OSCD_MODES = (("frozen", "frozen"), ("finetuned", "fine-tuned"))
+
+
+def _oscd_scores(p: dict, mode: str, metric: str = "f1") -> dict:
+    """``{(fold, seed): value}`` of the arm's runs scored in ``mode``."""
+    return {(r["fold"], r["seed"]): r[mode][metric] for r in p.get("runs", [])
+            if "error" not in r and (r.get(mode) or {}).get(metric) is not None}
+
+
+def _oscd_pooled(p: dict, mode: str, metric: str = "f1") -> dict:
+    """``{seed: value}`` of the arm's scores pooled over the folds (every test pixel once)."""
+    return {row["seed"]: row[mode][metric] for row in p.get("pooled", [])}
+
+
+def _interval(ci) -> str:
+    return "n/a" if ci is None else f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})"
+
+
+def render_oscd_table(payloads: list[dict]) -> str:
+    """Markdown tables of the OSCD study (files ``oscd_<setting>_<arm>.json``, rsjax.jobs.study_oscd).
+
+    Per setting: the scores of the change class per arm and mode (encoder frozen / fine-tuned):
+    F1, IoU, precision and recall pooled over the folds (the confusion counts of every test city
+    summed, per seed; mean ± sample sd over seeds), F1 per fold (mean over seeds), and F1 over the
+    fold x seed runs (mean ± sample sd); then the pretraining record (steps, seconds, same-scene
+    candidates per query, L_D, refused steps) and the paired differences of
+    ``payload["comparisons"]`` (first arm minus second) with 95 % t-intervals: over the fold x seed
+    pairs both arms have, and over the seeds of the pooled F1.
+    """
+    if not payloads:
+        return "_No OSCD study results yet (`results/oscd_*.json`)._\n"
+    groups: dict[str, list[dict]] = {}
+    for p in payloads:
+        groups.setdefault(p.get("setting", "?"), []).append(p)
+    blocks = []
+    for setting in sorted(groups):
+        rows = sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", "")))
+        s = rows[0].get("settings", {})
+        cd = s.get("cd", {})
+        folds = s.get("folds", [])
+        length = (f"{s['max_steps_per_arm']} steps" if s.get("max_steps_per_arm") else f"{s.get('epochs', '?')} epochs")
+        head = (f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}; pretraining on both dates of the "
+                f"training cities' crops, {s.get('image_size', '?')} px patches, {length}, batch {s.get('batch_size', '?')}; "
+                f"change detection on {cd.get('crop_size', '?')} px crops, "
+                + ", ".join(f"{v} {k} steps" for k, v in (cd.get("steps") or {}).items())
+                + f", batch {cd.get('batch_size', '?')}. Folds (test cities): "
+                + ", ".join(f"F{f['fold']} {' + '.join(f['test'])}" for f in folds)
+                + ". Scores of the change class, %.")
+        fold_ids = [f["fold"] for f in folds]
+        lines = [head, "",
+                 "| arm | encoder | F1 pooled | IoU pooled | precision pooled | recall pooled | F1 per fold ("
+                 + " / ".join(f"F{k}" for k in fold_ids) + ") | F1 over fold x seed |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            for mode, label in _OSCD_MODES:
+                runs = _oscd_scores(p, mode)
+                per_fold = " / ".join(_pct(sum(v) / len(v)) if (v := [x for (f, _), x in runs.items() if f == k])
+                                      else "n/a" for k in fold_ids)
+                pooled = [_mean_sd(list(_oscd_pooled(p, mode, m).values())) for m in ("f1", "iou", "precision", "recall")]
+                lines.append(f"| {p.get('arm', '?')} | {label} | {' | '.join(pooled)} | {per_fold} "
+                             f"| {_mean_sd(list(runs.values()))} |")
+        lines += ["", "| arm | runs (fold x seed) | pretraining steps | pretraining s | same-scene cand. | L_D | refused "
+                  "| arm wall min | device | date | commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            runs = p.get("runs", [])
+            w = p.get("last_window_mean") or {}
+            steps = sorted({r.get("steps") for r in runs if r.get("steps") is not None})
+            prov = p.get("provenance", {})
+            git = prov.get("git") or {}
+            commit = (git.get("commit", "?") + ("-dirty" if git.get("dirty") else "")) if git else "n/a"
+            fn = "" if w.get("scene_false_negatives") is None else f"{w['scene_false_negatives']:.1f}"
+            ld = "" if w.get("loss_diffusion") is None else f"{w['loss_diffusion']:.4f}"
+            failed = f" ({len(p['errors'])} failed)" if p.get("errors") else ""
+            lines.append(f"| {p.get('arm', '?')} | {len(runs)}{failed} | {'/'.join(str(x) for x in steps) or '0'} "
+                         f"| {_secs(p.get('pretrain_s'))} | {fn} | {ld} | {p.get('refused_steps', 0)} "
+                         f"| {(p.get('wall_s') or 0) / 60:,.0f} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} "
+                         f"| {commit} |")
+        by_arm = {p.get("arm"): p for p in rows}
+        pairs = next((p["comparisons"] for p in rows if p.get("comparisons")), [])
+        diffs = []
+        for a, b in pairs:
+            if a in by_arm and b in by_arm:
+                cells = [_interval(paired_interval(_oscd_scores(by_arm[a], m), _oscd_scores(by_arm[b], m)))
+                         for m, _ in _OSCD_MODES]
+                cells += [_interval(paired_interval(_oscd_pooled(by_arm[a], m), _oscd_pooled(by_arm[b], m)))
+                          for m, _ in _OSCD_MODES]
+                diffs.append(f"| {a} − {b} | {' | '.join(cells)} |")
+        if diffs:
+            lines += ["", "Paired differences of F1 (first arm minus second, points; mean [95 % t-interval]): over the "
+                      "fold x seed runs both arms have, and over the seeds of the pooled F1:", "",
+                      "| comparison | frozen, fold x seed | fine-tuned, fold x seed | frozen, pooled | fine-tuned, pooled |",
+                      "|---|---|---|---|---|", *diffs]
+        cmds = sorted({p.get("provenance", {}).get("command", "?") for p in rows})
+        lines += ["", "Mean ± sample sd (ddof = 1). Command" + ("s" if len(cmds) > 1 else "") + ": "
+                  + "; ".join(f"`{c}`" for c in cmds)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def render_bench_table(payloads: list[dict]) -> str:
     """Markdown throughput tables of ``python -m rsjax.bench`` results (files ``bench_*.json``,
     ``{"kind": "rsjax.bench/v1", "rows": [...]}``; see :mod:`rsjax.bench`).
@@ -528,7 +627,8 @@ def render_dubai_table(payloads: list[dict]) -> str:
                  f"({', '.join(decs)}, decoder widths {st.get('decoder_channels', '?')}) on a fraction of the "
                  f"training crops with clean labels; scored on {st.get('num_test', '?')} (of {st.get('num_test_all', '?')}) "
                  f"crops of test tiles "
-                 f"{', '.join(str(t) for t in st.get('test_tiles', []))} (mIoU %, {len(classes)} classes)", ""]
+                 # test_tiles: records written before data.test_tiles was renamed data.test_scenes
+                 f"{', '.join(str(t) for t in st.get('test_scenes', st.get('test_tiles', [])))} (mIoU %, {len(classes)} classes)", ""]
         cols = [(d, f) for d in decs for f in fracs]
         head = " | ".join(f"{d} {_pct_of(f)} labels" for d, f in cols)
         lines += [f"| arm | {head} | per seed | pretrain s | arm wall s | device | date | commit |",
@@ -643,12 +743,14 @@ def _num(v) -> str:
 # name -> renderer; SOURCES[name] is the glob (under the results folder) of the files it reads.
 RENDERERS = {
     "study": render_study_table,
+    "oscd": render_oscd_table,
     "bench": render_bench_table,
     "bench_cpu": render_bench_cpu_table,
     "dubai": render_dubai_table,
 }
 SOURCES = {
     "study": "study_*.json",
+    "oscd": "oscd_*.json",
     "bench": "bench_*.json",
     "bench_cpu": "bench_cpu_*.json",
     "dubai": "dubai_*.json",

@@ -1,35 +1,31 @@
-"""The studies' library part: the arm-by-arm loop with resume and result records
-(:func:`run_arms`, shared by :mod:`rsjax.jobs.study_eurosat` and :mod:`rsjax.jobs.study_dubai`),
-the EuroSAT study's arm configs, records and table, and FALSE's firing on real batches
-(:func:`false_firing`).
+"""The library part of the studies (:mod:`rsjax.jobs.study_eurosat`, :mod:`rsjax.jobs.study_dubai`,
+:mod:`rsjax.jobs.study_oscd`): the plan, the one resumable loop, arm configs, run records, the
+EuroSAT table, and FALSE's firing on real batches (:func:`false_firing`).
 
-The job itself is :mod:`rsjax.jobs.study_eurosat` (``config.job = "study_eurosat"``,
-``configs/study_eurosat.py``). For each arm (method + overrides) and seed it builds the arm's
-pretraining config with :func:`arm_config` (``config.arms.<arm>``, which the study config builds
-from the arm's config module plus the study's shared settings: encoder, batch, optimizer, data;
-the job adds the seed and step counts), pretrains in ``<workdir>/<arm>_s<seed>``
-with the pretraining job, then scores the frozen encoder with the ``knn`` and ``linear``
-evaluators (:func:`rsjax.evaluate.classification.frozen_eval`) on the test split. Arms already
-finished (their ``arm_result.json`` exists) are not rerun, so an interrupted study continues
-where it stopped. Writes ``study.json``, ``study.md`` (:func:`markdown_table`: method x metric,
-mean +- std over seeds) and ``study.png``.
+Shared by the jobs: :func:`plan` (seeds and arms from ``config.study``), :func:`workdir_config`
+(config.json without the keys a continuation may change), :func:`compilation_cache`,
+:func:`arm_config` (an arm's pretraining config: ``config.arms.<arm>``, which the study config
+builds with ``configs.common.add_arms`` from the arm's config module plus the study's shared
+settings, and the seed and step counts), :func:`last_window` (the mechanism's evidence from
+``metrics.jsonl``) and :func:`run_arms`: every arm, then every run of it (a seed, or a fold and a
+seed) in ``<workdir>/<arm>_s<seed>`` / ``<arm>_f<fold>_s<seed>``; a run whose ``arm_result.json``
+exists is not rerun, so an interrupted study continues where it stopped.
 
-Results as data: as soon as an arm (all its seeds) ends, its result is written as strict JSON
-with :func:`rsjax.results.save` to ``<out_dir>/study_<study.name>_<arm>.json`` (``out_dir`` =
-``config.study.out_dir``, default ``<workdir>/results``; a GPU call points it at ``$OUT`` so a
-run cut off mid-study still returns every finished arm). The payload carries the arm's per-seed
-linear/kNN top-1, pretraining seconds (compile excluded), compile seconds, the arm's wall
-seconds (compile + pretraining + features + probes) and :func:`rsjax.results.provenance`
-(command, commit, date, device). ``python -m rsjax.results`` renders the README table from
-``results/study_*.json``. ``config.study.time_budget_s`` > 0 starts no new arm after that many
-seconds, for time-boxed device calls; the rerun resumes at the next arm.
+Results as data: as soon as an arm (all its runs) ends, its result is written as strict JSON
+with :func:`rsjax.results.save` to ``<workdir>/results`` and ``config.study.out_dir`` when set (a
+GPU call points it at ``$OUT`` so a run cut off mid-study still returns every finished arm), with
+:func:`rsjax.results.provenance` (command, commit, date, device); ``python -m rsjax.results``
+renders the tables from ``results/study_*.json`` (EuroSAT: :func:`arm_payload`, :func:`settings`,
+:func:`markdown_table` here), ``results/dubai_*.json`` and ``results/oscd_*.json`` (their jobs'
+payloads). ``config.study.time_budget_s`` > 0
+starts no new run after that many seconds, for time-boxed calls; the rerun resumes there.
 """
-
 from __future__ import annotations
 
 import json
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +35,12 @@ import numpy as np
 from rsjax import errors, train, trainables
 from rsjax import results as results_lib
 from rsjax import sharding as shd
+from rsjax import workdir as workdir_lib
 from rsjax.data import input as input_lib
 from rsjax.methods import false as false_lib
 
-# config.study keys that may differ between the calls of one study (rsjax.jobs.study_eurosat.run).
-STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm", "comparisons")
+# config.study keys that may differ between the calls of one study (they change no result).
+STUDY_MUTABLE_KEYS = ("arms", "out_dir", "time_budget_s", "stop_after_arm", "comparisons", "picture_city")
 
 
 def parse_seeds(config) -> list[int]:
@@ -68,80 +65,28 @@ def workdir_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return ml_collections.ConfigDict(d)
 
 
-def run_arms(config, workdir: str, arms: list[str], seeds: list[int], *, file_name, run_seed, payload,
-             describe=lambda r: "", before_seed=None) -> tuple[dict, list[str]]:
-    """The arm-by-arm loop of a study, resumable: ``(results, not_started)``.
-
-    For each arm (in order) and seed: ``run_seed(arm, seed, arm_wd)`` -> the seed's record (a
-    dict with ``seed``), run in ``arm_wd = <workdir>/<arm>_s<seed>`` and kept there as
-    ``arm_result.json`` (a rerun reads it instead of running again). An exception ends that
-    seed only: ``{"seed", "error", "wall_s"}`` goes into the arm's record (not into
-    ``arm_result.json``), and the next seed / arm starts. When an arm's seeds are done,
-    ``payload(arm, arm_index, runs)`` is written with :func:`rsjax.results.save` as
-    ``file_name(arm)`` to every folder of :func:`out_dirs`; an arm whose record in
-    ``<workdir>/results`` already holds every seed is not run again (its record is copied to the
-    other folders). ``config.study.time_budget_s`` > 0 starts no new arm after that many seconds
-    (those arms are ``not_started``); ``config.study.stop_after_arm`` ends the loop after that arm.
-    ``describe(record)`` -> the text printed after a seed; ``before_seed(arm_index, results,
-    t_study)`` runs before a seed starts (an ETA line)."""
-    results: dict[str, dict] = {}
-    dirs = out_dirs(config, workdir)
-    t_study = time.time()
-    not_started: list[str] = []
-    budget = float(config.study.get("time_budget_s", 0) or 0)
-    for arm_index, arm in enumerate(arms):
-        name = file_name(arm)
-        finished = os.path.join(dirs[0], name)
-        if os.path.exists(finished):  # this arm (all seeds) ended in an earlier run: keep its record
-            with open(finished) as f:
-                record = json.load(f)
-            if sorted(r["seed"] for r in record["runs"]) == sorted(seeds):
-                for d in dirs[1:]:
-                    results_lib.save(record, os.path.join(d, name))
-                results[arm] = record
-                continue
-        if budget and time.time() - t_study > budget:
-            not_started = arms[arm_index:]
-            print(f"== study: time_budget_s={budget:.0f} spent; not started: "
-                  f"{', '.join(arms[arm_index:])} (rerun to continue)", flush=True)
-            break
-        runs = []
-        for seed in seeds:
-            arm_wd = os.path.join(workdir, f"{arm}_s{seed}")
-            done = os.path.join(arm_wd, "arm_result.json")
-            if os.path.exists(done):
-                with open(done) as f:
-                    runs.append(json.load(f))
-                continue
-            t_arm = time.time()
-            if before_seed is not None:
-                before_seed(arm_index, results, t_study)
-            try:
-                r = run_seed(arm, seed, arm_wd)
-            except Exception as e:  # noqa: BLE001 - one arm's failure (non-finite loss, OOM) ends that arm only
-                # Recorded in the arm's JSON, not in arm_result.json: a rerun keeps the recorded arm
-                # (time-boxed windows move on); delete the arm's JSON to retry it.
-                r = {"seed": seed, "error": f"{type(e).__name__}: {e}"[:1000], "wall_s": time.time() - t_arm}
-                runs.append(r)
-                print(f"   {arm} s{seed}: FAILED ({r['error'][:300]}); the next arm starts", flush=True)
-                continue
-            r["wall_s"] = time.time() - t_arm
-            os.makedirs(arm_wd, exist_ok=True)
-            results_lib.save(r, done)
-            runs.append(r)
-            print(f"   {arm} s{seed}: {describe(r)} ({r['wall_s']:.0f} s wall)", flush=True)
-        record = payload(arm, arm_index, runs)
-        for d in dirs:
-            results_lib.save(record, os.path.join(d, name))
-        results[arm] = record
-        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
-            break
-    return results, not_started
-
-
 def arm_names(config) -> list[str]:
-    """The arms the study config defines (``config.arms``, built by configs/study_eurosat.py)."""
+    """The arms the study config defines (``config.arms``, built by configs.common.add_arms)."""
     return list(config.arms.keys())
+
+
+def plan(config) -> tuple[list[int], list[str]]:
+    """``(seeds, arms)`` of ``config.study`` (``seeds``: comma-separated integers; ``arms``: a
+    comma-separated subset of :func:`arm_names`, ``random_init`` first when
+    ``include_random_init``). ConfigError naming the key, before anything is written."""
+    with errors.config_errors():
+        seeds = parse_seeds(config)
+        arms = [a.strip() for a in str(config.study.arms).split(",") if a.strip()]
+        if config.study.include_random_init and "random_init" not in arms:
+            arms = ["random_init", *arms]
+        known = arm_names(config)
+        unknown = [a for a in arms if a != "random_init" and a not in known]
+        if unknown:
+            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
+                                     f"{', '.join(known)}")
+        if config.dtype not in ("float32", "bfloat16"):
+            raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
+    return seeds, arms
 
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int, num_train: int) -> ml_collections.ConfigDict:
@@ -226,8 +171,6 @@ def last_window(metrics_path: str, total_steps: int, fraction: float = WINDOW) -
     (rows with ``step > (1 - fraction) * total_steps``; null values skipped): the loss terms,
     ``conditioning_gain``, ``grad_share_diffusion``, ``scene_false_negatives``, ... Also
     ``window_rows``, the number of logged rows averaged."""
-    from rsjax import workdir as workdir_lib
-
     rows = [r for r in workdir_lib.read_jsonl(metrics_path) if r.get("step", 0) > (1 - fraction) * total_steps]
     keys = sorted({k for r in rows for k in r if k != "step"})
     out: dict = {"window_rows": len(rows)}
@@ -238,23 +181,101 @@ def last_window(metrics_path: str, total_steps: int, fraction: float = WINDOW) -
     return out
 
 
-def print_total_eta(arms, arm_index, results, t_study, config, num_train) -> None:
-    """One line before each arm: elapsed time and a rough total ETA.
+def compilation_cache(workdir: str) -> str:
+    """Turns on JAX's persistent compilation cache in ``<workdir>/xla_cache`` unless one is set
+    (``JAX_COMPILATION_CACHE_DIR``), and returns its folder. A study's runs compile the same
+    programs again and again (each run builds its own step, every fine-tune the same programs);
+    with the cache only the first run of each program compiles (a CPU change-detection run: 25 s
+    -> 3 s). Call it before the first compilation of the process: JAX reads the setting when it
+    first compiles."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "xla_cache"))
+    return jax.config.jax_compilation_cache_dir
 
-    The estimate charges every remaining trained arm the mean wall seconds per step of the
-    arms finished in this run (their compile and evaluation included); before the first trained
-    arm has finished it says so instead of guessing.
+
+def run_dir(workdir: str, arm: str, unit: dict) -> str:
+    """``<workdir>/<arm>_<k><v>...``: one run's folder (``unit`` ``{"seed": 0}`` -> ``<arm>_s0``,
+    ``{"fold": 1, "seed": 0}`` -> ``<arm>_f1_s0``; the first letter of each key)."""
+    return os.path.join(workdir, arm + "".join(f"_{k[0]}{v}" for k, v in unit.items()))
+
+
+def run_arms(config, workdir: str, arms: list[str], units: list[dict], *,
+             run_one: Callable[[str, dict, str], dict], payload: Callable[[str, int, list[dict]], dict],
+             file_name: Callable[[str], str], line: Callable[[str, dict], str]) -> tuple[dict, list[str]]:
+    """The one resumable loop of the studies: every arm, then every run ``unit`` of it (``{"seed": s}``
+    for EuroSAT and Dubai, ``{"fold": k, "seed": s}`` for OSCD), each in its own :func:`run_dir`
+    (``<arm>_s<seed>``, ``<arm>_f<fold>_s<seed>``).
+
+    ``run_one(arm, unit, folder)`` -> the run's record (the unit's keys are added); it is saved as
+    ``<folder>/arm_result.json`` and never rerun. When every unit of an arm has a record,
+    ``payload(arm, arm_index, runs)`` (the arm's result) is written with :func:`rsjax.results.save`
+    as ``file_name(arm)`` to every :func:`out_dirs`; an arm whose file already holds every unit is
+    not looked at again (its file is copied to the other out dirs). A run that raises is recorded
+    in the arm's file with its error (not in arm_result.json: delete the arm's file to retry it) and
+    the next run starts. ``config.study.time_budget_s`` > 0: no run starts after that many
+    seconds; ``config.study.stop_after_arm``: the loop ends after that arm. ``line(arm, record)``:
+    the progress line of a finished run.
+
+    Returns ``(results, not_started)``: ``{arm: payload}`` of the finished arms, and the arms
+    left (unfinished or not started) when the budget ran out.
     """
-    done = [r for a, r in results.items() if a != "random_init"]
-    per_step = [run["wall_s"] / max(run["steps"], 1) for r in done for run in r["runs"]
-                if run.get("steps") and run.get("wall_s")]
-    elapsed = time.time() - t_study
-    msg = f"== study: arm {arm_index + 1}/{len(arms)} ({arms[arm_index]}), {elapsed / 60:.1f} min elapsed"
-    if per_step:
-        steps = int(config.get("max_steps_per_arm", 0) or config.epochs * max(1, num_train // config.batch_size))
-        left = sum(1 for a in arms[arm_index:] if a != "random_init") * len(str(config.study.seeds).split(","))
-        msg += f", about {left * steps * float(np.mean(per_step)) / 60:.0f} min left (rough: mean s/step so far)"
-    print(msg, flush=True)
+    results: dict[str, dict] = {}
+    dirs = out_dirs(config, workdir)
+    t_study = time.time()
+    budget = float(config.study.get("time_budget_s", 0) or 0)
+    keys = [tuple(sorted(u.items())) for u in units]
+    walls: list[float] = []  # wall seconds of the trained runs finished in this call (the ETA)
+    for arm_index, arm in enumerate(arms):
+        name = file_name(arm)
+        finished = os.path.join(dirs[0], name)
+        if os.path.exists(finished):  # this arm ended in an earlier call: keep its record
+            with open(finished) as f:
+                done = json.load(f)
+            if sorted(tuple(sorted((k, r[k]) for k in units[0])) for r in done["runs"]) == sorted(keys):
+                for d in dirs[1:]:
+                    results_lib.save(done, os.path.join(d, name))
+                results[arm] = done
+                continue
+        runs = []
+        for unit in units:
+            folder = run_dir(workdir, arm, unit)
+            record = os.path.join(folder, "arm_result.json")
+            if os.path.exists(record):
+                with open(record) as f:
+                    runs.append(json.load(f))
+                continue
+            elapsed = time.time() - t_study
+            if budget and elapsed > budget:
+                left = arms[arm_index:]
+                print(f"== study: time_budget_s={budget:.0f} spent; left: {', '.join(left)} (rerun to continue)",
+                      flush=True)
+                return results, left
+            todo = sum(a != "random_init" for a in arms[arm_index:]) * len(units) - (arm != "random_init") * len(runs)
+            eta = f", about {todo * np.mean(walls) / 60:.0f} min left (mean run so far)" if walls else ""
+            print(f"== study: {arm} {unit} (arm {arm_index + 1}/{len(arms)}), {elapsed / 60:.1f} min elapsed{eta}",
+                  flush=True)
+            t_run = time.time()
+            try:
+                r = {**run_one(arm, unit, folder), **unit}
+            except Exception as e:  # noqa: BLE001 - one run's failure (non-finite loss, OOM) ends that run only
+                r = {**unit, "error": f"{type(e).__name__}: {e}"[:1000], "wall_s": time.time() - t_run}
+                runs.append(r)
+                print(f"   {arm} {unit}: FAILED ({r['error'][:300]}); the next run starts", flush=True)
+                continue
+            r["wall_s"] = time.time() - t_run
+            if arm != "random_init":
+                walls.append(r["wall_s"])
+            os.makedirs(folder, exist_ok=True)
+            results_lib.save(r, record)
+            runs.append(r)
+            print(f"   {arm} {unit}: {line(arm, r)} ({r['wall_s']:.0f} s wall)", flush=True)
+        p = payload(arm, arm_index, runs)
+        for d in dirs:
+            results_lib.save(p, os.path.join(d, name))
+        results[arm] = p
+        if config.study.stop_after_arm and arm == config.study.stop_after_arm:
+            break
+    return results, []
 
 
 def markdown_table(report: dict) -> str:

@@ -50,7 +50,7 @@ import ml_collections
 
 from rsjax import optim, plots
 from rsjax.data import ops
-from rsjax.data.defaults import default_data_config
+from rsjax.data.defaults import RENAMED, default_data_config
 from rsjax.errors import ConfigError, WorkdirError
 
 # Keys that may change between a run and its continuation without changing its result.
@@ -94,8 +94,9 @@ def complete_config(d: dict) -> dict:
     (and its ``plateau``) those of :func:`rsjax.optim.default_block`, every block named
     ``swimdiff`` the values its newer keys had in effect before they existed (``conditioning``
     ``maps``, ``log_grad_share`` False), at any depth (``transfer.optimizer``, a study's
-    ``arms.<arm>.data``). Keys present are kept as they are. The retired ``data.eval_split``
-    moves to the one name of its role: ``analysis.split`` where the config has an ``analysis``
+    ``arms.<arm>.data``). Keys present are kept as they are; renamed data keys
+    (:data:`rsjax.data.defaults.RENAMED`: ``test_tiles`` -> ``test_scenes``) take their new
+    name. The retired ``data.eval_split`` moves to the one name of its role: ``analysis.split`` where the config has an ``analysis``
     block (noisy labels), else ``eval.test_split`` (with ``eval.train_split`` from
     ``data.train_split`` where the block lacks it: the EuroSAT study before it had both).
 
@@ -138,6 +139,7 @@ def complete_config(d: dict) -> dict:
                     spec = ops.augment_spec(v)
                     v = {key: val for key, val in v.items() if key not in legacy}
                     v["augment"] = spec
+                v = {RENAMED.get(key, key): val for key, val in v.items()}
                 v = fill(v, data_defaults)
             elif isinstance(v, dict) and k == "optimizer":
                 v = fill(v, opt_defaults)

@@ -1,6 +1,6 @@
 """A colour-coded segmentation set read from its folder as it unpacks (``dubai_aerial_seg``):
 ``<Tile N>/images/*.jpg`` + ``<Tile N>/masks/*.png`` (RGB and palette PNGs), split by tile
-(``data.test_tiles`` / ``data.val_tiles``), cut into ``data.image_size`` crops, every bad file
+(``data.test_scenes`` / ``data.val_scenes``: scene = tile number), cut into ``data.image_size`` crops, every bad file
 named (``rsjax.data.tiles.read``).
 
 The expected labels come from the class arrays the test draws and the colour table of the
@@ -60,7 +60,7 @@ def _crops(truth, keys):
 # --- reading -----------------------------------------------------------------------------
 def test_labels_images_and_crops_follow_the_files(dubai):
     folder, truth = dubai
-    data = SD.load_split(data_block(folder, test_tiles=(3,)), "train", image_size=S)
+    data = SD.load_split(data_block(folder, test_scenes=(3,)), "train", image_size=S)
     keys = [(1, "image_part_001"), (1, "image_part_002"), (2, "image_part_001")]
     ims, labs, tiles = _crops(truth, keys)
     assert len(data) == 12  # 2 x 2 crops per image: the remainder (4 / 5 rows, 8 columns) dropped
@@ -86,7 +86,7 @@ def test_palette_masks_read_as_their_colours(dubai):
 
 def test_split_by_tile(dubai):
     folder, truth = dubai
-    d = data_block(folder, test_tiles=(3,), val_tiles=(2,))
+    d = data_block(folder, test_scenes=(3,), val_scenes=(2,))
     got = {s: read(d, s) for s in ("train", "test", "validation")}
     assert {s: sorted(set(a["scene_id"].tolist())) for s, a in got.items()} == {
         "train": [1], "test": [3], "validation": [2]}
@@ -100,7 +100,7 @@ def test_the_segmentation_job_reads_the_same_folder(dubai):
 
     folder, truth = dubai
     config = common.load("seg", "dubai", {"data.folder": str(folder), "data.image_size": S,
-                                          "data.test_tiles": (3,)})
+                                          "data.test_scenes": (3,)})
     train, test = seg.load_data(config)
     assert set(train) == set(test) == {"image", "mask"}
     np.testing.assert_array_equal(SD.masks_to_labels(test["mask"], 0), _crops(truth, [(3, "image_part_001")])[1])
@@ -140,7 +140,7 @@ def test_unknown_colour_names_the_file_the_colour_and_the_count(dubai):
     rgb[5, :7] = (0x12, 0x34, 0x56)
     Image.fromarray(rgb).save(path)
     with pytest.raises(DataError, match=r"image_part_001\.png.*7 pixels.*#123456 x 7"):
-        read(data_block(folder, test_tiles=(3,)), "test")
+        read(data_block(folder, test_scenes=(3,)), "test")
 
 
 def test_mask_of_another_size_names_the_mask(dubai):
@@ -163,12 +163,12 @@ def test_image_without_mask_and_mask_without_image(dubai):
 
 
 @pytest.mark.parametrize("kw,split,match", [
-    ({"test_tiles": (6,)}, "test", r"config.data.test_tiles=\(6,\): no tile 6 .*its tiles: 1, 2, 3"),
-    ({"test_tiles": (3,), "val_tiles": (3,)}, "train", r"test_tiles and config.data.val_tiles both hold tile 3"),
-    ({"test_tiles": (1, 2, 3)}, "train", r"config.data.train_split / analysis.split / transfer.split='train': no tile"),
-    ({}, "test", r"'test': no tile .*data.test_tiles"),
-    ({"test_tiles": (3,)}, "val", r"'val': a tile folder has the splits train .* validation"),
-    ({"test_tiles": (3,), "image_size": 34}, "test", r"image_size=34 is larger than image .*Tile 3.*33 x 32"),
+    ({"test_scenes": (6,)}, "test", r"config.data.test_scenes=\(6,\): no scene 6 in the tile folder .*its scenes: 1, 2, 3"),
+    ({"test_scenes": (3,), "val_scenes": (3,)}, "train", r"test_scenes and config.data.val_scenes both hold scene 3"),
+    ({"test_scenes": (1, 2, 3)}, "train", r"config.data.train_split / analysis.split / transfer.split='train': no scene"),
+    ({}, "test", r"'test': no scene .*data.test_scenes"),
+    ({"test_scenes": (3,)}, "val", r"'val': splits cut by scene are train .* validation"),
+    ({"test_scenes": (3,), "image_size": 34}, "test", r"image_size=34 is larger than image .*Tile 3.*33 x 32"),
 ])
 def test_config_errors_name_the_key(dubai, kw, split, match):
     folder, _ = dubai

@@ -21,6 +21,7 @@ def _config(synth: str, out: str):
 
 def test_study_holds_its_workdir_and_scores_with_frozen_eval(tmp_path, monkeypatch):
     from rsjax import errors
+    from rsjax import study as study_lib
     from rsjax import workdir as workdir_lib
     from rsjax.data import build
     from rsjax.evaluate import classification as cls
@@ -35,7 +36,7 @@ def test_study_holds_its_workdir_and_scores_with_frozen_eval(tmp_path, monkeypat
 
     def score(encode_fn, variables, arrays, cfg, seed):
         with pytest.raises(errors.WorkdirError, match="is in use by another run"):  # a second launch is refused
-            workdir_lib.Workdir(wd, study_eurosat.workdir_config(config))
+            workdir_lib.Workdir(wd, study_lib.workdir_config(config))
         r = real_score(encode_fn, variables, arrays, cfg, seed)
         # the same numbers as the shared protocol run directly on the same encoder
         ref = cls.frozen_eval(encode_fn, variables, *arrays, eval_config=cfg.eval, seed=seed)
@@ -48,7 +49,7 @@ def test_study_holds_its_workdir_and_scores_with_frozen_eval(tmp_path, monkeypat
     (run,) = report["results"]["random_init"]["runs"]
     assert (run["linear"], run["knn"]) == seen["ref"] and seen["n"] == (24, 8)
     assert np.isfinite(run["linear"]) and report["not_started"] == []
-    workdir_lib.Workdir(wd, study_eurosat.workdir_config(config)).close()  # released when the study ends
+    workdir_lib.Workdir(wd, study_lib.workdir_config(config)).close()  # released when the study ends
 
 
 def test_study_rejects_bad_keys_before_writing(tmp_path):

@@ -165,7 +165,7 @@ def test_label_subsets():
 def test_crop_layout_and_stitch(folder):
     from configs import common
 
-    d = common.data_config(name="dubai_aerial_seg", folder=str(folder), image_size=32, test_tiles=(3, 8))
+    d = common.data_config(name="dubai_aerial_seg", folder=str(folder), image_size=32, test_scenes=(3, 8))
     layout = tiles.crop_layout(d, "test")
     assert [(x["tile"], x["rows"], x["cols"]) for x in layout] == [(3, 2, 3), (8, 2, 2)]
     test = SD.load_split(d, "test", image_size=32)
@@ -211,7 +211,7 @@ def test_arm_records(study_run):
         assert p["format"] == "rsjax.dubai_arm/v1" and p["arm"] == arm and p["setting"] == "smoke"
         prov = p["provenance"]
         assert prov["command"] and prov["date"] and prov["machine"]["backend"] == "cpu" and "git" in prov
-        assert p["settings"]["test_tiles"] == [3, 8] and p["settings"]["num_train"] == TRAIN_CROPS
+        assert p["settings"]["test_scenes"] == [3, 8] and p["settings"]["num_train"] == TRAIN_CROPS
         (run,) = p["runs"]
         assert run["seed"] == 0 and set(run["finetune"]) == {"0.1", "1"}
         for f in run["finetune"].values():
@@ -325,6 +325,10 @@ def test_renderer_numbers_match_numpy_and_scipy(tmp_path):
                     noise={"pool_factor": 16, "flip_rate": 0.2, "class_names": []}),
            tmp_path / "dubai_cpu_noisy_coarse.json")
     md = R.render_dubai_table(R.load_all("dubai_*.json", str(tmp_path)))
+    assert "crops of test tiles 3, 8 (mIoU %" in md  # records written before data.test_tiles was renamed
+    renamed = _payload("random_init", 0, *rand, kind="random_init")
+    renamed["settings"]["test_scenes"] = renamed["settings"].pop("test_tiles")
+    assert "crops of test tiles 3, 8 (mIoU %" in R.render_dubai_table([renamed])
     row = next(line for line in md.splitlines() if line.startswith("| noisy_coarse |"))
     for vals in noisy:
         m, sd = 100 * np.mean(vals), 100 * np.std(vals, ddof=1)

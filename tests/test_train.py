@@ -23,9 +23,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # once) in the test that already runs it: seg / cd_levir in test_dense_jobs_resume_and_refuse_
 # nonfinite_steps, noisy_label in test_noisy_label.py (full_run), noisy_label_study in
 # test_noisy_label.py::test_study_outputs, study_eurosat in test_results.py / test_study.py,
-# study_dubai in test_study_dubai.py (on a generated Dubai-like folder: it reads a tile folder).
+# study_dubai in test_study_dubai.py (on a generated Dubai-like folder: it reads a tile folder),
+# study_oscd in test_study_oscd.py::test_smoke_study_end_to_end.
 RUN_ELSEWHERE = {"seg.py", "cd_levir.py", "noisy_label.py", "noisy_label_study.py", "study_eurosat.py",
-                 "study_dubai.py"}
+                 "study_dubai.py", "study_oscd.py"}
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py")
                  if not p.name.startswith("_") and p.name != "common.py" and p.name not in RUN_ELSEWHERE)
 

@@ -18,7 +18,7 @@
 #      run(command=".ci/device/study_gpu.sh run", timeout_s=600,
 #          carry=[".whl", ".carry/eurosat/part1.bin", ".carry/eurosat/part1.json", ".carry/commit", ".carry/manifest.json"])
 #        unpacks half 2, runs the arms in order random_init, simclr, moco_v2, swimdiff (a failing
-#        arm records its error and the next one starts), starting no new arm after
+#        arm records its error and the next one starts), starting no new run (arm x seed) after
 #        STUDY_BUDGET_S (default 330 s) and killing the study at STUDY_TIMEOUT_S (default 560 s).
 #        $OUT gets study_gpu_<arm>.json per finished arm + study_gpu.log (<= 8 files).
 #   3. if arms remain and device time is left, at once: the same call as 2 again (resumes at

@@ -18,6 +18,9 @@ import ml_collections
 from rsjax.data import ops
 from rsjax.errors import ConfigError
 
+# Former data keys -> their name now (workdirs are converted when read: rsjax.workdir.complete_config).
+RENAMED = {"test_tiles": "test_scenes", "val_tiles": "val_scenes"}
+
 
 def default_data_config() -> ml_collections.ConfigDict:
     """The complete ``config.data`` block at its defaults, locked (setting a key it lacks raises).
@@ -76,9 +79,17 @@ def default_data_config() -> ml_collections.ConfigDict:
         build, a flag of ``python -m rsjax.data.build``, not a config key.) For a segmentation
         dataset whose registry entry has a colour table (``dubai_aerial_seg``), ``folder`` is its
         tree of tile folders (``<Tile N>/images/`` + ``masks/``), read by the dense jobs
-        (``rsjax.data.tiles.read``) and split by tile:
-      test_tiles, val_tiles: the tile numbers (``Tile 3`` -> 3) of such a folder that form the
-        ``test`` and ``validation`` splits; ``train`` is every other tile. () = none.
+        (``rsjax.data.tiles.read``) and split by tile (scene = tile number):
+      test_scenes, val_scenes: scene ids (the records' ``scene_id``: an OSCD city, a tile
+        number, ``Tile 3`` -> 3) that form the run-time ``test`` and ``validation`` splits;
+        ``train`` is every other scene (``rsjax.data.scenes``, applied by
+        ``rsjax.data.pipeline.read_split``: cut from the stored ``train`` split, or a tile
+        folder's tiles). () = none: splits as stored. Read by every path that reads through
+        ``read_split`` (the dense and evaluation jobs, device-resident pretraining).
+      pretrain_images: features read as separate pretraining images (device-resident path), e.g.
+        ``("image_a", "image_b")``: both dates of a change pair; the images of one record share
+        its scene (with ``crops_as_scenes`` the record itself, else its ``scene_id``). () = the
+        ``image`` feature.
       num_workers: grain worker processes (0 = in-process).
       num_threads: grain reader threads per process; prefetch_batches: batches read ahead.
 
@@ -111,8 +122,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.folder = ""
     c.folder_seed = 0
     c.cache_dir = ""
-    c.test_tiles = ()
-    c.val_tiles = ()
+    c.test_scenes = ()
+    c.val_scenes = ()
+    c.pretrain_images = ()
     c.num_workers = 0
     c.num_threads = 2
     c.prefetch_batches = 2
@@ -153,6 +165,11 @@ def check_complete(data: Any, where: str = "config.data") -> None:
             f"op string: "
             f"set {where}.augment={spec!r} instead (rsjax.data.ops; workdirs written with them are "
             f"converted when read)")
+    renamed = sorted(k for k in given if k in RENAMED)
+    if renamed:
+        raise ConfigError(", ".join(f"{where}.{k}: renamed {where}.{RENAMED[k]}" for k in renamed)
+                          + " (one rule for every scene: rsjax.data.scenes; workdirs written with the former "
+                          "name are converted when read)")
     for key in given:
         if key not in known:
             raise ConfigError(f"{where}.{key}: no input path reads this key (the host pipeline, "

@@ -13,7 +13,8 @@ sub-crops of an image when ``crops_as_scenes = g > 0``; see :func:`rsjax.data.pi
 * ``scenes_per_batch = S > 0``: ``S`` distinct scenes x ``samples_per_scene = k`` units, laid
   out scene by scene (rows ``[j*k, (j+1)*k)`` are scene ``j``). The scene id of a unit is the
   record's ``scene_id`` feature (TFDS datasets that store one, e.g. ``rs_synthetic``: the
-  tile), else the record index; with ``crops_as_scenes`` it is the source image.
+  tile), else the record index; with ``crops_as_scenes`` it is the source image (with
+  ``data.pretrain_images``, the source record: its images at every date are one scene).
 * ``scenes_per_batch = 0`` and ``crops_as_scenes = g > 0``: every image of the batch brings
   all its ``g x g`` crops (``S = batch / g^2`` scenes of ``k = g^2`` crops).
 * both 0: plain random batches (a fresh permutation each epoch).
@@ -55,8 +56,9 @@ class DeviceIterator:
       global_batch_size: rows per global batch.
       seed: data seed (the epoch plans derive from it, as on the host path).
       mesh: the device mesh (images replicated, batches sharded on ``data``).
-      crops_as_scenes: g > 0 cuts each image into g x g adjacent crops sharing a scene id.
-      scene_ids: [N] scene id per image (None = every image its own scene).
+      crops_as_scenes: g > 0 cuts each image into g x g adjacent crops, each in its image's scene.
+      scene_ids: [N] scene id per image (None = every image its own scene, as crops_as_scenes
+        means on the host path; rsjax.data.input.pretrain_images passes it).
       scenes_per_batch, samples_per_scene: scene-aware batching (``data.*`` keys).
       dataset: name recorded in the state fingerprint.
     """
@@ -76,9 +78,9 @@ class DeviceIterator:
             raise ValueError(f"scene_ids has shape {scene_ids.shape}, expected ({self.n},)")
         spb, k = pipeline.batch_layout(global_batch_size, int(scenes_per_batch or 0),
                                        int(samples_per_scene), self.g)
-        # Unit u = sub-crop u % g^2 of image u // g^2, exactly as pipeline.unit_scene_ids.
-        self.unit_scenes = (np.repeat(np.arange(self.n, dtype=np.int64), g2) if self.g > 0
-                            else scene_ids)
+        # Unit u = sub-crop u % g^2 of image u // g^2, in the scene of its image (the host's
+        # pipeline.unit_scene_ids, where that scene is the image itself).
+        self.unit_scenes = np.repeat(scene_ids, g2)
         self.plan = pipeline.EpochPlan(self.unit_scenes, global_batch_size, seed, spb, k)
         self.steps_per_epoch = self.plan.steps_per_epoch
         self.mesh = mesh

@@ -16,7 +16,7 @@ evaluation jobs and the GPU-resident input path read directly instead of the TFD
 * Tile folders (segmentation images with colour-coded masks, as the Dubai aerial set unpacks):
   ``<root>[/<one or two folders>]/<Tile N>/images/<stem>.jpg`` with ``<Tile N>/masks/<stem>.png``
   (:func:`tile_folders`, :func:`tile_pairs`). A tile is named by the last number in its folder's
-  name (``Tile 3`` -> 3), so configs can split by tile (``data.test_tiles``); the masks are decoded
+  name (``Tile 3`` -> 3), so configs can split by tile (``data.test_scenes``, scene = tile number); the masks are decoded
   and cut by :func:`rsjax.data.tiles.read`. An image without its mask, a mask
   without its image, two tiles with one number are DataErrors naming the files.
 * Folders whose files carry no split information (e.g. a change-detection folder in the

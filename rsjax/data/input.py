@@ -56,6 +56,9 @@ def validate(config) -> None:
              "the class folder is read by the GPU-resident path only; with data.device_resident=False "
              "the host pipeline reads the TFDS dataset data.name (set data.device_resident=True, or "
              "build the dataset and clear data.folder)")
+        for key in ("test_scenes", "val_scenes", "pretrain_images"):
+            need(not d[key], key, "read by the GPU-resident path only (rsjax.data.pipeline.read_split); the host "
+                 "pipeline reads the stored split as it is (set data.device_resident=True)")
 
 
 
@@ -78,26 +81,61 @@ def make_batch_transform(config):
 
 
 
+def pretrain_images(data_cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(images [M, H, W, C], labels [M], scenes [M], g)`` of the device-resident pretraining
+    split (``data.train_split`` through :func:`rsjax.data.pipeline.read_split`, so
+    ``data.test_scenes`` / ``val_scenes`` hold their scenes out); ``g``: the ``crops_as_scenes``
+    still to apply to them. ``scenes`` is the scene of each image's units: with
+    ``data.crops_as_scenes`` the source record (its ``g x g`` crops are one scene), else the
+    record's ``scene_id`` (the record index when the dataset has none).
+
+    ``data.pretrain_images = (f1, f2, ...)``: every record gives one image per feature (e.g. an
+    OSCD crop at both dates, ``("image_a", "image_b")``), all ``f1`` images first, and the images
+    of a record share its scene (with crops: the record, i.e. one place at every date); labels -1.
+    Their ``crops_as_scenes`` crops are cut here (:func:`rsjax.data.pipeline.sub_crops`; ``g`` = 0
+    is returned): the units and their order are those the crops' regions would give, the views
+    are made from the crop alone, as on the host path, and cost ``g^2`` times less (a 13-band
+    128 px OSCD crop resampled whole for every 32 px view cost more than the encoder's step).
+    Otherwise the ``image`` feature, with its label (-1 where a record has none, or a multi-hot
+    one: as the host path), crops left to the iterator's regions."""
+    keys, g = tuple(data_cfg.pretrain_images), int(data_cfg.crops_as_scenes or 0)
+    if keys:
+        split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split",
+                                    fields={**{k: k for k in keys}, **({} if g else {"scene_id": "scene_id"})})
+        n = len(split[keys[0]])
+        images = np.concatenate([split[k] for k in keys])
+        scenes = np.tile(np.arange(n) if g else split["scene_id"], len(keys)).astype(np.int64)
+        if g:
+            images, scenes = pipeline.sub_crops(images, g), np.repeat(scenes, g * g)
+        return images, np.full(len(images), -1, np.int32), scenes, 0
+    split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split")
+    images = split["image"]
+    labels = split.get("label")  # none in a tile folder; multi-hot -> -1, as the host path
+    labels = labels if labels is not None and labels.ndim == 1 else np.full(len(images), -1, np.int32)
+    scenes = np.arange(len(images)) if g else split["scene_id"]
+    return images, labels, np.asarray(scenes, np.int64), g
+
+
 def make_iterator(config, mesh=None):
     """``(iterator, batch_transform)`` of the pretraining data: the host grain pipeline (views made
     per example, ``batch_transform`` None) or, with ``data.device_resident``, the split held in
     device memory and augmented inside the jitted step by ``batch_transform(batch, key)``."""
     data_cfg = config.data
     if data_cfg.device_resident:
-        split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split")
-        images, scenes = split["image"], split["scene_id"]
-        labels = split.get("label")  # none in a tile folder; multi-hot -> -1, as the host path
-        labels = labels if labels is not None and labels.ndim == 1 else np.full(len(images), -1, np.int32)
+        images, labels, scenes, g = pretrain_images(data_cfg)
+        spb, k, cut = int(data_cfg.scenes_per_batch or 0), int(data_cfg.samples_per_scene), 1
+        if g != int(data_cfg.crops_as_scenes or 0):  # crops cut on read: their batch layout, spelt out
+            cut = int(data_cfg.crops_as_scenes)
+            spb, k = pipeline.batch_layout(config.batch_size, spb, k, cut)
         pipeline.check_images(images, registry.data_info(data_cfg),
                               where=f"split {data_cfg.train_split!r}", stacked=True)
         # The stored side, not a crop-as-scene's: views cut from g x g sub-crops are upsampled by design.
-        registry.warn_if_upsampling(data_cfg.image_size, images.shape[1:3], what=f"split {data_cfg.train_split!r} "
-                                    f"of {data_cfg.folder or data_cfg.name!r}")
+        registry.warn_if_upsampling(data_cfg.image_size, np.asarray(images.shape[1:3]) * cut,
+                                    what=f"split {data_cfg.train_split!r} of {data_cfg.folder or data_cfg.name!r}")
         it = device_data.DeviceIterator(
             images, labels, global_batch_size=config.batch_size, seed=config.seed,
-            mesh=mesh or shd.make_mesh(), crops_as_scenes=data_cfg.crops_as_scenes,
-            scene_ids=scenes, scenes_per_batch=data_cfg.scenes_per_batch,
-            samples_per_scene=data_cfg.samples_per_scene, dataset=data_cfg.name)
+            mesh=mesh or shd.make_mesh(), crops_as_scenes=g, scene_ids=scenes, scenes_per_batch=spb,
+            samples_per_scene=k, dataset=data_cfg.name)
         return it, make_batch_transform(config)
 
     build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.builder_config)

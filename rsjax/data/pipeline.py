@@ -79,9 +79,10 @@ from typing import Any, Iterator, Mapping, Optional
 
 import grain
 import numpy as np
+from absl import flags
 from tqdm.auto import tqdm
 
-from rsjax.data import augment, folders, ops, registry, tiles
+from rsjax.data import augment, folders, ops, registry, scenes, tiles
 from rsjax.data.defaults import default_data_config  # noqa: F401  (re-exported)
 from rsjax.errors import ConfigError, DataError, MissingDataError
 
@@ -182,7 +183,7 @@ class DataSource:
 
 
 def _skip_decoding():
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy import (TFDS, ~2 s): only when a TFDS split is read
 
     return tfds.decode.SkipDecoding()
 
@@ -209,7 +210,10 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
     (:func:`rsjax.data.folders.load_class_folder`, cached under ``data.cache_dir``), each image
     its own scene; for a dataset with a colour table (``DatasetInfo.mask_colours``) the tile
     folder (:func:`rsjax.data.tiles.read`: ``image``, ``mask``, ``scene_id`` = tile). Otherwise
-    the TFDS dataset ``data.name``.
+    the TFDS dataset ``data.name``. Either source can be cut by scene at run time
+    (``data.test_scenes`` / ``data.val_scenes``, the one rule of :mod:`rsjax.data.scenes`): then
+    ``train`` / ``test`` / ``validation`` are scene selections of the TFDS ``train`` split (or of the
+    tile folder's tiles), in record order.
 
     Args:
       cfg_data: the ``config.data`` block.
@@ -235,8 +239,8 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
         if missing:
             raise ConfigError(f"config.data.folder={cfg_data.folder!r} is a {'tile folder' if tiled else '<Class>/<image> tree'}"
                               f" of {info.name!r}: it has {', '.join(have)}, not {', '.join(missing)}")
-        if tiled:
-            out = tiles.read(cfg_data, split, split_key=split_key)
+        if tiled:  # no stored splits: always cut by scene (= tile number)
+            out = tiles.read(cfg_data, tiles.split_tiles(cfg_data, split, split_key=split_key))
             keep = folders.subset_indices(len(out["image"]), limit)
             out = {k: v[keep] for k, v in out.items()}
         else:
@@ -244,7 +248,7 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
                                                           cache_dir=cfg_data.cache_dir or None, limit=limit)
             out = {"image": images, "label": labels, "scene_id": np.arange(len(labels), dtype=np.int64)}
         return {role: out[key] for role, key in fields.items()}
-    source = open_source(cfg_data, split, split_key=split_key)
+    source, rows = _split_rows(cfg_data, split, split_key)
     have = source.features()
     defaults = fields is None
     if defaults:
@@ -253,7 +257,7 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
         if key not in have:
             raise DataError(f"dataset {source.name!r} has no feature {key!r} (for {role}; config key "
                             f"data.{role}_key); its features are {list(have)}")
-    keep = folders.subset_indices(len(source), limit)
+    keep = rows[folders.subset_indices(len(rows), limit)]
     if not len(keep):
         raise DataError(f"split {split!r} of dataset {source.name!r} is empty")
     out: dict[str, list] = {role: [] for role in fields}
@@ -268,6 +272,22 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
     return arrays
 
 
+def _split_rows(cfg_data, split: str, split_key: str) -> tuple[DataSource, np.ndarray]:
+    """The TFDS source of ``split`` and the indices of its records: all records of the stored split,
+    or, for a split cut by scene (:mod:`rsjax.data.scenes`), those of the chosen scenes of the
+    stored ``train`` split."""
+    if not scenes.cuts(cfg_data, split):
+        source = open_source(cfg_data, split, split_key=split_key)
+        return source, np.arange(len(source))
+    source = open_source(cfg_data, scenes.SOURCE_SPLIT, split_key=split_key)
+    if "scene_id" not in source.features():
+        raise ConfigError(f"config.data.test_scenes / val_scenes cut splits by the records' scene_id, which "
+                          f"dataset {source.name!r} lacks (its features: {list(source.features())})")
+    ids = unit_scene_ids(source)
+    where = f"split {scenes.SOURCE_SPLIT!r} of dataset {source.name!r}"
+    return source, np.flatnonzero(np.isin(ids, scenes.select(cfg_data, split, ids, where=where, split_key=split_key)))
+
+
 def num_records(cfg_data, split: str) -> int:
     """The number of records of a split (what :func:`read_split` reads without ``limit``)."""
     if cfg_data.get("folder"):
@@ -275,7 +295,7 @@ def num_records(cfg_data, split: str) -> int:
             return sum(len(f) for f in folders.class_folder_files(cfg_data.folder)[1])
         tr, _, te, _, _ = folders.folder_split(cfg_data.folder, seed=int(cfg_data.folder_seed))
         return len(tr if split == "train" else te)
-    return len(open_source(cfg_data, split))
+    return len(_split_rows(cfg_data, split, "data.train_split")[1])
 
 
 def unit_scene_ids(source: DataSource, crops_as_scenes: int = 0) -> np.ndarray:
@@ -478,6 +498,16 @@ def _sub_crop(img: np.ndarray, g: int, sub: int) -> np.ndarray:
     return img[cy * ch:(cy + 1) * ch, cx * cw:(cx + 1) * cw]
 
 
+def sub_crops(images: np.ndarray, g: int) -> np.ndarray:
+    """Every ``g x g`` adjacent sub-crop of every image of ``images`` ``[N, H, W, C]``: ``[N * g^2,
+    H // g, W // g, C]``, image-major, sub-crops row-major (crop ``i * g^2 + j`` is
+    :func:`_sub_crop` ``j`` of image ``i``; the remainder of ``H`` / ``W`` is dropped)."""
+    n, h, w = images.shape[:3]
+    ch, cw = h // g, w // g
+    x = images[:, :g * ch, :g * cw].reshape(n, g, ch, g, cw, *images.shape[3:])
+    return np.swapaxes(x, 2, 3).reshape(n * g * g, ch, cw, *images.shape[3:])
+
+
 def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
                  stacked: bool = False) -> None:
     """Raises ValueError naming ``where`` for pixels rsjax cannot use.
@@ -602,8 +632,6 @@ class PretrainIterator:
         it_ds = ds.to_iter_dataset(grain.ReadOptions(
             num_threads=self._num_threads, prefetch_buffer_size=self._prefetch))
         if self._num_workers > 0:
-            from absl import flags
-
             # grain's worker processes read absl flags; outside an absl app (tests, notebooks)
             # they have not been parsed yet: use their defaults.
             if not flags.FLAGS.is_parsed():

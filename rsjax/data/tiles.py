@@ -2,8 +2,8 @@
 
 A tile folder (:func:`rsjax.data.folders.tile_folders`: ``<Tile N>/images/`` + ``masks/``) is
 split by tile at run time: its tiles are areas whose images are neighbours (a split by image
-would leak), there are only a handful, and which of them to hold out (``data.test_tiles`` /
-``data.val_tiles``) and the crop side (``data.image_size``, what the CPU can afford) are choices
+would leak), there are only a handful, and which of them to hold out (``data.test_scenes`` /
+``data.val_scenes``: a tile's scene id is its number; :mod:`rsjax.data.scenes`) and the crop side (``data.image_size``, what the CPU can afford) are choices
 of the experiment, not of a build. Reading 63 JPEGs (92 Mpx) takes seconds. The colours become
 stored masks of the registry's convention (0 = ignore, ``v`` = class ``v - 1``;
 :func:`colour_mask`, exact colours of ``DatasetInfo.mask_colours``), so everything after the read
@@ -19,7 +19,7 @@ import os
 import numpy as np
 import PIL.Image
 
-from rsjax.data import folders, registry
+from rsjax.data import folders, registry, scenes
 from rsjax.data import images as images_lib
 from rsjax.errors import ConfigError, DataError
 
@@ -66,47 +66,24 @@ def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.nd
     return values[idx]
 
 
-SPLIT_TILES = {"train": "every tile not in data.test_tiles / data.val_tiles", "test": "data.test_tiles",
-               "validation": "data.val_tiles"}
-
-
-def folder_tiles(cfg, split: str, tiles, split_key: str) -> list[int]:
-    """The tile numbers of ``split`` of a tile folder (``train`` | ``test`` | ``validation``, see
-    :data:`SPLIT_TILES`) out of ``tiles`` (those the folder has). ConfigError naming the key of an
-    unknown or doubly held-out tile, an unknown split, or a split without tiles."""
-    held = {}
-    for key in ("test_tiles", "val_tiles"):
-        try:
-            held[key] = [int(t) for t in cfg[key]]
-        except (TypeError, ValueError):
-            raise ConfigError(f"config.data.{key}={cfg[key]!r}: expected tile numbers, e.g. (3, 8)") from None
-        unknown = [t for t in held[key] if t not in tiles]
-        if unknown:
-            raise ConfigError(f"config.data.{key}={tuple(cfg[key])}: no tile {unknown[0]} in {cfg.folder!r} "
-                              f"(its tiles: {', '.join(map(str, tiles))})")
-    both = sorted(set(held["test_tiles"]) & set(held["val_tiles"]))
-    if both:
-        raise ConfigError(f"config.data.test_tiles and config.data.val_tiles both hold tile {both[0]}")
-    if split not in SPLIT_TILES:
-        raise ConfigError(f"config.{split_key}={split!r}: a tile folder has the splits "
-                          + "; ".join(f"{k} ({v})" for k, v in SPLIT_TILES.items()))
-    out = {"test": held["test_tiles"], "validation": held["val_tiles"],
-           "train": [t for t in tiles if t not in held["test_tiles"] + held["val_tiles"]]}[split]
-    if not out:
-        raise ConfigError(f"config.{split_key}={split!r}: no tile of {cfg.folder!r} is in it "
-                          f"({SPLIT_TILES[split]}; the folder's tiles: {', '.join(map(str, tiles))})")
-    return sorted(out)
+def split_tiles(cfg, split: str, *, split_key: str = "data.train_split") -> list[int]:
+    """The sorted tile numbers of run-time split ``split`` of the tile folder ``cfg.folder``: the one
+    rule of :mod:`rsjax.data.scenes` (scene = tile number; ``data.test_scenes`` /
+    ``data.val_scenes`` held out, ``train`` = every other tile). ConfigError naming the key."""
+    numbers = list(folders.tile_folders(cfg.folder))
+    return scenes.select(cfg, split, numbers, split_key=split_key,
+                         where=f"the tile folder {cfg.folder!r} (scene = tile number)")
 
 
 def crop_layout(cfg, split: str, *, split_key: str = "data.train_split") -> list[dict]:
-    """Where :func:`read`'s crops of ``split`` come from, in its order: per image ``{"tile",
-    "image" (path), "rows", "cols"}``; its crops are the next ``rows * cols`` rows of the arrays,
-    row-major (:func:`grid`; :func:`stitch` puts them back together). Reads only the image
-    headers."""
+    """Where :func:`read`'s crops of ``split`` (:func:`split_tiles`) come from, in its order: per
+    image ``{"tile", "image" (path), "rows", "cols"}``; its crops are the next ``rows * cols`` rows
+    of the arrays, row-major (:func:`grid`; :func:`stitch` puts them back together). Reads only the
+    image headers."""
     dirs = folders.tile_folders(cfg.folder)
     size = int(cfg.image_size)
     out = []
-    for t in folder_tiles(cfg, split, list(dirs), split_key):
+    for t in split_tiles(cfg, split, split_key=split_key):
         for image, _ in folders.tile_pairs(dirs[t]):
             with PIL.Image.open(image) as im:
                 w, h = im.size
@@ -114,23 +91,23 @@ def crop_layout(cfg, split: str, *, split_key: str = "data.train_split") -> list
     return out
 
 
-def read(cfg, split: str, *, split_key: str = "data.train_split") -> dict[str, np.ndarray]:
-    """``split`` of the tile folder ``cfg.folder`` (``rsjax.data.folders``: ``<Tile N>/images/`` +
-    ``masks/``) as raw arrays: ``image`` uint8 ``[N, S, S, C]``, ``mask`` uint8 ``[N, S, S]`` stored by
+def read(cfg, tile_numbers) -> dict[str, np.ndarray]:
+    """The tiles ``tile_numbers`` of the tile folder ``cfg.folder`` (``rsjax.data.folders``:
+    ``<Tile N>/images/`` + ``masks/``) as raw arrays: ``image`` uint8 ``[N, S, S, C]``, ``mask`` uint8 ``[N, S, S]`` stored by
     the registry convention (:func:`colour_mask`), ``scene_id`` int64 ``[N]`` = the tile number
     (its images are neighbouring parts of one area), ``S = cfg.image_size`` (the images differ in
     size: they are cut when read).
 
-    The split's tiles (:func:`folder_tiles`), in tile order, each image in name order cut into its
-    :func:`grid` of crops (subsets: :func:`rsjax.data.pipeline.read_split`'s one rule). Masks are
+    The tiles in the order given (which tiles form a split: :func:`split_tiles`, applied by
+    :func:`rsjax.data.pipeline.read_split`), each image in name order cut into its :func:`grid` of
+    crops (subsets: read_split's one rule). Masks are
     read as RGB (palette PNGs converted by PIL). DataError naming the file: unreadable, not 8-bit with the registry's
     bands, a mask of another size than its image, a colour off the table; ConfigError naming the
     image smaller than ``image_size``."""
     info = registry.data_info(cfg)
     dirs = folders.tile_folders(cfg.folder)
     size = int(cfg.image_size)
-    pairs = [(t, image, mask) for t in folder_tiles(cfg, split, list(dirs), split_key)
-             for image, mask in folders.tile_pairs(dirs[t])]
+    pairs = [(t, image, mask) for t in tile_numbers for image, mask in folders.tile_pairs(dirs[t])]
 
     def one(pair):
         tile_number, image_path, mask_path = pair

@@ -40,7 +40,8 @@ information is split by the builder (see ``tfds_builders/levir_cd``). Other feat
 
 Writes ``eval_report.json`` (task ``change_detection``), ``metrics.jsonl``, ``loss_curve.png``
 and ``change_overlay.png`` (rows of A, B, ground truth, prediction, and an error map on B:
-white = hit, red = false alarm, blue = miss).
+white = hit, red = false alarm, blue = miss); with ``eval.save_predictions`` also
+``predictions.npz`` (``change``: the test change maps, uint8 ``[N, H, W]``, in read order).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import numpy as np
 
 from rsjax import plots
 from rsjax.data import pipeline, registry
+from rsjax.data.segmentation import masks_to_labels
 
 
 def load_data(config):
@@ -66,8 +68,6 @@ def load_data(config):
 def labels(arrays: dict, info) -> dict:
     """``arrays`` with the stored ``change`` map as int32 labels (-1 = ignore) by the registry's
     mask convention (:func:`rsjax.data.segmentation.masks_to_labels`)."""
-    from rsjax.data.segmentation import masks_to_labels
-
     return {**arrays, "change": masks_to_labels(arrays["change"], info.mask_ignore_value)}
 
 
@@ -88,12 +88,16 @@ def overlay(test: dict, pred: np.ndarray, info, path: str, n: int = 4) -> str:
     preferring pairs with change in the ground truth."""
     order = np.argsort(-(test["change"] == 1).reshape(len(pred), -1).mean(1), kind="stable")[:n]
     idx = registry.rgb_indices(info.bands)
-    rows = []
-    for i in order:
-        w = test["a"].shape[2]  # stretch A and B together so colours compare across dates
-        ab = plots.display_rgb(np.concatenate([test["a"][i], test["b"][i]], axis=1), idx)
-        a, b = ab[:, :w], ab[:, w:]
-        t = (test["change"][i] == 1).astype(np.float32)
-        rows.append([a, b, t, pred[i].astype(np.float32), plots.change_overlay(a, b, t, pred[i])])
-    return plots.image_grid(rows, ["image A", "image B", "ground truth", "prediction", "errors on B"], path,
-                            legend={"hit": (1, 1, 1), "false alarm": (1, 0.15, 0.15), "miss": (0.2, 0.5, 1)})
+    rows = [plots.change_panels(test["a"][i], test["b"][i], test["change"][i], pred[i], idx) for i in order]
+    return plots.image_grid(rows, plots.CHANGE_TITLES, path, legend=plots.CHANGE_LEGEND)
+
+
+def mosaic(crops: np.ndarray, ys, xs) -> np.ndarray:
+    """The crops ``[N, S, S, ...]`` put back at their top-left offsets ``(ys[i], xs[i])`` (the
+    builders' ``crop_y`` / ``crop_x``; overlapping crops hold the same pixels) into one array of
+    the covered size; pixels no crop covers are 0."""
+    s = crops.shape[1]
+    out = np.zeros((int(max(ys)) + s, int(max(xs)) + crops.shape[2], *crops.shape[3:]), crops.dtype)
+    for crop, y, x in zip(crops, ys, xs):
+        out[int(y):int(y) + s, int(x):int(x) + crops.shape[2]] = crop
+    return out

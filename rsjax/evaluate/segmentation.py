@@ -25,7 +25,7 @@ of ``data.name`` / ``data.builder_config``) and ``mask`` [H, W] uint8; splits
 Other feature names: ``data.image_key`` / ``data.mask_key``. A colour-coded dataset read from its
 folder (``data.name=dubai_aerial_seg``, ``data.folder``; :mod:`rsjax.data.tiles`) gives the same
 arrays through the same reader (:func:`rsjax.data.pipeline.read_split`): ``data.image_size``
-crops, split by tile (``data.test_tiles``).
+crops, split by tile (``data.test_scenes``, scene = tile number).
 
 Mask convention (one for every dense job, :mod:`rsjax.data.segmentation`): the registry entry's
 ``DatasetInfo.mask_ignore_value`` says how the stored masks mark "no label" (``0`` for the

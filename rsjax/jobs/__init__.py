@@ -6,6 +6,10 @@ anything is written), check a pretrained checkpoint it reads, THEN open the work
 Libraries (train, optim, evaluate, data, methods, tasks, models, losses) never import jobs.
 """
 
+import importlib
+
+from rsjax.errors import ConfigError
+
 # config.job -> module of rsjax.jobs with run(config, workdir). Imported lazily by rsjax.main.
 JOBS = {
     "pretrain": "pretrain",
@@ -17,15 +21,12 @@ JOBS = {
     "noisy_label_study": "noisy_label_study",
     "study_eurosat": "study_eurosat",
     "study_dubai": "study_dubai",
+    "study_oscd": "study_oscd",
 }
 
 
 def get(job: str):
     """``run(config, workdir)`` of ``job`` (ConfigError for an unknown name)."""
-    import importlib
-
-    from rsjax.errors import ConfigError
-
     if job not in JOBS:
         raise ConfigError(f"config.job={job!r} is unknown; known jobs: {sorted(JOBS)}")
     return importlib.import_module(f"rsjax.jobs.{JOBS[job]}").run

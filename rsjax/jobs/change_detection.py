@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from rsjax.data.segmentation import IGNORE_INDEX
 from rsjax.evaluate import change_detection as cd
 from rsjax.evaluate import dense
@@ -38,6 +40,8 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
             cd.overlay(test, pred, info, os.path.join(wd.path, "change_overlay.png"),
                        n=int(config.eval.get("num_pictures", 4)))
             wd.write_eval_report("change_detection", metrics, config)
+            if config.eval.get("save_predictions", False):  # the test change maps, in read order
+                np.savez_compressed(os.path.join(wd.path, "predictions.npz"), change=pred.astype(np.uint8))
             print(f"{config.data.name}: change F1 {metrics['f1']:.4f} IoU {metrics['iou']:.4f} precision "
                   f"{metrics['precision']:.4f} recall {metrics['recall']:.4f} ({metrics['num_test']} test pairs)",
                   flush=True)

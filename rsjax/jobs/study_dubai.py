@@ -7,13 +7,14 @@ Run::
         --config.data.folder=$DATA/dubai_aerial_seg --config.study.out_dir=results
 
 Data (read once, :func:`rsjax.data.segmentation.load_split`, the tile folder split by tile):
-the training split (every tile not in ``data.test_tiles``) in ``data.image_size`` crops with
+the training split (every tile not in ``data.test_scenes``: scene = tile number,
+:func:`rsjax.data.tiles.split_tiles`) in ``data.image_size`` crops with
 clean labels, and the test split; ``study.max_test`` > 0 scores that many test crops (the one
 subset rule, the same crops for every arm). The training crops are checked to come from no test
 tile before anything trains.
 
 Per arm (``study.arms``, of :data:`configs.study_dubai.ARM_ORDER`) and seed (``study.seeds``),
-in ``<workdir>/<arm>_s<seed>/``, resumable (:func:`rsjax.study.run_arms`):
+in ``<workdir>/<arm>_s<seed>/``, resumable (:func:`rsjax.study.run_arms`, the studies' one loop):
 
 * pretraining (none for ``random_init``): a supervised arm (``config.arms.<arm>.method ==
   "noisy_label"``) trains the UNet on the training crops' labels with its ``noise`` block
@@ -40,7 +41,7 @@ prediction after fine-tuning on ``study.overlay_fraction`` of the labels, first 
 ``study.out_dir`` as ``dubai_<study.name>_overlay.png``).
 
 XLA's persistent compilation cache goes to ``<workdir>/xla_cache`` unless one is configured
-(every fine-tune compiles the same programs).
+(:func:`rsjax.study.compilation_cache`: every fine-tune compiles the same programs).
 """
 
 from __future__ import annotations
@@ -101,14 +102,11 @@ def comparisons(config) -> list[tuple[str, str]]:
 def validate(config) -> tuple[list[int], list[str]]:
     """``(seeds, arms)`` after checking the study's keys and every arm's config (ConfigError
     naming the key) before anything is written or read."""
+    seeds, arms = lib.plan(config)
+    known = [RANDOM_INIT, *lib.arm_names(config)]
     with errors.config_errors():
-        seeds = lib.parse_seeds(config)
-        arms = [a.strip() for a in str(config.study.arms).split(",") if a.strip()]
-        known = [RANDOM_INIT, *lib.arm_names(config)]
-        unknown = [a for a in arms if a not in known]
-        if unknown or not arms:
-            raise errors.ConfigError(f"config.study.arms={config.study.arms!r}: unknown arm(s) {unknown} or none; "
-                                     f"known: {', '.join(known)}")
+        if not arms:
+            raise errors.ConfigError(f"config.study.arms={config.study.arms!r}: no arm; known: {', '.join(known)}")
         fr = [float(f) for f in config.study.label_fractions]
         if not fr or any(not 0 < f <= 1 for f in fr) or len(set(fr)) != len(fr):
             raise errors.ConfigError(f"config.study.label_fractions={tuple(config.study.label_fractions)}: "
@@ -185,13 +183,13 @@ class _Study:
 def _load(config, mesh, wd, seeds) -> _Study:
     d = config.data
     train = segdata.load_split(d, d.train_split, image_size=d.image_size)
-    held = {int(t) for t in d.test_tiles} | {int(t) for t in d.val_tiles}
+    held = {int(t) for t in d.test_scenes} | {int(t) for t in d.val_scenes}
     leaked = sorted(held & {int(s) for s in np.unique(train.scene_id)})
-    if leaked:  # the split is by tile (rsjax.data.tiles.folder_tiles): this would be a bug there
+    if leaked:  # the split is by tile (rsjax.data.tiles.split_tiles): this would be a bug there
         raise errors.DataError(f"training crops from held-out tile(s) {leaked} of {d.folder!r}")
     test_all = segdata.load_split(d, "test", image_size=d.image_size)
     test = test_all.subset(folders.subset_indices(len(test_all), int(config.study.max_test) or None))
-    first = tiles.crop_layout(d, "test", split_key="data.test_tiles")[0]
+    first = tiles.crop_layout(d, "test", split_key="data.test_scenes")[0]
     overlay = test_all.subset(np.arange(first["rows"] * first["cols"]))
     ana = test.subset(folders.subset_indices(len(test), int(config.analysis.max_images) or None))
     print(f"{d.name}: {len(train)} training crops (tiles {sorted(set(train.scene_id.tolist()))}), {len(test)} of "
@@ -283,7 +281,7 @@ def settings(s: _Study) -> dict:
     """What every arm of this study shares, recorded beside each arm's numbers."""
     c = s.config
     return {"dataset": c.data.name, "model": c.model.name, "image_size": int(c.data.image_size),
-            "decoder_channels": list(c.model.decoder_channels), "test_tiles": [int(t) for t in c.data.test_tiles],
+            "decoder_channels": list(c.model.decoder_channels), "test_scenes": [int(t) for t in c.data.test_scenes],
             "pretrain_steps": int(c.max_steps_per_arm), "pretrain_batch": int(c.batch_size),
             "finetune_steps": int(c.finetune.total_steps), "finetune_batch": int(c.finetune.batch_size),
             "finetune_lr": float(c.finetune.lr), "decoders": list(c.finetune.decoders),
@@ -332,22 +330,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = shd.make_mesh()
     with workdir_lib.Workdir(workdir, lib.workdir_config(config)) as wd:
         config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as given
-        if not jax.config.jax_compilation_cache_dir:  # the fine-tunes compile the same programs
-            jax.config.update("jax_compilation_cache_dir", os.path.join(wd.path, "xla_cache"))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        lib.compilation_cache(workdir)  # the fine-tunes compile the same programs
         s = _load(config, mesh, wd, seeds)
         shared = settings(s)
-        t0 = time.time()
-
-        def before_seed(arm_index, results, t_study):
-            print(f"== study: arm {arm_index + 1}/{len(arms)} ({arms[arm_index]}), "
-                  f"{(time.time() - t0) / 60:.1f} min elapsed", flush=True)
-
         results, not_started = lib.run_arms(
-            config, workdir, arms, seeds, file_name=lambda arm: f"dubai_{config.study.name}_{arm}.json",
-            run_seed=lambda arm, seed, arm_wd: _run_seed(s, arm, seed, arm_wd),
+            config, workdir, arms, [{"seed": seed} for seed in seeds],
+            run_one=lambda arm, unit, arm_wd: _run_seed(s, arm, unit["seed"], arm_wd),
             payload=lambda arm, arm_index, runs: arm_payload(s, shared, arm, arm_index, runs),
-            describe=_describe, before_seed=before_seed)
+            file_name=lambda arm: f"dubai_{config.study.name}_{arm}.json", line=lambda arm, r: _describe(r))
         report = {"date": time.strftime("%Y-%m-%d"), "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
                   "seeds": seeds, "settings": shared, "results": results, "not_started": not_started,
                   "config": json.loads(config.to_json_best_effort())}

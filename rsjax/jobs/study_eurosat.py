@@ -18,8 +18,8 @@ soon as an arm (all its seeds) ends, its record is written as strict JSON with
 :func:`rsjax.results.save` to ``<workdir>/results/study_<study.name>_<arm>.json`` and to
 ``config.study.out_dir`` when set (a GPU call points it at ``$OUT`` so a run cut off mid-study
 still returns every finished arm). Finished arms and seeds (``arm_result.json``) are not rerun.
-``config.study.time_budget_s`` > 0 starts no new arm after that many seconds; the rerun
-resumes at the next arm. ``config.study.arms``, ``out_dir``, ``time_budget_s`` and
+``config.study.time_budget_s`` > 0 starts no new run after that many seconds; the rerun
+resumes there (the loop: :func:`rsjax.study.run_arms`). ``config.study.arms``, ``out_dir``, ``time_budget_s`` and
 ``stop_after_arm`` may change between the calls of one study (they change no result).
 Writes ``study.json``, ``study.md`` and ``study.png``; ``python -m rsjax.results`` renders the
 README table from ``results/study_*.json``.
@@ -35,36 +35,32 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rsjax import errors, plots
+from rsjax import (
+    checkpoint,
+    errors,
+    jobs,  # the registry: a study runs the pretraining job by name
+    plots,
+)
 from rsjax import results as results_lib
 from rsjax import study as lib
 from rsjax import workdir as workdir_lib
-from rsjax.data import pipeline
+from rsjax.data import pipeline, registry
+from rsjax.evaluate import classification as cls
 from rsjax.models import conv as conv_lib
+from rsjax.models import resnet
 
 
 def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
     """``(seeds, arms)`` after checking the study keys (ConfigError naming the key) before
     anything is written or loaded."""
+    seeds, arms = lib.plan(config)
     with errors.config_errors():
-        seeds = lib.parse_seeds(config)
-        arms = [a.strip() for a in config.study.arms.split(",") if a.strip()]
-        if config.study.include_random_init and "random_init" not in arms:
-            arms = ["random_init", *arms]
-        known = lib.arm_names(config)
-        unknown = [a for a in arms if a != "random_init" and a not in known]
-        if unknown:
-            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
-                                     f"{', '.join(known)}")
-        if config.dtype not in ("float32", "bfloat16"):
-            raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
         for key in ("batch_size", "epochs"):
             if not int(config[key]) > 0:
                 raise errors.ConfigError(f"config.{key}={config[key]!r}: must be > 0")
         for key in ("knn_k", "linear_epochs", "batch_size"):
             if not int(config.eval[key]) > 0:
                 raise errors.ConfigError(f"config.eval.{key}={config.eval[key]!r}: must be > 0")
-        from rsjax.data import registry
 
         info = registry.data_info(config.data)
         if len(info.bands) != config.model.in_channels:
@@ -73,12 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
     return seeds, arms
 
 
-workdir_config = lib.workdir_config
-
-
 def _score(encode_fn, variables, arrays, config, seed: int) -> dict:
-    from rsjax.evaluate import classification as cls
-
     x_tr, y_tr, x_te, y_te = arrays
     r = cls.frozen_eval(encode_fn, variables, x_tr, y_tr, x_te, y_te, eval_config=config.eval, seed=seed)
     return {"linear": r.metrics["linear_top1"], "knn": r.metrics["knn_top1"]}
@@ -90,12 +81,6 @@ def _encode_fn(encoder):
 
 def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: int) -> dict:
     """Pretrains (or, for random_init, initialises) one arm's encoder and scores it."""
-    from rsjax import (
-        checkpoint,
-        jobs,  # the registry: a study runs the pretraining job by name
-    )
-    from rsjax.models import resnet
-
     dtype = {"bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
     if arm == "random_init":  # the floor: the same encoder, untrained
         enc = resnet.encoder_from_config(config.model, dtype)
@@ -124,7 +109,7 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seeds, arms = validate(config)
-    with workdir_lib.Workdir(workdir, workdir_config(config)):
+    with workdir_lib.Workdir(workdir, lib.workdir_config(config)):
         config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as given
         data = config.data  # complete: configs.common.data_config
         if data.device_resident and data.folder and not data.cache_dir:
@@ -143,12 +128,11 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
     y_te = arrays[3]
     shared = lib.settings(config, data, num_train, len(y_te))
     results, not_started = lib.run_arms(
-        config, workdir, arms, seeds, file_name=lambda arm: f"study_{config.study.name}_{arm}.json",
-        run_seed=lambda arm, seed, arm_wd: _run_arm_seed(config, arm, seed, arm_wd, arrays, num_train),
-        payload=lambda arm, arm_index, runs: lib.arm_payload(config, arm, arm_index, runs, shared),
-        describe=lambda r: f"linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s training)",
-        before_seed=lambda arm_index, results, t_study: lib.print_total_eta(arms, arm_index, results, t_study,
-                                                                            config, num_train))
+        config, workdir, arms, [{"seed": s} for s in seeds],
+        run_one=lambda arm, unit, folder: _run_arm_seed(config, arm, unit["seed"], folder, arrays, num_train),
+        payload=lambda arm, index, runs: lib.arm_payload(config, arm, index, runs, shared),
+        file_name=lambda arm: f"study_{config.study.name}_{arm}.json",
+        line=lambda arm, r: f"linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s training)")
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
