@@ -34,6 +34,9 @@ def base(name: str, in_channels: int, crop: int) -> ml_collections.ConfigDict:
     c.data.image_b_key = "image_b"
     c.data.change_key = "change"
     common.add_dense_train(c, steps=20_000, batch_size=16, crop_size=crop, lr=5e-4)
+    # > 0: the change pixels' BCE weighted by ((1 - f) / f) ** power, f the training maps' change
+    # fraction (rsjax.tasks.change_detection.positive_weight; 1 balanced, 0.5 its square root)
+    c.loss.pos_weight_power = 0.0
     c.eval.batch_size = 8
     c.eval.num_pictures = 4
     c.eval.save_predictions = False        # True: predictions.npz (the test change maps, uint8) in the workdir

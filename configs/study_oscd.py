@@ -147,6 +147,9 @@ def _config(variant: str):
     cd.optimizer.lr = 1e-2                 # the decoder's; a fine-tuned encoder takes a tenth
     cd.optimizer.module_lr_scale = "encoder=0.1"
     cd.loss.dice_reduction = "batch"       # one Dice over the batch: crops without change do not pull it to "none"
+    # Unweighted BCE. 0.5 (the change pixels weighted by sqrt((1 - f) / f), ~10 here) was probed once
+    # (docs/results.md): frozen F1 0.17 -> 0.28, fine-tuned 0.15 -> 0.00; not adopted on one probe.
+    cd.loss.pos_weight_power = 0.0
     cd.optimizer.warmup_steps = 15
     cd.log_every = 25
     cd.checkpoint_every = 100_000          # one checkpoint, at the end

@@ -465,11 +465,15 @@ def ce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_wei
 
 
 def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_weight=1.0,
-             reduction: str = "example") -> jax.Array:
+             reduction: str = "example", pos_weight=1.0) -> jax.Array:
     r"""Binary cross entropy + soft Dice of the positive (change) class, two reductions.
 
     Valid pixels ``V = {x : labels[x] != ignore_index}`` (all pixels when ``ignore_index`` is
-    None), ``p = sigmoid(logits)``, ``y`` in {0, 1}; sums run over valid pixels only.
+    None), ``p = sigmoid(logits)``, ``y`` in {0, 1}; sums run over valid pixels only. The
+    per-pixel BCE weights the change pixels by ``w = pos_weight`` (torch ``BCEWithLogitsLoss``'s
+    ``pos_weight``; the mean still divides by the pixel count)::
+
+        bce(l, y) = w * y * softplus(-l) + (1 - y) * softplus(l)   (w = 1: softplus(l) - y * l)
 
     ``reduction="batch"`` (a named reference; returns a scalar): the binary branch of CromSS's
     loss builder (zhu-xlab/CromSS ``models/pl_finetune.py`` ``_get_loss`` with one output
@@ -477,7 +481,7 @@ def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_we
     ``DiceLoss("binary", from_logits=True, ignore_index)`` (smooth 0, eps 1e-7, dims (0, 2):
     one Dice over the whole batch)::
 
-        BCE  = (1 / |V|) * sum_{b, x in V} [softplus(l_bx) - y_bx * l_bx]   (= -y log p - (1-y) log(1-p))
+        BCE  = (1 / |V|) * sum_{b, x in V} bce(l_bx, y_bx)      (w = 1: -y log p - (1-y) log(1-p))
         I    = sum_{b, x in V} p_bx y_bx        S = sum_{b, x in V} (p_bx + y_bx)
         Dice = I / max(S / 2, eps)
         loss = BCE + dice_weight * [sum_{b,x} y_bx > 0] * (1 - Dice)
@@ -490,7 +494,7 @@ def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_we
     ``reduction="example"`` (rsjax's own form, the default of the change-detection job): per
     example b, with smoothing ``eps = 1``::
 
-        BCE_b  = (1 / |V_b|) * sum_{x in V_b} [softplus(l_x) - y_x * l_x]
+        BCE_b  = (1 / |V_b|) * sum_{x in V_b} bce(l_x, y_x)
         Dice_b = (2 * sum_{x in V_b} p_x y_x + 1) / (sum_{x in V_b} (p_x + y_x) + 1)
         loss_b = BCE_b + dice_weight * (1 - Dice_b)
 
@@ -503,6 +507,10 @@ def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_we
       ignore_index: label value to ignore, or None.
       dice_weight: weight of the Dice term.
       reduction: ``"batch"`` (CromSS's binary branch; scalar) or ``"example"`` (rsjax; [B]).
+      pos_weight: ``w`` > 0, the weight of the change pixels' BCE (a float or a scalar array;
+        1 = unweighted). A rare change class (OSCD: 0.3-3.6 % of the pixels) pulls an unweighted
+        BCE towards "no change" everywhere; ``w`` near ``(1 - f) / f`` (``f`` the change fraction)
+        balances the two classes' BCE.
 
     Returns:
       float32: a scalar for ``"batch"``, [B] for ``"example"``.
@@ -517,7 +525,10 @@ def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_we
     valid = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
     validf = valid.astype(jnp.float32)
     y = jnp.where(valid, labels, 0).astype(jnp.float32)
-    bce_pix = (jax.nn.softplus(logits) - y * logits) * validf
+    bce_pix = jax.nn.softplus(logits) - y * logits  # = y softplus(-l) + (1 - y) softplus(l)
+    if not (isinstance(pos_weight, (int, float)) and pos_weight == 1):  # w = 1: the unweighted program
+        bce_pix = bce_pix + (jnp.asarray(pos_weight, jnp.float32) - 1.0) * y * jax.nn.softplus(-logits)
+    bce_pix = bce_pix * validf
     p = jax.nn.sigmoid(logits) * validf
     if reduction == "batch":
         eps = 1e-7  # smp DiceLoss default

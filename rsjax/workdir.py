@@ -84,6 +84,8 @@ def _mutable(key: str, mutable=MUTABLE_KEYS) -> bool:
 # SwiMDiff keys added in issue 24, at the values that reproduce what a config without them did
 # (not today's defaults: a workdir of the first conditioning resumes only with it).
 _SWIMDIFF_BEFORE = {"conditioning": "maps", "log_grad_share": False}
+# A change-detection config's loss keys added later, at the values in effect before they existed.
+_CHANGE_LOSS_BEFORE = {"pos_weight_power": 0.0}
 
 
 def complete_config(d: dict) -> dict:
@@ -93,8 +95,9 @@ def complete_config(d: dict) -> dict:
     ``data.augment`` by :func:`rsjax.data.ops.augment_spec`), every block named ``optimizer``
     (and its ``plateau``) those of :func:`rsjax.optim.default_block`, every block named
     ``swimdiff`` the values its newer keys had in effect before they existed (``conditioning``
-    ``maps``, ``log_grad_share`` False), at any depth (``transfer.optimizer``, a study's
-    ``arms.<arm>.data``). Keys present are kept as they are; renamed data keys
+    ``maps``, ``log_grad_share`` False), the ``loss`` block of a ``change_detection`` config
+    ``pos_weight_power`` 0 (unweighted BCE), at any depth (``transfer.optimizer``, a study's
+    ``arms.<arm>.data``, ``cd.loss``). Keys present are kept as they are; renamed data keys
     (:data:`rsjax.data.defaults.RENAMED`: ``test_tiles`` -> ``test_scenes``) take their new
     name. The retired ``data.eval_split`` moves to the one name of its role: ``analysis.split`` where the config has an ``analysis``
     block (noisy labels), else ``eval.test_split`` (with ``eval.train_split`` from
@@ -131,8 +134,11 @@ def complete_config(d: dict) -> dict:
         if not isinstance(node, dict):
             return node
         out = {}
+        change_detection = node.get("job") == "change_detection"
         for k, v in retire_eval_split(node).items():
             v = walk(v)
+            if isinstance(v, dict) and k == "loss" and change_detection:
+                v = fill(v, _CHANGE_LOSS_BEFORE)
             if isinstance(v, dict) and k == "data":
                 legacy = [key for key in ops.LEGACY_KEYS if key in v]
                 if legacy:

@@ -33,7 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------
 # bce_dice
 # --------------------------------------------------------------------------------------
-def ref_bce_dice(logits, labels, ignore_index, dice_weight):
+def ref_bce_dice(logits, labels, ignore_index, dice_weight, pos_weight=1.0):
     out = []
     for b in range(logits.shape[0]):
         bce = inter = sp = sy = 0.0
@@ -42,7 +42,7 @@ def ref_bce_dice(logits, labels, ignore_index, dice_weight):
             if ignore_index is not None and y == ignore_index:
                 continue
             p = 1.0 / (1.0 + math.exp(-l))
-            bce += -(y * math.log(p) + (1 - y) * math.log(1 - p))
+            bce += -(pos_weight * y * math.log(p) + (1 - y) * math.log(1 - p))
             inter += p * y
             sp += p
             sy += y
@@ -68,6 +68,74 @@ def test_bce_dice_matches_loop(ignore_index, jit):
     np.testing.assert_allclose(fn(logits), ref_bce_dice(logits, labels, ignore_index, 0.7), rtol=1e-5, atol=1e-6)
     g = jax.grad(lambda l: fn(l).sum())(jnp.asarray(logits))
     assert np.isfinite(np.asarray(g)).all()
+
+
+@pytest.mark.parametrize("reduction,jit", [("example", False), ("batch", True)])
+def test_bce_dice_pos_weight_matches_loop(reduction, jit):
+    """The change pixels' BCE weighted by pos_weight (torch BCEWithLogitsLoss's pos_weight), against
+    the loop; the weight may be a traced scalar; 1 is the unweighted loss."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 5, 6)).astype(np.float32) * 2
+    labels = (rng.random((3, 5, 6)) < 0.1).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.2] = 255
+    fn = jax.jit(losses.bce_dice, static_argnames=("ignore_index", "dice_weight", "reduction")) if jit else losses.bce_dice
+    for w in (1.0, 7.5, jnp.float32(0.25)):
+        got = fn(logits, labels, ignore_index=255, dice_weight=0.0, reduction=reduction, pos_weight=w)
+        ref = ref_bce_dice(logits, labels, 255, 0.0, float(w))  # dice_weight 0: the BCE alone
+        if reduction == "batch":  # one mean over every valid pixel of the batch
+            valid = labels != 255
+            ref = float(np.sum(ref * valid.sum((1, 2))) / valid.sum())
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(losses.bce_dice(logits, labels, ignore_index=255, pos_weight=1.0),
+                                  losses.bce_dice(logits, labels, ignore_index=255))
+
+
+def test_change_detection_pos_weight_from_the_training_change_maps(tmp_path, monkeypatch):
+    """loss.pos_weight_power > 0: the job derives pos_weight = ((1 - f) / f) ** power from the
+    change fraction f of the training maps (ignored pixels left out; not the test maps), trains
+    with it and reports it; power 0 is the unweighted loss; an old change-detection workdir
+    without the key reads as power 0."""
+    from rsjax import workdir as workdir_lib
+    from rsjax.data import registry
+    from rsjax.jobs import change_detection
+    from rsjax.tasks.change_detection import positive_weight
+
+    rng = np.random.default_rng(3)
+
+    def split(n, rate):
+        return {"a": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                "b": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                "change": (rng.random((n, 32, 32)) < rate).astype(np.uint8)}
+
+    train, test = split(8, 0.03), split(4, 0.5)
+    f = train["change"].mean()
+    seen = []
+    real = losses.bce_dice
+    monkeypatch.setattr(losses, "bce_dice", lambda *a, **k: seen.append(k["pos_weight"]) or real(*a, **k))
+    for power in (0.5, 0.0):
+        config = load_config("cd_levir.py")
+        config.model.name = "tiny"
+        config.total_steps = 1
+        config.batch_size = 8
+        config.data.crop_size = 32
+        config.eval.batch_size = 8
+        config.loss.pos_weight_power = power
+        wd = str(tmp_path / f"wd{power}")
+        m = change_detection.run(config, wd, data=(train, test), info=registry.get_config_info("levir_cd"))
+        want = ((1 - f) / f) ** power
+        np.testing.assert_allclose([m["pos_weight"], seen[-1]], [want, want], rtol=1e-12)
+        np.testing.assert_allclose(m["train_change_fraction"], f, rtol=1e-12)
+    assert want == 1.0 and isinstance(seen[-1], float)  # power 0: the unweighted program
+    old = json.load(open(os.path.join(wd, "config.json")))
+    del old["loss"]["pos_weight_power"]
+    assert workdir_lib.config_diff(old, config.to_dict()) == []
+    # ignored pixels (-1) count in neither class; no change at all: nothing to balance
+    maps = np.array([[1, 0, 0, -1], [0, 0, -1, -1]])
+    assert positive_weight(maps, 1.0, -1) == (4.0, 0.2)
+    assert positive_weight(np.zeros((2, 3)), 1.0) == (1.0, 0.0)
+    with pytest.raises(errors.ConfigError, match="pos_weight_power"):
+        config.loss.pos_weight_power = -1.0
+        change_detection.run(config, str(tmp_path / "bad"), data=(train, test), info=registry.get_config_info("levir_cd"))
 
 
 # --------------------------------------------------------------------------------------

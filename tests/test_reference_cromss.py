@@ -224,6 +224,12 @@ def test_bce_dice_batch_matches_reference(ignore_index):
         bce_t = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits).double(),
                                                                      torch.from_numpy(labels).double())
         np.testing.assert_allclose(bce, bce_t.item(), rtol=1e-12)
+        # pos_weight: torch's BCEWithLogitsLoss(pos_weight=w), the change pixels' term times w
+        w = 4.0
+        bce_w = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(logits).double(), torch.from_numpy(labels).double(), pos_weight=torch.tensor(w).double())
+        got_w = losses.bce_dice(logits, labels, dice_weight=0.0, reduction="batch", pos_weight=w)
+        np.testing.assert_allclose(got_w, bce_w.item(), rtol=1e-5)
 
 
 def test_bce_dice_batch_without_change_has_no_dice_term():

@@ -53,7 +53,7 @@ def validate(config, make_task: Callable) -> train.Phase:
         ops.dense_recipe(config.data.pp_dense, "numpy")  # an op that resizes or draws, named
         if int(config.data.crop_size) < 0:
             raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size}: must be >= 0 (0 = whole images)")
-        make_task(None)  # builds the model: unknown decoder, classes, dice reduction, freeze pattern
+        make_task(None, None)  # builds the model: unknown decoder, classes, dice reduction, freeze pattern
     return phase
 
 
@@ -73,18 +73,20 @@ def warn_if_diverged(wd, variables) -> bool:
 
 def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepare: Callable, image_keys,
         report: Callable, info: registry.DatasetInfo | None = None) -> dict:
-    """``make_task(pretrained)`` -> task; ``load_data(config)`` -> (train, test) raw arrays;
+    """``make_task(pretrained, train)`` -> task (``train``: the prepared training arrays, which a
+    task may fit a constant to, e.g. change detection's ``pos_weight``; None while validating);
+    ``load_data(config)`` -> (train, test) raw arrays;
     ``prepare(train, test, info)`` -> (train, test) checked, labels remapped; ``report(wd, task,
     test, pred, info, summary)`` -> metrics (scores, pictures, eval_report.json); ``info``: the
     registry entry of the images (default: ``config.data``'s)."""
     t0 = time.time()
     phase = validate(config, make_task)
     loaded = encoders.load_pretrained(config)
-    task = make_task(loaded)
     info = info or registry.data_info(config.data)
     recipe = config.data.pp_dense
     with workdir_lib.Workdir(workdir, config) as wd:
         train_arrays, test_arrays = prepare(*load_data(config), info)
+        task = make_task(loaded, train_arrays)
         it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,
                                       crop=int(config.data.crop_size),
                                       transform=normalizer(info, image_keys, recipe),

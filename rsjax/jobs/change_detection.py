@@ -23,8 +23,9 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
     ``info`` = their registry entry)."""
     ignore = IGNORE_INDEX  # the in-memory ignore label; stored change maps follow the registry (cd.labels)
 
-    def make_task(pretrained):
-        return ChangeDetectionTask(config, ignore_index=ignore, pretrained=pretrained)
+    def make_task(pretrained, train=None):  # train: the prepared training arrays (loss.pos_weight_power)
+        return ChangeDetectionTask(config, ignore_index=ignore, pretrained=pretrained,
+                                   train_change=None if train is None else train["change"])
 
     def prepare(train, test, info):
         train, test = cd.labels(train, info), cd.labels(test, info)
@@ -35,7 +36,7 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
     def report(wd, task, test, pred, info, summary):
         cm = M.dense_confusion_matrix(pred, test["change"], 2, ignore)
         metrics = {**M.binary_scores(cm), "num_test": int(len(test["a"])), "freeze_encoder": bool(task.freeze_encoder),
-                   **summary}
+                   "pos_weight": task.pos_weight, "train_change_fraction": task.train_change_fraction, **summary}
         if wd.is_main:
             cd.overlay(test, pred, info, os.path.join(wd.path, "change_overlay.png"),
                        n=int(config.eval.get("num_pictures", 4)))

@@ -26,7 +26,7 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
     ignore = IGNORE_INDEX  # the in-memory ignore label; stored masks follow the registry (seg.labels)
     num_classes = int(config.model.num_classes)
 
-    def make_task(pretrained):
+    def make_task(pretrained, train=None):  # train: unused (change detection fits pos_weight to it)
         return SegmentationTask(config, num_classes=num_classes, ignore_index=ignore, pretrained=pretrained)
 
     def prepare(train, test, info):

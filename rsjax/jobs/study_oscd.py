@@ -164,7 +164,7 @@ def run_one(config, arm: str, fold: dict, seed: int, folder: str) -> dict:
         m = jobs.get("change_detection")(cd_config(config, fold, seed, pretrained, mode),
                                          os.path.join(folder, f"cd_{mode}"))
         r[mode] = {k: m.get(k) for k in (*SCORES, "tp", "fp", "fn", "tn", "num_test", "num_train", "train_steps",
-                                         "nonfinite_steps", "seconds")}
+                                         "nonfinite_steps", "seconds", "pos_weight", "train_change_fraction")}
     return r
 
 
@@ -199,7 +199,7 @@ def settings(config, folds: list[dict]) -> dict:
         "cd": {"crop_size": int(c.data.crop_size), "steps": {m: int(config.cd_steps[m]) for m in MODES},
                "batch_size": int(c.batch_size),
                "optimizer": c.optimizer.name, "lr": c.optimizer.lr, "decoder_channels": list(c.model.decoder_channels),
-               "loss_dice_weight": c.loss.dice_weight},
+               "loss_dice_weight": c.loss.dice_weight, "loss_pos_weight_power": c.loss.pos_weight_power},
     }
 
 
