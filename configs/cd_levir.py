@@ -28,7 +28,7 @@ def base(name: str, in_channels: int, crop: int) -> ml_collections.ConfigDict:
     """Shared by configs/cd_levir.py and configs/cd_oscd.py."""
     c = common.eval_base("change_detection")
     c.model.in_channels = in_channels
-    c.model.decoder_channels = ()          # () = default widths (256, 128, 64, 32, 16)
+    c.model.decoder_channels = ()  # () = default widths (256, 128, 64, 32, 16)
     c.data = common.data_config(name=name, builder_config=None, image_size=crop)
     c.data.image_a_key = "image_a"
     c.data.image_b_key = "image_b"
@@ -39,7 +39,7 @@ def base(name: str, in_channels: int, crop: int) -> ml_collections.ConfigDict:
     c.loss.pos_weight_power = 0.0
     c.eval.batch_size = 8
     c.eval.num_pictures = 4
-    c.eval.save_predictions = False        # True: predictions.npz (the test change maps, uint8) in the workdir
+    c.eval.save_predictions = False  # True: predictions.npz (the test change maps, uint8) in the workdir
     c.log_every = 50
     return c
 

@@ -127,8 +127,10 @@ def load(name: str, arg: str | None = None, overrides: dict | None = None) -> ml
     except ModuleNotFoundError as e:
         if e.name not in (f"configs.{stem}", "configs"):
             raise
-        raise ConfigError(f"no config configs/{stem}.py (module configs.{stem}); is rsjax installed with "
-                          f"`pip install -e .` from a checkout?") from None
+        raise ConfigError(
+            f"no config configs/{stem}.py (module configs.{stem}); is rsjax installed with "
+            f"`pip install -e .` from a checkout?"
+        ) from None
     config = module.get_config(arg)
     for key, value in (overrides or {}).items():
         set_key(config, key, value)
@@ -142,7 +144,7 @@ def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     for i, p in enumerate(parents):
         if p not in node:
-            raise ConfigError(f"config key {'.'.join(parents[:i + 1])!r} does not exist")
+            raise ConfigError(f"config key {'.'.join(parents[: i + 1])!r} does not exist")
         node = node[p]
     if last not in node:
         raise ConfigError(f"config key {dotted!r} does not exist")
@@ -193,17 +195,17 @@ def pretrain_base() -> ml_collections.ConfigDict:
     c.total_steps = 300
     c.stop_after_steps = 0
     c.batch_size = 64
-    c.dtype = "float32"          # compute dtype; params, loss and optimizer stay float32
+    c.dtype = "float32"  # compute dtype; params, loss and optimizer stay float32
     c.log_every = 10
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
-    c.max_nonfinite_steps = 5    # consecutive refused steps before the run stops
+    c.max_nonfinite_steps = 5  # consecutive refused steps before the run stops
 
     c.model = ml_collections.ConfigDict()
     # resnet18 | resnet50 | resnet10_w32 (the CPU demo default) | tiny (smoke tests)
     c.model.name = "resnet10_w32"
-    c.model.stem = "standard"    # standard (7x7/2 + maxpool) | cifar (3x3/1, no maxpool)
-    c.model.conv = "auto"        # convolution formulation: auto | lax | taps | im2col (rsjax.models.conv)
+    c.model.stem = "standard"  # standard (7x7/2 + maxpool) | cifar (3x3/1, no maxpool)
+    c.model.conv = "auto"  # convolution formulation: auto | lax | taps | im2col (rsjax.models.conv)
     c.model.in_channels = 13
     c.model.proj_hidden_dim = 256
     c.model.proj_dim = 128
@@ -214,8 +216,15 @@ def pretrain_base() -> ml_collections.ConfigDict:
     c.loss.temperature = 0.2
 
     # module_lr_scale, e.g. "denoiser=0.1": per-module lr factor (rsjax.optim)
-    c.optimizer = optim.default_block(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=10,
-                                      final_lr_fraction=0.0, grad_clip=0.0, module_lr_scale="")
+    c.optimizer = optim.default_block(
+        name="adamw",
+        lr=2e-3,
+        weight_decay=1e-4,
+        warmup_steps=10,
+        final_lr_fraction=0.0,
+        grad_clip=0.0,
+        module_lr_scale="",
+    )
 
     c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32)
 
@@ -228,13 +237,19 @@ def pretrain_base() -> ml_collections.ConfigDict:
     c.eval.knn_temperature = 0.07
     c.eval.linear_epochs = 300
     c.eval.batch_size = 256
-    c.eval.max_train = 0         # 0 = all
+    c.eval.max_train = 0  # 0 = all
     c.eval.max_test = 0
     return c
 
 
-def add_moco(c: ml_collections.ConfigDict, *, queue_size: int, momentum: float = 0.99,
-             batch_negatives: bool = False, symmetric: bool = True) -> None:
+def add_moco(
+    c: ml_collections.ConfigDict,
+    *,
+    queue_size: int,
+    momentum: float = 0.99,
+    batch_negatives: bool = False,
+    symmetric: bool = True,
+) -> None:
     c.moco = ml_collections.ConfigDict()
     c.moco.queue_size = queue_size
     c.moco.momentum = momentum
@@ -244,7 +259,7 @@ def add_moco(c: ml_collections.ConfigDict, *, queue_size: int, momentum: float =
     c.moco.batch_negatives = batch_negatives
     # True = q1.k2 and q2.k1 averaged (MoCo v3 style); False = MoCo v2's q1.k2 only.
     c.moco.symmetric = symmetric
-    c.model.proj_bn = False      # MoCo v2's MLP head has no BatchNorm
+    c.model.proj_bn = False  # MoCo v2's MLP head has no BatchNorm
     c.loss.scene_mode = "none"
 
 
@@ -258,12 +273,12 @@ def add_swimdiff(c: ml_collections.ConfigDict) -> None:
     c.swimdiff.num_timesteps = 1000
     c.swimdiff.beta_start = 1e-4
     c.swimdiff.beta_end = 0.02
-    c.swimdiff.x0_scale = 3.0    # standardized view / 3 -> clip to [-1, 1]
+    c.swimdiff.x0_scale = 3.0  # standardized view / 3 -> clip to [-1, 1]
     c.swimdiff.diffusion_size = 0  # denoise at this side in px (antialiased downsample); 0 = view size
-    c.swimdiff.log_nocond = True   # log L_D with the conditioning zeroed / shuffled, and the conditioning gain
+    c.swimdiff.log_nocond = True  # log L_D with the conditioning zeroed / shuffled, and the conditioning gain
     c.swimdiff.conditioning = "both"  # maps | film | both (rsjax.models.heads.Denoiser)
     c.swimdiff.log_grad_share = True  # log grad_share_diffusion (L_D's share of the encoder's gradient):
-                                      # logged steps run a second program (compile time)
+    # logged steps run a second program (compile time)
     c.loss.scene_mode = "soft"
 
 
@@ -323,12 +338,15 @@ def bench(c: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
         c.dtype = "bfloat16"
         c.model.proj_hidden_dim = 2048 if kind == "bench" else 512
         c.model.name, c.batch_size, c.data.image_size = (
-            ("resnet50", 256, 224) if kind == "bench" else ("resnet18", 512, 64))
+            ("resnet50", 256, 224) if kind == "bench" else ("resnet18", 512, 64)
+        )
     else:
         c.dtype = "float32"
         c.model.name, c.batch_size, c.data.image_size = {
-            "bench_cpu": ("resnet18", 64, 32), "bench_cpu_study": ("resnet10_w32", 128, 32),
-            "bench_cpu_r50": ("resnet50", 32, 64)}[kind]
+            "bench_cpu": ("resnet18", 64, 32),
+            "bench_cpu_study": ("resnet10_w32", 128, 32),
+            "bench_cpu_r50": ("resnet50", 32, 64),
+        }[kind]
         c.model.proj_hidden_dim = 512
     if "moco" in c:
         c.moco.queue_size = 16 * c.batch_size
@@ -350,10 +368,10 @@ def add_finetune(c: ml_collections.ConfigDict) -> None:
     from rsjax import optim
 
     c.finetune = ml_collections.ConfigDict()
-    c.finetune.total_steps = 0   # 0 = no fine-tuning
+    c.finetune.total_steps = 0  # 0 = no fine-tuning
     c.finetune.batch_size = 64
     c.finetune.optimizer = optim.default_block(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine")
-    c.stop_after_steps = 0       # > 0: stop the fine-tune after this step (checkpoint); rerun continues
+    c.stop_after_steps = 0  # > 0: stop the fine-tune after this step (checkpoint); rerun continues
     c.checkpoint_every = 1000
     c.keep_checkpoints = 2
     c.max_nonfinite_steps = 5
@@ -377,7 +395,7 @@ def eval_base(job: str) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
     c.model.stem = "standard"
-    c.model.conv = "auto"        # convolution formulation (rsjax.models.conv); never changes the parameters
+    c.model.conv = "auto"  # convolution formulation (rsjax.models.conv); never changes the parameters
     c.model.in_channels = 13
 
     c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32)
@@ -385,14 +403,22 @@ def eval_base(job: str) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.train_split = "train"
     c.eval.test_split = "test"
-    c.eval.batch_size = 256      # feature extraction / inference batch (a multiple of the device count)
-    c.eval.max_train = 0         # 0 = all records
+    c.eval.batch_size = 256  # feature extraction / inference batch (a multiple of the device count)
+    c.eval.max_train = 0  # 0 = all records
     c.eval.max_test = 0
     return c
 
 
-def add_dense_train(c: ml_collections.ConfigDict, *, steps: int, batch_size: int, crop_size: int,
-                    lr: float, optimizer: str = "adamw", schedule: str = "cosine") -> None:
+def add_dense_train(
+    c: ml_collections.ConfigDict,
+    *,
+    steps: int,
+    batch_size: int,
+    crop_size: int,
+    lr: float,
+    optimizer: str = "adamw",
+    schedule: str = "cosine",
+) -> None:
     """Training keys of the dense-prediction jobs (segmentation, change detection), spelt as
     every training job spells them: ``total_steps``, ``batch_size`` (global), ``optimizer`` (an
     ``rsjax.optim`` block; ``optimizer.freeze = "encoder/*"`` trains only the decoder),
@@ -408,8 +434,9 @@ def add_dense_train(c: ml_collections.ConfigDict, *, steps: int, batch_size: int
     c.checkpoint_every = 1000
     c.keep_checkpoints = 2
     c.max_nonfinite_steps = 5
-    c.optimizer = optim.default_block(name=optimizer, lr=lr, weight_decay=1e-4, momentum=0.9, schedule=schedule,
-                                      poly_power=0.9)
+    c.optimizer = optim.default_block(
+        name=optimizer, lr=lr, weight_decay=1e-4, momentum=0.9, schedule=schedule, poly_power=0.9
+    )
     c.loss = ml_collections.ConfigDict()
     c.loss.dice_weight = 1.0
     c.loss.dice_reduction = "example"
@@ -426,7 +453,7 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.job = "noisy_label"
     c.method = "noisy_label"
     c.seed = 0
-    c.epochs = 0                 # > 0: total_steps = epochs * ceil(num_train / batch_size)
+    c.epochs = 0  # > 0: total_steps = epochs * ceil(num_train / batch_size)
     c.total_steps = 300
     c.stop_after_steps = 0
     c.batch_size = 32
@@ -437,17 +464,17 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.max_nonfinite_steps = 5
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "tiny"        # resnet18 | resnet50 | tiny
+    c.model.name = "tiny"  # resnet18 | resnet50 | tiny
     c.model.stem = "standard"
-    c.model.conv = "auto"        # convolution formulation (rsjax.models.conv); never changes the parameters
+    c.model.conv = "auto"  # convolution formulation (rsjax.models.conv); never changes the parameters
     c.model.in_channels = 13
-    c.model.num_classes = 6      # classes of the pretraining masks
-    c.model.decoder = "unet"     # pretraining decoder (the paper: UNet)
+    c.model.num_classes = 6  # classes of the pretraining masks
+    c.model.decoder = "unet"  # pretraining decoder (the paper: UNet)
     c.model.output_stride = 32
     c.model.decoder_channels = ()  # () = the decoder's default widths
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.dice_weight = 1.0     # CE + dice_weight * Dice
+    c.loss.dice_weight = 1.0  # CE + dice_weight * Dice
     c.loss.dice_reduction = "batch"  # CromSS: torch CE + smp DiceLoss over the batch | example (rsjax, per crop)
 
     from rsjax import optim
@@ -455,32 +482,37 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     # warm-up + cosine. optimizer.plateau = ReduceLROnPlateau as CromSS (torch semantics,
     # rsjax.optim.plateau_update): lr x factor after `patience` validations without improvement
     # of the held-out crops' mIoU (noisy labels); off here (the schedule alone, no held-out crops).
-    c.optimizer = optim.default_block(name="adam", lr=2e-3, weight_decay=0.0, warmup_steps=10,
-                                      final_lr_fraction=0.0, grad_clip=0.0,
-                                      plateau=dict(enabled=False, mode="max", factor=0.5, patience=30,
-                                                   every=0, val_fraction=0.01))
+    c.optimizer = optim.default_block(
+        name="adam",
+        lr=2e-3,
+        weight_decay=0.0,
+        warmup_steps=10,
+        final_lr_fraction=0.0,
+        grad_clip=0.0,
+        plateau=dict(enabled=False, mode="max", factor=0.5, patience=30, every=0, val_fraction=0.01),
+    )
 
     # max_train: 0 = the whole pretraining split. (Random flips + 90-degree rotations of image
     # and mask alike: rsjax.jobs.noisy_label.)
     c.data = data_config(name="rs_synthetic", builder_config="default", image_size=32, max_train=0)
 
     c.noise = ml_collections.ConfigDict()
-    c.noise.flip_rate = 0.3      # probability that a connected region changes class
+    c.noise.flip_rate = 0.3  # probability that a connected region changes class
     c.noise.flip_mode = "regions"  # regions | blobs (then flip_rate = pixel fraction)
     c.noise.blob_radius = 6.0
-    c.noise.erosion = 1          # boundary noise in px (see rsjax.data.label_noise)
-    c.noise.erosion_class = -1   # -1: all classes, random order; c: erode (>0) / dilate (<0) class c
+    c.noise.erosion = 1  # boundary noise in px (see rsjax.data.label_noise)
+    c.noise.erosion_class = -1  # -1: all classes, random order; c: erode (>0) / dilate (<0) class c
     c.noise.seed = 0
 
     c.analysis = ml_collections.ConfigDict()
-    c.analysis.every = 50        # per-layer weight statistics + Fisher ratios every N steps (0 = off)
+    c.analysis.every = 50  # per-layer weight statistics + Fisher ratios every N steps (0 = off)
     c.analysis.max_images = 128  # clean test crops used for it
-    c.analysis.split = "test"    # ... read from this split
+    c.analysis.split = "test"  # ... read from this split
 
     c.transfer = ml_collections.ConfigDict()
     c.transfer.enabled = True
     c.transfer.decoders = ("unet", "deeplabv3plus", "pspnet")
-    c.transfer.split = "test"    # scenes disjoint from pretraining
+    c.transfer.split = "test"  # scenes disjoint from pretraining
     c.transfer.train_scene_fraction = 0.5
     c.transfer.max_train_images = 32  # a small labelled set: where pretraining matters (0 = all)
     c.transfer.max_examples = 0
@@ -491,8 +523,9 @@ def noisy_label_base() -> ml_collections.ConfigDict:
     c.transfer.batch_size = 32
     c.transfer.compare_random_init = True
     # freeze="encoder/*": fine-tune the decoder only (the encoder then runs in inference mode)
-    c.transfer.optimizer = optim.default_block(name="adam", lr=1e-3, weight_decay=0.0, warmup_steps=10,
-                                               final_lr_fraction=0.0, grad_clip=0.0)
+    c.transfer.optimizer = optim.default_block(
+        name="adam", lr=1e-3, weight_decay=0.0, warmup_steps=10, final_lr_fraction=0.0, grad_clip=0.0
+    )
     return c
 
 
@@ -538,9 +571,18 @@ def add_arms(c: ml_collections.ConfigDict, arms: dict[str, tuple[str, dict]]) ->
             if dotted not in overrides:
                 block[key] = ref
 
-        link_shared(a, c, ["dtype", "batch_size", *(f"model.{k}" for k in ("name", "stem", "conv", "in_channels")),
-                           *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay")),
-                           *(f"data.{k}" for k in c.data)], overrides)
+        link_shared(
+            a,
+            c,
+            [
+                "dtype",
+                "batch_size",
+                *(f"model.{k}" for k in ("name", "stem", "conv", "in_channels")),
+                *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay")),
+                *(f"data.{k}" for k in c.data),
+            ],
+            overrides,
+        )
         a.model.proj_hidden_dim = 512
         a.model.proj_dim = 128
         link(a.loss, "temperature", c.get_ref("temperature"), "loss.temperature")
@@ -554,8 +596,9 @@ def add_arms(c: ml_collections.ConfigDict, arms: dict[str, tuple[str, dict]]) ->
         for dotted, value in overrides.items():
             set_key(a, dotted, value)
         if a.method == "swimdiff" and float(a.swimdiff.lambda_d):
-            a.optimizer.modules = ml_collections.ConfigDict({"denoiser": {
-                "name": "adam", "lr": c.get_ref("swimdiff_denoiser_lr"), "weight_decay": 0.0}})
+            a.optimizer.modules = ml_collections.ConfigDict(
+                {"denoiser": {"name": "adam", "lr": c.get_ref("swimdiff_denoiser_lr"), "weight_decay": 0.0}}
+            )
         a.lock()
         c.arms[name] = a
         c.arm_sources[name] = json.dumps({"config": module, "overrides": overrides}, sort_keys=True)

@@ -46,7 +46,7 @@ VARIANTS = ("demo", "smoke", "paper")
 
 def add_dino(c: ml_collections.ConfigDict) -> None:
     c.dino = ml_collections.ConfigDict()
-    c.dino.out_dim = 1024                # K, prototypes
+    c.dino.out_dim = 1024  # K, prototypes
     c.dino.hidden_dim = 1024
     c.dino.bottleneck_dim = 128
     c.dino.head_layers = 3
@@ -61,7 +61,7 @@ def add_dino(c: ml_collections.ConfigDict) -> None:
     c.dino.momentum_teacher = 0.996
     c.dino.num_local_crops = 4
     c.dino.local_crop_size = 16
-    c.dino.local_scale = (0.05, 0.4)     # area fraction of the global view
+    c.dino.local_scale = (0.05, 0.4)  # area fraction of the global view
 
 
 def get_config(arg=None):
@@ -87,16 +87,16 @@ def _config(variant: str):
         return c
     if variant == "paper":
         c.model.name = "resnet50"
-        c.batch_size = 512                   # main_dino: 64 per GPU x 8 GPUs
+        c.batch_size = 512  # main_dino: 64 per GPU x 8 GPUs
         c.dtype = "bfloat16"
         c.dino.out_dim = 65536
         c.dino.hidden_dim = 2048
         c.dino.bottleneck_dim = 256
-        c.dino.teacher_temp = 0.04           # main_dino defaults: 0.04 -> 0.04, 0 warm-up epochs
+        c.dino.teacher_temp = 0.04  # main_dino defaults: 0.04 -> 0.04, 0 warm-up epochs
         c.dino.warmup_teacher_temp = 0.04
-        c.dino.num_local_crops = 8           # --local_crops_number default
+        c.dino.num_local_crops = 8  # --local_crops_number default
         c.dino.local_crop_size = 96
-        c.optimizer.grad_clip = 3.0          # --clip_grad default (global norm here, see above)
+        c.optimizer.grad_clip = 3.0  # --clip_grad default (global norm here, see above)
         c.optimizer.momentum = 0.9
         c.dino.local_scale = (0.05, 0.14)
         c.data.augment = "rrc(0.14, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.1, 1.0))"
@@ -104,15 +104,15 @@ def _config(variant: str):
         c.optimizer.name = "sgd"
         c.optimizer.lr = 0.03 * c.batch_size / 256
         c.optimizer.weight_decay = 1e-4
-        c.optimizer.final_lr_fraction = 1e-6 / c.optimizer.lr   # --min_lr 1e-6
-        steps_per_epoch = 250_000 // c.batch_size   # SSL4EO-S12: ~250k locations (one season each)
+        c.optimizer.final_lr_fraction = 1e-6 / c.optimizer.lr  # --min_lr 1e-6
+        steps_per_epoch = 250_000 // c.batch_size  # SSL4EO-S12: ~250k locations (one season each)
         c.optimizer.warmup_steps = 10 * steps_per_epoch
         c.dino.warmup_teacher_temp_steps = 0
         c.dino.freeze_last_layer_steps = steps_per_epoch
         c.total_steps = 100 * steps_per_epoch
         c.data.name = "ssl4eo_s12"
         c.data.builder_config = None
-        c.eval.enabled = False               # no labels: evaluate with the downstream jobs
+        c.eval.enabled = False  # no labels: evaluate with the downstream jobs
         c.log_every = 50
         c.checkpoint_every = 500
     return c

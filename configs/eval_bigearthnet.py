@@ -19,7 +19,6 @@ The encoder of `--config.pretrained` must have `model.in_channels` (12) input ba
 architecture `model.name`; a 13-band (L1C) checkpoint is refused with an error naming both.
 """
 
-
 from configs import common
 
 VARIANTS = ("default", "smoke", "synthetic")
@@ -44,7 +43,7 @@ def _config(variant: str):
     c.eval.linear_epochs = 300
     c.eval.linear_lr = 1e-2
     c.eval.linear_weight_decay = 1e-4
-    c.eval.label_fraction = 1.0        # 0.01 | 0.1 | 1.0
+    c.eval.label_fraction = 1.0  # 0.01 | 0.1 | 1.0
     common.add_finetune(c)
     if variant == "default":
         return c

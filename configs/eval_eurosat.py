@@ -20,7 +20,6 @@ A pretrained encoder must match `model.name`, `model.stem` and `model.in_channel
 (EuroSAT RGB: 3 bands); a mismatch is refused with an error naming both.
 """
 
-
 from configs import common
 
 VARIANTS = ("default", "smoke", "synthetic")
@@ -36,7 +35,7 @@ def _config(variant: str):
     c = common.eval_base("eval_classification")
     c.model.in_channels = 3
     c.data = common.data_config(name="eurosat_rgb", builder_config=None, image_size=64)
-    c.data.folder = ""           # EuroSAT-style class folders; '' = read the TFDS dataset
+    c.data.folder = ""  # EuroSAT-style class folders; '' = read the TFDS dataset
     c.data.folder_seed = 0
     c.eval.evaluators = ("knn", "linear")  # frozen-feature evaluators (rsjax.evaluate); fine-tune: finetune.*
     c.eval.knn_k = 20

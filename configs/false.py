@@ -68,16 +68,16 @@ def _config(variant: str):
     c.loss.temperature = 0.5
     c.loss.threshold = 0.9
     c.loss.alpha = 1.0
-    c.loss.fnsd_mode = "vissl"           # vissl | gate_then_pick | per_anchor
-    c.model.proj_layers = 3              # demo / smoke: rsjax's earlier head (paper: see below)
+    c.loss.fnsd_mode = "vissl"  # vissl | gate_then_pick | per_anchor
+    c.model.proj_layers = 3  # demo / smoke: rsjax's earlier head (paper: see below)
     c.optimizer.schedule = "cosine_restarts"
-    c.optimizer.num_cycles = 2           # restart at half of the post-warm-up steps
-    c.optimizer.cycle_decay = 1.0        # peak lr multiplier per restart
+    c.optimizer.num_cycles = 2  # restart at half of the post-warm-up steps
+    c.optimizer.cycle_decay = 1.0  # peak lr multiplier per restart
     if variant == "smoke":
         return common.smoke(c)
     if variant == "paper":
         c.model.name = "resnet50"
-        c.model.proj_layers = 2          # Linear 2048 -> 2048, Linear 2048 -> 128
+        c.model.proj_layers = 2  # Linear 2048 -> 2048, Linear 2048 -> 128
         c.model.proj_hidden_dim = 2048
         c.model.proj_dim = 128
         c.model.proj_bn = False
@@ -85,12 +85,12 @@ def _config(variant: str):
         c.batch_size = 256
         c.dtype = "float32"
         c.optimizer.name = "lars"
-        c.optimizer.lr = 4.8             # cosine start_value; auto_scale false
+        c.optimizer.lr = 4.8  # cosine start_value; auto_scale false
         c.optimizer.weight_decay = 1e-6
         c.optimizer.momentum = 0.9
         c.optimizer.trust_coefficient = 0.001
         c.optimizer.lars_eps = 1e-8
-        c.optimizer.decay_bias = True    # regularize_bias True (BN: regularize_bn False)
+        c.optimizer.decay_bias = True  # regularize_bias True (BN: regularize_bn False)
         c.optimizer.trust_ratio_all = True  # LARC adapts every parameter, BN and biases too
         c.optimizer.schedule = "vissl_cosine_warm_restart"
         c.optimizer.warmup_start_lr = 0.6
@@ -98,9 +98,9 @@ def _config(variant: str):
         c.optimizer.restart_interval = 0.334
         c.optimizer.wave = "full"
         c.optimizer.adaptive_restarts = True
-        steps_per_epoch = 8192 // c.batch_size   # rs_synthetic/large train split
+        steps_per_epoch = 8192 // c.batch_size  # rs_synthetic/large train split
         c.total_steps = 200 * steps_per_epoch
-        c.optimizer.warmup_steps = c.total_steps // 10   # composite lengths [0.1, 0.9]
+        c.optimizer.warmup_steps = c.total_steps // 10  # composite lengths [0.1, 0.9]
         c.log_every = 10
         c.checkpoint_every = 500
         c.data.builder_config = "large"

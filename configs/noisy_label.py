@@ -72,14 +72,14 @@ def _config(variant: str):
         c.model.num_classes = 9
         c.dtype = "bfloat16"
         c.batch_size = 128
-        c.epochs = 200                   # total_steps = 200 * ceil(N / 128), set at run time
+        c.epochs = 200  # total_steps = 200 * ceil(N / 128), set at run time
         c.total_steps = 0
         c.log_every = 50
         c.checkpoint_every = 1000
         c.optimizer.lr = 5e-3
         c.optimizer.warmup_steps = 0
-        c.optimizer.schedule = "constant"    # a constant base lr, as CromSS
-        c.optimizer.plateau.enabled = True   # x0.5 after 30 epochs without a better validation mIoU
+        c.optimizer.schedule = "constant"  # a constant base lr, as CromSS
+        c.optimizer.plateau.enabled = True  # x0.5 after 30 epochs without a better validation mIoU
         c.data.name = "dynamic_world"
         c.data.builder_config = "default"
         c.data.image_size = 256

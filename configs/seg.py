@@ -49,15 +49,15 @@ def get_config(arg=None):
 def _config(variant: str):
     c = common.eval_base("segmentation")
     c.model.in_channels = 3
-    c.model.decoder = "unet"           # unet | deeplabv3plus | pspnet
-    c.model.output_stride = 0          # 0 = decoder default; 8 | 16 | 32
+    c.model.decoder = "unet"  # unet | deeplabv3plus | pspnet
+    c.model.output_stride = 0  # 0 = decoder default; 8 | 16 | 32
     c.model.num_classes = 6
-    c.model.decoder_channels = ()      # () = default widths
+    c.model.decoder_channels = ()  # () = default widths
     c.model.dropout_rate = ml_collections.config_dict.placeholder(float)  # None = decoder default
     c.data = common.data_config(name="rs_segmentation", builder_config="potsdam", image_size=256)
     c.data.image_key = "image"
     c.data.mask_key = "mask"
-    c.data.class_names = ()            # () = the registry's class names
+    c.data.class_names = ()  # () = the registry's class names
     common.add_dense_train(c, steps=8000, batch_size=16, crop_size=256, lr=1e-3)
     c.eval.batch_size = 8
     c.eval.num_pictures = 4
@@ -67,7 +67,7 @@ def _config(variant: str):
     if variant == "dubai":
         c.model.num_classes = 5
         c.data = common.data_config(name="dubai_aerial_seg", image_size=128, test_scenes=(3, 8))
-        c.data.crop_size = 0           # the 128 px crops whole (flipped and rotated)
+        c.data.crop_size = 0  # the 128 px crops whole (flipped and rotated)
         c.total_steps = 2000
         return c
     if variant == "false_protocol":
@@ -84,7 +84,7 @@ def _config(variant: str):
         c.optimizer.schedule = "poly"
         c.optimizer.poly_power = 0.9
         c.total_steps = 1300
-        c.loss.dice_weight = 0.0       # plain cross entropy
+        c.loss.dice_weight = 0.0  # plain cross entropy
         return c
     c.model.in_channels = 13
     c.data.name = "rs_synthetic"

@@ -36,7 +36,7 @@ def _config(variant: str):
     c = common.pretrain_base()
     c.method = "simclr"
     c.loss.temperature = 0.2
-    c.model.proj_last_bn = True          # the reference head's output BN (no centring)
+    c.model.proj_last_bn = True  # the reference head's output BN (no centring)
     if variant == "smoke":
         return common.smoke(c)
     if variant in common.BENCH_VARIANTS:

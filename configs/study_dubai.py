@@ -95,16 +95,23 @@ COARSE_3CLASS_NAMES = ("water", "built", "other")
 ARMS = {
     "clean_supervised": ("supervised", {}),
     "noisy_coarse": ("supervised", {f"noise.{k}": v for k, v in COARSE_NOISE.items()}),
-    "noisy_coarse_3class": ("supervised", {**{f"noise.{k}": v for k, v in COARSE_NOISE.items()},
-                                           "noise.class_map": COARSE_3CLASS_MAP,
-                                           "noise.class_names": COARSE_3CLASS_NAMES}),
+    "noisy_coarse_3class": (
+        "supervised",
+        {
+            **{f"noise.{k}": v for k, v in COARSE_NOISE.items()},
+            "noise.class_map": COARSE_3CLASS_MAP,
+            "noise.class_names": COARSE_3CLASS_NAMES,
+        },
+    ),
     "simclr": ("false", {"loss.alpha": 0.0}),
     "false": ("false", {}),
 }
 ARM_ORDER = ("random_init",) + tuple(ARMS)
 # Paired differences the table reports (first arm minus second, per label fraction).
-COMPARISONS = ("noisy_coarse-random_init,noisy_coarse-simclr,false-simclr,noisy_coarse_3class-random_init,"
-               "clean_supervised-noisy_coarse,simclr-random_init")
+COMPARISONS = (
+    "noisy_coarse-random_init,noisy_coarse-simclr,false-simclr,noisy_coarse_3class-random_init,"
+    "clean_supervised-noisy_coarse,simclr-random_init"
+)
 
 
 def get_config(arg=None):
@@ -117,27 +124,27 @@ def _config(variant: str):
     c = ml_collections.ConfigDict()
     c.job = "study_dubai"
     c.study = ml_collections.ConfigDict()
-    c.study.name = variant                 # results file names: dubai_<name>_<arm>.json
-    c.study.arms = ",".join(ARM_ORDER)     # comma-separated subset of ARM_ORDER
-    c.study.seeds = "0,1,2"                # shared by every arm (paired differences)
-    c.study.label_fractions = (0.1, 1.0)   # clean-label fractions of the training crops for fine-tuning
-    c.study.max_test = 2000                # test crops scored (the one subset rule; 0 = all)
+    c.study.name = variant  # results file names: dubai_<name>_<arm>.json
+    c.study.arms = ",".join(ARM_ORDER)  # comma-separated subset of ARM_ORDER
+    c.study.seeds = "0,1,2"  # shared by every arm (paired differences)
+    c.study.label_fractions = (0.1, 1.0)  # clean-label fractions of the training crops for fine-tuning
+    c.study.max_test = 2000  # test crops scored (the one subset rule; 0 = all)
     c.study.comparisons = COMPARISONS
-    c.study.overlay_fraction = 0.1         # the overlay picture shows the fine-tunes of this fraction
+    c.study.overlay_fraction = 0.1  # the overlay picture shows the fine-tunes of this fraction
     c.study.firing_thresholds = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
     c.study.firing_batches = 4
     c.study.stop_after_arm = ""
     c.study.time_budget_s = 0.0
-    c.study.out_dir = ""                   # also write each finished arm's JSON here ("" = <workdir>/results)
-    c.study.include_random_init = False    # (rsjax.study.STUDY_MUTABLE_KEYS) random_init is an arm of ARM_ORDER
+    c.study.out_dir = ""  # also write each finished arm's JSON here ("" = <workdir>/results)
+    c.study.include_random_init = False  # (rsjax.study.STUDY_MUTABLE_KEYS) random_init is an arm of ARM_ORDER
 
-    c.max_steps_per_arm = 400              # pretraining steps of every pretraining arm
-    c.epochs = 0                           # (rsjax.study.arm_config: max_steps_per_arm wins)
-    c.batch_size = 32                      # pretraining batch of every arm (crops)
-    c.arm_log_every = 1                    # every pretraining step in metrics.jsonl (FALSE's firing counts)
+    c.max_steps_per_arm = 400  # pretraining steps of every pretraining arm
+    c.epochs = 0  # (rsjax.study.arm_config: max_steps_per_arm wins)
+    c.batch_size = 32  # pretraining batch of every arm (crops)
+    c.arm_log_every = 1  # every pretraining step in metrics.jsonl (FALSE's firing counts)
     c.dtype = "float32"
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.warmup_fraction = 0.05     # of every pretraining's steps
+    c.optimizer.warmup_fraction = 0.05  # of every pretraining's steps
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet10_w32"
@@ -146,12 +153,17 @@ def _config(variant: str):
     c.model.in_channels = 3
     c.model.decoder_channels = (128, 64, 32, 16, 16)
     c.data = common.data_config(
-        name="dubai_aerial_seg", image_size=64, test_scenes=(3, 8), device_resident=True, crop_size=0,
-        augment="rrc(0.2, 1.0)|flip_rot|jitter(0.5, p=0.8, saturation=0.4)|gray(0.2)")  # the SSL views
+        name="dubai_aerial_seg",
+        image_size=64,
+        test_scenes=(3, 8),
+        device_resident=True,
+        crop_size=0,
+        augment="rrc(0.2, 1.0)|flip_rot|jitter(0.5, p=0.8, saturation=0.4)|gray(0.2)",
+    )  # the SSL views
 
     c.analysis = ml_collections.ConfigDict()
-    c.analysis.every = 100                 # supervised arms: per-layer analysis every N steps
-    c.analysis.max_images = 256            # test crops it reads (a measurement; nothing is chosen by it)
+    c.analysis.every = 100  # supervised arms: per-layer analysis every N steps
+    c.analysis.max_images = 256  # test crops it reads (a measurement; nothing is chosen by it)
 
     c.finetune = ml_collections.ConfigDict()
     c.finetune.decoders = ("unet",)
@@ -200,8 +212,15 @@ def add_runs(c: ml_collections.ConfigDict) -> None:
     every encoder gets (a UNet on the 5 clean classes; its ``transfer`` block from ``c.finetune``).
     Left to the job: ``seed``, and from ``max_steps_per_arm`` the steps and warm-up
     (rsjax.study.arm_config)."""
-    shared = ["dtype", "batch_size", "model.name", "model.stem", "model.conv", "model.in_channels",
-              *(f"data.{k}" for k in c.data)]
+    shared = [
+        "dtype",
+        "batch_size",
+        "model.name",
+        "model.stem",
+        "model.conv",
+        "model.in_channels",
+        *(f"data.{k}" for k in c.data),
+    ]
     c.arms = ml_collections.ConfigDict()
     c.arm_sources = ml_collections.ConfigDict()
     for name, (kind, overrides) in ARMS.items():
@@ -217,8 +236,9 @@ def add_runs(c: ml_collections.ConfigDict) -> None:
             common.set_key(a, dotted, value)
         a.lock()
         c.arms[name] = a
-        c.arm_sources[name] = json.dumps({"config": "noisy_label" if kind == "supervised" else "false",
-                                          "overrides": overrides}, sort_keys=True)
+        c.arm_sources[name] = json.dumps(
+            {"config": "noisy_label" if kind == "supervised" else "false", "overrides": overrides}, sort_keys=True
+        )
     f = _supervised(c, 5, False)
     common.link_shared(f, c, shared + ["model.decoder_channels"], {})
     f.transfer.enabled = True

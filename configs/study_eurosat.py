@@ -51,8 +51,10 @@ ARMS = {
 # The paired comparisons the study reports (config.study.comparisons; a 95 % t-interval of the
 # per-seed difference, first arm minus second): the full method against its base, each factor of
 # the factorial, against SimCLR, and the conditioning against the first design.
-COMPARISONS = ("swimdiff-moco_v2,moco_v2_matching-moco_v2,moco_v2_diffusion-moco_v2,swimdiff-moco_v2_matching,"
-               "swimdiff-moco_v2_diffusion,swimdiff-simclr,swimdiff-swimdiff_maps")
+COMPARISONS = (
+    "swimdiff-moco_v2,moco_v2_matching-moco_v2,moco_v2_diffusion-moco_v2,swimdiff-moco_v2_matching,"
+    "swimdiff-moco_v2_diffusion,swimdiff-simclr,swimdiff-swimdiff_maps"
+)
 
 
 def get_config(arg=None):
@@ -66,23 +68,23 @@ def _config(variant: str):
     c.job = "study_eurosat"
     c.seed = 0
     c.study = ml_collections.ConfigDict()
-    c.study.arms = ",".join(ARMS)          # comma-separated subset of ARMS to run
-    c.study.seeds = "0"                    # pretraining seeds, comma-separated
+    c.study.arms = ",".join(ARMS)  # comma-separated subset of ARMS to run
+    c.study.seeds = "0"  # pretraining seeds, comma-separated
     c.study.include_random_init = True
-    c.study.comparisons = COMPARISONS      # "a-b,...": paired differences reported (rsjax.results)
-    c.study.stop_after_arm = ""            # for time-limited slots: stop after this arm; rerun continues
-    c.study.time_budget_s = 0.0            # > 0: start no new run after this many seconds; rerun continues
-    c.study.name = variant                 # results file names: study_<name>_<arm>.json
-    c.study.out_dir = ""                   # also write each finished arm's JSON here (e.g. $OUT); "" = only
-                                           # <workdir>/results
+    c.study.comparisons = COMPARISONS  # "a-b,...": paired differences reported (rsjax.results)
+    c.study.stop_after_arm = ""  # for time-limited slots: stop after this arm; rerun continues
+    c.study.time_budget_s = 0.0  # > 0: start no new run after this many seconds; rerun continues
+    c.study.name = variant  # results file names: study_<name>_<arm>.json
+    c.study.out_dir = ""  # also write each finished arm's JSON here (e.g. $OUT); "" = only
+    # <workdir>/results
     c.epochs = 100
-    c.max_steps_per_arm = 0                # > 0 caps every arm's steps (smoke tests)
+    c.max_steps_per_arm = 0  # > 0 caps every arm's steps (smoke tests)
     c.batch_size = 512
     c.dtype = "bfloat16"
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
     c.model.stem = "standard"
-    c.model.conv = "auto"                  # convolution formulation (rsjax.models.conv)
+    c.model.conv = "auto"  # convolution formulation (rsjax.models.conv)
     c.model.in_channels = 3
     c.temperature = 0.2
     c.optimizer = ml_collections.ConfigDict()
@@ -91,13 +93,18 @@ def _config(variant: str):
     c.optimizer.weight_decay = 5e-4
     c.optimizer.warmup_fraction = 0.05
     c.data = common.data_config(
-        name="eurosat_rgb", builder_config="", image_size=64, device_resident=True,
+        name="eurosat_rgb",
+        builder_config="",
+        image_size=64,
+        device_resident=True,
         augment="rrc(0.2, 1.0)|flip_rot|jitter(0.5, p=0.8, saturation=0.4)|gray(0.2)",  # no blur
         # ONE batch layout for every arm: each image of a batch brings its 2 x 2 adjacent quarter
         # crops, one scene of 4 units (32 images x 4 crops at batch 128), so every arm sees the
         # same images in the same rows at the same scale; only the loss differs.
-        crops_as_scenes=2, scenes_per_batch=0)
-    c.swimdiff_diffusion_size = 32         # denoise a 32 px downsample of the 64 px view
+        crops_as_scenes=2,
+        scenes_per_batch=0,
+    )
+    c.swimdiff_diffusion_size = 32  # denoise a 32 px downsample of the 64 px view
     c.swimdiff_denoiser_channels = 16
     # The denoiser's own optimizer (optimizer.modules.denoiser): Adam, as DDPM trains its UNet; the
     # encoder keeps the SGD every arm shares (the GroupNorm UNet diverges under SGD at that lr:

@@ -80,8 +80,9 @@ ARMS = {
 # The test cities of each fold, "+" between the cities of a fold (see the module docstring).
 FOLDS = "bercy+paris,bordeaux+hongkong,aguasclaras+saclay_e"
 # Paired differences reported (first arm minus second, over the fold x seed pairs).
-COMPARISONS = ("simclr-random_init,moco_v2-random_init,swimdiff-random_init,moco_v2-simclr,swimdiff-simclr,"
-               "swimdiff-moco_v2")
+COMPARISONS = (
+    "simclr-random_init,moco_v2-random_init,swimdiff-random_init,moco_v2-simclr,swimdiff-simclr,swimdiff-moco_v2"
+)
 
 
 def get_config(arg=None):
@@ -95,18 +96,18 @@ def _config(variant: str):
     c.job = "study_oscd"
     c.seed = 0
     c.study = ml_collections.ConfigDict()
-    c.study.arms = ",".join(ARMS)          # comma-separated subset of ARMS to run
-    c.study.seeds = "0,1,2"                # pretraining and change-detection seeds, shared by the arms
+    c.study.arms = ",".join(ARMS)  # comma-separated subset of ARMS to run
+    c.study.seeds = "0,1,2"  # pretraining and change-detection seeds, shared by the arms
     c.study.include_random_init = True
-    c.study.folds = FOLDS                  # test cities per fold (scene names: the records' `city`)
-    c.study.scene_name_key = "city"        # the feature naming a scene (scene_id -> name)
+    c.study.folds = FOLDS  # test cities per fold (scene names: the records' `city`)
+    c.study.scene_name_key = "city"  # the feature naming a scene (scene_id -> name)
     c.study.comparisons = COMPARISONS
-    c.study.stop_after_arm = ""            # stop after this arm; rerun continues
-    c.study.time_budget_s = 0.0            # > 0: start no new run after this many seconds; rerun continues
-    c.study.name = variant                 # results file names: oscd_<name>_<arm>.json
-    c.study.out_dir = ""                   # also write each finished arm's JSON here (e.g. results)
-    c.study.picture_city = "hongkong"      # the test city of the prediction picture
-    c.epochs = 0                           # > 0 (and max_steps_per_arm 0): epochs over the fold's patches
+    c.study.stop_after_arm = ""  # stop after this arm; rerun continues
+    c.study.time_budget_s = 0.0  # > 0: start no new run after this many seconds; rerun continues
+    c.study.name = variant  # results file names: oscd_<name>_<arm>.json
+    c.study.out_dir = ""  # also write each finished arm's JSON here (e.g. results)
+    c.study.picture_city = "hongkong"  # the test city of the prediction picture
+    c.epochs = 0  # > 0 (and max_steps_per_arm 0): epochs over the fold's patches
     # Every pretraining run takes this many steps, whatever the fold (8 epochs of the Paris fold's
     # 3,200 patches, 10 of the others' 2,496): equal budgets, and one program per arm for every
     # fold and seed (the schedule's length is compiled in; the compilation cache reuses it).
@@ -126,9 +127,15 @@ def _config(variant: str):
     c.optimizer.warmup_fraction = 0.05
     # The pretraining data (shared by every arm); the job sets data.test_scenes per fold.
     c.data = common.data_config(
-        name="oscd", builder_config=None, image_size=32, device_resident=True,
-        pretrain_images=("image_a", "image_b"), crops_as_scenes=4, scenes_per_batch=0,
-        augment="rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)")
+        name="oscd",
+        builder_config=None,
+        image_size=32,
+        device_resident=True,
+        pretrain_images=("image_a", "image_b"),
+        crops_as_scenes=4,
+        scenes_per_batch=0,
+        augment="rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)",
+    )
     c.swimdiff_diffusion_size = 16
     c.swimdiff_denoiser_channels = 16
     c.swimdiff_denoiser_lr = 1e-3
@@ -142,21 +149,21 @@ def _config(variant: str):
         cd.data[key] = c.data.get_ref(key)
     cd.dtype = c.get_ref("dtype")
     cd.model.decoder_channels = (128, 64, 32, 16, 16)
-    cd.total_steps = 0                     # per mode: cd_steps
+    cd.total_steps = 0  # per mode: cd_steps
     cd.batch_size = 16
-    cd.optimizer.lr = 1e-2                 # the decoder's; a fine-tuned encoder takes a tenth
+    cd.optimizer.lr = 1e-2  # the decoder's; a fine-tuned encoder takes a tenth
     cd.optimizer.module_lr_scale = "encoder=0.1"
-    cd.loss.dice_reduction = "batch"       # one Dice over the batch: crops without change do not pull it to "none"
+    cd.loss.dice_reduction = "batch"  # one Dice over the batch: crops without change do not pull it to "none"
     # Unweighted BCE. 0.5 (the change pixels weighted by sqrt((1 - f) / f), ~10 here) was probed once
     # (docs/results.md): frozen F1 0.17 -> 0.28, fine-tuned 0.15 -> 0.00; not adopted on one probe.
     cd.loss.pos_weight_power = 0.0
     cd.optimizer.warmup_steps = 15
     cd.log_every = 25
-    cd.checkpoint_every = 100_000          # one checkpoint, at the end
+    cd.checkpoint_every = 100_000  # one checkpoint, at the end
     cd.keep_checkpoints = 1
     cd.eval.batch_size = 32
     cd.eval.num_pictures = 4
-    cd.eval.save_predictions = True        # the study's picture of a test city reads them
+    cd.eval.save_predictions = True  # the study's picture of a test city reads them
     c.cd = cd
     # Change-detection steps per mode. A fine-tuning step costs ~3x a frozen one (the encoder's
     # backward pass). At 200 frozen steps the decoder often had not left "no change" yet (F1 0.0

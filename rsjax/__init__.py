@@ -11,19 +11,32 @@ from rsjax import backend as _backend
 __version__ = "0.1.0"
 
 LAYERS = (
-    ("rsjax", "rsjax.errors", "rsjax.backend", "rsjax.versions"),            # no rsjax imports
-    ("rsjax.sharding", "rsjax.diffusion", "rsjax.losses", "rsjax.flops", "rsjax.plots", "rsjax.results",
-     "rsjax.trainable"),                                                       # pure helpers
-    ("rsjax.data",),                                                           # reading, ops, pipelines
+    ("rsjax", "rsjax.errors", "rsjax.backend", "rsjax.versions"),  # no rsjax imports
+    (
+        "rsjax.sharding",
+        "rsjax.diffusion",
+        "rsjax.losses",
+        "rsjax.flops",
+        "rsjax.plots",
+        "rsjax.results",
+        "rsjax.trainable",
+    ),  # pure helpers
+    ("rsjax.data",),  # reading, ops, pipelines
     ("rsjax.optim", "rsjax.workdir", "rsjax.tfds_builders"),
     ("rsjax.models",),
-    ("rsjax.methods", "rsjax.tasks"),                                         # Trainables; neither imports the other
-    ("rsjax.trainables",),                                                     # config.method -> a Trainable
+    ("rsjax.methods", "rsjax.tasks"),  # Trainables; neither imports the other
+    ("rsjax.trainables",),  # config.method -> a Trainable
     ("rsjax.checkpoint",),
-    ("rsjax.train",),                                                          # the one loop
+    ("rsjax.train",),  # the one loop
     ("rsjax.evaluate",),
-    ("rsjax.export", "rsjax.import_weights", "rsjax.study", "rsjax.noisy_label", "rsjax.bench_peer",
-     "rsjax.notebook_utils"),
+    (
+        "rsjax.export",
+        "rsjax.import_weights",
+        "rsjax.study",
+        "rsjax.noisy_label",
+        "rsjax.bench_peer",
+        "rsjax.notebook_utils",
+    ),
     ("rsjax.bench", "rsjax.jobs"),
     ("rsjax.main",),
 )

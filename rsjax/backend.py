@@ -68,8 +68,12 @@ def xla_knows(flag: str) -> bool:
         return bool(known[flag])
     env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu", "RSJAX_CPU_XLA_FLAGS": "0"}
     try:
-        ok = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"], env=env,
-                            capture_output=True, timeout=300).returncode == 0
+        ok = (
+            subprocess.run(
+                [sys.executable, "-c", "import jax; jax.devices('cpu')"], env=env, capture_output=True, timeout=300
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     known[flag] = ok

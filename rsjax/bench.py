@@ -76,14 +76,22 @@ def _define_flags():
     flags.DEFINE_integer("warmup", 3, "Untimed steps after the compiling call.")
     flags.DEFINE_enum("peer", "none", ["none", "torch"], "Also time the PyTorch peer in this process.")
     flags.DEFINE_bool("peer_compile", None, "torch.compile the peer step (default: on CUDA yes, on the CPU no: eager).")
-    flags.DEFINE_list("conv", [], "Convolution formulations to time in this run (model.conv), e.g. lax,auto; "
-                      "default: the config's own.")
-    flags.DEFINE_bool("conv_shapes", False, "Time every convolution shape of the config's step under each "
-                      "formulation (forward + both gradients) instead of the step.")
+    flags.DEFINE_list(
+        "conv",
+        [],
+        "Convolution formulations to time in this run (model.conv), e.g. lax,auto; default: the config's own.",
+    )
+    flags.DEFINE_bool(
+        "conv_shapes",
+        False,
+        "Time every convolution shape of the config's step under each "
+        "formulation (forward + both gradients) instead of the step.",
+    )
     flags.DEFINE_enum("input", "views", ["views", "device_augment"], "Input of the timed step.")
     flags.DEFINE_string("out", "", "Write (or append the row to) this results JSON (default: print only).")
     flags.DEFINE_bool("flops_only", False, "Only count the step's model FLOPs (tracing; no compile, no device work).")
     flags.mark_flags_as_required(["config"])
+
 
 # Dense bf16 peak FLOP/s (no sparsity) by device kind substring, with where the figure comes from.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "v5e": 197e12, "v4": 275e12}
@@ -129,8 +137,10 @@ def cpu_peak() -> tuple[float | None, str]:
         fpc, why = 16, "SSE: 2 x 128-bit mul + add"
     cores = len(os.sched_getaffinity(0))
     model = info.get("model name", "?")
-    return (cores * mhz * 1e6 * fpc,
-            f"{model}: {cores} cores x {mhz:.0f} MHz (/proc/cpuinfo, nominal) x {fpc} FP32 FLOP/cycle ({why})")
+    return (
+        cores * mhz * 1e6 * fpc,
+        f"{model}: {cores} cores x {mhz:.0f} MHz (/proc/cpuinfo, nominal) x {fpc} FP32 FLOP/cycle ({why})",
+    )
 
 
 def _peak_key(kind: str):
@@ -177,11 +187,17 @@ def _random_batch(config, input_mode: str) -> dict:
     b, s, c = config.batch_size, config.data.image_size, config.model.in_channels
     rng = np.random.default_rng(0)
     if input_mode == "device_augment":
-        return {"image": rng.integers(0, 255, (b, s, s, c), dtype=np.uint8),
-                "label": np.zeros((b,), np.int32), "scene_id": np.arange(b, dtype=np.int32) // 2}
-    return {"view1": rng.standard_normal((b, s, s, c), dtype=np.float32),
-            "view2": rng.standard_normal((b, s, s, c), dtype=np.float32),
-            "label": np.zeros((b,), np.int32), "scene_id": np.arange(b, dtype=np.int32) // 2}
+        return {
+            "image": rng.integers(0, 255, (b, s, s, c), dtype=np.uint8),
+            "label": np.zeros((b,), np.int32),
+            "scene_id": np.arange(b, dtype=np.int32) // 2,
+        }
+    return {
+        "view1": rng.standard_normal((b, s, s, c), dtype=np.float32),
+        "view2": rng.standard_normal((b, s, s, c), dtype=np.float32),
+        "label": np.zeros((b,), np.int32),
+        "scene_id": np.arange(b, dtype=np.int32) // 2,
+    }
 
 
 def config_flops(config, input_mode: str = "views") -> float:
@@ -200,8 +216,9 @@ def config_flops(config, input_mode: str = "views") -> float:
         batch = {"view1": sds((b, s, s, c), np.float32), "view2": sds((b, s, s, c), np.float32)}
     batch.update(label=sds((b,), np.int32), scene_id=sds((b,), np.int32))
     transform = input_lib.make_batch_transform(config) if input_mode == "device_augment" else None
-    return step_flops(config, train.make_train_step(method, tx, schedule, seed=config.seed, batch_transform=transform),
-                      state, batch)
+    return step_flops(
+        config, train.make_train_step(method, tx, schedule, seed=config.seed, batch_transform=transform), state, batch
+    )
 
 
 def bench_rsjax(config, *, steps: int, warmup: int, input_mode: str) -> dict:
@@ -321,22 +338,43 @@ def run_peer(config, *, steps: int, warmup: int, compile_: bool | None) -> dict:
         cuda = False
     if cuda:
         return bench_peer.torch_simclr_step(
-            arch=m.name, batch_size=config.batch_size, image_size=config.data.image_size,
-            in_channels=m.in_channels, steps=steps, warmup=warmup, compile_=True if compile_ is None else compile_)
+            arch=m.name,
+            batch_size=config.batch_size,
+            image_size=config.data.image_size,
+            in_channels=m.in_channels,
+            steps=steps,
+            warmup=warmup,
+            compile_=True if compile_ is None else compile_,
+        )
     if config.method != "simclr":
         return {"error": f"the CPU torch peer implements the SimCLR step only, not {config.method}"}
     return bench_peer.torch_cpu_simclr_step(
-        arch=m.name, batch_size=config.batch_size, image_size=config.data.image_size, in_channels=m.in_channels,
-        stem=m.get("stem", "standard"), proj_hidden_dim=m.proj_hidden_dim, proj_dim=m.proj_dim,
-        proj_last_bn=bool(m.get("proj_last_bn", False)), temperature=float(config.loss.temperature),
-        lr=float(config.optimizer.lr), weight_decay=float(config.optimizer.weight_decay),
-        steps=steps, warmup=warmup, compile_=bool(compile_))
+        arch=m.name,
+        batch_size=config.batch_size,
+        image_size=config.data.image_size,
+        in_channels=m.in_channels,
+        stem=m.get("stem", "standard"),
+        proj_hidden_dim=m.proj_hidden_dim,
+        proj_dim=m.proj_dim,
+        proj_last_bn=bool(m.get("proj_last_bn", False)),
+        temperature=float(config.loss.temperature),
+        lr=float(config.optimizer.lr),
+        weight_decay=float(config.optimizer.weight_decay),
+        steps=steps,
+        warmup=warmup,
+        compile_=bool(compile_),
+    )
 
 
 def _conv_key(eqn) -> tuple:
     p = eqn.params
-    return (tuple(eqn.invars[0].aval.shape), tuple(eqn.invars[1].aval.shape), tuple(p["window_strides"]),
-            tuple(tuple(x) for x in p["padding"]), tuple(p["rhs_dilation"]))
+    return (
+        tuple(eqn.invars[0].aval.shape),
+        tuple(eqn.invars[1].aval.shape),
+        tuple(p["window_strides"]),
+        tuple(tuple(x) for x in p["padding"]),
+        tuple(p["rhs_dilation"]),
+    )
 
 
 def conv_shapes(config) -> list[dict]:
@@ -355,8 +393,10 @@ def conv_shapes(config) -> list[dict]:
         if any(d != 1 for d in eqn.params["lhs_dilation"]) or eqn.params["feature_group_count"] != 1:
             continue
         counts[_conv_key(eqn)] = counts.get(_conv_key(eqn), 0) + 1
-    return [{"x": k[0], "kernel": k[1], "strides": k[2], "padding": k[3], "dilation": k[4], "count": n}
-            for k, n in counts.items()]
+    return [
+        {"x": k[0], "kernel": k[1], "strides": k[2], "padding": k[3], "dilation": k[4], "count": n}
+        for k, n in counts.items()
+    ]
 
 
 def time_conv_shapes(shapes: list[dict], impls=("lax", "taps", "im2col"), reps: int = 5) -> list[dict]:
@@ -367,12 +407,13 @@ def time_conv_shapes(shapes: list[dict], impls=("lax", "taps", "im2col"), reps: 
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal(sh["x"], np.float32))
         w = jnp.asarray(rng.standard_normal(sh["kernel"], np.float32))
-        row = dict(sh, auto=conv_lib.choose(sh["x"], sh["kernel"], sh["strides"], sh["padding"], sh["dilation"]),
-                   ms={})
+        row = dict(sh, auto=conv_lib.choose(sh["x"], sh["kernel"], sh["strides"], sh["padding"], sh["dilation"]), ms={})
         for impl in impls:
+
             def f(x, w, impl=impl):
-                y = conv_lib.conv2d(x, w, strides=sh["strides"], padding=sh["padding"], dilation=sh["dilation"],
-                                    impl=impl)
+                y = conv_lib.conv2d(
+                    x, w, strides=sh["strides"], padding=sh["padding"], dilation=sh["dilation"], impl=impl
+                )
                 return jnp.sum(y * y)
 
             g = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
@@ -402,11 +443,16 @@ def main(argv):
     if FLAGS.conv_shapes:
         impls = [i for i in (FLAGS.conv or ["lax", "taps", "im2col"]) if i != "auto"]
         table = time_conv_shapes(conv_shapes(config), impls)
-        print(f"{'input':>18} {'kernel':>16} {'stride':>6} {'dil':>4} {'n':>2}  "
-              + "  ".join(f"{i:>8}" for i in impls) + "  auto picks")
+        print(
+            f"{'input':>18} {'kernel':>16} {'stride':>6} {'dil':>4} {'n':>2}  "
+            + "  ".join(f"{i:>8}" for i in impls)
+            + "  auto picks"
+        )
         for r in table:
             best = min(r["ms"], key=r["ms"].get)
-            shape = f"{str(r['x']):>18} {str(r['kernel']):>16} {r['strides'][0]:>6} {r['dilation'][0]:>4} {r['count']:>2}"
+            shape = (
+                f"{str(r['x']):>18} {str(r['kernel']):>16} {r['strides'][0]:>6} {r['dilation'][0]:>4} {r['count']:>2}"
+            )
             times = "  ".join(f"{r['ms'][i]:8.2f}" for i in impls)
             print(f"{shape}  {times}  {r['auto']}" + ("" if r["auto"] == best else f" (fastest here: {best})"))
         row["conv_shapes"] = table
@@ -416,8 +462,9 @@ def main(argv):
     impls = list(FLAGS.conv) or [config.model.get("conv", "auto")]
     by_conv = {}
     for impl in impls:
-        by_conv[impl] = bench_rsjax(_with_conv(config, impl), steps=FLAGS.steps, warmup=FLAGS.warmup,
-                                    input_mode=FLAGS.input)
+        by_conv[impl] = bench_rsjax(
+            _with_conv(config, impl), steps=FLAGS.steps, warmup=FLAGS.warmup, input_mode=FLAGS.input
+        )
     own = config.model.get("conv", "auto")
     row["rsjax"] = by_conv.get(own) or by_conv[impls[-1]]
     if FLAGS.conv:
@@ -428,10 +475,12 @@ def main(argv):
         if peer.get("images_per_s"):
             row["ratio_rsjax_over_peer"] = row["rsjax"]["images_per_s"] / peer["images_per_s"]
     for impl, r in by_conv.items():
-        line = (f"rsjax {r['method']} {r['model']} b{r['batch_size']} {r['image_size']}px {r['dtype']} conv={impl} "
-                f"[{r['input']}] on {r['num_devices']}x {r['device']}: {r['images_per_s']:,.0f} img/s (both views), "
-                f"step {r['step_ms_median']:.2f} ms (p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}), "
-                f"compile {r['compile_s']:.1f} s, {r['flops_per_step'] / 1e12:.3f} TFLOP/step")
+        line = (
+            f"rsjax {r['method']} {r['model']} b{r['batch_size']} {r['image_size']}px {r['dtype']} conv={impl} "
+            f"[{r['input']}] on {r['num_devices']}x {r['device']}: {r['images_per_s']:,.0f} img/s (both views), "
+            f"step {r['step_ms_median']:.2f} ms (p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}), "
+            f"compile {r['compile_s']:.1f} s, {r['flops_per_step'] / 1e12:.3f} TFLOP/step"
+        )
         if r["mfu"] is not None:
             line += f", {r['gflops_per_s']:,.0f} GFLOP/s = {r['mfu']:.1%} of peak"
         if r["peak_memory_gb"] is not None:
@@ -446,8 +495,10 @@ def main(argv):
         if "error" in p:
             print(f"peer torch: not timed ({p['error']})")
         else:
-            print(f"peer {p.get('framework')} {p.get('mode')}: {p['images_per_s']:,.0f} img/s; "
-                  f"ratio rsjax/peer = {row['ratio_rsjax_over_peer']:.2f}x")
+            print(
+                f"peer {p.get('framework')} {p.get('mode')}: {p['images_per_s']:,.0f} img/s; "
+                f"ratio rsjax/peer = {row['ratio_rsjax_over_peer']:.2f}x"
+            )
     if FLAGS.out:
         append_row(FLAGS.out, row)
     print(json.dumps(results.to_strict_json(row)))

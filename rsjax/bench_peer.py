@@ -59,10 +59,24 @@ def _timed(fn, args, *, steps: int, warmup: int, sync=lambda: None) -> tuple[flo
     return first, _median(times), out
 
 
-def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channels: int, stem: str,
-                          proj_hidden_dim: int, proj_dim: int, proj_last_bn: bool, temperature: float,
-                          lr: float, weight_decay: float, steps: int = 20, warmup: int = 3,
-                          threads: int | None = None, compile_: bool = False) -> dict:
+def torch_cpu_simclr_step(
+    *,
+    arch: str,
+    batch_size: int,
+    image_size: int,
+    in_channels: int,
+    stem: str,
+    proj_hidden_dim: int,
+    proj_dim: int,
+    proj_last_bn: bool,
+    temperature: float,
+    lr: float,
+    weight_decay: float,
+    steps: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    compile_: bool = False,
+) -> dict:
     """One SimCLR train step of rsjax's model in torch on the CPU, timed: encoder (the reference
     ResNet), head Linear -> BN -> ReLU -> Linear (-> BN without centring when ``proj_last_bn``),
     NT-Xent over the 2B views at ``temperature``, SGD (momentum 0.9, ``weight_decay``).
@@ -76,8 +90,12 @@ def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_cha
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     enc = torch_resnet.reference_resnet(arch, in_channels, stem=stem)
-    layers = [torch.nn.Linear(enc.num_features, proj_hidden_dim, bias=False), torch.nn.BatchNorm1d(proj_hidden_dim),
-              torch.nn.ReLU(), torch.nn.Linear(proj_hidden_dim, proj_dim, bias=not proj_last_bn)]
+    layers = [
+        torch.nn.Linear(enc.num_features, proj_hidden_dim, bias=False),
+        torch.nn.BatchNorm1d(proj_hidden_dim),
+        torch.nn.ReLU(),
+        torch.nn.Linear(proj_hidden_dim, proj_dim, bias=not proj_last_bn),
+    ]
     if proj_last_bn:
         layers.append(torch.nn.BatchNorm1d(proj_dim, affine=True))
     head = torch.nn.Sequential(*layers)
@@ -90,13 +108,28 @@ def torch_cpu_simclr_step(*, arch: str, batch_size: int, image_size: int, in_cha
     x = torch.randn(2 * n, in_channels, image_size, image_size, generator=g)  # both views, one forward
     enc.train(), head.train()
     first, med, loss = _timed(fn, (x,), steps=steps, warmup=warmup)
-    return {"framework": "torch " + torch.__version__, "mode": "compiled" if compile_ else "eager",
-            "images_per_s": 2 * n / med, "step_ms_median": 1e3 * med, "first_call_s": first,
-            "threads": threads, "device": "cpu", "final_loss": float(loss)}
+    return {
+        "framework": "torch " + torch.__version__,
+        "mode": "compiled" if compile_ else "eager",
+        "images_per_s": 2 * n / med,
+        "step_ms_median": 1e3 * med,
+        "first_call_s": first,
+        "threads": threads,
+        "device": "cpu",
+        "final_loss": float(loss),
+    }
 
 
-def torch_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channels: int = 3, steps: int = 20,
-                      warmup: int = 5, compile_: bool = True) -> dict:
+def torch_simclr_step(
+    *,
+    arch: str,
+    batch_size: int,
+    image_size: int,
+    in_channels: int = 3,
+    steps: int = 20,
+    warmup: int = 5,
+    compile_: bool = True,
+) -> dict:
     try:
         import torch  # optional dependency (torch): only for the PyTorch side
         import torchvision  # optional dependency (torchvision)
@@ -123,6 +156,11 @@ def torch_simclr_step(*, arch: str, batch_size: int, image_size: int, in_channel
     x1 = torch.randn(n, in_channels, image_size, image_size, device="cuda").to(memory_format=torch.channels_last)
     x2 = torch.randn(n, in_channels, image_size, image_size, device="cuda").to(memory_format=torch.channels_last)
     first, med, _ = _timed(fn, (x1, x2), steps=steps, warmup=warmup, sync=torch.cuda.synchronize)
-    return {"framework": "torch " + torch.__version__, "mode": "compiled" if compile_ else "eager",
-            "images_per_s": 2 * n / med, "step_ms_median": 1e3 * med, "first_call_s": first,
-            "device": torch.cuda.get_device_name()}
+    return {
+        "framework": "torch " + torch.__version__,
+        "mode": "compiled" if compile_ else "eager",
+        "images_per_s": 2 * n / med,
+        "step_ms_median": 1e3 * med,
+        "first_call_s": first,
+        "device": torch.cuda.get_device_name(),
+    }

@@ -51,8 +51,9 @@ def async_default() -> bool:
     return jax.default_backend() != "cpu"
 
 
-def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
-                 async_save: bool | None = None) -> ocp.CheckpointManager:
+def make_manager(
+    workdir: str, *, max_to_keep: int = 3, read_only: bool = False, async_save: bool | None = None
+) -> ocp.CheckpointManager:
     """The run's CheckpointManager; ``async_save=None`` means :func:`async_default`.
 
     Asynchronous saves are as atomic as synchronous ones (Orbax finalizes a step by renaming
@@ -65,8 +66,11 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
     _install_noise_filter()  # before any read: even item_metadata of a damaged step leaves some
     # Handlers named up front (not only item names) so that a read-only manager can read a
     # step's array metadata before restoring anything (see read_state).
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": ocp.JsonCheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+    }
 
     # A reader: Orbax warns three times that a read-only manager saves nothing ("read_only=True,
     # setting max_to_keep=None", ...), which is what the caller asked for.
@@ -96,22 +100,24 @@ def _save_replicated_from_one_device() -> None:
     if getattr(_save_replicated_from_one_device, "done", False):
         return
     if jax.default_backend() == "cpu":  # backends are up: called after distributed init
-
         verbosity = absl_logging.get_verbosity()
         absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about the override
         try:
             # Keep the default handler's array-metadata store: the PyTree handlers read it back.
             store = getattr(ocp.type_handlers.get_type_handler(jax.Array), "_array_metadata_store", None)
             ocp.type_handlers.register_type_handler(
-                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False, array_metadata_store=store),
-                override=True)
+                jax.Array,
+                ocp.type_handlers.ArrayHandler(use_replica_parallel=False, array_metadata_store=store),
+                override=True,
+            )
         finally:
             absl_logging.set_verbosity(verbosity)
     _save_replicated_from_one_device.done = True  # type: ignore[attr-defined]
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config_dict: dict,
-         *, block: bool = True) -> None:
+def save(
+    manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config_dict: dict, *, block: bool = True
+) -> None:
     """Saves ``step``; with ``block=False`` an asynchronous manager returns once the arrays are
     on the host (the caller waits with ``manager.wait_until_finished()`` before exiting)."""
     manager.save(
@@ -148,18 +154,23 @@ def disk_full_is_one_line(checkpoint_dir: str, step_of: Any = None):
     except Exception as e:  # noqa: BLE001 - re-raised unless it is a full disk
         if not _disk_full(e):
             raise
-        partial = sorted(n for n in (os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else [])
-                         if ".orbax-checkpoint-tmp" in n)
+        partial = sorted(
+            n
+            for n in (os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else [])
+            if ".orbax-checkpoint-tmp" in n
+        )
         for name in partial:
             shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
-        complete = sorted(int(n) for n in os.listdir(checkpoint_dir) if n.isdigit()) if os.path.isdir(
-            checkpoint_dir) else []
+        complete = (
+            sorted(int(n) for n in os.listdir(checkpoint_dir) if n.isdigit()) if os.path.isdir(checkpoint_dir) else []
+        )
         last = f"step {complete[-1]}" if complete else "none yet"
         raise CheckpointError(
             f"no space left on device while writing a checkpoint in {checkpoint_dir}"
             f"{f' (step {step_of()})' if callable(step_of) else ''}: the partial write was removed "
             f"({', '.join(partial) or 'none left'}); last complete checkpoint: {last}. Free space and rerun "
-            f"the same command to resume") from None
+            f"the same command to resume"
+        ) from None
 
 
 def _path_str(path) -> str:
@@ -168,8 +179,9 @@ def _path_str(path) -> str:
 
 
 def _shapes(tree) -> dict[str, tuple]:
-    return {_path_str(p): tuple(getattr(leaf, "shape", ()))
-            for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        _path_str(p): tuple(getattr(leaf, "shape", ())) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def fit_problems(stored_tree, template) -> list[str]:
@@ -273,8 +285,9 @@ def stored_config(manager: ocp.CheckpointManager, step: int) -> dict | None:
         return None
 
 
-def restore_latest(manager: ocp.CheckpointManager, state_template: Any, config_dict: dict | None = None,
-                   *, mutable=None):
+def restore_latest(
+    manager: ocp.CheckpointManager, state_template: Any, config_dict: dict | None = None, *, mutable=None
+):
     """Restores the newest readable step. Returns ``(step, state, data_state)`` or None.
 
     For each step, newest first, three different outcomes are told apart:
@@ -304,19 +317,22 @@ def restore_latest(manager: ocp.CheckpointManager, state_template: Any, config_d
         else:
             error = None
             if stored is not None:
-                diffs = workdir_lib.config_diff(stored, json.loads(json.dumps(workdir_lib.strict_json(config_dict))),
-                                                mutable)
+                diffs = workdir_lib.config_diff(
+                    stored, json.loads(json.dumps(workdir_lib.strict_json(config_dict))), mutable
+                )
                 if diffs:
                     raise CheckpointError(
                         f"checkpoint {path} was written with another config ({'; '.join(diffs[:5])}"
                         f"{' ...' if len(diffs) > 5 else ''}); resume with the config it was written with, "
-                        f"or use a new --workdir (nothing was changed)")
+                        f"or use a new --workdir (nothing was changed)"
+                    )
             problems = fit_problems(metadata, state_template) if metadata is not None else []
             if problems:
                 raise CheckpointError(
                     f"checkpoint {path} does not fit this config ({len(problems)} parameter(s) differ: "
                     f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}); resume with the config it "
-                    f"was written with, or use a new --workdir (nothing was changed)")
+                    f"was written with, or use a new --workdir (nothing was changed)"
+                )
             try:
                 with _quiet_failed_restore():
                     restored = manager.restore(
@@ -331,9 +347,14 @@ def restore_latest(manager: ocp.CheckpointManager, state_template: Any, config_d
         if error is not None:
             unreadable.append(step)
             earlier = i + 1 < len(steps)
-            _warn(f"checkpoint {path} is unreadable ({_short(error)}); "
-                  + ("falling back to an earlier step" if earlier else
-                     "no earlier checkpoint: training starts from step 0"))
+            _warn(
+                f"checkpoint {path} is unreadable ({_short(error)}); "
+                + (
+                    "falling back to an earlier step"
+                    if earlier
+                    else "no earlier checkpoint: training starts from step 0"
+                )
+            )
             continue
         found = step, restored["state"], restored["data"]["iterator"]
         break
@@ -394,8 +415,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def _read_state_at(manager: ocp.CheckpointManager, step: int):
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device),
-                          manager.item_metadata(step)["state"])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device),
+        manager.item_metadata(step)["state"],
+    )
     with _quiet_failed_restore():
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return jax.tree.map(np.asarray, restored["state"])
@@ -425,8 +448,9 @@ def read_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
         try:
             return int(step), _read_state_at(manager, step)
         except Exception as e:  # noqa: BLE001 - damaged files of the one step asked for
-            raise CheckpointError(f"checkpoint {os.path.join(checkpoint_dir(workdir), str(step))} is unreadable "
-                                  f"({_short(e)})") from e
+            raise CheckpointError(
+                f"checkpoint {os.path.join(checkpoint_dir(workdir), str(step))} is unreadable ({_short(e)})"
+            ) from e
     errors = []
     for s in steps:
         try:
@@ -462,15 +486,16 @@ def load_encoder(workdir: str, step: int | None = None):
     step, state = read_state(workdir, step)
     imported = config.get("job", None) == IMPORTED_JOB
     if "encoder" not in state.get("params", {}):
-        raise CheckpointError(f"checkpoint {step} of {workdir} holds no encoder (parameter modules: "
-                              f"{sorted(state.get('params', {}))})")
+        raise CheckpointError(
+            f"checkpoint {step} of {workdir} holds no encoder (parameter modules: {sorted(state.get('params', {}))})"
+        )
     if not imported:
         if "method" not in config:  # e.g. a segmentation or change-detection run's workdir
-
             raise CheckpointError(
                 f"{workdir} holds a {config.get('job', '?')!r} run, not a pretraining run: an encoder is read from "
                 f"the workdir of a pretraining job (one with config.method, e.g. configs/swimdiff.py) or of "
-                f"python -m rsjax.import_weights")
+                f"python -m rsjax.import_weights"
+            )
         trainables.from_config(config)  # validates the config names an existing method
     normalization = registry.normalization_name(config.data.normalization)  # config completed when read
     n = int(config.model.in_channels)
@@ -497,5 +522,3 @@ def load_encoder(workdir: str, step: int | None = None):
     if imported:
         meta["imported_from"] = config.imported.to_dict()
     return state["params"]["encoder"], state["batch_stats"]["encoder"], meta
-
-

@@ -56,9 +56,7 @@ def linear_beta_schedule(
     if num_steps < 1:
         raise ValueError(f"linear_beta_schedule: num_steps={num_steps} must be >= 1")
     if not 0.0 < beta_start <= beta_end < 1.0:
-        raise ValueError(
-            f"linear_beta_schedule: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}"
-        )
+        raise ValueError(f"linear_beta_schedule: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     return jnp.asarray(np.linspace(beta_start, beta_end, num_steps, dtype=np.float64), jnp.float32)
 
 

@@ -143,6 +143,7 @@ def parse_flags(prog: str, config_flag=None) -> Callable[[list[str]], list[str]]
     ``config_flags.DEFINE_config_file``) so that both surface here, and turns them into
     ``<prog>: error: ...`` with exit status 2.
     """
+
     def parser(argv: list[str]) -> list[str]:
         try:
             with config_errors():
@@ -155,8 +156,11 @@ def parse_flags(prog: str, config_flag=None) -> Callable[[list[str]], list[str]]
                 except (KeyError, AttributeError) as e:  # ml_collections: override of an unknown key
                     key = _message(e).split("\n")[0].strip("'\" ")
                     arg = _offending_override(argv, key)
-                    raise ConfigError(f"unknown config key {key!r}" + (f" in {arg}" if arg else "")
-                                      + "; check the spelling against the config file") from e
+                    raise ConfigError(
+                        f"unknown config key {key!r}"
+                        + (f" in {arg}" if arg else "")
+                        + "; check the spelling against the config file"
+                    ) from e
                 # ml_collections defers a config file that failed to load (a placeholder that
                 # raises on first use, in the middle of the job): surface it here.
                 error = getattr(config_flag.value, "_error", None) if config_flag is not None else None
@@ -174,6 +178,7 @@ def parse_flags(prog: str, config_flag=None) -> Callable[[list[str]], list[str]]
 def run_cli(main: Callable, prog: str, config_flag=None) -> None:
     """``absl.app.run(main)`` with :func:`parse_flags` and every :class:`RsjaxError` raised by
     ``main`` printed in one line (exit 2); other exceptions keep their traceback."""
+
     def wrapped(argv):
         try:
             return main(argv)

@@ -77,7 +77,7 @@ def iter_eqns(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn
         for v in eqn.params.values():
-            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
                 if isinstance(sub, jcore.ClosedJaxpr):
                     yield from iter_eqns(sub.jaxpr)
                 elif isinstance(sub, jcore.Jaxpr):

@@ -105,8 +105,9 @@ def import_weights(
         except ValueError as e:
             raise ConfigError(f"--data: {e}") from None
         if info.num_bands != int(in_channels):
-            raise ConfigError(f"--data={data!r} has {info.num_bands} bands {list(info.bands)} but "
-                             f"--in_channels={in_channels}")
+            raise ConfigError(
+                f"--data={data!r} has {info.num_bands} bands {list(info.bands)} but --in_channels={in_channels}"
+            )
     weights = os.path.abspath(weights)
     if not os.path.isfile(weights):
         raise MissingDataError(f"--weights={weights}: no such file")
@@ -114,13 +115,15 @@ def import_weights(
         raise ConfigError(f"--weights={weights}: expected a {' / '.join(SUFFIXES)} file")
     out = os.path.abspath(workdir)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise WorkdirError(f"--workdir={out} already exists and is not empty; choose a new directory "
-                         f"(nothing was written)")
+        raise WorkdirError(
+            f"--workdir={out} already exists and is not empty; choose a new directory (nothing was written)"
+        )
 
     # -- map the weights (refuses unknown / missing / mis-shaped keys) --------------------------
     sd = torch_import.read_torch_weights(weights)
     params, batch_stats, report = torch_import.torch_to_flax_state(
-        sd, arch=arch, in_channels=int(in_channels), fmt=fmt, source=weights)
+        sd, arch=arch, in_channels=int(in_channels), fmt=fmt, source=weights
+    )
 
     sha = _sha256(weights)
     imported = {
@@ -150,8 +153,7 @@ def import_weights(
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rsjax_version": rsjax.__version__,
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("import_weights.py") else None,
-        "note": ("classifier keys (fc.*) were dropped; num_batches_tracked counters are not kept "
-                 "(an export writes 0)"),
+        "note": ("classifier keys (fc.*) were dropped; num_batches_tracked counters are not kept (an export writes 0)"),
     }
 
     # -- assemble beside OUT, then rename into place ----------------------------------------------
@@ -186,11 +188,15 @@ def define_flags() -> None:
     flags.DEFINE_enum("arch", None, list(ARCHS), "ResNet architecture of the weights.")
     flags.DEFINE_integer("in_channels", None, "Input bands of the weights (conv1.weight.shape[1]).")
     flags.DEFINE_string("workdir", None, "New rsjax workdir to write (must not exist or be empty).")
-    flags.DEFINE_string("normalization", "registry",
-                        "Input the weights expect: 'registry' (per-band standardization with the dataset's "
-                        "statistics) or 'scale:S' (x_raw / S, e.g. scale:10000 for torchgeo SSL4EO-S12).")
-    flags.DEFINE_string("data", "", "Registry dataset whose band order the weights use (e.g. ssl4eo_s12); "
-                                    "'' = undeclared.")
+    flags.DEFINE_string(
+        "normalization",
+        "registry",
+        "Input the weights expect: 'registry' (per-band standardization with the dataset's "
+        "statistics) or 'scale:S' (x_raw / S, e.g. scale:10000 for torchgeo SSL4EO-S12).",
+    )
+    flags.DEFINE_string(
+        "data", "", "Registry dataset whose band order the weights use (e.g. ssl4eo_s12); '' = undeclared."
+    )
 
 
 def main(argv):
@@ -202,16 +208,25 @@ def main(argv):
     if missing:
         raise app.UsageError(f"required: {', '.join(missing)}")
     # An RsjaxError (bad flag, missing file, weights that do not fit) -> one line by run_cli.
-    result = import_weights(FLAGS.weights, FLAGS.workdir, fmt=FLAGS.format, arch=FLAGS.arch,
-                            in_channels=FLAGS.in_channels, normalization=FLAGS.normalization, data=FLAGS.data)
+    result = import_weights(
+        FLAGS.weights,
+        FLAGS.workdir,
+        fmt=FLAGS.format,
+        arch=FLAGS.arch,
+        in_channels=FLAGS.in_channels,
+        normalization=FLAGS.normalization,
+        data=FLAGS.data,
+    )
     rep = result["report"]
     if rep["ignored"]:
         print(f"ignored (classifier head, not part of the encoder): {', '.join(rep['ignored'])}")
     cfg = result["config"]
-    print(f"workdir: {result['workdir']}\n"
-          f"use it as: --config.pretrained={result['workdir']} --config.model.name={cfg['model']['name']} "
-          f"--config.model.in_channels={cfg['model']['in_channels']} "
-          f"--config.data.normalization={cfg['data']['normalization']}")
+    print(
+        f"workdir: {result['workdir']}\n"
+        f"use it as: --config.pretrained={result['workdir']} --config.model.name={cfg['model']['name']} "
+        f"--config.model.in_channels={cfg['model']['in_channels']} "
+        f"--config.data.normalization={cfg['data']['normalization']}"
+    )
 
 
 if __name__ == "__main__":

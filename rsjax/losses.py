@@ -207,9 +207,7 @@ def scene_infonce(
         l_pos = jnp.sum(q * k, axis=1, keepdims=True)
         sim = jnp.concatenate([l_pos, q @ queue.T], axis=1)  # [B, 1+K] cosines
         is_pos = (jnp.arange(sim.shape[1]) == 0)[None, :] & jnp.ones((b, 1), bool)
-        same_scene = jnp.concatenate(
-            [(scene_q == scene_k)[:, None], scene_q[:, None] == scene_queue[None, :]], axis=1
-        )
+        same_scene = jnp.concatenate([(scene_q == scene_k)[:, None], scene_q[:, None] == scene_queue[None, :]], axis=1)
     logits = sim / temperature
     false_neg = same_scene & ~is_pos  # F_i
 
@@ -315,14 +313,11 @@ def false_nt_xent(
         )
     if fnsd_mode not in FNSD_MODES:
         raise ValueError(
-            f"false_nt_xent: unknown fnsd_mode {fnsd_mode!r} (config.loss.fnsd_mode); "
-            f"expected one of {FNSD_MODES}"
+            f"false_nt_xent: unknown fnsd_mode {fnsd_mode!r} (config.loss.fnsd_mode); expected one of {FNSD_MODES}"
         )
     if isinstance(alpha, (int, float)) and alpha < 0:
         raise ValueError(f"false_nt_xent: alpha={alpha} must be >= 0")
-    if (isinstance(threshold, (int, float)) and threshold > 1) or (
-        isinstance(alpha, (int, float)) and alpha == 0
-    ):
+    if (isinstance(threshold, (int, float)) and threshold > 1) or (isinstance(alpha, (int, float)) and alpha == 0):
         # Python scalars (checked in float64, before any float32 rounding of T):
         # FALSE is off, so return NT-Xent itself.
         return nt_xent(z1, z2, temperature=temperature)
@@ -377,8 +372,9 @@ def false_nt_xent(
     return lse - _log_add(l_pos, log_extra)
 
 
-def ce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_weight=1.0,
-            reduction: str = "example") -> jax.Array:
+def ce_dice(
+    logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_weight=1.0, reduction: str = "example"
+) -> jax.Array:
     r"""Softmax cross entropy + multiclass soft Dice loss (DESIGN §3.4), two reductions.
 
     Valid pixels ``V = {x : labels[x] != ignore_index}`` (all pixels when ``ignore_index`` is
@@ -426,8 +422,9 @@ def ce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_wei
       float32: a scalar for ``"batch"``, [B] for ``"example"``.
     """
     if reduction not in DICE_REDUCTIONS:
-        raise ValueError(f"ce_dice: reduction={reduction!r} (config key loss.dice_reduction); "
-                         f"expected one of {DICE_REDUCTIONS}")
+        raise ValueError(
+            f"ce_dice: reduction={reduction!r} (config key loss.dice_reduction); expected one of {DICE_REDUCTIONS}"
+        )
     chex.assert_rank(logits, 4)
     chex.assert_rank(labels, 3)
     chex.assert_shape(labels, logits.shape[:3])
@@ -464,8 +461,15 @@ def ce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_wei
     return ce + dice_weight * (1.0 - jnp.mean(dice, axis=-1))
 
 
-def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_weight=1.0,
-             reduction: str = "example", pos_weight=1.0) -> jax.Array:
+def bce_dice(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    ignore_index=None,
+    dice_weight=1.0,
+    reduction: str = "example",
+    pos_weight=1.0,
+) -> jax.Array:
     r"""Binary cross entropy + soft Dice of the positive (change) class, two reductions.
 
     Valid pixels ``V = {x : labels[x] != ignore_index}`` (all pixels when ``ignore_index`` is
@@ -516,8 +520,9 @@ def bce_dice(logits: jax.Array, labels: jax.Array, *, ignore_index=None, dice_we
       float32: a scalar for ``"batch"``, [B] for ``"example"``.
     """
     if reduction not in DICE_REDUCTIONS:
-        raise ValueError(f"bce_dice: reduction={reduction!r} (config key train.dice_reduction); "
-                         f"expected one of {DICE_REDUCTIONS}")
+        raise ValueError(
+            f"bce_dice: reduction={reduction!r} (config key train.dice_reduction); expected one of {DICE_REDUCTIONS}"
+        )
     chex.assert_rank([logits, labels], 3)
     chex.assert_equal_shape([logits, labels])
     logits = jnp.asarray(logits, jnp.float32)

@@ -15,10 +15,12 @@ from rsjax import jobs
 from rsjax.train import PREEMPTED_EXIT_CODE
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:variant]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
 flags.mark_flags_as_required(["config", "workdir"])
+
 
 def run(config, workdir: str):
     """Runs the job named by ``config.job`` (default ``pretrain``): ``rsjax.jobs.<job>.run``."""
@@ -30,10 +32,14 @@ def run_stoppable(config, workdir: str):
     evaluation, reading data): nothing is lost there (the last checkpoint is complete) and a
     scheduler's signal must not be ignored for minutes. The loop installs its own handler while
     it trains (finish the step, checkpoint, exit 75) and gives this one back."""
+
     def stop(signum, frame):
         del frame
-        print(f"Stopped by signal {signum} outside training (evaluation or data preparation); the last "
-              f"checkpoint is complete. Rerun the same command to continue.", flush=True)
+        print(
+            f"Stopped by signal {signum} outside training (evaluation or data preparation); the last "
+            f"checkpoint is complete. Rerun the same command to continue.",
+            flush=True,
+        )
         raise SystemExit(PREEMPTED_EXIT_CODE)
 
     old = {}

@@ -37,6 +37,7 @@ def plateau_config(config):
 
 def validate(config) -> None:
     """Every key the job reads, before anything is written (ConfigError naming ``config.<key>``)."""
+
     def need(cond, key, msg):  # keys of any depth: errors.require with the dotted key's value
         errors.require(cond, key, _get(config, key), msg)
 
@@ -45,23 +46,29 @@ def validate(config) -> None:
         need(config.get("epochs", 0) >= 0, "epochs", "must be >= 0")
         need(config.batch_size > 0, "batch_size", "must be > 0")
         need(0.0 <= config.noise.flip_rate <= 1.0, "noise.flip_rate", "must be in [0, 1]")
-        need(config.noise.get("flip_mode", "regions") in label_noise.FLIP_MODES, "noise.flip_mode",
-             f"must be one of {label_noise.FLIP_MODES}")
+        need(
+            config.noise.get("flip_mode", "regions") in label_noise.FLIP_MODES,
+            "noise.flip_mode",
+            f"must be one of {label_noise.FLIP_MODES}",
+        )
         need(config.model.decoder in DECODERS, "model.decoder", f"must be one of {DECODERS}")
-        need(config.loss.get("dice_reduction", "example") in DICE_REDUCTIONS, "loss.dice_reduction",
-             f"must be one of {DICE_REDUCTIONS}")
+        need(
+            config.loss.get("dice_reduction", "example") in DICE_REDUCTIONS,
+            "loss.dice_reduction",
+            f"must be one of {DICE_REDUCTIONS}",
+        )
         need(int(config.model.num_classes) >= 2, "model.num_classes", "must be >= 2")
         optim.validate(config.optimizer, "optimizer")
         p = plateau_config(config)
         if p is not None:
-            need(0.0 < float(p.get("val_fraction", 0.01)) < 1.0, "optimizer.plateau.val_fraction",
-                 "must be in (0, 1)")
+            need(0.0 < float(p.get("val_fraction", 0.01)) < 1.0, "optimizer.plateau.val_fraction", "must be in (0, 1)")
             need(int(p.get("every", 0)) >= 0, "optimizer.plateau.every", "must be >= 0 (0 = once per epoch)")
         need(int(config.analysis.get("every", 0)) >= 0, "analysis.every", "must be >= 0 (0 = off)")
         t = config.transfer
         if "freeze_encoder" in t:
-            raise errors.ConfigError("config.transfer.freeze_encoder was replaced by "
-                                     "config.transfer.optimizer.freeze='encoder/*'")
+            raise errors.ConfigError(
+                "config.transfer.freeze_encoder was replaced by config.transfer.optimizer.freeze='encoder/*'"
+            )
         if t.get("enabled", True):
             for d in t.decoders:
                 need(d in DECODERS, "transfer.decoders", f"unknown decoder {d!r}; expected some of {DECODERS}")
@@ -73,17 +80,27 @@ def validate(config) -> None:
         if t.get("data", None) is not None:
             check_complete(t.data, "config.transfer.data")
         info = registry.data_info(config.data)
-        need(int(config.model.in_channels) == info.num_bands, "model.in_channels",
-             f"dataset {config.data.name!r} has {info.num_bands} bands {list(info.bands)}")
+        need(
+            int(config.model.in_channels) == info.num_bands,
+            "model.in_channels",
+            f"dataset {config.data.name!r} has {info.num_bands} bands {list(info.bands)}",
+        )
         need(int(config.noise.get("pool_factor", 1) or 1) >= 1, "noise.pool_factor", "must be >= 1 (1 = no pooling)")
         cmap = segdata.noise_class_map(config)
-        need(not cmap or (len(cmap) == info.num_classes and min(cmap) >= 0), "noise.class_map",
-             f"must give each of the {info.num_classes} classes {list(info.class_names)} of dataset "
-             f"{config.data.name!r} a class id >= 0 of the noisy labels' legend")
+        need(
+            not cmap or (len(cmap) == info.num_classes and min(cmap) >= 0),
+            "noise.class_map",
+            f"must give each of the {info.num_classes} classes {list(info.class_names)} of dataset "
+            f"{config.data.name!r} a class id >= 0 of the noisy labels' legend",
+        )
         k = segdata.noise_num_classes(config, info.num_classes)
-        need(int(config.model.num_classes) == k, "model.num_classes",
-             f"the pretraining labels have {k} classes (dataset {config.data.name!r}: {list(info.class_names)}"
-             + (f", remapped by config.noise.class_map={cmap}" if cmap else "") + ")")
+        need(
+            int(config.model.num_classes) == k,
+            "model.num_classes",
+            f"the pretraining labels have {k} classes (dataset {config.data.name!r}: {list(info.class_names)}"
+            + (f", remapped by config.noise.class_map={cmap}" if cmap else "")
+            + ")",
+        )
         names = tuple(config.noise.get("class_names", ()) or ())
         need(not names or len(names) == k, "noise.class_names", f"must name the {k} classes of the noisy labels")
         for phase in phases(config, num_train=max(1, int(config.batch_size))):
@@ -139,8 +156,9 @@ def load_data(config) -> tuple[SegData, SegData]:
     """(pretraining split with clean labels, clean analysis / evaluation split)."""
     d = config.data
     pre = segdata.load_split(d, d.train_split, image_size=d.image_size, max_examples=d.max_train or None)
-    ana = segdata.load_split(d, config.analysis.split, image_size=d.image_size,
-                             max_examples=config.analysis.get("max_images", 0) or None)
+    ana = segdata.load_split(
+        d, config.analysis.split, image_size=d.image_size, max_examples=config.analysis.get("max_images", 0) or None
+    )
     return pre, ana
 
 
@@ -174,9 +192,14 @@ def iterator(data: SegData, labels: np.ndarray, phase: train.Phase, augment: boo
     def normalize(batch):
         return {"image": data.prepare(batch["image"]), "mask": batch["mask"].astype(np.int32)}
 
-    return arrays_lib.ArrayIterator({"image": data.images, "mask": labels}, phase.batch_size, phase.seed,
-                                    augment=augment, transform=normalize,
-                                    source="the scenes of config.data with the labels of config.noise")
+    return arrays_lib.ArrayIterator(
+        {"image": data.images, "mask": labels},
+        phase.batch_size,
+        phase.seed,
+        augment=augment,
+        transform=normalize,
+        source="the scenes of config.data with the labels of config.noise",
+    )
 
 
 def eval_batch_size(mesh) -> int:
@@ -191,11 +214,27 @@ def probe_for(model, num_classes: int, levels, data: SegData, mesh) -> layers.Se
     equal flax modules share it, so its predict function is compiled once per process (study
     arms, reruns)."""
     info = data.info
-    key = (model, int(num_classes), tuple(levels), info.name, info.scale, tuple(info.mean), tuple(info.std),
-           data.recipe, eval_batch_size(mesh))
+    key = (
+        model,
+        int(num_classes),
+        tuple(levels),
+        info.name,
+        info.scale,
+        tuple(info.mean),
+        tuple(info.std),
+        data.recipe,
+        eval_batch_size(mesh),
+    )
     if key not in _PROBES:
-        _PROBES[key] = layers.SegmentationProbe(model, num_classes, levels, info=info, recipe=data.recipe,
-                                                batch_size=eval_batch_size(mesh), ignore_index=IGNORE_INDEX)
+        _PROBES[key] = layers.SegmentationProbe(
+            model,
+            num_classes,
+            levels,
+            info=info,
+            recipe=data.recipe,
+            batch_size=eval_batch_size(mesh),
+            ignore_index=IGNORE_INDEX,
+        )
     return _PROBES[key]
 
 
@@ -209,8 +248,18 @@ def _initial_variables(task, phase: train.Phase, mesh):
     return state["params"], state["batch_stats"]
 
 
-def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegData | None = None,
-             analysis_data: SegData | None = None, name: str = "pretrain", desc: str = "") -> dict:
+def pretrain(
+    config,
+    wd,
+    mesh,
+    data: SegData,
+    labels: np.ndarray,
+    *,
+    val: SegData | None = None,
+    analysis_data: SegData | None = None,
+    name: str = "pretrain",
+    desc: str = "",
+) -> dict:
     """Trains the pretraining task on ``(data.images, labels)`` in phase ``name`` of ``wd``.
 
     Hooks: the plateau rule (``config.optimizer.plateau``, on ``val``) and the per-layer
@@ -242,8 +291,14 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
         def analyse(step, params, batch_stats):
             cm, fisher, _ = probe(params, batch_stats, analysis_data.images, analysis_data.labels, desc="analysis")
             rows[:] = [r for r in rows if r["step"] < step]  # a resumed run rewrites what followed its checkpoint
-            rows.append({"step": int(step), "miou": metrics.segmentation_scores(cm)["miou"], "fisher": fisher,
-                         "weights": layers.weight_stats(jax.device_get(params), init_params)})
+            rows.append(
+                {
+                    "step": int(step),
+                    "miou": metrics.segmentation_scores(cm)["miou"],
+                    "fisher": fisher,
+                    "weights": layers.weight_stats(jax.device_get(params), init_params),
+                }
+            )
             write_rows()
             return rows[-1]["miou"]
 
@@ -258,8 +313,9 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
     plateau = plateau_config(config)
     if plateau is not None:
         if val is None or not len(val):
-            raise errors.ConfigError("config.optimizer.plateau.enabled needs validation crops "
-                                     "(config.optimizer.plateau.val_fraction > 0)")
+            raise errors.ConfigError(
+                "config.optimizer.plateau.enabled needs validation crops (config.optimizer.plateau.val_fraction > 0)"
+            )
         kw = optim.plateau_kwargs(config.optimizer)
         p_every = int(plateau.get("every", 0)) or max(1, math.ceil(len(data) / int(config.batch_size)))
         val_probe = probe_for(task.model, k, (), data, mesh)
@@ -271,8 +327,12 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
             new = optim.plateau_update(optim.plateau_get(state["opt_state"]), miou, **kw)
             opt_state = optim.plateau_set(state["opt_state"], new)  # keeps the leaves' sharding
             stored = optim.plateau_get(opt_state)  # float32 as stored: what the next validation compares
-            return {**state, "opt_state": opt_state}, {"val_miou": miou, "lr_scale": stored["scale"],
-                                                        "best": stored["best"], "num_bad": stored["num_bad"]}
+            return {**state, "opt_state": opt_state}, {
+                "val_miou": miou,
+                "lr_scale": stored["scale"],
+                "best": stored["best"],
+                "num_bad": stored["num_bad"],
+            }
 
         hooks.append(train.Hook(p_every, plateau_hook))
 
@@ -281,8 +341,17 @@ def pretrain(config, wd, mesh, data: SegData, labels: np.ndarray, *, val: SegDat
     return {"result": result, "task": task, "probe": probe, "analysis": rows}
 
 
-def transfer(config, wd, mesh, encoders: dict, train_data: SegData, test_data: SegData, *,
-             tagged: bool = True, overlay: SegData | None = None) -> dict | None:
+def transfer(
+    config,
+    wd,
+    mesh,
+    encoders: dict,
+    train_data: SegData,
+    test_data: SegData,
+    *,
+    tagged: bool = True,
+    overlay: SegData | None = None,
+) -> dict | None:
     """``{encoder tag: {decoder: scores}}``: each encoder (``(params, batch_stats)`` or None =
     random init) fine-tuned with each of ``transfer.decoders`` in phase ``transfer_<tag>_<decoder>``
     (``transfer_<decoder>`` when not ``tagged``) of ``wd`` and scored on ``test_data``. None when
@@ -295,27 +364,42 @@ def transfer(config, wd, mesh, encoders: dict, train_data: SegData, test_data: S
         for dec in config.transfer.decoders:
             name = f"transfer_{tag}_{dec}" if tagged else f"transfer_{dec}"
             pretrained = None if enc is None else (enc[0], enc[1], {})
-            task = SegmentationTask(transfer_task_config(config, dec), num_classes=k, ignore_index=IGNORE_INDEX,
-                                    decoder=dec, pretrained=pretrained)
+            task = SegmentationTask(
+                transfer_task_config(config, dec),
+                num_classes=k,
+                ignore_index=IGNORE_INDEX,
+                decoder=dec,
+                pretrained=pretrained,
+            )
             phase = transfer_phase(config, name)
             it = iterator(train_data, train_data.labels, phase, augment=True)
             res = train.fit(task, it, phase, wd, config, mesh=mesh)
             if not res.finished:
                 return None
             probe = probe_for(task.model, k, (), test_data, mesh)
-            cm, _, _ = probe(res.state["params"], res.state["batch_stats"], test_data.images, test_data.labels,
-                             desc=f"test {name}")
+            cm, _, _ = probe(
+                res.state["params"], res.state["batch_stats"], test_data.images, test_data.labels, desc=f"test {name}"
+            )
             s = metrics.segmentation_scores(cm)
             if overlay is not None:
-                s["overlay_pred"] = probe(res.state["params"], res.state["batch_stats"], overlay.images,
-                                          overlay.labels, keep_pred=len(overlay), desc="overlay")[2]
-            s["loss_curve"] = [{"step": r["step"], "loss": r["loss"]} for r in wd.sub(name).read_metrics()
-                               if "loss" in r]
+                s["overlay_pred"] = probe(
+                    res.state["params"],
+                    res.state["batch_stats"],
+                    overlay.images,
+                    overlay.labels,
+                    keep_pred=len(overlay),
+                    desc="overlay",
+                )[2]
+            s["loss_curve"] = [
+                {"step": r["step"], "loss": r["loss"]} for r in wd.sub(name).read_metrics() if "loss" in r
+            ]
             s["confusion"] = cm.tolist()
             out[tag][dec] = s
             if wd.is_main:
-                print(f"  transfer {tag:>12s} -> {dec:<14s} mIoU {s['miou']:.3f}  OA {s['overall_accuracy']:.3f}",
-                      flush=True)
+                print(
+                    f"  transfer {tag:>12s} -> {dec:<14s} mIoU {s['miou']:.3f}  OA {s['overall_accuracy']:.3f}",
+                    flush=True,
+                )
     return out
 
 

@@ -36,7 +36,6 @@ OUT_ENV = "RSJAX_NOTEBOOK_OUT"
 ALLOW_BACKEND_ENV = "RSJAX_NOTEBOOK_ALLOW_BACKEND"
 
 
-
 # --------------------------------------------------------------------------------------
 # Settings
 # --------------------------------------------------------------------------------------
@@ -83,9 +82,24 @@ def command_line(name: str, variant: str | None, workdir: str, overrides: Mappin
     return " \\\n    ".join(parts)
 
 
-def summarize_config(config, keys=("method", "model.name", "model.in_channels", "batch_size", "total_steps",
-                                   "stop_after_steps", "dtype", "optimizer.name", "optimizer.lr",
-                                   "data.name", "data.data_dir", "data.image_size", "checkpoint_every")) -> str:
+def summarize_config(
+    config,
+    keys=(
+        "method",
+        "model.name",
+        "model.in_channels",
+        "batch_size",
+        "total_steps",
+        "stop_after_steps",
+        "dtype",
+        "optimizer.name",
+        "optimizer.lr",
+        "data.name",
+        "data.data_dir",
+        "data.image_size",
+        "checkpoint_every",
+    ),
+) -> str:
     """One ``key = value`` line per (present) key."""
     lines = []
     for k in keys:
@@ -106,8 +120,10 @@ def device_report() -> str:
     """Platform, device count and kinds, process count (what ``jax.devices()`` sees)."""
     devs = jax.devices()
     kinds = sorted({d.device_kind for d in devs})
-    return (f"platform {jax.default_backend()}: {jax.device_count()} devices ({', '.join(kinds)}), "
-            f"{jax.local_device_count()} local, {jax.process_count()} process(es)")
+    return (
+        f"platform {jax.default_backend()}: {jax.device_count()} devices ({', '.join(kinds)}), "
+        f"{jax.local_device_count()} local, {jax.process_count()} process(es)"
+    )
 
 
 def require_backend(expected: str = "tpu", *, allow_other: bool = False) -> str:
@@ -127,7 +143,8 @@ def require_backend(expected: str = "tpu", *, allow_other: bool = False) -> str:
         f"this runtime's JAX backend is {backend!r} ({jax.device_count()} device(s)), not {expected!r}: the "
         f"paper-scale run would crawl here. In Colab: Runtime > Change runtime type > {expected.upper()}, then "
         f"run the notebook again from the top (the install cell picks jax[{expected}]). To run on this backend "
-        f"anyway set ALLOW_OTHER_BACKEND = True in this cell.")
+        f"anyway set ALLOW_OTHER_BACKEND = True in this cell."
+    )
 
 
 def batch_report(config, mesh) -> str:
@@ -135,8 +152,10 @@ def batch_report(config, mesh) -> str:
     and says how it is split."""
     sharding.check_batch_divisible(config.batch_size, mesh)
     n = mesh.devices.size
-    return (f"global batch {config.batch_size} over {n} devices (mesh axis {mesh.axis_names[0]!r}): "
-            f"{config.batch_size // n} examples per device")
+    return (
+        f"global batch {config.batch_size} over {n} devices (mesh axis {mesh.axis_names[0]!r}): "
+        f"{config.batch_size // n} examples per device"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -165,7 +184,9 @@ def plot_loss(workdir: str, *, title: str | None = None):
     steps = [r["step"] for r in rows]
     for k in keys:
         # None = a non-finite value (written as null: strict JSON)
-        ax.plot(steps, [np.nan if r.get(k) is None else r[k] for r in rows], marker="o" if len(rows) < 20 else None, label=k)
+        ax.plot(
+            steps, [np.nan if r.get(k) is None else r[k] for r in rows], marker="o" if len(rows) < 20 else None, label=k
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or os.path.basename(os.path.abspath(workdir)))
@@ -179,8 +200,10 @@ def read_eval_report(workdir: str) -> dict:
     """``<workdir>/eval_report.json`` (``{"task", "metrics", "config"}``)."""
     path = os.path.join(workdir, "eval_report.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: the run has not finished its evaluation "
-                                f"(it is written after total_steps when config.eval.enabled)")
+        raise FileNotFoundError(
+            f"{path} does not exist: the run has not finished its evaluation "
+            f"(it is written after total_steps when config.eval.enabled)"
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -209,7 +232,12 @@ def flax_features(workdir: str, images: np.ndarray, *, step: int | None = None) 
     None) computed by the Flax model, the values an export must reproduce."""
     params, batch_stats, meta = checkpoint.load_encoder(workdir, step)
     model = create_encoder(meta["arch"], stem=meta.get("stem", "standard"))
-    out = sharding.batched_predict(lambda v, x: model.apply(v, x, train=False),
-                                   {"params": params, "batch_stats": batch_stats}, np.asarray(images, np.float32),
-                                   batch_size=64, desc="features", progress=False)
+    out = sharding.batched_predict(
+        lambda v, x: model.apply(v, x, train=False),
+        {"params": params, "batch_stats": batch_stats},
+        np.asarray(images, np.float32),
+        batch_size=64,
+        desc="features",
+        progress=False,
+    )
     return np.asarray(out, np.float32)

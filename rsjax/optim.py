@@ -116,15 +116,15 @@ PLATEAU_THRESHOLD_MODES = ("rel", "abs")
 
 _PLATEAU_DEFAULTS = dict(
     enabled=False,
-    mode="max",           # max on a score (mIoU), min on a loss
-    factor=0.5,           # lr x factor when the metric stops improving
-    patience=30,          # validations without improvement before a reduction (CromSS: epochs)
+    mode="max",  # max on a score (mIoU), min on a loss
+    factor=0.5,  # lr x factor when the metric stops improving
+    patience=30,  # validations without improvement before a reduction (CromSS: epochs)
     threshold=1e-4,
     threshold_mode="rel",
     cooldown=0,
     min_lr=0.0,
-    every=0,              # steps between validations; 0 = one epoch of the training data
-    val_fraction=0.01,    # training examples held out for the validation (CromSS --validation 0.01)
+    every=0,  # steps between validations; 0 = one epoch of the training data
+    val_fraction=0.01,  # training examples held out for the validation (CromSS --validation 0.01)
 )
 
 _DEFAULTS = dict(
@@ -175,8 +175,10 @@ def default_block(**overrides) -> ml_collections.ConfigDict:
         if key == "plateau" and (isinstance(value, Mapping) or hasattr(value, "to_dict")):
             for k, v in _as_dict(value).items():
                 if k not in _PLATEAU_DEFAULTS:
-                    raise ConfigError(f"default_block: unknown key plateau.{k}"
-                                      f"{_did_you_mean(k, _PLATEAU_DEFAULTS)}; keys: {sorted(_PLATEAU_DEFAULTS)}")
+                    raise ConfigError(
+                        f"default_block: unknown key plateau.{k}"
+                        f"{_did_you_mean(k, _PLATEAU_DEFAULTS)}; keys: {sorted(_PLATEAU_DEFAULTS)}"
+                    )
                 assign(c.plateau, k, v, f"plateau.{k}")
         elif key in _DEFAULTS:
             if key == "module_lr_scale" and value and not isinstance(value, str):  # a mapping: its spelling
@@ -238,8 +240,10 @@ def module_blocks(block, where: str = "optimizer") -> dict[str, dict]:
     """``modules`` of a block as ``{module: its own optimizer block}`` (empty: none)."""
     mods = _as_dict(block).get("modules") or {}
     if not isinstance(mods, Mapping) and not hasattr(mods, "to_dict"):
-        raise ConfigError(f"config.{where}.modules={mods!r}: expected a block of "
-                          "{module: optimizer block}, e.g. {'denoiser': {'name': 'adam', 'lr': 1e-3}}")
+        raise ConfigError(
+            f"config.{where}.modules={mods!r}: expected a block of "
+            "{module: optimizer block}, e.g. {'denoiser': {'name': 'adam', 'lr': 1e-3}}"
+        )
     out = {}
     for name, sub in _as_dict(mods).items():
         if not isinstance(sub, Mapping) and not hasattr(sub, "to_dict"):
@@ -253,8 +257,9 @@ def parse_freeze(freeze, where: str = "optimizer") -> list[str]:
     if not freeze:
         return []
     if not isinstance(freeze, str):
-        raise ConfigError(f"config.{where}.freeze={freeze!r}: expected a string of comma-separated patterns "
-                          "such as 'encoder/*'")
+        raise ConfigError(
+            f"config.{where}.freeze={freeze!r}: expected a string of comma-separated patterns such as 'encoder/*'"
+        )
     return [p.strip().strip("/") for p in freeze.split(",") if p.strip().strip("/")]
 
 
@@ -268,15 +273,19 @@ def validate(block, where: str = "optimizer", *, total_steps: int | None = None)
     given = _as_dict(block)
     unknown = sorted(set(given) - set(_DEFAULTS) - {"plateau"})
     if unknown:
-        raise ConfigError(f"config.{where}: unknown key(s) {unknown}{_did_you_mean(unknown[0], _DEFAULTS)}; "
-                          f"keys: {sorted([*_DEFAULTS, 'plateau'])}")
+        raise ConfigError(
+            f"config.{where}: unknown key(s) {unknown}{_did_you_mean(unknown[0], _DEFAULTS)}; "
+            f"keys: {sorted([*_DEFAULTS, 'plateau'])}"
+        )
     p_given = given.get("plateau")
     if p_given is not None and not isinstance(p_given, Mapping) and not hasattr(p_given, "to_dict"):
         raise ConfigError(f"config.{where}.plateau: expected a block of keys {sorted(_PLATEAU_DEFAULTS)}")
     p_unknown = sorted(set(_as_dict(p_given)) - set(_PLATEAU_DEFAULTS))
     if p_unknown:
-        raise ConfigError(f"config.{where}.plateau: unknown key(s) {p_unknown}"
-                          f"{_did_you_mean(p_unknown[0], _PLATEAU_DEFAULTS)}; keys: {sorted(_PLATEAU_DEFAULTS)}")
+        raise ConfigError(
+            f"config.{where}.plateau: unknown key(s) {p_unknown}"
+            f"{_did_you_mean(p_unknown[0], _PLATEAU_DEFAULTS)}; keys: {sorted(_PLATEAU_DEFAULTS)}"
+        )
     b = _complete(block)
 
     def num(key, src=b, prefix=""):
@@ -329,11 +338,15 @@ def validate(block, where: str = "optimizer", *, total_steps: int | None = None)
         if module_blocks(_complete(sub), sub_where):
             raise ConfigError(f"config.{sub_where}.modules: a module's own optimizer cannot split it further")
         if _as_dict(_as_dict(sub).get("plateau")).get("enabled"):
-            raise ConfigError(f"config.{sub_where}.plateau.enabled=True: the plateau rule applies to the "
-                              f"whole model (config.{where}.plateau), not to one module")
+            raise ConfigError(
+                f"config.{sub_where}.plateau.enabled=True: the plateau rule applies to the "
+                f"whole model (config.{where}.plateau), not to one module"
+            )
         if name in scales:
-            raise ConfigError(f"config.{where}.module_lr_scale names {name!r}, which config.{where}.modules "
-                              f"trains with its own optimizer: set config.{sub_where}.lr instead")
+            raise ConfigError(
+                f"config.{where}.module_lr_scale names {name!r}, which config.{where}.modules "
+                f"trains with its own optimizer: set config.{sub_where}.lr instead"
+            )
         validate(sub, sub_where, total_steps=total_steps)
 
     p = b["plateau"]
@@ -349,16 +362,20 @@ def validate(block, where: str = "optimizer", *, total_steps: int | None = None)
     need(integer("every", p, pre) >= 0, "every", "must be >= 0 (0 = once per epoch)", p, pre)
     need(0 < num("val_fraction", p, pre) < 1, "val_fraction", "must be in (0, 1)", p, pre)
     if p["enabled"] and b["name"] == "lars":
-        raise ConfigError(f"config.{where}.plateau.enabled=True with config.{where}.name='lars': LARS keeps the "
-                          "learning rate inside its momentum buffer, so scaling its update is not a change of lr; "
-                          "use sgd, adam or adamw with the plateau rule")
+        raise ConfigError(
+            f"config.{where}.plateau.enabled=True with config.{where}.name='lars': LARS keeps the "
+            "learning rate inside its momentum buffer, so scaling its update is not a change of lr; "
+            "use sgd, adam or adamw with the plateau rule"
+        )
 
     if total_steps is not None:
         if int(total_steps) <= 0:
             raise ConfigError(f"total steps of config.{where} = {total_steps}: must be > 0")
         if b["warmup_steps"] >= int(total_steps):
-            raise ConfigError(f"config.{where}.warmup_steps={b['warmup_steps']}: must be < the {int(total_steps)} "
-                              "total steps of the phase")
+            raise ConfigError(
+                f"config.{where}.warmup_steps={b['warmup_steps']}: must be < the {int(total_steps)} "
+                "total steps of the phase"
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -371,9 +388,16 @@ def _linear_warmup(start: float, peak: float, warmup_steps: int, body: optax.Sch
     return optax.join_schedules([optax.linear_schedule(start, peak, warmup_steps), body], [warmup_steps])
 
 
-def warmup_cosine_restarts(*, peak_value: float, warmup_steps: int, total_steps: int, num_cycles: int = 2,
-                           cycle_decay: float = 1.0, final_fraction: float = 0.0,
-                           init_value: float = 0.0) -> optax.Schedule:
+def warmup_cosine_restarts(
+    *,
+    peak_value: float,
+    warmup_steps: int,
+    total_steps: int,
+    num_cycles: int = 2,
+    cycle_decay: float = 1.0,
+    final_fraction: float = 0.0,
+    init_value: float = 0.0,
+) -> optax.Schedule:
     """Warm-up + ``num_cycles`` cosine cycles with warm restarts (``cosine_restarts``, module docstring)."""
     if num_cycles < 1:
         raise ConfigError(f"config.optimizer.num_cycles={num_cycles}: must be >= 1")
@@ -397,8 +421,15 @@ def warmup_cosine_restarts(*, peak_value: float, warmup_steps: int, total_steps:
     return schedule
 
 
-def vissl_cosine_warm_restart(*, start_value: float, end_value: float, restart_interval: float,
-                              wave: str = "full", adaptive: bool = True, lr_multiplier: float = 1.0):
+def vissl_cosine_warm_restart(
+    *,
+    start_value: float,
+    end_value: float,
+    restart_interval: float,
+    wave: str = "full",
+    adaptive: bool = True,
+    lr_multiplier: float = 1.0,
+):
     """VISSL's ``CosineWarmRestartScheduler`` as a function of u in [0, 1] (module docstring)."""
     if wave not in WAVES:
         raise ConfigError(f"config.optimizer.wave={wave!r}: expected one of {WAVES}")
@@ -427,17 +458,30 @@ def vissl_cosine_warm_restart(*, start_value: float, end_value: float, restart_i
     return schedule
 
 
-def warmup_vissl_cosine_warm_restart(*, warmup_start: float, peak_value: float, warmup_steps: int,
-                                     total_steps: int, final_fraction: float, restart_interval: float,
-                                     wave: str = "full", adaptive: bool = True,
-                                     lr_multiplier: float = 1.0) -> optax.Schedule:
+def warmup_vissl_cosine_warm_restart(
+    *,
+    warmup_start: float,
+    peak_value: float,
+    warmup_steps: int,
+    total_steps: int,
+    final_fraction: float,
+    restart_interval: float,
+    wave: str = "full",
+    adaptive: bool = True,
+    lr_multiplier: float = 1.0,
+) -> optax.Schedule:
     """Linear ``warmup_start -> peak_value`` over W steps, then :func:`vissl_cosine_warm_restart`."""
     if warmup_steps < 0 or total_steps <= warmup_steps:
         raise ConfigError(f"warm-up of {warmup_steps} steps does not fit in total_steps={total_steps}")
     w = int(warmup_steps)
-    cos = vissl_cosine_warm_restart(start_value=peak_value, end_value=peak_value * final_fraction,
-                                    restart_interval=restart_interval, wave=wave, adaptive=adaptive,
-                                    lr_multiplier=lr_multiplier)
+    cos = vissl_cosine_warm_restart(
+        start_value=peak_value,
+        end_value=peak_value * final_fraction,
+        restart_interval=restart_interval,
+        wave=wave,
+        adaptive=adaptive,
+        lr_multiplier=lr_multiplier,
+    )
 
     def schedule(step):
         s = jnp.asarray(step, jnp.float32)
@@ -456,22 +500,39 @@ def schedule(block, total_steps: int) -> optax.Schedule:
     total = max(int(total_steps), warmup + 1)  # a warm-up longer than the run: the smoke configs
     if name == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=start if warmup else lr, peak_value=lr, warmup_steps=warmup, decay_steps=total,
-            end_value=lr * frac)
+            init_value=start if warmup else lr,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=total,
+            end_value=lr * frac,
+        )
     if name == "poly":
         body = optax.polynomial_schedule(lr, lr * frac, float(b["poly_power"]), total - warmup)
         return _linear_warmup(start, lr, warmup, body)
     if name == "constant":
         return _linear_warmup(start, lr, warmup, optax.constant_schedule(lr))
     if name == "cosine_restarts":
-        return warmup_cosine_restarts(peak_value=lr, warmup_steps=warmup, total_steps=total,
-                                      num_cycles=int(b["num_cycles"]), cycle_decay=float(b["cycle_decay"]),
-                                      final_fraction=frac, init_value=start)
+        return warmup_cosine_restarts(
+            peak_value=lr,
+            warmup_steps=warmup,
+            total_steps=total,
+            num_cycles=int(b["num_cycles"]),
+            cycle_decay=float(b["cycle_decay"]),
+            final_fraction=frac,
+            init_value=start,
+        )
     if name == "vissl_cosine_warm_restart":
         return warmup_vissl_cosine_warm_restart(
-            warmup_start=start, peak_value=lr, warmup_steps=warmup, total_steps=total, final_fraction=frac,
-            restart_interval=float(b["restart_interval"]), wave=b["wave"], adaptive=bool(b["adaptive_restarts"]),
-            lr_multiplier=float(b["cycle_decay"]))
+            warmup_start=start,
+            peak_value=lr,
+            warmup_steps=warmup,
+            total_steps=total,
+            final_fraction=frac,
+            restart_interval=float(b["restart_interval"]),
+            wave=b["wave"],
+            adaptive=bool(b["adaptive_restarts"]),
+            lr_multiplier=float(b["cycle_decay"]),
+        )
     raise ConfigError(f"config.optimizer.schedule={name!r}: expected one of {SCHEDULES}")
 
 
@@ -511,14 +572,17 @@ def scale_modules(scales, where: str = "optimizer") -> optax.GradientTransformat
     def init_fn(params):
         unknown = sorted(set(scales) - set(params))
         if unknown:
-            raise ConfigError(f"config.{where}.module_lr_scale names {unknown}, which are not parameter "
-                              f"modules of this model; modules: {sorted(params)}")
+            raise ConfigError(
+                f"config.{where}.module_lr_scale names {unknown}, which are not parameter "
+                f"modules of this model; modules: {sorted(params)}"
+            )
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
         del params
-        return {k: (jax.tree.map(lambda u, f=scales[k]: u * f, v) if k in scales else v)
-                for k, v in updates.items()}, state
+        return {
+            k: (jax.tree.map(lambda u, f=scales[k]: u * f, v) if k in scales else v) for k, v in updates.items()
+        }, state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -547,8 +611,10 @@ def frozen(params, block, *, where: str = "optimizer"):
     unused = [p for p in patterns if not any(_matches(n, p) for n in names)]
     if unused:
         modules = sorted({n.split("/")[0] for n in names})
-        raise ConfigError(f"config.{where}.freeze: pattern(s) {unused} match no parameter; paths look like "
-                          f"{names[:3]} (top-level modules {modules})")
+        raise ConfigError(
+            f"config.{where}.freeze: pattern(s) {unused} match no parameter; paths look like "
+            f"{names[:3]} (top-level modules {modules})"
+        )
     return jax.tree_util.tree_unflatten(treedef, [any(_matches(n, p) for p in patterns) for n in names])
 
 
@@ -570,11 +636,11 @@ class PlateauState(NamedTuple):
     """State of :func:`plateau_scale`: a leaf of the optimizer state, so it is checkpointed with
     the train state and a resumed run continues the rule where it stopped."""
 
-    scale: jax.Array             # float32: lr multiplier (1, factor, factor**2, ...)
-    best: jax.Array              # float32: best validation metric so far (-inf / +inf at start)
-    num_bad: jax.Array           # int32: validations since the last improvement
+    scale: jax.Array  # float32: lr multiplier (1, factor, factor**2, ...)
+    best: jax.Array  # float32: best validation metric so far (-inf / +inf at start)
+    num_bad: jax.Array  # int32: validations since the last improvement
     cooldown_counter: jax.Array  # int32
-    num_evals: jax.Array         # int32: validations so far (torch's last_epoch)
+    num_evals: jax.Array  # int32: validations so far (torch's last_epoch)
 
 
 def plateau_scale(mode: str = "max") -> optax.GradientTransformation:
@@ -590,10 +656,13 @@ def plateau_scale(mode: str = "max") -> optax.GradientTransformation:
 
     def init(params):
         del params
-        return PlateauState(scale=jnp.ones((), jnp.float32),
-                            best=jnp.full((), -jnp.inf if mode == "max" else jnp.inf, jnp.float32),
-                            num_bad=jnp.zeros((), jnp.int32), cooldown_counter=jnp.zeros((), jnp.int32),
-                            num_evals=jnp.zeros((), jnp.int32))
+        return PlateauState(
+            scale=jnp.ones((), jnp.float32),
+            best=jnp.full((), -jnp.inf if mode == "max" else jnp.inf, jnp.float32),
+            num_bad=jnp.zeros((), jnp.int32),
+            cooldown_counter=jnp.zeros((), jnp.int32),
+            num_evals=jnp.zeros((), jnp.int32),
+        )
 
     def update(updates, state, params=None):
         del params
@@ -602,9 +671,20 @@ def plateau_scale(mode: str = "max") -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def plateau_update(state: dict, metric: float, *, base_lr: float, mode: str = "max", factor: float = 0.5,
-                   patience: int = 30, threshold: float = 1e-4, threshold_mode: str = "rel",
-                   cooldown: int = 0, min_lr: float = 0.0, eps: float = 1e-8) -> dict:
+def plateau_update(
+    state: dict,
+    metric: float,
+    *,
+    base_lr: float,
+    mode: str = "max",
+    factor: float = 0.5,
+    patience: int = 30,
+    threshold: float = 1e-4,
+    threshold_mode: str = "rel",
+    cooldown: int = 0,
+    min_lr: float = 0.0,
+    eps: float = 1e-8,
+) -> dict:
     """One ``ReduceLROnPlateau.step(metric)`` of torch, on host numbers (pure).
 
     ``state``: ``{scale, best, num_bad, cooldown_counter, num_evals}``; the lr is
@@ -624,8 +704,9 @@ def plateau_update(state: dict, metric: float, *, base_lr: float, mode: str = "m
     if mode not in PLATEAU_MODES:
         raise ConfigError(f"config.optimizer.plateau.mode={mode!r}: expected one of {PLATEAU_MODES}")
     if threshold_mode not in PLATEAU_THRESHOLD_MODES:
-        raise ConfigError(f"config.optimizer.plateau.threshold_mode={threshold_mode!r}: expected one of "
-                          f"{PLATEAU_THRESHOLD_MODES}")
+        raise ConfigError(
+            f"config.optimizer.plateau.threshold_mode={threshold_mode!r}: expected one of {PLATEAU_THRESHOLD_MODES}"
+        )
     a, best = float(metric), float(state["best"])
     if mode == "max":
         better = a > (best * (1.0 + threshold) if threshold_mode == "rel" else best + threshold)
@@ -645,17 +726,29 @@ def plateau_update(state: dict, metric: float, *, base_lr: float, mode: str = "m
         if old_lr - new_lr > eps:
             scale = new_lr / base_lr
         cool, num_bad = int(cooldown), 0
-    return {"scale": scale, "best": best, "num_bad": num_bad, "cooldown_counter": cool,
-            "num_evals": int(state["num_evals"]) + 1}
+    return {
+        "scale": scale,
+        "best": best,
+        "num_bad": num_bad,
+        "cooldown_counter": cool,
+        "num_evals": int(state["num_evals"]) + 1,
+    }
 
 
 def plateau_kwargs(block) -> dict:
     """The keyword arguments of :func:`plateau_update` for an optimizer block (base_lr = ``lr``)."""
     b = _complete(block)
     p = b["plateau"]
-    return dict(base_lr=float(b["lr"]), mode=p["mode"], factor=float(p["factor"]), patience=int(p["patience"]),
-                threshold=float(p["threshold"]), threshold_mode=p["threshold_mode"], cooldown=int(p["cooldown"]),
-                min_lr=float(p["min_lr"]))
+    return dict(
+        base_lr=float(b["lr"]),
+        mode=p["mode"],
+        factor=float(p["factor"]),
+        patience=int(p["patience"]),
+        threshold=float(p["threshold"]),
+        threshold_mode=p["threshold_mode"],
+        cooldown=int(p["cooldown"]),
+        min_lr=float(p["min_lr"]),
+    )
 
 
 def plateau_enabled(block) -> bool:
@@ -671,8 +764,10 @@ def plateau_get(opt_state) -> dict:
     cooldown_counter, num_evals}``); a ConfigError when the optimizer has no plateau rule."""
     found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(x)]
     if len(found) != 1:
-        raise ConfigError(f"the optimizer state holds {len(found)} plateau states, expected 1: "
-                          "set config.optimizer.plateau.enabled=True to use the plateau rule")
+        raise ConfigError(
+            f"the optimizer state holds {len(found)} plateau states, expected 1: "
+            "set config.optimizer.plateau.enabled=True to use the plateau rule"
+        )
     return {k: np.asarray(jax.device_get(v)).item() for k, v in found[0]._asdict().items()}
 
 
@@ -707,16 +802,25 @@ def _base_optimizer(b: dict, lr: optax.Schedule) -> optax.GradientTransformation
         # torch Adam's weight_decay: L2 on the gradient, before the moments (adamw decouples it)
         return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask), tx) if wd else tx
     if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
-                           optax.sgd(lr, momentum=b["momentum"], nesterov=bool(b["nesterov"])))
+        return optax.chain(
+            optax.add_decayed_weights(wd, mask=decay_mask),
+            optax.sgd(lr, momentum=b["momentum"], nesterov=bool(b["nesterov"])),
+        )
     if name == "lars":
         # decay_bias / trust_ratio_all: VISSL's regularize_bias (BN never decayed) / apex LARC,
         # which adapts every parameter (FALSE's official config); defaults: matrices only.
         wd_mask = not_norm_mask if b["decay_bias"] else decay_mask
         tr_mask = _all_true if b["trust_ratio_all"] else decay_mask
-        return optax.lars(lr, weight_decay=wd, weight_decay_mask=wd_mask, trust_ratio_mask=tr_mask,
-                          trust_coefficient=b["trust_coefficient"], eps=b["lars_eps"], momentum=b["momentum"],
-                          nesterov=bool(b["nesterov"]))
+        return optax.lars(
+            lr,
+            weight_decay=wd,
+            weight_decay_mask=wd_mask,
+            trust_ratio_mask=tr_mask,
+            trust_coefficient=b["trust_coefficient"],
+            eps=b["lars_eps"],
+            momentum=b["momentum"],
+            nesterov=bool(b["nesterov"]),
+        )
     raise ConfigError(f"config.optimizer.name={name!r}: expected one of {NAMES}")
 
 
@@ -732,15 +836,19 @@ def make(block, total_steps: int, *, where: str = "optimizer") -> tuple[optax.Gr
         tx = optax.chain(optax.clip_by_global_norm(float(b["grad_clip"])), tx)
     if parse_module_scales(b["module_lr_scale"], where):
         tx = optax.chain(tx, scale_modules(b["module_lr_scale"], where))
-    own = {name: make(sub, total_steps, where=f"{where}.modules.{name}")[0]
-           for name, sub in module_blocks(b, where).items()}
+    own = {
+        name: make(sub, total_steps, where=f"{where}.modules.{name}")[0]
+        for name, sub in module_blocks(b, where).items()
+    }
     if own:
         # each named top-level module by its own block; "shared" (the chain above) the others
         def module_labels(params):
             unknown = sorted(set(own) - set(params))
             if unknown:
-                raise ConfigError(f"config.{where}.modules names {unknown}, which are not parameter modules; "
-                                  f"modules: {sorted(params)}")
+                raise ConfigError(
+                    f"config.{where}.modules names {unknown}, which are not parameter modules; "
+                    f"modules: {sorted(params)}"
+                )
             return {k: jax.tree.map(lambda _, k=k: k if k in own else "shared", v) for k, v in params.items()}
 
         tx = optax.multi_transform({"shared": tx, **own}, module_labels)

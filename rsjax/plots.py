@@ -35,8 +35,15 @@ def confusion_matrix(cm: np.ndarray, path: str, class_names=None) -> str:
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), names, fontsize=7)
     ax.set_xlabel("predicted")
@@ -47,8 +54,9 @@ def confusion_matrix(cm: np.ndarray, path: str, class_names=None) -> str:
     return path
 
 
-def bars(values: dict[str, float], path: str, *, errors: dict[str, float] | None = None, ylabel: str = "",
-         title: str = "") -> str:
+def bars(
+    values: dict[str, float], path: str, *, errors: dict[str, float] | None = None, ylabel: str = "", title: str = ""
+) -> str:
     names = list(values)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(names), 3.5))
     ax.bar(names, [values[k] for k in names], yerr=[(errors or {}).get(k, 0.0) for k in names], capsize=3)
@@ -73,8 +81,16 @@ def pca_2d(features: np.ndarray) -> np.ndarray:
     return (x @ vt[:2].T).astype(np.float32) if vt.shape[0] >= 2 else np.pad(x @ vt.T, ((0, 0), (0, 1)))
 
 
-def embedding_scatter(features: np.ndarray, labels: np.ndarray, path: str, *, class_names=None,
-                      title: str = "PCA of test features", max_points: int = 5000, seed: int = 0) -> str:
+def embedding_scatter(
+    features: np.ndarray,
+    labels: np.ndarray,
+    path: str,
+    *,
+    class_names=None,
+    title: str = "PCA of test features",
+    max_points: int = 5000,
+    seed: int = 0,
+) -> str:
     """2-D PCA scatter of features coloured by class (a random subset of ``max_points``)."""
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
@@ -126,8 +142,14 @@ def colorize(mask: np.ndarray, num_classes: int, ignore_index=None) -> np.ndarra
     return out
 
 
-def image_grid(rows: list[list[np.ndarray]], titles: list[str], path: str, *, row_labels=None,
-               legend: dict[str, tuple] | None = None) -> str:
+def image_grid(
+    rows: list[list[np.ndarray]],
+    titles: list[str],
+    path: str,
+    *,
+    row_labels=None,
+    legend: dict[str, tuple] | None = None,
+) -> str:
     """A grid of RGB/gray images (rows x columns) with column titles, e.g. one row per example
     of (image, ground truth, prediction) or (A, B, ground truth, prediction)."""
     n_r, n_c = len(rows), len(titles)
@@ -145,8 +167,13 @@ def image_grid(rows: list[list[np.ndarray]], titles: list[str], path: str, *, ro
     if legend:
         from matplotlib.patches import Patch  # heavy import (matplotlib): only when drawing
 
-        fig.legend(handles=[Patch(facecolor=c, edgecolor="0.3", label=k) for k, c in legend.items()], loc="lower center",
-                   ncol=min(len(legend), 6), fontsize=7, frameon=False)
+        fig.legend(
+            handles=[Patch(facecolor=c, edgecolor="0.3", label=k) for k, c in legend.items()],
+            loc="lower center",
+            ncol=min(len(legend), 6),
+            fontsize=7,
+            frameon=False,
+        )
         fig.tight_layout(rect=(0, 0.06, 1, 1))
     else:
         fig.tight_layout()
@@ -159,8 +186,9 @@ CHANGE_TITLES = ["image A", "image B", "ground truth", "prediction", "errors on 
 CHANGE_LEGEND = {"hit": (1, 1, 1), "false alarm": (1, 0.15, 0.15), "miss": (0.2, 0.5, 1)}
 
 
-def change_panels(image_a: np.ndarray, image_b: np.ndarray, truth: np.ndarray, pred: np.ndarray,
-                  rgb_index=(0, 1, 2)) -> list[np.ndarray]:
+def change_panels(
+    image_a: np.ndarray, image_b: np.ndarray, truth: np.ndarray, pred: np.ndarray, rgb_index=(0, 1, 2)
+) -> list[np.ndarray]:
     """The :data:`CHANGE_TITLES` panels of one change pair (raw ``[H, W, C]`` images, ``truth`` and
     ``pred`` ``[H, W]`` {0, 1}): A and B as RGB stretched together (so colours compare across
     dates), truth, prediction, and the errors on B (:func:`change_overlay`). A row of
@@ -186,20 +214,32 @@ def change_overlay(image_a: np.ndarray, image_b: np.ndarray, truth: np.ndarray, 
 # --------------------------------------------------------------------------------------
 # Noisy-label pretraining (rsjax.jobs.noisy_label / noisy_label_study)
 # --------------------------------------------------------------------------------------
-def class_map_rows(path: str, rgb: np.ndarray, columns: list[tuple[str, np.ndarray]], num_classes: int,
-                   class_names=None, panel_inches: float = 2.2) -> str:
+def class_map_rows(
+    path: str,
+    rgb: np.ndarray,
+    columns: list[tuple[str, np.ndarray]],
+    num_classes: int,
+    class_names=None,
+    panel_inches: float = 2.2,
+) -> str:
     """One row per example: the display image ``rgb`` [N, H, W, 3] in [0, 1], then one class map
     per ``(title, masks [N, H, W])`` column (negative labels = ignore, left blank); each panel
     ``panel_inches`` wide."""
     n = min([len(rgb)] + [len(m) for _, m in columns])
     cmap = plt.get_cmap("tab10", max(num_classes, 2))
-    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(panel_inches * (1 + len(columns)), panel_inches * n),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n, 1 + len(columns), figsize=(panel_inches * (1 + len(columns)), panel_inches * n), squeeze=False
+    )
     for i in range(n):
         axes[i, 0].imshow(rgb[i])
         for j, (_, masks) in enumerate(columns):
-            axes[i, j + 1].imshow(np.ma.masked_less(masks[i], 0), cmap=cmap, vmin=-0.5,
-                                  vmax=max(num_classes, 2) - 0.5, interpolation="nearest")
+            axes[i, j + 1].imshow(
+                np.ma.masked_less(masks[i], 0),
+                cmap=cmap,
+                vmin=-0.5,
+                vmax=max(num_classes, 2) - 0.5,
+                interpolation="nearest",
+            )
         for j, title in enumerate(["image (RGB)"] + [t for t, _ in columns]):
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
@@ -209,8 +249,13 @@ def class_map_rows(path: str, rgb: np.ndarray, columns: list[tuple[str, np.ndarr
     if names:
         from matplotlib.patches import Patch  # heavy import (matplotlib): only when drawing
 
-        fig.legend(handles=[Patch(color=cmap(c), label=nm) for c, nm in enumerate(names)], loc="lower center",
-                   ncol=min(len(names), 6), fontsize=7, frameon=False)
+        fig.legend(
+            handles=[Patch(color=cmap(c), label=nm) for c, nm in enumerate(names)],
+            loc="lower center",
+            ncol=min(len(names), 6),
+            fontsize=7,
+            frameon=False,
+        )
         fig.tight_layout(rect=(0, 0.05, 1, 1))
     else:
         fig.tight_layout()
@@ -284,11 +329,21 @@ def noise_study_layers(path: str, analysis: dict[str, list[dict]]) -> str | None
         rows = analysis[a]
         steps = [r["step"] for r in rows]
         for i, g in enumerate(groups):
-            axes[1, 0].plot(steps, [r["weights"][g]["rel_change"] for r in rows], styles[j],
-                            color=plt.get_cmap("tab20")(i % 20), label=g if j == 0 else None)
+            axes[1, 0].plot(
+                steps,
+                [r["weights"][g]["rel_change"] for r in rows],
+                styles[j],
+                color=plt.get_cmap("tab20")(i % 20),
+                label=g if j == 0 else None,
+            )
         for i, lv in enumerate(levels):
-            axes[1, 1].plot(steps, [np.nan if r["fisher"][lv] is None else r["fisher"][lv] for r in rows],
-                            styles[j], color=plt.get_cmap("tab20")(i % 20), label=f"{lv} ({a})")
+            axes[1, 1].plot(
+                steps,
+                [np.nan if r["fisher"][lv] is None else r["fisher"][lv] for r in rows],
+                styles[j],
+                color=plt.get_cmap("tab20")(i % 20),
+                label=f"{lv} ({a})",
+            )
     axes[1, 0].set_title(f"weight change over training: {pair[0]} (solid) vs {pair[-1]} (dashed)", fontsize=9)
     axes[1, 1].set_title(f"Fisher ratio over training: {pair[0]} (solid) vs {pair[-1]} (dashed)", fontsize=9)
     axes[1, 1].set_yscale("log")

@@ -89,8 +89,12 @@ def machine() -> dict:
         import jax  # provenance only: rendering the tables never starts a backend
 
         devices = jax.devices()
-        desc.update(jax=jax.__version__, backend=jax.default_backend(), device_count=len(devices),
-                    device_kinds=sorted({d.device_kind for d in devices}))
+        desc.update(
+            jax=jax.__version__,
+            backend=jax.default_backend(),
+            device_count=len(devices),
+            device_kinds=sorted({d.device_kind for d in devices}),
+        )
     except Exception as e:  # noqa: BLE001 - provenance must never stop a run that already finished
         desc["jax_error"] = repr(e)
     try:
@@ -233,8 +237,10 @@ def _by_setting(payloads: list[dict]) -> list[tuple[str, list[dict]]]:
     groups: dict[str, list[dict]] = {}
     for p in payloads:
         groups.setdefault(p.get("setting", "?"), []).append(p)
-    return [(setting, sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", ""))))
-            for setting in sorted(groups)]
+    return [
+        (setting, sorted(groups[setting], key=lambda p: (p.get("arm_index", 1 << 30), p.get("arm", ""))))
+        for setting in sorted(groups)
+    ]
 
 
 def _by_seed(payload: dict, metric: str) -> dict:
@@ -266,13 +272,22 @@ def _comparisons(rows: list[dict]) -> list[str]:
         cells = []
         for metric in ("linear", "knn"):
             ci = paired_interval(_by_seed(by_arm[a], metric), _by_seed(by_arm[b], metric))
-            cells.append("n/a" if ci is None else
-                         f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})")
+            cells.append(
+                "n/a"
+                if ci is None
+                else f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})"
+            )
         out.append(f"| {a} − {b} | {cells[0]} | {cells[1]} |")
     if not out:
         return []
-    return ["", "Paired differences (same seeds, first arm minus second, points of top-1 %; "
-            "mean [95 % t-interval]):", "", "| comparison | linear | kNN |", "|---|---|---|", *out]
+    return [
+        "",
+        "Paired differences (same seeds, first arm minus second, points of top-1 %; mean [95 % t-interval]):",
+        "",
+        "| comparison | linear | kNN |",
+        "|---|---|---|",
+        *out,
+    ]
 
 
 def _secs(x) -> str:
@@ -303,14 +318,19 @@ def render_study_table(payloads: list[dict]) -> str:
     blocks = []
     for setting, rows in _by_setting(payloads):
         s = rows[0].get("settings", {})
-        head = (f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}, {s.get('image_size', '?')} px, "
-                f"{_length(s)}, batch {s.get('batch_size', '?')}, {s.get('dtype', '?')}, "
-                f"{s.get('num_train', '?')} train / {s.get('num_test', '?')} test images "
-                f"(linear probe and kNN k = {s.get('knn_k', '?')} on frozen features, test split, top-1 %)")
-        lines = [head, "",
-                 "| arm | linear | kNN | per seed (linear / kNN) | steps | pretrain s | arm wall s | device | date "
-                 "| commit | L_D | cond. gain % (zeroed / shuffled) | L_D grad share % | same-scene cand. | refused |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        head = (
+            f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}, {s.get('image_size', '?')} px, "
+            f"{_length(s)}, batch {s.get('batch_size', '?')}, {s.get('dtype', '?')}, "
+            f"{s.get('num_train', '?')} train / {s.get('num_test', '?')} test images "
+            f"(linear probe and kNN k = {s.get('knn_k', '?')} on frozen features, test split, top-1 %)"
+        )
+        lines = [
+            head,
+            "",
+            "| arm | linear | kNN | per seed (linear / kNN) | steps | pretrain s | arm wall s | device | date "
+            "| commit | L_D | cond. gain % (zeroed / shuffled) | L_D grad share % | same-scene cand. | refused |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for p in rows:
             runs = p.get("runs", [])
             per_seed = ", ".join(f"s{r.get('seed', '?')}: {_pct(r.get('linear'))} / {_pct(r.get('knn'))}" for r in runs)
@@ -323,10 +343,14 @@ def render_study_table(payloads: list[dict]) -> str:
                 f"| {_mean_sd([r.get('knn') for r in runs])} | {per_seed} "
                 f"| {'/'.join(str(x) for x in steps) or '0'} | {_secs(p.get('pretrain_s'))} "
                 f"| {_secs(p.get('wall_s'))} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} | {commit} "
-                + _mechanism(p))
+                + _mechanism(p)
+            )
         total = sum(p.get("wall_s") or 0.0 for p in rows)
-        lines += ["", f"Mean ± sample sd (ddof = 1) over seeds. Study wall time (every arm and seed, all calls): "
-                  f"{total / 60:,.0f} min."]
+        lines += [
+            "",
+            f"Mean ± sample sd (ddof = 1) over seeds. Study wall time (every arm and seed, all calls): "
+            f"{total / 60:,.0f} min.",
+        ]
         lines += _comparisons(rows)
         cmds = sorted({p.get("provenance", {}).get("command", "?") for p in rows})
         lines += ["", "Command" + ("s" if len(cmds) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in cmds)]
@@ -339,8 +363,11 @@ _OSCD_MODES = (("frozen", "frozen"), ("finetuned", "fine-tuned"))
 
 def _oscd_scores(p: dict, mode: str, metric: str = "f1") -> dict:
     """``{(fold, seed): value}`` of the arm's runs scored in ``mode``."""
-    return {(r["fold"], r["seed"]): r[mode][metric] for r in p.get("runs", [])
-            if "error" not in r and (r.get(mode) or {}).get(metric) is not None}
+    return {
+        (r["fold"], r["seed"]): r[mode][metric]
+        for r in p.get("runs", [])
+        if "error" not in r and (r.get(mode) or {}).get(metric) is not None
+    }
 
 
 def _oscd_pooled(p: dict, mode: str, metric: str = "f1") -> dict:
@@ -349,7 +376,11 @@ def _oscd_pooled(p: dict, mode: str, metric: str = "f1") -> dict:
 
 
 def _interval(ci) -> str:
-    return "n/a" if ci is None else f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})"
+    return (
+        "n/a"
+        if ci is None
+        else f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})"
+    )
 
 
 def render_oscd_table(payloads: list[dict]) -> str:
@@ -374,29 +405,45 @@ def render_oscd_table(payloads: list[dict]) -> str:
         s = rows[0].get("settings", {})
         cd = s.get("cd", {})
         folds = s.get("folds", [])
-        length = (f"{s['max_steps_per_arm']} steps" if s.get("max_steps_per_arm") else f"{s.get('epochs', '?')} epochs")
-        head = (f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}; pretraining on both dates of the "
-                f"training cities' crops, {s.get('image_size', '?')} px patches, {length}, batch {s.get('batch_size', '?')}; "
-                f"change detection on {cd.get('crop_size', '?')} px crops, "
-                + ", ".join(f"{v} {k} steps" for k, v in (cd.get("steps") or {}).items())
-                + f", batch {cd.get('batch_size', '?')}. Folds (test cities): "
-                + ", ".join(f"F{f['fold']} {' + '.join(f['test'])}" for f in folds)
-                + ". Scores of the change class, %.")
+        length = f"{s['max_steps_per_arm']} steps" if s.get("max_steps_per_arm") else f"{s.get('epochs', '?')} epochs"
+        head = (
+            f"**`{setting}`**: {s.get('dataset', '?')}, {s.get('model', '?')}; pretraining on both dates of the "
+            f"training cities' crops, {s.get('image_size', '?')} px patches, {length}, batch {s.get('batch_size', '?')}; "
+            f"change detection on {cd.get('crop_size', '?')} px crops, "
+            + ", ".join(f"{v} {k} steps" for k, v in (cd.get("steps") or {}).items())
+            + f", batch {cd.get('batch_size', '?')}. Folds (test cities): "
+            + ", ".join(f"F{f['fold']} {' + '.join(f['test'])}" for f in folds)
+            + ". Scores of the change class, %."
+        )
         fold_ids = [f["fold"] for f in folds]
-        lines = [head, "",
-                 "| arm | encoder | F1 pooled | IoU pooled | precision pooled | recall pooled | F1 per fold ("
-                 + " / ".join(f"F{k}" for k in fold_ids) + ") | F1 over fold x seed |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            head,
+            "",
+            "| arm | encoder | F1 pooled | IoU pooled | precision pooled | recall pooled | F1 per fold ("
+            + " / ".join(f"F{k}" for k in fold_ids)
+            + ") | F1 over fold x seed |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for p in rows:
             for mode, label in _OSCD_MODES:
                 runs = _oscd_scores(p, mode)
-                per_fold = " / ".join(_pct(sum(v) / len(v)) if (v := [x for (f, _), x in runs.items() if f == k])
-                                      else "n/a" for k in fold_ids)
-                pooled = [_mean_sd(list(_oscd_pooled(p, mode, m).values())) for m in ("f1", "iou", "precision", "recall")]
-                lines.append(f"| {p.get('arm', '?')} | {label} | {' | '.join(pooled)} | {per_fold} "
-                             f"| {_mean_sd(list(runs.values()))} |")
-        lines += ["", "| arm | runs (fold x seed) | pretraining steps | pretraining s | same-scene cand. | L_D | refused "
-                  "| arm wall min | device | date | commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                per_fold = " / ".join(
+                    _pct(sum(v) / len(v)) if (v := [x for (f, _), x in runs.items() if f == k]) else "n/a"
+                    for k in fold_ids
+                )
+                pooled = [
+                    _mean_sd(list(_oscd_pooled(p, mode, m).values())) for m in ("f1", "iou", "precision", "recall")
+                ]
+                lines.append(
+                    f"| {p.get('arm', '?')} | {label} | {' | '.join(pooled)} | {per_fold} "
+                    f"| {_mean_sd(list(runs.values()))} |"
+                )
+        lines += [
+            "",
+            "| arm | runs (fold x seed) | pretraining steps | pretraining s | same-scene cand. | L_D | refused "
+            "| arm wall min | device | date | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for p in rows:
             runs = p.get("runs", [])
             w = p.get("last_window_mean") or {}
@@ -407,28 +454,44 @@ def render_oscd_table(payloads: list[dict]) -> str:
             fn = "" if w.get("scene_false_negatives") is None else f"{w['scene_false_negatives']:.1f}"
             ld = "" if w.get("loss_diffusion") is None else f"{w['loss_diffusion']:.4f}"
             failed = f" ({len(p['errors'])} failed)" if p.get("errors") else ""
-            lines.append(f"| {p.get('arm', '?')} | {len(runs)}{failed} | {'/'.join(str(x) for x in steps) or '0'} "
-                         f"| {_secs(p.get('pretrain_s'))} | {fn} | {ld} | {p.get('refused_steps', 0)} "
-                         f"| {(p.get('wall_s') or 0) / 60:,.0f} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} "
-                         f"| {commit} |")
+            lines.append(
+                f"| {p.get('arm', '?')} | {len(runs)}{failed} | {'/'.join(str(x) for x in steps) or '0'} "
+                f"| {_secs(p.get('pretrain_s'))} | {fn} | {ld} | {p.get('refused_steps', 0)} "
+                f"| {(p.get('wall_s') or 0) / 60:,.0f} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} "
+                f"| {commit} |"
+            )
         by_arm = {p.get("arm"): p for p in rows}
         pairs = next((p["comparisons"] for p in rows if p.get("comparisons")), [])
         diffs = []
         for a, b in pairs:
             if a in by_arm and b in by_arm:
-                cells = [_interval(paired_interval(_oscd_scores(by_arm[a], m), _oscd_scores(by_arm[b], m)))
-                         for m, _ in _OSCD_MODES]
-                cells += [_interval(paired_interval(_oscd_pooled(by_arm[a], m), _oscd_pooled(by_arm[b], m)))
-                          for m, _ in _OSCD_MODES]
+                cells = [
+                    _interval(paired_interval(_oscd_scores(by_arm[a], m), _oscd_scores(by_arm[b], m)))
+                    for m, _ in _OSCD_MODES
+                ]
+                cells += [
+                    _interval(paired_interval(_oscd_pooled(by_arm[a], m), _oscd_pooled(by_arm[b], m)))
+                    for m, _ in _OSCD_MODES
+                ]
                 diffs.append(f"| {a} − {b} | {' | '.join(cells)} |")
         if diffs:
-            lines += ["", "Paired differences of F1 (first arm minus second, points; mean [95 % t-interval]): over the "
-                      "fold x seed runs both arms have, and over the seeds of the pooled F1:", "",
-                      "| comparison | frozen, fold x seed | fine-tuned, fold x seed | frozen, pooled | fine-tuned, pooled |",
-                      "|---|---|---|---|---|", *diffs]
+            lines += [
+                "",
+                "Paired differences of F1 (first arm minus second, points; mean [95 % t-interval]): over the "
+                "fold x seed runs both arms have, and over the seeds of the pooled F1:",
+                "",
+                "| comparison | frozen, fold x seed | fine-tuned, fold x seed | frozen, pooled | fine-tuned, pooled |",
+                "|---|---|---|---|---|",
+                *diffs,
+            ]
         cmds = sorted({p.get("provenance", {}).get("command", "?") for p in rows})
-        lines += ["", "Mean ± sample sd (ddof = 1). Command" + ("s" if len(cmds) > 1 else "") + ": "
-                  + "; ".join(f"`{c}`" for c in cmds)]
+        lines += [
+            "",
+            "Mean ± sample sd (ddof = 1). Command"
+            + ("s" if len(cmds) > 1 else "")
+            + ": "
+            + "; ".join(f"`{c}`" for c in cmds),
+        ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -449,8 +512,12 @@ def render_bench_table(payloads: list[dict]) -> str:
     for r in rows:
         prov = r.get("provenance") or {}
         m = prov.get("machine") or {}
-        key = (r["rsjax"].get("num_devices", 1), r["rsjax"].get("device", "?"), str(prov.get("date", "?"))[:10],
-               m.get("jax", "?"))
+        key = (
+            r["rsjax"].get("num_devices", 1),
+            r["rsjax"].get("device", "?"),
+            str(prov.get("date", "?"))[:10],
+            m.get("jax", "?"),
+        )
         groups.setdefault(key, []).append(r)
 
     def ips(r):
@@ -458,13 +525,25 @@ def render_bench_table(payloads: list[dict]) -> str:
 
     blocks = []
     for (ndev, kind, date, jax_v), grp in groups.items():
-        torch_v = sorted({v for r in grp for v in (((r.get("peer") or {}).get("framework") or "").removeprefix("torch "),
-                                                     ((r.get("provenance") or {}).get("machine") or {}).get("torch")) if v})
+        torch_v = sorted(
+            {
+                v
+                for r in grp
+                for v in (
+                    ((r.get("peer") or {}).get("framework") or "").removeprefix("torch "),
+                    ((r.get("provenance") or {}).get("machine") or {}).get("torch"),
+                )
+                if v
+            }
+        )
         by_key = {(r["rsjax"].get("method"), r.get("config", "").rsplit(":", 1)[-1], r.get("input")): r for r in grp}
-        lines = [f"**{ndev}x {kind}, {date}** (jax {jax_v}" + (f", torch {'/'.join(torch_v)}" if torch_v else "") + ")", "",
-                 "| config (`--config=...`) | input | rsjax img/s | step ms median (p10-p90) | TFLOP / step | MFU "
-                 "| compile s | peak GiB | peer img/s (same run) | ratio |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"**{ndev}x {kind}, {date}** (jax {jax_v}" + (f", torch {'/'.join(torch_v)}" if torch_v else "") + ")",
+            "",
+            "| config (`--config=...`) | input | rsjax img/s | step ms median (p10-p90) | TFLOP / step | MFU "
+            "| compile s | peak GiB | peer img/s (same run) | ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         peaks, sources, commands = set(), set(), []
         for r in grp:
             x = r["rsjax"]
@@ -484,8 +563,11 @@ def render_bench_table(payloads: list[dict]) -> str:
                 peer_s = "not timed: " + peer["error"][:60].replace("|", "/")
             if x.get("method") == "swimdiff":
                 variant = r.get("config", "").rsplit(":", 1)[-1]
-                rel = [f"{ips(r) / ips(o):.2f}x of {name}" for meth, name in (("moco", "MoCo"), ("simclr", "SimCLR"))
-                       if (o := by_key.get((meth, variant, r.get("input")))) and ips(o)]
+                rel = [
+                    f"{ips(r) / ips(o):.2f}x of {name}"
+                    for meth, name in (("moco", "MoCo"), ("simclr", "SimCLR"))
+                    if (o := by_key.get((meth, variant, r.get("input")))) and ips(o)
+                ]
                 ratio = ", ".join(rel) or ratio
             lines.append(
                 f"| `{r.get('config', '?')}` ({ann}) | {r.get('input', '?')} | {ips(r):,.0f} "
@@ -493,14 +575,18 @@ def render_bench_table(payloads: list[dict]) -> str:
                 f"| {'n/a' if not flops else f'{flops / 1e12:.2f}'} | {'n/a' if mfu is None else f'{mfu:.1%}'} "
                 f"| {_secs(x.get('compile_s'))} "
                 f"| {'n/a' if x.get('peak_memory_gb') is None else format(x['peak_memory_gb'], '.1f')} "
-                f"| {peer_s} | {ratio or '-'} |")
+                f"| {peer_s} | {ratio or '-'} |"
+            )
             prov = r.get("provenance") or {}
             commands.append(prov.get("command", "?"))
             if prov.get("source"):
                 sources.add(prov["source"])
         lines.append("")
-        lines += [f"Peak for MFU: {p / 1e12:,.0f} TFLOP/s per device ({src or 'source not recorded'})."
-                  for p, src in sorted(peaks, key=str) if p]
+        lines += [
+            f"Peak for MFU: {p / 1e12:,.0f} TFLOP/s per device ({src or 'source not recorded'})."
+            for p, src in sorted(peaks, key=str)
+            if p
+        ]
         lines += [f"Source: {s}." for s in sorted(sources)]
         lines.append("Commands: " + "; ".join(f"`{c}`" for c in commands))
         blocks.append("\n".join(lines))
@@ -519,17 +605,26 @@ def render_bench_cpu_table(payloads: list[dict]) -> str:
     for r in rows:
         prov = r.get("provenance") or {}
         m = prov.get("machine") or {}
-        key = (m.get("cpu_model") or "?", m.get("cpu_count", "?"), str(prov.get("date", "?"))[:10],
-               m.get("jax", "?"), (prov.get("git") or {}).get("commit", "?"))
+        key = (
+            m.get("cpu_model") or "?",
+            m.get("cpu_count", "?"),
+            str(prov.get("date", "?"))[:10],
+            m.get("jax", "?"),
+            (prov.get("git") or {}).get("commit", "?"),
+        )
         groups.setdefault(key, []).append(r)
     blocks = []
     for (cpu, ncpu, date, jax_v, commit), grp in groups.items():
         torch_v = sorted({(r.get("peer") or {}).get("framework", "").removeprefix("torch ") for r in grp} - {""})
-        lines = [f"**CPU: {cpu}, {ncpu} cores, {date}** (jax {jax_v}" + (f", torch {'/'.join(torch_v)}" if torch_v else "")
-                 + f", commit {commit}; float32, every figure of a row from one process)", "",
-                 "| config (`--config=...`) | rsjax `lax` img/s | rsjax `auto` img/s | auto / lax "
-                 "| torch eager img/s | auto / torch | GFLOP / step | GFLOP/s (`auto`) | of FP32 peak | compile s (lax / auto) |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"**CPU: {cpu}, {ncpu} cores, {date}** (jax {jax_v}"
+            + (f", torch {'/'.join(torch_v)}" if torch_v else "")
+            + f", commit {commit}; float32, every figure of a row from one process)",
+            "",
+            "| config (`--config=...`) | rsjax `lax` img/s | rsjax `auto` img/s | auto / lax "
+            "| torch eager img/s | auto / torch | GFLOP / step | GFLOP/s (`auto`) | of FP32 peak | compile s (lax / auto) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         peaks, commands = set(), []
         for r in grp:
             conv = r["rsjax_conv"]
@@ -549,7 +644,8 @@ def render_bench_cpu_table(payloads: list[dict]) -> str:
                 f"| {_num(pi) if pi else ('not timed: ' + peer['error'][:50].replace('|', '/') if peer.get('error') else '-')} "
                 f"| {f'{ai / pi:.2f}x' if ai and pi else '-'} | {f'{fl / 1e9:.2f}' if fl else 'n/a'} "
                 f"| {_num(x.get('gflops_per_s'))} | {_frac(x.get('mfu'))} "
-                f"| {_sec1(lax_r.get('compile_s'))} / {_sec1(auto_r.get('compile_s'))} |")
+                f"| {_sec1(lax_r.get('compile_s'))} / {_sec1(auto_r.get('compile_s'))} |"
+            )
             commands.append((r.get("provenance") or {}).get("command", "?"))
         lines.append("")
         lines += [f"FP32 peak: {src}." for src in sorted(p for p in peaks if p)]
@@ -579,9 +675,15 @@ def _analysis_end(run: dict) -> dict:
     last = rows[-1]
     w = last.get("weights") or {}
     mean = lambda vals: sum(vals) / len(vals) if vals else None  # noqa: E731
-    return {"fisher": last.get("fisher") or {},
-            "enc_change": mean([v["rel_change"] for g, v in w.items() if g.startswith("enc_") and v.get("rel_change") is not None]),
-            "dec_change": mean([v["rel_change"] for g, v in w.items() if g.startswith("dec_") and v.get("rel_change") is not None])}
+    return {
+        "fisher": last.get("fisher") or {},
+        "enc_change": mean(
+            [v["rel_change"] for g, v in w.items() if g.startswith("enc_") and v.get("rel_change") is not None]
+        ),
+        "dec_change": mean(
+            [v["rel_change"] for g, v in w.items() if g.startswith("dec_") and v.get("rel_change") is not None]
+        ),
+    }
 
 
 def _deepest(fisher: dict, prefix: str):
@@ -620,60 +722,99 @@ def render_dubai_table(payloads: list[dict]) -> str:
         fracs = [f"{float(f):g}" for f in st.get("label_fractions", [])]
         decs = st.get("decoders", ["unet"])
         classes = st.get("class_names", [])
-        lines = [f"**`{setting}`**: {st.get('dataset', '?')}, {st.get('model', '?')} encoder, "
-                 f"{st.get('image_size', '?')} px crops, {st.get('num_train', '?')} training crops; pretraining "
-                 f"{st.get('pretrain_steps', '?')} steps of {st.get('pretrain_batch', '?')}; fine-tuning "
-                 f"{st.get('finetune_steps', '?')} steps of {st.get('finetune_batch', '?')} "
-                 f"({', '.join(decs)}, decoder widths {st.get('decoder_channels', '?')}) on a fraction of the "
-                 f"training crops with clean labels; scored on {st.get('num_test', '?')} (of {st.get('num_test_all', '?')}) "
-                 f"crops of test tiles "
-                 # test_tiles: records written before data.test_tiles was renamed data.test_scenes
-                 f"{', '.join(str(t) for t in st.get('test_scenes', st.get('test_tiles', [])))} (mIoU %, {len(classes)} classes)", ""]
+        lines = [
+            f"**`{setting}`**: {st.get('dataset', '?')}, {st.get('model', '?')} encoder, "
+            f"{st.get('image_size', '?')} px crops, {st.get('num_train', '?')} training crops; pretraining "
+            f"{st.get('pretrain_steps', '?')} steps of {st.get('pretrain_batch', '?')}; fine-tuning "
+            f"{st.get('finetune_steps', '?')} steps of {st.get('finetune_batch', '?')} "
+            f"({', '.join(decs)}, decoder widths {st.get('decoder_channels', '?')}) on a fraction of the "
+            f"training crops with clean labels; scored on {st.get('num_test', '?')} (of {st.get('num_test_all', '?')}) "
+            f"crops of test tiles "
+            # test_tiles: records written before data.test_tiles was renamed data.test_scenes
+            f"{', '.join(str(t) for t in st.get('test_scenes', st.get('test_tiles', [])))} (mIoU %, {len(classes)} classes)",
+            "",
+        ]
         cols = [(d, f) for d in decs for f in fracs]
         head = " | ".join(f"{d} {_pct_of(f)} labels" for d, f in cols)
-        lines += [f"| arm | {head} | per seed | pretrain s | arm wall s | device | date | commit |",
-                  "|" + "---|" * (7 + len(cols))]
+        lines += [
+            f"| arm | {head} | per seed | pretrain s | arm wall s | device | date | commit |",
+            "|" + "---|" * (7 + len(cols)),
+        ]
         for p in rows:
             runs = p.get("runs", [])
             cells = " | ".join(_mean_sd([_dubai_score(r, f, d) for r in runs]) for d, f in cols)
-            per_seed = ", ".join(f"s{r.get('seed', '?')}: " + ("failed" if "error" in r else
-                                 " / ".join(_pct(_dubai_score(r, f, d)) for d, f in cols)) for r in runs)
+            per_seed = ", ".join(
+                f"s{r.get('seed', '?')}: "
+                + ("failed" if "error" in r else " / ".join(_pct(_dubai_score(r, f, d)) for d, f in cols))
+                for r in runs
+            )
             prov = p.get("provenance", {})
             git = prov.get("git") or {}
             commit = (git.get("commit", "?") + ("-dirty" if git.get("dirty") else "")) if git else "n/a"
-            lines.append(f"| {p.get('arm', '?')} | {cells} | {per_seed} | {_secs(p.get('pretrain_s'))} "
-                         f"| {_secs(p.get('wall_s'))} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} | {commit} |")
-        lines += ["", "Mean ± sample sd (ddof = 1) over seeds; every arm of a seed fine-tunes on the same labelled "
-                  "crops with the same decoder initialisation and batches."]
+            lines.append(
+                f"| {p.get('arm', '?')} | {cells} | {per_seed} | {_secs(p.get('pretrain_s'))} "
+                f"| {_secs(p.get('wall_s'))} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} | {commit} |"
+            )
+        lines += [
+            "",
+            "Mean ± sample sd (ddof = 1) over seeds; every arm of a seed fine-tunes on the same labelled "
+            "crops with the same decoder initialisation and batches.",
+        ]
         for d, f in cols:
-            lines += ["", f"Per-class IoU (%, mean over seeds), {d}, {_pct_of(f)} labels:", "",
-                      "| arm | " + " | ".join(classes) + " |", "|" + "---|" * (1 + len(classes))]
+            lines += [
+                "",
+                f"Per-class IoU (%, mean over seeds), {d}, {_pct_of(f)} labels:",
+                "",
+                "| arm | " + " | ".join(classes) + " |",
+                "|" + "---|" * (1 + len(classes)),
+            ]
             for p in rows:
-                lines.append(f"| {p.get('arm', '?')} | " + " | ".join(
-                    _pct(_avg([_dubai_score(r, f, d, c) for r in p.get("runs", [])])) for c in classes) + " |")
+                lines.append(
+                    f"| {p.get('arm', '?')} | "
+                    + " | ".join(_pct(_avg([_dubai_score(r, f, d, c) for r in p.get("runs", [])])) for c in classes)
+                    + " |"
+                )
         by_arm = {p.get("arm"): p for p in rows}
-        pairs = [(a, b) for a, b in next((p["comparisons"] for p in rows if p.get("comparisons")), [])
-                 if a in by_arm and b in by_arm]
+        pairs = [
+            (a, b)
+            for a, b in next((p["comparisons"] for p in rows if p.get("comparisons")), [])
+            if a in by_arm and b in by_arm
+        ]
         if pairs:
-            lines += ["", "Paired differences (same seeds, first arm minus second, mIoU points; mean [95 % t-interval]):",
-                      "", "| comparison | " + " | ".join(f"{d} {_pct_of(f)} labels" for d, f in cols) + " |",
-                      "|" + "---|" * (1 + len(cols))]
+            lines += [
+                "",
+                "Paired differences (same seeds, first arm minus second, mIoU points; mean [95 % t-interval]):",
+                "",
+                "| comparison | " + " | ".join(f"{d} {_pct_of(f)} labels" for d, f in cols) + " |",
+                "|" + "---|" * (1 + len(cols)),
+            ]
             for a, b in pairs:
                 cells = []
                 for d, f in cols:
-                    score = lambda arm: {r["seed"]: v for r in by_arm[arm].get("runs", [])  # noqa: E731
-                                         if (v := _dubai_score(r, f, d)) is not None}
+                    score = lambda arm: {
+                        r["seed"]: v
+                        for r in by_arm[arm].get("runs", [])  # noqa: E731
+                        if (v := _dubai_score(r, f, d)) is not None
+                    }
                     ci = paired_interval(score(a), score(b))
-                    cells.append("n/a" if ci is None else
-                                 f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})")
+                    cells.append(
+                        "n/a"
+                        if ci is None
+                        else f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}] (n = {ci['n']})"
+                    )
                 lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
-        lines += ["", "Mechanism (means over seeds): noisy labels' pixel agreement with the clean ones on the training "
-                  "crops; at the end of pretraining, Fisher ratio of the clean classes (encoder's last stage / decoder's "
-                  "last block; analysis crops of the test tiles) and mean relative weight change from the "
-                  "initialisation; FALSE: anchors calibrated per logged step at its threshold, logged steps with any; "
-                  "refused (non-finite) steps.", "",
-                  "| arm | pretraining labels | pixel agreement | Fisher enc / dec | weight change enc / dec "
-                  "| calibrated per step | steps firing | refused |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Mechanism (means over seeds): noisy labels' pixel agreement with the clean ones on the training "
+            "crops; at the end of pretraining, Fisher ratio of the clean classes (encoder's last stage / decoder's "
+            "last block; analysis crops of the test tiles) and mean relative weight change from the "
+            "initialisation; FALSE: anchors calibrated per logged step at its threshold, logged steps with any; "
+            "refused (non-finite) steps.",
+            "",
+            "| arm | pretraining labels | pixel agreement | Fisher enc / dec | weight change enc / dec "
+            "| calibrated per step | steps firing | refused |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for p in rows:
             ok = [r for r in p.get("runs", []) if "error" not in r]
             pre = [r.get("pretrain") or {} for r in ok]
@@ -681,10 +822,16 @@ def render_dubai_table(payloads: list[dict]) -> str:
                 lines.append(f"| {p.get('arm')} | none | | | | | | |")
                 continue
             noise = p.get("noise") or {}
-            labels = "views (no labels)" if p.get("kind") != "supervised" else (
-                f"{len(noise.get('class_names') or []) or len(classes)} classes" +
-                (f", pooled x{noise['pool_factor']}" if (noise.get("pool_factor") or 1) > 1 else "") +
-                (f", {100 * noise['flip_rate']:g} % regions flipped" if noise.get("flip_rate") else "") or "")
+            labels = (
+                "views (no labels)"
+                if p.get("kind") != "supervised"
+                else (
+                    f"{len(noise.get('class_names') or []) or len(classes)} classes"
+                    + (f", pooled x{noise['pool_factor']}" if (noise.get("pool_factor") or 1) > 1 else "")
+                    + (f", {100 * noise['flip_rate']:g} % regions flipped" if noise.get("flip_rate") else "")
+                    or ""
+                )
+            )
             agree = (p.get("agreement") or {}).get("pixel")
             ends = [_analysis_end(r) for r in ok]
             fisher = [e.get("fisher") or {} for e in ends]
@@ -692,24 +839,39 @@ def render_dubai_table(payloads: list[dict]) -> str:
             dec_f = _avg([_deepest(fi, "dec_") for fi in fisher])
             firing = [x.get("logged_firing") for x in pre if x.get("logged_firing")]
             cal = _avg([x["calibrated_mean"] for x in firing])
-            steps_firing = f"{sum(x['steps_firing'] for x in firing)} / {sum(x['rows'] for x in firing)}" if firing else ""
+            steps_firing = (
+                f"{sum(x['steps_firing'] for x in firing)} / {sum(x['rows'] for x in firing)}" if firing else ""
+            )
             lines.append(
                 f"| {p.get('arm')} | {labels} | {_pct(agree) if agree is not None else ''} "
                 f"| {_f(enc_f)}{' / ' + _f(dec_f) if dec_f is not None else ''} "
                 f"| {_f(_avg([e.get('enc_change') for e in ends]))}{' / ' + _f(_avg([e.get('dec_change') for e in ends])) if ends and ends[0] else ''} "
-                f"| {_f(cal, '.3f')} | {steps_firing} | {sum(x.get('refused_steps', 0) for x in pre)} |")
-        sweeps = [(p.get("arm"), r["pretrain"]["firing"]) for p in rows for r in p.get("runs", [])
-                  if "error" not in r and (r.get("pretrain") or {}).get("firing")]
+                f"| {_f(cal, '.3f')} | {steps_firing} | {sum(x.get('refused_steps', 0) for x in pre)} |"
+            )
+        sweeps = [
+            (p.get("arm"), r["pretrain"]["firing"])
+            for p in rows
+            for r in p.get("runs", [])
+            if "error" not in r and (r.get("pretrain") or {}).get("firing")
+        ]
         if sweeps:
             arm0, first = sweeps[0]
-            modes = [m for m in first["trained"] if isinstance(first["trained"][m], dict) and "threshold" in first["trained"][m]]
+            modes = [
+                m
+                for m in first["trained"]
+                if isinstance(first["trained"][m], dict) and "threshold" in first["trained"][m]
+            ]
             ts = first["trained"][modes[0]]["threshold"]
-            lines += ["", f"FALSE's selection over the threshold range: anchors calibrated per batch of "
-                      f"{first['trained'].get('batch_size', '?')} real training crops (mean over "
-                      f"{first['trained'].get('batches', '?')} batches and the seeds; gated anchors in brackets), "
-                      f"tau {first['trained'].get('temperature', '?')}, alpha {first['trained'].get('alpha', '?')}:", "",
-                      "| arm | encoder | FNSD mode | " + " | ".join(f"T = {t:g}" for t in ts) + " |",
-                      "|" + "---|" * (3 + len(ts))]
+            lines += [
+                "",
+                f"FALSE's selection over the threshold range: anchors calibrated per batch of "
+                f"{first['trained'].get('batch_size', '?')} real training crops (mean over "
+                f"{first['trained'].get('batches', '?')} batches and the seeds; gated anchors in brackets), "
+                f"tau {first['trained'].get('temperature', '?')}, alpha {first['trained'].get('alpha', '?')}:",
+                "",
+                "| arm | encoder | FNSD mode | " + " | ".join(f"T = {t:g}" for t in ts) + " |",
+                "|" + "---|" * (3 + len(ts)),
+            ]
             for arm in dict.fromkeys(a for a, _ in sweeps):
                 mine = [fi for a, fi in sweeps if a == arm]
                 for enc in ("init", "trained"):
@@ -722,8 +884,12 @@ def render_dubai_table(payloads: list[dict]) -> str:
                         lines.append(f"| {arm} | {enc} | {m} | " + " | ".join(cells) + " |")
         total = sum(p.get("wall_s") or 0.0 for p in rows)
         cmds = sorted({p.get("provenance", {}).get("command", "?") for p in rows})
-        lines += ["", f"Study wall time (every arm and seed, all calls): {total / 60:,.0f} min.",
-                  "", "Command" + ("s" if len(cmds) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in cmds)]
+        lines += [
+            "",
+            f"Study wall time (every arm and seed, all calls): {total / 60:,.0f} min.",
+            "",
+            "Command" + ("s" if len(cmds) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in cmds),
+        ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -798,9 +964,12 @@ def update_readme(readme: str = "README.md", results_dir: str = "results", check
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rsjax.results", description=__doc__.split("\n")[0])
     ap.add_argument("--readme", default=os.path.join(REPO, "README.md"))
-    ap.add_argument("--docs", default=None,
-                    help="folder of further .md pages with results blocks (default: docs/ beside the README; "
-                         "'' = the README alone)")
+    ap.add_argument(
+        "--docs",
+        default=None,
+        help="folder of further .md pages with results blocks (default: docs/ beside the README; "
+        "'' = the README alone)",
+    )
     ap.add_argument("--results-dir", default=os.path.join(REPO, "results"))
     ap.add_argument("--check", action="store_true", help="exit 1 if a page is out of date; write nothing")
     a = ap.parse_args(argv)

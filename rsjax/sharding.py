@@ -85,9 +85,7 @@ def host_to_global(batch: Any, mesh: Mesh) -> Any:
     in process order); the result has the global leading dimension.
     """
     sharding = data_sharded(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
-    )
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
 # --------------------------------------------------------------------------------------
@@ -106,8 +104,7 @@ def _jitted_predict(fn, mesh: Mesh):
     if mesh not in per_fn:
         # Variables replicated, batch split on ``data``, outputs replicated so every host can
         # read them back (np.asarray of a replicated global array is host-local).
-        per_fn[mesh] = jax.jit(fn, in_shardings=(replicated(mesh), data_sharded(mesh)),
-                               out_shardings=replicated(mesh))
+        per_fn[mesh] = jax.jit(fn, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
     return per_fn[mesh]
 
 
@@ -117,8 +114,16 @@ def predict_batch_size(batch_size: int, mesh: Mesh) -> int:
     return max(n, -(-int(batch_size) // n) * n)
 
 
-def batched_predict(fn, variables: Any, arrays: Any, *, batch_size: int, desc: str = "predict",
-                    mesh: Mesh | None = None, progress: bool = True) -> Any:
+def batched_predict(
+    fn,
+    variables: Any,
+    arrays: Any,
+    *,
+    batch_size: int,
+    desc: str = "predict",
+    mesh: Mesh | None = None,
+    progress: bool = True,
+) -> Any:
     """Runs ``fn(variables, batch)`` over every row of ``arrays`` and returns the outputs as numpy.
 
     The one padded, data-parallel predict loop of rsjax (feature extraction for kNN / linear
@@ -145,8 +150,7 @@ def batched_predict(fn, variables: Any, arrays: Any, *, batch_size: int, desc: s
     n = int(np.shape(leaves[0])[0])
     for leaf in leaves:
         if np.shape(leaf)[0] != n:
-            raise ValueError(f"batched_predict: inputs differ in their leading axis "
-                             f"({[np.shape(x) for x in leaves]})")
+            raise ValueError(f"batched_predict: inputs differ in their leading axis ({[np.shape(x) for x in leaves]})")
     b = predict_batch_size(batch_size, mesh)
     f = _jitted_predict(fn, mesh)
     variables = jax.device_put(variables, replicated(mesh))
@@ -157,7 +161,7 @@ def batched_predict(fn, variables: Any, arrays: Any, *, batch_size: int, desc: s
     for i in tqdm(range(steps), desc=desc, disable=not progress or steps <= 1, leave=False):
         chunk = []
         for leaf in leaves:
-            x = np.asarray(leaf[i * b:(i + 1) * b])
+            x = np.asarray(leaf[i * b : (i + 1) * b])
             if x.shape[0] < b:
                 x = np.concatenate([x, np.zeros((b - x.shape[0],) + x.shape[1:], x.dtype)])
             # make_array_from_callback works for one or many processes (each device reads its rows).
@@ -166,7 +170,12 @@ def batched_predict(fn, variables: Any, arrays: Any, *, batch_size: int, desc: s
         m = min(b, n - i * b)
         outs.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:m], y))
     if not outs:  # n == 0: trace for the output structure without running anything
-        shapes = jax.eval_shape(fn, variables, jax.tree.unflatten(
-            treedef, [jax.ShapeDtypeStruct((b,) + np.shape(x)[1:], np.asarray(x).dtype) for x in leaves]))
+        shapes = jax.eval_shape(
+            fn,
+            variables,
+            jax.tree.unflatten(
+                treedef, [jax.ShapeDtypeStruct((b,) + np.shape(x)[1:], np.asarray(x).dtype) for x in leaves]
+            ),
+        )
         return jax.tree.map(lambda s: np.zeros((0,) + s.shape[1:], s.dtype), shapes)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)

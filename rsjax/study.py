@@ -20,6 +20,7 @@ renders the tables from ``results/study_*.json`` (EuroSAT: :func:`arm_payload`, 
 payloads). ``config.study.time_budget_s`` > 0
 starts no new run after that many seconds, for time-boxed calls; the rerun resumes there.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,9 @@ def parse_seeds(config) -> list[int]:
     try:
         seeds = [int(s) for s in str(config.study.seeds).split(",") if s.strip()]
     except ValueError:
-        raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: expected comma-separated "
-                                 f"integers") from None
+        raise errors.ConfigError(
+            f"config.study.seeds={config.study.seeds!r}: expected comma-separated integers"
+        ) from None
     if not seeds:
         raise errors.ConfigError(f"config.study.seeds={config.study.seeds!r}: no seed")
     return seeds
@@ -82,8 +84,9 @@ def plan(config) -> tuple[list[int], list[str]]:
         known = arm_names(config)
         unknown = [a for a in arms if a != "random_init" and a not in known]
         if unknown:
-            raise errors.ConfigError(f"config.study.arms: unknown arm(s) {unknown}; known: random_init, "
-                                     f"{', '.join(known)}")
+            raise errors.ConfigError(
+                f"config.study.arms: unknown arm(s) {unknown}; known: random_init, {', '.join(known)}"
+            )
         if config.dtype not in ("float32", "bfloat16"):
             raise errors.ConfigError(f"config.dtype={config.dtype!r}: expected float32 or bfloat16")
     return seeds, arms
@@ -125,12 +128,21 @@ def out_dirs(config, workdir: str) -> list[str]:
 def settings(config, data, num_train: int, num_test: int) -> dict:
     """What every arm of this study shares, recorded beside each arm's numbers."""
     return {
-        "dataset": data.name, "model": config.model.name, "image_size": int(data.image_size),
-        "epochs": config.epochs, "max_steps_per_arm": int(config.get("max_steps_per_arm", 0) or 0),
-        "batch_size": config.batch_size, "dtype": config.dtype, "optimizer": config.optimizer.name,
-        "lr": config.optimizer.lr, "num_train": int(num_train), "num_test": int(num_test),
-        "eval_max_train": int(config.eval.max_train or 0), "knn_k": config.eval.knn_k,
-        "knn_temperature": config.eval.knn_temperature, "linear_epochs": config.eval.linear_epochs,
+        "dataset": data.name,
+        "model": config.model.name,
+        "image_size": int(data.image_size),
+        "epochs": config.epochs,
+        "max_steps_per_arm": int(config.get("max_steps_per_arm", 0) or 0),
+        "batch_size": config.batch_size,
+        "dtype": config.dtype,
+        "optimizer": config.optimizer.name,
+        "lr": config.optimizer.lr,
+        "num_train": int(num_train),
+        "num_test": int(num_test),
+        "eval_max_train": int(config.eval.max_train or 0),
+        "knn_k": config.eval.knn_k,
+        "knn_temperature": config.eval.knn_temperature,
+        "linear_epochs": config.eval.linear_epochs,
     }
 
 
@@ -141,9 +153,17 @@ def arm_payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict
     else:
         source = json.loads(config.arm_sources[arm])
         method, overrides = source["config"], source["overrides"]
-    p = {"format": "rsjax.study_arm/v2", "setting": config.study.name, "arm": arm, "arm_index": arm_index,
-         "config_file": method, "overrides": dict(overrides), "settings": shared, "runs": runs,
-         "comparisons": [c.split("-") for c in str(config.study.get("comparisons", "")).split(",") if "-" in c]}
+    p = {
+        "format": "rsjax.study_arm/v2",
+        "setting": config.study.name,
+        "arm": arm,
+        "arm_index": arm_index,
+        "config_file": method,
+        "overrides": dict(overrides),
+        "settings": shared,
+        "runs": runs,
+        "comparisons": [c.split("-") for c in str(config.study.get("comparisons", "")).split(",") if "-" in c],
+    }
     ok = [r for r in runs if "error" not in r]
     p["errors"] = [{"seed": r["seed"], "error": r["error"]} for r in runs if "error" in r]
     for m in ("linear", "knn"):
@@ -199,9 +219,17 @@ def run_dir(workdir: str, arm: str, unit: dict) -> str:
     return os.path.join(workdir, arm + "".join(f"_{k[0]}{v}" for k, v in unit.items()))
 
 
-def run_arms(config, workdir: str, arms: list[str], units: list[dict], *,
-             run_one: Callable[[str, dict, str], dict], payload: Callable[[str, int, list[dict]], dict],
-             file_name: Callable[[str], str], line: Callable[[str, dict], str]) -> tuple[dict, list[str]]:
+def run_arms(
+    config,
+    workdir: str,
+    arms: list[str],
+    units: list[dict],
+    *,
+    run_one: Callable[[str, dict, str], dict],
+    payload: Callable[[str, int, list[dict]], dict],
+    file_name: Callable[[str], str],
+    line: Callable[[str, dict], str],
+) -> tuple[dict, list[str]]:
     """The one resumable loop of the studies: every arm, then every run ``unit`` of it (``{"seed": s}``
     for EuroSAT and Dubai, ``{"fold": k, "seed": s}`` for OSCD), each in its own :func:`run_dir`
     (``<arm>_s<seed>``, ``<arm>_f<fold>_s<seed>``).
@@ -247,13 +275,17 @@ def run_arms(config, workdir: str, arms: list[str], units: list[dict], *,
             elapsed = time.time() - t_study
             if budget and elapsed > budget:
                 left = arms[arm_index:]
-                print(f"== study: time_budget_s={budget:.0f} spent; left: {', '.join(left)} (rerun to continue)",
-                      flush=True)
+                print(
+                    f"== study: time_budget_s={budget:.0f} spent; left: {', '.join(left)} (rerun to continue)",
+                    flush=True,
+                )
                 return results, left
             todo = sum(a != "random_init" for a in arms[arm_index:]) * len(units) - (arm != "random_init") * len(runs)
             eta = f", about {todo * np.mean(walls) / 60:.0f} min left (mean run so far)" if walls else ""
-            print(f"== study: {arm} {unit} (arm {arm_index + 1}/{len(arms)}), {elapsed / 60:.1f} min elapsed{eta}",
-                  flush=True)
+            print(
+                f"== study: {arm} {unit} (arm {arm_index + 1}/{len(arms)}), {elapsed / 60:.1f} min elapsed{eta}",
+                flush=True,
+            )
             t_run = time.time()
             try:
                 r = {**run_one(arm, unit, folder), **unit}
@@ -279,9 +311,13 @@ def run_arms(config, workdir: str, arms: list[str], units: list[dict], *,
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"{report['date']}, {report['device']}, seeds {report['seeds']}, "
-             f"{report['num_train']} train / {report['num_test']} test",
-             "", "| method | linear top-1 | kNN top-1 | pretrain s |", "|---|---|---|---|"]
+    lines = [
+        f"{report['date']}, {report['device']}, seeds {report['seeds']}, "
+        f"{report['num_train']} train / {report['num_test']} test",
+        "",
+        "| method | linear top-1 | kNN top-1 | pretrain s |",
+        "|---|---|---|---|",
+    ]
     for name, r in report["results"].items():
         if r.get("linear_mean") is None:  # every seed failed: say why
             lines.append(f"| {name} | failed: {'; '.join(e['error'][:80] for e in r.get('errors', []))} | | |")
@@ -333,16 +369,25 @@ def false_firing(config, states: dict, *, thresholds, num_batches: int, modes=FI
             n1, n2 = (np.asarray(v) / np.linalg.norm(np.asarray(v), axis=-1, keepdims=True) for v in (z1, z2))
             cosines[name].append(np.sum(n1 * n2, axis=-1))
             for m in modes:
-                rows[name][m].append(false_lib.firing(z1, z2, thresholds=thresholds, temperature=tau, alpha=alpha,
-                                                      fnsd_mode=m))
+                rows[name][m].append(
+                    false_lib.firing(z1, z2, thresholds=thresholds, temperature=tau, alpha=alpha, fnsd_mode=m)
+                )
     out = {}
     for name in variables:
-        o: dict = {"batches": int(num_batches), "batch_size": int(config.batch_size), "alpha": alpha,
-                   "temperature": tau}
+        o: dict = {
+            "batches": int(num_batches),
+            "batch_size": int(config.batch_size),
+            "alpha": alpha,
+            "temperature": tau,
+        }
         for m, rs in rows[name].items():
-            o[m] = {"threshold": [float(t) for t in thresholds],
-                    **{k: [float(np.mean([r[k][i] for r in rs])) for i in range(len(thresholds))]
-                       for k in ("false_calibrated", "false_gated")}}
+            o[m] = {
+                "threshold": [float(t) for t in thresholds],
+                **{
+                    k: [float(np.mean([r[k][i] for r in rs])) for i in range(len(thresholds))]
+                    for k in ("false_calibrated", "false_gated")
+                },
+            }
         cos = np.concatenate(cosines[name]) if cosines[name] else np.zeros(0)
         o["cos_pos"] = {f"q{q}": float(np.percentile(cos, q)) for q in (0, 10, 50, 90, 100)} if len(cos) else {}
         out[name] = o

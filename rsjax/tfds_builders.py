@@ -33,14 +33,20 @@ def package() -> types.ModuleType:
         raise ImportError(
             f"'import {_TOP}' found {[str(p) for p in paths] or pkg!r}, not rsjax's builders at {_HERE}: "
             f"another installed project provides a package named {_TOP!r}; uninstall it or put {_HERE.parent} "
-            "first on sys.path")
+            "first on sys.path"
+        )
     return pkg
 
 
 def names() -> tuple[str, ...]:
     """Builder packages (folders with an ``__init__.py``, not starting with ``_``)."""
-    return tuple(sorted(p.name for p in _HERE.iterdir()
-                        if p.is_dir() and not p.name.startswith("_") and (p / "__init__.py").is_file()))
+    return tuple(
+        sorted(
+            p.name
+            for p in _HERE.iterdir()
+            if p.is_dir() and not p.name.startswith("_") and (p / "__init__.py").is_file()
+        )
+    )
 
 
 def __getattr__(name: str) -> types.ModuleType:

@@ -87,13 +87,20 @@ class Phase:
         default: ``config`` itself), the loop settings from the top level of ``config``."""
         b = config if block is None else block
         total = int(b.total_steps)
-        return cls(name=name, total_steps=total, batch_size=int(b.batch_size), optimizer=b.optimizer,
-                   seed=int(config.get("seed", 0)), log_every=int(config.get("log_every", 10)),
-                   checkpoint_every=int(config.get("checkpoint_every", 0) or 0) or max(1, total),
-                   keep_checkpoints=int(config.get("keep_checkpoints", 3)),
-                   max_nonfinite_steps=int(config.get("max_nonfinite_steps", 5)),
-                   stop_after_steps=int(config.get("stop_after_steps", 0) or 0),
-                   desc=desc or name or str(config.get("method", config.get("job", ""))), where=where)
+        return cls(
+            name=name,
+            total_steps=total,
+            batch_size=int(b.batch_size),
+            optimizer=b.optimizer,
+            seed=int(config.get("seed", 0)),
+            log_every=int(config.get("log_every", 10)),
+            checkpoint_every=int(config.get("checkpoint_every", 0) or 0) or max(1, total),
+            keep_checkpoints=int(config.get("keep_checkpoints", 3)),
+            max_nonfinite_steps=int(config.get("max_nonfinite_steps", 5)),
+            stop_after_steps=int(config.get("stop_after_steps", 0) or 0),
+            desc=desc or name or str(config.get("method", config.get("job", ""))),
+            where=where,
+        )
 
     def validate(self) -> None:
         """ConfigError naming the key for values out of range (before anything is written)."""
@@ -105,10 +112,18 @@ class Phase:
         need(self.total_steps > 0, "total_steps", self.total_steps, "must be > 0")
         need(self.batch_size > 0, "batch_size", self.batch_size, "must be > 0")
         n = jax.device_count()
-        need(self.batch_size % n == 0, "batch_size", self.batch_size,
-             f"must be divisible by the number of devices ({n}): every device gets the same number of rows")
-        need(self.stop_after_steps >= 0, "stop_after_steps", self.stop_after_steps,
-             "must be >= 0 (0 = run to total_steps)")
+        need(
+            self.batch_size % n == 0,
+            "batch_size",
+            self.batch_size,
+            f"must be divisible by the number of devices ({n}): every device gets the same number of rows",
+        )
+        need(
+            self.stop_after_steps >= 0,
+            "stop_after_steps",
+            self.stop_after_steps,
+            "must be >= 0 (0 = run to total_steps)",
+        )
         need(self.log_every > 0, "log_every", self.log_every, "must be > 0")
         need(self.checkpoint_every > 0, "checkpoint_every", self.checkpoint_every, "must be > 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
@@ -132,9 +147,9 @@ class Hook:
 
 @dataclasses.dataclass
 class FitResult:
-    state: Any          # the train state on the mesh (params, batch_stats, extra, opt_state, ...)
+    state: Any  # the train state on the mesh (params, batch_stats, extra, opt_state, ...)
     step: int
-    finished: bool      # step == phase.total_steps
+    finished: bool  # step == phase.total_steps
     summary: dict
 
 
@@ -150,7 +165,7 @@ def init_state(trainable, tx, sample_batch, seed: int) -> dict:
         "batch_stats": batch_stats,
         "opt_state": tx.init(params),
         "extra": extra,
-        "nonfinite_run": jnp.zeros((), jnp.int32),    # consecutive refused steps
+        "nonfinite_run": jnp.zeros((), jnp.int32),  # consecutive refused steps
         "nonfinite_total": jnp.zeros((), jnp.int32),
     }
 
@@ -160,8 +175,9 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def make_train_step(trainable, tx, schedule, *, seed: int, batch_transform=None, nonfinite_from: int = 0,
-                    probe: bool = False):
+def make_train_step(
+    trainable, tx, schedule, *, seed: int, batch_transform=None, nonfinite_from: int = 0, probe: bool = False
+):
     """The pure ``(state, batch) -> (state, metrics)`` step (not yet jitted).
 
     ``batch_transform(batch, key)`` (the GPU-resident input path) turns the raw batch into the
@@ -248,8 +264,7 @@ def create_state(trainable, tx, seed: int, mesh, sample_batch=None):
     the parameter initialisers for no run-time benefit.
     """
     batch = trainable.sample_batch(2) if sample_batch is None else sample_batch
-    lowered = jax.jit(lambda b: init_state(trainable, tx, b, seed),
-                      out_shardings=shd.replicated(mesh)).lower(batch)
+    lowered = jax.jit(lambda b: init_state(trainable, tx, b, seed), out_shardings=shd.replicated(mesh)).lower(batch)
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     return lowered.compile(compiler_options=options)(batch)
 
@@ -290,6 +305,7 @@ class _StopFlag:
 
 def _debug_hooks() -> tuple[float, int]:
     """``(sleep seconds per step, first non-finite step or 0)`` from the RSJAX_DEBUG_* variables."""
+
     def read(name, kind):
         value = os.environ.get(name, "")
         try:
@@ -303,8 +319,9 @@ def _debug_hooks() -> tuple[float, int]:
 # --------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------
-def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Sequence[Hook] = (),
-        batch_transform=None) -> FitResult:
+def fit(
+    trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Sequence[Hook] = (), batch_transform=None
+) -> FitResult:
     """Trains ``trainable`` for ``phase`` with batches of ``data_iter``; resumes when ``wd`` (the
     phase's directory, ``wd.sub(phase.name)``) holds checkpoints.
 
@@ -324,17 +341,32 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
     shd.check_batch_divisible(phase.batch_size, mesh)
     run_dir = wd.sub(phase.name) if phase.name else wd
     is_main = wd.is_main
-    tx, schedule = optim.make(phase.optimizer, phase.total_steps,
-                              where=f"{phase.where}.optimizer" if phase.where else "optimizer")
+    tx, schedule = optim.make(
+        phase.optimizer, phase.total_steps, where=f"{phase.where}.optimizer" if phase.where else "optimizer"
+    )
     state = create_state(trainable, tx, phase.seed, mesh)
     sleep_s, nonfinite_from = _debug_hooks()
-    train_step = make_train_step(trainable, tx, schedule, seed=phase.seed, batch_transform=batch_transform,
-                                 nonfinite_from=nonfinite_from)
+    train_step = make_train_step(
+        trainable, tx, schedule, seed=phase.seed, batch_transform=batch_transform, nonfinite_from=nonfinite_from
+    )
     p_step = jit_train_step(train_step, mesh)
     # logged steps run the probe variant when the trainable asks for one (make_train_step)
-    p_probe = (jit_train_step(make_train_step(trainable, tx, schedule, seed=phase.seed, batch_transform=batch_transform,
-                                              nonfinite_from=nonfinite_from, probe=True), mesh)
-               if getattr(trainable, "wants_probe", False) else None)
+    p_probe = (
+        jit_train_step(
+            make_train_step(
+                trainable,
+                tx,
+                schedule,
+                seed=phase.seed,
+                batch_transform=batch_transform,
+                nonfinite_from=nonfinite_from,
+                probe=True,
+            ),
+            mesh,
+        )
+        if getattr(trainable, "wants_probe", False)
+        else None
+    )
     config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
     manager = ckpt_lib.make_manager(run_dir.path, max_to_keep=phase.keep_checkpoints)
@@ -367,8 +399,7 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
     stop_seen = False  # multi-process: a step's metrics said some process was signalled
     hooks = [h for h in hooks if h.every > 0]
 
-    bar = tqdm(total=total, initial=start_step, desc=phase.desc, disable=not is_main, dynamic_ncols=True,
-               unit="step")
+    bar = tqdm(total=total, initial=start_step, desc=phase.desc, disable=not is_main, dynamic_ncols=True, unit="step")
     pending = None  # metrics of the previous step, read one step late to keep dispatch async
     step = start_step
     t0 = time.time()
@@ -419,24 +450,35 @@ def fit(trainable, data_iter, phase: Phase, wd, config, *, mesh=None, hooks: Seq
         with ckpt_lib.disk_full_is_one_line(ckpt_dir, lambda: last_saved):
             manager.wait_until_finished()  # every exit (end, signal, error) waits for a pending save
     elapsed = time.time() - t0
-    summary = {"step": step, "start_step": start_step, "total_steps": total, "train_seconds": elapsed if step > start_step else 0.0,
-               "compile_seconds": compile_s, "compiles": train_step.trace_count,
-               "nonfinite_steps": int(jax.device_get(state["nonfinite_total"]))}
+    summary = {
+        "step": step,
+        "start_step": start_step,
+        "total_steps": total,
+        "train_seconds": elapsed if step > start_step else 0.0,
+        "compile_seconds": compile_s,
+        "compiles": train_step.trace_count,
+        "nonfinite_steps": int(jax.device_get(state["nonfinite_total"])),
+    }
     if summary["nonfinite_steps"] and is_main and step > start_step:
-        print(f"{summary['nonfinite_steps']} step(s) refused for a non-finite loss or gradient "
-              f"(listed in {run_dir.events_path})", flush=True)
+        print(
+            f"{summary['nonfinite_steps']} step(s) refused for a non-finite loss or gradient "
+            f"(listed in {run_dir.events_path})",
+            flush=True,
+        )
     # also when this invocation trained nothing but the picture is missing (a run killed after its
     # last step, e.g. during the final evaluation, then rerun)
     if is_main and (step > start_step or not os.path.exists(run_dir.file("loss_curve.png"))):
         run_dir.plot_loss_curve()
     if (stop_seen if multi else stop.signum is not None) and step < stop_at:
         if is_main:
-            print(f"Stopped by signal {stop.signum or 'on another process'} at step {step}; checkpoint written. "
-                  f"Rerun the same command to resume.", flush=True)
+            print(
+                f"Stopped by signal {stop.signum or 'on another process'} at step {step}; checkpoint written. "
+                f"Rerun the same command to resume.",
+                flush=True,
+            )
         raise SystemExit(PREEMPTED_EXIT_CODE)
     if step < total and is_main:
-        print(f"{phase.desc}: stopped after step {step} of {total} (stop_after_steps); rerun to continue.",
-              flush=True)
+        print(f"{phase.desc}: stopped after step {step} of {total} (stop_after_steps); rerun to continue.", flush=True)
     return FitResult(state=state, step=step, finished=step >= total, summary=summary)
 
 

@@ -24,8 +24,20 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 # Shown on the line (in this order); checked when pyproject.toml names them.
-SHOWN = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "ml-collections", "grain",
-         "array_record", "tensorflow-datasets", "numpy", "torch")
+SHOWN = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "chex",
+    "ml-collections",
+    "grain",
+    "array_record",
+    "tensorflow-datasets",
+    "numpy",
+    "torch",
+)
 PYPROJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
 MISMATCH_EXIT = 3
 # Without these nothing runs; another declared package that is missing is only reported (e.g. an
@@ -64,7 +76,8 @@ def problems(pyproject: str = PYPROJECT, version_of=installed) -> tuple[list[str
         have = version_of(req.name)
         if have is None:
             (errors if canonicalize_name(req.name) in essential else warnings).append(
-                f"{req.name} is not installed (needs {req.specifier or 'any version'})")
+                f"{req.name} is not installed (needs {req.specifier or 'any version'})"
+            )
         elif req.specifier and not req.specifier.contains(Version(have), prereleases=True):
             errors.append(f"{req.name} {have} is not in {req.specifier}")
     return errors, warnings
@@ -72,8 +85,9 @@ def problems(pyproject: str = PYPROJECT, version_of=installed) -> tuple[list[str
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rsjax.versions", description=__doc__.split("\n")[0])
-    ap.add_argument("--check", action="store_true", help=f"exit {MISMATCH_EXIT} if a package is outside "
-                    "pyproject.toml's range")
+    ap.add_argument(
+        "--check", action="store_true", help=f"exit {MISMATCH_EXIT} if a package is outside pyproject.toml's range"
+    )
     ap.add_argument("--pyproject", default=PYPROJECT)
     a = ap.parse_args(argv)
     print(line(), flush=True)

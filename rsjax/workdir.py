@@ -55,8 +55,15 @@ from rsjax.errors import ConfigError, WorkdirError
 
 # Keys that may change between a run and its continuation without changing its result.
 # model.conv picks how convolutions are computed, not what they compute (rsjax.models.conv).
-MUTABLE_KEYS = ("stop_after_steps", "log_every", "eval", "data.num_workers", "data.data_dir",
-                "data.cache_dir", "model.conv")
+MUTABLE_KEYS = (
+    "stop_after_steps",
+    "log_every",
+    "eval",
+    "data.num_workers",
+    "data.data_dir",
+    "data.cache_dir",
+    "model.conv",
+)
 
 LOCK_FILE = ".lock"
 # Files that exist before anything ran: a workdir holding only these may take another config.
@@ -126,8 +133,11 @@ def complete_config(d: dict) -> dict:
         if isinstance(node.get("analysis"), dict):
             node["analysis"] = {"split": data["eval_split"], **node["analysis"]}
         elif isinstance(node.get("eval"), dict):
-            node["eval"] = {"train_split": data.get("train_split", "train"), "test_split": data["eval_split"],
-                            **node["eval"]}
+            node["eval"] = {
+                "train_split": data.get("train_split", "train"),
+                "test_split": data["eval_split"],
+                **node["eval"],
+            }
         return node
 
     def walk(node):
@@ -209,7 +219,7 @@ def read_jsonl(path: str) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if all(not rest.strip() for rest in lines[i + 1:]):
+            if all(not rest.strip() for rest in lines[i + 1 :]):
                 break  # torn last line
             raise WorkdirError(f"{path} line {i + 1} is not JSON ({e}); fix or remove that line") from None
     return rows
@@ -299,7 +309,8 @@ class _Lock:
                 pass
             raise WorkdirError(
                 f"workdir {path} is in use by another run ({holder or 'holder unknown'}); wait for it to "
-                f"finish or stop it, or use another --workdir") from None
+                f"finish or stop it, or use another --workdir"
+            ) from None
         self.fd = fd
         if writable:
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -378,8 +389,11 @@ class Workdir:
                     f"(only {', '.join(MUTABLE_KEYS)} may change)"
                 )
             if diffs and write:
-                print(f"Note: {cfg_path} named another config but nothing ran in {self.path}; "
-                      f"replacing it ({'; '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''})", flush=True)
+                print(
+                    f"Note: {cfg_path} named another config but nothing ran in {self.path}; "
+                    f"replacing it ({'; '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''})",
+                    flush=True,
+                )
         if write:
             _write_atomic(cfg_path, text)
 
@@ -570,7 +584,6 @@ class Workdir:
             print(f"{self.path} already finished at step {result.step}; its report: {path}", flush=True)
         return report["metrics"]
 
-
     def file(self, name: str) -> str:
         """Absolute path of the output file ``name`` inside the workdir.
 
@@ -580,12 +593,14 @@ class Workdir:
         root = os.path.realpath(self.path)
         path = os.path.realpath(os.path.join(root, name))
         if not name or os.path.commonpath([root, path]) != root or path == root:
-            raise ConfigError(f"output file name {name!r} would write outside the workdir {self.path}; "
-                             f"use a plain file name")
+            raise ConfigError(
+                f"output file name {name!r} would write outside the workdir {self.path}; use a plain file name"
+            )
         return path
 
-    def write_eval_report(self, task: str, metrics: dict, config, name: str = "eval_report.json",
-                          step: int | None = None) -> str:
+    def write_eval_report(
+        self, task: str, metrics: dict, config, name: str = "eval_report.json", step: int | None = None
+    ) -> str:
         """Writes ``name`` (task, metrics, config) and logs the scalar metrics to TensorBoard as
         ``eval/<task>/<metric>`` at ``step`` (default: the last logged training step)."""
         path = self.file(name)

@@ -46,7 +46,8 @@ def loss_on_mesh(method, variables, batch, devices, step=0):
 
     rep, dat = shd.replicated(mesh), shd.data_sharded(mesh)
     out = jax.jit(f, in_shardings=(rep, rep, rep, dat), out_shardings=rep)(
-        params, batch_stats, extra, jax.device_put(batch, dat))
+        params, batch_stats, extra, jax.device_put(batch, dat)
+    )
     return jax.device_get(out)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(__file__).resolve().parent / "_fault_worker.py"
-TOTAL_STEPS = 6        # checkpoints at 2, 4, 6 (smoke: checkpoint_every = 2)
+TOTAL_STEPS = 6  # checkpoints at 2, 4, 6 (smoke: checkpoint_every = 2)
 CONFIG = "swimdiff.py"
 
 _CACHE: dict = {}
@@ -48,8 +48,13 @@ def smoke_config(data_dir: str):
 
 def cli_overrides(data_dir: str) -> list[str]:
     """The same config as :func:`smoke_config`, as command-line flags."""
-    return [f"--config={REPO}/configs/{CONFIG}:smoke", f"--config.total_steps={TOTAL_STEPS}",
-            f"--config.data.data_dir={data_dir}", "--config.eval.enabled=False", "--config.optimizer.name=sgd"]
+    return [
+        f"--config={REPO}/configs/{CONFIG}:smoke",
+        f"--config.total_steps={TOTAL_STEPS}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.eval.enabled=False",
+        "--config.optimizer.name=sgd",
+    ]
 
 
 def synth_dir(tmp_path_factory) -> str:
@@ -88,8 +93,14 @@ def env(**extra) -> dict:
 def start(args: list[str], workdir, *, worker: bool = False, **extra_env) -> subprocess.Popen:
     """``python -m rsjax.main ARGS --workdir=WORKDIR`` (or the instrumented worker) in the background."""
     cmd = [sys.executable] + ([str(WORKER)] if worker else ["-m", "rsjax.main"]) + args + [f"--workdir={workdir}"]
-    return subprocess.Popen(cmd, cwd=REPO, env=env(RSJAX_TEST_WORKDIR=workdir, **extra_env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env(RSJAX_TEST_WORKDIR=workdir, **extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(p: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
@@ -121,8 +132,9 @@ def wait_until(cond, procs, what: str, timeout: float = 240) -> None:
         for p in procs:
             if p.poll() is not None:
                 out, err = p.communicate()
-                raise AssertionError(f"process exited ({p.returncode}) before {what}\nstdout:\n{out[-3000:]}\n"
-                                     f"stderr:\n{err[-3000:]}")
+                raise AssertionError(
+                    f"process exited ({p.returncode}) before {what}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+                )
         if time.time() - t0 > timeout:
             for p in procs:
                 p.kill()
@@ -131,8 +143,11 @@ def wait_until(cond, procs, what: str, timeout: float = 240) -> None:
 
 
 def wait_for_step(workdir, step: int, procs) -> None:
-    wait_until(lambda: any(r["step"] >= step for r in metrics(workdir)), procs,
-               f"metrics.jsonl of {workdir} to reach step {step}")
+    wait_until(
+        lambda: any(r["step"] >= step for r in metrics(workdir)),
+        procs,
+        f"metrics.jsonl of {workdir} to reach step {step}",
+    )
 
 
 def steps(workdir) -> list[int]:
@@ -157,8 +172,7 @@ def assert_states_equal(a: dict, b: dict, rtol: float = 0.0, atol: float = 0.0) 
     for (path, x), (_, y) in zip(la, lb):
         if rtol or atol:
             scale = float(np.abs(y).max()) if np.size(y) and y.dtype.kind == "f" else 0.0
-            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol + rtol * scale,
-                                       err_msg=jax.tree_util.keystr(path))
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol + rtol * scale, err_msg=jax.tree_util.keystr(path))
         else:
             np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 

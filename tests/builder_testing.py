@@ -42,13 +42,13 @@ def tree(root) -> dict[str, Optional[bytes]]:
     root = pathlib.Path(root)
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
-            for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 def build_quietly(name, data_dir, manual_dir, config=None, **kw) -> str:
-    return build.build_dataset(name, str(data_dir), None if manual_dir is None else str(manual_dir),
-                               config, progress=False, **kw)
+    return build.build_dataset(
+        name, str(data_dir), None if manual_dir is None else str(manual_dir), config, progress=False, **kw
+    )
 
 
 def read_all(name, data_dir, config=None) -> dict[str, list[dict]]:
@@ -79,8 +79,11 @@ def check_feature(key: str, feature, value) -> None:
         arr = np.asarray(value)
         assert arr.dtype == np.dtype(feature.np_dtype), (key, arr.dtype, feature.np_dtype)
         shape = feature.shape
-        assert arr.ndim == len(shape) and all(s is None or s == a for s, a in
-                                              zip(shape, arr.shape)), (key, arr.shape, shape)
+        assert arr.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, arr.shape)), (
+            key,
+            arr.shape,
+            shape,
+        )
 
 
 def _recording(builder_cls, keys: list):
@@ -107,8 +110,7 @@ class DatasetBuilderTestCase:
     def make_dummy_data(self, root: pathlib.Path, config: Optional[str]) -> Any:
         raise NotImplementedError
 
-    def check_examples(self, config: Optional[str], examples: dict, truth: Any,
-                       info: tfds.core.DatasetInfo) -> None:
+    def check_examples(self, config: Optional[str], examples: dict, truth: Any, info: tfds.core.DatasetInfo) -> None:
         """Content checks of one built config (optional)."""
 
     # ----------------------------------------------------------------------- fixtures
@@ -130,12 +132,10 @@ class DatasetBuilderTestCase:
             keys = []
             with pytest.MonkeyPatch.context() as mp:  # record the example keys, as TFDS does
                 mp.setattr(builder_cls, "_generate_examples", _recording(builder_cls, keys))
-                build_quietly(self.DATASET_NAME, data_dir,
-                              None if self.SKIP_MANUAL_DIR_TESTS else manual, config)
+                build_quietly(self.DATASET_NAME, data_dir, None if self.SKIP_MANUAL_DIR_TESTS else manual, config)
             # TFDS's `_test_key_not_local_path`: keys must not depend on where the files lie
             assert keys and not any(str(base) in str(k) for k in keys), keys[:3]
-            out[config] = (str(data_dir), read_all(self.DATASET_NAME, data_dir, config), truth,
-                           manual)
+            out[config] = (str(data_dir), read_all(self.DATASET_NAME, data_dir, config), truth, manual)
         return out
 
     # ------------------------------------------------------------------------- tests
@@ -229,6 +229,5 @@ class DatasetBuilderTestCase:
 
         monkeypatch.setattr(cls, "_generate_examples", fail_after_one)
         with pytest.raises(OSError, match="injected by the test"):
-            build_quietly(self.DATASET_NAME, data_dir,
-                          None if self.SKIP_MANUAL_DIR_TESTS else manual, config)
+            build_quietly(self.DATASET_NAME, data_dir, None if self.SKIP_MANUAL_DIR_TESTS else manual, config)
         assert tree(data_dir) == before

@@ -25,8 +25,9 @@ os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Identical programs (the same smoke config trained, stopped and resumed; the same encoder in
 # several jobs) compile once per test session: XLA's persistent compilation cache.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), f"rsjax-test-xla-cache-{os.getuid()}"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rsjax-test-xla-cache-{os.getuid()}")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pathlib  # noqa: E402
@@ -64,8 +65,16 @@ def config_loader():
 # the end, so long tests at the front overlap the rest of the suite instead of running alone at
 # its end. Whole modules move, so module-scoped fixtures are still built once. Order only: a
 # stale entry costs time, never a result.
-_LONG_MODULES = ("test_multihost.py", "test_reliability.py", "test_noisy_label.py", "test_train.py",
-                 "test_notebooks.py", "test_reference_moco.py", "test_conv.py", "test_input_paths.py")
+_LONG_MODULES = (
+    "test_multihost.py",
+    "test_reliability.py",
+    "test_noisy_label.py",
+    "test_train.py",
+    "test_notebooks.py",
+    "test_reference_moco.py",
+    "test_conv.py",
+    "test_input_paths.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):

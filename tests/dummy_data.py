@@ -20,8 +20,20 @@ from rsjax.data import registry
 
 EUROSAT_COUNTS = (5, 4, 6, 3, 5, 2, 4, 7, 3, 5)  # images per class, sorted class order
 
-_BEN_SIDES = {"B01": 20, "B09": 20, "B05": 60, "B06": 60, "B07": 60, "B8A": 60, "B11": 60,
-              "B12": 60, "B02": 120, "B03": 120, "B04": 120, "B08": 120}
+_BEN_SIDES = {
+    "B01": 20,
+    "B09": 20,
+    "B05": 60,
+    "B06": 60,
+    "B07": 60,
+    "B8A": 60,
+    "B11": 60,
+    "B12": 60,
+    "B02": 120,
+    "B03": 120,
+    "B04": 120,
+    "B08": 120,
+}
 
 
 def _tifffile():
@@ -55,6 +67,7 @@ def _tif(arr, path, planar=None):
 
 
 # ----------------------------------------------------------------------------- EuroSAT
+
 
 def eurosat_rgb(root, counts=EUROSAT_COUNTS, seed=0) -> pathlib.Path:
     """``<Class>/<Class>_<n>.jpg`` (64 px) under ``root/2750`` (a wrapping folder, as in the
@@ -100,6 +113,7 @@ def reference_eurosat_split(class_root, ext, test_fraction=0.2, seed=0) -> dict[
 
 # ------------------------------------------------------------------------- BigEarthNet
 
+
 def bigearthnet(root, patches: dict, seed=0) -> dict:
     """One folder per patch with its 12 band tifs at native size and the label json;
     returns ``{patch: {band: array}}``."""
@@ -112,15 +126,21 @@ def bigearthnet(root, patches: dict, seed=0) -> dict:
             arr = rng.integers(0, 10000, (side, side)).astype(np.uint16)
             bands[name][b] = arr
             _tif(arr, d / f"{name}_{b}.tif")
-        (d / f"{name}_labels_metadata.json").write_text(json.dumps(
-            {"labels": labels, "acquisition_date": "2017-06-13 10:10:31"}))
+        (d / f"{name}_labels_metadata.json").write_text(
+            json.dumps({"labels": labels, "acquisition_date": "2017-06-13 10:10:31"})
+        )
     return bands
 
 
 # ---------------------------------------------------------------------------- LEVIR-CD
 
-LEVIR_FILES = {"test_2_0000_0000.png": 256, "test_2_0000_0512.png": 256,
-               "train_5_0256_0768.png": 256, "val_3_0000_0000.png": 256, "train_9.png": 512}
+LEVIR_FILES = {
+    "test_2_0000_0000.png": 256,
+    "test_2_0000_0512.png": 256,
+    "train_5_0256_0768.png": 256,
+    "val_3_0000_0000.png": 256,
+    "train_9.png": 512,
+}
 
 
 def levir_cd(root, files=LEVIR_FILES, seed=0) -> dict:
@@ -148,8 +168,7 @@ OSCD_TRAIN_LABELS = "Onera Satellite Change Detection dataset - Train Labels"
 OSCD_TEST_LABELS = "Onera Satellite Change Detection dataset - Test Labels"
 
 
-def oscd_city(root, city, h, w, rect=True, seed=0, *, date2_hw=None, label_root=None,
-              label="png"):
+def oscd_city(root, city, h, w, rect=True, seed=0, *, date2_hw=None, label_root=None, label="png"):
     """``<city>/imgs_{1,2}[_rect]/`` band tifs (native 20 / 60 m sizes when not ``rect``) and
     the change map in ``<label_root or root>/<city>/cm/``: ``cm.png`` (0 / 255) for
     ``label="png"``, ``<city>-cm.tif`` (1 / 2, as OSCD ships it) and ``cm.png`` for ``"tif"``,
@@ -197,8 +216,17 @@ def oscd_archives(root, cities, train=(), test=(), test_labels=()) -> dict:
     out = {}
     for i, (city, (h, w, date2_hw, labelled)) in enumerate(sorted(cities.items())):
         labels = root / (OSCD_TEST_LABELS if city in test_labels else OSCD_TRAIN_LABELS)
-        out[city] = oscd_city(images, city, h, w, rect=False, seed=10 + i, date2_hw=date2_hw,
-                              label_root=labels, label="tif" if labelled else None)
+        out[city] = oscd_city(
+            images,
+            city,
+            h,
+            w,
+            rect=False,
+            seed=10 + i,
+            date2_hw=date2_hw,
+            label_root=labels,
+            label="tif" if labelled else None,
+        )
     (images / "train.txt").write_text(",".join(train))
     (images / "test.txt").write_text(",".join(test))
     return out
@@ -219,10 +247,16 @@ def geotag(path, x0, y0, gsd, epsg=32632, tie_pixel=(0.0, 0.0)):
     gx, gy = (gsd, gsd) if np.isscalar(gsd) else gsd
     keys = geokeys(epsg)
     kw = {"photometric": "minisblack", "planarconfig": "contig"} if arr.ndim == 3 else {}
-    tifffile.imwrite(path, arr, extratags=[
-        (33550, "d", 3, (gx, gy, 0.0)),
-        (33922, "d", 6, (i, j, 0.0, x0 + i * gx, y0 - j * gy, 0.0)),
-        (34735, "H", len(keys), keys)], **kw)
+    tifffile.imwrite(
+        path,
+        arr,
+        extratags=[
+            (33550, "d", 3, (gx, gy, 0.0)),
+            (33922, "d", 6, (i, j, 0.0, x0 + i * gx, y0 - j * gy, 0.0)),
+            (34735, "H", len(keys), keys),
+        ],
+        **kw,
+    )
 
 
 # -------------------------------------------------------------------------- SSL4EO-S12
@@ -249,6 +283,7 @@ def ssl4eo_s12(root, locations=("0000003", "0000010"), seed=4) -> dict:
 
 
 # --------------------------------------------------------------------- rs_segmentation
+
 
 def palette_colours(index_mask, palette) -> np.ndarray:
     rgb = np.zeros(index_mask.shape + (3,), np.uint8)
@@ -310,6 +345,7 @@ def rs_segmentation(root, config, seed=5) -> dict:
 
 # ------------------------------------------------------------------------ Dynamic World
 
+
 def dynamic_world(root, seed=9) -> dict:
     """``train/{a1,b2}_s2.tif`` and ``test/c3_s2.tif`` (260 x 257, 13 bands) with
     ``*_label.tif`` (values 0..9); returns ``{relative path: (image, label)}``."""
@@ -328,9 +364,16 @@ def dynamic_world(root, seed=9) -> dict:
 # drawn class index -> (colour in the masks, expected label): the dataset README's table,
 # Unlabeled and black no-data ignored (-1); labels in the order of classes.json. Written out here
 # again (not read from the registry), so the tests check the registry's table.
-DUBAI_DRAWN = [("#E2A929", 0), ("#8429F6", 1), ("#6EC1E4", 2), ("#3C1098", 3), ("#FEDD3A", 4),
-               ("#9B9B9B", -1), ("#000000", -1)]
-DUBAI_RGB = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c, _ in DUBAI_DRAWN], np.uint8)
+DUBAI_DRAWN = [
+    ("#E2A929", 0),
+    ("#8429F6", 1),
+    ("#6EC1E4", 2),
+    ("#3C1098", 3),
+    ("#FEDD3A", 4),
+    ("#9B9B9B", -1),
+    ("#000000", -1),
+]
+DUBAI_RGB = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c, _ in DUBAI_DRAWN], np.uint8)
 DUBAI_LABEL = np.array([lab for _, lab in DUBAI_DRAWN])
 # tile -> image sizes (h, w) of the small default folder (tile 2 repeats tile 1's first image)
 DUBAI_SIZES = {1: [(36, 40), (37, 40)], 2: [(36, 40)], 3: [(32, 33)]}
@@ -338,8 +381,9 @@ DUBAI_SIZES = {1: [(36, 40), (37, 40)], 2: [(36, 40)], 3: [(32, 33)]}
 
 def _dubai_classes(rng, h, w, block=4):
     """A class-index map of ``block`` px squares; known pixels: water at the top left, no-data at (20, 20)."""
-    c = np.kron(rng.integers(0, len(DUBAI_DRAWN), (h // block + 1, w // block + 1)),
-                np.ones((block, block), np.int64))[:h, :w]
+    c = np.kron(rng.integers(0, len(DUBAI_DRAWN), (h // block + 1, w // block + 1)), np.ones((block, block), np.int64))[
+        :h, :w
+    ]
     c[:4, :4] = 0
     c[20:24, 20:24] = 6
     return c

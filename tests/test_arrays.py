@@ -51,8 +51,9 @@ def test_resume_draws_the_batches_of_an_uninterrupted_run():
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     other_seed = _take(ArrayIterator(_arrays(), batch_size=4, seed=8, crop=6), 1)[0]
-    assert not np.array_equal(other_seed["label"], ref[0]["label"]) or \
-        not np.array_equal(other_seed["mask"], ref[0]["mask"])
+    assert not np.array_equal(other_seed["label"], ref[0]["label"]) or not np.array_equal(
+        other_seed["mask"], ref[0]["mask"]
+    )
 
 
 def test_resume_on_other_training_data_is_refused():

@@ -33,8 +33,7 @@ def test_random_resized_crop_shape_range_determinism(c):
 
 def test_full_crop_is_identity_and_constant_is_preserved():
     img = _img(5, 16)
-    out = augment.random_resized_crop(img, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0),
-                                      rng=np.random.default_rng(0))
+    out = augment.random_resized_crop(img, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), rng=np.random.default_rng(0))
     np.testing.assert_allclose(out, img, atol=1e-6)
     const = np.full((10, 10, 4), 0.3, np.float32)
     for out_size in (5, 10, 23):
@@ -49,7 +48,7 @@ def test_crop_box_statistics():
     for _ in range(2000):
         y0, x0, ch, cw = augment.sample_crop_box(64, 64, rng, (0.2, 1.0), (3 / 4, 4 / 3))
         assert 0 <= y0 and y0 + ch <= 64 + 1e-9 and 0 <= x0 and x0 + cw <= 64 + 1e-9
-        areas.append(ch * cw / 64 ** 2)
+        areas.append(ch * cw / 64**2)
         ratios.append(cw / ch)
     assert 0.2 - 1e-9 <= min(areas) and max(areas) <= 1.0 + 1e-9
     assert 3 / 4 - 1e-9 <= min(ratios) and max(ratios) <= 4 / 3 + 1e-9
@@ -67,8 +66,7 @@ def test_flip_rot90_exactly_permutes_pixels(c):
             ref = ref[:, ::-1] if flip else ref
             np.testing.assert_array_equal(out, ref)
             # same multiset of pixel vectors (a pure permutation, no interpolation)
-            np.testing.assert_array_equal(
-                np.sort(out.reshape(-1, c), axis=0), np.sort(img.reshape(-1, c), axis=0))
+            np.testing.assert_array_equal(np.sort(out.reshape(-1, c), axis=0), np.sort(img.reshape(-1, c), axis=0))
             expected.append(out)
     # random_flip_rot90 returns one of the 8 symmetries, all of them over many draws,
     # including a pure vertical flip and a pure horizontal flip
@@ -92,8 +90,7 @@ def test_brightness_contrast_all_bands_alike(c):
     # contrast keeps every band's mean; brightness scales all bands by the same factor
     ratio = out.mean(axis=(0, 1)) / img.mean(axis=(0, 1))
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
-    np.testing.assert_array_equal(
-        out, augment.brightness_contrast(img, np.random.default_rng(3), strength=0.5, p=1.0))
+    np.testing.assert_array_equal(out, augment.brightness_contrast(img, np.random.default_rng(3), strength=0.5, p=1.0))
     rng = np.random.default_rng(3)
     np.testing.assert_array_equal(augment.brightness_contrast(img, rng, p=0.0), img)
     np.testing.assert_array_equal(augment.brightness_contrast(img, rng, 0.0), img)
@@ -110,11 +107,9 @@ def test_gaussian_blur(c):
     assert out.shape == img.shape and out.dtype == np.float32
     assert out.var() < 0.5 * img.var()  # white noise loses most of its variance
     np.testing.assert_allclose(out.mean(axis=(0, 1)), img.mean(axis=(0, 1)), atol=0.02)
-    np.testing.assert_array_equal(
-        out, augment.gaussian_blur(img, np.random.default_rng(0), (1.0, 1.5), p=1.0))
+    np.testing.assert_array_equal(out, augment.gaussian_blur(img, np.random.default_rng(0), (1.0, 1.5), p=1.0))
     const = np.full((9, 9, c), 2.0, np.float32)
-    np.testing.assert_allclose(augment.gaussian_blur(const, np.random.default_rng(0), p=1.0), 2.0,
-                               rtol=1e-6)
+    np.testing.assert_allclose(augment.gaussian_blur(const, np.random.default_rng(0), p=1.0), 2.0, rtol=1e-6)
     m = augment.gaussian_kernel_matrix(12, 2.5)
     np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-6)
     assert augment.gaussian_kernel_matrix(3, 4.0).shape == (3, 3)  # radius > size

@@ -12,8 +12,9 @@ from rsjax import backend
 def _run(code: str, **env) -> str:
     e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RSJAX_CPU_XLA_FLAGS")}
     e.update(env)
-    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300, check=True
+    ).stdout.strip()
 
 
 def test_unknown_flag_is_never_added(tmp_path, monkeypatch):
@@ -43,12 +44,14 @@ def test_flags_keep_results_within_rounding(flag):
     """The flag changes which kernels run, not what they compute: a conv + dot program agrees."""
     if not backend.xla_knows(flag):
         pytest.skip(f"this jaxlib does not know {flag}")
-    code = ("import jax, jax.numpy as jnp, numpy as np\n"
-            "x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 16, 3)), jnp.float32)\n"
-            "w = jnp.asarray(np.random.default_rng(1).standard_normal((7, 7, 3, 32)), jnp.float32)\n"
-            "y = jax.lax.conv_general_dilated(x, w, (2, 2), ((3, 3), (3, 3)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-            "z = y.reshape(4, -1) @ y.reshape(4, -1).T\n"
-            "print(repr(np.asarray(z).tolist()))")
+    code = (
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 16, 3)), jnp.float32)\n"
+        "w = jnp.asarray(np.random.default_rng(1).standard_normal((7, 7, 3, 32)), jnp.float32)\n"
+        "y = jax.lax.conv_general_dilated(x, w, (2, 2), ((3, 3), (3, 3)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+        "z = y.reshape(4, -1) @ y.reshape(4, -1).T\n"
+        "print(repr(np.asarray(z).tolist()))"
+    )
     import ast
 
     import numpy as np

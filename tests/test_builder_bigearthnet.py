@@ -36,8 +36,7 @@ class TestBigEarthNet(DatasetBuilderTestCase):
         assert [as_str(e["patch"]) for e in examples["test"]] == [list(PATCHES)[2]]
         for name, e in exs.items():
             for i, b in enumerate(order):  # 20 / 60 m bands upsampled bilinearly
-                np.testing.assert_array_equal(e["image"][..., i],
-                                              resize_bilinear(bands[name][b], 120, 120))
+                np.testing.assert_array_equal(e["image"][..., i], resize_bilinear(bands[name][b], 120, 120))
             got43 = {BEN43_CLASSES[j] for j in np.nonzero(e["labels_43"])[0]}
             assert got43 == set(PATCHES[name])
             want19 = {n for n, srcs in BEN19_FROM_43.items() if set(srcs) & got43}
@@ -46,8 +45,7 @@ class TestBigEarthNet(DatasetBuilderTestCase):
         a, b, c = (exs[n] for n in list(PATCHES)[:3])
         assert int(a["scene_id"]) == int(b["scene_id"]) != int(c["scene_id"])
         assert not c["labels_19"].any()
-        assert {names19[j] for j in np.nonzero(a["labels_19"])[0]} == {"Arable land",
-                                                                       "Marine waters"}
+        assert {names19[j] for j in np.nonzero(a["labels_19"])[0]} == {"Arable land", "Marine waters"}
         assert info.metadata["num_excluded"] == 1 and info.metadata["num_unlisted"] == 0
         assert len(info.metadata["class_names_43"]) == 43
 

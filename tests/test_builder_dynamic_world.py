@@ -17,10 +17,10 @@ class TestDynamicWorld(DatasetBuilderTestCase):
         for e in (e for exs in examples.values() for e in exs):
             img, lab = truth[as_str(e["filename"])]
             y, x = int(e["crop_y"]), int(e["crop_x"])
-            np.testing.assert_array_equal(e["image"], img[y:y + 256, x:x + 256])
+            np.testing.assert_array_equal(e["image"], img[y : y + 256, x : x + 256])
             # annotation labels are stored as they are (0 = none); product labels 0..8 -> 1..9,
             # anything else (here 9) -> 0 = ignore
             want = lab if config is None else np.where(lab < 9, lab + 1, 0)
-            np.testing.assert_array_equal(e["mask"], want[y:y + 256, x:x + 256])
+            np.testing.assert_array_equal(e["mask"], want[y : y + 256, x : x + 256])
         assert len({int(e["scene_id"]) for e in examples["train"]}) == 2
         assert info.metadata["ignore_value"] == 0

@@ -46,12 +46,15 @@ class TestOSCD(DatasetBuilderTestCase):
 
     def make_dummy_data(self, root, config):
         truth = dummy_data.oscd_archives(
-            root, {"abudhabi": (H, W, (H2, W2), True), "beirut": (130, 140, None, True),
-                   "brasilia": (130, 130, None, False)},
-            train=("abudhabi", "beirut", "nantes"), test=("brasilia", "rio"))
+            root,
+            {"abudhabi": (H, W, (H2, W2), True), "beirut": (130, 140, None, True), "brasilia": (130, 130, None, False)},
+            train=("abudhabi", "beirut", "nantes"),
+            test=("brasilia", "rio"),
+        )
         yy, xx = np.mgrid[0:H2, 0:W2]
-        tifffile.imwrite(root / OSCD_IMAGES / "abudhabi" / "imgs_2" / "S2A_OPER_MSI_L1C_B04.tif",
-                         _ramp(yy, xx).astype(np.uint16))
+        tifffile.imwrite(
+            root / OSCD_IMAGES / "abudhabi" / "imgs_2" / "S2A_OPER_MSI_L1C_B04.tif", _ramp(yy, xx).astype(np.uint16)
+        )
         return truth, root
 
     def check_examples(self, config, examples, truth, info):
@@ -66,11 +69,11 @@ class TestOSCD(DatasetBuilderTestCase):
         assert sorted(by_city["abudhabi"]) == [(0, 0), (0, 22), (72, 0), (72, 22)]
         assert sorted(by_city["beirut"]) == [(0, 0), (0, 12), (2, 0), (2, 12)]
         assert {int(e["scene_id"]) for e in train if as_str(e["city"]) == "beirut"} == {1}
-        e = next(x for x in train if as_str(x["city"]) == "abudhabi"
-                 and (int(x["crop_y"]), int(x["crop_x"])) == (72, 22))
+        e = next(
+            x for x in train if as_str(x["city"]) == "abudhabi" and (int(x["crop_y"]), int(x["crop_x"])) == (72, 22)
+        )
         win = np.s_[72:200, 22:150]
-        np.testing.assert_array_equal(e["image_a"][..., TEN_M],
-                                      np.stack([imgs[1][i] for i in TEN_M], -1)[win])
+        np.testing.assert_array_equal(e["image_a"][..., TEN_M], np.stack([imgs[1][i] for i in TEN_M], -1)[win])
         np.testing.assert_array_equal(e["change"], cm[win])  # the 1 / 2 tif, as 0 / 1
         # date 2 on date 1's grid: the ramp band in closed form, the bottom-right pixel too
         b04 = e["image_b"][..., BANDS.index("B04")].astype(np.float64)
@@ -81,12 +84,14 @@ class TestOSCD(DatasetBuilderTestCase):
         for b in ("B02", "B05", "B01"):
             src = tifffile.imread(d2 / f"S2A_OPER_MSI_L1C_{b}.tif")
             assert src.shape == {"B02": (H2, W2), "B05": (98, 73), "B01": (33, 25)}[b]
-            np.testing.assert_array_equal(e["image_b"][..., BANDS.index(b)],
-                                          resize_bilinear(src, H, W)[win])
+            np.testing.assert_array_equal(e["image_b"][..., BANDS.index(b)], resize_bilinear(src, H, W)[win])
         md = info.metadata
-        assert md["cities"]["abudhabi"] == {"split": "train", "size": [H, W],
-                                            "date_2_size": [H2, W2],
-                                            "change_fraction": round(float(cm.mean()), 6)}
+        assert md["cities"]["abudhabi"] == {
+            "split": "train",
+            "size": [H, W],
+            "date_2_size": [H2, W2],
+            "change_fraction": round(float(cm.mean()), 6),
+        }
         assert md["cities"]["beirut"]["date_2_size"] == [130, 140]
         assert md["absent_cities"] == {"train": ["nantes"], "test": ["rio"]}
         assert list(md["unlabelled_cities"]) == ["brasilia"]
@@ -109,8 +114,7 @@ def test_merged_layout_labels_in_the_city_folders(tmp_path):
     build_quietly("oscd", tmp_path / "o", m)
     got = read_all("oscd", tmp_path / "o")
     train, test = got["train"], got["test"]
-    assert sorted((int(e["crop_y"]), int(e["crop_x"])) for e in train) == [
-        (0, 0), (0, 22), (72, 0), (72, 22)]
+    assert sorted((int(e["crop_y"]), int(e["crop_x"])) for e in train) == [(0, 0), (0, 22), (72, 0), (72, 22)]
     assert {as_str(e["city"]) for e in test} == {"beirut"}
     assert {int(e["scene_id"]) for e in train} == {0} and {int(e["scene_id"]) for e in test} == {1}
     e = next(x for x in train if (int(x["crop_y"]), int(x["crop_x"])) == (72, 22))
@@ -122,8 +126,7 @@ def test_merged_layout_labels_in_the_city_folders(tmp_path):
 def test_archives_behind_links_and_zip_debris(tmp_path):
     """Archive folders reached through symbolic links; a ``__MACOSX`` copy of a city (what a
     zip made on a Mac leaves) is not a second city."""
-    dummy_data.oscd_archives(tmp_path / "real", {"bercy": (130, 130, None, True)},
-                             train=("bercy",))
+    dummy_data.oscd_archives(tmp_path / "real", {"bercy": (130, 130, None, True)}, train=("bercy",))
     m = tmp_path / "m"
     m.mkdir()
     for name in (OSCD_IMAGES, OSCD_TRAIN_LABELS):
@@ -135,14 +138,19 @@ def test_archives_behind_links_and_zip_debris(tmp_path):
 
 
 def test_missing_train_label_is_refused_naming_the_city_then_skipped(tmp_path):
-    dummy_data.oscd_archives(tmp_path / "m", {"aguasclaras": (130, 130, None, True),
-                                              "bercy": (130, 130, None, False)},
-                             train=("aguasclaras", "bercy"))
+    dummy_data.oscd_archives(
+        tmp_path / "m",
+        {"aguasclaras": (130, 130, None, True), "bercy": (130, 130, None, False)},
+        train=("aguasclaras", "bercy"),
+    )
     bercy = tmp_path / "m" / OSCD_IMAGES / "bercy"
     looked = tmp_path / "m" / OSCD_TRAIN_LABELS / "bercy" / "cm"
-    with pytest.raises(DataError, match=re.escape(f"{bercy}: city 'bercy' (train split) has "
-                                                  "images but no change map") +
-                       ".*" + re.escape(str(looked))):
+    with pytest.raises(
+        DataError,
+        match=re.escape(f"{bercy}: city 'bercy' (train split) has images but no change map")
+        + ".*"
+        + re.escape(str(looked)),
+    ):
         build_quietly("oscd", tmp_path / "o", tmp_path / "m")
     build_quietly("oscd", tmp_path / "o", tmp_path / "m", skip_bad=True)
     assert _cities(tmp_path / "o") == {"train": ["aguasclaras"]}
@@ -154,11 +162,13 @@ def test_test_labels_archive_makes_test_a_labelled_split(tmp_path, caplog):
     """With the test labels of one test city unpacked, every present test city needs one;
     cities the lists name but that are absent are left out with one warning."""
     m = tmp_path / "m"
-    dummy_data.oscd_archives(m, {"aguasclaras": (130, 130, None, True),
-                                 "brasilia": (130, 130, None, True),
-                                 "rio": (130, 130, None, False)},
-                             train=("aguasclaras", "nantes"), test=("brasilia", "rio"),
-                             test_labels=("brasilia",))
+    dummy_data.oscd_archives(
+        m,
+        {"aguasclaras": (130, 130, None, True), "brasilia": (130, 130, None, True), "rio": (130, 130, None, False)},
+        train=("aguasclaras", "nantes"),
+        test=("brasilia", "rio"),
+        test_labels=("brasilia",),
+    )
     assert (m / OSCD_TEST_LABELS / "brasilia" / "cm" / "brasilia-cm.tif").is_file()
     with pytest.raises(DataError, match=r"rio: city 'rio' \(test split\) has images but no "):
         build_quietly("oscd", tmp_path / "o", m)
@@ -178,8 +188,7 @@ def test_change_map_without_images_is_refused_then_skipped(tmp_path):
     orphan = m / OSCD_TRAIN_LABELS / "nantes" / "cm" / "nantes-cm.tif"
     orphan.parent.mkdir(parents=True)
     tifffile.imwrite(orphan, np.ones((130, 130), np.uint8))
-    with pytest.raises(DataError, match=re.escape(f"{orphan}: change map of city 'nantes', "
-                                                  "which has no image folder")):
+    with pytest.raises(DataError, match=re.escape(f"{orphan}: change map of city 'nantes', which has no image folder")):
         build_quietly("oscd", tmp_path / "o", m)
     build_quietly("oscd", tmp_path / "o", m, skip_bad=True)
     assert _cities(tmp_path / "o") == {"train": ["aguasclaras"]}
@@ -192,32 +201,32 @@ def test_date2_of_other_size_needs_the_same_ground(tmp_path, caplog):
     they cover the same ground; refused when their footprints are 3 px apart."""
     m = tmp_path / "m"
     dummy_data.oscd_archives(m, {"hongkong": (130, 120, (117, 108), True)}, train=("hongkong",))
-    d1, d2 = (m / OSCD_IMAGES / "hongkong" / f"imgs_{t}" / "S2A_OPER_MSI_L1C_B02.tif"
-              for t in (1, 2))
-    with pytest.raises(DataError, match=re.escape(f"{d2}: date 2 is 117 x 108 px, date 1 "
-                                                  "(S2A_OPER_MSI_L1C_B02.tif) 130 x 120 px: "
-                                                  "over 5% apart")):
+    d1, d2 = (m / OSCD_IMAGES / "hongkong" / f"imgs_{t}" / "S2A_OPER_MSI_L1C_B02.tif" for t in (1, 2))
+    with pytest.raises(
+        DataError,
+        match=re.escape(f"{d2}: date 2 is 117 x 108 px, date 1 (S2A_OPER_MSI_L1C_B02.tif) 130 x 120 px: over 5% apart"),
+    ):
         build_quietly("oscd", tmp_path / "o1", m)
     dummy_data.geotag(d1, 400000.0, 2500000.0, 10.0)
     dummy_data.geotag(d2, 400000.0, 2500000.0, (10.0 * 120 / 108, 10.0 * 130 / 117))
     with caplog.at_level(logging.INFO):
         build_quietly("oscd", tmp_path / "o2", m)
-    assert "hongkong: date 2 is 117 x 108 px, resampled onto date 1's 130 x 120 px grid" in \
-        caplog.text
+    assert "hongkong: date 2 is 117 x 108 px, resampled onto date 1's 130 x 120 px grid" in caplog.text
     exs = read_all("oscd", tmp_path / "o2")["train"]
     assert len(exs) == 2 and all(e["image_b"].shape == (128, 128, 13) for e in exs)
-    assert build.get_builder("oscd", str(tmp_path / "o2")).info.metadata["cities"][
-        "hongkong"]["date_2_size"] == [117, 108]
+    assert build.get_builder("oscd", str(tmp_path / "o2")).info.metadata["cities"]["hongkong"]["date_2_size"] == [
+        117,
+        108,
+    ]
     dummy_data.geotag(d2, 400030.0, 2500000.0, (10.0 * 120 / 108, 10.0 * 130 / 117))
-    with pytest.raises(DataError, match=re.escape(f"{d2}: date 2 (117 x 108 px) lies 3.0 "
-                                                  "date-1 pixels off the ground of date 1")):
+    with pytest.raises(
+        DataError, match=re.escape(f"{d2}: date 2 (117 x 108 px) lies 3.0 date-1 pixels off the ground of date 1")
+    ):
         build_quietly("oscd", tmp_path / "o3", m)
 
 
 def test_city_listed_in_both_splits_is_refused(tmp_path):
     m = tmp_path / "m"
-    dummy_data.oscd_archives(m, {"paris": (130, 130, None, True)}, train=("paris",),
-                             test=("bercy", "paris"))
-    with pytest.raises(DataError, match=re.escape(f"{m / OSCD_IMAGES / 'test.txt'}: city 'paris' "
-                                                  "is also listed in")):
+    dummy_data.oscd_archives(m, {"paris": (130, 130, None, True)}, train=("paris",), test=("bercy", "paris"))
+    with pytest.raises(DataError, match=re.escape(f"{m / OSCD_IMAGES / 'test.txt'}: city 'paris' is also listed in")):
         build_quietly("oscd", tmp_path / "o", m)

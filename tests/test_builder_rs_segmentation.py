@@ -12,10 +12,10 @@ class TestRsSegmentation(DatasetBuilderTestCase):
     DATASET_NAME = "rs_segmentation"
     SPLITS = {
         "potsdam": {"train": 4, "validation": 2},  # 300 x 256 tiles, 256 px crops: 2 each
-        "vaihingen": {"train": 2},                 # 256 x 300: x in {0, 44}
-        "loveda": {"train": 1, "validation": 1},   # the unlabelled Test folder is skipped
-        "deepglobe": {"train": 4},                 # 620 px, 612 px crops at 0 and 8
-        "nyc4band": {"train": 2},                  # 300 x 256: y in {0, 44}
+        "vaihingen": {"train": 2},  # 256 x 300: x in {0, 44}
+        "loveda": {"train": 1, "validation": 1},  # the unlabelled Test folder is skipped
+        "deepglobe": {"train": 4},  # 620 px, 612 px crops at 0 and 8
+        "nyc4band": {"train": 2},  # 300 x 256: y in {0, 44}
     }
 
     def make_dummy_data(self, root, config):
@@ -27,9 +27,9 @@ class TestRsSegmentation(DatasetBuilderTestCase):
         for e in (e for exs in examples.values() for e in exs):
             y, x = int(e["crop_y"]), int(e["crop_x"])
             fn = as_str(e["filename"])
-            np.testing.assert_array_equal(e["mask"], masks[fn][y:y + s, x:x + s])
+            np.testing.assert_array_equal(e["mask"], masks[fn][y : y + s, x : x + s])
             if config == "nyc4band":
-                np.testing.assert_array_equal(e["image"], masks["image"][y:y + s, x:x + s])
+                np.testing.assert_array_equal(e["image"], masks["image"][y : y + s, x : x + s])
             scene_of.setdefault(fn, set()).add(int(e["scene_id"]))
         assert all(len(v) == 1 for v in scene_of.values())  # one scene per tile
         assert len({min(v) for v in scene_of.values()}) == len(scene_of)

@@ -37,13 +37,23 @@ def _source(name, data_dir, split, config=None):
 def test_every_builder_has_its_tfds_style_test():
     here = os.path.dirname(os.path.abspath(__file__))
     names = set(build.available_builders())
-    assert {"eurosat_rgb", "eurosat_ms", "bigearthnet", "levir_cd", "oscd", "ssl4eo_s12",
-            "rs_segmentation", "dynamic_world", "rs_synthetic"} <= names
+    assert {
+        "eurosat_rgb",
+        "eurosat_ms",
+        "bigearthnet",
+        "levir_cd",
+        "oscd",
+        "ssl4eo_s12",
+        "rs_segmentation",
+        "dynamic_world",
+        "rs_synthetic",
+    } <= names
     missing = [n for n in names if not os.path.isfile(os.path.join(here, f"test_builder_{n}.py"))]
     assert not missing, f"builders without tests/test_builder_<name>.py: {missing}"
 
 
 # ------------------------------------------------------------------------------ EuroSAT
+
 
 def test_eurosat_split_rule_matches_full_dataset_counts():
     from tfds_builders import _eurosat
@@ -103,12 +113,16 @@ def test_eurosat_rgb_reads_png_copies_and_reports_files_it_does_not_read(tmp_pat
     assert b.info.metadata["num_ignored"] == 1 and list(b.info.metadata["ignored_files"]) == ["River/notes.txt"]
     assert "River/notes.txt" in caplog.text and "not read" in caplog.text
     ds = b.as_data_source()
-    names = {str(e["filename"], "utf-8") if isinstance(e["filename"], bytes) else e["filename"]: e
-             for split in ds.values() for e in split}
+    names = {
+        str(e["filename"], "utf-8") if isinstance(e["filename"], bytes) else e["filename"]: e
+        for split in ds.values()
+        for e in split
+    }
     np.testing.assert_array_equal(names["Forest/Forest_3.png"]["image"], names["Forest/Forest_2.jpg"]["image"])
 
 
 # -------------------------------------------------------------------------- BigEarthNet
+
 
 def test_bigearthnet_resampling_is_bilinear_half_pixel():
     from tfds_builders._common import resize_bilinear
@@ -134,13 +148,13 @@ def test_bigearthnet_missing_band_named_and_skipped(tmp_path):
         build_quietly("bigearthnet", tmp_path / "o", tmp_path / "m")
     build_quietly("bigearthnet", tmp_path / "o", tmp_path / "m", skip_bad=True)
     got = read_all("bigearthnet", tmp_path / "o")
-    assert {s: [as_str(e["patch"]) for e in v] for s, v in got.items()} == {
-        "train": [names[0]], "test": [names[2]]}
+    assert {s: [as_str(e["patch"]) for e in v] for s, v in got.items()} == {"train": [names[0]], "test": [names[2]]}
     md = build.get_builder("bigearthnet", str(tmp_path / "o")).info.metadata
     assert md["num_skipped"] == 1 and names[1] in md["skipped_files"][0]
 
 
 # ----------------------------------------------------------------------------- LEVIR-CD
+
 
 def test_levir_cd_bad_label_and_wrong_size_named(tmp_path):
     dummy_data.levir_cd(tmp_path / "m", files={"val_3_0000_0000.png": 256})
@@ -152,8 +166,11 @@ def test_levir_cd_bad_label_and_wrong_size_named(tmp_path):
     with pytest.raises(ValueError, match=r"val_3_0000_0000\.png: label values"):
         build_quietly("levir_cd", tmp_path / "o", tmp_path / "m")
     # the only file of a split skipped: said so, not TFDS's bare "No examples were yielded"
-    with pytest.raises(ValueError, match=r"split \"validation\".*every file of that split was "
-                                         r"skipped"):
+    with pytest.raises(
+        ValueError,
+        match=r"split \"validation\".*every file of that split was "
+        r"skipped",
+    ):
         build_quietly("levir_cd", tmp_path / "o", tmp_path / "m", skip_bad=True)
     assert not (tmp_path / "o").exists()
 
@@ -180,11 +197,11 @@ def test_levir_cd_official_layout_and_list_files(tmp_path):
     (flat / "list" / "test.txt").write_text("b.png\n")
     build_quietly("levir_cd", tmp_path / "o2", flat)
     got = read_all("levir_cd", tmp_path / "o2")
-    assert {s: [as_str(e["filename"]) for e in v] for s, v in got.items()} == {
-        "train": ["a.png"], "test": ["b.png"]}
+    assert {s: [as_str(e["filename"]) for e in v] for s, v in got.items()} == {"train": ["a.png"], "test": ["b.png"]}
 
 
 # --------------------------------------------------------------------------------- OSCD
+
 
 def test_oscd_missing_band_skip_bad_and_wrong_size_map(tmp_path):
     m = tmp_path / "m"
@@ -194,21 +211,21 @@ def test_oscd_missing_band_skip_bad_and_wrong_size_map(tmp_path):
     with pytest.raises(ValueError, match=r"bercy/imgs_2_rect/B11\.tif: band file missing"):
         build_quietly("oscd", tmp_path / "o", m)
     build_quietly("oscd", tmp_path / "o", m, skip_bad=True)
-    assert {as_str(e["city"]) for e in _source("oscd", tmp_path / "o", "train")} == {
-        "aguasclaras"}
+    assert {as_str(e["city"]) for e in _source("oscd", tmp_path / "o", "train")} == {"aguasclaras"}
     assert build.get_builder("oscd", str(tmp_path / "o")).info.metadata["num_skipped"] == 1
-    Image.fromarray(np.zeros((100, 130), np.uint8), mode="L").save(
-        m / "aguasclaras" / "cm" / "cm.png")
+    Image.fromarray(np.zeros((100, 130), np.uint8), mode="L").save(m / "aguasclaras" / "cm" / "cm.png")
     with pytest.raises(ValueError, match=r"aguasclaras/cm/cm\.png: wrong-size change map"):
         build_quietly("oscd", tmp_path / "o2", m)
 
 
 # ----------------------------------------------- SSL4EO-S12, Dynamic World: bad sizes named
 
+
 def test_wrong_size_band_and_label_named(tmp_path):
     dummy_data.ssl4eo_s12(tmp_path / "ssl", locations=("0000010",))
-    tifffile.imwrite(tmp_path / "ssl" / "s2c" / "0000010" / dummy_data.SSL4EO_SEASONS[1] /
-                     "B4.tif", np.zeros((200, 264), np.uint16))
+    tifffile.imwrite(
+        tmp_path / "ssl" / "s2c" / "0000010" / dummy_data.SSL4EO_SEASONS[1] / "B4.tif", np.zeros((200, 264), np.uint16)
+    )
     with pytest.raises(ValueError, match=r"0000010/20200610T101031_T32TQM/B4\.tif: 10 m band"):
         build_quietly("ssl4eo_s12", tmp_path / "o", tmp_path / "ssl")
     dummy_data.dynamic_world(tmp_path / "dw")
@@ -219,6 +236,7 @@ def test_wrong_size_band_and_label_named(tmp_path):
 
 
 # ---------------------------------------------------------------------- rs_segmentation
+
 
 def test_rs_segmentation_palette_and_mask_errors_named(tmp_path):
     from tfds_builders.rs_segmentation.rs_segmentation_dataset_builder import (
@@ -232,21 +250,20 @@ def test_rs_segmentation_palette_and_mask_errors_named(tmp_path):
     Image.fromarray(bad).save(m / "ann_dir" / "area1_label.png")
     with pytest.raises(ValueError, match=r"area1_label\.png: 1 mask pixels have colours"):
         build_quietly("rs_segmentation", tmp_path / "o", m, "vaihingen")
-    Image.fromarray(dummy_data.palette_colours(idx[:200], ISPRS_PALETTE)).save(
-        m / "ann_dir" / "area1_label.png")
+    Image.fromarray(dummy_data.palette_colours(idx[:200], ISPRS_PALETTE)).save(m / "ann_dir" / "area1_label.png")
     with pytest.raises(ValueError, match=r"area1_label\.png: wrong-size mask"):
         build_quietly("rs_segmentation", tmp_path / "o", m, "vaihingen")
     # an index mask value above the class count (LoveDA: 0..7)
     lv = tmp_path / "lv"
     dummy_data.rs_segmentation(lv, "loveda")
-    Image.fromarray(np.full((512, 512), 9, np.uint8), mode="L").save(
-        lv / "Train" / "Urban" / "masks_png" / "1.png")
+    Image.fromarray(np.full((512, 512), 9, np.uint8), mode="L").save(lv / "Train" / "Urban" / "masks_png" / "1.png")
     with pytest.raises(ValueError, match=r"masks_png/1\.png: mask values must be 0\.\.7"):
         build_quietly("rs_segmentation", tmp_path / "o", lv, "loveda")
     assert not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------ lock, clean-up, command line
+
 
 def test_build_lock_excludes_and_leaves_no_file(tmp_path):
     """The lock file is deleted on release; a waiter that locked the deleted file notices and
@@ -273,8 +290,7 @@ def test_build_lock_excludes_and_leaves_no_file(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_interrupted_build_leaves_nothing_and_a_killed_ones_leftovers_are_removed(
-        tmp_path, monkeypatch):
+def test_interrupted_build_leaves_nothing_and_a_killed_ones_leftovers_are_removed(tmp_path, monkeypatch):
     from tfds_builders.eurosat_rgb import Builder
 
     dummy_data.eurosat_rgb(tmp_path / "m", counts=(1,) * 10)
@@ -306,19 +322,25 @@ def test_command_line_failure_leaves_nothing_and_skip_bad_reports_count(tmp_path
     os.makedirs(tmp_path / "o")
     (tmp_path / "o" / "other.txt").write_text("a user's file")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "rsjax.data.build", "levir_cd",
-           f"--manual_dir={tmp_path / 'm'}", f"--data_dir={tmp_path / 'o'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rsjax.data.build",
+        "levir_cd",
+        f"--manual_dir={tmp_path / 'm'}",
+        f"--data_dir={tmp_path / 'o'}",
+    ]
     out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "train_5_0256_0768.png" in out.stderr
     assert tree(tmp_path / "o") == {"other.txt": b"a user's file"}  # fault 4 (issue 14)
-    out = subprocess.run(cmd + ["--skip_bad"], cwd=repo, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(cmd + ["--skip_bad"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "levir_cd: ready" in out.stdout
     assert "skipped 1 bad input file" in out.stderr and "A/train_5_0256_0768.png" in out.stderr
 
 
 # ------------------------------------------------------------------ a built EuroSAT RGB
+
 
 @pytest.fixture(scope="module")
 def eurosat(tmp_path_factory):
@@ -335,8 +357,7 @@ def test_tfrecord_build_is_refused_in_one_line(eurosat, tmp_path):
 
     from rsjax.data import pipeline
 
-    explicit = build.get_builder_class("eurosat_ms")(data_dir=str(tmp_path / "x"),
-                                                     file_format="tfrecord")
+    explicit = build.get_builder_class("eurosat_ms")(data_dir=str(tmp_path / "x"), file_format="tfrecord")
     assert explicit.info.file_format == file_adapters.FileFormat.TFRECORD  # explicit choice
     copy = tmp_path / "tfrecord_dir"
     shutil.copytree(eurosat, copy)
@@ -391,6 +412,7 @@ def test_throughput_presets_on_eurosat(eurosat):
 
 # ------------------------------------------------------------------- georeferencing
 
+
 def test_footprint_offset_px():
     from tfds_builders._common import GeoRef, footprint_offset_px
 
@@ -422,8 +444,7 @@ def test_read_georef_conventions(tmp_path):
     gq = read_georef(q)
     assert gq.crs == "EPSG:4326"
     # GDAL: the point of pixel (0, 0) is its centre, so the corner is half a pixel back
-    assert gq.transform == pytest.approx(
-        (7.0 - 0.5 * (0.5 + 0.1), 0.5, 0.1, 46.0 - 0.5 * (0.2 - 0.5), 0.2, -0.5))
+    assert gq.transform == pytest.approx((7.0 - 0.5 * (0.5 + 0.1), 0.5, 0.1, 46.0 - 0.5 * (0.2 - 0.5), 0.2, -0.5))
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, img)
     assert read_georef(plain).crs == "" and all(np.isnan(read_georef(plain).transform))
@@ -436,46 +457,45 @@ def test_builders_keep_georeferencing(tmp_path):
 
     # SSL4EO-S12: one season georeferenced on its 10 m band B2, the other without tags
     dummy_data.ssl4eo_s12(tmp_path / "ssl", locations=("0000005",))
-    _geotag(tmp_path / "ssl" / "s2c" / "0000005" / dummy_data.SSL4EO_SEASONS[0] / "B2.tif",
-            600000.0, 5000000.0, 10.0, epsg=32633)
+    _geotag(
+        tmp_path / "ssl" / "s2c" / "0000005" / dummy_data.SSL4EO_SEASONS[0] / "B2.tif",
+        600000.0,
+        5000000.0,
+        10.0,
+        epsg=32633,
+    )
     build_quietly("ssl4eo_s12", tmp_path / "o1", tmp_path / "ssl")
     exs = {as_str(e["season_name"]): e for e in _source("ssl4eo_s12", tmp_path / "o1", "train")}
-    assert corner(exs[dummy_data.SSL4EO_SEASONS[0]]) == (
-        "EPSG:32633", [600000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0])
+    assert corner(exs[dummy_data.SSL4EO_SEASONS[0]]) == ("EPSG:32633", [600000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0])
     bare = exs[dummy_data.SSL4EO_SEASONS[1]]
     assert as_str(bare["crs"]) == "" and np.isnan(bare["transform"]).all()
 
     # Dynamic World: every crop carries its own corner (tie point not at pixel (0, 0))
     dummy_data.dynamic_world(tmp_path / "dw")
-    _geotag(tmp_path / "dw" / "train" / "a1_s2.tif", 300000.0, 6000000.0, 10.0, epsg=32631,
-            tie_pixel=(7.0, 9.0))
+    _geotag(tmp_path / "dw" / "train" / "a1_s2.tif", 300000.0, 6000000.0, 10.0, epsg=32631, tie_pixel=(7.0, 9.0))
     build_quietly("dynamic_world", tmp_path / "o2", tmp_path / "dw")
-    crops = [e for e in _source("dynamic_world", tmp_path / "o2", "train")
-             if as_str(e["filename"]) == "train/a1_s2.tif"]
+    crops = [
+        e for e in _source("dynamic_world", tmp_path / "o2", "train") if as_str(e["filename"]) == "train/a1_s2.tif"
+    ]
     assert len(crops) == 4
     for e in crops:
         y, x = int(e["crop_y"]), int(e["crop_x"])
-        assert corner(e) == ("EPSG:32631",
-                             [300000.0 + 10 * x, 10.0, 0.0, 6000000.0 - 10 * y, 0.0, -10.0])
+        assert corner(e) == ("EPSG:32631", [300000.0 + 10 * x, 10.0, 0.0, 6000000.0 - 10 * y, 0.0, -10.0])
 
     # OSCD: crops georeferenced from the date-1 B02 grid
     dummy_data.oscd_city(tmp_path / "oscd", "abudhabi", 200, 150, rect=True)
-    _geotag(tmp_path / "oscd" / "abudhabi" / "imgs_1_rect" / "B02.tif", 200000.0, 2700000.0,
-            10.0, epsg=32640)
+    _geotag(tmp_path / "oscd" / "abudhabi" / "imgs_1_rect" / "B02.tif", 200000.0, 2700000.0, 10.0, epsg=32640)
     build_quietly("oscd", tmp_path / "o3", tmp_path / "oscd")
     for e in _source("oscd", tmp_path / "o3", "train"):
         y, x = int(e["crop_y"]), int(e["crop_x"])
-        assert corner(e) == ("EPSG:32640",
-                             [200000.0 + 10 * x, 10.0, 0.0, 2700000.0 - 10 * y, 0.0, -10.0])
+        assert corner(e) == ("EPSG:32640", [200000.0 + 10 * x, 10.0, 0.0, 2700000.0 - 10 * y, 0.0, -10.0])
 
     # EuroSAT MS and BigEarthNet: the patch's own tags (BigEarthNet: the 10 m band B02)
     dummy_data.eurosat_ms(tmp_path / "ms", counts=(1,) * 10)
     _geotag(tmp_path / "ms" / "Forest" / "Forest_1.tif", 410000.0, 5300000.0, 10.0)
     build_quietly("eurosat_ms", tmp_path / "o4", tmp_path / "ms")
-    rows = {as_str(e["filename"]): e for exs in read_all("eurosat_ms", tmp_path / "o4").values()
-            for e in exs}
-    assert corner(rows["Forest/Forest_1.tif"]) == (
-        "EPSG:32632", [410000.0, 10.0, 0.0, 5300000.0, 0.0, -10.0])
+    rows = {as_str(e["filename"]): e for exs in read_all("eurosat_ms", tmp_path / "o4").values() for e in exs}
+    assert corner(rows["Forest/Forest_1.tif"]) == ("EPSG:32632", [410000.0, 10.0, 0.0, 5300000.0, 0.0, -10.0])
     assert as_str(rows["River/River_1.tif"]["crs"]) == ""
     name = "S2A_MSIL2A_20170613T101031_0_45"
     dummy_data.bigearthnet(tmp_path / "ben", {name: ["Coniferous forest"]})

@@ -16,9 +16,16 @@ from rsjax.data import build, registry
 pytestmark = pytest.mark.realdata
 
 EUROSAT_COUNTS = {
-    "AnnualCrop": 3000, "Forest": 3000, "HerbaceousVegetation": 3000, "Highway": 2500,
-    "Industrial": 2500, "Pasture": 2000, "PermanentCrop": 2500, "Residential": 3000,
-    "River": 2500, "SeaLake": 3000,
+    "AnnualCrop": 3000,
+    "Forest": 3000,
+    "HerbaceousVegetation": 3000,
+    "Highway": 2500,
+    "Industrial": 2500,
+    "Pasture": 2000,
+    "PermanentCrop": 2500,
+    "Residential": 3000,
+    "River": 2500,
+    "SeaLake": 3000,
 }
 
 
@@ -30,8 +37,7 @@ def _columns(builder, split, keys):
     """Some features of a whole split (lists), without decoding the images."""
     import tensorflow_datasets as tfds
 
-    skip = {k: tfds.decode.SkipDecoding() for k in builder.info.features.keys()
-            if k not in keys}
+    skip = {k: tfds.decode.SkipDecoding() for k in builder.info.features.keys() if k not in keys}
     src = builder.as_data_source(split=split, decoders=skip)
     n = len(src)
     out = {k: [] for k in keys}
@@ -46,8 +52,7 @@ def _columns(builder, split, keys):
 def eurosat_real(shared_data, tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("eurosat_real"))
     t = time.perf_counter()
-    build.build_dataset("eurosat_rgb", data_dir, str(shared_data / "eurosat_rgb"),
-                        progress=False)
+    build.build_dataset("eurosat_rgb", data_dir, str(shared_data / "eurosat_rgb"), progress=False)
     dt = time.perf_counter() - t
     print(f"\nbuilt eurosat_rgb (27,000 images) in {dt:.1f} s")
     with open(os.path.join(data_dir, "eurosat_build_seconds.txt"), "w") as f:
@@ -76,8 +81,7 @@ def test_eurosat_rgb_real_counts_and_split(eurosat_real, shared_data):
     want_test = set()
     for c in sorted(EUROSAT_COUNTS):
         fs = sorted(os.listdir(shared_data / "eurosat_rgb" / c))
-        want_test |= {f"{c}/{f}" for f in rng.permutation(np.array(fs, dtype=object))
-                      [:round(0.2 * len(fs))]}
+        want_test |= {f"{c}/{f}" for f in rng.permutation(np.array(fs, dtype=object))[: round(0.2 * len(fs))]}
     assert files["test"] == want_test
     ex = b.as_data_source(split="test")[0]
     assert ex["image"].shape == (64, 64, 3) and ex["image"].dtype == np.uint8
@@ -108,11 +112,9 @@ def test_eurosat_rgb_real_pretrain_pipeline_scene_batches(eurosat_real):
 
 
 def test_levir_cd_real_samples(shared_data, tmp_path):
-    build.build_dataset("levir_cd", str(tmp_path), str(shared_data / "levir_cd_samples"),
-                        progress=False)
+    build.build_dataset("levir_cd", str(tmp_path), str(shared_data / "levir_cd_samples"), progress=False)
     b = build.get_builder("levir_cd", str(tmp_path))
-    assert {k: v.num_examples for k, v in b.info.splits.items()} == {
-        "train": 3, "validation": 1, "test": 7}
+    assert {k: v.num_examples for k, v in b.info.splits.items()} == {"train": 3, "validation": 1, "test": 7}
     exs = {}
     for split in ("train", "validation", "test"):
         src = b.as_data_source(split=split)
@@ -148,7 +150,7 @@ def test_dsifn_cd_real_samples_with_levir_builder(shared_data, tmp_path):
     # round(0.2 * n) tiles -> test
     tiles = sorted(f for f in os.listdir(root / "A") if f.endswith(".png"))
     perm = np.random.default_rng(0).permutation(len(tiles))
-    test = {tiles[i] for i in perm[:round(0.2 * len(tiles))]}
+    test = {tiles[i] for i in perm[: round(0.2 * len(tiles))]}
     assert got == {t: "test" if t in test else "train" for t in tiles}
     assert "split_seed=0" in b.info.metadata["split_rule"]
 
@@ -177,14 +179,18 @@ def test_bigearthnet_real_samples(shared_data, tmp_path):
     assert len(set(scenes.values())) == 5
 
 
-@pytest.mark.parametrize("config,n_crops,values", [
-    ("potsdam", 4, set(range(0, 6))),
-    ("vaihingen", 4, set(range(0, 6))),
-    ("loveda", 12, {1, 2, 3, 4, 6, 7}),
-])
+@pytest.mark.parametrize(
+    "config,n_crops,values",
+    [
+        ("potsdam", 4, set(range(0, 6))),
+        ("vaihingen", 4, set(range(0, 6))),
+        ("loveda", 12, {1, 2, 3, 4, 6, 7}),
+    ],
+)
 def test_segmentation_real_crops(shared_data, tmp_path, config, n_crops, values):
-    build.build_dataset("rs_segmentation", str(tmp_path),
-                        str(shared_data / "seg_samples_mmseg" / config), config, progress=False)
+    build.build_dataset(
+        "rs_segmentation", str(tmp_path), str(shared_data / "seg_samples_mmseg" / config), config, progress=False
+    )
     b = build.get_builder("rs_segmentation", str(tmp_path), config)
     src = b.as_data_source(split="train")
     assert len(src) == n_crops
@@ -214,17 +220,26 @@ def test_oscd_real_archives_as_they_unpack(shared_data, tmp_path):
     assert {k: v.num_examples for k, v in b.info.splits.items()} == {"train": 128}
     md = b.info.metadata
     sizes = {c: (tuple(r["size"]), tuple(r["date_2_size"])) for c, r in md["cities"].items()}
-    assert sizes == {"aguasclaras": ((471, 525),) * 2, "bercy": ((395, 360),) * 2,
-                     "bordeaux": ((517, 461),) * 2, "hongkong": ((695, 540), (693, 538)),
-                     "paris": ((408, 390),) * 2, "saclay_e": ((639, 688), (631, 679))}
+    assert sizes == {
+        "aguasclaras": ((471, 525),) * 2,
+        "bercy": ((395, 360),) * 2,
+        "bordeaux": ((517, 461),) * 2,
+        "hongkong": ((695, 540), (693, 538)),
+        "paris": ((408, 390),) * 2,
+        "saclay_e": ((639, 688), (631, 679)),
+    }
     assert {"nantes", "rennes"} <= set(md["absent_cities"]["train"])
     assert len(md["absent_cities"]["test"]) == 10 and md["num_skipped"] == 0
-    cm = tifffile.imread(root / "Onera Satellite Change Detection dataset - Train Labels" /
-                         "saclay_e" / "cm" / "saclay_e-cm.tif")
+    cm = tifffile.imread(
+        root / "Onera Satellite Change Detection dataset - Train Labels" / "saclay_e" / "cm" / "saclay_e-cm.tif"
+    )
     assert md["cities"]["saclay_e"]["change_fraction"] == round(float((cm == 2).mean()), 6)
     src = b.as_data_source(split="train")
-    e = next(src[i] for i in range(len(src)) if _s(src[i]["city"]) == "saclay_e"
-             and (int(src[i]["crop_y"]), int(src[i]["crop_x"])) == (511, 560))
+    e = next(
+        src[i]
+        for i in range(len(src))
+        if _s(src[i]["city"]) == "saclay_e" and (int(src[i]["crop_y"]), int(src[i]["crop_x"])) == (511, 560)
+    )
     np.testing.assert_array_equal(e["change"], (cm == 2)[511:, 560:])
     # the bottom-right corner: date 2 registered on date 1 (a top-left crop gives r ~ 0.07)
     a, b2 = (e[k][..., registry.S2_BANDS.index("B02")].astype(float) for k in ("image_a", "image_b"))

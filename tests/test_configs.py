@@ -21,15 +21,25 @@ CONFIG_NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem 
 def test_configs_import_as_a_package_from_any_directory(tmp_path):
     """`python -c "import configs.swimdiff, configs.common"` works outside the checkout (the
     package is installed with rsjax), and resolves to this checkout's configs/."""
-    r = subprocess.run([sys.executable, "-c", "import configs.swimdiff, configs.common; print(configs.common.__file__)"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", "import configs.swimdiff, configs.common; print(configs.common.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert pathlib.Path(r.stdout.strip()).resolve() == (REPO / "configs" / "common.py").resolve()
 
 
 def test_nothing_loads_a_config_file_by_path():
-    hits = [str(p.relative_to(REPO)) for d in ("rsjax", "configs") for p in (REPO / d).rglob("*.py")
-            if "spec_from_file_location" in p.read_text()]
+    hits = [
+        str(p.relative_to(REPO))
+        for d in ("rsjax", "configs")
+        for p in (REPO / d).rglob("*.py")
+        if "spec_from_file_location" in p.read_text()
+    ]
     assert hits == []
 
 
@@ -98,8 +108,9 @@ def test_study_arms_are_built_in_the_config_and_follow_overrides():
     from rsjax import study
 
     c = load_config("study_eurosat", "cpu")
-    assert sorted(c.arms) == sorted(["simclr", "moco_v2", "moco_v2_matching", "moco_v2_diffusion", "swimdiff",
-                                     "swimdiff_maps", "false"])
+    assert sorted(c.arms) == sorted(
+        ["simclr", "moco_v2", "moco_v2_matching", "moco_v2_diffusion", "swimdiff", "swimdiff_maps", "false"]
+    )
     c.data.folder = "/some/eurosat"
     c.batch_size = 64
     c.optimizer.lr = 0.5
@@ -112,8 +123,14 @@ def test_study_arms_are_built_in_the_config_and_follow_overrides():
         assert (a.data.crops_as_scenes, a.data.scenes_per_batch) == (2, 0), arm
     # identical batches: every input key (data block, batch, seed, steps) is the same in every arm,
     # and the step's augmentation stream depends on seed and step only (rsjax.train.RNG_STREAMS)
-    inputs = {arm: (study.arm_config(c, arm, 3, 640).data.to_dict(), study.arm_config(c, arm, 3, 640).batch_size,
-                    study.arm_config(c, arm, 3, 640).total_steps) for arm in c.arms}
+    inputs = {
+        arm: (
+            study.arm_config(c, arm, 3, 640).data.to_dict(),
+            study.arm_config(c, arm, 3, 640).batch_size,
+            study.arm_config(c, arm, 3, 640).total_steps,
+        )
+        for arm in c.arms
+    }
     assert all(v == inputs["simclr"] for v in inputs.values())
     assert c.arms.moco_v2.moco.queue_size == 16 * 64
 
@@ -125,22 +142,32 @@ def test_study_factorial_arms_differ_only_in_their_loss_terms():
     from rsjax import study
 
     c = load_config("study_eurosat", "cpu")
-    expect = {"moco_v2": {"loss.scene_mode": "none", "swimdiff.lambda_d": 0.0},
-              "moco_v2_matching": {"swimdiff.lambda_d": 0.0}, "moco_v2_diffusion": {"loss.scene_mode": "none"},
-              "swimdiff": {}, "swimdiff_maps": {"swimdiff.conditioning": "maps"}}
+    expect = {
+        "moco_v2": {"loss.scene_mode": "none", "swimdiff.lambda_d": 0.0},
+        "moco_v2_matching": {"swimdiff.lambda_d": 0.0},
+        "moco_v2_diffusion": {"loss.scene_mode": "none"},
+        "swimdiff": {},
+        "swimdiff_maps": {"swimdiff.conditioning": "maps"},
+    }
     stripped = {}
     for arm, overrides in expect.items():
         assert json.loads(c.arm_sources[arm]) == {"config": "swimdiff", "overrides": overrides}
         d = study.arm_config(c, arm, seed=0, num_train=640).to_dict()
         assert d["moco"]["batch_negatives"] is True
         assert (d["loss"]["scene_mode"], d["swimdiff"]["lambda_d"]) == (
-            overrides.get("loss.scene_mode", "soft"), overrides.get("swimdiff.lambda_d", 1.0))
+            overrides.get("loss.scene_mode", "soft"),
+            overrides.get("swimdiff.lambda_d", 1.0),
+        )
         if d["swimdiff"]["lambda_d"]:
             assert d["optimizer"]["modules"]["denoiser"]["name"] == "adam"
         else:
             assert not d["optimizer"]["modules"]
-        for block, key in (("loss", "scene_mode"), ("swimdiff", "lambda_d"), ("swimdiff", "conditioning"),
-                           ("optimizer", "modules")):
+        for block, key in (
+            ("loss", "scene_mode"),
+            ("swimdiff", "lambda_d"),
+            ("swimdiff", "conditioning"),
+            ("optimizer", "modules"),
+        ):
             d[block].pop(key)
         stripped[arm] = d
     first = stripped.pop("moco_v2")
@@ -170,8 +197,7 @@ def test_old_workdir_missing_keys_at_their_default_resumes(tmp_path):
     from rsjax import workdir as workdir_lib
 
     config = load_config("simclr", "smoke")
-    wd = _old_workdir(tmp_path, config, ["data.crop_size", "data.mask_key", "optimizer.freeze",
-                                         "optimizer.plateau"])
+    wd = _old_workdir(tmp_path, config, ["data.crop_size", "data.mask_key", "optimizer.freeze", "optimizer.plateau"])
     workdir_lib.Workdir(str(wd), config).close()  # accepted: the missing keys are at their defaults
 
 
@@ -209,10 +235,13 @@ def _with_data_eval_split(tmp_path, config, value, drop=()):
     return wd
 
 
-@pytest.mark.parametrize("name,drop,moved_to", [
-    ("study_eurosat", ["eval.train_split", "eval.test_split"], ("eval", "test_split")),
-    ("noisy_label", ["analysis.split"], ("analysis", "split")),
-])
+@pytest.mark.parametrize(
+    "name,drop,moved_to",
+    [
+        ("study_eurosat", ["eval.train_split", "eval.test_split"], ("eval", "test_split")),
+        ("noisy_label", ["analysis.split"], ("analysis", "split")),
+    ],
+)
 def test_retired_data_eval_split_moves_to_the_one_name_of_its_role(tmp_path, name, drop, moved_to):
     """data.eval_split is gone (one name per split role): an old workdir's value is read as
     eval.test_split (the study; eval.* may change on resume) / analysis.split (noisy labels:

@@ -24,21 +24,21 @@ FORMULATIONS = ("taps", "im2col", "auto")
 
 # (H, W, C_in, C_out, kernel, stride, dilation); padding = dilation * (kernel // 2) (the models' rule)
 CASES = [
-    (32, 32, 3, 8, 7, 2, 1),     # standard stem, RGB
-    (33, 31, 13, 8, 7, 2, 1),    # stem, 13 bands, odd sizes
-    (16, 16, 1, 4, 7, 2, 1),     # stem, 1 band
-    (32, 32, 13, 8, 3, 1, 1),    # cifar stem
-    (8, 8, 8, 8, 3, 1, 1),       # layer1
-    (7, 9, 8, 16, 3, 2, 1),      # first block of a stage, odd sizes
-    (4, 4, 16, 16, 3, 2, 1),     # -> 2 px
-    (2, 2, 16, 16, 3, 1, 1),     # 2 px map (im2col under auto)
-    (1, 1, 16, 16, 3, 1, 1),     # 1 px map
-    (2, 2, 16, 32, 3, 2, 1),     # -> 1 px
-    (8, 8, 16, 32, 1, 2, 1),     # downsample 1x1 / stride 2
-    (6, 5, 16, 8, 1, 1, 1),      # 1x1 projection
-    (8, 8, 16, 8, 3, 1, 2),      # dilated (output stride 16)
-    (8, 8, 16, 8, 3, 1, 6),      # ASPP rate 6 on 8 px: only some taps read data
-    (8, 8, 16, 8, 3, 1, 24),     # ASPP rate 24 on 8 px: the centre tap alone
+    (32, 32, 3, 8, 7, 2, 1),  # standard stem, RGB
+    (33, 31, 13, 8, 7, 2, 1),  # stem, 13 bands, odd sizes
+    (16, 16, 1, 4, 7, 2, 1),  # stem, 1 band
+    (32, 32, 13, 8, 3, 1, 1),  # cifar stem
+    (8, 8, 8, 8, 3, 1, 1),  # layer1
+    (7, 9, 8, 16, 3, 2, 1),  # first block of a stage, odd sizes
+    (4, 4, 16, 16, 3, 2, 1),  # -> 2 px
+    (2, 2, 16, 16, 3, 1, 1),  # 2 px map (im2col under auto)
+    (1, 1, 16, 16, 3, 1, 1),  # 1 px map
+    (2, 2, 16, 32, 3, 2, 1),  # -> 1 px
+    (8, 8, 16, 32, 1, 2, 1),  # downsample 1x1 / stride 2
+    (6, 5, 16, 8, 1, 1, 1),  # 1x1 projection
+    (8, 8, 16, 8, 3, 1, 2),  # dilated (output stride 16)
+    (8, 8, 16, 8, 3, 1, 6),  # ASPP rate 6 on 8 px: only some taps read data
+    (8, 8, 16, 8, 3, 1, 24),  # ASPP rate 24 on 8 px: the centre tap alone
     (9, 9, 16, 8, 3, 1, 12),
 ]
 
@@ -69,8 +69,9 @@ def test_formulation_equals_lax_values_and_gradients(case, impl):
     kern = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float32)
 
     def ref(x, kern):
-        return lax.conv_general_dilated(x, kern, (s, s), ((pad, pad), (pad, pad)), rhs_dilation=(d, d),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return lax.conv_general_dilated(
+            x, kern, (s, s), ((pad, pad), (pad, pad)), rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     def f(x, kern):
         return conv_lib.conv2d(x, kern, strides=s, padding=pad, dilation=d, impl=impl)
@@ -100,10 +101,10 @@ def test_choose_rule():
     ch = conv_lib.choose
     assert ch((8, 32, 32, 3), (7, 7, 3, 64), 2, 3, 1, backend="cpu") == "lax"
     assert ch((8, 8, 8, 64), (3, 3, 64, 64), 1, 1, 1, backend="cpu") == "lax"
-    assert ch((8, 2, 2, 256), (3, 3, 256, 256), 1, 1, 1, backend="cpu") == "im2col"   # 2 px map
-    assert ch((8, 4, 4, 256), (3, 3, 256, 512), 2, 1, 1, backend="cpu") == "im2col"   # -> 2 px
-    assert ch((8, 8, 8, 64), (1, 1, 64, 128), 2, 0, 1, backend="cpu") == "im2col"     # 1x1 = a matmul
-    assert ch((8, 8, 8, 64), (3, 3, 64, 64), 1, 24, 24, backend="cpu") == "im2col"    # taps on padding only
+    assert ch((8, 2, 2, 256), (3, 3, 256, 256), 1, 1, 1, backend="cpu") == "im2col"  # 2 px map
+    assert ch((8, 4, 4, 256), (3, 3, 256, 512), 2, 1, 1, backend="cpu") == "im2col"  # -> 2 px
+    assert ch((8, 8, 8, 64), (1, 1, 64, 128), 2, 0, 1, backend="cpu") == "im2col"  # 1x1 = a matmul
+    assert ch((8, 8, 8, 64), (3, 3, 64, 64), 1, 24, 24, backend="cpu") == "im2col"  # taps on padding only
     for backend in ("gpu", "tpu"):
         assert ch((8, 2, 2, 256), (3, 3, 256, 256), 1, 1, 1, backend=backend) == "lax"
 
@@ -127,8 +128,14 @@ def test_bad_arguments_are_refused():
 def test_conv_module_has_flax_conv_parameters(use_bias, impl):
     """Same parameter names, shapes and initial values as flax.linen.Conv, same output."""
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 6, 6, 5)), jnp.float32)
-    kw = dict(features=7, kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=use_bias,
-              bias_init=nn.initializers.normal(1.0))
+    kw = dict(
+        features=7,
+        kernel_size=(3, 3),
+        strides=(2, 2),
+        padding=((1, 1), (1, 1)),
+        use_bias=use_bias,
+        bias_init=nn.initializers.normal(1.0),
+    )
     ref = nn.Conv(**kw)
     mine = conv_lib.Conv(**kw, impl=impl)
     key = jax.random.PRNGKey(0)
@@ -157,8 +164,9 @@ def test_max_pool_equals_flax_with_ties(shape):
     np.testing.assert_array_equal(y, y_ref)
     g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
     np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])
-    np.testing.assert_array_equal(jax.jit(jax.grad(lambda x: jnp.sum(mine(x) * g)))(x),
-                                  jax.grad(lambda x: jnp.sum(ref(x) * g))(x))
+    np.testing.assert_array_equal(
+        jax.jit(jax.grad(lambda x: jnp.sum(mine(x) * g)))(x), jax.grad(lambda x: jnp.sum(ref(x) * g))(x)
+    )
 
 
 def test_encoder_parameters_do_not_depend_on_the_formulation():
@@ -181,9 +189,12 @@ def _run_steps(config, n: int):
     b, s, c = config.batch_size, config.data.image_size, config.model.in_channels
     params, metrics = [jax.device_get(state["params"])], []
     for _ in range(n):
-        batch = {"view1": rng.standard_normal((b, s, s, c), np.float32),
-                 "view2": rng.standard_normal((b, s, s, c), np.float32),
-                 "label": np.zeros((b,), np.int32), "scene_id": np.arange(b, dtype=np.int32) // 4}
+        batch = {
+            "view1": rng.standard_normal((b, s, s, c), np.float32),
+            "view2": rng.standard_normal((b, s, s, c), np.float32),
+            "label": np.zeros((b,), np.int32),
+            "scene_id": np.arange(b, dtype=np.int32) // 4,
+        }
         state, m = step(state, jax.device_put(batch, shd.data_sharded(mesh)))
         params.append(jax.device_get(state["params"]))
         metrics.append(jax.device_get(m))

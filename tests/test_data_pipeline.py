@@ -46,8 +46,16 @@ def test_default_config_fields():
     cfg = pipeline.default_data_config()
     from rsjax.data import ops
 
-    for key in ("name", "builder_config", "data_dir", "scenes_per_batch", "samples_per_scene",
-                "crops_as_scenes", "augment", "num_workers"):
+    for key in (
+        "name",
+        "builder_config",
+        "data_dir",
+        "scenes_per_batch",
+        "samples_per_scene",
+        "crops_as_scenes",
+        "augment",
+        "num_workers",
+    ):
         assert key in cfg
     assert cfg.name == "rs_synthetic" and cfg.num_workers == 0 and cfg.augment == ops.DEFAULT_AUGMENT
     cfg.data_dir = "/some/where"  # placeholder fields accept strings later
@@ -74,8 +82,9 @@ def test_batch_shapes_dtypes_and_determinism(data_dir):
 
 
 def test_plain_epochs_are_permutations_and_reshuffled(data_dir):
-    it = pipeline.make_pretrain_iterator(_cfg(data_dir, augment="rrc(0.2, 1.0)|flip_rot"),
-                                         global_batch_size=8, seed=0, image_size=SIZE)
+    it = pipeline.make_pretrain_iterator(
+        _cfg(data_dir, augment="rrc(0.2, 1.0)|flip_rot"), global_batch_size=8, seed=0, image_size=SIZE
+    )
     assert it.steps_per_epoch == 4  # 32 crops / 8
     from rsjax.data.pipeline import EpochPlan
 
@@ -99,8 +108,9 @@ def test_scene_aware_batches(data_dir):
     with pytest.raises(ValueError, match="scenes_per_batch \\* data.samples_per_scene"):
         pipeline.make_pretrain_iterator(cfg, global_batch_size=10, seed=0, image_size=SIZE)
     with pytest.raises(ValueError, match="only 8 scenes"):
-        pipeline.make_pretrain_iterator(_cfg(data_dir, scenes_per_batch=16, samples_per_scene=1),
-                                        global_batch_size=16, seed=0, image_size=SIZE)
+        pipeline.make_pretrain_iterator(
+            _cfg(data_dir, scenes_per_batch=16, samples_per_scene=1), global_batch_size=16, seed=0, image_size=SIZE
+        )
 
 
 def test_epoch_plan_uneven_scenes():
@@ -126,19 +136,22 @@ def test_epoch_plan_uneven_scenes():
 def test_process_slices_concatenate_to_single_process_batch(data_dir):
     for kw in ({}, {"scenes_per_batch": 2, "samples_per_scene": 4}):
         cfg = _cfg(data_dir, **kw)
-        full = _take(pipeline.make_pretrain_iterator(
-            cfg, global_batch_size=8, seed=4, image_size=SIZE), 3)
-        parts = [_take(pipeline.make_pretrain_iterator(
-            cfg, global_batch_size=8, seed=4, image_size=SIZE, process_index=p,
-            process_count=2), 3) for p in range(2)]
+        full = _take(pipeline.make_pretrain_iterator(cfg, global_batch_size=8, seed=4, image_size=SIZE), 3)
+        parts = [
+            _take(
+                pipeline.make_pretrain_iterator(
+                    cfg, global_batch_size=8, seed=4, image_size=SIZE, process_index=p, process_count=2
+                ),
+                3,
+            )
+            for p in range(2)
+        ]
         for step in range(3):
             assert parts[0][step]["view1"].shape[0] == 4
-            joined = {k: np.concatenate([parts[0][step][k], parts[1][step][k]])
-                      for k in full[step]}
+            joined = {k: np.concatenate([parts[0][step][k], parts[1][step][k]]) for k in full[step]}
             _assert_batches_equal([joined], [full[step]])
     with pytest.raises(ValueError, match="not divisible"):
-        pipeline.make_pretrain_iterator(cfg, global_batch_size=9, seed=0, image_size=SIZE,
-                                        process_count=2)
+        pipeline.make_pretrain_iterator(cfg, global_batch_size=9, seed=0, image_size=SIZE, process_count=2)
 
 
 def test_resume_from_state_is_exact(data_dir):
@@ -167,14 +180,12 @@ def test_resume_from_state_is_exact(data_dir):
 
 
 def test_finite_epochs(data_dir):
-    it = pipeline.make_pretrain_iterator(_cfg(data_dir), global_batch_size=16, seed=0,
-                                         image_size=SIZE, num_epochs=1)
+    it = pipeline.make_pretrain_iterator(_cfg(data_dir), global_batch_size=16, seed=0, image_size=SIZE, num_epochs=1)
     assert len(list(it)) == 2
 
 
 def test_crops_as_scenes(data_dir):
-    cfg = _cfg(data_dir, crops_as_scenes=2, scenes_per_batch=2, samples_per_scene=4,
-               augment="rrc(1.0, 1.0)")
+    cfg = _cfg(data_dir, crops_as_scenes=2, scenes_per_batch=2, samples_per_scene=4, augment="rrc(1.0, 1.0)")
     src = pipeline.open_source(cfg, "train")
     n = len(src)
     np.testing.assert_array_equal(pipeline.unit_scene_ids(src, 2), np.repeat(np.arange(n), 4))
@@ -187,7 +198,7 @@ def test_crops_as_scenes(data_dir):
     info = registry.get_config_info("rs_synthetic")
     for s in scenes:
         img = registry.normalize(src.read([s])[0]["image"], info)
-        quads = {(y, x): img[y:y + 16, x:x + 16] for y in (0, 16) for x in (0, 16)}
+        quads = {(y, x): img[y : y + 16, x : x + 16] for y in (0, 16) for x in (0, 16)}
         rows = np.nonzero(b["scene_id"] == s)[0]
         matched = set()
         for r in rows:
@@ -236,16 +247,19 @@ def test_dense_inputs_are_the_pp_dense_recipe_on_host_and_device():
     rng = np.random.default_rng(0)
     batch = {k: rng.integers(0, 4000, (2, 8, 8, info.num_bands)).astype(np.uint16) for k in ("a", "b")}
     batch["change"] = rng.integers(0, 2, (2, 8, 8)).astype(np.uint8)
-    ref = {k: (batch[k].astype(np.float64) / info.scale - np.asarray(info.mean)) / np.asarray(info.std)
-           for k in ("a", "b")}
+    ref = {
+        k: (batch[k].astype(np.float64) / info.scale - np.asarray(info.mean)) / np.asarray(info.std) for k in ("a", "b")
+    }
     host = dense.normalizer(info, ("a", "b"), "normalize")(batch)
     device = jax.jit(dense.device_normalizer(info, ("a", "b"), "normalize"))(batch)
     for k in ("a", "b"):
         np.testing.assert_allclose(host[k], ref[k], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.asarray(device[k]), ref[k], rtol=1e-5, atol=1e-5)
     assert host["change"].dtype == np.int32 and (host["change"] == batch["change"]).all()
-    for bad, what in (("normalize|resize", r"\['resize'\] change the image size"),
-                      ("normalize|flip_lr", r"\['flip_lr'\] draw random")):
+    for bad, what in (
+        ("normalize|resize", r"\['resize'\] change the image size"),
+        ("normalize|flip_lr", r"\['flip_lr'\] draw random"),
+    ):
         with pytest.raises(ConfigError, match=rf"config.data.pp_dense='{bad.replace('|', '[|]')}': {what}"):
             dense.normalizer(info, ("image",), bad)
 
@@ -253,8 +267,7 @@ def test_dense_inputs_are_the_pp_dense_recipe_on_host_and_device():
 @pytest.mark.slow
 def test_worker_processes_match_in_process(data_dir):
     cfg = _cfg(data_dir)
-    ref = _take(pipeline.make_pretrain_iterator(cfg, global_batch_size=8, seed=2,
-                                                image_size=SIZE), 3)
+    ref = _take(pipeline.make_pretrain_iterator(cfg, global_batch_size=8, seed=2, image_size=SIZE), 3)
     cfg.num_workers = 1
     it = pipeline.make_pretrain_iterator(cfg, global_batch_size=8, seed=2, image_size=SIZE)
     try:

@@ -27,8 +27,13 @@ def _init(model, *args):
 
 def _loss_and_grads(model, variables, x, y):
     def loss(params):
-        logits, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                                  rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"])
+        logits, upd = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            rngs={"dropout": jax.random.PRNGKey(2)},
+            mutable=["batch_stats"],
+        )
         logp = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(logp, y[..., None], -1)), (logits, upd)
 
@@ -62,7 +67,9 @@ def test_frozen_encoder_gets_no_gradient_and_keeps_statistics():
     y = jnp.zeros((B, S, S), jnp.int32)
     (_, (_, upd)), grads = _loss_and_grads(model, variables, x, y)
     assert not _nonzero(grads["encoder"]) and _nonzero(grads["decoder"])
-    for a, b in zip(jax.tree.leaves(upd["batch_stats"]["encoder"]), jax.tree.leaves(variables["batch_stats"]["encoder"])):
+    for a, b in zip(
+        jax.tree.leaves(upd["batch_stats"]["encoder"]), jax.tree.leaves(variables["batch_stats"]["encoder"])
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -97,8 +104,9 @@ def test_dilated_stage_matches_hand_built_dilated_convs():
 
     def conv(h, k, d, stride=1):
         pad = d * (k.shape[0] // 2)
-        return jax.lax.conv_general_dilated(h, k, (stride, stride), [(pad, pad)] * 2, rhs_dilation=(d, d),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            h, k, (stride, stride), [(pad, pad)] * 2, rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     def bn(h, name):
         return (h - s[name]["mean"]) / jnp.sqrt(s[name]["var"] + 1e-5) * p[name]["scale"] + p[name]["bias"]
@@ -127,8 +135,9 @@ def test_siamese_cd_unet_shapes_symmetry_and_grads():
     np.testing.assert_allclose(fwd(variables, b, a), out, rtol=1e-5, atol=1e-5)  # |fA - fB| is symmetric
 
     def loss(params):
-        logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, a, b, train=True,
-                                mutable=["batch_stats"])
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, a, b, train=True, mutable=["batch_stats"]
+        )
         return jnp.mean(jax.nn.softplus(-logits))
 
     grads = jax.jit(jax.grad(loss))(variables["params"])

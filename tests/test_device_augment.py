@@ -20,13 +20,17 @@ def test_resample_matrix_equals_host():
         start = float(rng.uniform(0, in_size - length))
         np.testing.assert_allclose(
             np.asarray(dev.resample_matrix(start, length, in_size, out)),
-            host.resample_matrix(start, length, in_size, out), rtol=1e-4, atol=1e-5)
+            host.resample_matrix(start, length, in_size, out),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_blur_matrix_equals_host():
     for size, sigma in [(16, 0.5), (32, 1.0), (64, 0.37)]:
-        np.testing.assert_allclose(np.asarray(dev.blur_matrix(size, sigma, 1.0)),
-                                   host.gaussian_kernel_matrix(size, sigma), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(dev.blur_matrix(size, sigma, 1.0)), host.gaussian_kernel_matrix(size, sigma), atol=1e-6
+        )
 
 
 def test_crop_box_distribution_matches_host():
@@ -53,8 +57,9 @@ def test_flips_and_rotations_are_the_8_symmetries_uniformly():
     counts = np.zeros(8, int)
     n = 400
     imgs = np.repeat(img, n, axis=0)
-    out = np.asarray(dev.augment_views(jax.random.PRNGKey(3), imgs, FLIPS_ONLY, out_size=8, scale=1.0, mean=0.0,
-                                       std=1.0))
+    out = np.asarray(
+        dev.augment_views(jax.random.PRNGKey(3), imgs, FLIPS_ONLY, out_size=8, scale=1.0, mean=0.0, std=1.0)
+    )
     for o in out:
         match = [i for i, c in enumerate(candidates) if np.allclose(o, c, atol=1e-3)]
         assert len(match) == 1
@@ -85,11 +90,21 @@ def test_crops_as_scenes_views_stay_inside_their_sub_crop():
     vals = [[1.0, 2.0], [3.0, 4.0]]
     for i in range(g):
         for j in range(g):
-            img[0, i * 8:(i + 1) * 8, j * 8:(j + 1) * 8] = vals[i][j]
+            img[0, i * 8 : (i + 1) * 8, j * 8 : (j + 1) * 8] = vals[i][j]
     imgs = np.repeat(img, g * g, axis=0)
     regions = dev.crops_as_scenes_regions(g * g, g, h, h)
-    out = np.asarray(dev.augment_views(jax.random.PRNGKey(0), imgs, "rrc(0.2, 1.0)|flip_rot", out_size=8,
-                                       scale=1.0, mean=0.0, std=1.0, regions=regions))
+    out = np.asarray(
+        dev.augment_views(
+            jax.random.PRNGKey(0),
+            imgs,
+            "rrc(0.2, 1.0)|flip_rot",
+            out_size=8,
+            scale=1.0,
+            mean=0.0,
+            std=1.0,
+            regions=regions,
+        )
+    )
     for r in range(g * g):
         np.testing.assert_allclose(out[r], vals[r // g][r % g], atol=1e-5)
 
@@ -111,20 +126,21 @@ def test_device_resident_step_equals_plain_step_on_same_views():
 
     config.data.device_resident = True
     state = train.create_state(method, tx, config.seed, mesh)
-    step = train.make_train_step(method, tx, schedule, seed=config.seed,
-                                 batch_transform=input_lib.make_batch_transform(config))
-    _, m_dev = train.jit_train_step(step, mesh)(
-        state, jax.device_put(batch, shd.data_sharded(mesh)))
+    step = train.make_train_step(
+        method, tx, schedule, seed=config.seed, batch_transform=input_lib.make_batch_transform(config)
+    )
+    _, m_dev = train.jit_train_step(step, mesh)(state, jax.device_put(batch, shd.data_sharded(mesh)))
 
     # The same views, made outside the step with the step's own augment key (step 0).
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0),
-                             train.RNG_STREAMS.index("augment"))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), train.RNG_STREAMS.index("augment"))
     info = registry.get_config_info(config.data.name)
-    v1, v2 = dev.two_views(key, raw, config.data.augment, out_size=config.data.image_size,
-                           scale=info.scale, mean=info.mean, std=info.std)
+    v1, v2 = dev.two_views(
+        key, raw, config.data.augment, out_size=config.data.image_size, scale=info.scale, mean=info.mean, std=info.std
+    )
     config.data.device_resident = False
     state = train.create_state(method, tx, config.seed, mesh)
     plain = {"view1": np.asarray(v1), "view2": np.asarray(v2), "label": batch["label"], "scene_id": batch["scene_id"]}
     _, m_plain = train.jit_train_step(train.make_train_step(method, tx, schedule, seed=config.seed), mesh)(
-        state, jax.device_put(plain, shd.data_sharded(mesh)))
+        state, jax.device_put(plain, shd.data_sharded(mesh))
+    )
     np.testing.assert_allclose(float(m_dev["loss"]), float(m_plain["loss"]), rtol=1e-5)

@@ -77,8 +77,7 @@ def test_crop_resize_samples_the_box():
     # around each centre keeps the value of a linear ramp away from the border.
     h = w = 16
     img = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None, None], (h, w, 1))[None]
-    out = dino.crop_resize(jnp.asarray(img), jnp.array([4.0]), jnp.array([0.0]), jnp.array([8.0]),
-                           jnp.array([16.0]), 4)
+    out = dino.crop_resize(jnp.asarray(img), jnp.array([4.0]), jnp.array([0.0]), jnp.array([8.0]), jnp.array([16.0]), 4)
     np.testing.assert_allclose(np.asarray(out)[0, :, 0, 0], [4.5, 6.5, 8.5, 10.5], atol=1e-4)
     assert out.shape == (1, 4, 4, 1)
 
@@ -176,32 +175,36 @@ def test_paper_config_is_the_readme_resnet50_recipe():
       (torch.distributed.launch --nproc_per_node=8)
     and main_dino.py argument defaults for everything else."""
     c = load_config("dino", "paper")
-    world, per_gpu = 8, 64                      # --nproc_per_node=8, --batch_size_per_gpu 64
+    world, per_gpu = 8, 64  # --nproc_per_node=8, --batch_size_per_gpu 64
     assert c.model.name == "resnet50"
-    assert c.optimizer.name == "sgd" and c.optimizer.momentum == 0.9   # torch.optim.SGD(momentum=0.9)
+    assert c.optimizer.name == "sgd" and c.optimizer.momentum == 0.9  # torch.optim.SGD(momentum=0.9)
     assert c.batch_size == world * per_gpu
     # main_dino: lr = args.lr * batch_size_per_gpu * world_size / 256.
     np.testing.assert_allclose(c.optimizer.lr, 0.03 * world * per_gpu / 256.0)
     np.testing.assert_allclose(c.optimizer.lr * c.optimizer.final_lr_fraction, 1e-6)  # --min_lr
-    assert c.optimizer.weight_decay == 1e-4      # --weight_decay 1e-4 --weight_decay_end 1e-4
+    assert c.optimizer.weight_decay == 1e-4  # --weight_decay 1e-4 --weight_decay_end 1e-4
     assert c.optimizer.get("schedule", "cosine") == "cosine"
-    assert c.optimizer.grad_clip == 3.0          # --clip_grad 3.0
-    steps_per_epoch = c.total_steps // 100       # --epochs 100
-    assert c.optimizer.warmup_steps == 10 * steps_per_epoch        # --warmup_epochs 10
-    assert c.dino.freeze_last_layer_steps == 1 * steps_per_epoch   # --freeze_last_layer 1
+    assert c.optimizer.grad_clip == 3.0  # --clip_grad 3.0
+    steps_per_epoch = c.total_steps // 100  # --epochs 100
+    assert c.optimizer.warmup_steps == 10 * steps_per_epoch  # --warmup_epochs 10
+    assert c.dino.freeze_last_layer_steps == 1 * steps_per_epoch  # --freeze_last_layer 1
     assert c.data.augment.startswith("rrc(0.14, 1.0)|")  # --global_crops_scale 0.14 1
     assert tuple(c.dino.local_scale) == (0.05, 0.14)
-    assert c.dino.num_local_crops == 8           # --local_crops_number 8
+    assert c.dino.num_local_crops == 8  # --local_crops_number 8
     assert (c.data.image_size, c.dino.local_crop_size) == (224, 96)
-    assert c.dino.out_dim == 65536               # --out_dim 65536
+    assert c.dino.out_dim == 65536  # --out_dim 65536
     assert (c.dino.hidden_dim, c.dino.bottleneck_dim, c.dino.head_layers) == (2048, 256, 3)  # DINOHead
     assert c.dino.head_bn is False and c.dino.norm_last_layer is True  # --use_bn_in_head, --norm_last_layer
-    assert c.dino.momentum_teacher == 0.996      # --momentum_teacher
+    assert c.dino.momentum_teacher == 0.996  # --momentum_teacher
     # --warmup_teacher_temp 0.04 --teacher_temp 0.04 --warmup_teacher_temp_epochs 0
     assert (c.dino.warmup_teacher_temp, c.dino.teacher_temp, c.dino.warmup_teacher_temp_steps) == (0.04, 0.04, 0)
     assert c.dino.student_temp == 0.1 and c.dino.center_momentum == 0.9  # DINOLoss
     # the teacher temperature the method uses is 0.04 from the first step to the last
     for step in (0, c.total_steps // 2, c.total_steps - 1):
-        t = dino.teacher_temperature(step, warmup_temp=c.dino.warmup_teacher_temp, temp=c.dino.teacher_temp,
-                                     warmup_steps=c.dino.warmup_teacher_temp_steps)
+        t = dino.teacher_temperature(
+            step,
+            warmup_temp=c.dino.warmup_teacher_temp,
+            temp=c.dino.teacher_temp,
+            warmup_steps=c.dino.warmup_teacher_temp_steps,
+        )
         np.testing.assert_allclose(t, 0.04, rtol=1e-6)

@@ -45,8 +45,11 @@ def _value(old, text: str):
     if isinstance(old, bool):
         return {"true": True, "false": False}[text.lower()]
     if isinstance(old, (int, float)) and not isinstance(old, bool):
-        return type(old)(float(text)) if isinstance(old, int) and "." not in text and "e" not in text.lower() \
+        return (
+            type(old)(float(text))
+            if isinstance(old, int) and "." not in text and "e" not in text.lower()
             else float(text)
+        )
     if isinstance(old, (tuple, list)):
         return type(old)(ast.literal_eval(text))
     return text
@@ -66,7 +69,7 @@ def test_main_commands_load_their_config_and_overrides(page, cmd):
     config = common.load(path, variant or None)
     for a in args:
         if a.startswith("--config.") and "=" in a:
-            key, text = a[len("--config."):].split("=", 1)
+            key, text = a[len("--config.") :].split("=", 1)
             node = config
             *parents, last = key.split(".")
             for p in parents:
@@ -79,8 +82,9 @@ def test_main_commands_load_their_config_and_overrides(page, cmd):
 
 @functools.lru_cache(maxsize=None)
 def _help(module: str) -> str:
-    r = subprocess.run([sys.executable, "-m", module, "--helpfull"], capture_output=True, text=True,
-                       cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", module, "--helpfull"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     return r.stdout + r.stderr
 
 
@@ -90,8 +94,9 @@ def test_other_commands_use_flags_their_module_defines(page, cmd):
     module = args[2]
     text = _help(module)
     if module == "rsjax.results":  # argparse, no --helpfull
-        text = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
-                              cwd=REPO, timeout=120).stdout
+        text = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+        ).stdout
     assert "No module named" not in text, (page, module)
     for a in args[3:]:
         if a.startswith("--"):

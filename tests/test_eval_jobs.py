@@ -78,7 +78,11 @@ def test_bce_dice_pos_weight_matches_loop(reduction, jit):
     logits = rng.normal(size=(3, 5, 6)).astype(np.float32) * 2
     labels = (rng.random((3, 5, 6)) < 0.1).astype(np.int32)
     labels[rng.random(labels.shape) < 0.2] = 255
-    fn = jax.jit(losses.bce_dice, static_argnames=("ignore_index", "dice_weight", "reduction")) if jit else losses.bce_dice
+    fn = (
+        jax.jit(losses.bce_dice, static_argnames=("ignore_index", "dice_weight", "reduction"))
+        if jit
+        else losses.bce_dice
+    )
     for w in (1.0, 7.5, jnp.float32(0.25)):
         got = fn(logits, labels, ignore_index=255, dice_weight=0.0, reduction=reduction, pos_weight=w)
         ref = ref_bce_dice(logits, labels, 255, 0.0, float(w))  # dice_weight 0: the BCE alone
@@ -86,8 +90,10 @@ def test_bce_dice_pos_weight_matches_loop(reduction, jit):
             valid = labels != 255
             ref = float(np.sum(ref * valid.sum((1, 2))) / valid.sum())
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(losses.bce_dice(logits, labels, ignore_index=255, pos_weight=1.0),
-                                  losses.bce_dice(logits, labels, ignore_index=255))
+    np.testing.assert_array_equal(
+        losses.bce_dice(logits, labels, ignore_index=255, pos_weight=1.0),
+        losses.bce_dice(logits, labels, ignore_index=255),
+    )
 
 
 def test_change_detection_pos_weight_from_the_training_change_maps(tmp_path, monkeypatch):
@@ -103,9 +109,11 @@ def test_change_detection_pos_weight_from_the_training_change_maps(tmp_path, mon
     rng = np.random.default_rng(3)
 
     def split(n, rate):
-        return {"a": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                "b": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                "change": (rng.random((n, 32, 32)) < rate).astype(np.uint8)}
+        return {
+            "a": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "b": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "change": (rng.random((n, 32, 32)) < rate).astype(np.uint8),
+        }
 
     train, test = split(8, 0.03), split(4, 0.5)
     f = train["change"].mean()
@@ -135,7 +143,9 @@ def test_change_detection_pos_weight_from_the_training_change_maps(tmp_path, mon
     assert positive_weight(np.zeros((2, 3)), 1.0) == (1.0, 0.0)
     with pytest.raises(errors.ConfigError, match="pos_weight_power"):
         config.loss.pos_weight_power = -1.0
-        change_detection.run(config, str(tmp_path / "bad"), data=(train, test), info=registry.get_config_info("levir_cd"))
+        change_detection.run(
+            config, str(tmp_path / "bad"), data=(train, test), info=registry.get_config_info("levir_cd")
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -161,8 +171,9 @@ def test_batched_predict_pads_shards_and_compiles_once():
         assert out["y"].shape == (n, 2) and isinstance(out["y"], np.ndarray)
     # batch 5 rounded up to the 8 devices; every call (13 rows padded to 16, 3 -> 8) reused one program
     assert traces == [(8, 3)]
-    empty = sharding.batched_predict(fn, v, {"x": np.zeros((0, 3), np.float32), "z": np.zeros((0,), np.float32)},
-                                     batch_size=8)
+    empty = sharding.batched_predict(
+        fn, v, {"x": np.zeros((0, 3), np.float32), "z": np.zeros((0,), np.float32)}, batch_size=8
+    )
     assert empty["y"].shape == (0, 2)
 
 
@@ -224,14 +235,12 @@ def test_knn_and_linear_evaluators_match_numpy():
     logits = cls.linear_probe_logits(f_tr, y_tr, f_te, num_outputs=3, epochs=7, lr=0.05, weight_decay=0.1, seed=3)
     ref = ref_linear_probe(f_tr, y_tr, f_te, 3, False, 7, 0.05, 0.1, 3)
     np.testing.assert_allclose(logits, ref, rtol=1e-3, atol=1e-4)
-    m, pred = evaluate.get("linear")(f_tr, y_tr, f_te, y_te, num_classes=3, epochs=7, lr=0.05, weight_decay=0.1,
-                                     seed=3)
+    m, pred = evaluate.get("linear")(f_tr, y_tr, f_te, y_te, num_classes=3, epochs=7, lr=0.05, weight_decay=0.1, seed=3)
     np.testing.assert_array_equal(pred, ref.argmax(1))
     assert m["per_class"][0] == pytest.approx(float((ref.argmax(1)[y_te == 0] == 0).mean()))
 
     t_tr, t_te = rng.integers(0, 2, (40, 4)), rng.integers(0, 2, (15, 4))
-    m, scores = evaluate.get("linear_multilabel")(f_tr, t_tr, f_te, t_te, epochs=7, lr=0.05, weight_decay=0.1,
-                                                  seed=3)
+    m, scores = evaluate.get("linear_multilabel")(f_tr, t_tr, f_te, t_te, epochs=7, lr=0.05, weight_decay=0.1, seed=3)
     ref = ref_linear_probe(f_tr, t_tr, f_te, 4, True, 7, 0.05, 0.1, 3)
     np.testing.assert_allclose(scores, ref, rtol=1e-3, atol=1e-4)
     assert set(m) >= {"micro_map", "macro_map", "per_class_ap"}
@@ -350,11 +359,14 @@ def test_pretrained_encoder_plugs_in(pretrained_run):
     assert encoders.pretrained_summary(loaded)["init"] == "pretrained"
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("model.name", "resnet18", r"architecture 'tiny' \(checkpoint\) vs config.model.name='resnet18'"),
-    ("model.in_channels", 3, r"13 input bands .* vs config.model.in_channels=3"),
-    ("model.stem", "cifar", r"stem 'standard' \(checkpoint\) vs config.model.stem='cifar'"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("model.name", "resnet18", r"architecture 'tiny' \(checkpoint\) vs config.model.name='resnet18'"),
+        ("model.in_channels", 3, r"13 input bands .* vs config.model.in_channels=3"),
+        ("model.stem", "cifar", r"stem 'standard' \(checkpoint\) vs config.model.stem='cifar'"),
+    ],
+)
 def test_mismatching_checkpoint_is_refused(pretrained_run, tmp_path, key, value, match):
     config = load_config("seg.py", "smoke")
     config.pretrained = pretrained_run[0]
@@ -367,15 +379,16 @@ def test_mismatching_checkpoint_is_refused(pretrained_run, tmp_path, key, value,
     assert not (tmp_path / "wd").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("name", ["eval_eurosat.py", "eval_bigearthnet.py", "seg.py", "cd_levir.py",
-                                  "noisy_label.py"])
+@pytest.mark.parametrize("name", ["eval_eurosat.py", "eval_bigearthnet.py", "seg.py", "cd_levir.py", "noisy_label.py"])
 def test_every_job_refuses_an_incomplete_or_misspelt_data_block(tmp_path, name):
     # The jobs read config.data directly: a hand-edited block that lacks a key, or carries one
     # nobody reads, is refused naming it, before anything is written.
     from rsjax import main as main_lib
 
-    for edit, match in ((lambda d: d.__delitem__("image_key"), r"config\.data lacks the key\(s\) image_key"),
-                        (lambda d: d.__setitem__("imagesize", 64), r"config\.data\.imagesize: no input path reads")):
+    for edit, match in (
+        (lambda d: d.__delitem__("image_key"), r"config\.data lacks the key\(s\) image_key"),
+        (lambda d: d.__setitem__("imagesize", 64), r"config\.data\.imagesize: no input path reads"),
+    ):
         config = load_config(name, "smoke")
         with config.unlocked():
             edit(config.data)
@@ -455,8 +468,16 @@ def test_eurosat_finetune_stops_and_resumes_to_the_same_report(synth_dir, tmp_pa
 
     a = json.loads((tmp_path / "full" / "eval_report.json").read_text())["metrics"]
     b = json.loads((wd / "eval_report.json").read_text())["metrics"]
-    for key in ("finetune_top1", "finetune_per_class", "finetune_confusion_matrix", "linear_top1", "knn_top1",
-                "linear_confusion_matrix", "num_train", "num_test"):
+    for key in (
+        "finetune_top1",
+        "finetune_per_class",
+        "finetune_confusion_matrix",
+        "linear_top1",
+        "knn_top1",
+        "linear_confusion_matrix",
+        "num_train",
+        "num_test",
+    ):
         assert a[key] == b[key], key
     assert resumed["finetune_top1"] == full["finetune_top1"]
     # the fine-tune's training curve is the uninterrupted one, step for step
@@ -491,16 +512,23 @@ def test_multilabel_smoke_with_finetune(synth_dir, tmp_path):
     assert [r["step"] for r in _rows(tmp_path / "wd" / "finetune" / "metrics.jsonl")][-1] == 2
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("eval.knn_k", 0, r"config\.eval\.knn_k=0"),
-    ("finetune.total_steps", -1, r"config\.finetune\.total_steps=-1"),
-    ("eval.label_fraction", 1.5, r"config\.eval\.label_fraction=1\.5"),
-    ("data.folder", "/nonexistent/eurosat", r"config\.data\.folder='/nonexistent/eurosat'"),
-    ("finetune.optimizer.name", "adamx", r"config\.finetune\.optimizer\.name"),
-    ("eval.evaluators", ("knn", "segmentation"), r"config\.eval\.evaluators=\('knn', 'segmentation'\): "
-                                                 r"\['segmentation'\] not usable here"),
-    ("eval.evaluators", ("linear_multilabel",), r"this job's frozen-feature evaluators are \('knn', 'linear'\)"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("eval.knn_k", 0, r"config\.eval\.knn_k=0"),
+        ("finetune.total_steps", -1, r"config\.finetune\.total_steps=-1"),
+        ("eval.label_fraction", 1.5, r"config\.eval\.label_fraction=1\.5"),
+        ("data.folder", "/nonexistent/eurosat", r"config\.data\.folder='/nonexistent/eurosat'"),
+        ("finetune.optimizer.name", "adamx", r"config\.finetune\.optimizer\.name"),
+        (
+            "eval.evaluators",
+            ("knn", "segmentation"),
+            r"config\.eval\.evaluators=\('knn', 'segmentation'\): "
+            r"\['segmentation'\] not usable here",
+        ),
+        ("eval.evaluators", ("linear_multilabel",), r"this job's frozen-feature evaluators are \('knn', 'linear'\)"),
+    ],
+)
 def test_eval_config_errors_before_anything_is_written(tmp_path, key, value, match):
     from rsjax import errors
     from rsjax import main as main_lib
@@ -554,9 +582,11 @@ def test_levir_cd_crops(shared_data, tmp_path):
     names = sorted(p.name for p in (root / "label").glob("*.png"))
 
     def arrays(files):
-        return {"a": np.stack([_read_png(root / "A" / f, "RGB") for f in files]),
-                "b": np.stack([_read_png(root / "B" / f, "RGB") for f in files]),
-                "change": np.stack([(_read_png(root / "label" / f) > 127).astype(np.uint8) for f in files])}
+        return {
+            "a": np.stack([_read_png(root / "A" / f, "RGB") for f in files]),
+            "b": np.stack([_read_png(root / "B" / f, "RGB") for f in files]),
+            "change": np.stack([(_read_png(root / "label" / f) > 127).astype(np.uint8) for f in files]),
+        }
 
     train = arrays([n for n in names if not n.startswith("test")])
     test = arrays([n for n in names if n.startswith("test")][:4])
@@ -566,7 +596,9 @@ def test_levir_cd_crops(shared_data, tmp_path):
     config.batch_size = 8
     config.data.crop_size = 64
     config.eval.batch_size = 8
-    m = change_detection.run(config, str(tmp_path / "wd"), data=(train, test), info=registry.get_config_info("levir_cd"))
+    m = change_detection.run(
+        config, str(tmp_path / "wd"), data=(train, test), info=registry.get_config_info("levir_cd")
+    )
     assert m["tp"] + m["fn"] == int(test["change"].sum()) > 0
     assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == 4 * 256 * 256
     assert 0.0 <= m["f1"] <= 1.0

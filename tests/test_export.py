@@ -179,7 +179,8 @@ def _flax_stages(arch, bands, dilate_layer4=False):
         variables, x, _, _ = _flax_case(arch, bands)
         model = create_encoder(arch, replace_stride_with_dilation=(False, False, dilate_layer4))
         pooled, feats, stem = jax.jit(
-            lambda v, x: model.apply(v, x, train=False, return_features=True, return_stem=True))(variables, x)
+            lambda v, x: model.apply(v, x, train=False, return_features=True, return_stem=True)
+        )(variables, x)
         _CACHE[key] = (np.asarray(pooled), [np.asarray(stem)] + [np.asarray(f) for f in feats])
     return _CACHE[key]
 
@@ -204,7 +205,7 @@ def _assert_loaded(module, sd, prefix=""):
     # The module holds exactly the exported tensors (strict load already checked the key set).
     own = module.state_dict()
     for k, v in sd.items():
-        np.testing.assert_array_equal(own[k[len(prefix):]].numpy(), v, err_msg=k)
+        np.testing.assert_array_equal(own[k[len(prefix) :]].numpy(), v, err_msg=k)
 
 
 @pytest.mark.parametrize("arch,bands", LIB_CASES)
@@ -263,9 +264,18 @@ def test_parity_timm_pretrained_cfg_overlay(arch, bands, tmp_path, monkeypatch):
 
     def fake_loader(workdir, step):
         calls.append(workdir)
-        meta = {"arch": arch, "in_channels": bands, "bands": [f"B{i}" for i in range(bands)],
-                "mean": [0.0] * bands, "std": [1.0] * bands, "scale": 1e4, "normalization": "scale:10000",
-                "step": 3, "stem": "standard", "dataset": None}
+        meta = {
+            "arch": arch,
+            "in_channels": bands,
+            "bands": [f"B{i}" for i in range(bands)],
+            "mean": [0.0] * bands,
+            "std": [1.0] * bands,
+            "scale": 1e4,
+            "normalization": "scale:10000",
+            "step": 3,
+            "stem": "standard",
+            "dataset": None,
+        }
         return variables["params"], variables["batch_stats"], meta
 
     fake = types.ModuleType("rsjax.checkpoint")
@@ -284,8 +294,7 @@ def test_parity_timm_pretrained_cfg_overlay(arch, bands, tmp_path, monkeypatch):
 
 
 # Every smp model on ResNet-18 with 3 and 13 bands; one ResNet-50 case keeps the suite cheap.
-SMP_CASES = [(m, "resnet18", b) for m in ("Unet", "FPN", "DeepLabV3Plus") for b in (3, 13)] + [
-    ("Unet", "resnet50", 13)]
+SMP_CASES = [(m, "resnet18", b) for m in ("Unet", "FPN", "DeepLabV3Plus") for b in (3, 13)] + [("Unet", "resnet50", 13)]
 
 
 @pytest.mark.parametrize("model_name,arch,bands", SMP_CASES)
@@ -298,7 +307,7 @@ def test_parity_smp(model_name, arch, bands):
     assert not unexpected and not any(k.startswith("encoder.") for k in missing)
     assert missing  # the decoder is not part of the export
     # The encoder alone loads strictly with the prefix stripped.
-    model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in _to_torch(sd).items()}, strict=True)
+    model.encoder.load_state_dict({k[len("encoder.") :]: v for k, v in _to_torch(sd).items()}, strict=True)
     _assert_loaded(model.encoder, sd, prefix="encoder.")
     model.eval()
     with torch.no_grad():
@@ -395,7 +404,11 @@ def test_exported_files_honour_the_umask(tmp_path, umask, mode):
     for p in paths.values():
         assert p.stat().st_mode & 0o777 == mode, p
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "encoder.pt", "encoder.pt.json", "encoder.safetensors", "reference"]  # no temporary left
+        "encoder.pt",
+        "encoder.pt.json",
+        "encoder.safetensors",
+        "reference",
+    ]  # no temporary left
 
 
 def test_load_state_dict_refuses_pickled_objects(tmp_path):
@@ -409,8 +422,10 @@ def test_load_state_dict_refuses_pickled_objects(tmp_path):
 
 def test_importing_export_does_not_import_torch_and_cli_has_flags():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    code = ("import sys, rsjax.export, rsjax.export.__main__, rsjax.export.torch_resnet; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, rsjax.export, rsjax.export.__main__, rsjax.export.torch_resnet; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     res = subprocess.run(
         [sys.executable, "-m", "rsjax.export", "--helpshort"], env=env, capture_output=True, text=True, timeout=120
@@ -427,8 +442,16 @@ def test_export_encoder_entry_point(tmp_path, monkeypatch):
 
     def fake_loader(workdir, step):
         calls.append((workdir, step))
-        meta = {"arch": "tiny", "in_channels": 4, "bands": ["R", "G", "B", "N"], "mean": [0.1] * 4,
-                "std": [0.2] * 4, "step": 12, "stem": "standard", "scale": 1e-4}
+        meta = {
+            "arch": "tiny",
+            "in_channels": 4,
+            "bands": ["R", "G", "B", "N"],
+            "mean": [0.1] * 4,
+            "std": [0.2] * 4,
+            "step": 12,
+            "stem": "standard",
+            "scale": 1e-4,
+        }
         return variables["params"], variables["batch_stats"], meta
 
     fake = types.ModuleType("rsjax.checkpoint")
@@ -446,11 +469,14 @@ def test_export_encoder_entry_point(tmp_path, monkeypatch):
     assert "timm_pretrained_cfg_overlay" not in side
 
 
-@pytest.mark.parametrize("dataset,normalization,formula", [
-    ("ssl4eo_s12", "registry", "x[c] = (x_raw[c] / 10000 - mean[c]) / std[c]"),
-    ("eurosat_rgb", "registry", "x[c] = (x_raw[c] / 255 - mean[c]) / std[c]"),
-    ("ssl4eo_s12", "scale:10000", "x = x_raw / 10000"),
-])
+@pytest.mark.parametrize(
+    "dataset,normalization,formula",
+    [
+        ("ssl4eo_s12", "registry", "x[c] = (x_raw[c] / 10000 - mean[c]) / std[c]"),
+        ("eurosat_rgb", "registry", "x[c] = (x_raw[c] / 255 - mean[c]) / std[c]"),
+        ("ssl4eo_s12", "scale:10000", "x = x_raw / 10000"),
+    ],
+)
 def test_sidecar_describes_the_input(tmp_path, monkeypatch, dataset, normalization, formula):
     from rsjax.data import registry
 
@@ -459,10 +485,23 @@ def test_sidecar_describes_the_input(tmp_path, monkeypatch, dataset, normalizati
     _, variables = _random_variables("tiny", n)
 
     def fake_loader(workdir, step):
-        return variables["params"], variables["batch_stats"], {
-            "arch": "tiny", "in_channels": n, "bands": list(info.bands), "mean": list(info.mean),
-            "std": list(info.std), "scale": info.scale, "normalization": normalization, "step": 1,
-            "stem": "standard", "method": "simclr", "dataset": dataset}
+        return (
+            variables["params"],
+            variables["batch_stats"],
+            {
+                "arch": "tiny",
+                "in_channels": n,
+                "bands": list(info.bands),
+                "mean": list(info.mean),
+                "std": list(info.std),
+                "scale": info.scale,
+                "normalization": normalization,
+                "step": 1,
+                "stem": "standard",
+                "method": "simclr",
+                "dataset": dataset,
+            },
+        )
 
     fake = types.ModuleType("rsjax.checkpoint")
     fake.load_encoder = fake_loader

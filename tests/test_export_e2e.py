@@ -67,7 +67,10 @@ def _flax_pooled(config, workdir, images):
 def _export_cli(workdir, out, env):
     res = subprocess.run(
         [sys.executable, "-m", "rsjax.export", f"--workdir={workdir}", f"--out={out}", "--format=torchvision"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-4000:]
     assert "Traceback" not in res.stderr
@@ -99,8 +102,9 @@ def _check_export(out, config, flax_pooled, images):
         assert torch_pooled.shape == flax_pooled.shape == (len(images), net.num_features)
         assert np.max(np.abs(torch_pooled - flax_pooled)) <= 1e-4, path
     # from_export reads the sidecar itself and gives the same network.
-    np.testing.assert_allclose(torch_resnet.pooled_features(torch_resnet.from_export(out), images),
-                               flax_pooled, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        torch_resnet.pooled_features(torch_resnet.from_export(out), images), flax_pooled, atol=1e-4, rtol=0
+    )
 
 
 def test_cli_export_of_a_real_run_matches_flax_features(run, tmp_path):
@@ -137,9 +141,12 @@ def test_export_to_an_unwritable_place_is_one_line_exit_2(run, tmp_path, monkeyp
     config, workdir, _ = run
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    res = subprocess.run([sys.executable, "-m", "rsjax.export", f"--workdir={workdir}",
-                          f"--out={blocker / 'sub' / 'encoder.pt'}"], capture_output=True, text=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    res = subprocess.run(
+        [sys.executable, "-m", "rsjax.export", f"--workdir={workdir}", f"--out={blocker / 'sub' / 'encoder.pt'}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert lines == [f"rsjax.export: error: --out={blocker / 'sub' / 'encoder.pt'}: {blocker} is a file, not a folder"]
@@ -152,5 +159,6 @@ def test_export_to_an_unwritable_place_is_one_line_exit_2(run, tmp_path, monkeyp
     with pytest.raises(errors.ConfigError) as e:
         torch_export.export_encoder(str(workdir), str(out))
     assert errors.one_line("rsjax.export", e.value) == (
-        f"rsjax.export: error: --out={out}: cannot write in {out.parent} (Read-only file system)")
+        f"rsjax.export: error: --out={out}: cannot write in {out.parent} (Read-only file system)"
+    )
     assert list(out.parent.iterdir()) == []

@@ -78,8 +78,9 @@ def test_alpha_zero_is_simclr_loss(setup, fnsd_mode):
     np.testing.assert_allclose(loss, ref.mean(), rtol=1e-5)
     assert int(aux["metrics"]["false_calibrated"]) == 0
 
-    f = jax.jit(lambda a, b, al: losses.false_nt_xent(a, b, temperature=tau, threshold=-1.0, alpha=al,
-                                                      fnsd_mode=fnsd_mode))
+    f = jax.jit(
+        lambda a, b, al: losses.false_nt_xent(a, b, temperature=tau, threshold=-1.0, alpha=al, fnsd_mode=fnsd_mode)
+    )
     np.testing.assert_allclose(f(z1, z2, jnp.float32(0.0)), ref, rtol=1e-5, atol=1e-6)
     assert not np.allclose(f(z1, z2, jnp.float32(1.0)), ref, rtol=1e-5, atol=1e-6)
 
@@ -98,21 +99,21 @@ def test_config_variants():
     """:paper against the official yaml (GeoX-Lab/FALSE configs/config/pretrain/FALSE/
     false_1gpu_resnet.yaml; literal values from it)."""
     paper = load_config("false", "paper")
-    assert paper.model.name == "resnet50"                    # TRUNK resnet DEPTH 50
+    assert paper.model.name == "resnet50"  # TRUNK resnet DEPTH 50
     # HEAD: mlp [2048, 2048] (use_relu, but skip_last_layer_relu_bn) + mlp [2048, 128]
     assert (paper.model.proj_layers, paper.model.proj_hidden_dim, paper.model.proj_dim) == (2, 2048, 128)
     assert paper.model.proj_bn is False and paper.model.proj_hidden_act == "none"
     assert paper.loss.temperature == 0.5 and paper.loss.threshold == 0.9 and paper.loss.alpha == 1
     assert paper.loss.fnsd_mode == "vissl"
-    assert paper.batch_size == 256                           # BATCHSIZE_PER_REPLICA x 1 GPU
-    assert paper.total_steps == 200 * (8192 // 256)          # num_epochs 200
+    assert paper.batch_size == 256  # BATCHSIZE_PER_REPLICA x 1 GPU
+    assert paper.total_steps == 200 * (8192 // 256)  # num_epochs 200
     o = paper.optimizer
     assert o.name == "lars" and o.momentum == 0.9 and o.weight_decay == 1e-6
     assert o.trust_coefficient == 0.001 and o.lars_eps == 1e-8 and o.decay_bias and o.trust_ratio_all
     assert o.schedule == "vissl_cosine_warm_restart" and o.wave == "full" and o.adaptive_restarts
     assert (o.warmup_start_lr, o.lr, o.restart_interval) == (0.6, 4.8, 0.334)
     np.testing.assert_allclose(o.lr * o.final_lr_fraction, 0.0048)
-    assert o.warmup_steps == paper.total_steps // 10         # lengths [0.1, 0.9]
+    assert o.warmup_steps == paper.total_steps // 10  # lengths [0.1, 0.9]
     demo = load_config("false", "demo")
     assert demo.model.name == "resnet10_w32" and demo.data.image_size == 32
     assert demo.loss.fnsd_mode == "vissl"
@@ -129,26 +130,34 @@ def test_official_projector_is_two_linear_layers():
     p = v["params"]
     assert sorted(p) == ["dense_0", "dense_out"]
     ref = (x @ np.asarray(p["dense_0"]["kernel"]) + np.asarray(p["dense_0"]["bias"])) @ np.asarray(
-        p["dense_out"]["kernel"]) + np.asarray(p["dense_out"]["bias"])
+        p["dense_out"]["kernel"]
+    ) + np.asarray(p["dense_out"]["bias"])
     got = method.projector.apply(v, x, train=True)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     assert got.shape == (4, 128)
 
 
 def test_cosine_restarts_schedule():
-    s = optim.warmup_cosine_restarts(peak_value=1.0, warmup_steps=10, total_steps=110, num_cycles=2,
-                                     cycle_decay=0.5, final_fraction=0.0)
+    s = optim.warmup_cosine_restarts(
+        peak_value=1.0, warmup_steps=10, total_steps=110, num_cycles=2, cycle_decay=0.5, final_fraction=0.0
+    )
     np.testing.assert_allclose([s(0), s(5), s(10)], [0.0, 0.5, 1.0], atol=1e-6)
-    np.testing.assert_allclose(s(35), 0.5, atol=1e-6)     # half-way through cycle 0
+    np.testing.assert_allclose(s(35), 0.5, atol=1e-6)  # half-way through cycle 0
     np.testing.assert_allclose(s(59.999), 0.0, atol=1e-6)
-    np.testing.assert_allclose(s(60), 0.5, atol=1e-6)     # restart at peak * 0.5
+    np.testing.assert_allclose(s(60), 0.5, atol=1e-6)  # restart at peak * 0.5
     np.testing.assert_allclose(s(110), 0.0, atol=1e-6)
     # one cycle, no decay == the trainer's warm-up + cosine
     config = load_config("false", "demo")
     config.optimizer.num_cycles = 1
-    a, b = optim.schedule(config.optimizer, config.total_steps), optim.warmup_cosine_restarts(
-        peak_value=config.optimizer.lr, warmup_steps=config.optimizer.warmup_steps,
-        total_steps=config.total_steps, num_cycles=1)
+    a, b = (
+        optim.schedule(config.optimizer, config.total_steps),
+        optim.warmup_cosine_restarts(
+            peak_value=config.optimizer.lr,
+            warmup_steps=config.optimizer.warmup_steps,
+            total_steps=config.total_steps,
+            num_cycles=1,
+        ),
+    )
     config.optimizer.schedule = "cosine"
     c = optim.schedule(config.optimizer, config.total_steps)
     for step in (0, 3, 10, 100, 299):

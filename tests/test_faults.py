@@ -34,9 +34,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Helpers: a tiny state and checkpoint folder
 # --------------------------------------------------------------------------------------
 def _state(width: int = 4, value: float = 1.0) -> dict:
-    return {"step": jnp.zeros((), jnp.int32),
-            "params": {"encoder": {"conv": {"kernel": jnp.full((3, width), value)}}},
-            "batch_stats": {"encoder": {"bn": {"mean": jnp.full((width,), value)}}}}
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": {"encoder": {"conv": {"kernel": jnp.full((3, width), value)}}},
+        "batch_stats": {"encoder": {"bn": {"mean": jnp.full((width,), value)}}},
+    }
 
 
 def _config(lr: float = 0.1) -> dict:
@@ -67,8 +69,7 @@ def _env() -> dict:
 
 
 def _cli(*args, cwd=REPO, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _assert_one_line_error(p: subprocess.CompletedProcess, prog: str, *needles: str) -> str:
@@ -108,8 +109,11 @@ def test_fault1_checkpoint_written_with_another_lr_is_refused_mutable_keys_pass(
     """A changed learning rate used to resume silently (the stored config was never compared)."""
     wd = tmp_path / "wd"
     manager = _save_steps(wd)
-    with pytest.raises(CheckpointError, match=r"checkpoints/4 was written with another config "
-                                              r"\(optimizer\.lr: 0\.1 -> 0\.2\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoints/4 was written with another config "
+        r"\(optimizer\.lr: 0\.1 -> 0\.2\)",
+    ):
         ckpt_lib.restore_latest(manager, _state(), _config(lr=0.2))
     assert _listing(wd) == ["2", "4"]
     # stop_after_steps is in workdir.MUTABLE_KEYS: a different value resumes.
@@ -187,9 +191,11 @@ def _encoder_workdir(path: pathlib.Path, steps=(2, 4)) -> pathlib.Path:
     Workdir(str(path), config).close()
     manager = ckpt_lib.make_manager(str(path))
     for s in steps:
-        state = {"step": jnp.asarray(s, jnp.int32),
-                 "params": {"encoder": jax.tree.map(lambda a, s=s: a + s, variables["params"])},
-                 "batch_stats": {"encoder": variables["batch_stats"]}}
+        state = {
+            "step": jnp.asarray(s, jnp.int32),
+            "params": {"encoder": jax.tree.map(lambda a, s=s: a + s, variables["params"])},
+            "batch_stats": {"encoder": variables["batch_stats"]},
+        }
         ckpt_lib.save(manager, s, state, {"next_batch": s}, config.to_dict())
     return path
 
@@ -269,9 +275,19 @@ def test_fault5_second_opener_is_refused_naming_the_holder(tmp_path):
     Workdir(str(wd), cfg).close()  # released: a rerun opens it
     # Another process holding it (a launch in progress) is named too; its death frees the lock.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, ml_collections; from rsjax.workdir import Workdir; "
-         f"w = Workdir({str(wd)!r}, ml_collections.ConfigDict({{'a': 1}})); print('locked', flush=True); "
-         "sys.stdin.read()"], cwd=REPO, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, ml_collections; from rsjax.workdir import Workdir; "
+            f"w = Workdir({str(wd)!r}, ml_collections.ConfigDict({{'a': 1}})); print('locked', flush=True); "
+            "sys.stdin.read()",
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(WorkdirError, match=rf"in use by another run \(pid {holder.pid} on .*-c"):
@@ -300,28 +316,83 @@ def test_fault6_clis_print_one_line_exit_2(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     cases = [
-        (("-m", "rsjax.main", "--config=configs/simclr.py:smoke", "--config.foo=1", f"--workdir={tmp_path / 'a'}"),
-         "rsjax", ["unknown config key 'foo'", "--config.foo=1"]),
-        (("-m", "rsjax.main", "--config=configs/nope.py", f"--workdir={tmp_path / 'b'}"),
-         "rsjax", ["configs/nope.py", "No such file"]),
-        (("-m", "rsjax.main", "--config=configs/simclr.py:smoke", "--config.total_steps=abc",
-          f"--workdir={tmp_path / 'c'}"), "rsjax", ["--config.total_steps=abc"]),
-        (("-m", "rsjax.main", "--config=configs/simclr.py:smoke", f"--workdir={afile}"),
-         "rsjax", [f"{afile} is a file"]),
-        (("-m", "rsjax.data.build", "no_such_dataset", f"--data_dir={tmp_path / 'd'}"),
-         "rsjax.data.build", ["no TFDS builder for dataset 'no_such_dataset'"]),
-        (("-m", "rsjax.data.build", "eurosat_rgb", f"--manual_dir={tmp_path / 'missing'}",
-          f"--data_dir={tmp_path / 'd'}"), "rsjax.data.build", [str(tmp_path / "missing")]),
-        (("-m", "rsjax.export", f"--workdir={tmp_path / 'none'}", f"--out={tmp_path / 'e.pt'}"),
-         "rsjax.export", [f"{tmp_path / 'none'} does not exist"]),
-        (("-m", "rsjax.export", f"--workdir={tmp_path}", f"--out={tmp_path}"),
-         "rsjax.export", [f"--out={tmp_path} names a folder"]),
-        (("-m", "rsjax.import_weights", f"--weights={tmp_path / 'w.pt'}", "--format=torchvision", "--arch=resnet18",
-          "--in_channels=3", f"--workdir={tmp_path / 'iw'}"), "rsjax.import_weights", ["no such file"]),
+        (
+            ("-m", "rsjax.main", "--config=configs/simclr.py:smoke", "--config.foo=1", f"--workdir={tmp_path / 'a'}"),
+            "rsjax",
+            ["unknown config key 'foo'", "--config.foo=1"],
+        ),
+        (
+            ("-m", "rsjax.main", "--config=configs/nope.py", f"--workdir={tmp_path / 'b'}"),
+            "rsjax",
+            ["configs/nope.py", "No such file"],
+        ),
+        (
+            (
+                "-m",
+                "rsjax.main",
+                "--config=configs/simclr.py:smoke",
+                "--config.total_steps=abc",
+                f"--workdir={tmp_path / 'c'}",
+            ),
+            "rsjax",
+            ["--config.total_steps=abc"],
+        ),
+        (
+            ("-m", "rsjax.main", "--config=configs/simclr.py:smoke", f"--workdir={afile}"),
+            "rsjax",
+            [f"{afile} is a file"],
+        ),
+        (
+            ("-m", "rsjax.data.build", "no_such_dataset", f"--data_dir={tmp_path / 'd'}"),
+            "rsjax.data.build",
+            ["no TFDS builder for dataset 'no_such_dataset'"],
+        ),
+        (
+            (
+                "-m",
+                "rsjax.data.build",
+                "eurosat_rgb",
+                f"--manual_dir={tmp_path / 'missing'}",
+                f"--data_dir={tmp_path / 'd'}",
+            ),
+            "rsjax.data.build",
+            [str(tmp_path / "missing")],
+        ),
+        (
+            ("-m", "rsjax.export", f"--workdir={tmp_path / 'none'}", f"--out={tmp_path / 'e.pt'}"),
+            "rsjax.export",
+            [f"{tmp_path / 'none'} does not exist"],
+        ),
+        (
+            ("-m", "rsjax.export", f"--workdir={tmp_path}", f"--out={tmp_path}"),
+            "rsjax.export",
+            [f"--out={tmp_path} names a folder"],
+        ),
+        (
+            (
+                "-m",
+                "rsjax.import_weights",
+                f"--weights={tmp_path / 'w.pt'}",
+                "--format=torchvision",
+                "--arch=resnet18",
+                "--in_channels=3",
+                f"--workdir={tmp_path / 'iw'}",
+            ),
+            "rsjax.import_weights",
+            ["no such file"],
+        ),
         (("-m", "rsjax.bench", "--config=configs/nope.py"), "rsjax.bench", ["configs/nope.py"]),
     ]
-    procs = [(subprocess.Popen([sys.executable, *args], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True), prog, needles) for args, prog, needles in cases]
+    procs = [
+        (
+            subprocess.Popen(
+                [sys.executable, *args], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+            prog,
+            needles,
+        )
+        for args, prog, needles in cases
+    ]
     for p, prog, needles in procs:
         out, err = p.communicate(timeout=240)
         _assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err), prog, *needles)
@@ -329,14 +400,14 @@ def test_fault6_clis_print_one_line_exit_2(tmp_path):
 
 def test_fault6_other_exceptions_keep_their_traceback():
     """Only RsjaxError becomes one line: a bug (here a KeyError) keeps its traceback."""
-    code = ("from rsjax.errors import run_cli\n"
-            "def main(argv):\n    raise KeyError('a bug')\n"
-            "run_cli(main, 'prog')\n")
+    code = "from rsjax.errors import run_cli\ndef main(argv):\n    raise KeyError('a bug')\nrun_cli(main, 'prog')\n"
     p = _cli("-c", code)
     assert p.returncode == 1 and "Traceback" in p.stderr and "KeyError: 'a bug'" in p.stderr
-    code = ("from rsjax.errors import run_cli, DataError\n"
-            "def main(argv):\n    raise DataError('split train of x: record 3 is bad\\nsecond line')\n"
-            "run_cli(main, 'prog')\n")
+    code = (
+        "from rsjax.errors import run_cli, DataError\n"
+        "def main(argv):\n    raise DataError('split train of x: record 3 is bad\\nsecond line')\n"
+        "run_cli(main, 'prog')\n"
+    )
     _assert_one_line_error(_cli("-c", code), "prog", "record 3 is bad; second line")
 
 
@@ -407,8 +478,9 @@ def test_fault7_metrics_and_reports_are_strict_json(tmp_path):
     with Workdir(str(wd), ml_collections.ConfigDict({"a": 1})) as w:
         w.log_metrics(1, {"loss": float("nan"), "acc": 0.5})
         w.log_metrics(2, {"loss": float("inf"), "acc": 0.5})
-        w.write_eval_report("t", {"top1": float("nan"), "per_class": np.array([0.5, np.inf])},
-                            ml_collections.ConfigDict({"a": 1}))
+        w.write_eval_report(
+            "t", {"top1": float("nan"), "per_class": np.array([0.5, np.inf])}, ml_collections.ConfigDict({"a": 1})
+        )
         w.plot_loss_curve()  # a null loss plots as a gap
 
     def strict(text):
@@ -441,8 +513,13 @@ def test_errors_are_typed():
     assert issubclass(errors.ConfigError, ValueError) and issubclass(errors.DataError, ValueError)
     assert issubclass(errors.NonFiniteError, RuntimeError)
     assert issubclass(errors.MissingDataError, FileNotFoundError)
-    for cls in (errors.ConfigError, errors.DataError, errors.CheckpointError, errors.WorkdirError,
-                errors.NonFiniteError):
+    for cls in (
+        errors.ConfigError,
+        errors.DataError,
+        errors.CheckpointError,
+        errors.WorkdirError,
+        errors.NonFiniteError,
+    ):
         assert issubclass(cls, RsjaxError)
     with pytest.raises(ConfigError, match="^x$"):
         with errors.config_errors():
@@ -456,8 +533,15 @@ def test_errors_are_typed():
 # Loop: behaviour of the training loop that rests on the workdir / checkpoint API
 # --------------------------------------------------------------------------------------
 def _smoke(wd, *extra) -> subprocess.CompletedProcess:
-    return _cli("-m", "rsjax.main", "--config=configs/simclr.py:smoke", "--config.eval.enabled=False",
-                f"--workdir={wd}", *extra, timeout=300)
+    return _cli(
+        "-m",
+        "rsjax.main",
+        "--config=configs/simclr.py:smoke",
+        "--config.eval.enabled=False",
+        f"--workdir={wd}",
+        *extra,
+        timeout=300,
+    )
 
 
 def test_loop_fault1_resume_with_changed_lr_and_lost_config_json_is_refused(tmp_path):
@@ -477,10 +561,21 @@ def test_loop_fault1_resume_with_changed_lr_and_lost_config_json_is_refused(tmp_
 def test_loop_fault5_two_launches_at_once(tmp_path):
     """loop: a second launch in a workdir whose run is in progress is refused naming the holder."""
     wd = tmp_path / "wd"
-    first = subprocess.Popen([sys.executable, "-m", "rsjax.main", "--config=configs/simclr.py:smoke",
-                              "--config.eval.enabled=False", f"--workdir={wd}"], cwd=REPO,
-                             env={**_env(), "RSJAX_DEBUG_STEP_SLEEP": "2"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rsjax.main",
+            "--config=configs/simclr.py:smoke",
+            "--config.eval.enabled=False",
+            f"--workdir={wd}",
+        ],
+        cwd=REPO,
+        env={**_env(), "RSJAX_DEBUG_STEP_SLEEP": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         import time
 
@@ -503,8 +598,13 @@ def test_issue27_fault1_a_downstream_workdir_as_pretrained_is_one_line(tmp_path)
     """A segmentation / change-detection run's workdir where a pretraining one is expected: one
     line naming the job it holds and what is accepted (was: AttributeError 'method', 53 lines)."""
     wd = tmp_path / "cd_run"
-    cfg = {"job": "change_detection", "optimizer": {"lr": 0.1, "name": "adamw"}, "seed": 0,
-           "model": {"name": "resnet18", "in_channels": 13}, "data": {"name": "levir_cd"}}
+    cfg = {
+        "job": "change_detection",
+        "optimizer": {"lr": 0.1, "name": "adamw"},
+        "seed": 0,
+        "model": {"name": "resnet18", "in_channels": 13},
+        "data": {"name": "levir_cd"},
+    }
     _save_steps(wd, steps=(2,), config=cfg)
     (wd / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"holds a 'change_detection' run, not a pretraining run"):
@@ -519,8 +619,9 @@ def test_issue27_fault3_encoder_of_another_shape_is_a_one_line_config_error():
     from rsjax import errors
     from rsjax.evaluate.encoders import check_pretrained_meta
 
-    config = ml_collections.ConfigDict({"model": {"name": "resnet50", "in_channels": 13, "stem": "standard"},
-                                        "data": {"normalization": "registry"}})
+    config = ml_collections.ConfigDict(
+        {"model": {"name": "resnet50", "in_channels": 13, "stem": "standard"}, "data": {"normalization": "registry"}}
+    )
     meta = {"arch": "resnet18", "in_channels": 3, "bands": [], "stem": "standard", "normalization": "registry"}
     with pytest.raises(ConfigError) as e:
         check_pretrained_meta(meta, config, "/w (step 4)")

@@ -87,15 +87,14 @@ def test_resnet_fwd_bwd_matches_analytic(name, size):
     got_fwd = flops.count_flops(loss, variables["params"], variables["batch_stats"], x)
     got = flops.count_flops(jax.grad(loss), variables["params"], variables["batch_stats"], x)
     assert got_fwd == pytest.approx(fwd, rel=1e-9)  # the forward is an exact count
-    assert got == pytest.approx(want, rel=0.01), (got / want)
+    assert got == pytest.approx(want, rel=0.01), got / want
 
 
 def test_strided_conv_gradient_counts_as_forward():
     # One 3x3 / stride-2 conv, 16x16x4 -> 8x8x8, batch 2: forward 2*2*8*8*9*4*8 = 73,728.
     # Gradient w.r.t. input AND kernel: forward + input gradient + weight gradient = 3x.
     def f(x, w):
-        y = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.sum(y)
 
     x = jax.ShapeDtypeStruct((2, 16, 16, 4), jnp.float32)

@@ -183,8 +183,10 @@ def test_fraction_split_recipe():
     got = folders.fraction_split(names[::-1], test_fraction=0.3, seed=4)
     perm = np.random.default_rng(4).permutation(10)  # over the SORTED names
     assert {n for n, s in got.items() if s == "test"} == {sorted(names)[i] for i in perm[:3]}
-    assert folders.fraction_split(["a", "b"], test_fraction=0.2) in ({"a": "test", "b": "train"},
-                                                                    {"a": "train", "b": "test"})
+    assert folders.fraction_split(["a", "b"], test_fraction=0.2) in (
+        {"a": "test", "b": "train"},
+        {"a": "train", "b": "test"},
+    )
     assert folders.fraction_split(["a"], test_fraction=0.2) == {"a": "train"}
 
 
@@ -239,8 +241,10 @@ def test_levir_folder_without_split_information_is_split_by_tile(levir_unsplit):
     got = {}
     for s in ("train", "test"):
         src = tfds.data_source("levir_cd", split=s, data_dir=str(out), download=False)
-        got[s] = sorted(str(src[i]["tile"], "utf-8") if isinstance(src[i]["tile"], bytes) else str(src[i]["tile"])
-                        for i in range(len(src)))
+        got[s] = sorted(
+            str(src[i]["tile"], "utf-8") if isinstance(src[i]["tile"], bytes) else str(src[i]["tile"])
+            for i in range(len(src))
+        )
     assert got["test"] == exp_test and sorted(set(got["train"])) == sorted(set(split) - set(exp_test))
     md = build.get_builder("levir_cd", str(out)).info.metadata
     assert "seeded fraction" in md["split_rule"] and "4 train / 1 test tiles" in md["split_rule"]
@@ -307,8 +311,9 @@ def test_frozen_eval_warns_on_exploded_features():
     with pytest.warns(UserWarning, match=r"numerical blow-up in the frozen encoder features"):
         cls.frozen_eval(lambda v, x: x.mean((1, 2)) @ v["w"] + 1e24, v, x_tr, y_tr, x_te, y_te, eval_config=ec, seed=0)
     v = {"w": np.full((2, 5), 0.1, np.float32)}
-    _no_warning(cls.frozen_eval, lambda v, x: x.mean((1, 2)) @ v["w"], v, x_tr, y_tr, x_te, y_te, eval_config=ec,
-                seed=0)
+    _no_warning(
+        cls.frozen_eval, lambda v, x: x.mean((1, 2)) @ v["w"], v, x_tr, y_tr, x_te, y_te, eval_config=ec, seed=0
+    )
 
 
 def test_dense_jobs_warn_on_diverged_training(tmp_path):
@@ -381,8 +386,9 @@ def test_segmentation_check_names_the_convention():
 
     info = registry.get_config_info("rs_segmentation", "potsdam")
     config = ml_collections.ConfigDict({"model": {"num_classes": 6, "in_channels": 3}})
-    arrays = seg.labels({"image": np.zeros((1, 2, 2, 3), np.uint8),
-                         "mask": np.array([[[1, 2], [8, 0]]], np.uint8)}, info)
+    arrays = seg.labels(
+        {"image": np.zeros((1, 2, 2, 3), np.uint8), "mask": np.array([[[1, 2], [8, 0]]], np.uint8)}, info
+    )
     with pytest.raises(DataError, match=r"stored mask values \[8\] .*mask_ignore_value=0"):
         seg.check(arrays, info, config, "train")
 
@@ -392,8 +398,15 @@ def test_pretraining_input_warns_on_upsampling(tmp_path):
     from configs.common import data_config
     from rsjax.data import input as input_lib
 
-    cfg = data_config(name="rs_synthetic", builder_config="tiny", data_dir=str(tmp_path), auto_build=True,
-                      train_split="train", crops_as_scenes=0, image_size=128)
+    cfg = data_config(
+        name="rs_synthetic",
+        builder_config="tiny",
+        data_dir=str(tmp_path),
+        auto_build=True,
+        train_split="train",
+        crops_as_scenes=0,
+        image_size=128,
+    )
     with pytest.warns(UserWarning, match=r"image_size=128 is larger than the stored images .*32 x 32.*4x"):
         input_lib._warn_if_upsampling(cfg)
     cfg.image_size = 32

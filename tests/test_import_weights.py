@@ -113,8 +113,19 @@ def imported(tmp_path_factory):
     src = _state(net)
     torch.save(src, d / "moco.pt")
     out = d / "wd"
-    r = _run(["-m", "rsjax.import_weights", f"--weights={d / 'moco.pt'}", "--format=timm", "--arch=resnet18",
-              "--in_channels=13", f"--workdir={out}", "--normalization=scale:10000", "--data=ssl4eo_s12"])
+    r = _run(
+        [
+            "-m",
+            "rsjax.import_weights",
+            f"--weights={d / 'moco.pt'}",
+            "--format=timm",
+            "--arch=resnet18",
+            "--in_channels=13",
+            f"--workdir={out}",
+            "--normalization=scale:10000",
+            "--data=ssl4eo_s12",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ignored (classifier head, not part of the encoder): fc.bias, fc.weight" in r.stdout
     return d, out, src
@@ -157,8 +168,14 @@ def test_timm_round_trip_is_bit_identical(tmp_path):
     net = _timm_net("resnet18", 13, seed=1)
     src = _state(net)
     save_file(src, str(tmp_path / "w.safetensors"))
-    res = import_weights(str(tmp_path / "w.safetensors"), str(tmp_path / "wd"), fmt="timm", arch="resnet18",
-                         in_channels=13, normalization="scale:10000")
+    res = import_weights(
+        str(tmp_path / "w.safetensors"),
+        str(tmp_path / "wd"),
+        fmt="timm",
+        arch="resnet18",
+        in_channels=13,
+        normalization="scale:10000",
+    )
     assert res["report"]["ignored"] == ["fc.bias", "fc.weight"]
     paths = export_encoder(str(tmp_path / "wd"), str(tmp_path / "back.pt"), fmt="timm")
     back = load_state_dict(paths["safetensors"])
@@ -170,21 +187,26 @@ def test_timm_round_trip_is_bit_identical(tmp_path):
     net.load_state_dict(back, strict=True)
 
 
-@pytest.mark.parametrize("kind,arch,bands", [
-    ("reference", "resnet18", 13),
-    ("timm", "resnet18", 13),
-    ("timm", "resnet50", 3),
-])
+@pytest.mark.parametrize(
+    "kind,arch,bands",
+    [
+        ("reference", "resnet18", 13),
+        ("timm", "resnet18", 13),
+        ("timm", "resnet50", 3),
+    ],
+)
 def test_imported_features_equal_source_forward(kind, arch, bands):
     net = (_timm_net if kind == "timm" else _reference_net)(arch, bands, seed=2)
-    params, batch_stats, report = torch_to_flax_state(_state(net), arch=arch, in_channels=bands, fmt=kind if
-                                                      kind == "timm" else "torchvision")
+    params, batch_stats, report = torch_to_flax_state(
+        _state(net), arch=arch, in_channels=bands, fmt=kind if kind == "timm" else "torchvision"
+    )
     assert report["ignored"] == ["fc.bias", "fc.weight"]
     x = np.random.default_rng(0).normal(size=(2, 64, 64, bands)).astype(np.float32)
     t_pooled, t_feats = _torch_stages(net, x, kind)
     f_pooled, f_feats = _flax_stages(arch, params, batch_stats, x)
-    for name, a, b in zip(["layer1", "layer2", "layer3", "layer4", "pooled"], f_feats + [f_pooled],
-                          t_feats + [t_pooled]):
+    for name, a, b in zip(
+        ["layer1", "layer2", "layer3", "layer4", "pooled"], f_feats + [f_pooled], t_feats + [t_pooled]
+    ):
         assert a.shape == b.shape, name
         scale = max(1.0, float(np.max(np.abs(b))))
         assert np.max(np.abs(a - b)) <= 1e-5 * scale, (name, float(np.max(np.abs(a - b))), scale)
@@ -198,14 +220,24 @@ def _ref_state(arch="resnet18", bands=13):
     return _state(_reference_net(arch, bands))
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda sd: sd.pop("layer2.0.downsample.1.running_var"), r"missing keys \(1\): layer2.0.downsample.1.running_var"),
-    (lambda sd: sd.update({"layer1.0.se.fc1.weight": torch.zeros(4, 64, 1, 1)}),
-     r"unexpected keys \(1\): layer1.0.se.fc1.weight"),
-    (lambda sd: sd.update({"conv1.weight": torch.zeros(64, 12, 7, 7)}),
-     r"13 input bands.*--in_channels=13.*: conv1.weight \(64, 12, 7, 7\) \(want \(64, 13, 7, 7\)\)"),
-    (lambda sd: sd.update({"bn1.weight": torch.zeros(64, dtype=torch.int64)}), r"not floating point: bn1.weight"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (
+            lambda sd: sd.pop("layer2.0.downsample.1.running_var"),
+            r"missing keys \(1\): layer2.0.downsample.1.running_var",
+        ),
+        (
+            lambda sd: sd.update({"layer1.0.se.fc1.weight": torch.zeros(4, 64, 1, 1)}),
+            r"unexpected keys \(1\): layer1.0.se.fc1.weight",
+        ),
+        (
+            lambda sd: sd.update({"conv1.weight": torch.zeros(64, 12, 7, 7)}),
+            r"13 input bands.*--in_channels=13.*: conv1.weight \(64, 12, 7, 7\) \(want \(64, 13, 7, 7\)\)",
+        ),
+        (lambda sd: sd.update({"bn1.weight": torch.zeros(64, dtype=torch.int64)}), r"not floating point: bn1.weight"),
+    ],
+)
 def test_bad_state_dicts_are_refused_naming_keys(edit, match):
     sd = _ref_state()
     edit(sd)
@@ -274,11 +306,26 @@ def test_junk_weight_files_are_one_line_errors_that_never_suggest_unpickling(tmp
     truncated.write_bytes(good.read_bytes()[:200])
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(4096))
-    for path, want in ((pickled, "pickled Python objects"), (truncated, "not a readable .safetensors"),
-                       (junk, "not a readable PyTorch state dict")):
-        res = subprocess.run([sys.executable, "-m", "rsjax.import_weights", f"--weights={path}", "--format=timm",
-                              "--arch=resnet18", "--in_channels=13", f"--workdir={tmp_path / 'wd'}"],
-                             capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    for path, want in (
+        (pickled, "pickled Python objects"),
+        (truncated, "not a readable .safetensors"),
+        (junk, "not a readable PyTorch state dict"),
+    ):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rsjax.import_weights",
+                f"--weights={path}",
+                "--format=timm",
+                "--arch=resnet18",
+                "--in_channels=13",
+                f"--workdir={tmp_path / 'wd'}",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
         assert lines[0].startswith(f"rsjax.import_weights: error: --weights={path}") or str(path) in lines[0]
@@ -314,8 +361,11 @@ def test_job_with_other_normalization_is_refused(imported, tmp_path):
     config = load_config("eval_eurosat", "smoke")
     config.pretrained = str(imported[1])
     config.model.name = "resnet18"
-    with pytest.raises(ValueError, match=r"input normalization 'scale:10000' \(checkpoint\) vs "
-                                         r"config.data.normalization='registry'"):
+    with pytest.raises(
+        ValueError,
+        match=r"input normalization 'scale:10000' \(checkpoint\) vs "
+        r"config.data.normalization='registry'",
+    ):
         encoders.load_pretrained(config)
     config.data.normalization = "scale:10000"
     params, _, meta = encoders.load_pretrained(config)
@@ -326,9 +376,19 @@ def test_job_with_other_normalization_is_refused(imported, tmp_path):
 def test_imported_workdir_runs_eval_eurosat_smoke(imported, tmp_path):
     _, out, _ = imported
     wd = tmp_path / "eval"
-    r = _run(["-m", "rsjax.main", "--config=configs/eval_eurosat.py:smoke", f"--config.pretrained={out}",
-              "--config.model.name=resnet18", "--config.data.normalization=scale:10000",
-              "--config.finetune.total_steps=0", f"--config.data.data_dir={tmp_path / 'tfds'}", f"--workdir={wd}"])
+    r = _run(
+        [
+            "-m",
+            "rsjax.main",
+            "--config=configs/eval_eurosat.py:smoke",
+            f"--config.pretrained={out}",
+            "--config.model.name=resnet18",
+            "--config.data.normalization=scale:10000",
+            "--config.finetune.total_steps=0",
+            f"--config.data.data_dir={tmp_path / 'tfds'}",
+            f"--workdir={wd}",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((wd / "eval_report.json").read_text())
     enc = report["metrics"]["encoder"]

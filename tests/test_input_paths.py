@@ -56,8 +56,7 @@ def _records(synth_dir):
     cfg.data_dir, cfg.builder_config = synth_dir, "tiny"
     src = pipeline.open_source(cfg, "train")
     rows = src.read(range(len(src)))
-    return (np.stack([np.asarray(r["image"]) for r in rows]),
-            np.asarray([int(r["scene_id"]) for r in rows]))
+    return (np.stack([np.asarray(r["image"]) for r in rows]), np.asarray([int(r["scene_id"]) for r in rows]))
 
 
 def _host_batches(it, n):
@@ -65,6 +64,7 @@ def _host_batches(it, n):
 
 
 # ---------------------------------------------------------------------------- batch layout
+
 
 def test_device_batches_hold_s_scenes_of_k_members(synth_dir):
     config = _config(synth_dir, device_resident=True)  # batch 16 = 4 scenes x 4
@@ -100,8 +100,7 @@ def test_device_and_host_paths_put_the_same_units_in_the_same_rows(synth_dir):
 @pytest.mark.parametrize("spb,k", [(0, 4), (4, 2)])
 def test_device_crops_as_scenes(synth_dir, spb, k):
     # spb = 0: every image brings all its 2 x 2 crops; spb = 4, k = 2: 4 images x 2 of their crops.
-    config = _config(synth_dir, device_resident=True, crops_as_scenes=2, scenes_per_batch=spb,
-                     samples_per_scene=k)
+    config = _config(synth_dir, device_resident=True, crops_as_scenes=2, scenes_per_batch=spb, samples_per_scene=k)
     config.batch_size = 8 if spb else 16
     it = input_lib.make_iterator(config)[0]
     b = jax.device_get(next(it))
@@ -110,8 +109,7 @@ def test_device_crops_as_scenes(synth_dir, spb, k):
     assert (sid == sid[:, :1]).all() and len(set(sid[:, 0].tolist())) == sid.shape[0]
     img = b["image"].reshape(sid.shape[0], rows, -1)
     assert (img == img[:, :1]).all(), "members of a scene are crops of one image"
-    quadrants = {(0.0, 0.0, 16.0, 16.0), (0.0, 16.0, 16.0, 16.0), (16.0, 0.0, 16.0, 16.0),
-                 (16.0, 16.0, 16.0, 16.0)}
+    quadrants = {(0.0, 0.0, 16.0, 16.0), (0.0, 16.0, 16.0, 16.0), (16.0, 0.0, 16.0, 16.0), (16.0, 16.0, 16.0, 16.0)}
     for reg in b["region"].reshape(sid.shape[0], rows, 4):
         got = {tuple(map(float, r)) for r in reg}
         assert len(got) == rows and got <= quadrants, "distinct sub-crops of the 2 x 2 grid"
@@ -154,8 +152,11 @@ def _host_outputs(img, spec, n=N_DRAWS, seed=7):
 
 def _device_outputs(img, spec, n=N_DRAWS, seed=3):
     imgs = np.broadcast_to(img, (n,) + img.shape)
-    return np.asarray(dev.augment_views(jax.random.PRNGKey(seed), imgs, PHOTO_ONLY + spec, out_size=img.shape[0],
-                                        scale=1.0, mean=0.0, std=1.0))
+    return np.asarray(
+        dev.augment_views(
+            jax.random.PRNGKey(seed), imgs, PHOTO_ONLY + spec, out_size=img.shape[0], scale=1.0, mean=0.0, std=1.0
+        )
+    )
 
 
 def test_band_jitter_same_distribution_on_both_paths():
@@ -177,13 +178,13 @@ def test_band_jitter_same_distribution_on_both_paths():
 
 def test_saturation_and_grayscale_same_distribution_on_both_paths():
     sat, gray = 0.4, 0.25
-    x = np.array([0.2, 0.5, 0.8], np.float32)       # band mean m = 0.5, x - m = (-0.3, 0, 0.3)
+    x = np.array([0.2, 0.5, 0.8], np.float32)  # band mean m = 0.5, x - m = (-0.3, 0, 0.3)
     img = np.broadcast_to(x, (8, 8, 3)).copy()
     spec = f"jitter(0.0, p=1.0, saturation={sat})|gray({gray})"
     stats = []
     for out in (_host_outputs(img, spec)[:, 0, 0], _device_outputs(img, spec)[:, 0, 0]):
         np.testing.assert_allclose(out.mean(axis=1), 0.5, atol=1e-5)  # the band mean is kept
-        factor = (out[:, 2] - 0.5) / 0.3                               # 0 when gray, else sat
+        factor = (out[:, 2] - 0.5) / 0.3  # 0 when gray, else sat
         is_gray = np.abs(factor) < 1e-6
         np.testing.assert_allclose(is_gray.mean(), gray, atol=0.03)
         f = factor[~is_gray]
@@ -210,8 +211,11 @@ def test_both_paths_read_data_augment(synth_dir, device_resident):
     # gray(1.0): every view has all bands equal before standardization, on either path.
     from rsjax.data import registry
 
-    config = _config(synth_dir, device_resident=device_resident,
-                     augment="rrc(0.5, 1.0)|flip_rot|jitter(0.4, p=0.8, saturation=0.3)|gray(1.0)")
+    config = _config(
+        synth_dir,
+        device_resident=device_resident,
+        augment="rrc(0.5, 1.0)|flip_rot|jitter(0.4, p=0.8, saturation=0.3)|gray(1.0)",
+    )
     it, transform = input_lib.make_iterator(config)
     b = next(it)
     assert (transform is None) != device_resident  # decided once, by data.device_resident
@@ -239,8 +243,11 @@ def test_former_augmentation_keys_are_refused_live_and_folded_when_read(synth_di
         config.data.crop_scale_min = 0.4
         config.data.gray_prob = 0.2
     wd = tmp_path / "wd"
-    with pytest.raises(ConfigError, match=r"config\.data\.crop_scale_min, config\.data\.gray_prob: former augmentation "
-                       r"key\(s\).*set config\.data\.augment=" + re.escape(repr(expected))):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.data\.crop_scale_min, config\.data\.gray_prob: former augmentation "
+        r"key\(s\).*set config\.data\.augment=" + re.escape(repr(expected)),
+    ):
         pretrain.run(config, str(wd))
     assert not wd.exists(), "refused before anything is written"
 
@@ -257,28 +264,37 @@ def test_a_data_block_missing_keys_is_refused_naming_them(synth_dir, tmp_path):
     config = _config(synth_dir)
     with config.unlocked():
         del config.data["crop_size"], config.data["mask_key"]
-    with pytest.raises(ValueError, match=r"config\.data lacks the key\(s\) crop_size, mask_key: build the block "
-                       r"with configs\.common\.data_config"):
+    with pytest.raises(
+        ValueError,
+        match=r"config\.data lacks the key\(s\) crop_size, mask_key: build the block "
+        r"with configs\.common\.data_config",
+    ):
         pretrain.run(config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
 
 
 # ---------------------------------------------------------------------------- refusals
 
-@pytest.mark.parametrize("data,match", [
-    ({"hue": 0.1}, r"config\.data\.hue: no input path reads this key"),
-    ({"folder": "/x", "device_resident": False}, r"data\.folder.*data\.device_resident"),
-    ({"num_workers": 2, "device_resident": True}, r"data\.num_workers.*data\.device_resident"),
-    ({"crops_as_scenes": 3, "scenes_per_batch": 0}, r"data\.crops_as_scenes.*data\.scenes_per_batch"),
-    ({"scenes_per_batch": 3}, r"data\.scenes_per_batch.*batch_size"),
-    ({"augment": "rrc(0.2, 1.0)|gray(1.5)"}, r"config\.data\.augment: op 'gray\(1\.5\)': p=1\.5"),
-    ({"augment": "rrc(0.2, 1.0)|jitter(band=1.0)"}, r"config\.data\.augment: op 'jitter\(band=1\.0\)'"),
-    ({"augment": "rrc(0.2, 1.0)|hue(0.1)"}, r"config\.data\.augment: unknown op 'hue'"),
-    ({"augment": "flip_rot"}, r"config\.data\.augment='flip_rot': a view recipe starts with"),
-    ({"augment": "rrc(0.2, 1.0)|crop_flip(8)", "device_resident": True},
-     r"config\.data\.augment: op 'crop_flip' has no jax implementation \(backends that have it: numpy\)"),
-    ({"gray_prob": 1.5}, r"config\.data\.gray_prob=1\.5: the former augmentation keys"),
-])
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"hue": 0.1}, r"config\.data\.hue: no input path reads this key"),
+        ({"folder": "/x", "device_resident": False}, r"data\.folder.*data\.device_resident"),
+        ({"num_workers": 2, "device_resident": True}, r"data\.num_workers.*data\.device_resident"),
+        ({"crops_as_scenes": 3, "scenes_per_batch": 0}, r"data\.crops_as_scenes.*data\.scenes_per_batch"),
+        ({"scenes_per_batch": 3}, r"data\.scenes_per_batch.*batch_size"),
+        ({"augment": "rrc(0.2, 1.0)|gray(1.5)"}, r"config\.data\.augment: op 'gray\(1\.5\)': p=1\.5"),
+        ({"augment": "rrc(0.2, 1.0)|jitter(band=1.0)"}, r"config\.data\.augment: op 'jitter\(band=1\.0\)'"),
+        ({"augment": "rrc(0.2, 1.0)|hue(0.1)"}, r"config\.data\.augment: unknown op 'hue'"),
+        ({"augment": "flip_rot"}, r"config\.data\.augment='flip_rot': a view recipe starts with"),
+        (
+            {"augment": "rrc(0.2, 1.0)|crop_flip(8)", "device_resident": True},
+            r"config\.data\.augment: op 'crop_flip' has no jax implementation \(backends that have it: numpy\)",
+        ),
+        ({"gray_prob": 1.5}, r"config\.data\.gray_prob=1\.5: the former augmentation keys"),
+    ],
+)
 def test_unsupported_keys_and_combinations_are_refused(synth_dir, tmp_path, data, match):
     config = _config(synth_dir)
     with config.unlocked():
@@ -290,6 +306,7 @@ def test_unsupported_keys_and_combinations_are_refused(synth_dir, tmp_path, data
 
 
 # ---------------------------------------------------------------------------- the CLI
+
 
 def test_swimdiff_smoke_on_the_device_path_logs_matching_and_refuses_nonfinite(synth_dir, tmp_path, monkeypatch):
     """The pretraining job on the GPU-resident path: scene-wide matching acts (scene_false_negatives

@@ -124,8 +124,9 @@ def test_shift_boundaries_moves_only_boundary_pixels():
         near = grown
     assert not (changed & ~near).any()
     # class-specific: negative erosion = dilation of that class
-    np.testing.assert_array_equal(LN.shift_boundaries(tile, -1, np.random.default_rng(0), erosion_class=2),
-                                  LN.dilate_class(tile, 2, 1))
+    np.testing.assert_array_equal(
+        LN.shift_boundaries(tile, -1, np.random.default_rng(0), erosion_class=2), LN.dilate_class(tile, 2, 1)
+    )
 
 
 def test_apply_label_noise_deterministic():
@@ -141,10 +142,15 @@ def test_apply_label_noise_deterministic():
     np.testing.assert_array_equal(LN.apply_label_noise(masks, num_classes=6), masks)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(flip_rate=1.5), "flip_rate"), (dict(flip_rate=0.1, flip_mode="pixels"), "flip_mode"),
-    (dict(erosion=1, erosion_class=9), "erosion_class"), (dict(pool_factor=0), "pool_factor"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(flip_rate=1.5), "flip_rate"),
+        (dict(flip_rate=0.1, flip_mode="pixels"), "flip_mode"),
+        (dict(erosion=1, erosion_class=9), "erosion_class"),
+        (dict(pool_factor=0), "pool_factor"),
+    ],
+)
 def test_bad_arguments_name_the_key(kw, match):
     masks = np.zeros((1, 8, 8), np.int32)
     with pytest.raises(ValueError, match=match):
@@ -188,16 +194,13 @@ def test_majority_pool_matches_loops(f, shape):
 def test_majority_pool_by_hand():
     # 2 x 2 blocks: [0 0 / 1 -]: 0 wins; [1 1 / 2 2]: tie -> the smaller id 1; right column cut
     # at the border: [3 / 3] -> 3; bottom row [4 4 | 0]
-    m = np.array([[0, 0, 1, 1, 3],
-                  [1, -1, 2, 2, 3],
-                  [4, 4, 2, 0, 0]], np.int64)
-    expect = np.array([[0, 0, 1, 1, 3],
-                       [0, -1, 1, 1, 3],
-                       [4, 4, 0, 0, 0]])
+    m = np.array([[0, 0, 1, 1, 3], [1, -1, 2, 2, 3], [4, 4, 2, 0, 0]], np.int64)
+    expect = np.array([[0, 0, 1, 1, 3], [0, -1, 1, 1, 3], [4, 4, 0, 0, 0]])
     np.testing.assert_array_equal(LN.majority_pool(m, 2, 5, ignore_index=-1), expect)
     # in apply_label_noise: pooling, then nothing else (no flip, no erosion)
-    np.testing.assert_array_equal(LN.apply_label_noise(m[None], num_classes=5, pool_factor=2, ignore_index=-1)[0],
-                                  expect)
+    np.testing.assert_array_equal(
+        LN.apply_label_noise(m[None], num_classes=5, pool_factor=2, ignore_index=-1)[0], expect
+    )
 
 
 def test_agreement_matches_loops():

@@ -37,7 +37,7 @@ def _targets(module: str, path: pathlib.Path) -> set[str]:
             base = node.module or ""
             if node.level:
                 pkg = module.split(".") if is_pkg else module.split(".")[:-1]
-                pkg = pkg[:len(pkg) - (node.level - 1)]
+                pkg = pkg[: len(pkg) - (node.level - 1)]
                 base = ".".join(pkg + ([base] if base else []))
             names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         for n in names:
@@ -69,8 +69,12 @@ def test_every_module_has_a_layer():
 
 
 def test_no_import_of_a_higher_layer():
-    up = [f"{m} (layer {_layer(m)}) -> {t} (layer {_layer(t)})" for m, ts in GRAPH.items() for t in ts
-          if t in MODULES and _layer(t) > _layer(m)]
+    up = [
+        f"{m} (layer {_layer(m)}) -> {t} (layer {_layer(t)})"
+        for m, ts in GRAPH.items()
+        for t in ts
+        if t in MODULES and _layer(t) > _layer(m)
+    ]
     assert up == []
 
 
@@ -107,8 +111,13 @@ def test_no_import_circle():
 
 
 def test_jobs_import_no_other_job():
-    side = [f"{m} -> {t}" for m, ts in GRAPH.items() if m.startswith("rsjax.jobs.")
-            for t in ts if t.startswith("rsjax.jobs.")]
+    side = [
+        f"{m} -> {t}"
+        for m, ts in GRAPH.items()
+        if m.startswith("rsjax.jobs.")
+        for t in ts
+        if t.startswith("rsjax.jobs.")
+    ]
     assert side == []
 
 
@@ -128,8 +137,17 @@ def test_the_graph_is_not_empty():  # a broken parser would pass the tests above
 # Hygiene: no definition nothing uses
 # --------------------------------------------------------------------------------------
 # Where a name may be used: the library, its tests, configs, builders, notebooks, docs, CI.
-_USE_SITES = ("rsjax/**/*.py", "tests/**/*.py", "configs/**/*.py", "tfds_builders/**/*.py",
-              "colab/*.ipynb", "docs/*.md", "README.md", ".ci/**/*", "pyproject.toml")
+_USE_SITES = (
+    "rsjax/**/*.py",
+    "tests/**/*.py",
+    "configs/**/*.py",
+    "tfds_builders/**/*.py",
+    "colab/*.ipynb",
+    "docs/*.md",
+    "README.md",
+    ".ci/**/*",
+    "pyproject.toml",
+)
 
 
 def _top_level_definitions() -> dict[str, list[str]]:
@@ -155,10 +173,16 @@ def test_every_definition_is_used_somewhere():
     import collections
     import re
 
-    words = collections.Counter(w for pattern in _USE_SITES for p in REPO.glob(pattern) if p.is_file()
-                                for w in re.findall(r"\w+", p.read_text(errors="ignore")))
-    unused = [f"{name} ({', '.join(files)})" for name, files in _top_level_definitions().items()
-              if words[name] <= len(files)]
+    words = collections.Counter(
+        w
+        for pattern in _USE_SITES
+        for p in REPO.glob(pattern)
+        if p.is_file()
+        for w in re.findall(r"\w+", p.read_text(errors="ignore"))
+    )
+    unused = [
+        f"{name} ({', '.join(files)})" for name, files in _top_level_definitions().items() if words[name] <= len(files)
+    ]
     assert not unused, f"defined but never used: {unused}"
 
 
@@ -172,7 +196,7 @@ def _function_level_imports(path: pathlib.Path) -> list[tuple[int, str]]:
             continue
         for node in ast.walk(fn):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                span = lines[max(node.lineno - 2, 0):node.end_lineno]
+                span = lines[max(node.lineno - 2, 0) : node.end_lineno]
                 if not any("#" in line for line in span):
                     out.append((node.lineno, lines[node.lineno - 1].strip()))
     return out
@@ -182,8 +206,11 @@ def test_imports_sit_at_module_top_unless_a_comment_says_why():
     """An import inside a function hides an arrow of the graph from a reader (and used to hide
     circles): rsjax/ imports at module top, except where a comment gives the reason (an optional
     or heavy dependency, jax kept out of a numpy-only path)."""
-    hidden = [f"{p.relative_to(REPO)}:{n}: {src}" for p in sorted((REPO / "rsjax").rglob("*.py"))
-              for n, src in _function_level_imports(p)]
+    hidden = [
+        f"{p.relative_to(REPO)}:{n}: {src}"
+        for p in sorted((REPO / "rsjax").rglob("*.py"))
+        for n, src in _function_level_imports(p)
+    ]
     assert not hidden, "imports inside functions without a comment saying why:\n" + "\n".join(hidden)
 
 

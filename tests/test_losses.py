@@ -259,8 +259,14 @@ def test_scene_infonce_grad_finite(mode):
     def f(q, k, queue):
         return jnp.mean(
             losses.scene_infonce(
-                q, k, scene_q=scene, scene_k=scene, temperature=0.1, mode=mode,
-                queue=queue, scene_queue=scene_queue,
+                q,
+                k,
+                scene_q=scene,
+                scene_k=scene,
+                temperature=0.1,
+                mode=mode,
+                queue=queue,
+                scene_queue=scene_queue,
             )
         )
 
@@ -301,16 +307,24 @@ def test_scene_infonce_none_queue_only_is_moco_v2(tau):
     scene = rng.integers(0, 3, size=b).astype(np.int32)  # scene ids must not matter in mode none
     scene_queue = rng.integers(0, 3, size=kq).astype(np.int32)
     out = losses.scene_infonce(
-        q, k, scene_q=scene, scene_k=scene, temperature=tau, mode="none",
-        queue=queue_cols.T, scene_queue=scene_queue, batch_negatives=False,
+        q,
+        k,
+        scene_q=scene,
+        scene_k=scene,
+        temperature=tau,
+        mode="none",
+        queue=queue_cols.T,
+        scene_queue=scene_queue,
+        batch_negatives=False,
     )
     np.testing.assert_allclose(out, ref_moco_v2(q, k, queue_cols, tau), rtol=RTOL, atol=ATOL)
 
 
 def test_scene_infonce_queue_only_ignores_other_batch_keys():
     q, k, scene, queue, scene_queue = _scene_inputs(9)
-    kw = dict(scene_q=scene, scene_k=scene, temperature=0.2, queue=queue, scene_queue=scene_queue,
-              batch_negatives=False)
+    kw = dict(
+        scene_q=scene, scene_k=scene, temperature=0.2, queue=queue, scene_queue=scene_queue, batch_negatives=False
+    )
     k2 = k.copy()
     k2[1:] = np.random.default_rng(0).normal(size=k2[1:].shape)
     for mode in SCENE_MODES_ALL:
@@ -380,9 +394,19 @@ def test_scene_infonce_grad_matches_analytic_with_constant_target(mode, batch_ne
     queue[2] = q[4] + 0.3 * queue[2]
 
     def f(q, k, queue):
-        return jnp.mean(losses.scene_infonce(
-            q, k, scene_q=scene, scene_k=scene, temperature=0.2, mode=mode,
-            queue=queue, scene_queue=scene_queue, batch_negatives=batch_negatives))
+        return jnp.mean(
+            losses.scene_infonce(
+                q,
+                k,
+                scene_q=scene,
+                scene_k=scene,
+                temperature=0.2,
+                mode=mode,
+                queue=queue,
+                scene_queue=scene_queue,
+                batch_negatives=batch_negatives,
+            )
+        )
 
     got = jax.grad(f, argnums=(0, 1, 2))(q, k, queue)
     ref = ref_scene_infonce_grad(q, k, scene, queue, scene_queue, 0.2, mode, batch_negatives)
@@ -420,9 +444,7 @@ def test_false_matches_numpy(fnsd_mode, seed, tau, alpha):
     changed = np.flatnonzero(np.asarray(out) != np.asarray(plain))
     assert sorted(changed) == anchors
     jitted = jax.jit(
-        functools.partial(
-            losses.false_nt_xent, temperature=tau, threshold=0.9, alpha=alpha, fnsd_mode=fnsd_mode
-        )
+        functools.partial(losses.false_nt_xent, temperature=tau, threshold=0.9, alpha=alpha, fnsd_mode=fnsd_mode)
     )(z1, z2)
     np.testing.assert_allclose(jitted, out, rtol=1e-6, atol=1e-6)
 
@@ -439,24 +461,20 @@ def test_false_degenerate_equals_nt_xent_exactly(fnsd_mode):
     np.testing.assert_array_equal(out, losses.nt_xent(z1, z1, temperature=0.5))
     # also under jit (each function compiled separately)
     jp = jax.jit(functools.partial(losses.nt_xent, temperature=0.5))(z1, z2)
-    jf = jax.jit(
-        functools.partial(losses.false_nt_xent, temperature=0.5, alpha=0.0, fnsd_mode=fnsd_mode)
-    )(z1, z2)
+    jf = jax.jit(functools.partial(losses.false_nt_xent, temperature=0.5, alpha=0.0, fnsd_mode=fnsd_mode))(z1, z2)
     np.testing.assert_array_equal(jf, jp)
     # traced alpha / threshold take the general (non-short-circuit) path, eager and jitted
     for kw in (dict(alpha=jnp.float32(0.0)), dict(threshold=jnp.float32(1.5))):
         out = losses.false_nt_xent(z1, z2, temperature=0.5, fnsd_mode=fnsd_mode, **kw)
         np.testing.assert_array_equal(out, plain)
-        jf = jax.jit(
-            lambda a, b, kw: losses.false_nt_xent(a, b, temperature=0.5, fnsd_mode=fnsd_mode, **kw)
-        )(z1, z2, kw)
+        jf = jax.jit(lambda a, b, kw: losses.false_nt_xent(a, b, temperature=0.5, fnsd_mode=fnsd_mode, **kw))(
+            z1, z2, kw
+        )
         np.testing.assert_array_equal(jf, jp)
     # and the gradients agree
     g_plain = jax.grad(lambda a: jnp.mean(losses.nt_xent(a, z2, temperature=0.5)))(z1)
     g_false = jax.grad(
-        lambda a: jnp.mean(
-            losses.false_nt_xent(a, z2, temperature=0.5, alpha=jnp.float32(0.0), fnsd_mode=fnsd_mode)
-        )
+        lambda a: jnp.mean(losses.false_nt_xent(a, z2, temperature=0.5, alpha=jnp.float32(0.0), fnsd_mode=fnsd_mode))
     )(z1)
     np.testing.assert_array_equal(g_false, g_plain)
 
@@ -531,9 +549,7 @@ def test_ce_dice_matches_numpy(ignore_index, dice_weight):
         labels[2] = 255  # an example with no valid pixel
     out = losses.ce_dice(logits, labels, ignore_index=ignore_index, dice_weight=dice_weight)
     assert out.shape == (3,) and out.dtype == jnp.float32
-    np.testing.assert_allclose(
-        out, ref_ce_dice(logits, labels, ignore_index, dice_weight), rtol=RTOL, atol=ATOL
-    )
+    np.testing.assert_allclose(out, ref_ce_dice(logits, labels, ignore_index, dice_weight), rtol=RTOL, atol=ATOL)
     if ignore_index == 255:
         assert out[2] == 0.0
     f = jax.jit(functools.partial(losses.ce_dice, ignore_index=ignore_index, dice_weight=dice_weight))
@@ -594,7 +610,14 @@ def test_losses_on_sharded_global_batch():
         ),
         "scene_soft_queue_only": (
             lambda a, c, s, qu, sq: losses.scene_infonce(
-                a, c, scene_q=s, scene_k=s, temperature=0.2, mode="soft", queue=qu, scene_queue=sq,
+                a,
+                c,
+                scene_q=s,
+                scene_k=s,
+                temperature=0.2,
+                mode="soft",
+                queue=qu,
+                scene_queue=sq,
                 batch_negatives=False,
             ),
             (z1, z2, scene, queue, scene_queue),
@@ -613,6 +636,7 @@ def test_losses_on_sharded_global_batch():
         ),
         "ce_dice": (lambda x, y: losses.ce_dice(x, y, ignore_index=255), (logits, labels)),
     }
+
     def all_losses(*flat):
         """Every loss and the gradient of its mean w.r.t. its first argument, in one program."""
         out, at = {}, 0

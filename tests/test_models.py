@@ -134,7 +134,10 @@ def test_bn_constants_match_torch():
     variables = _np_init(model, x, train=False)
     _, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
     h = jax.lax.conv_general_dilated(
-        x, variables["params"]["conv1"]["kernel"], (1, 1), ((1, 1), (1, 1)),
+        x,
+        variables["params"]["conv1"]["kernel"],
+        (1, 1),
+        ((1, 1), (1, 1)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     np.testing.assert_allclose(upd["batch_stats"]["bn1"]["mean"], 0.1 * h.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
@@ -234,7 +237,10 @@ def test_denoiser_shapes_and_cond_levels(denoiser_case):
     # -> all go to level 2 (8 px, 4 * 8 channels).
     p = dvars["params"]
     assert [p[f"cond_proj_{k}"]["kernel"].shape for k in range(4)] == [
-        (1, 1, 8, 32), (1, 1, 16, 32), (1, 1, 32, 32), (1, 1, 64, 32)
+        (1, 1, 8, 32),
+        (1, 1, 16, 32),
+        (1, 1, 32, 32),
+        (1, 1, 64, 32),
     ]
     assert "batch_stats" not in dvars
     # cond changes the output; cond=None works and needs no cond params.
@@ -299,8 +305,7 @@ def _group_norm(x, groups, scale, bias, eps=1e-6):
 
 
 def _conv3(x, kernel, bias):
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return np.asarray(y) + bias
 
 
@@ -314,11 +319,13 @@ def test_film_block_is_adagn_written_out():
     emb = rng.normal(size=(2, 16)).astype(np.float32)
     block = _ResBlock(8, num_groups=4, conv="lax", adagn=True)
     variables = block.init(jax.random.key(1), x, emb)
-    p = jax.tree.map(lambda a: np.asarray(a) + rng.normal(size=a.shape).astype(np.float32) * 0.1,
-                     variables["params"])  # non-trivial norm scales / biases too
+    p = jax.tree.map(
+        lambda a: np.asarray(a) + rng.normal(size=a.shape).astype(np.float32) * 0.1, variables["params"]
+    )  # non-trivial norm scales / biases too
     silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
-    h = _conv3(silu(_group_norm(x, 4, p["norm1"]["scale"], p["norm1"]["bias"])), p["conv1"]["kernel"],
-               p["conv1"]["bias"])
+    h = _conv3(
+        silu(_group_norm(x, 4, p["norm1"]["scale"], p["norm1"]["bias"])), p["conv1"]["kernel"], p["conv1"]["bias"]
+    )
     mod = silu(emb) @ p["emb_proj"]["kernel"] + p["emb_proj"]["bias"]
     s, b = mod[:, None, None, :8], mod[:, None, None, 8:]
     h = _group_norm(h, 4, p["norm2"]["scale"], p["norm2"]["bias"]) * (1 + s) + b
@@ -338,7 +345,7 @@ def test_film_denoiser_reads_the_pooled_vector_not_the_maps(denoiser_case):
     apply = jax.jit(lambda v, c, vec: den.apply(v, x, t, c, train=True, vec=vec))
     eps = apply(variables, cond, vec)
     np.testing.assert_array_equal(eps, apply(variables, [c * 0 for c in cond], vec))  # maps unused
-    assert not np.allclose(eps, apply(variables, cond, vec[::-1]))                    # the vector is
+    assert not np.allclose(eps, apply(variables, cond, vec[::-1]))  # the vector is
     with pytest.raises(ValueError, match="needs vec"):
         den.apply(variables, x, t, cond, train=True)
     with pytest.raises(ValueError, match="conditioning='fim'"):

@@ -13,9 +13,17 @@ from rsjax import optim
 def _config(name, scales, lr=0.1, wd=0.0):
     c = ml_collections.ConfigDict()
     c.total_steps = 10
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name=name, lr=lr, weight_decay=wd, warmup_steps=0, final_lr_fraction=1.0, grad_clip=0.0,
-        module_lr_scale=scales))
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name=name,
+            lr=lr,
+            weight_decay=wd,
+            warmup_steps=0,
+            final_lr_fraction=1.0,
+            grad_clip=0.0,
+            module_lr_scale=scales,
+        )
+    )
     return c
 
 
@@ -36,10 +44,11 @@ def _sgd_momentum_numpy(p, grads, lr, mom=0.9):
 @pytest.mark.parametrize("spelling", ["denoiser=0.1", {"denoiser": 0.1}])
 def test_sgd_scaled_module_equals_sgd_at_scaled_lr(spelling):
     rng = np.random.default_rng(0)
-    params = {"encoder": {"w": rng.normal(size=(3, 2)).astype(np.float32)},
-              "denoiser": {"w": rng.normal(size=(4,)).astype(np.float32)}}
-    grads = [{k: {"w": rng.normal(size=v["w"].shape).astype(np.float32)} for k, v in params.items()}
-             for _ in range(3)]
+    params = {
+        "encoder": {"w": rng.normal(size=(3, 2)).astype(np.float32)},
+        "denoiser": {"w": rng.normal(size=(4,)).astype(np.float32)},
+    }
+    grads = [{k: {"w": rng.normal(size=v["w"].shape).astype(np.float32)} for k, v in params.items()} for _ in range(3)]
     tx, _ = optim.make(*_block("sgd", spelling))
     state = tx.init(params)
     p = jax.tree.map(jnp.asarray, params)
@@ -66,32 +75,47 @@ def test_a_module_with_its_own_optimizer_follows_it_and_the_rest_the_shared_one(
     """SGD + momentum on the encoder, Adam on the denoiser (each at a constant lr): three steps
     equal the two numpy references; the shared gradient clip sees only the shared leaves."""
     rng = np.random.default_rng(1)
-    params = {"encoder": {"w": rng.normal(size=(3, 2)).astype(np.float32)},
-              "denoiser": {"w": rng.normal(size=(4,)).astype(np.float32)}}
-    grads = [{k: {"w": rng.normal(size=v["w"].shape).astype(np.float32)} for k, v in params.items()}
-             for _ in range(3)]
-    block = optim.default_block(name="sgd", lr=0.1, weight_decay=0.0, schedule="constant", modules={
-        "denoiser": {"name": "adam", "lr": 0.01, "weight_decay": 0.0, "schedule": "constant"}})
+    params = {
+        "encoder": {"w": rng.normal(size=(3, 2)).astype(np.float32)},
+        "denoiser": {"w": rng.normal(size=(4,)).astype(np.float32)},
+    }
+    grads = [{k: {"w": rng.normal(size=v["w"].shape).astype(np.float32)} for k, v in params.items()} for _ in range(3)]
+    block = optim.default_block(
+        name="sgd",
+        lr=0.1,
+        weight_decay=0.0,
+        schedule="constant",
+        modules={"denoiser": {"name": "adam", "lr": 0.01, "weight_decay": 0.0, "schedule": "constant"}},
+    )
     tx, _ = optim.make(block, 10)
     state = tx.init(params)
     p = jax.tree.map(jnp.asarray, params)
     for g in grads:
         upd, state = tx.update(g, state, p)
         p = jax.tree.map(lambda a, b: a + b, p, upd)
-    np.testing.assert_allclose(np.asarray(p["encoder"]["w"]),
-                               _sgd_momentum_numpy(params["encoder"]["w"], [g["encoder"]["w"] for g in grads], 0.1),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(p["denoiser"]["w"]),
-                               _adam_numpy(params["denoiser"]["w"], [g["denoiser"]["w"] for g in grads], 0.01),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(p["encoder"]["w"]),
+        _sgd_momentum_numpy(params["encoder"]["w"], [g["encoder"]["w"] for g in grads], 0.1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np.asarray(p["denoiser"]["w"]),
+        _adam_numpy(params["denoiser"]["w"], [g["denoiser"]["w"] for g in grads], 0.01),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize("modules,match", [
-    ({"decoder": {"name": "adam"}}, r"modules names \['decoder'\]"),
-    ({"denoiser": {"name": "adan"}}, r"optimizer\.modules\.denoiser\.name"),
-    ({"denoiser": {"modules": {"x": {}}}}, r"cannot split"),
-    ({"denoiser": 0.1}, r"modules\.denoiser=0\.1: expected an optimizer block"),
-])
+@pytest.mark.parametrize(
+    "modules,match",
+    [
+        ({"decoder": {"name": "adam"}}, r"modules names \['decoder'\]"),
+        ({"denoiser": {"name": "adan"}}, r"optimizer\.modules\.denoiser\.name"),
+        ({"denoiser": {"modules": {"x": {}}}}, r"cannot split"),
+        ({"denoiser": 0.1}, r"modules\.denoiser=0\.1: expected an optimizer block"),
+    ],
+)
 def test_bad_module_optimizers_are_refused_naming_the_key(modules, match):
     with pytest.raises(ValueError, match=match):
         tx, _ = optim.make(optim.default_block(name="sgd", lr=0.1, modules=modules), 10)

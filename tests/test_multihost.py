@@ -40,12 +40,20 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path_factory, tmp
     procs = []
     try:
         for pid in range(2):
-            procs.append(U.start(
-                U.cli_overrides(synth), wd, worker=True,
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=pid,
-                JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE_FLAGS}",
-                RSJAX_TEST_AUDIT=audit, RSJAX_DEBUG_STEP_SLEEP=0.5))
+            procs.append(
+                U.start(
+                    U.cli_overrides(synth),
+                    wd,
+                    worker=True,
+                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                    JAX_NUM_PROCESSES=2,
+                    JAX_PROCESS_ID=pid,
+                    JAX_PLATFORMS="cpu",
+                    XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE_FLAGS}",
+                    RSJAX_TEST_AUDIT=audit,
+                    RSJAX_DEBUG_STEP_SLEEP=0.5,
+                )
+            )
         U.wait_for_step(wd, 1, procs)
         procs[1].send_signal(U.SIGNALS["SIGTERM"])  # only one process is told
         results = [U.finish(p, timeout=300) for p in procs]
@@ -73,10 +81,10 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path_factory, tmp
     source = pipeline.open_source(cfg, "train")
     plan = pipeline.EpochPlan(pipeline.unit_scene_ids(source), 16, 0, cfg.scenes_per_batch, cfg.samples_per_scene)
     for p in range(2):
-        slices = [tuple(plan.batch(b)[8 * p:8 * (p + 1)].tolist()) for b in range(stop + 20)]
+        slices = [tuple(plan.batch(b)[8 * p : 8 * (p + 1)].tolist()) for b in range(stop + 20)]
         read = [tuple(json.loads(line)) for line in (audit / f"reads_{p}.jsonl").read_text().splitlines()]
-        assert set(slices[:stop]) <= set(read)          # every batch it trained on ...
-        assert all(r in slices for r in read), p        # ... and nothing but its own slices (read-ahead too)
+        assert set(slices[:stop]) <= set(read)  # every batch it trained on ...
+        assert all(r in slices for r in read), p  # ... and nothing but its own slices (read-ahead too)
     # Only process 0 writes metrics, events, config.json, pictures, TensorBoard.
     assert not (audit / "writes_1.txt").exists(), (audit / "writes_1.txt").read_text()
     written0 = set((audit / "writes_0.txt").read_text().split())

@@ -106,7 +106,7 @@ def test_fisher_ratio_matches_numpy_at_full_resolution():
     ref = _np_fisher(x.reshape(-1, 5), y.reshape(-1), 4)
     np.testing.assert_allclose(LY.fisher_ratio(n, s, q), ref, rtol=1e-4)
     # statistics add over batches
-    parts = [jax.device_get(LY.fisher_stats(x[i:i + 1].astype(np.float32), y[i:i + 1], 4)) for i in range(3)]
+    parts = [jax.device_get(LY.fisher_stats(x[i : i + 1].astype(np.float32), y[i : i + 1], 4)) for i in range(3)]
     summed = [sum(p[j] for p in parts) for j in range(3)]
     np.testing.assert_allclose(LY.fisher_ratio(*summed), ref, rtol=1e-4)
 
@@ -120,9 +120,14 @@ def test_fisher_pooled_labels_are_class_fractions():
 
 
 def test_weight_stats():
-    p0 = {"encoder": {"conv1": {"kernel": np.ones((2, 2))}, "layer1_0": {"conv1": {"kernel": np.ones((3, 3))}},
-                      "bn1": {"scale": np.ones(4)}},
-          "decoder": {"block0_conv1": {"conv": {"kernel": np.ones((2, 2))}}, "head": {"kernel": np.ones((2, 1))}}}
+    p0 = {
+        "encoder": {
+            "conv1": {"kernel": np.ones((2, 2))},
+            "layer1_0": {"conv1": {"kernel": np.ones((3, 3))}},
+            "bn1": {"scale": np.ones(4)},
+        },
+        "decoder": {"block0_conv1": {"conv": {"kernel": np.ones((2, 2))}}, "head": {"kernel": np.ones((2, 1))}},
+    }
     p1 = jax.tree.map(lambda a: a * 2.0 if a.ndim > 1 else a, p0)
     st = LY.weight_stats(p1, p0)
     assert set(st) == {"enc_stem", "enc_layer1", "dec_block0", "dec_head"}
@@ -142,9 +147,19 @@ def full_run(synth_dir, tmp_path_factory):
 
 def test_run_report_and_pictures(full_run):
     wd, report, c = full_run
-    for name in ("config.json", "predictions.png", "label_noise.png", "confusion_pretrain.png", "transfer_miou.png",
-                 "eval_report.json", "pretrain/metrics.jsonl", "pretrain/analysis.jsonl", "pretrain/loss_curve.png",
-                 "transfer_pretrained_unet/metrics.jsonl", "transfer_random_init_unet/metrics.jsonl"):
+    for name in (
+        "config.json",
+        "predictions.png",
+        "label_noise.png",
+        "confusion_pretrain.png",
+        "transfer_miou.png",
+        "eval_report.json",
+        "pretrain/metrics.jsonl",
+        "pretrain/analysis.jsonl",
+        "pretrain/loss_curve.png",
+        "transfer_pretrained_unet/metrics.jsonl",
+        "transfer_random_init_unet/metrics.jsonl",
+    ):
         assert (wd / name).exists(), name
     rep = json.loads((wd / "eval_report.json").read_text())
     assert rep["task"] == "noisy_label_pretraining"
@@ -194,8 +209,9 @@ def test_stop_and_rerun_equals_uninterrupted(full_run, synth_dir, tmp_path):
     assert split == full
     for phase in ("pretrain", "transfer_pretrained_unet"):
         key = lambda r: (r["step"], r.get("loss"), r.get("lr"))  # noqa: E731
-        assert list(map(key, _read(tmp_path / "split" / phase / "metrics.jsonl"))) == \
-            list(map(key, _read(wd_full / phase / "metrics.jsonl")))
+        assert list(map(key, _read(tmp_path / "split" / phase / "metrics.jsonl"))) == list(
+            map(key, _read(wd_full / phase / "metrics.jsonl"))
+        )
     assert _read(tmp_path / "split" / "pretrain" / "analysis.jsonl") == _read(wd_full / "pretrain" / "analysis.jsonl")
     a, _, _ = _load_encoder(wd_full / "pretrain")
     b, _, _ = _load_encoder(tmp_path / "split" / "pretrain")
@@ -213,12 +229,18 @@ def test_nonfinite_steps_are_refused(synth_dir, tmp_path, monkeypatch):
     assert [e["step"] for e in events] == [3, 4]
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("model.num_classes", 4, "config.model.num_classes"), ("model.in_channels", 3, "config.model.in_channels"),
-    ("noise.flip_mode", "pixels", "config.noise.flip_mode"), ("transfer.decoders", ("fpn",), "config.transfer.decoders"),
-    ("optimizer.name", "adamx", "config.optimizer.name"), ("transfer.optimizer.lr", -1.0, "config.transfer.optimizer.lr"),
-    ("transfer.freeze_encoder", True, "config.transfer.optimizer.freeze"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("model.num_classes", 4, "config.model.num_classes"),
+        ("model.in_channels", 3, "config.model.in_channels"),
+        ("noise.flip_mode", "pixels", "config.noise.flip_mode"),
+        ("transfer.decoders", ("fpn",), "config.transfer.decoders"),
+        ("optimizer.name", "adamx", "config.optimizer.name"),
+        ("transfer.optimizer.lr", -1.0, "config.transfer.optimizer.lr"),
+        ("transfer.freeze_encoder", True, "config.transfer.optimizer.freeze"),
+    ],
+)
 def test_bad_config_names_the_key(synth_dir, tmp_path, key, value, match):
     c = _smoke(synth_dir)
     node = c
@@ -263,8 +285,15 @@ def test_study_outputs(synth_dir, tmp_path):
     c.study.include_random_init = False
     summary = NLS.run(c, str(tmp_path / "study"))
     d = tmp_path / "study"
-    for name in ("study.json", "study.md", "study_miou.png", "study_layers.png", "eval_report.json",
-                 "clean/pretrain/analysis.jsonl", "noise_0.50/transfer_pspnet/metrics.jsonl"):
+    for name in (
+        "study.json",
+        "study.md",
+        "study_miou.png",
+        "study_layers.png",
+        "eval_report.json",
+        "clean/pretrain/analysis.jsonl",
+        "noise_0.50/transfer_pspnet/metrics.jsonl",
+    ):
         assert (d / name).exists(), name
     assert [r["arm"] for r in summary["table"]] == ["clean", "noise_0.50"]
     clean, noisy = summary["table"]

@@ -26,8 +26,20 @@ NOTEBOOKS = sorted(p.name for p in COLAB.glob("*.ipynb"))
 KERNEL = "python3"
 CELL_TIMEOUT_S = 300
 # What a notebook may import: rsjax, the standard library, and what rsjax itself is built on.
-ALLOWED_IMPORTS = {"rsjax", "jax", "numpy", "google", "importlib", "os", "sys", "json", "pathlib", "glob", "shutil",
-                   "subprocess"}
+ALLOWED_IMPORTS = {
+    "rsjax",
+    "jax",
+    "numpy",
+    "google",
+    "importlib",
+    "os",
+    "sys",
+    "json",
+    "pathlib",
+    "glob",
+    "shutil",
+    "subprocess",
+}
 
 
 def _kernel_name() -> str:
@@ -67,9 +79,13 @@ def _run_notebook(name: str, nb_env: dict, **extra_env) -> nbformat.NotebookNode
     cwd = nb_env["root"] / f"cwd_{pathlib.Path(name).stem}"
     cwd.mkdir()
     env = {**nb_env["env"], **{k: str(v) for k, v in extra_env.items()}}
-    client = nbclient.NotebookClient(nb, kernel_name=_kernel_name(), timeout=CELL_TIMEOUT_S,
-                                     startup_timeout=120,
-                                     resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name=_kernel_name(),
+        timeout=CELL_TIMEOUT_S,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(cwd)}},
+    )
     try:
         client.execute(env=env, cwd=str(cwd))
     finally:  # the executed notebook, outputs included, for a look after a failure
@@ -129,8 +145,9 @@ def test_01_quickstart(nb_env):
 
 def test_02_tpu_pretraining(nb_env):
     wd = nb_env["root"] / "tpu_smoke"
-    nb = _run_notebook("02_tpu_pretraining.ipynb", nb_env, RSJAX_NOTEBOOK_WORKDIR=wd,
-                       RSJAX_NOTEBOOK_ALLOW_BACKEND="cpu")  # the explicit override of the TPU check
+    nb = _run_notebook(
+        "02_tpu_pretraining.ipynb", nb_env, RSJAX_NOTEBOOK_WORKDIR=wd, RSJAX_NOTEBOOK_ALLOW_BACKEND="cpu"
+    )  # the explicit override of the TPU check
     text = _text(nb)
     assert "backend cpu: ok" in text
     assert "8 devices" in text
@@ -153,8 +170,8 @@ def test_03_export_to_pytorch(nb_env):
     assert sorted(p.name for p in out.iterdir()) == ["encoder.pt", "encoder.pt.json", "encoder.safetensors"]
 
 
-
 # ------------------------------------------------------------------ install cell, backend check
+
 
 def _install_cell(name: str) -> str:
     nb = nbformat.read(COLAB / name, as_version=4)
@@ -176,8 +193,13 @@ def _exec_install_cell(name, monkeypatch, tmp_path, *, source="", which=None, ac
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "rsjax" else real_find_spec(n, *a))
     monkeypatch.setattr(subprocess, "check_call", lambda args, **kw: calls.append(list(args)))
     monkeypatch.setattr(shutil, "which", lambda cmd: which if cmd == "nvidia-smi" else None)
-    monkeypatch.setattr(glob, "glob", lambda pat, **kw: ["/dev/accel0"] if accel and "accel" in pat else
-                        ([] if pat.startswith("/dev/") else real_glob(pat, **kw)))
+    monkeypatch.setattr(
+        glob,
+        "glob",
+        lambda pat, **kw: (
+            ["/dev/accel0"] if accel and "accel" in pat else ([] if pat.startswith("/dev/") else real_glob(pat, **kw))
+        ),
+    )
     monkeypatch.delenv("RSJAX_SOURCE", raising=False)
     monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -203,8 +225,13 @@ def test_install_cell_needs_no_placeholder(name, monkeypatch, tmp_path):
     calls = _exec_install_cell(name, monkeypatch, tmp_path / "clone" / "colab", accel=True)
     assert calls and calls[0][-3:] == ["-e", f"{tmp_path / 'clone'}[{extras}]", "jax[tpu]"]
     # A wheel on a GPU runtime; a git URL on a CPU runtime (no accelerator extra).
-    calls = _exec_install_cell(name, monkeypatch, tmp_path / "empty", source="/content/rsjax-0.1.0-py3-none-any.whl",
-                               which="/usr/bin/nvidia-smi")
+    calls = _exec_install_cell(
+        name,
+        monkeypatch,
+        tmp_path / "empty",
+        source="/content/rsjax-0.1.0-py3-none-any.whl",
+        which="/usr/bin/nvidia-smi",
+    )
     assert calls[0][-2:] == [f"/content/rsjax-0.1.0-py3-none-any.whl[{extras}]", "jax[cuda12]"]
     calls = _exec_install_cell(name, monkeypatch, tmp_path / "empty", source="https://example.org/me/rsjax.git")
     assert calls[0][-1] == f"rsjax[{extras}] @ git+https://example.org/me/rsjax.git"

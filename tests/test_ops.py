@@ -56,10 +56,12 @@ def assert_same_distribution(a, b, what=""):
     assert d < crit, f"{what}: KS distance {d:.3f} >= {crit:.3f} (host vs device differ in distribution)"
     se = math.sqrt(a.var() / n + b.var() / m) + 1e-12
     assert abs(a.mean() - b.mean()) < 5 * se, f"{what}: means {a.mean():.4f} vs {b.mean():.4f} (se {se:.4f})"
+
     # variance: standard error of the sample variance sqrt((m4 - var^2) / n) per sample
     def var_se2(x):
         c = x - x.mean()
-        return max(float((c ** 4).mean() - x.var() ** 2), 0.0) / len(x)
+        return max(float((c**4).mean() - x.var() ** 2), 0.0) / len(x)
+
     se_v = math.sqrt(var_se2(a) + var_se2(b)) + 1e-12
     assert abs(a.var() - b.var()) < 5 * se_v, f"{what}: variances {a.var():.5f} vs {b.var():.5f} (se {se_v:.5f})"
 
@@ -72,9 +74,11 @@ def assert_rate(hits, p, what=""):
 
 # ------------------------------------------------------------------------------ parsing
 
+
 def test_parse_names_args_and_defaults():
-    calls = ops.parse("rrc(0.3, 0.9)| flip_rot |jitter(0.5, p=0.7, saturation=0.2)|gray(0.1)|"
-                      "blur(0.4, sigma=(0.2, 0.8))||")
+    calls = ops.parse(
+        "rrc(0.3, 0.9)| flip_rot |jitter(0.5, p=0.7, saturation=0.2)|gray(0.1)|blur(0.4, sigma=(0.2, 0.8))||"
+    )
     assert [c.name for c in calls] == ["rrc", "flip_rot", "jitter", "gray", "blur"]
     assert calls[0].kwargs == {"scale": (0.3, 0.9), "ratio": (3 / 4, 4 / 3), "size": None}
     assert calls[2].kwargs == {"strength": 0.5, "p": 0.7, "band": 0.0, "saturation": 0.2}
@@ -83,28 +87,34 @@ def test_parse_names_args_and_defaults():
     assert ops.parse(ops.DEFAULT_AUGMENT)[3].kwargs == {"p": 0.5, "sigma": (0.1, 1.0)}
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("rrc(0.2, 1.0)|hue(0.1)", r"config\.data\.augment: unknown op 'hue'.*known ops: .*rrc"),
-    ("rrc(0.2, 1.0", r"config\.data\.augment: cannot parse op"),
-    ("rrc(x)", r"arguments must be Python literals"),
-    ("rrc(0.5, 0.2)", r"op 'rrc\(0\.5, 0\.2\)'.*need 0 < min <= max"),
-    ("rrc(0.2, 1.5)", r"scale_max=1\.5 must be <= 1"),
-    ("jitter(p=1.2)", r"op 'jitter\(p=1\.2\)': p=1\.2 must be in \[0, 1\]"),
-    ("jitter(band=1.0)", r"band=1\.0 must be in \[0, 1\)"),
-    ("gray(0.1, 0.2)", r"op 'gray\(0\.1, 0\.2\)'.*too many positional"),
-    ("blur(sigma=(0.0, 1.0))", r"sigma=.*need 0 < min <= max"),
-    ("flip_rot(1)", r"op 'flip_rot\(1\)'"),
-    ("1 + 2", r"is not an op"),
-    (3, r"must be an op string"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("rrc(0.2, 1.0)|hue(0.1)", r"config\.data\.augment: unknown op 'hue'.*known ops: .*rrc"),
+        ("rrc(0.2, 1.0", r"config\.data\.augment: cannot parse op"),
+        ("rrc(x)", r"arguments must be Python literals"),
+        ("rrc(0.5, 0.2)", r"op 'rrc\(0\.5, 0\.2\)'.*need 0 < min <= max"),
+        ("rrc(0.2, 1.5)", r"scale_max=1\.5 must be <= 1"),
+        ("jitter(p=1.2)", r"op 'jitter\(p=1\.2\)': p=1\.2 must be in \[0, 1\]"),
+        ("jitter(band=1.0)", r"band=1\.0 must be in \[0, 1\)"),
+        ("gray(0.1, 0.2)", r"op 'gray\(0\.1, 0\.2\)'.*too many positional"),
+        ("blur(sigma=(0.0, 1.0))", r"sigma=.*need 0 < min <= max"),
+        ("flip_rot(1)", r"op 'flip_rot\(1\)'"),
+        ("1 + 2", r"is not an op"),
+        (3, r"must be an op string"),
+    ],
+)
 def test_parse_errors_name_the_key_and_the_op(spec, match):
     with pytest.raises(ConfigError, match=match):
         ops.parse(spec)
 
 
 def test_an_op_the_backend_lacks_is_refused_naming_the_backends():
-    with pytest.raises(ConfigError, match=r"config\.data\.augment: op 'crop_flip' has no jax implementation "
-                                          r"\(backends that have it: numpy\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.data\.augment: op 'crop_flip' has no jax implementation "
+        r"\(backends that have it: numpy\)",
+    ):
         ops.build("rrc(0.2, 1.0)|crop_flip(8)", "jax")
     ops.build("rrc(0.2, 1.0)|crop_flip(8)", "numpy")  # the host has it
     with pytest.raises(ConfigError, match=r"config\.eval\.pp"):
@@ -119,13 +129,26 @@ def test_a_view_recipe_starts_with_a_sizing_op():
 
 def test_legacy_keys_fold_into_one_recipe():
     assert ops.spec_from_legacy({}) == "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8)|blur(0.5, sigma=(0.1, 1.0))"
-    got = ops.spec_from_legacy(dict(crop_scale_min=0.4, flip_rot=False, jitter_strength=0.5, jitter_prob=0.7,
-                                    band_jitter=0.1, saturation=0.3, gray_prob=0.2, blur_prob=0.0))
+    got = ops.spec_from_legacy(
+        dict(
+            crop_scale_min=0.4,
+            flip_rot=False,
+            jitter_strength=0.5,
+            jitter_prob=0.7,
+            band_jitter=0.1,
+            saturation=0.3,
+            gray_prob=0.2,
+            blur_prob=0.0,
+        )
+    )
     assert got == "rrc(0.4, 1.0)|jitter(0.5, p=0.7, band=0.1, saturation=0.3)|gray(0.2)"
     assert ops.augment_spec({"augment": "resize|flip_rot"}) == "resize|flip_rot"
     assert ops.augment_spec({"crop_scale_min": 0.14}).startswith("rrc(0.14, 1.0)|flip_rot|")
-    with pytest.raises(ConfigError, match=r"config\.data\.augment='resize' and the former augmentation "
-                                          r"key\(s\) data\.gray_prob"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.data\.augment='resize' and the former augmentation "
+        r"key\(s\) data\.gray_prob",
+    ):
         ops.augment_spec({"augment": "resize", "gray_prob": 0.2})
     with pytest.raises(ConfigError, match=r"config\.data\.gray_prob=1\.5: the former augmentation keys"):
         ops.augment_spec({"gray_prob": 1.5})
@@ -142,12 +165,12 @@ def test_default_recipe_draws_exactly_the_former_host_views():
         v = augment.random_flip_rot90(v, r)
         v = augment.photometric_jitter(v, r, 0.4, 0.8, 0.0, 0.0, 0.0)
         v = augment.gaussian_blur(v, r, (0.1, 1.0), 0.5)
-        got = ops.build(ops.DEFAULT_AUGMENT, "numpy").image(img, np.random.default_rng(seed),
-                                                             ops.Context(out_size=12))
+        got = ops.build(ops.DEFAULT_AUGMENT, "numpy").image(img, np.random.default_rng(seed), ops.Context(out_size=12))
         np.testing.assert_array_equal(got, v)
 
 
 # ------------------------------------------------------------- per-op backend parity
+
 
 def _ramp(h=16, w=16):
     """Band 0 = row centre, band 1 = column centre: a view's values tell where it came from."""
@@ -160,9 +183,12 @@ def test_rrc_same_distribution():
     spec = "rrc(0.1, 0.9, ratio=(0.5, 2.0))"
     h, d = _host(spec, img, size=8), _device(spec, img, size=8)
     assert h.shape == d.shape == (N, 8, 8, 2)
-    for name, f in [("centre y", lambda v: v[..., 0].mean((1, 2))), ("centre x", lambda v: v[..., 1].mean((1, 2))),
-                    ("height", lambda v: np.ptp(v[..., 0], axis=(1, 2))),
-                    ("width", lambda v: np.ptp(v[..., 1], axis=(1, 2)))]:
+    for name, f in [
+        ("centre y", lambda v: v[..., 0].mean((1, 2))),
+        ("centre x", lambda v: v[..., 1].mean((1, 2))),
+        ("height", lambda v: np.ptp(v[..., 0], axis=(1, 2))),
+        ("width", lambda v: np.ptp(v[..., 1], axis=(1, 2))),
+    ]:
         assert_same_distribution(f(h), f(d), f"rrc {name}")
     # the area fraction stays inside the requested range (up to the 8 px sampling of the box)
     area = (np.ptp(h[..., 0], axis=(1, 2)) * 8 / 7) * (np.ptp(h[..., 1], axis=(1, 2)) * 8 / 7) / 256
@@ -203,8 +229,9 @@ def test_flip_rot_moves_image_and_mask_alike():
     for s in range(10):
         out = pipe({"image": img, "mask": mask}, np.random.default_rng(s))
         np.testing.assert_array_equal(out["image"][..., 0], out["mask"])
-    d = ops.build("flip_rot", "jax")({"image": np.broadcast_to(img, (10, 4, 4, 1)),
-                                      "mask": np.broadcast_to(mask, (10, 4, 4))}, jax.random.PRNGKey(0))
+    d = ops.build("flip_rot", "jax")(
+        {"image": np.broadcast_to(img, (10, 4, 4, 1)), "mask": np.broadcast_to(mask, (10, 4, 4))}, jax.random.PRNGKey(0)
+    )
     np.testing.assert_array_equal(np.asarray(d["image"])[..., 0], np.asarray(d["mask"]))
 
 
@@ -251,7 +278,7 @@ def test_blur_same_distribution():
     assert_rate(blurred_d, 0.7, "device blur rate")
     assert_same_distribution(h[blurred_h, 4, 4, 0], d[blurred_d, 4, 4, 0], "blur centre value")
     # sigma = 0.3 .. 1.5: the centre of a 2-D Gaussian of the delta is ~1 / (2 pi sigma^2) (bounded)
-    assert h[blurred_h, 4, 4, 0].min() > 1 / (2 * np.pi * 1.5 ** 2) * 0.9
+    assert h[blurred_h, 4, 4, 0].min() > 1 / (2 * np.pi * 1.5**2) * 0.9
 
 
 def test_normalize_identical_to_the_registry():
@@ -271,12 +298,16 @@ def test_a_whole_recipe_same_distribution():
     img = rng.uniform(0.1, 1.0, (16, 16, 3)).astype(np.float32)
     spec = "rrc(0.2, 1.0)|flip_rot|jitter(0.4, p=0.8, band=0.1, saturation=0.4)|gray(0.2)|blur(0.5)"
     h, d = _host(spec, img, n=1000, size=8), _device(spec, img, n=1000, size=8)
-    for name, f in [("mean", lambda v: v.mean((1, 2, 3))), ("std", lambda v: v.std((1, 2, 3))),
-                    ("band spread", lambda v: np.ptp(v.mean((1, 2)), axis=-1))]:
+    for name, f in [
+        ("mean", lambda v: v.mean((1, 2, 3))),
+        ("std", lambda v: v.std((1, 2, 3))),
+        ("band spread", lambda v: np.ptp(v.mean((1, 2)), axis=-1)),
+    ]:
         assert_same_distribution(f(h), f(d), f"recipe {name}")
 
 
 # -------------------------------------------------------------------- dense / eval ops
+
 
 def test_dense_ops_against_hand_computed_values():
     mask = np.array([[0, 1, 2], [255, 3, 1]], np.uint8)
@@ -284,8 +315,7 @@ def test_dense_ops_against_hand_computed_values():
     np.testing.assert_array_equal(ops.apply("ignore(255)", {"mask": mask})["mask"], [[0, 1, 2], [-1, 3, 1]])
     np.testing.assert_array_equal(ops.apply("ignore", {"mask": mask})["mask"], mask.astype(np.int32))
     labels = np.array([[-1, 0, 1], [2, 0, -1]], np.int32)
-    np.testing.assert_array_equal(ops.apply("remap((1, -1, 0))", {"mask": labels})["mask"],
-                                  [[-1, 1, -1], [0, 1, -1]])
+    np.testing.assert_array_equal(ops.apply("remap((1, -1, 0))", {"mask": labels})["mask"], [[-1, 1, -1], [0, 1, -1]])
     with pytest.raises(Exception, match="outside"):
         ops.apply("remap((1, 0))", {"mask": labels})
     masks = np.array([[[0, 2], [2, 2]], [[1, 1], [1, 1]]])
@@ -297,8 +327,7 @@ def test_crop_flip_same_window_for_every_spatial_array():
     mask = np.arange(36).reshape(6, 6)
     seen = set()
     for s in range(40):
-        out = ops.apply("crop_flip(4)", {"image": img, "mask": mask, "label": np.int32(3)},
-                        np.random.default_rng(s))
+        out = ops.apply("crop_flip(4)", {"image": img, "mask": mask, "label": np.int32(3)}, np.random.default_rng(s))
         assert out["image"].shape == (4, 4, 1) and out["mask"].shape == (4, 4) and out["label"] == 3
         np.testing.assert_array_equal(out["image"][..., 0], out["mask"])
         seen.add(int(out["mask"].min()))

@@ -30,12 +30,22 @@ def _run(tx, params, grads, state=None):
 
 
 def _params(rng):
-    return {"encoder": {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
-                                 "bias": rng.normal(size=(4,)).astype(np.float32)},
-                        "bn1": {"scale": (1 + 0.1 * rng.normal(size=(4,))).astype(np.float32),
-                                "bias": rng.normal(size=(4,)).astype(np.float32)}},
-            "head": {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
-                     "bias": rng.normal(size=(3,)).astype(np.float32)}}
+    return {
+        "encoder": {
+            "conv": {
+                "kernel": rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
+                "bias": rng.normal(size=(4,)).astype(np.float32),
+            },
+            "bn1": {
+                "scale": (1 + 0.1 * rng.normal(size=(4,))).astype(np.float32),
+                "bias": rng.normal(size=(4,)).astype(np.float32),
+            },
+        },
+        "head": {
+            "kernel": rng.normal(size=(4, 3)).astype(np.float32),
+            "bias": rng.normal(size=(3,)).astype(np.float32),
+        },
+    }
 
 
 def _grads(rng, params, n=3, scale=1.0):
@@ -43,8 +53,10 @@ def _grads(rng, params, n=3, scale=1.0):
 
 
 def _flat(tree):
-    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+        for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -58,8 +70,11 @@ def test_cosine_schedule_formula():
     lr, w, t, f, lr0 = 0.1, 3, 13, 0.1, 0.02
     blk = optim.default_block(lr=lr, warmup_steps=w, final_lr_fraction=f, warmup_start_lr=lr0)
     steps = np.arange(0, t + 3)
-    want = np.where(steps < w, lr0 + (lr - lr0) * steps / w,
-                    lr * f + (lr - lr * f) * (1 + np.cos(np.pi * np.clip(steps - w, 0, t - w) / (t - w))) / 2)
+    want = np.where(
+        steps < w,
+        lr0 + (lr - lr0) * steps / w,
+        lr * f + (lr - lr * f) * (1 + np.cos(np.pi * np.clip(steps - w, 0, t - w) / (t - w))) / 2,
+    )
     np.testing.assert_allclose(_eval(optim.schedule(blk, t), steps), want, rtol=1e-6, atol=1e-9)
     # by hand: half-way through the decay (s = 8) the value is (lr + lr f) / 2 = 0.055; the end 0.01
     np.testing.assert_allclose(_eval(optim.schedule(blk, t), [8, 13, 20]), [0.055, 0.01, 0.01], rtol=1e-6)
@@ -76,22 +91,24 @@ def test_poly_schedule_formula():
     np.testing.assert_allclose(_eval(optim.schedule(blk, t), steps), want, rtol=1e-6, atol=1e-10)
     # by hand, no warm-up, power 1, f 0: lr (1 - s / T)
     blk = optim.default_block(lr=1.0, schedule="poly", poly_power=1.0)
-    np.testing.assert_allclose(_eval(optim.schedule(blk, 4), [0, 1, 2, 3, 4, 9]), [1, 0.75, 0.5, 0.25, 0, 0],
-                               atol=1e-7)
+    np.testing.assert_allclose(_eval(optim.schedule(blk, 4), [0, 1, 2, 3, 4, 9]), [1, 0.75, 0.5, 0.25, 0, 0], atol=1e-7)
 
 
 def test_constant_schedule_formula():
-    np.testing.assert_allclose(_eval(optim.schedule(optim.default_block(lr=0.2, schedule="constant"), 5),
-                                     range(8)), [0.2] * 8, rtol=1e-7)
+    np.testing.assert_allclose(
+        _eval(optim.schedule(optim.default_block(lr=0.2, schedule="constant"), 5), range(8)), [0.2] * 8, rtol=1e-7
+    )
     blk = optim.default_block(lr=0.2, schedule="constant", warmup_steps=4)
-    np.testing.assert_allclose(_eval(optim.schedule(blk, 10), range(7)), [0, 0.05, 0.1, 0.15, 0.2, 0.2, 0.2],
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        _eval(optim.schedule(blk, 10), range(7)), [0, 0.05, 0.1, 0.15, 0.2, 0.2, 0.2], rtol=1e-6, atol=1e-9
+    )
 
 
 def test_cosine_restarts_warmup_start():
     # W = 4 from 0.2 to 1.0, then 2 cycles of 5 steps (peak 1, then 0.5), ending at 0
-    blk = optim.default_block(lr=1.0, schedule="cosine_restarts", warmup_steps=4, warmup_start_lr=0.2,
-                              num_cycles=2, cycle_decay=0.5)
+    blk = optim.default_block(
+        lr=1.0, schedule="cosine_restarts", warmup_steps=4, warmup_start_lr=0.2, num_cycles=2, cycle_decay=0.5
+    )
     s = optim.schedule(blk, 14)
     steps = np.arange(15)
     k = np.clip(np.floor((steps - 4) / 5), 0, 1)
@@ -175,13 +192,21 @@ def test_lars_masks_match_numpy(decay_bias, trust_all):
     rng = np.random.default_rng(2)
     params, lr, wd, tc, eps = _params(rng), 0.5, 0.01, 0.001, 1e-8
     grads = _grads(rng, params)
-    blk = optim.default_block(name="lars", lr=lr, weight_decay=wd, schedule="constant", trust_coefficient=tc,
-                              lars_eps=eps, decay_bias=decay_bias, trust_ratio_all=trust_all)
+    blk = optim.default_block(
+        name="lars",
+        lr=lr,
+        weight_decay=wd,
+        schedule="constant",
+        trust_coefficient=tc,
+        lars_eps=eps,
+        decay_bias=decay_bias,
+        trust_ratio_all=trust_all,
+    )
     got = _flat(_run(optim.make(blk, 10)[0], params, grads)[0])
     for name, p in _flat(params).items():
         in_bn = "bn1" in name
-        decay = (not in_bn) if decay_bias else p.ndim > 1       # VISSL regularize_bias, BN never decayed
-        trust = True if trust_all else p.ndim > 1                # apex LARC adapts every parameter
+        decay = (not in_bn) if decay_bias else p.ndim > 1  # VISSL regularize_bias, BN never decayed
+        trust = True if trust_all else p.ndim > 1  # apex LARC adapts every parameter
         want = _lars_numpy(p, [_flat(g)[name] for g in grads], lr, wd, 0.9, tc, eps, decay, trust)
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
 
@@ -213,12 +238,19 @@ def test_grad_clip_clips_the_global_norm():
 def test_frozen_patterns():
     params = _params(np.random.default_rng(5))
     f = lambda pat: _flat(optim.frozen(params, optim.default_block(freeze=pat)))  # noqa: E731
-    assert {k for k, v in f("encoder/*").items() if v} == {"encoder/conv/kernel", "encoder/conv/bias",
-                                                           "encoder/bn1/scale", "encoder/bn1/bias"}
+    assert {k for k, v in f("encoder/*").items() if v} == {
+        "encoder/conv/kernel",
+        "encoder/conv/bias",
+        "encoder/bn1/scale",
+        "encoder/bn1/bias",
+    }
     assert f("encoder") == f("encoder/*") == f("enc*")
     assert {k for k, v in f("*/bias").items() if v} == {"encoder/conv/bias", "encoder/bn1/bias", "head/bias"}
-    assert {k for k, v in f("head/kernel, encoder/bn1").items() if v} == {"head/kernel", "encoder/bn1/scale",
-                                                                          "encoder/bn1/bias"}
+    assert {k for k, v in f("head/kernel, encoder/bn1").items() if v} == {
+        "head/kernel",
+        "encoder/bn1/scale",
+        "encoder/bn1/bias",
+    }
     assert not any(f("").values())
 
 
@@ -242,7 +274,7 @@ def test_frozen_leaves_stay_bit_identical(name):
     got, before = _flat(got), _flat(params)
     for name_, p in before.items():
         if name_.startswith("encoder/"):
-            assert np.array_equal(got[name_], p), name_            # no update, no weight decay
+            assert np.array_equal(got[name_], p), name_  # no update, no weight decay
         else:
             assert not np.allclose(got[name_], p), name_
 
@@ -255,8 +287,9 @@ def test_freeze_does_not_touch_the_trained_leaves():
     grads = _grads(rng, params, n=3, scale=0.01)
     for g in grads:
         g["encoder"] = jax.tree.map(lambda x: x * 1e4, g["encoder"])
-    blk = optim.default_block(name="sgd", lr=0.1, weight_decay=0.01, schedule="constant", freeze="encoder",
-                              grad_clip=1.0)
+    blk = optim.default_block(
+        name="sgd", lr=0.1, weight_decay=0.01, schedule="constant", freeze="encoder", grad_clip=1.0
+    )
     got = _flat(_run(optim.make(blk, 10)[0], params, grads)[0])
     for name, p in _flat(params).items():
         if name.startswith("head/"):
@@ -326,33 +359,36 @@ def test_plateau_get_without_plateau_is_a_clear_error():
 # --------------------------------------------------------------------------------------
 # validate() and default_block()
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides,key", [
-    (dict(name="adagrad"), "name"),
-    (dict(schedule="step"), "schedule"),
-    (dict(lr=0.0), "lr"),
-    (dict(lr=-1e-3), "lr"),
-    (dict(lr=float("nan")), "lr"),
-    (dict(lr="fast"), "lr"),
-    (dict(weight_decay=-1e-4), "weight_decay"),
-    (dict(momentum=1.0), "momentum"),
-    (dict(b2=1.5), "b2"),
-    (dict(warmup_steps=-1), "warmup_steps"),
-    (dict(warmup_steps=2.5), "warmup_steps"),
-    (dict(grad_clip=-1.0), "grad_clip"),
-    (dict(num_cycles=0), "num_cycles"),
-    (dict(restart_interval=0.0), "restart_interval"),
-    (dict(wave="square"), "wave"),
-    (dict(poly_power=0.0), "poly_power"),
-    (dict(nesterov="yes"), "nesterov"),
-    (dict(module_lr_scale="denoiser:0.1"), "module_lr_scale"),
-    (dict(module_lr_scale="denoiser=-1"), "module_lr_scale"),
-    (dict(plateau=dict(factor=1.0)), "plateau.factor"),
-    (dict(plateau=dict(mode="up")), "plateau.mode"),
-    (dict(plateau=dict(threshold_mode="pct")), "plateau.threshold_mode"),
-    (dict(plateau=dict(patience=-1)), "plateau.patience"),
-    (dict(plateau=dict(val_fraction=1.0)), "plateau.val_fraction"),
-    (dict(name="lars", plateau=dict(enabled=True)), "plateau.enabled"),
-])
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (dict(name="adagrad"), "name"),
+        (dict(schedule="step"), "schedule"),
+        (dict(lr=0.0), "lr"),
+        (dict(lr=-1e-3), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(lr="fast"), "lr"),
+        (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(b2=1.5), "b2"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(warmup_steps=2.5), "warmup_steps"),
+        (dict(grad_clip=-1.0), "grad_clip"),
+        (dict(num_cycles=0), "num_cycles"),
+        (dict(restart_interval=0.0), "restart_interval"),
+        (dict(wave="square"), "wave"),
+        (dict(poly_power=0.0), "poly_power"),
+        (dict(nesterov="yes"), "nesterov"),
+        (dict(module_lr_scale="denoiser:0.1"), "module_lr_scale"),
+        (dict(module_lr_scale="denoiser=-1"), "module_lr_scale"),
+        (dict(plateau=dict(factor=1.0)), "plateau.factor"),
+        (dict(plateau=dict(mode="up")), "plateau.mode"),
+        (dict(plateau=dict(threshold_mode="pct")), "plateau.threshold_mode"),
+        (dict(plateau=dict(patience=-1)), "plateau.patience"),
+        (dict(plateau=dict(val_fraction=1.0)), "plateau.val_fraction"),
+        (dict(name="lars", plateau=dict(enabled=True)), "plateau.enabled"),
+    ],
+)
 def test_validate_names_the_key(overrides, key):
     blk = optim.default_block().to_dict()  # a plain dict: also the wrong types ConfigDict would refuse
     for k, v in overrides.items():

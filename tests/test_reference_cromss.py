@@ -119,12 +119,16 @@ def test_ce_dice_batch_matches_cromss(ignore_index, dice_weight):
     dice = smp_dice_loss(nchw, labels, "multiclass", ignore_index)
     np.testing.assert_allclose(got, ce + dice_weight * dice, rtol=1e-5, atol=1e-6)
     # second reference for the CE part: torch itself (ignore_index=-100 means "none" in torch)
-    ce_t = torch.nn.functional.cross_entropy(torch.from_numpy(nchw).double(), torch.from_numpy(labels).long(),
-                                             ignore_index=-100 if ignore_index is None else ignore_index)
+    ce_t = torch.nn.functional.cross_entropy(
+        torch.from_numpy(nchw).double(),
+        torch.from_numpy(labels).long(),
+        ignore_index=-100 if ignore_index is None else ignore_index,
+    )
     np.testing.assert_allclose(ce, ce_t.item(), rtol=1e-12)
     # under jit too
-    f = jax.jit(lambda lg: losses.ce_dice(lg, labels, ignore_index=ignore_index, dice_weight=dice_weight,
-                                          reduction="batch"))
+    f = jax.jit(
+        lambda lg: losses.ce_dice(lg, labels, ignore_index=ignore_index, dice_weight=dice_weight, reduction="batch")
+    )
     np.testing.assert_allclose(f(logits), got, rtol=1e-6, atol=1e-7)
 
 
@@ -157,10 +161,14 @@ def test_ce_dice_gradients_match_between_forms_on_one_example():
     p = np.exp(_log_softmax(logits.astype(np.float64), axis=-1))
     inter, card = (p * y).sum((0, 1, 2)), p.sum((0, 1, 2)) + y.sum((0, 1, 2))
     ce = torch_ce_mean(logits.transpose(0, 3, 1, 2), labels)
-    np.testing.assert_allclose(losses.ce_dice(logits, labels, reduction="batch"),
-                               ce + np.mean(1 - 2 * inter / card), rtol=1e-5)
-    np.testing.assert_allclose(losses.ce_dice(logits, labels, reduction="example")[0],
-                               ce + np.mean(1 - (2 * inter + 1) / (card + 1)), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.ce_dice(logits, labels, reduction="batch"), ce + np.mean(1 - 2 * inter / card), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        losses.ce_dice(logits, labels, reduction="example")[0],
+        ce + np.mean(1 - (2 * inter + 1) / (card + 1)),
+        rtol=1e-5,
+    )
 
 
 def test_issue_example_dice_terms():
@@ -195,8 +203,9 @@ def test_issue_example_dice_terms():
     np.testing.assert_allclose(batch_dice, 0.1, atol=2e-5)
     np.testing.assert_allclose(ex_dice, (one + two) / 2, atol=2e-5)
     assert round(batch_dice, 3) == 0.100 and round(ex_dice, 3) == 0.730
-    np.testing.assert_allclose(batch_dice, smp_dice_loss(logits.transpose(0, 3, 1, 2), labels, "multiclass"),
-                               atol=2e-5)  # the float32 CE mean's rounding, as above
+    np.testing.assert_allclose(
+        batch_dice, smp_dice_loss(logits.transpose(0, 3, 1, 2), labels, "multiclass"), atol=2e-5
+    )  # the float32 CE mean's rounding, as above
 
 
 def test_ce_dice_bad_reduction_names_the_key():
@@ -221,13 +230,15 @@ def test_bce_dice_batch_matches_reference(ignore_index):
     dice = smp_dice_loss(logits[:, None], labels, "binary", ignore_index)
     np.testing.assert_allclose(got, bce + 0.7 * dice, rtol=1e-5, atol=1e-6)
     if ignore_index is None:  # torch's BCEWithLogitsLoss() (mean) itself
-        bce_t = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits).double(),
-                                                                     torch.from_numpy(labels).double())
+        bce_t = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(logits).double(), torch.from_numpy(labels).double()
+        )
         np.testing.assert_allclose(bce, bce_t.item(), rtol=1e-12)
         # pos_weight: torch's BCEWithLogitsLoss(pos_weight=w), the change pixels' term times w
         w = 4.0
         bce_w = torch.nn.functional.binary_cross_entropy_with_logits(
-            torch.from_numpy(logits).double(), torch.from_numpy(labels).double(), pos_weight=torch.tensor(w).double())
+            torch.from_numpy(logits).double(), torch.from_numpy(labels).double(), pos_weight=torch.tensor(w).double()
+        )
         got_w = losses.bce_dice(logits, labels, dice_weight=0.0, reduction="batch", pos_weight=w)
         np.testing.assert_allclose(got_w, bce_w.item(), rtol=1e-5)
 
@@ -244,8 +255,13 @@ def test_bce_dice_batch_without_change_has_no_dice_term():
 # --- ReduceLROnPlateau -----------------------------------------------------------------
 def _run_rule(metrics, **kw):
     base_lr = kw.pop("base_lr", 1.0)
-    st = {"scale": 1.0, "best": -math.inf if kw.get("mode", "max") == "max" else math.inf, "num_bad": 0,
-          "cooldown_counter": 0, "num_evals": 0}
+    st = {
+        "scale": 1.0,
+        "best": -math.inf if kw.get("mode", "max") == "max" else math.inf,
+        "num_bad": 0,
+        "cooldown_counter": 0,
+        "num_evals": 0,
+    }
     lrs = []
     for m in metrics:
         st = optim.plateau_update(st, m, base_lr=base_lr, **kw)
@@ -275,13 +291,16 @@ def test_plateau_hand_computed_sequence():
     assert _run_torch(metrics, mode="max", patience=2, factor=0.5) == want
 
 
-@pytest.mark.parametrize("kw", [
-    dict(mode="max", patience=30, factor=0.5),  # CromSS
-    dict(mode="max", patience=3, factor=0.5, cooldown=2),
-    dict(mode="max", patience=1, factor=0.1, threshold=0.05, threshold_mode="abs", min_lr=0.003),
-    dict(mode="min", patience=2, factor=0.5, threshold=1e-3),
-    dict(mode="min", patience=0, factor=0.7, threshold_mode="abs", cooldown=1),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(mode="max", patience=30, factor=0.5),  # CromSS
+        dict(mode="max", patience=3, factor=0.5, cooldown=2),
+        dict(mode="max", patience=1, factor=0.1, threshold=0.05, threshold_mode="abs", min_lr=0.003),
+        dict(mode="min", patience=2, factor=0.5, threshold=1e-3),
+        dict(mode="min", patience=0, factor=0.7, threshold_mode="abs", cooldown=1),
+    ],
+)
 def test_plateau_matches_torch(kw):
     rng = np.random.default_rng(7)
     # a rising curve that flattens, with noise: improvements early, plateaus later

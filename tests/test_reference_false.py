@@ -284,19 +284,23 @@ class PortCosineWarmRestart:
         self.restart_steps = [0.0]
         if self.wave_type == "full":
             self.restart_steps.extend(
-                np.arange(self.restart_interval_length, 1.0, 2 * self.restart_interval_length).tolist())
+                np.arange(self.restart_interval_length, 1.0, 2 * self.restart_interval_length).tolist()
+            )
         elif self.wave_type == "half":
             self.restart_steps.extend(
-                np.arange(self.restart_interval_length, 1.0, self.restart_interval_length).tolist())
+                np.arange(self.restart_interval_length, 1.0, self.restart_interval_length).tolist()
+            )
         self.lr_restart_values = []
         for idx in range(len(self.restart_steps)):
             if self.is_adaptive:
                 if self.wave_type == "half":
                     desired_max_lr = self._end_value + 0.5 * (self._start_value - self._end_value) * (
-                        1 + math.cos(math.pi * self.restart_steps[idx]))
+                        1 + math.cos(math.pi * self.restart_steps[idx])
+                    )
                 elif self.wave_type == "full":
                     desired_max_lr = self._end_value + 0.5 * (self._start_value - self._end_value) * (
-                        1 + math.cos(math.pi * (self.restart_interval_length + self.restart_steps[idx])))
+                        1 + math.cos(math.pi * (self.restart_interval_length + self.restart_steps[idx]))
+                    )
                 lr_multiplier = desired_max_lr / self._start_value
             else:
                 lr_multiplier = pow(self.lr_multiplier, idx)
@@ -353,9 +357,13 @@ def test_vissl_schedule_matches_port(wave, adaptive, mult):
     # false_1gpu_resnet.yaml: composite [linear 0.6 -> 4.8, cosine_warm_restart 4.8 -> 0.0048],
     # lengths [0.1, 0.9], interval_scaling [rescaled, rescaled]; where = step / total steps.
     port = port_composite_lr(
-        [port_linear(0.6, 4.8),
-         PortCosineWarmRestart(4.8, 0.0048, 0.334, wave, lr_multiplier=mult, is_adaptive=adaptive)],
-        [0.1, 0.9], ["rescaled", "rescaled"])
+        [
+            port_linear(0.6, 4.8),
+            PortCosineWarmRestart(4.8, 0.0048, 0.334, wave, lr_multiplier=mult, is_adaptive=adaptive),
+        ],
+        [0.1, 0.9],
+        ["rescaled", "rescaled"],
+    )
     total = c.total_steps
     steps = np.arange(total)
     ref = np.array([port(s / total) for s in steps])
@@ -363,7 +371,6 @@ def test_vissl_schedule_matches_port(wave, adaptive, mult):
     np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
     if wave == "full" and adaptive:  # the values the issue quotes
         w = total // 10
-        assert ref[w - 1] < 4.8 and abs(ref[w] - 3.597) < 1e-2          # jump down to ~3.6
+        assert ref[w - 1] < 4.8 and abs(ref[w] - 3.597) < 1e-2  # jump down to ~3.6
         u2 = w + int(round(2 * 0.334 * (total - w)))
-        assert abs(ref[u2] - 1.20) < 2e-2 and ref[-1] < 0.006           # ~1.2, then ~0.005
-
+        assert abs(ref[u2] - 1.20) < 2e-2 and ref[-1] < 0.006  # ~1.2, then ~0.005

@@ -44,10 +44,15 @@ def _np_l2n(x):
 
 def _key_forward(method, key_params, key_bs, x):
     """The key encoder in train mode (batch statistics), projector output, float32."""
-    feats, _ = method.encoder.apply({"params": key_params["encoder"], "batch_stats": key_bs["encoder"]},
-                                    x, train=True, mutable=["batch_stats"])
-    z, _ = method.projector.apply({"params": key_params["projector"], "batch_stats": key_bs["projector"]},
-                                  feats, train=True, mutable=["batch_stats"])
+    feats, _ = method.encoder.apply(
+        {"params": key_params["encoder"], "batch_stats": key_bs["encoder"]}, x, train=True, mutable=["batch_stats"]
+    )
+    z, _ = method.projector.apply(
+        {"params": key_params["projector"], "batch_stats": key_bs["projector"]},
+        feats,
+        train=True,
+        mutable=["batch_stats"],
+    )
     return np.asarray(z, np.float32)
 
 
@@ -57,12 +62,14 @@ def _batches(config, n, scene_offsets):
     out = []
     for i in range(n):
         v1 = rng.normal(size=(b, s, s, c)).astype(np.float32)
-        out.append({
-            "view1": v1,
-            "view2": (v1 + rng.normal(size=v1.shape)).astype(np.float32),
-            "scene_id": (scene_offsets[i] + np.repeat(np.arange(b // 2), 2)).astype(np.int32),
-            "label": np.zeros((b,), np.int32),
-        })
+        out.append(
+            {
+                "view1": v1,
+                "view2": (v1 + rng.normal(size=v1.shape)).astype(np.float32),
+                "scene_id": (scene_offsets[i] + np.repeat(np.arange(b // 2), 2)).astype(np.int32),
+                "label": np.zeros((b,), np.int32),
+            }
+        )
     return out
 
 
@@ -70,13 +77,13 @@ def _batches(config, n, scene_offsets):
 def test_queue_and_key_encoder_follow_moco(name, symmetric):
     config = load_config(name)
     config.moco.symmetric = symmetric
-    config.moco.momentum = 0.9           # large (1 - m) and lr: the EMA order is visible
+    config.moco.momentum = 0.9  # large (1 - m) and lr: the EMA order is visible
     config.optimizer.lr = 0.05
     config.optimizer.warmup_steps = 0
-    config.total_steps = 100             # lr stays > 0 over the 6 steps
+    config.total_steps = 100  # lr stays > 0 over the 6 steps
     b, kq = config.batch_size, config.moco.queue_size
     assert kq == 4 * b, "smoke config: the queue holds 4 batches"
-    n = 6                                # wraps once: pointers 16, 32, 48, 0, 16, 32
+    n = 6  # wraps once: pointers 16, 32, 48, 0, 16, 32
     # step 4 reuses step 0's scenes: while step 4's loss runs, step 0's keys are still in rows 0..B
     offsets = [0, 100, 200, 300, 0, 500]
     batches = _batches(config, n, offsets)
@@ -86,8 +93,9 @@ def test_queue_and_key_encoder_follow_moco(name, symmetric):
 
     # key encoder starts as a copy of the query encoder (MoCo's param_k.data.copy_(param_q.data))
     for part in ("encoder", "projector"):
-        for kk, qq in zip(jax.tree.leaves(states[0]["extra"]["key_params"][part]),
-                          jax.tree.leaves(states[0]["params"][part])):
+        for kk, qq in zip(
+            jax.tree.leaves(states[0]["extra"]["key_params"][part]), jax.tree.leaves(states[0]["params"][part])
+        ):
             np.testing.assert_array_equal(kk, qq)
 
     queue0 = np.asarray(states[0]["extra"]["queue"])
@@ -102,8 +110,10 @@ def test_queue_and_key_encoder_follow_moco(name, symmetric):
         diff_wrong_order = 0.0
         for part in ("encoder", "projector"):
             for k_old, k_new, p_new, p_old in zip(
-                jax.tree.leaves(kp_old[part]), jax.tree.leaves(kp_new[part]),
-                jax.tree.leaves(after["params"][part]), jax.tree.leaves(before["params"][part]),
+                jax.tree.leaves(kp_old[part]),
+                jax.tree.leaves(kp_new[part]),
+                jax.tree.leaves(after["params"][part]),
+                jax.tree.leaves(before["params"][part]),
             ):
                 want = m * np.float64(k_old) + (1 - m) * np.float64(p_new)
                 np.testing.assert_allclose(k_new, want, rtol=1e-5, atol=1e-6)
@@ -124,18 +134,18 @@ def test_queue_and_key_encoder_follow_moco(name, symmetric):
         assert int(before["extra"]["queue_ptr"]) == ptr
         assert int(after["extra"]["queue_ptr"]) == (ptr + b) % kq
         q_after = np.asarray(after["extra"]["queue"])
-        np.testing.assert_allclose(q_after[ptr:ptr + b], keys, rtol=1e-4, atol=1e-5)
-        assert np.max(np.abs(q_after[ptr:ptr + b] - wrong_view)) > 1e-2  # view 1 would be caught
-        np.testing.assert_array_equal(after["extra"]["queue_scene"][ptr:ptr + b], batch["scene_id"])
+        np.testing.assert_allclose(q_after[ptr : ptr + b], keys, rtol=1e-4, atol=1e-5)
+        assert np.max(np.abs(q_after[ptr : ptr + b] - wrong_view)) > 1e-2  # view 1 would be caught
+        np.testing.assert_array_equal(after["extra"]["queue_scene"][ptr : ptr + b], batch["scene_id"])
         expect_rows[ptr] = (keys, batch["scene_id"])
         # every other row: what its last writer put there, or the untouched initial entry
         for r in range(0, kq, b):
             if r in expect_rows:
-                np.testing.assert_allclose(q_after[r:r + b], expect_rows[r][0], rtol=1e-4, atol=1e-5)
-                np.testing.assert_array_equal(after["extra"]["queue_scene"][r:r + b], expect_rows[r][1])
+                np.testing.assert_allclose(q_after[r : r + b], expect_rows[r][0], rtol=1e-4, atol=1e-5)
+                np.testing.assert_array_equal(after["extra"]["queue_scene"][r : r + b], expect_rows[r][1])
             else:
-                np.testing.assert_array_equal(q_after[r:r + b], queue0[r:r + b])
-                assert np.all(after["extra"]["queue_scene"][r:r + b] == -1)
+                np.testing.assert_array_equal(q_after[r : r + b], queue0[r : r + b])
+                assert np.all(after["extra"]["queue_scene"][r : r + b] == -1)
 
     # scene_false_negatives: pairs -> 1 same-scene batch key when the batch keys are candidates;
     # at step 4 the queue still holds step 0's keys (same scenes): 2 more per query.
@@ -165,8 +175,8 @@ def test_swimdiff_nocond_metric_is_zero_conditioning_same_noise_no_gradient(cond
         return method.loss(params, batch_stats, extra, batch, rngs, step)
 
     grad_fn = jax.jit(jax.value_and_grad(run, has_aux=True))
-    (_, aux2), g2 = grad_fn(params, jnp.int32(2))   # step 3 is logged (3 % log_every == 0)
-    (_, aux0), g0 = grad_fn(params, jnp.int32(0))   # step 1 is not
+    (_, aux2), g2 = grad_fn(params, jnp.int32(2))  # step 3 is logged (3 % log_every == 0)
+    (_, aux0), g0 = grad_fn(params, jnp.int32(0))  # step 1 is not
     m = aux2["metrics"]
     for key in ("loss_diffusion_nocond", "loss_diffusion_shuffled", "conditioning_gain"):
         assert np.isnan(aux0["metrics"][key])
@@ -175,14 +185,16 @@ def test_swimdiff_nocond_metric_is_zero_conditioning_same_noise_no_gradient(cond
     _, _, _, feats, _ = method.contrastive(params, batch_stats, extra, batch)
     b = batch["view1"].shape[0]
     ld_zero, _ = method.diffusion_loss(params, batch["view1"], [jnp.zeros_like(f) for f in feats], rngs)
-    ld_shuf, _ = method.diffusion_loss(params, batch["view1"], [np.roll(np.asarray(f), b // 2, axis=0)
-                                                                for f in feats], rngs)
+    ld_shuf, _ = method.diffusion_loss(
+        params, batch["view1"], [np.roll(np.asarray(f), b // 2, axis=0) for f in feats], rngs
+    )
     ld_real, _ = method.diffusion_loss(params, batch["view1"], feats, rngs)
     assert nocond == pytest.approx(float(ld_zero), rel=1e-5)
     assert float(m["loss_diffusion_shuffled"]) == pytest.approx(float(ld_shuf), rel=1e-5)
     assert float(m["loss_diffusion"]) == pytest.approx(float(ld_real), rel=1e-5)
-    assert float(m["conditioning_gain"]) == pytest.approx((float(ld_zero) - float(ld_real)) / float(ld_zero),
-                                                          rel=1e-4, abs=1e-6)
+    assert float(m["conditioning_gain"]) == pytest.approx(
+        (float(ld_zero) - float(ld_real)) / float(ld_zero), rel=1e-4, abs=1e-6
+    )
     assert abs(float(ld_real) - nocond) > 1e-6  # the conditioning does enter the denoiser
     # logging it changes no gradient
     for a, c in zip(jax.tree.leaves(g2), jax.tree.leaves(g0)):
@@ -220,7 +232,8 @@ def test_swimdiff_grad_share_is_the_diffusion_terms_share_of_the_encoder_gradien
             c.swimdiff[k] = v
         meth = methods.get_method(c)
         return jax.jit(jax.grad(lambda p: meth.loss(p, s1["batch_stats"], s1["extra"], batch, rngs, s1["step"])[0]))(
-            s1["params"])["encoder"]
+            s1["params"]
+        )["encoder"]
 
     n_d = float(optax.tree.norm(grad_with(lambda_c=0.0)))
     n_c = float(optax.tree.norm(grad_with(lambda_d=0.0)))

@@ -171,7 +171,7 @@ def test_partial_and_corrupt_checkpoints_are_never_resumed_from(ref, synth, tmp_
     ck = wd / "checkpoints"
     # A killed write leaves Orbax's temporary folder (complete-looking contents, not renamed).
     shutil.copytree(ck / "6", ck / "8.orbax-checkpoint-tmp-1700000000")
-    _truncate_files(ck / "6")                # truncated files
+    _truncate_files(ck / "6")  # truncated files
     shutil.rmtree(ck / "4" / "state" / "d")  # a step folder copied incompletely
     summary = pretrain.run(U.smoke_config(synth), str(wd))
     out = capsys.readouterr().out
@@ -193,8 +193,7 @@ def test_nonfinite_steps_refused_reported_then_run_stops_with_last_good_checkpoi
     wd = tmp_path / "wd"
     # From step 3 every batch carries a NaN pixel (debug hook): steps 3 and 4 are refused,
     # and max_nonfinite_steps=2 stops the run before the checkpoint of step 4 is written.
-    p = U.start(U.cli_overrides(synth) + ["--config.max_nonfinite_steps=2"], wd,
-                RSJAX_DEBUG_NONFINITE_FROM_STEP=3)
+    p = U.start(U.cli_overrides(synth) + ["--config.max_nonfinite_steps=2"], wd, RSJAX_DEBUG_NONFINITE_FROM_STEP=3)
     rc, out, err = U.finish(p)
     assert rc == 2, (out[-2000:], err[-3000:])
     last = err.strip().splitlines()[-1]  # the one-line error is the last thing printed
@@ -245,10 +244,20 @@ def _float_dataset():
 
     name = "rel_test_float"
     if name not in registry.known_datasets():
-        registry.register(registry.DatasetInfo(
-            name=name, bands=("R", "G", "B"), wavelengths_nm=(665.0, 560.0, 490.0), gsd_m=(10.0,) * 3,
-            mean=(0.0,) * 3, std=(1.0,) * 3, scale=1.0, num_classes=4, class_names=("a", "b", "c", "d"),
-            image_size=16))
+        registry.register(
+            registry.DatasetInfo(
+                name=name,
+                bands=("R", "G", "B"),
+                wavelengths_nm=(665.0, 560.0, 490.0),
+                gsd_m=(10.0,) * 3,
+                mean=(0.0,) * 3,
+                std=(1.0,) * 3,
+                scale=1.0,
+                num_classes=4,
+                class_names=("a", "b", "c", "d"),
+                image_size=16,
+            )
+        )
     return name
 
 
@@ -263,24 +272,44 @@ def _pretrain_batches(monkeypatch, name, records, n_batches=4):
         next(it)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("bands", r"dataset 'rs_synthetic': record 5 of split 'train' has image shape \(16, 16, 3\), expected "
-              r"\[H, W, 13\]"),
-    ("float_in_int_dataset", r"dataset 'rs_synthetic': record 5 of split 'train' has pixels of dtype float32; "
-                             r"expected unsigned or signed integers \(raw values are divided by scale=10000\)"),
-    ("complex", r"dataset 'rel_test_float': record 5 of split 'train' has pixels of dtype complex64"),
-    ("nan", r"dataset 'rel_test_float': record 5 of split 'train' has 1 NaN/inf pixel value\(s\) \(pixel \(3, 4, 1\)\)"),
-    ("inf_after_float32", r"dataset 'rel_test_float': record 5 of split 'train' has 1 NaN/inf"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        (
+            "bands",
+            r"dataset 'rs_synthetic': record 5 of split 'train' has image shape \(16, 16, 3\), expected "
+            r"\[H, W, 13\]",
+        ),
+        (
+            "float_in_int_dataset",
+            r"dataset 'rs_synthetic': record 5 of split 'train' has pixels of dtype float32; "
+            r"expected unsigned or signed integers \(raw values are divided by scale=10000\)",
+        ),
+        ("complex", r"dataset 'rel_test_float': record 5 of split 'train' has pixels of dtype complex64"),
+        (
+            "nan",
+            r"dataset 'rel_test_float': record 5 of split 'train' has 1 NaN/inf pixel value\(s\) \(pixel \(3, 4, 1\)\)",
+        ),
+        ("inf_after_float32", r"dataset 'rel_test_float': record 5 of split 'train' has 1 NaN/inf"),
+    ],
+)
 def test_hostile_images_name_dataset_split_and_record(monkeypatch, case, match):
     fname = _float_dataset()
     if case == "bands":
-        name, recs = "rs_synthetic", _records(8, (16, 16, 13), np.uint16, bad=(5, {"image": np.zeros((16, 16, 3), np.uint16)}))
+        name, recs = (
+            "rs_synthetic",
+            _records(8, (16, 16, 13), np.uint16, bad=(5, {"image": np.zeros((16, 16, 3), np.uint16)})),
+        )
     elif case == "float_in_int_dataset":
-        name, recs = "rs_synthetic", _records(8, (16, 16, 13), np.uint16,
-                                              bad=(5, {"image": np.zeros((16, 16, 13), np.float32)}))
+        name, recs = (
+            "rs_synthetic",
+            _records(8, (16, 16, 13), np.uint16, bad=(5, {"image": np.zeros((16, 16, 13), np.float32)})),
+        )
     elif case == "complex":
-        name, recs = fname, _records(8, (16, 16, 3), np.float32, bad=(5, {"image": np.zeros((16, 16, 3), np.complex64)}))
+        name, recs = (
+            fname,
+            _records(8, (16, 16, 3), np.float32, bad=(5, {"image": np.zeros((16, 16, 3), np.complex64)})),
+        )
     else:
         img = np.ones((16, 16, 3), np.float64)
         img[3, 4, 1] = np.nan if case == "nan" else 1e300  # 1e300 overflows float32: inf after the cast
@@ -304,8 +333,11 @@ def test_eval_arrays_refuse_labels_out_of_range(monkeypatch, label):
     monkeypatch.setattr(pipeline, "open_source", lambda cfg, split, **kw: _StubSource(name, recs, split))
     cfg = pipeline.default_data_config()
     cfg.name, cfg.builder_config = name, None
-    with pytest.raises(ValueError, match=rf"dataset 'rel_test_float': split 'test' has label {label} \(record 4\), "
-                                         rf"outside \[0, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"dataset 'rel_test_float': split 'test' has label {label} \(record 4\), "
+        rf"outside \[0, 4\)",
+    ):
         pipeline.eval_arrays(cfg, "test")
     recs[4]["label"] = np.int64(3)
     x, y = pipeline.eval_arrays(cfg, "test")
@@ -317,8 +349,11 @@ def test_pretraining_eval_on_a_split_without_labels_says_so(synth, tmp_path, mon
     config = U.smoke_config(synth)
     x = np.zeros((4, 8, 8, 13), np.float32)
     monkeypatch.setattr(pipeline, "eval_arrays", lambda cfg, split, **kw: (x, np.full((4,), -1, np.int32)))
-    with pytest.raises(ValueError, match=r"dataset 'rs_synthetic' split 'train' has no single-class labels .* "
-                                         r"set config.eval.enabled=False"):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset 'rs_synthetic' split 'train' has no single-class labels .* "
+        r"set config.eval.enabled=False",
+    ):
         pretrain.evaluate_pretrained(None, None, config, None)
 
 
@@ -348,14 +383,25 @@ def test_pretrained_encoder_of_another_architecture_is_refused(ref, tmp_path):
     config = U.load_config("eval_eurosat.py", "smoke")
     config.pretrained = str(ref)
     config.model.name = "resnet18"
-    with pytest.raises(ValueError, match=r"pretrained encoder .* does not match the job config: architecture "
-                                         r"'tiny' \(checkpoint\) vs config.model.name='resnet18'"):
+    with pytest.raises(
+        ValueError,
+        match=r"pretrained encoder .* does not match the job config: architecture "
+        r"'tiny' \(checkpoint\) vs config.model.name='resnet18'",
+    ):
         main_lib.run(config, str(tmp_path / "eval"))
     assert not (tmp_path / "eval").exists()
 
 
-@pytest.mark.parametrize("key,value", [("max_nonfinite_steps", 0), ("keep_checkpoints", 0),
-                                       ("optimizer.lr", 0.0), ("total_steps", 0), ("checkpoint_every", -1)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("max_nonfinite_steps", 0),
+        ("keep_checkpoints", 0),
+        ("optimizer.lr", 0.0),
+        ("total_steps", 0),
+        ("checkpoint_every", -1),
+    ],
+)
 def test_config_values_out_of_range_name_the_key(synth, tmp_path, key, value):
     config = U.smoke_config(synth)
     node = config
@@ -372,7 +418,10 @@ def test_config_values_out_of_range_name_the_key(synth, tmp_path, key, value):
 # Files: no code from data, no writes outside the workdir
 # --------------------------------------------------------------------------------------
 _UNSAFE = [
-    (re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|marshal)\b", re.M), "unpickler import"),
+    (
+        re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|marshal)\b", re.M),
+        "unpickler import",
+    ),
     (re.compile(r"\bpickle\.loads?\("), "pickle.load"),
     (re.compile(r"allow_pickle\s*=\s*True"), "np.load(allow_pickle=True)"),
     (re.compile(r"\byaml\.(unsafe_)?load\("), "yaml.load"),
@@ -390,13 +439,13 @@ def test_no_loader_can_execute_code_from_files():
             text = f.read_text()
             for pattern, what in _UNSAFE:
                 for m in pattern.finditer(text):
-                    problems.append(f"{f.relative_to(U.REPO)}:{text[:m.start()].count(chr(10)) + 1}: {what}")
+                    problems.append(f"{f.relative_to(U.REPO)}:{text[: m.start()].count(chr(10)) + 1}: {what}")
             for m in re.finditer(r"torch\.load\(", text):
                 depth, i = 1, m.end()
                 while depth and i < len(text):  # the call's arguments, nested parentheses included
                     depth += {"(": 1, ")": -1}.get(text[i], 0)
                     i += 1
-                if not re.search(r"weights_only\s*=\s*True", text[m.end():i]):
+                if not re.search(r"weights_only\s*=\s*True", text[m.end() : i]):
                     problems.append(f"{f.relative_to(U.REPO)}: torch.load without weights_only=True")
     assert not problems, "\n".join(problems)
 

@@ -24,15 +24,30 @@ def _strict_load(path):
 
 
 def test_save_writes_strict_json_non_finite_becomes_null(tmp_path):
-    payload = {"nan": float("nan"), "inf": float("inf"), "np_nan": np.float32("nan"), "np_ninf": np.float64("-inf"),
-               "ok": 0.25, "arr": np.array([1.0, np.inf, 2.0]), "nested": [{"x": np.int64(3), "y": float("nan")}],
-               "flag": np.bool_(True)}
+    payload = {
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "np_nan": np.float32("nan"),
+        "np_ninf": np.float64("-inf"),
+        "ok": 0.25,
+        "arr": np.array([1.0, np.inf, 2.0]),
+        "nested": [{"x": np.int64(3), "y": float("nan")}],
+        "flag": np.bool_(True),
+    }
     path = R.save(payload, tmp_path / "sub" / "r.json")
     text = pathlib.Path(path).read_text()
     assert "NaN" not in text and "Infinity" not in text
     got = _strict_load(path)
-    assert got == {"nan": None, "inf": None, "np_nan": None, "np_ninf": None, "ok": 0.25, "arr": [1.0, None, 2.0],
-                   "nested": [{"x": 3, "y": None}], "flag": True}
+    assert got == {
+        "nan": None,
+        "inf": None,
+        "np_nan": None,
+        "np_ninf": None,
+        "ok": 0.25,
+        "arr": [1.0, None, 2.0],
+        "nested": [{"x": 3, "y": None}],
+        "flag": True,
+    }
     assert os.listdir(tmp_path / "sub") == ["r.json"]  # the temporary file was renamed, none left behind
 
 
@@ -66,22 +81,54 @@ def test_provenance_fields():
 
 
 def _arm(setting, arm, index, runs, wall_s, pretrain_s, date="2026-11-29T10:00:00+00:00"):
-    return {"format": "rsjax.study_arm/v1", "setting": setting, "arm": arm, "arm_index": index,
-            "settings": {"dataset": "eurosat_rgb", "model": "resnet18", "image_size": 64, "epochs": 100,
-                         "batch_size": 512, "dtype": "bfloat16", "num_train": 21600, "num_test": 5400, "knn_k": 20},
-            "runs": runs, "pretrain_s": pretrain_s, "wall_s": wall_s,
-            "provenance": {"command": "python -m rsjax.main --config=configs/study_eurosat.py:gpu",
-                           "git": {"commit": "abc1234", "dirty": False}, "date": date,
-                           "machine": {"device_count": 1, "device_kinds": ["NVIDIA H200"]}}}
+    return {
+        "format": "rsjax.study_arm/v1",
+        "setting": setting,
+        "arm": arm,
+        "arm_index": index,
+        "settings": {
+            "dataset": "eurosat_rgb",
+            "model": "resnet18",
+            "image_size": 64,
+            "epochs": 100,
+            "batch_size": 512,
+            "dtype": "bfloat16",
+            "num_train": 21600,
+            "num_test": 5400,
+            "knn_k": 20,
+        },
+        "runs": runs,
+        "pretrain_s": pretrain_s,
+        "wall_s": wall_s,
+        "provenance": {
+            "command": "python -m rsjax.main --config=configs/study_eurosat.py:gpu",
+            "git": {"commit": "abc1234", "dirty": False},
+            "date": date,
+            "machine": {"device_count": 1, "device_kinds": ["NVIDIA H200"]},
+        },
+    }
 
 
 def _fixture(results_dir):
     """Two arms of one setting, written in reverse order (rows follow arm_index, not file names)."""
-    R.save(_arm("gpu", "simclr", 1,
-                [{"seed": 0, "linear": 0.5, "knn": 0.4, "steps": 4200},
-                 {"seed": 1, "linear": 0.7, "knn": float("nan"), "steps": 4200}], 123.4, 60.2), results_dir / "study_gpu_simclr.json")
-    R.save(_arm("gpu", "random_init", 0, [{"seed": 0, "linear": 0.683, "knn": 0.487, "steps": 0}], 9.6, 0.0),
-           results_dir / "study_gpu_random_init.json")
+    R.save(
+        _arm(
+            "gpu",
+            "simclr",
+            1,
+            [
+                {"seed": 0, "linear": 0.5, "knn": 0.4, "steps": 4200},
+                {"seed": 1, "linear": 0.7, "knn": float("nan"), "steps": 4200},
+            ],
+            123.4,
+            60.2,
+        ),
+        results_dir / "study_gpu_simclr.json",
+    )
+    R.save(
+        _arm("gpu", "random_init", 0, [{"seed": 0, "linear": 0.683, "knn": 0.487, "steps": 0}], 9.6, 0.0),
+        results_dir / "study_gpu_random_init.json",
+    )
 
 
 def test_study_renderer_on_fixture(tmp_path):
@@ -108,25 +155,45 @@ def test_study_table_shows_the_mechanism_and_paired_t_intervals(tmp_path):
     """Paired differences over the common seeds with a 95 % t-interval, hand-computed: linear
     differences 2, 4, 3 points -> mean 3.0, sd 1.0, t(0.975, 2) = 4.3027 -> +-2.48 -> [+0.5, +5.5];
     a seed only one arm has is left out of the pairs; the mechanism cells from last_window_mean."""
+
     def arm(name, index, linear, knn, window=None):
-        p = _arm("cpu", name, index, [{"seed": s, "linear": lin, "knn": k, "steps": 840}
-                                      for s, (lin, k) in enumerate(zip(linear, knn))], 100.0, 90.0)
+        p = _arm(
+            "cpu",
+            name,
+            index,
+            [{"seed": s, "linear": lin, "knn": k, "steps": 840} for s, (lin, k) in enumerate(zip(linear, knn))],
+            100.0,
+            90.0,
+        )
         p["comparisons"] = [["swimdiff", "moco_v2"]]
         if window:
             p["last_window_mean"], p["refused_steps"] = window, 1
         return p
 
     R.save(arm("moco_v2", 0, [0.68, 0.68, 0.68], [0.60, 0.60, 0.60]), tmp_path / "study_cpu_moco_v2.json")
-    R.save(arm("swimdiff", 1, [0.70, 0.72, 0.71, 0.99], [0.60, 0.60, 0.60, 0.99],
-               window={"loss_diffusion": 0.08, "loss_diffusion_nocond": 0.1, "loss_diffusion_shuffled": 0.1,
-                       "conditioning_gain": 0.2, "grad_share_diffusion": 0.25, "scene_false_negatives": 13.5}),
-           tmp_path / "study_cpu_swimdiff.json")
+    R.save(
+        arm(
+            "swimdiff",
+            1,
+            [0.70, 0.72, 0.71, 0.99],
+            [0.60, 0.60, 0.60, 0.99],
+            window={
+                "loss_diffusion": 0.08,
+                "loss_diffusion_nocond": 0.1,
+                "loss_diffusion_shuffled": 0.1,
+                "conditioning_gain": 0.2,
+                "grad_share_diffusion": 0.25,
+                "scene_false_negatives": 13.5,
+            },
+        ),
+        tmp_path / "study_cpu_swimdiff.json",
+    )
     md = R.render_study_table(R.load_all("study_*.json", str(tmp_path)))
     assert "| swimdiff − moco_v2 | +3.0 [+0.5, +5.5] (n = 3) | +0.0 [+0.0, +0.0] (n = 3) |" in md
     swim = next(line for line in md.splitlines() if line.startswith("| swimdiff |"))
     assert swim.endswith("| abc1234 | 0.0800 | 20.0 / 20.0 | 25 | 13.5 | 1 |")
     ci = R.paired_interval({0: 1.0, 1: 2.0}, {0: 0.0, 1: 0.0})  # d = 1, 2: mean 1.5, sd 0.707, t(0.975, 1) 12.706
-    assert ci["n"] == 2 and abs(ci["hi"] - (1.5 + 12.7062 * 0.70711 / 2 ** 0.5)) < 1e-3
+    assert ci["n"] == 2 and abs(ci["hi"] - (1.5 + 12.7062 * 0.70711 / 2**0.5)) < 1e-3
     assert R.paired_interval({0: 1.0}, {0: 0.0}) is None
 
 
@@ -146,11 +213,15 @@ def test_check_detects_out_of_date_readme_and_regeneration_fixes_it(tmp_path):
     assert _run_cli(*args).returncode == 0
     text = readme.read_text()
     assert "| stale |" not in text and "| simclr | 60.0 ± 14.1 |" in text
-    assert text.startswith("# t\n\nbefore\n<!-- results:study -->\n") and text.endswith("<!-- /results:study -->\nafter\n")
+    assert text.startswith("# t\n\nbefore\n<!-- results:study -->\n") and text.endswith(
+        "<!-- /results:study -->\nafter\n"
+    )
     assert _run_cli("--check", *args).returncode == 0
     # A new result makes the README out of date again.
-    R.save(_arm("gpu", "moco_v2", 2, [{"seed": 0, "linear": 0.9, "knn": 0.8, "steps": 1}], 1.0, 1.0),
-           results_dir / "study_gpu_moco_v2.json")
+    R.save(
+        _arm("gpu", "moco_v2", 2, [{"seed": 0, "linear": 0.9, "knn": 0.8, "steps": 1}], 1.0, 1.0),
+        results_dir / "study_gpu_moco_v2.json",
+    )
     assert _run_cli("--check", *args).returncode == 1
 
 

@@ -40,8 +40,7 @@ def data_block(folder, **kw):
 
 def read(d, split, limit=None):
     """The tile folder's raw arrays through the one split reader."""
-    return pipeline.read_split(d, split, fields={"image": "image", "mask": "mask", "scene_id": "scene_id"},
-                               limit=limit)
+    return pipeline.read_split(d, split, fields={"image": "image", "mask": "mask", "scene_id": "scene_id"}, limit=limit)
 
 
 def _crops(truth, keys):
@@ -51,8 +50,8 @@ def _crops(truth, keys):
         image, cls = truth[tile, name]
         for y in range(0, cls.shape[0] - S + 1, S):
             for x in range(0, cls.shape[1] - S + 1, S):
-                ims.append(image[y:y + S, x:x + S])
-                labs.append(LABEL[cls[y:y + S, x:x + S]])
+                ims.append(image[y : y + S, x : x + S])
+                labs.append(LABEL[cls[y : y + S, x : x + S]])
                 tiles.append(tile)
     return np.stack(ims), np.stack(labs), np.asarray(tiles)
 
@@ -89,7 +88,10 @@ def test_split_by_tile(dubai):
     d = data_block(folder, test_scenes=(3,), val_scenes=(2,))
     got = {s: read(d, s) for s in ("train", "test", "validation")}
     assert {s: sorted(set(a["scene_id"].tolist())) for s, a in got.items()} == {
-        "train": [1], "test": [3], "validation": [2]}
+        "train": [1],
+        "test": [3],
+        "validation": [2],
+    }
     assert not np.isin(got["train"]["scene_id"], [2, 3]).any()
     np.testing.assert_array_equal(SD.masks_to_labels(got["test"]["mask"], 0), _crops(truth, [(3, "image_part_001")])[1])
     assert len(read(d, "test", limit=3)["image"]) == 3
@@ -99,8 +101,7 @@ def test_the_segmentation_job_reads_the_same_folder(dubai):
     from rsjax.evaluate import segmentation as seg
 
     folder, truth = dubai
-    config = common.load("seg", "dubai", {"data.folder": str(folder), "data.image_size": S,
-                                          "data.test_scenes": (3,)})
+    config = common.load("seg", "dubai", {"data.folder": str(folder), "data.image_size": S, "data.test_scenes": (3,)})
     train, test = seg.load_data(config)
     assert set(train) == set(test) == {"image", "mask"}
     np.testing.assert_array_equal(SD.masks_to_labels(test["mask"], 0), _crops(truth, [(3, "image_part_001")])[1])
@@ -162,14 +163,29 @@ def test_image_without_mask_and_mask_without_image(dubai):
         read(data_block(folder), "train")
 
 
-@pytest.mark.parametrize("kw,split,match", [
-    ({"test_scenes": (6,)}, "test", r"config.data.test_scenes=\(6,\): no scene 6 in the tile folder .*its scenes: 1, 2, 3"),
-    ({"test_scenes": (3,), "val_scenes": (3,)}, "train", r"test_scenes and config.data.val_scenes both hold scene 3"),
-    ({"test_scenes": (1, 2, 3)}, "train", r"config.data.train_split / analysis.split / transfer.split='train': no scene"),
-    ({}, "test", r"'test': no scene .*data.test_scenes"),
-    ({"test_scenes": (3,)}, "val", r"'val': splits cut by scene are train .* validation"),
-    ({"test_scenes": (3,), "image_size": 34}, "test", r"image_size=34 is larger than image .*Tile 3.*33 x 32"),
-])
+@pytest.mark.parametrize(
+    "kw,split,match",
+    [
+        (
+            {"test_scenes": (6,)},
+            "test",
+            r"config.data.test_scenes=\(6,\): no scene 6 in the tile folder .*its scenes: 1, 2, 3",
+        ),
+        (
+            {"test_scenes": (3,), "val_scenes": (3,)},
+            "train",
+            r"test_scenes and config.data.val_scenes both hold scene 3",
+        ),
+        (
+            {"test_scenes": (1, 2, 3)},
+            "train",
+            r"config.data.train_split / analysis.split / transfer.split='train': no scene",
+        ),
+        ({}, "test", r"'test': no scene .*data.test_scenes"),
+        ({"test_scenes": (3,)}, "val", r"'val': splits cut by scene are train .* validation"),
+        ({"test_scenes": (3,), "image_size": 34}, "test", r"image_size=34 is larger than image .*Tile 3.*33 x 32"),
+    ],
+)
 def test_config_errors_name_the_key(dubai, kw, split, match):
     folder, _ = dubai
     with pytest.raises(ConfigError, match=match):
@@ -180,8 +196,11 @@ def test_folder_and_dataset_must_go_together(dubai, tmp_path):
     folder, _ = dubai
     with pytest.raises(ConfigError, match="set config.data.folder"):
         SD.load_split(common.data_config(name="dubai_aerial_seg"), "train", image_size=S)
-    with pytest.raises(ConfigError, match=r"<Class>/<image> tree of 'rs_synthetic': it has image, label, scene_id, "
-                                          r"not mask"):
+    with pytest.raises(
+        ConfigError,
+        match=r"<Class>/<image> tree of 'rs_synthetic': it has image, label, scene_id, "
+        r"not mask",
+    ):
         SD.load_split(common.data_config(name="rs_synthetic", folder=str(folder)), "train", image_size=S)
     with pytest.raises(MissingDataError, match="does not exist"):
         SD.load_split(data_block(tmp_path / "nowhere"), "train", image_size=S)
@@ -199,9 +218,11 @@ def test_registry_colour_tables_are_checked():
     assert {c for c, _ in DRAWN} == {c for _, c in info.mask_colours}
     import dataclasses
 
-    for bad in [info.mask_colours[1:],                                  # a class without a colour
-                info.mask_colours[:-1] + (("no_data", "#8429F6"),),     # one colour twice
-                info.mask_colours[:-1] + (("no_data", "black"),)]:       # not #RRGGBB
+    for bad in [
+        info.mask_colours[1:],  # a class without a colour
+        info.mask_colours[:-1] + (("no_data", "#8429F6"),),  # one colour twice
+        info.mask_colours[:-1] + (("no_data", "black"),),
+    ]:  # not #RRGGBB
         with pytest.raises(ValueError, match="mask_colours"):
             dataclasses.replace(info, mask_colours=bad)
     with pytest.raises(ValueError, match="mask_ignore_value=0"):

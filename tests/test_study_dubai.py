@@ -54,14 +54,27 @@ def study_run(folder, tmp_path_factory):
     real_pretrain, real_transfer, real_job = nl.pretrain, nl.transfer, jobs.get
 
     def pretrain(cfg, wd, mesh, data, labels, **kw):
-        seen["pretrain"].append({"scenes": set(data.scene_id.tolist()), "analysis": set(kw["analysis_data"].scene_id.tolist()),
-                                 "labels": labels.copy(), "plateau": bool(cfg.optimizer.plateau.enabled)})
+        seen["pretrain"].append(
+            {
+                "scenes": set(data.scene_id.tolist()),
+                "analysis": set(kw["analysis_data"].scene_id.tolist()),
+                "labels": labels.copy(),
+                "plateau": bool(cfg.optimizer.plateau.enabled),
+            }
+        )
         return real_pretrain(cfg, wd, mesh, data, labels, **kw)
 
     def transfer(cfg, wd, mesh, encoders, train_data, test_data, **kw):
-        seen["transfer"].append({"tag": next(iter(encoders)), "n": len(train_data), "seed": cfg.seed,
-                                 "train": set(train_data.scene_id.tolist()), "test": set(test_data.scene_id.tolist()),
-                                 "labels": train_data.labels.copy()})
+        seen["transfer"].append(
+            {
+                "tag": next(iter(encoders)),
+                "n": len(train_data),
+                "seed": cfg.seed,
+                "train": set(train_data.scene_id.tolist()),
+                "test": set(test_data.scene_id.tolist()),
+                "labels": train_data.labels.copy(),
+            }
+        )
         return real_transfer(cfg, wd, mesh, encoders, train_data, test_data, **kw)
 
     def get(name):
@@ -71,6 +84,7 @@ def study_run(folder, tmp_path_factory):
             split = pipeline.read_split(cfg.data, cfg.data.train_split)
             seen["ssl"].append({"split": cfg.data.train_split, "scenes": set(split["scene_id"].tolist())})
             return run(cfg, path)
+
         return spy if name == "pretrain" else run
 
     mp = pytest.MonkeyPatch()
@@ -96,10 +110,10 @@ def _coarse_by_hand(labels, class_map, f):
     for n in range(lab.shape[0]):
         for y in range(0, lab.shape[1], f):
             for x in range(0, lab.shape[2], f):
-                block = lab[n, y:y + f, x:x + f]
+                block = lab[n, y : y + f, x : x + f]
                 counts = np.bincount(block[block >= 0], minlength=k)
                 if counts.sum():
-                    out[n, y:y + f, x:x + f] = np.where(block >= 0, int(np.argmax(counts)), -1)
+                    out[n, y : y + f, x : x + f] = np.where(block >= 0, int(np.argmax(counts)), -1)
     return out
 
 
@@ -136,17 +150,29 @@ def test_arms_share_everything_but_the_method():
     cfgs = {arm: study.arm_config(c, arm, 3, 14085).to_dict() for arm in c.arms}
     for d in cfgs.values():
         assert (d["total_steps"], d["batch_size"], d["seed"], d["model"]["name"], d["data"]["folder"]) == (
-            400, 32, 3, "resnet10_w32", "/dubai")
+            400,
+            32,
+            3,
+            "resnet10_w32",
+            "/dubai",
+        )
         assert not d["optimizer"].get("plateau", {}).get("enabled", False)  # nothing chosen on held-out data
-    sup = {a: dict(d, noise=None, model=dict(d["model"], num_classes=None)) for a, d in cfgs.items()
-           if d["method"] == "noisy_label"}
+    sup = {
+        a: dict(d, noise=None, model=dict(d["model"], num_classes=None))
+        for a, d in cfgs.items()
+        if d["method"] == "noisy_label"
+    }
     assert sup["clean_supervised"] == sup["noisy_coarse"] == sup["noisy_coarse_3class"]
     simclr, false = dict(cfgs["simclr"]), dict(cfgs["false"])
     assert (simclr["loss"].pop("alpha"), false["loss"].pop("alpha")) == (0.0, 1.0)
     assert simclr == false and false["loss"]["threshold"] == 0.9 and false["loss"]["fnsd_mode"] == "vissl"
     ft = c.finetune_run
     assert (ft.transfer.total_steps, ft.transfer.batch_size, ft.model.num_classes, tuple(ft.transfer.decoders)) == (
-        200, 16, 5, ("unet",))
+        200,
+        16,
+        5,
+        ("unet",),
+    )
 
 
 # --- data: label fractions, the test tiles, the overlay layout -------------------------------------
@@ -204,8 +230,12 @@ def test_test_tiles_never_reach_a_training(study_run):
 # --- records -------------------------------------------------------------------------------------
 def test_arm_records(study_run):
     out = study_run["out"]
-    assert sorted(os.listdir(out)) == ["dubai_smoke_false.json", "dubai_smoke_noisy_coarse_3class.json",
-                                       "dubai_smoke_overlay.png", "dubai_smoke_random_init.json"]
+    assert sorted(os.listdir(out)) == [
+        "dubai_smoke_false.json",
+        "dubai_smoke_noisy_coarse_3class.json",
+        "dubai_smoke_overlay.png",
+        "dubai_smoke_random_init.json",
+    ]
     recs = {a: json.loads((out / f"dubai_smoke_{a}.json").read_text()) for a in ARMS.split(",")}
     for arm, p in recs.items():
         assert p["format"] == "rsjax.dubai_arm/v1" and p["arm"] == arm and p["setting"] == "smoke"
@@ -265,8 +295,12 @@ def test_bad_keys_are_refused_before_writing(folder, tmp_path):
     from rsjax import errors
     from rsjax.jobs import study_dubai
 
-    for key, value, match in (("arms", "random_init,nope", "unknown arm"), ("label_fractions", (0.1, 1.5), "label_fractions"),
-                              ("overlay_fraction", 0.5, "overlay_fraction"), ("comparisons", "false-nope", "comparisons")):
+    for key, value, match in (
+        ("arms", "random_init,nope", "unknown arm"),
+        ("label_fractions", (0.1, 1.5), "label_fractions"),
+        ("overlay_fraction", 0.5, "overlay_fraction"),
+        ("comparisons", "false-nope", "comparisons"),
+    ):
         c = _config(folder, tmp_path / "out")
         c.study[key] = value
         with pytest.raises(errors.ConfigError, match=match):
@@ -302,28 +336,67 @@ def test_firing_counts_match_the_gate():
 
 # --- the rendered table --------------------------------------------------------------------------
 def _payload(arm, index, miou10, miou100, kind="contrastive", **extra):
-    runs = [{"seed": s, "finetune": {"0.1": {"decoders": {"unet": {"miou": a, "per_class_iou": {"water": a / 2, "land": a}}}},
-                                    "1": {"decoders": {"unet": {"miou": b, "per_class_iou": {"water": b / 2, "land": b}}}}}}
-            for s, (a, b) in enumerate(zip(miou10, miou100))]
-    return {"format": "rsjax.dubai_arm/v1", "setting": "cpu", "arm": arm, "arm_index": index, "kind": kind,
-            "settings": {"dataset": "dubai_aerial_seg", "model": "resnet10_w32", "image_size": 64, "num_train": 100,
-                         "pretrain_steps": 400, "pretrain_batch": 32, "finetune_steps": 200, "finetune_batch": 16,
-                         "decoders": ["unet"], "decoder_channels": [128, 64, 32, 16, 16], "label_fractions": [0.1, 1.0],
-                         "num_test": 50, "test_tiles": [3, 8], "class_names": ["water", "land"]},
-            "runs": runs, "comparisons": [["noisy_coarse", "random_init"], ["false", "simclr"]],
-            "pretrain_s": 10.0, "wall_s": 60.0,
-            "provenance": {"command": "python -m rsjax.main --config=configs/study_dubai.py:cpu",
-                           "git": {"commit": "abc1234", "dirty": False}, "date": "2026-12-08T10:00:00+00:00",
-                           "machine": {"device_count": 1, "device_kinds": ["cpu"]}}, **extra}
+    runs = [
+        {
+            "seed": s,
+            "finetune": {
+                "0.1": {"decoders": {"unet": {"miou": a, "per_class_iou": {"water": a / 2, "land": a}}}},
+                "1": {"decoders": {"unet": {"miou": b, "per_class_iou": {"water": b / 2, "land": b}}}},
+            },
+        }
+        for s, (a, b) in enumerate(zip(miou10, miou100))
+    ]
+    return {
+        "format": "rsjax.dubai_arm/v1",
+        "setting": "cpu",
+        "arm": arm,
+        "arm_index": index,
+        "kind": kind,
+        "settings": {
+            "dataset": "dubai_aerial_seg",
+            "model": "resnet10_w32",
+            "image_size": 64,
+            "num_train": 100,
+            "pretrain_steps": 400,
+            "pretrain_batch": 32,
+            "finetune_steps": 200,
+            "finetune_batch": 16,
+            "decoders": ["unet"],
+            "decoder_channels": [128, 64, 32, 16, 16],
+            "label_fractions": [0.1, 1.0],
+            "num_test": 50,
+            "test_tiles": [3, 8],
+            "class_names": ["water", "land"],
+        },
+        "runs": runs,
+        "comparisons": [["noisy_coarse", "random_init"], ["false", "simclr"]],
+        "pretrain_s": 10.0,
+        "wall_s": 60.0,
+        "provenance": {
+            "command": "python -m rsjax.main --config=configs/study_dubai.py:cpu",
+            "git": {"commit": "abc1234", "dirty": False},
+            "date": "2026-12-08T10:00:00+00:00",
+            "machine": {"device_count": 1, "device_kinds": ["cpu"]},
+        },
+        **extra,
+    }
 
 
 def test_renderer_numbers_match_numpy_and_scipy(tmp_path):
     rand = ([0.30, 0.32, 0.29], [0.50, 0.52, 0.55])
     noisy = ([0.36, 0.35, 0.37], [0.53, 0.52, 0.58])
     R.save(_payload("random_init", 0, *rand, kind="random_init"), tmp_path / "dubai_cpu_random_init.json")
-    R.save(_payload("noisy_coarse", 1, *noisy, kind="supervised", agreement={"pixel": 0.74},
-                    noise={"pool_factor": 16, "flip_rate": 0.2, "class_names": []}),
-           tmp_path / "dubai_cpu_noisy_coarse.json")
+    R.save(
+        _payload(
+            "noisy_coarse",
+            1,
+            *noisy,
+            kind="supervised",
+            agreement={"pixel": 0.74},
+            noise={"pool_factor": 16, "flip_rate": 0.2, "class_names": []},
+        ),
+        tmp_path / "dubai_cpu_noisy_coarse.json",
+    )
     md = R.render_dubai_table(R.load_all("dubai_*.json", str(tmp_path)))
     assert "crops of test tiles 3, 8 (mIoU %" in md  # records written before data.test_tiles was renamed
     renamed = _payload("random_init", 0, *rand, kind="random_init")

@@ -53,8 +53,10 @@ def tiles(synth, **kw):
 def test_scene_cut_of_a_tfds_split(synth):
     whole = pipeline.read_split(tiles(synth), "train", fields={"scene_id": "scene_id", "image": "image"})
     d = tiles(synth, test_scenes=(1, 6), val_scenes=(3,))
-    parts = {s: pipeline.read_split(d, s, fields={"scene_id": "scene_id", "image": "image"})
-             for s in ("train", "test", "validation")}
+    parts = {
+        s: pipeline.read_split(d, s, fields={"scene_id": "scene_id", "image": "image"})
+        for s in ("train", "test", "validation")
+    }
     assert sorted(set(parts["train"]["scene_id"])) == [0, 2, 4, 5, 7]
     assert sorted(set(parts["test"]["scene_id"])) == [1, 6] and set(parts["validation"]["scene_id"]) == {3}
     for s, p in parts.items():  # the records of those scenes, in record order, nothing else
@@ -67,15 +69,26 @@ def test_scene_cut_of_a_tfds_split(synth):
     assert len(pipeline.read_split(tiles(synth, val_scenes=(3,)), "test", fields={"s": "scene_id"})["s"]) == 16
 
 
-@pytest.mark.parametrize("kw,split,match", [
-    ({"test_scenes": (1, 9)}, "test", r"config.data.test_scenes=\(1, 9\): no scene 9 in split 'train' of dataset "
-                                      r"'rs_synthetic' \(its scenes: 0, 1, 2, 3, 4, 5, 6, 7\)"),
-    ({"val_scenes": (9,)}, "train", r"config.data.val_scenes=\(9,\): no scene 9"),
-    ({"test_scenes": (2,), "val_scenes": (2,)}, "train", r"test_scenes and config.data.val_scenes both hold scene 2"),
-    ({"test_scenes": ("a",)}, "train", r"config.data.test_scenes=\('a',\): expected scene ids"),
-    ({"test_scenes": tuple(range(8))}, "train", r"'train': no scene of split 'train'"),
-    ({"test_scenes": (2,)}, "validation", r"no split 'validation'"),  # not cut (no val_scenes): as stored
-])
+@pytest.mark.parametrize(
+    "kw,split,match",
+    [
+        (
+            {"test_scenes": (1, 9)},
+            "test",
+            r"config.data.test_scenes=\(1, 9\): no scene 9 in split 'train' of dataset "
+            r"'rs_synthetic' \(its scenes: 0, 1, 2, 3, 4, 5, 6, 7\)",
+        ),
+        ({"val_scenes": (9,)}, "train", r"config.data.val_scenes=\(9,\): no scene 9"),
+        (
+            {"test_scenes": (2,), "val_scenes": (2,)},
+            "train",
+            r"test_scenes and config.data.val_scenes both hold scene 2",
+        ),
+        ({"test_scenes": ("a",)}, "train", r"config.data.test_scenes=\('a',\): expected scene ids"),
+        ({"test_scenes": tuple(range(8))}, "train", r"'train': no scene of split 'train'"),
+        ({"test_scenes": (2,)}, "validation", r"no split 'validation'"),  # not cut (no val_scenes): as stored
+    ],
+)
 def test_scene_cut_errors_name_the_key(synth, kw, split, match):
     with pytest.raises(errors.ConfigError, match=match):
         pipeline.read_split(tiles(synth, **kw), split)
@@ -131,12 +144,15 @@ def test_folds_test_every_scene_once_and_leak_none(synth):
             assert S.pretrain_units(config, f) == 2 * n * 4  # 2 dates x 2 x 2 crops
 
 
-@pytest.mark.parametrize("folds,match", [
-    ("0+1,2+3,4+5+6", r"tests every scene once; not in any fold: 7"),
-    ("0+1,1+2,3+4+5+6+7", r"scene '1' is in more than one fold"),
-    ("0+1,2+3,4+5+6+7+x", r"no scene 'x' in split 'train'"),
-    ("0+1+2+3+4+5+6+7", r"at least 2 folds"),
-])
+@pytest.mark.parametrize(
+    "folds,match",
+    [
+        ("0+1,2+3,4+5+6", r"tests every scene once; not in any fold: 7"),
+        ("0+1,1+2,3+4+5+6+7", r"scene '1' is in more than one fold"),
+        ("0+1,2+3,4+5+6+7+x", r"no scene 'x' in split 'train'"),
+        ("0+1+2+3+4+5+6+7", r"at least 2 folds"),
+    ],
+)
 def test_bad_folds_are_refused(synth, folds, match):
     with pytest.raises(errors.ConfigError, match=match):
         folds_of(smoke(synth, folds=folds))
@@ -174,17 +190,27 @@ def test_every_arm_sees_identical_pretraining_batches(synth):
 # --- the job: resume, records, picture -----------------------------------------------------------
 def _fake_run(calls):
     """A run record as run_one writes it, with confusion counts drawn from (arm, fold, seed)."""
+
     def run_one(config, arm, fold, seed, folder):
         calls.append((arm, fold["fold"], seed))
         rng = np.random.default_rng([len(arm), fold["fold"], seed])
         r = {"test": fold["test"], "train": fold["train"]}
         for mode in ("frozen", "finetuned"):
             tp, fp, fn = (int(x) for x in rng.integers(1, 50, 3))
-            r[mode] = {"tp": tp, "fp": fp, "fn": fn, "tn": 1000, "f1": 2 * tp / (2 * tp + fp + fn),
-                       "iou": tp / (tp + fp + fn), "precision": tp / (tp + fp), "recall": tp / (tp + fn)}
+            r[mode] = {
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "tn": 1000,
+                "f1": 2 * tp / (2 * tp + fp + fn),
+                "iou": tp / (tp + fp + fn),
+                "precision": tp / (tp + fp),
+                "recall": tp / (tp + fn),
+            }
         if arm != "random_init":
             r.update(pretrain_s=1.0, steps=2, last_window={"loss": 1.0, "scene_false_negatives": 3.0})
         return r
+
     return run_one
 
 
@@ -226,8 +252,11 @@ def test_picture_stitches_the_test_city_for_floor_and_best(synth, tmp_path, monk
     folds = folds_of(config)
     fold = folds[1]  # tests scenes 2 and 3 (8 crops)
     pooled = lambda f1: [{"seed": 0, "finetuned": {"f1": f1}}]  # noqa: E731
-    results = {"random_init": {"pooled": pooled(0.1)}, "simclr": {"pooled": pooled(0.3)},
-               "swimdiff": {"pooled": pooled(0.2)}}
+    results = {
+        "random_init": {"pooled": pooled(0.1)},
+        "simclr": {"pooled": pooled(0.3)},
+        "swimdiff": {"pooled": pooled(0.2)},
+    }
     seen = {}
     for arm in ("random_init", "simclr"):
         d = tmp_path / f"{arm}_f1_s0" / "cd_finetuned"
@@ -239,11 +268,12 @@ def test_picture_stitches_the_test_city_for_floor_and_best(synth, tmp_path, monk
     monkeypatch.setattr(S.plots, "image_grid", lambda rows, titles, path, **kw: grids.append((rows, kw)) or path)
     out = S._picture(config, str(tmp_path), results, folds, 0)
     assert out.endswith("prediction_2.png")
-    (rows, kw), = grids
+    ((rows, kw),) = grids
     assert kw["row_labels"] == ["random_init (floor)", "simclr (best)"]
     assert len(rows) == 2 and all(len(r) == 5 for r in rows)
-    test = pipeline.read_split(S.cd_config(config, fold, 0, "", "finetuned").data, "test",
-                               fields={"s": "scene_id", "c": "change"})
+    test = pipeline.read_split(
+        S.cd_config(config, fold, 0, "", "finetuned").data, "test", fields={"s": "scene_id", "c": "change"}
+    )
     keep = test["s"] == 2  # 4 crops of 32 px, in a 2 x 2 grid (no stored offsets)
     for row, arm in zip(rows, ("random_init", "simclr")):
         assert row[3].shape == (64, 64)
@@ -265,19 +295,48 @@ def test_mosaic_puts_crops_at_their_offsets():
 # --- rendering ------------------------------------------------------------------------------------
 def _arm(arm, index, f1):
     """A hand-made arm record: ``f1[mode][(fold, seed)]``; pooled = the per-seed mean (hand-set)."""
-    runs = [{"fold": k, "seed": s, "frozen": {"f1": f1["frozen"][k, s]}, "finetuned": {"f1": f1["finetuned"][k, s]}}
-            for k, s in f1["frozen"]]
+    runs = [
+        {"fold": k, "seed": s, "frozen": {"f1": f1["frozen"][k, s]}, "finetuned": {"f1": f1["finetuned"][k, s]}}
+        for k, s in f1["frozen"]
+    ]
     seeds = sorted({s for _, s in f1["frozen"]})
-    pooled = [{"seed": s, **{m: {"f1": np.mean([v for (k, t), v in f1[m].items() if t == s]), "iou": 0.1,
-                                  "precision": 0.2, "recall": 0.3} for m in ("frozen", "finetuned")}} for s in seeds]
-    return {"setting": "cpu", "arm": arm, "arm_index": index, "runs": runs, "pooled": pooled,
-            "comparisons": [["simclr", "random_init"]],
-            "settings": {"dataset": "oscd", "model": "resnet10_w32", "epochs": 20, "image_size": 32,
-                         "batch_size": 128, "cd": {"crop_size": 64, "steps": {"frozen": 500, "finetuned": 200},
-                                                             "batch_size": 16},
-                         "folds": [{"fold": 0, "test": ["bercy", "paris"]}, {"fold": 1, "test": ["hongkong"]}]},
-            "provenance": {"command": "python -m rsjax.main --config=configs/study_oscd.py:cpu", "date": "2026-12-07",
-                           "git": {"commit": "abc1234", "dirty": False}}}
+    pooled = [
+        {
+            "seed": s,
+            **{
+                m: {
+                    "f1": np.mean([v for (k, t), v in f1[m].items() if t == s]),
+                    "iou": 0.1,
+                    "precision": 0.2,
+                    "recall": 0.3,
+                }
+                for m in ("frozen", "finetuned")
+            },
+        }
+        for s in seeds
+    ]
+    return {
+        "setting": "cpu",
+        "arm": arm,
+        "arm_index": index,
+        "runs": runs,
+        "pooled": pooled,
+        "comparisons": [["simclr", "random_init"]],
+        "settings": {
+            "dataset": "oscd",
+            "model": "resnet10_w32",
+            "epochs": 20,
+            "image_size": 32,
+            "batch_size": 128,
+            "cd": {"crop_size": 64, "steps": {"frozen": 500, "finetuned": 200}, "batch_size": 16},
+            "folds": [{"fold": 0, "test": ["bercy", "paris"]}, {"fold": 1, "test": ["hongkong"]}],
+        },
+        "provenance": {
+            "command": "python -m rsjax.main --config=configs/study_oscd.py:cpu",
+            "date": "2026-12-07",
+            "git": {"commit": "abc1234", "dirty": False},
+        },
+    }
 
 
 def test_oscd_table_numbers_recomputed_independently():
@@ -285,8 +344,10 @@ def test_oscd_table_numbers_recomputed_independently():
 
     rng = np.random.default_rng(0)
     keys = [(k, s) for k in (0, 1) for s in (0, 1, 2)]
-    f1 = {a: {m: {key: float(rng.uniform(0.1, 0.6)) for key in keys} for m in ("frozen", "finetuned")}
-          for a in ("random_init", "simclr")}
+    f1 = {
+        a: {m: {key: float(rng.uniform(0.1, 0.6)) for key in keys} for m in ("frozen", "finetuned")}
+        for a in ("random_init", "simclr")
+    }
     md = R.render_oscd_table([_arm("simclr", 1, f1["simclr"]), _arm("random_init", 0, f1["random_init"])])
     assert md.index("| random_init | frozen |") < md.index("| simclr | frozen |")  # arm_index order
     assert "F0 bercy + paris, F1 hongkong" in md
@@ -299,18 +360,25 @@ def test_oscd_table_numbers_recomputed_independently():
     fold1 = np.mean([f1["simclr"]["finetuned"][1, s] for s in range(3)])
     pooled = [np.mean([f1["simclr"]["finetuned"][k, s] for k in (0, 1)]) for s in range(3)]
     row = next(line for line in md.splitlines() if line.startswith("| simclr | fine-tuned |"))
-    assert row == (f"| simclr | fine-tuned | {mean_sd(pooled)} | 10.0 ± 0.0 | 20.0 ± 0.0 | 30.0 ± 0.0 "
-                   f"| {100 * fold0:.1f} / {100 * fold1:.1f} | {mean_sd(vals)} |")
+    assert row == (
+        f"| simclr | fine-tuned | {mean_sd(pooled)} | 10.0 ± 0.0 | 20.0 ± 0.0 | 30.0 ± 0.0 "
+        f"| {100 * fold0:.1f} / {100 * fold1:.1f} | {mean_sd(vals)} |"
+    )
     d = np.array([f1["simclr"]["frozen"][k] - f1["random_init"]["frozen"][k] for k in keys])
     half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
     cell = f"{100 * d.mean():+.1f} [{100 * (d.mean() - half):+.1f}, {100 * (d.mean() + half):+.1f}] (n = 6)"
     line = next(x for x in md.splitlines() if x.startswith("| simclr − random_init |"))
     assert line.split(" | ")[1] == cell
-    dp = np.array([np.mean([f1["simclr"]["finetuned"][k, s] - f1["random_init"]["finetuned"][k, s] for k in (0, 1)])
-                   for s in range(3)])
+    dp = np.array(
+        [
+            np.mean([f1["simclr"]["finetuned"][k, s] - f1["random_init"]["finetuned"][k, s] for k in (0, 1)])
+            for s in range(3)
+        ]
+    )
     half = stats.t.ppf(0.975, 2) * dp.std(ddof=1) / math.sqrt(3)
     assert line.rstrip(" |").split(" | ")[-1] == (
-        f"{100 * dp.mean():+.1f} [{100 * (dp.mean() - half):+.1f}, {100 * (dp.mean() + half):+.1f}] (n = 3)")
+        f"{100 * dp.mean():+.1f} [{100 * (dp.mean() - half):+.1f}, {100 * (dp.mean() + half):+.1f}] (n = 3)"
+    )
     assert R.render_oscd_table([]).startswith("_No OSCD study results yet")
 
 
@@ -320,14 +388,18 @@ def test_smoke_study_end_to_end(synth, tmp_path):
     records with both scores and the pretraining's evidence, the arm's JSON, study.md."""
     from rsjax.jobs import study_oscd as S
 
-    config = smoke(synth, arms="simclr", include_random_init=False, folds="0+1+2+3,4+5+6+7",
-                   out_dir=str(tmp_path / "out"))
+    config = smoke(
+        synth, arms="simclr", include_random_init=False, folds="0+1+2+3,4+5+6+7", out_dir=str(tmp_path / "out")
+    )
     report = S.run(config, str(tmp_path / "wd"))
     p = report["results"]["simclr"]
     assert [(r["fold"], r["seed"]) for r in p["runs"]] == [(0, 0), (1, 0)] and not p["errors"]
     for r in p["runs"]:
-        assert r["steps"] == 2 and r["last_window"]["window_rows"] >= 1 and r["test"] in (["0", "1", "2", "3"],
-                                                                                          ["4", "5", "6", "7"])
+        assert (
+            r["steps"] == 2
+            and r["last_window"]["window_rows"] >= 1
+            and r["test"] in (["0", "1", "2", "3"], ["4", "5", "6", "7"])
+        )
         for mode in S.MODES:
             assert 0.0 <= r[mode]["f1"] <= 1.0 and r[mode]["tp"] + r[mode]["fn"] > 0
             assert r[mode]["num_test"] == 16 and r[mode]["num_train"] == 16

@@ -13,6 +13,7 @@ from rsjax.data import registry, synthetic
 
 # ------------------------------------------------------------------------------- generator
 
+
 def test_generate_shapes_dtypes_and_labels():
     d = synthetic.generate(3, tile_size=64, crop_size=32, seed=5, scene_offset=10)
     n = 3 * 4
@@ -115,9 +116,9 @@ def test_registry_statistics_match_generator():
 
 # -------------------------------------------------------------------------------- registry
 
+
 def test_registry_entries_and_errors():
-    for name in ("rs_synthetic", "eurosat_rgb", "eurosat_ms", "bigearthnet", "ssl4eo_s12",
-                 "levir_cd"):
+    for name in ("rs_synthetic", "eurosat_rgb", "eurosat_ms", "bigearthnet", "ssl4eo_s12", "levir_cd"):
         info = registry.get_config_info(name)
         assert len(info.bands) == len(info.mean) == len(info.std) == len(info.wavelengths_nm)
         assert info.scale in (255.0, 10000.0)
@@ -145,6 +146,7 @@ def test_normalize_formula_and_band_check():
 
 
 # --------------------------------------------------------------------------- TFDS builder
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
@@ -219,9 +221,20 @@ def test_ensure_built_and_errors(tmp_path):
 def test_build_command_line(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
-        [sys.executable, "-m", "rsjax.data.build", "rs_synthetic", "--config=tiny",
-         f"--data_dir={tmp_path}", f"--manual_dir={tmp_path}"],
-        cwd=repo, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "rsjax.data.build",
+            "rs_synthetic",
+            "--config=tiny",
+            f"--data_dir={tmp_path}",
+            f"--manual_dir={tmp_path}",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "rs_synthetic: ready" in out.stdout
     assert os.path.isdir(tmp_path / "rs_synthetic" / "tiny" / "1.0.0")

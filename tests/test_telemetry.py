@@ -41,8 +41,8 @@ def read_events(tb_dir) -> list:
         data = path.read_bytes()
         pos = 0
         while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            payload = data[pos + 12:pos + 12 + n]
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            payload = data[pos + 12 : pos + 12 + n]
             assert len(payload) == n, f"truncated record in {path}"
             ev = event_pb2.Event()
             ev.ParseFromString(payload)
@@ -148,8 +148,14 @@ def test_eval_report_scalars_reach_tensorboard(tmp_path):
     config = ml_collections.ConfigDict({"job": "segmentation", "seed": 3, "model": {"decoder": "unet"}})
     wd = workdir_lib.Workdir(str(tmp_path / "wd"), config)
     wd.log_metrics(7, {"loss": 0.5})
-    metrics = {"miou": 0.25, "overall_accuracy": np.float64(0.75), "per_class_iou": [0.1, 0.4],
-               "frozen": {"miou": 0.125}, "decoder": "unet", "epochs": 3}
+    metrics = {
+        "miou": 0.25,
+        "overall_accuracy": np.float64(0.75),
+        "per_class_iou": [0.1, 0.4],
+        "frozen": {"miou": 0.125},
+        "decoder": "unet",
+        "epochs": 3,
+    }
     wd.write_eval_report("segmentation", metrics, config)
     wd.write_eval_report("segmentation", {"miou": 0.5}, config, name="eval_b.json", step=11)
     wd.close()
@@ -172,12 +178,19 @@ app.run(m.main)
 """
 
 
-@pytest.mark.parametrize("flags,expected", [([], -1), (["--verbosity=1"], 1), (["-v", "0"], 0),
-                                            (["--verbosity=-2"], -2)])
+@pytest.mark.parametrize(
+    "flags,expected", [([], -1), (["--verbosity=1"], 1), (["-v", "0"], 0), (["--verbosity=-2"], -2)]
+)
 def test_main_respects_verbosity_flag(flags, expected):
     """WARNING (-1) unless --verbosity / -v is given; then absl's own value stands."""
-    out = subprocess.run([sys.executable, "-c", _VERBOSITY_SCRIPT, *flags], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    out = subprocess.run(
+        [sys.executable, "-c", _VERBOSITY_SCRIPT, *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"VERBOSITY {expected}\n" in out.stdout, out.stdout + out.stderr[-2000:]
 

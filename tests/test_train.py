@@ -25,10 +25,20 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # test_noisy_label.py::test_study_outputs, study_eurosat in test_results.py / test_study.py,
 # study_dubai in test_study_dubai.py (on a generated Dubai-like folder: it reads a tile folder),
 # study_oscd in test_study_oscd.py::test_smoke_study_end_to_end.
-RUN_ELSEWHERE = {"seg.py", "cd_levir.py", "noisy_label.py", "noisy_label_study.py", "study_eurosat.py",
-                 "study_dubai.py", "study_oscd.py"}
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py")
-                 if not p.name.startswith("_") and p.name != "common.py" and p.name not in RUN_ELSEWHERE)
+RUN_ELSEWHERE = {
+    "seg.py",
+    "cd_levir.py",
+    "noisy_label.py",
+    "noisy_label_study.py",
+    "study_eurosat.py",
+    "study_dubai.py",
+    "study_oscd.py",
+}
+CONFIGS = sorted(
+    p.name
+    for p in (REPO / "configs").glob("*.py")
+    if not p.name.startswith("_") and p.name != "common.py" and p.name not in RUN_ELSEWHERE
+)
 
 
 def load_config(name: str, variant: str = "smoke"):
@@ -219,8 +229,11 @@ def test_config_mismatch_refused_and_workdir_kept(synth_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "key,value,match",
-    [("loss.temperature", -0.1, "loss.temperature"), ("batch_size", 12, "divisible"),
-     ("model.in_channels", 3, "in_channels")],
+    [
+        ("loss.temperature", -0.1, "loss.temperature"),
+        ("batch_size", 12, "divisible"),
+        ("model.in_channels", 3, "in_channels"),
+    ],
 )
 def test_bad_config_values_get_clear_errors(synth_dir, tmp_path, key, value, match):
     config = load_config("simclr.py")
@@ -238,9 +251,19 @@ def test_bad_config_values_get_clear_errors(synth_dir, tmp_path, key, value, mat
 def test_cli_unknown_key_is_one_line_error(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run(
-        [sys.executable, "-m", "rsjax.main", f"--config={REPO}/configs/swimdiff.py:smoke",
-         f"--workdir={tmp_path}/wd", "--config.no_such_key=1"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "rsjax.main",
+            f"--config={REPO}/configs/swimdiff.py:smoke",
+            f"--workdir={tmp_path}/wd",
+            "--config.no_such_key=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert r.returncode != 0
     assert "no_such_key" in r.stderr

@@ -42,7 +42,6 @@ from rsjax.data.images import (  # noqa: E402,F401  (re-exported for the builder
     to_hwc,
 )
 
-
 # ----------------------------------------------------------------------- georeferencing
 
 NO_TRANSFORM = (float("nan"),) * 6
@@ -79,8 +78,9 @@ class GeoRef:
         return f"GeoRef({self.crs!r}, {self.transform})"
 
 
-def footprint_offset_px(ref: GeoRef, ref_shape: Sequence[int], other: GeoRef,
-                        other_shape: Sequence[int]) -> float | None:
+def footprint_offset_px(
+    ref: GeoRef, ref_shape: Sequence[int], other: GeoRef, other_shape: Sequence[int]
+) -> float | None:
     """How far apart two rasters' footprints lie, in pixels of ``ref``: the larger of the
     distances between their top-left corners and between their bottom-right corners (map
     units), divided by ``ref``'s smaller pixel side. ``shape``: ``(h, w, ...)``.
@@ -108,8 +108,7 @@ def georef_features() -> dict:
     ``""`` when unknown) and ``transform`` (float64 ``[6]``, NaN when unknown)."""
     import tensorflow_datasets as tfds
 
-    return {"crs": tfds.features.Text(),
-            "transform": tfds.features.Tensor(shape=(6,), dtype=np.float64)}
+    return {"crs": tfds.features.Text(), "transform": tfds.features.Tensor(shape=(6,), dtype=np.float64)}
 
 
 def read_georef(path) -> GeoRef:
@@ -157,6 +156,7 @@ def read_georef(path) -> GeoRef:
 
 # --------------------------------------------------------------------------- resampling
 
+
 def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Bilinear resize of ``[H, W]`` or ``[H, W, C]`` to ``[out_h, out_w(, C)]``, same dtype.
 
@@ -195,6 +195,7 @@ def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 # -------------------------------------------------------------------------------- crops
 
+
 def crop_offsets(size: int, crop: int) -> list[int]:
     """Start offsets of ``crop``-sized windows covering ``[0, size)`` on a regular grid.
 
@@ -218,7 +219,7 @@ def crop_grid(h: int, w: int, crop: int) -> list[tuple[int, int]]:
 def take_crop(arr: np.ndarray, y: int, x: int, crop: int, fill=0) -> np.ndarray:
     """``arr[y:y+crop, x:x+crop]`` as a contiguous array, padded with ``fill`` at the bottom /
     right when the image is smaller than ``crop``."""
-    out = arr[y:y + crop, x:x + crop]
+    out = arr[y : y + crop, x : x + crop]
     if out.shape[0] < crop or out.shape[1] < crop:
         pad = [(0, crop - out.shape[0]), (0, crop - out.shape[1])] + [(0, 0)] * (out.ndim - 2)
         out = np.pad(out, pad, constant_values=fill)
@@ -226,6 +227,7 @@ def take_crop(arr: np.ndarray, y: int, x: int, crop: int, fill=0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- files
+
 
 def natural_key(s: str):
     """Sort key that orders embedded numbers numerically (``img_2`` < ``img_10``)."""
@@ -237,9 +239,10 @@ def list_files(folder, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[pat
     (python ``sorted`` of the names); hidden files are ignored."""
     folder = pathlib.Path(folder)
     exts = tuple(e.lower() for e in extensions)
-    return sorted((p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".")
-                   and p.name.lower().endswith(exts)), key=lambda p: p.name)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(exts)),
+        key=lambda p: p.name,
+    )
 
 
 def walk_dirs(root, max_depth: int = 4) -> Iterator[pathlib.Path]:
@@ -253,8 +256,9 @@ def walk_dirs(root, max_depth: int = 4) -> Iterator[pathlib.Path]:
         for d in level:
             yield d
             try:
-                nxt.extend(sorted(p for p in d.iterdir() if p.is_dir()
-                                  and not p.name.startswith(".") and p.name != "__MACOSX"))
+                nxt.extend(
+                    sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+                )
             except OSError:
                 continue
         level = nxt
@@ -269,8 +273,15 @@ def find_dir(root, predicate, max_depth: int = 4) -> Optional[pathlib.Path]:
 def split_name(folder_name: str) -> Optional[str]:
     """Canonical TFDS split name of a folder / prefix name, or None (``val`` -> ``validation``)."""
     n = folder_name.lower()
-    return {"train": "train", "training": "train", "val": "validation", "valid": "validation",
-            "validation": "validation", "test": "test", "testing": "test"}.get(n)
+    return {
+        "train": "train",
+        "training": "train",
+        "val": "validation",
+        "valid": "validation",
+        "validation": "validation",
+        "test": "test",
+        "testing": "test",
+    }.get(n)
 
 
 def manual_dir(dl_manager, dataset: str, expect: str) -> pathlib.Path:
@@ -280,13 +291,15 @@ def manual_dir(dl_manager, dataset: str, expect: str) -> pathlib.Path:
     except (AssertionError, ValueError) as e:
         raise FileNotFoundError(
             f"{dataset} is built from local files: pass --manual_dir=DIR (config: the folder "
-            f"holding {expect}); nothing is downloaded. ({e})") from None
+            f"holding {expect}); nothing is downloaded. ({e})"
+        ) from None
     if not d.is_dir():
         raise FileNotFoundError(f"{dataset}: --manual_dir {d} is not a directory")
     return d
 
 
 # ---------------------------------------------------------------------------- skip_bad
+
 
 class ManualDataMixin:
     """``skip_bad`` handling for builders of real datasets (mix in before the TFDS base).
@@ -327,8 +340,7 @@ class ManualDataMixin:
             md["num_skipped"] = len(skipped)
             md["skipped_files"] = skipped
         if skipped:
-            log.warning("%s: %d bad input file(s) skipped so far (after split %r)", self.name,
-                        len(skipped), split)
+            log.warning("%s: %d bad input file(s) skipped so far (after split %r)", self.name, len(skipped), split)
 
 
 def default_to_array_record(builder) -> None:

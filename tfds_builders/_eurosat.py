@@ -45,6 +45,7 @@ def find_class_root(manual_dir: pathlib.Path, classes: Sequence[str], ext: str) 
     Raises:
       FileNotFoundError: no such folder; the message names the expected layout.
     """
+
     def has_classes(d: pathlib.Path) -> bool:
         return all((d / c).is_dir() for c in classes)
 
@@ -53,12 +54,14 @@ def find_class_root(manual_dir: pathlib.Path, classes: Sequence[str], ext: str) 
         missing = [c for c in classes if not (manual_dir / c).is_dir()]
         raise FileNotFoundError(
             f"{manual_dir}: expected the EuroSAT layout <Class>/<Class>_<n>{ext} with one "
-            f"folder per class {list(classes)}; missing class folders: {missing}")
+            f"folder per class {list(classes)}; missing class folders: {missing}"
+        )
     return root
 
 
-def list_class_files(root: pathlib.Path, classes: Sequence[str], exts: Sequence[str]
-                     ) -> tuple[dict[str, list[str]], list[str]]:
+def list_class_files(
+    root: pathlib.Path, classes: Sequence[str], exts: Sequence[str]
+) -> tuple[dict[str, list[str]], list[str]]:
     """``({class: sorted file names}, ignored)``: the files with one of ``exts`` in each class
     folder, and the ``<Class>/<name>`` of every other (non-hidden) file there, which is not read.
 
@@ -72,8 +75,11 @@ def list_class_files(root: pathlib.Path, classes: Sequence[str], exts: Sequence[
             raise FileNotFoundError(f"{root / c}: no {'/'.join(exts)} files for EuroSAT class {c!r}")
         out[c] = names
         taken = set(names)
-        ignored += [f"{c}/{p.name}" for p in sorted((root / c).iterdir())
-                    if p.is_file() and not p.name.startswith(".") and p.name not in taken]
+        ignored += [
+            f"{c}/{p.name}"
+            for p in sorted((root / c).iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.name not in taken
+        ]
     return out, ignored
 
 
@@ -86,6 +92,7 @@ SPLIT_CODES = {0: "train", 1: "test", 2: "validation"}
 
 
 # ------------------------------------------------------------------------------ builders
+
 
 @dataclasses.dataclass
 class EuroSATConfig(tfds.core.BuilderConfig):
@@ -101,17 +108,18 @@ CONFIGS = [
     EuroSATConfig(
         name="default",
         description="Stratified split: per class 20% test (seed 0), the rest train "
-                    "(full dataset: 21,600 train / 5,400 test)."),
+        "(full dataset: 21,600 train / 5,400 test).",
+    ),
     EuroSATConfig(
         name="with_validation",
         description="The default test split; 10% of every class moved from train to "
-                    "validation with seed 1 (full dataset: 18,900 / 2,700 / 5,400).",
-        validation_fraction=0.1),
+        "validation with seed 1 (full dataset: 18,900 / 2,700 / 5,400).",
+        validation_fraction=0.1,
+    ),
 ]
 
 
-class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder,
-                         skip_registration=True):
+class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared EuroSAT builder; subclasses set the registry name, file extension and reader."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -136,7 +144,8 @@ class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilde
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR where DIR (or a sub-folder of it, e.g. `2750/`) holds one "
-        "folder per class: <Class>/<Class>_<n>.jpg (RGB) or .tif (MS).")
+        "folder per class: <Class>/<Class>_<n>.jpg (RGB) or .tif (MS)."
+    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         info, cfg = self.dataset_info, self.builder_config
@@ -148,21 +157,29 @@ class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilde
                 "per class (sorted), files sorted by name; one shared "
                 f"numpy.random.default_rng({cfg.split_seed}); perm = rng.permutation(n); first "
                 f"round({cfg.test_fraction} * n) -> test, rest -> train"
-                + (f"; validation: shared default_rng({cfg.validation_seed}), "
-                   f"rng.permutation(train indices), first round({cfg.validation_fraction} * n) "
-                   "-> validation" if cfg.validation_fraction > 0 else "")),
-            test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
-            validation_fraction=cfg.validation_fraction, validation_seed=cfg.validation_seed,
+                + (
+                    f"; validation: shared default_rng({cfg.validation_seed}), "
+                    f"rng.permutation(train indices), first round({cfg.validation_fraction} * n) "
+                    "-> validation"
+                    if cfg.validation_fraction > 0
+                    else ""
+                )
+            ),
+            test_fraction=cfg.test_fraction,
+            split_seed=cfg.split_seed,
+            validation_fraction=cfg.validation_fraction,
+            validation_seed=cfg.validation_seed,
         )
         return self.dataset_info_from_configs(
             description=self.DESCRIPTION,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(s, s, c), dtype=self.DTYPE,
-                                              encoding="bytes"),
-                "label": tfds.features.ClassLabel(names=list(info.class_names)),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-                "filename": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(s, s, c), dtype=self.DTYPE, encoding="bytes"),
+                    "label": tfds.features.ClassLabel(names=list(info.class_names)),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                    "filename": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://github.com/phelber/EuroSAT",
             citation=self.CITATION,
@@ -171,29 +188,35 @@ class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilde
 
     def _split_generators(self, dl_manager):
         info, cfg = self.dataset_info, self.builder_config
-        mdir = _common.manual_dir(dl_manager, self.name,
-                                  f"<Class>/<Class>_<n>{self.EXTENSIONS[0]}")
+        mdir = _common.manual_dir(dl_manager, self.name, f"<Class>/<Class>_<n>{self.EXTENSIONS[0]}")
         root = find_class_root(mdir, info.class_names, self.EXTENSIONS[0])
         files, ignored = list_class_files(root, info.class_names, self.EXTENSIONS)
         md = self.info.metadata
         if md is not None:
             md["num_ignored"], md["ignored_files"] = len(ignored), ignored
         if ignored:  # said, counted and recorded: never a silent drop
-            log.warning("%s: %d file(s) in the class folders are not %s images and are not read: %s%s",
-                        self.name, len(ignored), "/".join(self.EXTENSIONS), ", ".join(ignored[:5]),
-                        " ..." if len(ignored) > 5 else "")
+            log.warning(
+                "%s: %d file(s) in the class folders are not %s images and are not read: %s%s",
+                self.name,
+                len(ignored),
+                "/".join(self.EXTENSIONS),
+                ", ".join(ignored[:5]),
+                " ..." if len(ignored) > 5 else "",
+            )
         assign = stratified_split(
-            [len(files[c]) for c in info.class_names], test_fraction=cfg.test_fraction,
-            split_seed=cfg.split_seed, validation_fraction=cfg.validation_fraction,
-            validation_seed=cfg.validation_seed)
+            [len(files[c]) for c in info.class_names],
+            test_fraction=cfg.test_fraction,
+            split_seed=cfg.split_seed,
+            validation_fraction=cfg.validation_fraction,
+            validation_seed=cfg.validation_seed,
+        )
         items: dict[str, list] = {"train": [], "validation": [], "test": []}
         gidx = 0
         for label, c in enumerate(info.class_names):
             for name, code in zip(files[c], assign[label]):
                 items[SPLIT_CODES[int(code)]].append((gidx, label, c, name))
                 gidx += 1
-        return {split: self._generate_examples(root, split, its)
-                for split, its in items.items() if its}
+        return {split: self._generate_examples(root, split, its) for split, its in items.items() if its}
 
     def _load(self, path: pathlib.Path) -> np.ndarray:
         raise NotImplementedError
@@ -206,11 +229,9 @@ class EuroSATBuilderBase(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilde
             path = root / cls / name
             img = self._load(path)
             if img.shape[:2] != (s, s):
-                raise _common.BadFileError(path, f"expected {s} x {s} pixels, got "
-                                           f"{img.shape[0]} x {img.shape[1]}")
+                raise _common.BadFileError(path, f"expected {s} x {s} pixels, got {img.shape[0]} x {img.shape[1]}")
             rel = f"{cls}/{name}"
-            yield rel, {"image": img, "label": label, "scene_id": np.int32(gidx),
-                        "filename": rel}
+            yield rel, {"image": img, "label": label, "scene_id": np.int32(gidx), "filename": rel}
 
         yield from _common.iter_with_skip(self, items, one, root)
         self._report_skipped(split)

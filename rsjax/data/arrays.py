@@ -24,8 +24,9 @@ from rsjax.data import (
 )
 
 
-def paired_crop_flip(arrays: Mapping[str, np.ndarray], index: int, crop: int, rng: np.random.Generator,
-                     augment: bool = True) -> dict[str, np.ndarray]:
+def paired_crop_flip(
+    arrays: Mapping[str, np.ndarray], index: int, crop: int, rng: np.random.Generator, augment: bool = True
+) -> dict[str, np.ndarray]:
     """Example ``index``: the same random ``crop`` window, flip and 90-degree rotation for every
     spatial array (``[N, H, W, ...]``: images and masks alike; arrays with fewer than three axes,
     e.g. class labels, are passed through). ``crop`` <= 0 or >= the image keeps the full image;
@@ -34,14 +35,15 @@ def paired_crop_flip(arrays: Mapping[str, np.ndarray], index: int, crop: int, rn
     return ops.apply(f"crop_flip({max(int(crop), 0)}, augment={bool(augment)})", example, rng)
 
 
-def batch_at(arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, step: int, *, crop: int = 0,
-             augment: bool = True) -> dict[str, np.ndarray]:
+def batch_at(
+    arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, step: int, *, crop: int = 0, augment: bool = True
+) -> dict[str, np.ndarray]:
     """Training batch ``step`` (0-based): a pure function of ``(seed, step)``."""
     n = len(next(iter(arrays.values())))
     per_epoch = max(1, math.ceil(n / batch_size))
     epoch, pos = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch, 11]).permutation(n)
-    idx = np.resize(perm, per_epoch * batch_size)[pos * batch_size:(pos + 1) * batch_size]
+    idx = np.resize(perm, per_epoch * batch_size)[pos * batch_size : (pos + 1) * batch_size]
     rng = np.random.default_rng([seed, step, 12])
     items = [paired_crop_flip(arrays, int(i), crop, rng, augment) for i in idx]
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
@@ -65,9 +67,17 @@ class ArrayIterator:
     labelled subset, split or crop) is refused instead of continuing on different batches.
     """
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, *, crop: int = 0,
-                 augment: bool = True, transform: Callable[[dict], dict] | None = None,
-                 source: str = "the training arrays"):
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        batch_size: int,
+        seed: int,
+        *,
+        crop: int = 0,
+        augment: bool = True,
+        transform: Callable[[dict], dict] | None = None,
+        source: str = "the training arrays",
+    ):
         lengths = {k: len(v) for k, v in arrays.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"arrays differ in length: {lengths}")
@@ -88,8 +98,16 @@ class ArrayIterator:
         return self.transform(batch) if self.transform is not None else batch
 
     def get_state(self) -> str:
-        return json.dumps({"kind": "arrays", "step": self.step, "seed": self.seed, "batch_size": self.batch_size,
-                           "num_examples": len(next(iter(self.arrays.values()))), "fingerprint": self.fingerprint})
+        return json.dumps(
+            {
+                "kind": "arrays",
+                "step": self.step,
+                "seed": self.seed,
+                "batch_size": self.batch_size,
+                "num_examples": len(next(iter(self.arrays.values()))),
+                "fingerprint": self.fingerprint,
+            }
+        )
 
     def set_state(self, state: str | dict) -> None:
         s = json.loads(state) if isinstance(state, str) else dict(state)
@@ -99,7 +117,8 @@ class ArrayIterator:
                 raise errors.CheckpointError(
                     f"the checkpoint was written for other training data: {key} {s[key]!r} there, {mine[key]!r} "
                     f"now ({self.source}). The settings that choose this data changed since; restore them, or "
-                    f"start a new workdir")
+                    f"start a new workdir"
+                )
         self.step = int(s["step"])
 
 

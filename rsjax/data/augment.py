@@ -39,8 +39,8 @@ from rsjax.errors import ConfigError, DataError
 # Separable resampling
 # ----------------------------------------------------------------------------------------
 
-def resample_matrix(start: float, length: float, in_size: int, out_size: int,
-                    antialias: bool = True) -> np.ndarray:
+
+def resample_matrix(start: float, length: float, in_size: int, out_size: int, antialias: bool = True) -> np.ndarray:
     """Linear operator ``[out_size, in_size]`` that maps the 1-D window ``[start, start+length)``
     (in input pixel units, continuous) onto ``out_size`` output pixels.
 
@@ -88,15 +88,17 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     if size > h or size > w:
         raise ValueError(f"center_crop size {size} larger than image {img.shape[:2]}")
     y0, x0 = (h - size) // 2, (w - size) // 2
-    return img[y0:y0 + size, x0:x0 + size]
+    return img[y0 : y0 + size, x0 : x0 + size]
 
 
 # ----------------------------------------------------------------------------------------
 # Geometric
 # ----------------------------------------------------------------------------------------
 
-def sample_crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.2, 1.0),
-                    ratio=(3 / 4, 4 / 3), max_tries: int = 10) -> tuple[float, float, float, float]:
+
+def sample_crop_box(
+    h: int, w: int, rng: np.random.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), max_tries: int = 10
+) -> tuple[float, float, float, float]:
     """Samples ``(y0, x0, ch, cw)`` of a crop covering a fraction ``U(scale)`` of the image
     area with aspect ratio ``cw / ch`` log-uniform in ``ratio`` (Inception-style, the
     ``RandomResizedCrop`` recipe). Box sizes are continuous (sub-pixel), which keeps small
@@ -125,9 +127,14 @@ def sample_crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.2, 1.0),
     return (h - ch) / 2, (w - cw) / 2, ch, cw
 
 
-def random_resized_crop(img: np.ndarray, out_size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
-                        rng: np.random.Generator | None = None,
-                        antialias: bool = True) -> np.ndarray:
+def random_resized_crop(
+    img: np.ndarray,
+    out_size: int,
+    scale=(0.2, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    rng: np.random.Generator | None = None,
+    antialias: bool = True,
+) -> np.ndarray:
     """Crop a random box (area fraction ``U(scale)``, aspect ratio log-uniform in ``ratio``,
     see :func:`sample_crop_box`) and resample it bilinearly to ``out_size`` x ``out_size``.
 
@@ -174,8 +181,10 @@ def random_flip_rot90(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # Photometric (band-agnostic)
 # ----------------------------------------------------------------------------------------
 
-def brightness_contrast(img: np.ndarray, rng: np.random.Generator, strength: float = 0.4,
-                        p: float = 0.8, band_jitter: float = 0.0) -> np.ndarray:
+
+def brightness_contrast(
+    img: np.ndarray, rng: np.random.Generator, strength: float = 0.4, p: float = 0.8, band_jitter: float = 0.0
+) -> np.ndarray:
     """Random brightness and contrast applied identically to every band, with probability ``p``.
 
     With ``b ~ U(1 - 0.8 s, 1 + 0.8 s)`` and ``c ~ U(1 - 0.8 s, 1 + 0.8 s)`` (``s =
@@ -199,9 +208,15 @@ def brightness_contrast(img: np.ndarray, rng: np.random.Generator, strength: flo
     return photometric_jitter(img, rng, strength, p, band_jitter)
 
 
-def photometric_jitter(img: np.ndarray, rng: np.random.Generator, strength: float = 0.4,
-                       p: float = 0.8, band_jitter: float = 0.0, saturation: float = 0.0,
-                       gray_prob: float = 0.0) -> np.ndarray:
+def photometric_jitter(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    strength: float = 0.4,
+    p: float = 0.8,
+    band_jitter: float = 0.0,
+    saturation: float = 0.0,
+    gray_prob: float = 0.0,
+) -> np.ndarray:
     """Band-agnostic photometric jitter, the host twin of the device path's
     (:func:`rsjax.data.device_augment.augment_views`), for ``img`` ``[H, W, C]``, any ``C``.
 
@@ -270,8 +285,7 @@ def gaussian_kernel_matrix(size: int, sigma: float) -> np.ndarray:
     return m
 
 
-def gaussian_blur(img: np.ndarray, rng: np.random.Generator, sigma_range=(0.1, 2.0),
-                  p: float = 0.5) -> np.ndarray:
+def gaussian_blur(img: np.ndarray, rng: np.random.Generator, sigma_range=(0.1, 2.0), p: float = 0.5) -> np.ndarray:
     """With probability ``p``, blur every band with an isotropic Gaussian, ``sigma ~
     U(sigma_range)`` in pixels (separable, mirror boundaries). SimCLR uses sigma in
     [0.1, 2.0] at 224 px; for small remote-sensing patches a proportionally smaller range
@@ -288,6 +302,7 @@ def gaussian_blur(img: np.ndarray, rng: np.random.Generator, sigma_range=(0.1, 2
 # ----------------------------------------------------------------------------------------
 # The numpy backend of the op registry (rsjax.data.ops): per example, one Generator
 # ----------------------------------------------------------------------------------------
+
 
 def _spatial_keys(data: dict) -> list[str]:
     """Per-example spatial arrays: ``[H, W, ...]`` (images and masks), not labels."""
@@ -372,7 +387,7 @@ def _np_crop_flip(data, rng, ctx, *, size, augment):
     x0 = int(rng.integers(0, w - cw + 1)) if augment else (w - cw) // 2
     k, flip = (int(rng.integers(0, 4)), bool(rng.integers(0, 2))) if augment else (0, False)
     for name in spatial:
-        a = data[name][y0:y0 + ch, x0:x0 + cw]
+        a = data[name][y0 : y0 + ch, x0 : x0 + cw]
         if flip:
             a = a[:, ::-1]
         if k:
@@ -405,8 +420,10 @@ def _np_remap(data, rng, ctx, *, class_map):
     name = "mask" if "mask" in data else "label"
     lab = np.asarray(data[name])
     if lab.size and (lab.max() >= len(class_map) or lab.min() < IGNORE_INDEX):
-        raise DataError(f"remap: {name} values {sorted(set(np.unique(lab).tolist()))[:8]} outside "
-                        f"[-1, {len(class_map)}) (class_map has {len(class_map)} entries)")
+        raise DataError(
+            f"remap: {name} values {sorted(set(np.unique(lab).tolist()))[:8]} outside "
+            f"[-1, {len(class_map)}) (class_map has {len(class_map)} entries)"
+        )
     data[name] = lut[lab]
     return data
 
@@ -424,8 +441,10 @@ def _np_multi_hot(data, rng, ctx, *, num_classes):
 # Two views
 # ----------------------------------------------------------------------------------------
 
-def two_views(img: np.ndarray, rng: np.random.Generator, recipe: "str | ops.Pipeline" = ops.DEFAULT_AUGMENT,
-              out_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+
+def two_views(
+    img: np.ndarray, rng: np.random.Generator, recipe: "str | ops.Pipeline" = ops.DEFAULT_AUGMENT, out_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """Two independently augmented views of ``img`` ([H, W, C] float, any C).
 
     ``recipe``: a view recipe (``config.data.augment``, see :mod:`rsjax.data.ops`) or its built

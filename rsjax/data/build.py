@@ -67,9 +67,11 @@ def available_builders() -> tuple[str, ...]:
     """Names of the builder packages under ``tfds_builders/``."""
     pkg = importlib.import_module(_BUILDERS_PACKAGE)
     root = pathlib.Path(pkg.__file__).parent
-    return tuple(sorted(
-        p.name for p in root.iterdir()
-        if p.is_dir() and (p / "__init__.py").exists() and not p.name.startswith("_")))
+    return tuple(
+        sorted(
+            p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").exists() and not p.name.startswith("_")
+        )
+    )
 
 
 def get_builder_class(name: str) -> type:
@@ -80,8 +82,7 @@ def get_builder_class(name: str) -> type:
     """
     base = name.split("/")[0].split(":")[0]
     if not re.fullmatch(r"[a-z][a-z0-9_]*", base):
-        raise ConfigError(
-            f"invalid dataset name {name!r}; available: {', '.join(available_builders())}")
+        raise ConfigError(f"invalid dataset name {name!r}; available: {', '.join(available_builders())}")
     try:
         mod = importlib.import_module(f"{_BUILDERS_PACKAGE}.{base}")
     except ModuleNotFoundError as e:
@@ -93,17 +94,20 @@ def get_builder_class(name: str) -> type:
         raise
     cls = getattr(mod, "Builder", None)
     if cls is None:
-        candidates = [v for v in vars(mod).values()
-                      if inspect.isclass(v) and issubclass(v, tfds.core.DatasetBuilder)
-                      and getattr(v, "name", None) == base]
+        candidates = [
+            v
+            for v in vars(mod).values()
+            if inspect.isclass(v) and issubclass(v, tfds.core.DatasetBuilder) and getattr(v, "name", None) == base
+        ]
         if not candidates:
             raise ValueError(f"package {mod.__name__} defines no `Builder` class")
         cls = candidates[0]
     return cls
 
 
-def get_builder(name: str, data_dir: Optional[str] = None, config: Optional[str] = None,
-                **kwargs) -> tfds.core.DatasetBuilder:
+def get_builder(
+    name: str, data_dir: Optional[str] = None, config: Optional[str] = None, **kwargs
+) -> tfds.core.DatasetBuilder:
     """Instantiates the builder of ``name`` (with ``config`` or its default) on ``data_dir``.
 
     Falls back to ``tfds.builder`` (read-only from ``data_dir``, or a TFDS catalog dataset) when
@@ -151,7 +155,8 @@ def check_random_access(builder: tfds.core.DatasetBuilder) -> None:
             f"dataset {builder.info.full_name} at {builder.data_dir} is stored as {written}, which rsjax "
             f"cannot read (it needs random access); rebuild it as array_record into a new --data_dir or "
             f"after deleting that folder: tfds build tfds_builders/{name} --file_format=array_record "
-            f"--manual_dir=DIR, or python -m rsjax.data.build {name} --manual_dir=DIR")
+            f"--manual_dir=DIR, or python -m rsjax.data.build {name} --manual_dir=DIR"
+        )
 
 
 def is_built(builder: tfds.core.DatasetBuilder) -> bool:
@@ -218,8 +223,7 @@ def _leave_no_trace(dataset_root: str):
             shutil.rmtree(dataset_root, ignore_errors=True)
         else:
             # Deepest first: files, then the folders they emptied.
-            for rel in sorted(_tree(dataset_root) - before, key=lambda r: r.count(os.sep),
-                              reverse=True):
+            for rel in sorted(_tree(dataset_root) - before, key=lambda r: r.count(os.sep), reverse=True):
                 p = os.path.join(dataset_root, rel)
                 if os.path.isdir(p) and not os.path.islink(p):
                     shutil.rmtree(p, ignore_errors=True)
@@ -238,14 +242,19 @@ def _remove_stale_incomplete(config_dir: str) -> None:
         return
     for entry in os.listdir(config_dir):
         if entry.startswith(tfds.core.constants.INCOMPLETE_PREFIX):
-            log.warning("removing %s, left by an interrupted build",
-                        os.path.join(config_dir, entry))
+            log.warning("removing %s, left by an interrupted build", os.path.join(config_dir, entry))
             shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
 
 
-def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
-                  config: Optional[str] = None, *, skip_bad: bool = False,
-                  progress: bool = True) -> str:
+def build_dataset(
+    name: str,
+    data_dir: Optional[str] = None,
+    manual_dir: Optional[str] = None,
+    config: Optional[str] = None,
+    *,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> str:
     """Builds ``name`` (array_record) into ``data_dir`` and returns the dataset version folder.
 
     Reuses an existing build. ``manual_dir`` holds the original files for real datasets and is
@@ -262,14 +271,12 @@ def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optiona
         kwargs["skip_bad"] = True
     created_data_dir = not os.path.exists(data_dir)
     try:
-        with _build_lock(data_dir, cls.name), \
-                _leave_no_trace(os.path.join(data_dir, cls.name)):
+        with _build_lock(data_dir, cls.name), _leave_no_trace(os.path.join(data_dir, cls.name)):
             builder = get_builder(name, data_dir, config, **kwargs)
             if skip_bad:
                 builder.skip_bad = True
             if is_built(builder):
-                log.info("dataset %s already built at %s", builder.info.full_name,
-                         builder.data_dir)
+                log.info("dataset %s already built at %s", builder.info.full_name, builder.data_dir)
                 return builder.data_dir
             if progress:
                 tfds.enable_progress_bar()
@@ -282,20 +289,22 @@ def build_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optiona
             with tempfile.TemporaryDirectory(prefix="rsjax_dl_") as dl_dir, _data_errors(name):
                 download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
                 builder.download_and_prepare(
-                    download_dir=dl_dir, download_config=download_config,
-                    file_format="array_record")
+                    download_dir=dl_dir, download_config=download_config, file_format="array_record"
+                )
     except BaseException:
         if created_data_dir:  # only the (already deleted) lock file was ever in it
             with contextlib.suppress(OSError):
                 os.rmdir(data_dir)
         raise
-    log.info("built %s in %.1f s at %s", builder.info.full_name, time.perf_counter() - t0,
-             builder.data_dir)
+    log.info("built %s in %.1f s at %s", builder.info.full_name, time.perf_counter() - t0, builder.data_dir)
     skipped = getattr(builder, "skipped_files", None)
     if skipped:  # builders of real data with --skip_bad (tfds_builders/_common.py)
-        log.warning("%s: skipped %d bad input file(s) (listed in the dataset metadata "
-                    "`skipped_files`): %s", builder.info.full_name, len(skipped),
-                    ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+        log.warning(
+            "%s: skipped %d bad input file(s) (listed in the dataset metadata `skipped_files`): %s",
+            builder.info.full_name,
+            len(skipped),
+            ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
+        )
     return builder.data_dir
 
 
@@ -333,8 +342,10 @@ def _data_errors(name: str):
         raise
     except Exception as e:  # noqa: BLE001 - re-raised unless it is a data problem
         if isinstance(e, AssertionError) and "No examples were yielded" in str(e):
-            raise DataError(f"building {name}: {e} (no readable input for it: with --skip_bad, "
-                            "every file of that split was skipped; see the warnings above)") from e
+            raise DataError(
+                f"building {name}: {e} (no readable input for it: with --skip_bad, "
+                "every file of that split was skipped; see the warnings above)"
+            ) from e
         inner = e
         while inner is not None:
             if isinstance(inner, (FileNotFoundError, NotADirectoryError)):  # stays a FileNotFoundError
@@ -356,15 +367,15 @@ def main(argv):
         )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    path = build_dataset(argv[1], flags_.data_dir, flags_.manual_dir, flags_.config,
-                         skip_bad=flags_.skip_bad)
+    path = build_dataset(argv[1], flags_.data_dir, flags_.manual_dir, flags_.config, skip_bad=flags_.skip_bad)
     print(f"{argv[1]}: ready after {time.perf_counter() - t0:.1f} s -> {path}")
 
 
 def _define_flags():
     flags.DEFINE_string("manual_dir", None, "Folder with the original dataset files.")
-    flags.DEFINE_string("data_dir", None, "TFDS data dir to write to (default: $TFDS_DATA_DIR "
-                        "or ~/tensorflow_datasets).")
+    flags.DEFINE_string(
+        "data_dir", None, "TFDS data dir to write to (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+    )
     flags.DEFINE_string("config", None, "Builder config name (default: the builder's default).")
     flags.DEFINE_bool("skip_bad", False, "Skip unreadable input files instead of failing.")
 

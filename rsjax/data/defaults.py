@@ -164,18 +164,25 @@ def check_complete(data: Any, where: str = "config.data") -> None:
             f"{', '.join(f'{where}.{k}' for k in legacy)}: former augmentation key(s), now spelt in one "
             f"op string: "
             f"set {where}.augment={spec!r} instead (rsjax.data.ops; workdirs written with them are "
-            f"converted when read)")
+            f"converted when read)"
+        )
     renamed = sorted(k for k in given if k in RENAMED)
     if renamed:
-        raise ConfigError(", ".join(f"{where}.{k}: renamed {where}.{RENAMED[k]}" for k in renamed)
-                          + " (one rule for every scene: rsjax.data.scenes; workdirs written with the former "
-                          "name are converted when read)")
+        raise ConfigError(
+            ", ".join(f"{where}.{k}: renamed {where}.{RENAMED[k]}" for k in renamed)
+            + " (one rule for every scene: rsjax.data.scenes; workdirs written with the former "
+            "name are converted when read)"
+        )
     for key in given:
         if key not in known:
-            raise ConfigError(f"{where}.{key}: no input path reads this key (the host pipeline, "
-                              f"data.device_resident=True, nor any job); known keys: {sorted(known)}")
+            raise ConfigError(
+                f"{where}.{key}: no input path reads this key (the host pipeline, "
+                f"data.device_resident=True, nor any job); known keys: {sorted(known)}"
+            )
     missing = [k for k in known if k not in given]
     if missing:
-        raise ConfigError(f"{where} lacks the key(s) {', '.join(missing)}: build the block with "
-                          f"configs.common.data_config(...) (every key of "
-                          f"rsjax.data.defaults.default_data_config, at its default unless given)")
+        raise ConfigError(
+            f"{where} lacks the key(s) {', '.join(missing)}: build the block with "
+            f"configs.common.data_config(...) (every key of "
+            f"rsjax.data.defaults.default_data_config, at its default unless given)"
+        )

@@ -118,8 +118,7 @@ def _jax_rrc(data, key, ctx, *, scale, ratio, size):
     b, h, w, _ = x.shape
     s = _size(size, ctx)
     reg = _regions(ctx, b, h, w)
-    y0, x0, ch, cw = jax.vmap(lambda k, r: sample_crop_box(k, r[2], r[3], scale, ratio))(
-        jax.random.split(key, b), reg)
+    y0, x0, ch, cw = jax.vmap(lambda k, r: sample_crop_box(k, r[2], r[3], scale, ratio))(jax.random.split(key, b), reg)
     my = jax.vmap(lambda st, ln: resample_matrix(st, ln, h, s))(reg[:, 0] + y0, ch)
     mx = jax.vmap(lambda st, ln: resample_matrix(st, ln, w, s))(reg[:, 1] + x0, cw)
     data["image"] = _resample(x, my, mx)
@@ -152,8 +151,9 @@ def _jax_flip_rot(data, key, ctx):
     for name in _spatial_keys(data):
         x = data[name]
         if x.shape[1] != x.shape[2]:
-            raise ConfigError(f"op flip_rot on the device path needs square views, got {x.shape[1:3]} "
-                              f"(config.data.augment)")
+            raise ConfigError(
+                f"op flip_rot on the device path needs square views, got {x.shape[1:3]} (config.data.augment)"
+            )
         x = _where(fy, x[:, ::-1], x)
         x = _where(fx, x[:, :, ::-1], x)
         data[name] = _where(tr, jnp.swapaxes(x, 1, 2), x)
@@ -223,8 +223,7 @@ def _jax_normalize(data, key, ctx, *, keys):
     return data
 
 
-def augment_views(key, images, recipe=ops.DEFAULT_AUGMENT, *, out_size: int, scale: float, mean, std,
-                  regions=None):
+def augment_views(key, images, recipe=ops.DEFAULT_AUGMENT, *, out_size: int, scale: float, mean, std, regions=None):
     """One augmented view of each image.
 
     Args:
@@ -263,5 +262,7 @@ def sub_crop_regions(sub, g: int, h: int, w: int):
     grid of adjacent crops, as the host's ``pipeline._sub_crop`` cuts them."""
     j = jnp.asarray(sub)
     ch, cw = float(h // g), float(w // g)  # integer crop sides, as the host cuts them
-    return jnp.stack([(j // g) * ch, (j % g) * cw, jnp.full_like(j, ch, dtype=jnp.float32),
-                      jnp.full_like(j, cw, dtype=jnp.float32)], axis=-1).astype(jnp.float32)
+    return jnp.stack(
+        [(j // g) * ch, (j % g) * cw, jnp.full_like(j, ch, dtype=jnp.float32), jnp.full_like(j, cw, dtype=jnp.float32)],
+        axis=-1,
+    ).astype(jnp.float32)

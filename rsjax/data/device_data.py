@@ -63,9 +63,20 @@ class DeviceIterator:
       dataset: name recorded in the state fingerprint.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, global_batch_size: int, seed: int,
-                 mesh, crops_as_scenes: int = 0, scene_ids: np.ndarray | None = None,
-                 scenes_per_batch: int = 0, samples_per_scene: int = 2, dataset: str = ""):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        global_batch_size: int,
+        seed: int,
+        mesh,
+        crops_as_scenes: int = 0,
+        scene_ids: np.ndarray | None = None,
+        scenes_per_batch: int = 0,
+        samples_per_scene: int = 2,
+        dataset: str = "",
+    ):
         from rsjax.data import pipeline  # EpochPlan: the host path's batch composition
 
         self.g = int(crops_as_scenes or 0)
@@ -76,8 +87,7 @@ class DeviceIterator:
         scene_ids = np.asarray(scene_ids, np.int64)
         if scene_ids.shape != (self.n,):
             raise ValueError(f"scene_ids has shape {scene_ids.shape}, expected ({self.n},)")
-        spb, k = pipeline.batch_layout(global_batch_size, int(scenes_per_batch or 0),
-                                       int(samples_per_scene), self.g)
+        spb, k = pipeline.batch_layout(global_batch_size, int(scenes_per_batch or 0), int(samples_per_scene), self.g)
         # Unit u = sub-crop u % g^2 of image u // g^2, in the scene of its image (the host's
         # pipeline.unit_scene_ids, where that scene is the image itself).
         self.unit_scenes = np.repeat(scene_ids, g2)
@@ -89,8 +99,10 @@ class DeviceIterator:
         self._g2 = g2
         self._next = 0
         self._fingerprint = {
-            "dataset": dataset, "num_units": self.plan.num_units,
-            "global_batch_size": self.batch_size, "seed": self.seed,
+            "dataset": dataset,
+            "num_units": self.plan.num_units,
+            "global_batch_size": self.batch_size,
+            "seed": self.seed,
             "scenes_per_batch": int(scenes_per_batch or 0),
             "samples_per_scene": int(samples_per_scene) if scenes_per_batch else None,
             "crops_as_scenes": self.g,
@@ -99,8 +111,9 @@ class DeviceIterator:
         self.labels = jax.device_put(np.asarray(labels).astype(np.int32), shd.replicated(mesh))
         h, w = images.shape[1:3]
         # [g^2, 4] region of every sub-crop; a batch row takes the region of its unit's crop.
-        self._region_table = (np.asarray(device_augment.sub_crop_regions(np.arange(g2), self.g, h, w))
-                              if self.g else None)
+        self._region_table = (
+            np.asarray(device_augment.sub_crop_regions(np.arange(g2), self.g, h, w)) if self.g else None
+        )
 
         def gather(images, labels, idx, scene, regions):
             out = {"image": images[idx], "label": labels[idx], "scene_id": scene}
@@ -123,8 +136,13 @@ class DeviceIterator:
         idx = (units // self._g2).astype(np.int32)
         scene = self.unit_scenes[units].astype(np.int32)
         regions = self._region_table[units % self._g2] if self.g else None
-        return self._gather(self.images, self.labels, jnp.asarray(idx), jnp.asarray(scene),
-                            None if regions is None else jnp.asarray(regions))
+        return self._gather(
+            self.images,
+            self.labels,
+            jnp.asarray(idx),
+            jnp.asarray(scene),
+            None if regions is None else jnp.asarray(regions),
+        )
 
     @property
     def next_batch(self) -> int:
@@ -132,8 +150,9 @@ class DeviceIterator:
         return self._next
 
     def get_state(self) -> bytes:
-        return json.dumps({"format": STATE_FORMAT, "next_batch": self._next,
-                           "fingerprint": self._fingerprint}, sort_keys=True).encode("utf-8")
+        return json.dumps(
+            {"format": STATE_FORMAT, "next_batch": self._next, "fingerprint": self._fingerprint}, sort_keys=True
+        ).encode("utf-8")
 
     def set_state(self, state) -> None:
         if isinstance(state, (bytes, bytearray)):
@@ -144,7 +163,8 @@ class DeviceIterator:
             raise ValueError(
                 f"iterator state {state.get('format')!r} was written by an older device input path "
                 f"whose batches were drawn differently (no scene-aware batching); resuming would not "
-                f"continue the same batch sequence: start a new workdir")
+                f"continue the same batch sequence: start a new workdir"
+            )
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a {STATE_FORMAT} iterator state: {state!r:.200}")
 

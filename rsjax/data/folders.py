@@ -54,7 +54,7 @@ def subset_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
     subset per study seed), in record order; all ``n`` when ``limit`` is None, 0 or >= n."""
     if not limit or int(limit) >= n:
         return np.arange(n)
-    return np.sort(np.random.default_rng(int(seed)).permutation(n)[:int(limit)])
+    return np.sort(np.random.default_rng(int(seed)).permutation(n)[: int(limit)])
 
 
 def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[list[str], list[list[str]]]:
@@ -65,10 +65,16 @@ def class_folder_files(root: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[lis
     if not classes:
         raise MissingDataError(f"dataset folder {root!r} has no class sub-folders (expected <Class>/<image>)")
     # Hidden files (macOS ``._x.jpg``) are never images.
-    files = [sorted(f for f in os.listdir(os.path.join(root, c))
-                    if f.lower().endswith(tuple(e.lower() for e in exts)) and not f.startswith(".")
-                    and os.path.isfile(os.path.join(root, c, f)))
-             for c in classes]
+    files = [
+        sorted(
+            f
+            for f in os.listdir(os.path.join(root, c))
+            if f.lower().endswith(tuple(e.lower() for e in exts))
+            and not f.startswith(".")
+            and os.path.isfile(os.path.join(root, c, f))
+        )
+        for c in classes
+    ]
     for c, fs in zip(classes, files):
         if not fs:
             raise MissingDataError(f"class folder {os.path.join(root, c)!r} holds no image files ({', '.join(exts)})")
@@ -95,12 +101,15 @@ def tile_folders(root: str, max_depth: int = 3) -> dict[int, str]:
                     raise DataError(f"tile folders {found[n]!r} and {d!r} are both tile {n}")
                 found[n] = d
                 continue  # a tile's own sub-folders are images/ and masks/, not tiles
-            below += sorted(os.path.join(d, e) for e in os.listdir(d)
-                            if not e.startswith(".") and os.path.isdir(os.path.join(d, e)))
+            below += sorted(
+                os.path.join(d, e) for e in os.listdir(d) if not e.startswith(".") and os.path.isdir(os.path.join(d, e))
+            )
         level = below
     if not found:
-        raise MissingDataError(f"dataset folder {root!r} has no tile folders (expected <Tile N>/images/ "
-                               f"+ <Tile N>/masks/, at most {max_depth} levels down)")
+        raise MissingDataError(
+            f"dataset folder {root!r} has no tile folders (expected <Tile N>/images/ "
+            f"+ <Tile N>/masks/, at most {max_depth} levels down)"
+        )
     return dict(sorted(found.items()))
 
 
@@ -108,16 +117,28 @@ def tile_pairs(tile_dir: str, exts: Sequence[str] = IMAGE_EXTS) -> list[tuple[st
     """``(image, mask)`` paths of one tile folder, in image-name order: ``images/<stem>.<ext>`` with
     ``masks/<stem>.<ext>`` (any of ``exts``). DataError naming an image without a mask, a mask
     without an image, or an empty ``images/``."""
+
     def listing(sub):
         d = os.path.join(tile_dir, sub)
-        names = sorted(f for f in os.listdir(d) if f.lower().endswith(tuple(e.lower() for e in exts))
-                       and not f.startswith(".") and os.path.isfile(os.path.join(d, f))) if os.path.isdir(d) else []
+        names = (
+            sorted(
+                f
+                for f in os.listdir(d)
+                if f.lower().endswith(tuple(e.lower() for e in exts))
+                and not f.startswith(".")
+                and os.path.isfile(os.path.join(d, f))
+            )
+            if os.path.isdir(d)
+            else []
+        )
         by_stem: dict[str, str] = {}
         for f in names:
             stem = os.path.splitext(f)[0]
             if stem in by_stem:
-                raise DataError(f"{os.path.join(d, by_stem[stem])!r} and {os.path.join(d, f)!r} share the "
-                                f"name {stem!r}: keep one of them")
+                raise DataError(
+                    f"{os.path.join(d, by_stem[stem])!r} and {os.path.join(d, f)!r} share the "
+                    f"name {stem!r}: keep one of them"
+                )
             by_stem[stem] = f
         return d, by_stem
 
@@ -127,17 +148,23 @@ def tile_pairs(tile_dir: str, exts: Sequence[str] = IMAGE_EXTS) -> list[tuple[st
         raise DataError(f"tile folder {image_dir!r} holds no image files ({', '.join(exts)})")
     for stem, f in image_files.items():
         if stem not in mask_files:
-            raise DataError(f"image {os.path.join(image_dir, f)!r} has no mask (expected "
-                            f"{os.path.join(mask_dir, stem + '.png')!r})")
+            raise DataError(
+                f"image {os.path.join(image_dir, f)!r} has no mask (expected {os.path.join(mask_dir, stem + '.png')!r})"
+            )
     for stem, f in mask_files.items():
         if stem not in image_files:
             raise DataError(f"mask {os.path.join(mask_dir, f)!r} has no image in {image_dir!r}")
     return [(os.path.join(image_dir, image_files[s]), os.path.join(mask_dir, mask_files[s])) for s in image_files]
 
 
-def split_assignments(counts: Sequence[int], *, test_fraction: float = 0.2, split_seed: int = 0,
-                     validation_fraction: float = 0.0, validation_seed: int = 1
-                     ) -> list[np.ndarray]:
+def split_assignments(
+    counts: Sequence[int],
+    *,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    validation_fraction: float = 0.0,
+    validation_seed: int = 1,
+) -> list[np.ndarray]:
     """Split of every class's indices (see the module docstring).
 
     Args:
@@ -151,14 +178,14 @@ def split_assignments(counts: Sequence[int], *, test_fraction: float = 0.2, spli
     for n in counts:
         perm = rng.permutation(n)
         a = np.zeros(n, np.int64)
-        a[perm[:round(test_fraction * n)]] = 1
+        a[perm[: round(test_fraction * n)]] = 1
         assign.append(a)
     if validation_fraction > 0:
         vrng = np.random.default_rng(validation_seed)
         for a, n in zip(assign, counts):
             train_idx = np.nonzero(a == 0)[0]
             perm = vrng.permutation(train_idx)
-            a[perm[:round(validation_fraction * n)]] = 2
+            a[perm[: round(validation_fraction * n)]] = 2
     return assign
 
 
@@ -206,15 +233,18 @@ def check_shapes(shapes: Sequence[tuple], files: Sequence[str], expected: tuple 
     bad = [i for i, s in enumerate(shapes) if s != expected]
     if bad:
         i = bad[0]
-        raise DataError(f"image {files[i]!r} has shape {shapes[i]} (H, W, bands), expected {tuple(expected)} like "
-                        f"{len(shapes) - len(bad)} of the {len(shapes)} images"
-                        + (f" ({len(bad) - 1} more differ)" if len(bad) > 1 else "")
-                        + "; resize or convert it, or remove it from the folder")
+        raise DataError(
+            f"image {files[i]!r} has shape {shapes[i]} (H, W, bands), expected {tuple(expected)} like "
+            f"{len(shapes) - len(bad)} of the {len(shapes)} images"
+            + (f" ({len(bad) - 1} more differ)" if len(bad) > 1 else "")
+            + "; resize or convert it, or remove it from the folder"
+        )
     return tuple(expected)
 
 
-def read_images(files: Sequence[str], *, desc: str = "images", expected_shape: tuple | None = None,
-                threads: int | None = None) -> np.ndarray:
+def read_images(
+    files: Sequence[str], *, desc: str = "images", expected_shape: tuple | None = None, threads: int | None = None
+) -> np.ndarray:
     """Reads image files (:func:`read_image`, the builders' reader) into one array
     ``[N, H, W, C]`` in their stored dtype, decoding on ``threads`` threads (default: up to 8).
 
@@ -230,8 +260,15 @@ def read_images(files: Sequence[str], *, desc: str = "images", expected_shape: t
     return np.stack(out)
 
 
-def load_class_folder(root: str, split: str, *, test_fraction: float = 0.2, seed: int = 0,
-                      cache_dir: str | None = None, limit: int | None = None):
+def load_class_folder(
+    root: str,
+    split: str,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    limit: int | None = None,
+):
     """Decoded ``split`` ('train' | 'test' | 'all') of a class-folder tree (:func:`folder_split`).
 
     Returns (images [N, H, W, C] in their stored dtype, labels int32 [N], class names), class
@@ -283,7 +320,7 @@ def folder_split(root: str, *, test_fraction: float = 0.2, seed: int = 0, max_pe
         train = [os.path.join(root, name, f) for f, k in zip(fs, a) if k != 1]
         if max_per_class:
             k_test = int(round(test_fraction * max_per_class))
-            test, train = test[:k_test], train[:max_per_class - k_test]
+            test, train = test[:k_test], train[: max_per_class - k_test]
         te_f += test
         te_y += [c] * len(test)
         tr_f += train

@@ -30,6 +30,7 @@ class BadFileError(ValueError):
 
 # ------------------------------------------------------------------------------ readers
 
+
 def read_pil(path, mode: Optional[str] = None) -> np.ndarray:
     """Decodes a jpg/png/bmp/tif with PIL into a numpy array (fully loaded, no lazy decode).
 
@@ -73,8 +74,7 @@ def read_tif(path) -> np.ndarray:
         arr = tifffile.imread(path)
     except Exception as e:  # noqa: BLE001 - tifffile/struct/zlib errors for corrupt files
         if "imagecodecs" in str(e):  # a compressed TIFF, not a bad one: never skip it
-            raise ImportError(f"{path}: reading this compressed TIFF needs `pip install "
-                              f"imagecodecs` ({e})") from e
+            raise ImportError(f"{path}: reading this compressed TIFF needs `pip install imagecodecs` ({e})") from e
         raise BadFileError(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
     return np.asarray(arr)
 
@@ -100,8 +100,7 @@ def to_hwc(arr: np.ndarray, channels: int, path) -> np.ndarray:
             return arr
         if arr.shape[0] == channels:
             return np.ascontiguousarray(np.moveaxis(arr, 0, -1))
-    raise BadFileError(path, f"expected an image with {channels} bands, got array of shape "
-                       f"{arr.shape}")
+    raise BadFileError(path, f"expected an image with {channels} bands, got array of shape {arr.shape}")
 
 
 def as_uint16(arr: np.ndarray, path) -> np.ndarray:
@@ -115,6 +114,5 @@ def as_uint16(arr: np.ndarray, path) -> np.ndarray:
         lo, hi = (a.min(), a.max()) if a.size else (0, 0)
         if lo < 0 or hi > 65535:
             raise BadFileError(path, f"values {lo}..{hi} do not fit uint16 reflectance")
-        return np.rint(a).astype(np.uint16) if np.issubdtype(a.dtype, np.floating) \
-            else a.astype(np.uint16)
+        return np.rint(a).astype(np.uint16) if np.issubdtype(a.dtype, np.floating) else a.astype(np.uint16)
     raise BadFileError(path, f"unsupported pixel type {arr.dtype}")

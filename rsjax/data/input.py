@@ -38,28 +38,43 @@ def validate(config) -> None:
     need(sps >= 1, "samples_per_scene", "must be >= 1")
     need(g >= 0, "crops_as_scenes", "must be >= 0 (0 = whole images)")
     if spb:
-        need(spb * sps == config.batch_size, "scenes_per_batch",
-             f"scenes_per_batch x samples_per_scene ({spb} x {sps}) must equal batch_size {config.batch_size}")
+        need(
+            spb * sps == config.batch_size,
+            "scenes_per_batch",
+            f"scenes_per_batch x samples_per_scene ({spb} x {sps}) must equal batch_size {config.batch_size}",
+        )
     elif g:
-        need(config.batch_size % (g * g) == 0, "crops_as_scenes",
-             f"with data.scenes_per_batch=0 every image brings all its {g * g} crops, so batch_size "
-             f"{config.batch_size} must be a multiple of {g * g} (or set data.scenes_per_batch)")
+        need(
+            config.batch_size % (g * g) == 0,
+            "crops_as_scenes",
+            f"with data.scenes_per_batch=0 every image brings all its {g * g} crops, so batch_size "
+            f"{config.batch_size} must be a multiple of {g * g} (or set data.scenes_per_batch)",
+        )
     # The view recipe, for the backend of the chosen path: unknown ops, bad arguments and ops
     # that backend lacks are refused here, naming config.data.augment.
     ops.view_recipe(d.augment, "jax" if d.device_resident else "numpy")
     if d.device_resident:
-        need(not d.num_workers, "num_workers",
-             "grain worker processes belong to the host pipeline; data.device_resident=True has none "
-             "(set data.num_workers=0)")
+        need(
+            not d.num_workers,
+            "num_workers",
+            "grain worker processes belong to the host pipeline; data.device_resident=True has none "
+            "(set data.num_workers=0)",
+        )
     else:
-        need(not d.folder, "folder",
-             "the class folder is read by the GPU-resident path only; with data.device_resident=False "
-             "the host pipeline reads the TFDS dataset data.name (set data.device_resident=True, or "
-             "build the dataset and clear data.folder)")
+        need(
+            not d.folder,
+            "folder",
+            "the class folder is read by the GPU-resident path only; with data.device_resident=False "
+            "the host pipeline reads the TFDS dataset data.name (set data.device_resident=True, or "
+            "build the dataset and clear data.folder)",
+        )
         for key in ("test_scenes", "val_scenes", "pretrain_images"):
-            need(not d[key], key, "read by the GPU-resident path only (rsjax.data.pipeline.read_split); the host "
-                 "pipeline reads the stored split as it is (set data.device_resident=True)")
-
+            need(
+                not d[key],
+                key,
+                "read by the GPU-resident path only (rsjax.data.pipeline.read_split); the host "
+                "pipeline reads the stored split as it is (set data.device_resident=True)",
+            )
 
 
 def make_batch_transform(config):
@@ -72,13 +87,20 @@ def make_batch_transform(config):
     size = int(d.image_size)
 
     def transform(batch, key):
-        v1, v2 = device_augment.two_views(key, batch["image"], recipe, out_size=size, scale=info.scale,
-                                          mean=info.mean, std=info.std, regions=batch.get("region"))
+        v1, v2 = device_augment.two_views(
+            key,
+            batch["image"],
+            recipe,
+            out_size=size,
+            scale=info.scale,
+            mean=info.mean,
+            std=info.std,
+            regions=batch.get("region"),
+        )
         out = {k: v for k, v in batch.items() if k not in ("image", "region")}
         return {**out, "view1": v1, "view2": v2}
 
     return transform
-
 
 
 def pretrain_images(data_cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -100,8 +122,12 @@ def pretrain_images(data_cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     one: as the host path), crops left to the iterator's regions."""
     keys, g = tuple(data_cfg.pretrain_images), int(data_cfg.crops_as_scenes or 0)
     if keys:
-        split = pipeline.read_split(data_cfg, data_cfg.train_split, split_key="data.train_split",
-                                    fields={**{k: k for k in keys}, **({} if g else {"scene_id": "scene_id"})})
+        split = pipeline.read_split(
+            data_cfg,
+            data_cfg.train_split,
+            split_key="data.train_split",
+            fields={**{k: k for k in keys}, **({} if g else {"scene_id": "scene_id"})},
+        )
         n = len(split[keys[0]])
         images = np.concatenate([split[k] for k in keys])
         scenes = np.tile(np.arange(n) if g else split["scene_id"], len(keys)).astype(np.int64)
@@ -127,15 +153,27 @@ def make_iterator(config, mesh=None):
         if g != int(data_cfg.crops_as_scenes or 0):  # crops cut on read: their batch layout, spelt out
             cut = int(data_cfg.crops_as_scenes)
             spb, k = pipeline.batch_layout(config.batch_size, spb, k, cut)
-        pipeline.check_images(images, registry.data_info(data_cfg),
-                              where=f"split {data_cfg.train_split!r}", stacked=True)
+        pipeline.check_images(
+            images, registry.data_info(data_cfg), where=f"split {data_cfg.train_split!r}", stacked=True
+        )
         # The stored side, not a crop-as-scene's: views cut from g x g sub-crops are upsampled by design.
-        registry.warn_if_upsampling(data_cfg.image_size, np.asarray(images.shape[1:3]) * cut,
-                                    what=f"split {data_cfg.train_split!r} of {data_cfg.folder or data_cfg.name!r}")
+        registry.warn_if_upsampling(
+            data_cfg.image_size,
+            np.asarray(images.shape[1:3]) * cut,
+            what=f"split {data_cfg.train_split!r} of {data_cfg.folder or data_cfg.name!r}",
+        )
         it = device_data.DeviceIterator(
-            images, labels, global_batch_size=config.batch_size, seed=config.seed,
-            mesh=mesh or shd.make_mesh(), crops_as_scenes=g, scene_ids=scenes, scenes_per_batch=spb,
-            samples_per_scene=k, dataset=data_cfg.name)
+            images,
+            labels,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            mesh=mesh or shd.make_mesh(),
+            crops_as_scenes=g,
+            scene_ids=scenes,
+            scenes_per_batch=spb,
+            samples_per_scene=k,
+            dataset=data_cfg.name,
+        )
         return it, make_batch_transform(config)
 
     build.ensure_built(data_cfg.name, data_cfg.data_dir or None, config=data_cfg.builder_config)
@@ -161,4 +199,6 @@ def _warn_if_upsampling(data_cfg) -> None:
     except (KeyError, TypeError, ValueError, AttributeError):  # no static image shape: nothing to compare
         return
     if len(hw) == 2 and (hw > 0).all():
-        registry.warn_if_upsampling(data_cfg.image_size, hw, what=f"split {data_cfg.train_split!r} of {data_cfg.name!r}")
+        registry.warn_if_upsampling(
+            data_cfg.image_size, hw, what=f"split {data_cfg.train_split!r} of {data_cfg.name!r}"
+        )

@@ -120,8 +120,9 @@ def _other_class(rng: np.random.Generator, cls: np.ndarray, num_classes: int) ->
     return (cls + rng.integers(1, num_classes, size=np.shape(cls))) % num_classes
 
 
-def flip_regions(mask: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator,
-                 ignore_index=None) -> np.ndarray:
+def flip_regions(
+    mask: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, ignore_index=None
+) -> np.ndarray:
     """Relabels each connected region with probability ``rate`` to another random class."""
     mask = _check_mask(mask)
     if not 0.0 <= rate <= 1.0:
@@ -153,8 +154,15 @@ def _random_blob(rng: np.random.Generator, h: int, w: int, radius: float) -> np.
     return (yy - cy) ** 2 + (xx - cx) ** 2 < (r * mod) ** 2
 
 
-def flip_blobs(mask: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator,
-               radius: float = 6.0, ignore_index=None, max_blobs: int = 1000) -> np.ndarray:
+def flip_blobs(
+    mask: np.ndarray,
+    rate: float,
+    num_classes: int,
+    rng: np.random.Generator,
+    radius: float = 6.0,
+    ignore_index=None,
+    max_blobs: int = 1000,
+) -> np.ndarray:
     """Paints random blobs of random classes until >= ``rate`` of valid pixels are wrong."""
     mask = _check_mask(mask)
     if not 0.0 <= rate <= 1.0:
@@ -208,8 +216,9 @@ def erode_class(mask: np.ndarray, cls: int, px: int, ignore_index=None) -> np.nd
     return mask.copy()
 
 
-def shift_boundaries(mask: np.ndarray, px: int, rng: np.random.Generator, ignore_index=None,
-                     erosion_class: int = -1) -> np.ndarray:
+def shift_boundaries(
+    mask: np.ndarray, px: int, rng: np.random.Generator, ignore_index=None, erosion_class: int = -1
+) -> np.ndarray:
     """Boundary noise of ``px`` pixels (see module docstring for the sign convention)."""
     mask = _check_mask(mask)
     px = int(px)
@@ -261,10 +270,19 @@ def majority_pool(masks: np.ndarray, factor: int, num_classes: int, ignore_index
 # --------------------------------------------------------------------------------------
 # Whole data sets
 # --------------------------------------------------------------------------------------
-def apply_label_noise(masks: np.ndarray, *, num_classes: int, flip_rate: float = 0.0,
-                      flip_mode: str = "regions", erosion: int = 0, erosion_class: int = -1,
-                      blob_radius: float = 6.0, pool_factor: int = 1, seed: int = 0,
-                      ignore_index=None) -> np.ndarray:
+def apply_label_noise(
+    masks: np.ndarray,
+    *,
+    num_classes: int,
+    flip_rate: float = 0.0,
+    flip_mode: str = "regions",
+    erosion: int = 0,
+    erosion_class: int = -1,
+    blob_radius: float = 6.0,
+    pool_factor: int = 1,
+    seed: int = 0,
+    ignore_index=None,
+) -> np.ndarray:
     """Noisy copies of ``masks`` [N, H, W]: coarse labels (``pool_factor``), then flips
     (``flip_mode``), then boundary noise.
 

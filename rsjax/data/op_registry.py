@@ -87,9 +87,17 @@ DEFAULT_PP_DENSE = "normalize"
 #: The former individual ``config.data`` augmentation keys, folded into ``data.augment`` by
 #: :func:`spec_from_legacy` (old workdirs / configs), with their former defaults.
 LEGACY_KEYS = {
-    "crop_scale_min": 0.2, "crop_scale_max": 1.0, "flip_rot": True, "jitter_strength": 0.4,
-    "jitter_prob": 0.8, "band_jitter": 0.0, "saturation": 0.0, "gray_prob": 0.0,
-    "blur_prob": 0.5, "blur_sigma_min": 0.1, "blur_sigma_max": 1.0,
+    "crop_scale_min": 0.2,
+    "crop_scale_max": 1.0,
+    "flip_rot": True,
+    "jitter_strength": 0.4,
+    "jitter_prob": 0.8,
+    "band_jitter": 0.0,
+    "saturation": 0.0,
+    "gray_prob": 0.0,
+    "blur_prob": 0.5,
+    "blur_sigma_min": 0.1,
+    "blur_sigma_max": 1.0,
 }
 
 
@@ -129,11 +137,13 @@ _IMPLS: dict[tuple[str, str], Callable] = {}
 def define(name: str):
     """Decorator: ``fn(*args, **kwargs) -> dict`` defines op ``name``: its signature (Python
     defaults), range checks (raise ValueError) and the complete parameter dict."""
+
     def deco(fn):
         if name in _DEFS:
             raise KeyError(f"op {name!r} is already defined")
         _DEFS[name] = fn
         return fn
+
     return deco
 
 
@@ -150,6 +160,7 @@ def register(name: str, backend: str):
             raise KeyError(f"op {name!r} already has a {backend} implementation")
         _IMPLS[(name, backend)] = fn
         return fn
+
     return deco
 
 
@@ -174,8 +185,9 @@ def _parse_one(text: str, key: str) -> tuple[str, tuple, dict]:
             args = tuple(ast.literal_eval(a) for a in expr.args)
             kwargs = {k.arg: ast.literal_eval(k.value) for k in expr.keywords}
         except ValueError:
-            raise ConfigError(f"config.{key}: op {text!r}: arguments must be Python literals "
-                              f"(numbers, strings, tuples)") from None
+            raise ConfigError(
+                f"config.{key}: op {text!r}: arguments must be Python literals (numbers, strings, tuples)"
+            ) from None
         if None in kwargs:
             raise ConfigError(f"config.{key}: op {text!r}: **kwargs are not supported")
         return expr.func.id, args, kwargs
@@ -197,8 +209,7 @@ def parse(spec: str, *, key: str = "data.augment", backend: Optional[str] = None
             continue
         name, args, kwargs = _parse_one(text, key)
         if name not in _DEFS:
-            raise ConfigError(f"config.{key}: unknown op {name!r} in {text!r}; known ops: "
-                              f"{', '.join(known_ops())}")
+            raise ConfigError(f"config.{key}: unknown op {name!r} in {text!r}; known ops: {', '.join(known_ops())}")
         fn = _DEFS[name]
         try:
             bound = inspect.signature(fn).bind(*args, **kwargs)
@@ -213,8 +224,8 @@ def parse(spec: str, *, key: str = "data.augment", backend: Optional[str] = None
             raise ConfigError(
                 f"config.{key}: op {name!r} has no {backend} implementation (backends that have it: "
                 f"{', '.join(have) or 'none'}); "
-                + ("the host pipeline (data.device_resident=False) has it" if "numpy" in have else
-                   "choose another op"))
+                + ("the host pipeline (data.device_resident=False) has it" if "numpy" in have else "choose another op")
+            )
         calls.append(OpCall(name, tuple(sorted(params.items())), text))
     return tuple(calls)
 
@@ -268,8 +279,9 @@ def cached(spec: str, backend: str = "numpy", key: str = "ops") -> Pipeline:
     return build(spec, backend, key=key)
 
 
-def apply(spec: str, data: dict, rng_or_key=None, ctx: Context = Context(), *, backend: str = "numpy",
-          key: str = "ops") -> dict:
+def apply(
+    spec: str, data: dict, rng_or_key=None, ctx: Context = Context(), *, backend: str = "numpy", key: str = "ops"
+) -> dict:
     """One-off: ``build(spec, backend)(data, rng_or_key, ctx)`` (deterministic ops need no rng)."""
     return cached(spec, backend, key)(data, rng_or_key, ctx)
 
@@ -279,8 +291,10 @@ def view_recipe(spec: str, backend: str, *, key: str = "data.augment") -> Pipeli
     (``rrc`` or ``resize``), which is also where the device path honours crops-as-scenes regions."""
     pipe = build(spec, backend, key=key)
     if not pipe.calls or pipe.calls[0].name not in SIZING_OPS:
-        raise ConfigError(f"config.{key}={spec!r}: a view recipe starts with an op that sets the view size "
-                          f"({' or '.join(SIZING_OPS)}), e.g. {DEFAULT_AUGMENT!r}")
+        raise ConfigError(
+            f"config.{key}={spec!r}: a view recipe starts with an op that sets the view size "
+            f"({' or '.join(SIZING_OPS)}), e.g. {DEFAULT_AUGMENT!r}"
+        )
     return pipe
 
 
@@ -291,8 +305,10 @@ def prep_recipe(spec: str, backend: str = "numpy", *, key: str = "data.pp_eval")
     pipe = build(spec, backend, key=key)
     random_ops = [c.name for c in pipe.calls if c.name not in DETERMINISTIC_OPS]
     if random_ops:
-        raise ConfigError(f"config.{key}={spec!r}: {random_ops} draw random numbers; a preparation recipe "
-                          f"uses only {list(DETERMINISTIC_OPS)}, e.g. 'normalize|resize'")
+        raise ConfigError(
+            f"config.{key}={spec!r}: {random_ops} draw random numbers; a preparation recipe "
+            f"uses only {list(DETERMINISTIC_OPS)}, e.g. 'normalize|resize'"
+        )
     return pipe
 
 
@@ -303,8 +319,10 @@ def dense_recipe(spec: str, backend: str = "numpy", *, key: str = "data.pp_dense
     pipe = prep_recipe(spec, backend, key=key)
     sizing = [c.name for c in pipe.calls if c.name in SIZING_OPS]
     if sizing:
-        raise ConfigError(f"config.{key}={spec!r}: {sizing} change the image size, which the masks must keep; "
-                          f"a dense recipe uses per-pixel ops, e.g. {DEFAULT_PP_DENSE!r}")
+        raise ConfigError(
+            f"config.{key}={spec!r}: {sizing} change the image size, which the masks must keep; "
+            f"a dense recipe uses per-pixel ops, e.g. {DEFAULT_PP_DENSE!r}"
+        )
     return pipe
 
 
@@ -313,10 +331,8 @@ def augment_spec(data: Any, key: str = "data.augment") -> str:
     workdirs written before it existed -- the recipe of the former individual keys
     (:data:`LEGACY_KEYS`, folded by :func:`spec_from_legacy`). Both spellings at once
     (a non-default ``augment`` and a former key) are refused, naming the keys."""
-    has = (lambda k: k in data) if isinstance(data, Mapping) or hasattr(data, "keys") else \
-        (lambda k: hasattr(data, k))
-    get = (lambda k: data[k]) if isinstance(data, Mapping) or hasattr(data, "keys") else \
-        (lambda k: getattr(data, k))
+    has = (lambda k: k in data) if isinstance(data, Mapping) or hasattr(data, "keys") else (lambda k: hasattr(data, k))
+    get = (lambda k: data[k]) if isinstance(data, Mapping) or hasattr(data, "keys") else (lambda k: getattr(data, k))
     spec = get("augment") if has("augment") else None
     legacy = {k: get(k) for k in LEGACY_KEYS if has(k)}
     if legacy:
@@ -324,14 +340,16 @@ def augment_spec(data: Any, key: str = "data.augment") -> str:
             raise ConfigError(
                 f"config.{key}={spec!r} and the former augmentation key(s) "
                 f"{', '.join('data.' + k for k in sorted(legacy))}: give the recipe once, in "
-                f"config.{key} (e.g. {spec_from_legacy(legacy)!r})")
+                f"config.{key} (e.g. {spec_from_legacy(legacy)!r})"
+            )
         names = ", ".join(f"data.{k}={v!r}" for k, v in sorted(legacy.items()))
         try:
             spec = spec_from_legacy(legacy)
             parse(spec, key=key)
         except (ConfigError, TypeError, ValueError) as e:
-            raise ConfigError(f"config.{names}: the former augmentation keys (now config.{key}) give "
-                              f"no valid recipe: {e}") from None
+            raise ConfigError(
+                f"config.{names}: the former augmentation keys (now config.{key}) give no valid recipe: {e}"
+            ) from None
         return spec
     return spec or DEFAULT_AUGMENT
 
@@ -353,14 +371,16 @@ def spec_from_legacy(values: Mapping[str, Any]) -> str:
     if float(v["gray_prob"]) > 0:
         ops.append(f"gray({float(v['gray_prob'])!r})")
     if float(v["blur_prob"]) > 0:
-        ops.append(f"blur({float(v['blur_prob'])!r}, sigma=({float(v['blur_sigma_min'])!r}, "
-                   f"{float(v['blur_sigma_max'])!r}))")
+        ops.append(
+            f"blur({float(v['blur_prob'])!r}, sigma=({float(v['blur_sigma_min'])!r}, {float(v['blur_sigma_max'])!r}))"
+        )
     return "|".join(ops)
 
 
 # ----------------------------------------------------------------------------------------
 # Definitions: signature, defaults and range checks of every op (backend-independent)
 # ----------------------------------------------------------------------------------------
+
 
 def _prob(p, what="p"):
     p = float(p)
@@ -465,4 +485,3 @@ def _def_multi_hot(num_classes):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"num_classes={num_classes!r} must be a positive integer")
     return {"num_classes": num_classes}
-

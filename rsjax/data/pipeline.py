@@ -89,17 +89,23 @@ from rsjax.errors import ConfigError, DataError, MissingDataError
 STATE_FORMAT = "rsjax.data.pipeline/v1"
 
 
-
-
 # ----------------------------------------------------------------------------------------
 # Data source
 # ----------------------------------------------------------------------------------------
 
+
 class DataSource:
     """A TFDS split opened lazily (per process, thread-safe); picklable for grain workers."""
 
-    def __init__(self, name: str, split: str, builder_config: Optional[str] = None,
-                 data_dir: Optional[str] = None, auto_build: bool = True, split_key: str = "data.train_split"):
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        builder_config: Optional[str] = None,
+        data_dir: Optional[str] = None,
+        auto_build: bool = True,
+        split_key: str = "data.train_split",
+    ):
         self.name = name
         self.split = split
         self.split_key = split_key  # the config key that chose ``split`` (named in the error)
@@ -142,12 +148,14 @@ class DataSource:
                     raise MissingDataError(
                         f"dataset {self.name!r} (config {self.builder_config!r}) is not built in "
                         f"{builder.data_dir_root!r}; run python -m rsjax.data.build {self.name} "
-                        f"--manual_dir=DIR --data_dir={builder.data_dir_root}")
+                        f"--manual_dir=DIR --data_dir={builder.data_dir_root}"
+                    )
                 splits = list(builder.info.splits.keys())
                 if self.split not in splits:
                     raise ConfigError(
                         f"dataset {self.name!r} has no split {self.split!r} (config key "
-                        f"{getattr(self, 'split_key', 'data.train_split')}); its splits: {splits}")
+                        f"{getattr(self, 'split_key', 'data.train_split')}); its splits: {splits}"
+                    )
                 self._builder = builder
                 self._source = builder.as_data_source(split=self.split)
         return self._source
@@ -192,15 +200,22 @@ def open_source(cfg_data: Any, split: str, split_key: str = "data.train_split") 
     """:class:`DataSource` for ``split`` of the dataset named by ``cfg_data``; ``split_key``: the
     config key that chose ``split``, named when the dataset has no such split."""
     return DataSource(
-        cfg_data.name, split, cfg_data.builder_config, cfg_data.data_dir, bool(cfg_data.auto_build),
-        split_key=split_key)
+        cfg_data.name, split, cfg_data.builder_config, cfg_data.data_dir, bool(cfg_data.auto_build), split_key=split_key
+    )
 
 
 _SCENE_CACHE: dict[tuple, np.ndarray] = {}
 
 
-def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None, limit: int | None = None,
-               desc: str = "read", split_key: str = "eval.train_split / eval.test_split") -> dict[str, np.ndarray]:
+def read_split(
+    cfg_data,
+    split: str,
+    *,
+    fields: Mapping[str, str] | None = None,
+    limit: int | None = None,
+    desc: str = "read",
+    split_key: str = "eval.train_split / eval.test_split",
+) -> dict[str, np.ndarray]:
     """THE reader of a split into host memory: stacked raw arrays in their stored dtype.
 
     Every job that holds a split as arrays reads it here (evaluation inputs, dense training,
@@ -229,23 +244,32 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
     """
     info = registry.data_info(cfg_data)
     if info.mask_colours and not cfg_data.get("folder"):
-        raise ConfigError(f"dataset {info.name!r} is read from its folder as it unpacks: set config.data.folder "
-                          f"(e.g. $DATA/{info.name})")
+        raise ConfigError(
+            f"dataset {info.name!r} is read from its folder as it unpacks: set config.data.folder "
+            f"(e.g. $DATA/{info.name})"
+        )
     if cfg_data.get("folder"):
         tiled = bool(info.mask_colours)  # a tile folder (rsjax.data.tiles), else a <Class>/<image> tree
         have = ("image", "mask", "scene_id") if tiled else ("image", "label", "scene_id")
         fields = fields if fields is not None else {k: k for k in have if k != "mask"}
         missing = sorted(set(fields.values()) - set(have))
         if missing:
-            raise ConfigError(f"config.data.folder={cfg_data.folder!r} is a {'tile folder' if tiled else '<Class>/<image> tree'}"
-                              f" of {info.name!r}: it has {', '.join(have)}, not {', '.join(missing)}")
+            raise ConfigError(
+                f"config.data.folder={cfg_data.folder!r} is a {'tile folder' if tiled else '<Class>/<image> tree'}"
+                f" of {info.name!r}: it has {', '.join(have)}, not {', '.join(missing)}"
+            )
         if tiled:  # no stored splits: always cut by scene (= tile number)
             out = tiles.read(cfg_data, tiles.split_tiles(cfg_data, split, split_key=split_key))
             keep = folders.subset_indices(len(out["image"]), limit)
             out = {k: v[keep] for k, v in out.items()}
         else:
-            images, labels, _ = folders.load_class_folder(cfg_data.folder, split, seed=int(cfg_data.folder_seed),
-                                                          cache_dir=cfg_data.cache_dir or None, limit=limit)
+            images, labels, _ = folders.load_class_folder(
+                cfg_data.folder,
+                split,
+                seed=int(cfg_data.folder_seed),
+                cache_dir=cfg_data.cache_dir or None,
+                limit=limit,
+            )
             out = {"image": images, "label": labels, "scene_id": np.arange(len(labels), dtype=np.int64)}
         return {role: out[key] for role, key in fields.items()}
     source, rows = _split_rows(cfg_data, split, split_key)
@@ -255,14 +279,16 @@ def read_split(cfg_data, split: str, *, fields: Mapping[str, str] | None = None,
         fields = {k: k for k in ("image", "label", "scene_id") if k in have}
     for role, key in fields.items():
         if key not in have:
-            raise DataError(f"dataset {source.name!r} has no feature {key!r} (for {role}; config key "
-                            f"data.{role}_key); its features are {list(have)}")
+            raise DataError(
+                f"dataset {source.name!r} has no feature {key!r} (for {role}; config key "
+                f"data.{role}_key); its features are {list(have)}"
+            )
     keep = rows[folders.subset_indices(len(rows), limit)]
     if not len(keep):
         raise DataError(f"split {split!r} of dataset {source.name!r} is empty")
     out: dict[str, list] = {role: [] for role in fields}
     for s in tqdm(range(0, len(keep), 256), desc=f"{desc} {split}", leave=False):
-        for ex in source.read(keep[s:s + 256].tolist()):
+        for ex in source.read(keep[s : s + 256].tolist()):
             for role, key in fields.items():
                 out[role].append(np.asarray(ex[key]))
     arrays = {role: np.stack(v) for role, v in out.items()}
@@ -281,8 +307,10 @@ def _split_rows(cfg_data, split: str, split_key: str) -> tuple[DataSource, np.nd
         return source, np.arange(len(source))
     source = open_source(cfg_data, scenes.SOURCE_SPLIT, split_key=split_key)
     if "scene_id" not in source.features():
-        raise ConfigError(f"config.data.test_scenes / val_scenes cut splits by the records' scene_id, which "
-                          f"dataset {source.name!r} lacks (its features: {list(source.features())})")
+        raise ConfigError(
+            f"config.data.test_scenes / val_scenes cut splits by the records' scene_id, which "
+            f"dataset {source.name!r} lacks (its features: {list(source.features())})"
+        )
     ids = unit_scene_ids(source)
     where = f"split {scenes.SOURCE_SPLIT!r} of dataset {source.name!r}"
     return source, np.flatnonzero(np.isin(ids, scenes.select(cfg_data, split, ids, where=where, split_key=split_key)))
@@ -317,8 +345,10 @@ def unit_scene_ids(source: DataSource, crops_as_scenes: int = 0) -> np.ndarray:
 # Epoch plans
 # ----------------------------------------------------------------------------------------
 
-def batch_layout(global_batch_size: int, scenes_per_batch: int, samples_per_scene: int,
-                 crops_as_scenes: int) -> tuple[int, int]:
+
+def batch_layout(
+    global_batch_size: int, scenes_per_batch: int, samples_per_scene: int, crops_as_scenes: int
+) -> tuple[int, int]:
     """``(S, k)`` of the :class:`EpochPlan` for these ``data.*`` keys (both input paths).
 
     ``scenes_per_batch = S > 0``: ``(S, samples_per_scene)``. Else ``crops_as_scenes = g > 0``:
@@ -330,13 +360,15 @@ def batch_layout(global_batch_size: int, scenes_per_batch: int, samples_per_scen
         if s * k != global_batch_size:
             raise ConfigError(
                 f"scene-aware batching needs batch_size == data.scenes_per_batch * "
-                f"data.samples_per_scene, got {global_batch_size} != {s} * {k}")
+                f"data.samples_per_scene, got {global_batch_size} != {s} * {k}"
+            )
         return s, k
     if g > 0:
         if global_batch_size % (g * g):
             raise ConfigError(
                 f"data.crops_as_scenes={g} with data.scenes_per_batch=0 takes all {g * g} crops of "
-                f"each image: batch_size {global_batch_size} must be a multiple of {g * g}")
+                f"each image: batch_size {global_batch_size} must be a multiple of {g * g}"
+            )
         return global_batch_size // (g * g), g * g
     return 0, 1
 
@@ -347,8 +379,14 @@ class EpochPlan:
     ``plan.batch(b)`` -> int64 ``[global_batch_size]`` unit ids of global batch ``b``.
     """
 
-    def __init__(self, unit_scenes: np.ndarray, global_batch_size: int, seed: int,
-                 scenes_per_batch: int = 0, samples_per_scene: int = 1):
+    def __init__(
+        self,
+        unit_scenes: np.ndarray,
+        global_batch_size: int,
+        seed: int,
+        scenes_per_batch: int = 0,
+        samples_per_scene: int = 1,
+    ):
         self.num_units = int(len(unit_scenes))
         self.batch_size = int(global_batch_size)
         self.seed = int(seed)
@@ -363,15 +401,15 @@ class EpochPlan:
             if s * k != self.batch_size:
                 raise ConfigError(
                     f"scene-aware batching needs batch_size == data.scenes_per_batch * "
-                    f"data.samples_per_scene, got {self.batch_size} != {s} * {k}")
+                    f"data.samples_per_scene, got {self.batch_size} != {s} * {k}"
+                )
             _, inverse, counts = np.unique(unit_scenes, return_inverse=True, return_counts=True)
             self._inverse = inverse.astype(np.int64)
             self._counts = counts.astype(np.int64)
             order = np.argsort(self._inverse, kind="stable")
             self._members = np.split(order, np.cumsum(counts)[:-1])
             if len(counts) < s:
-                raise ConfigError(
-                    f"data.scenes_per_batch={s} but the split has only {len(counts)} scenes")
+                raise ConfigError(f"data.scenes_per_batch={s} but the split has only {len(counts)} scenes")
             self._groups_per_scene = np.maximum(1, counts // k)
             self.steps_per_epoch = _max_distinct_batches(self._groups_per_scene, s)
         else:
@@ -429,7 +467,7 @@ class EpochPlan:
         pos = unit_start[g_scene[full]][:, None] + g_idx[full][:, None] * k + np.arange(k)[None]
         rows[full] = order[pos]
         for sc in np.nonzero(counts < k)[0]:  # small scene: fill its one group by repeating
-            mem = order[unit_start[sc]:unit_start[sc] + counts[sc]]
+            mem = order[unit_start[sc] : unit_start[sc] + counts[sc]]
             reps = np.concatenate([rng.permutation(mem) for _ in range(-(-k // len(mem)))])
             rows[group_start[sc]] = reps[:k]
         # 2. Batches of s distinct scenes, largest-remaining-first with random tie-breaks:
@@ -457,7 +495,7 @@ class EpochPlan:
                 bucket[j], bucket[-1] = bucket[-1], bucket[j]
                 chosen.append(bucket.pop())
             for i, sc in enumerate(chosen):
-                plan[t, i * k:(i + 1) * k] = rows[group_start[sc] + used[sc]]
+                plan[t, i * k : (i + 1) * k] = rows[group_start[sc] + used[sc]]
                 used[sc] += 1
                 remaining[sc] -= 1
                 if remaining[sc] > 0:
@@ -488,6 +526,7 @@ def _max_distinct_batches(groups_per_scene: np.ndarray, s: int) -> int:
 # Pretraining batches
 # ----------------------------------------------------------------------------------------
 
+
 def _sub_crop(img: np.ndarray, g: int, sub: int) -> np.ndarray:
     """Sub-crop ``sub`` (row-major) of the ``g x g`` grid of adjacent crops of ``img``."""
     if g <= 1:
@@ -495,7 +534,7 @@ def _sub_crop(img: np.ndarray, g: int, sub: int) -> np.ndarray:
     h, w = img.shape[:2]
     ch, cw = h // g, w // g
     cy, cx = divmod(int(sub), g)
-    return img[cy * ch:(cy + 1) * ch, cx * cw:(cx + 1) * cw]
+    return img[cy * ch : (cy + 1) * ch, cx * cw : (cx + 1) * cw]
 
 
 def sub_crops(images: np.ndarray, g: int) -> np.ndarray:
@@ -504,12 +543,11 @@ def sub_crops(images: np.ndarray, g: int) -> np.ndarray:
     :func:`_sub_crop` ``j`` of image ``i``; the remainder of ``H`` / ``W`` is dropped)."""
     n, h, w = images.shape[:3]
     ch, cw = h // g, w // g
-    x = images[:, :g * ch, :g * cw].reshape(n, g, ch, g, cw, *images.shape[3:])
+    x = images[:, : g * ch, : g * cw].reshape(n, g, ch, g, cw, *images.shape[3:])
     return np.swapaxes(x, 2, 3).reshape(n * g * g, ch, cw, *images.shape[3:])
 
 
-def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
-                 stacked: bool = False) -> None:
+def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str, stacked: bool = False) -> None:
     """Raises ValueError naming ``where`` for pixels rsjax cannot use.
 
     ``images`` is one image ``[H, W, C]`` or, with ``stacked``, ``[N, H, W, C]`` (the message
@@ -522,20 +560,26 @@ def check_images(images: np.ndarray, info: registry.DatasetInfo, *, where: str,
     x = np.asarray(images)
     what = f"dataset {info.name!r}: {where}"
     if x.ndim != 3 + bool(stacked) or x.shape[-1] != info.num_bands:
-        raise DataError(f"{what} has image shape {x.shape}, expected {'[N, ' if stacked else '['}H, W, "
-                         f"{info.num_bands}] (bands {list(info.bands)})")
+        raise DataError(
+            f"{what} has image shape {x.shape}, expected {'[N, ' if stacked else '['}H, W, "
+            f"{info.num_bands}] (bands {list(info.bands)})"
+        )
     kind = x.dtype.kind
     if kind not in "uif" or (kind == "f" and info.scale != 1):
-        expected = "unsigned or signed integers" + (" or floats" if info.scale == 1 else
-                                                      f" (raw values are divided by scale={info.scale:g})")
+        expected = "unsigned or signed integers" + (
+            " or floats" if info.scale == 1 else f" (raw values are divided by scale={info.scale:g})"
+        )
         raise DataError(f"{what} has pixels of dtype {x.dtype}; expected {expected}")
     if kind == "f":
         with np.errstate(over="ignore"):  # float64 beyond float32 range: inf, reported below
             finite = np.isfinite(x.astype(np.float32, copy=False))
         if not finite.all():
             bad = np.argwhere(~finite)[0]
-            at = f"index {int(bad[0])}, pixel {tuple(int(i) for i in bad[1:])}" if x.ndim == 4 else \
-                f"pixel {tuple(int(i) for i in bad)}"
+            at = (
+                f"index {int(bad[0])}, pixel {tuple(int(i) for i in bad[1:])}"
+                if x.ndim == 4
+                else f"pixel {tuple(int(i) for i in bad)}"
+            )
             raise DataError(f"{what} has {int((~finite).sum())} NaN/inf pixel value(s) ({at})")
 
 
@@ -549,15 +593,19 @@ def check_label(labels: np.ndarray, info: registry.DatasetInfo, *, where: str) -
     if info.multi_label:
         bad = ~np.isin(lab, (0, 1))
         if bad.any():
-            raise DataError(f"dataset {info.name!r}: {where} has a multi-hot label with values "
-                            f"{sorted(set(np.unique(lab[bad]).tolist()))[:5]} (record {int(np.argwhere(bad)[0][0])}); "
-                            f"expected 0 / 1")
+            raise DataError(
+                f"dataset {info.name!r}: {where} has a multi-hot label with values "
+                f"{sorted(set(np.unique(lab[bad]).tolist()))[:5]} (record {int(np.argwhere(bad)[0][0])}); "
+                f"expected 0 / 1"
+            )
     elif lab.ndim == 1:
         bad = (lab < -1) | (lab >= info.num_classes)
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"dataset {info.name!r}: {where} has label {int(lab[i])} (record {i}), outside [0, "
-                            f"{info.num_classes}) (classes {list(info.class_names)[:10]})")
+            raise DataError(
+                f"dataset {info.name!r}: {where} has label {int(lab[i])} (record {i}), outside [0, "
+                f"{info.num_classes}) (classes {list(info.class_names)[:10]})"
+            )
 
 
 def _scalar_label(ex: dict) -> int:
@@ -570,9 +618,19 @@ def _scalar_label(ex: dict) -> int:
 class _MakeBatch:
     """Global batch index -> this process's slice of that batch (picklable for workers)."""
 
-    def __init__(self, source: DataSource, plan: EpochPlan, unit_scenes: np.ndarray,
-                 info: registry.DatasetInfo, recipe: ops.Pipeline, out_size: int, seed: int,
-                 crops_as_scenes: int, process_index: int, local_batch: int):
+    def __init__(
+        self,
+        source: DataSource,
+        plan: EpochPlan,
+        unit_scenes: np.ndarray,
+        info: registry.DatasetInfo,
+        recipe: ops.Pipeline,
+        out_size: int,
+        seed: int,
+        crops_as_scenes: int,
+        process_index: int,
+        local_batch: int,
+    ):
         self.source = source
         self.plan = plan
         self.unit_scenes = unit_scenes.astype(np.int32)
@@ -590,15 +648,13 @@ class _MakeBatch:
         units = self.plan.batch(b)[rows]
         g2 = max(1, self.g) ** 2
         exs = self.source.read(units // g2)
-        v1 = np.empty((self.bl, self.out_size, self.out_size, self.info.num_bands),
-                      np.float32)
+        v1 = np.empty((self.bl, self.out_size, self.out_size, self.info.num_bands), np.float32)
         v2 = np.empty_like(v1)
         labels = np.empty((self.bl,), np.int32)
         for i, (ex, unit, row) in enumerate(zip(exs, units, rows)):
             img = np.asarray(ex["image"])
             if img.ndim != 3 or img.shape[-1] != self.info.num_bands or img.dtype.kind != "u":
-                check_images(img, self.info, where=f"record {int(unit // g2)} of split "
-                                                   f"{self.source.split!r}")
+                check_images(img, self.info, where=f"record {int(unit // g2)} of split {self.source.split!r}")
             img = _sub_crop(img, self.g, unit % g2)
             x = registry.to_scaled(img, self.info)
             rng = np.random.default_rng([self.seed, b, int(row)])
@@ -616,8 +672,16 @@ class PretrainIterator:
     Also usable with ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (Orbax).
     """
 
-    def __init__(self, batches: grain.MapDataset, *, fingerprint: dict, num_threads: int,
-                 prefetch: int, num_workers: int, steps_per_epoch: int):
+    def __init__(
+        self,
+        batches: grain.MapDataset,
+        *,
+        fingerprint: dict,
+        num_threads: int,
+        prefetch: int,
+        num_workers: int,
+        steps_per_epoch: int,
+    ):
         self._batches = batches
         self._fingerprint = fingerprint
         self._num_threads = num_threads
@@ -628,16 +692,18 @@ class PretrainIterator:
         self._it: Optional[Iterator] = None
 
     def _start(self):
-        ds = self._batches[self._next:] if self._next else self._batches
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(
-            num_threads=self._num_threads, prefetch_buffer_size=self._prefetch))
+        ds = self._batches[self._next :] if self._next else self._batches
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=self._prefetch)
+        )
         if self._num_workers > 0:
             # grain's worker processes read absl flags; outside an absl app (tests, notebooks)
             # they have not been parsed yet: use their defaults.
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
-            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self._num_workers, per_worker_buffer_size=self._prefetch))
+            it_ds = it_ds.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=self._num_workers, per_worker_buffer_size=self._prefetch)
+            )
         self._it = iter(it_ds)
 
     def start_prefetch(self) -> None:
@@ -665,8 +731,9 @@ class PretrainIterator:
         return self._next
 
     def get_state(self) -> bytes:
-        return json.dumps({"format": STATE_FORMAT, "next_batch": self._next,
-                           "fingerprint": self._fingerprint}, sort_keys=True).encode("utf-8")
+        return json.dumps(
+            {"format": STATE_FORMAT, "next_batch": self._next, "fingerprint": self._fingerprint}, sort_keys=True
+        ).encode("utf-8")
 
     def set_state(self, state: bytes | str | dict) -> None:
         if isinstance(state, (bytes, bytearray)):
@@ -691,9 +758,16 @@ class PretrainIterator:
             pass
 
 
-def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, image_size: int,
-                           process_index: int = 0, process_count: int = 1,
-                           num_epochs: Optional[int] = None) -> PretrainIterator:
+def make_pretrain_iterator(
+    cfg_data: Any,
+    *,
+    global_batch_size: int,
+    seed: int,
+    image_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: Optional[int] = None,
+) -> PretrainIterator:
     """Two-view pretraining batches for this process (see the module docstring).
 
     Args:
@@ -709,8 +783,7 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
       :class:`PretrainIterator` yielding ``{"view1", "view2", "scene_id", "label"}``.
     """
     if global_batch_size % process_count:
-        raise ConfigError(f"batch_size {global_batch_size} is not divisible by the number of "
-                         f"processes {process_count}")
+        raise ConfigError(f"batch_size {global_batch_size} is not divisible by the number of processes {process_count}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     name = cfg_data.name
@@ -720,26 +793,43 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
     unit_scenes = unit_scene_ids(source, g)
     spb = int(cfg_data.scenes_per_batch or 0)
     k = int(cfg_data.samples_per_scene)
-    plan = EpochPlan(unit_scenes, global_batch_size, seed,
-                     *batch_layout(global_batch_size, spb, k, g))
+    plan = EpochPlan(unit_scenes, global_batch_size, seed, *batch_layout(global_batch_size, spb, k, g))
     # The view recipe (config.data.augment), numpy backend: applied per example.
     recipe = ops.view_recipe(cfg_data.augment, "numpy")
-    fn = _MakeBatch(source, plan, unit_scenes, info, recipe, int(image_size), seed, g, process_index,
-                    global_batch_size // process_count)
+    fn = _MakeBatch(
+        source,
+        plan,
+        unit_scenes,
+        info,
+        recipe,
+        int(image_size),
+        seed,
+        g,
+        process_index,
+        global_batch_size // process_count,
+    )
     length = sys.maxsize if num_epochs is None else int(num_epochs) * plan.steps_per_epoch
     batches = grain.MapDataset.range(length).map(fn)
     fingerprint = {
-        "dataset": name, "builder_config": source.builder_config, "split": source.split,
-        "num_units": plan.num_units, "global_batch_size": int(global_batch_size),
-        "seed": int(seed), "image_size": int(image_size), "scenes_per_batch": spb,
-        "samples_per_scene": k if spb else None, "crops_as_scenes": g,
+        "dataset": name,
+        "builder_config": source.builder_config,
+        "split": source.split,
+        "num_units": plan.num_units,
+        "global_batch_size": int(global_batch_size),
+        "seed": int(seed),
+        "image_size": int(image_size),
+        "scenes_per_batch": spb,
+        "samples_per_scene": k if spb else None,
+        "crops_as_scenes": g,
     }
     return PretrainIterator(
-        batches, fingerprint=fingerprint,
+        batches,
+        fingerprint=fingerprint,
         num_threads=int(cfg_data.num_threads),
         prefetch=max(1, int(cfg_data.prefetch_batches)),
         num_workers=int(cfg_data.num_workers or 0),
-        steps_per_epoch=plan.steps_per_epoch)
+        steps_per_epoch=plan.steps_per_epoch,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -751,8 +841,15 @@ def make_pretrain_iterator(cfg_data: Any, *, global_batch_size: int, seed: int, 
 DEFAULT_PP_EVAL = "normalize|resize"
 
 
-def prepare(images: np.ndarray, info: registry.DatasetInfo, recipe: str = DEFAULT_PP_EVAL, *,
-            image_size: int | None = None, key: str = "data.pp_eval", what: str = "") -> np.ndarray:
+def prepare(
+    images: np.ndarray,
+    info: registry.DatasetInfo,
+    recipe: str = DEFAULT_PP_EVAL,
+    *,
+    image_size: int | None = None,
+    key: str = "data.pp_eval",
+    what: str = "",
+) -> np.ndarray:
     """float32 ``[N, S, S, C]``: the deterministic op recipe ``recipe`` (``config.data.pp_eval``)
     applied to every raw image of ``images`` ``[N, H, W, C]`` with ``ctx.out_size = image_size``
     (None or 0: the stored side). Warns when that upsamples (``registry.warn_if_upsampling``)."""
@@ -763,8 +860,14 @@ def prepare(images: np.ndarray, info: registry.DatasetInfo, recipe: str = DEFAUL
     return np.stack([pipe.image(im, None, ctx) for im in images]).astype(np.float32, copy=False)
 
 
-def eval_arrays(cfg_data: Any, split: str, *, limit: Optional[int] = None, image_size: Optional[int] = None,
-                split_key: str = "eval.train_split / eval.test_split") -> tuple[np.ndarray, np.ndarray]:
+def eval_arrays(
+    cfg_data: Any,
+    split: str,
+    *,
+    limit: Optional[int] = None,
+    image_size: Optional[int] = None,
+    split_key: str = "eval.train_split / eval.test_split",
+) -> tuple[np.ndarray, np.ndarray]:
     """A split as evaluation inputs (kNN, linear probe, fine-tune): :func:`read_split`, the
     pixels and labels checked, then the ``data.pp_eval`` recipe (:func:`prepare`).
 
@@ -776,8 +879,13 @@ def eval_arrays(cfg_data: Any, split: str, *, limit: Optional[int] = None, image
     raw, labels = arrays["image"], arrays["label"]
     check_images(raw, info, where=f"split {split!r}", stacked=True)
     check_label(labels, info, where=f"split {split!r}")
-    x = prepare(raw, info, cfg_data.get("pp_eval") or DEFAULT_PP_EVAL, image_size=image_size,
-                what=f"split {split!r} of {info.name!r}")
+    x = prepare(
+        raw,
+        info,
+        cfg_data.get("pp_eval") or DEFAULT_PP_EVAL,
+        image_size=image_size,
+        what=f"split {split!r} of {info.name!r}",
+    )
     return x, labels.astype(np.int32)
 
 
@@ -787,5 +895,5 @@ def check_fingerprint(state: dict, current: dict) -> None:
     for key, value in current.items():
         if key in saved and saved[key] != value:
             raise ConfigError(
-                f"cannot resume data iterator: {key} was {saved[key]!r} when the state was "
-                f"saved but is {value!r} now")
+                f"cannot resume data iterator: {key} was {saved[key]!r} when the state was saved but is {value!r} now"
+            )

@@ -40,16 +40,49 @@ from rsjax.errors import ConfigError, DataError
 # Sentinel-2 MSI band names (storage order of L1C products) and central wavelengths (S2A, nm),
 # ground sampling distance in metres of each band's native grid.
 S2_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
 )
 S2_WAVELENGTHS_NM: dict[str, float] = {
-    "B01": 443.0, "B02": 490.0, "B03": 560.0, "B04": 665.0, "B05": 705.0, "B06": 740.0,
-    "B07": 783.0, "B08": 842.0, "B8A": 865.0, "B09": 945.0, "B10": 1375.0, "B11": 1610.0,
+    "B01": 443.0,
+    "B02": 490.0,
+    "B03": 560.0,
+    "B04": 665.0,
+    "B05": 705.0,
+    "B06": 740.0,
+    "B07": 783.0,
+    "B08": 842.0,
+    "B8A": 865.0,
+    "B09": 945.0,
+    "B10": 1375.0,
+    "B11": 1610.0,
     "B12": 2190.0,
 }
 S2_GSD_M: dict[str, float] = {
-    "B01": 60.0, "B02": 10.0, "B03": 10.0, "B04": 10.0, "B05": 20.0, "B06": 20.0, "B07": 20.0,
-    "B08": 10.0, "B8A": 20.0, "B09": 60.0, "B10": 60.0, "B11": 20.0, "B12": 20.0,
+    "B01": 60.0,
+    "B02": 10.0,
+    "B03": 10.0,
+    "B04": 10.0,
+    "B05": 20.0,
+    "B06": 20.0,
+    "B07": 20.0,
+    "B08": 10.0,
+    "B8A": 20.0,
+    "B09": 60.0,
+    "B10": 60.0,
+    "B11": 20.0,
+    "B12": 20.0,
 }
 # Nominal centre wavelengths used for 8-bit RGB products (R, G, B).
 RGB_WAVELENGTHS_NM: tuple[float, float, float] = (665.0, 560.0, 490.0)
@@ -114,15 +147,20 @@ class DatasetInfo:
             raise ValueError(f"DatasetInfo({self.name!r}).std must be positive: {self.std}")
         if len(self.class_names) != self.num_classes:
             raise ValueError(
-                f"DatasetInfo({self.name!r}) has num_classes={self.num_classes} but "
-                f"{len(self.class_names)} class_names"
+                f"DatasetInfo({self.name!r}) has num_classes={self.num_classes} but {len(self.class_names)} class_names"
             )
         if self.mask_colours:
             hexes = [c.upper() for _, c in self.mask_colours]
-            if self.mask_ignore_value != 0 or not all(re.fullmatch(r"#[0-9A-F]{6}", c) for c in hexes) \
-                    or len(set(hexes)) != len(hexes) or not set(self.class_names) <= {n for n, _ in self.mask_colours}:
-                raise ValueError(f"DatasetInfo({self.name!r}).mask_colours {self.mask_colours}: needs distinct "
-                                 f"#RRGGBB colours, one for each class {self.class_names}, and mask_ignore_value=0")
+            if (
+                self.mask_ignore_value != 0
+                or not all(re.fullmatch(r"#[0-9A-F]{6}", c) for c in hexes)
+                or len(set(hexes)) != len(hexes)
+                or not set(self.class_names) <= {n for n, _ in self.mask_colours}
+            ):
+                raise ValueError(
+                    f"DatasetInfo({self.name!r}).mask_colours {self.mask_colours}: needs distinct "
+                    f"#RRGGBB colours, one for each class {self.class_names}, and mask_ignore_value=0"
+                )
 
     @property
     def num_bands(self) -> int:
@@ -133,14 +171,11 @@ class DatasetInfo:
         try:
             return self.bands.index(band)
         except ValueError:
-            raise ValueError(
-                f"dataset {self.name!r} has no band {band!r}; its bands are {self.bands}"
-            ) from None
+            raise ValueError(f"dataset {self.name!r} has no band {band!r}; its bands are {self.bands}") from None
 
     def as_metadata(self) -> dict:
         """JSON-serializable dict (for tfds.core.MetadataDict / config dumps)."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _s2(bands: Sequence[str]):
@@ -153,12 +188,25 @@ def _s2(bands: Sequence[str]):
 
 # Land-cover classes of the procedural generator (rsjax.data.synthetic); order = class id.
 SYNTHETIC_CLASSES: tuple[str, ...] = (
-    "water", "forest", "cropland", "grassland", "urban", "bare_soil",
+    "water",
+    "forest",
+    "cropland",
+    "grassland",
+    "urban",
+    "bare_soil",
 )
 
 EUROSAT_CLASSES: tuple[str, ...] = (
-    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
 )
 
 # BigEarthNet 19-class nomenclature (Sumbul et al. 2020, "BigEarthNet-MM"), alphabetical order
@@ -198,90 +246,176 @@ def register(info: DatasetInfo, *, overwrite: bool = False) -> DatasetInfo:
     return info
 
 
-register(DatasetInfo(
-    "rs_synthetic",
-    *_s2(S2_BANDS),
-    mean=(0.1113, 0.1076, 0.1182, 0.1108, 0.1455, 0.2062, 0.2340, 0.2451, 0.2522, 0.0804,
-          0.0070, 0.2131, 0.1516),
-    std=(0.0537, 0.0470, 0.0419, 0.0608, 0.0650, 0.0904, 0.1101, 0.1177, 0.1220, 0.0380,
-         0.0081, 0.1099, 0.0934),
-    scale=10000.0,
-    num_classes=len(SYNTHETIC_CLASSES),
-    class_names=SYNTHETIC_CLASSES,
-    image_size=32,
-))
+register(
+    DatasetInfo(
+        "rs_synthetic",
+        *_s2(S2_BANDS),
+        mean=(0.1113, 0.1076, 0.1182, 0.1108, 0.1455, 0.2062, 0.2340, 0.2451, 0.2522, 0.0804, 0.0070, 0.2131, 0.1516),
+        std=(0.0537, 0.0470, 0.0419, 0.0608, 0.0650, 0.0904, 0.1101, 0.1177, 0.1220, 0.0380, 0.0081, 0.1099, 0.0934),
+        scale=10000.0,
+        num_classes=len(SYNTHETIC_CLASSES),
+        class_names=SYNTHETIC_CLASSES,
+        image_size=32,
+    )
+)
 
-register(DatasetInfo(
-    "eurosat_rgb",
-    bands=("R", "G", "B"),
-    wavelengths_nm=RGB_WAVELENGTHS_NM,
-    gsd_m=(10.0, 10.0, 10.0),
-    mean=(0.34438, 0.38029, 0.40777),
-    std=(0.20266, 0.13690, 0.11555),
-    scale=255.0,
-    num_classes=10,
-    class_names=EUROSAT_CLASSES,
-    image_size=64,
-))
+register(
+    DatasetInfo(
+        "eurosat_rgb",
+        bands=("R", "G", "B"),
+        wavelengths_nm=RGB_WAVELENGTHS_NM,
+        gsd_m=(10.0, 10.0, 10.0),
+        mean=(0.34438, 0.38029, 0.40777),
+        std=(0.20266, 0.13690, 0.11555),
+        scale=255.0,
+        num_classes=10,
+        class_names=EUROSAT_CLASSES,
+        image_size=64,
+    )
+)
 
-register(DatasetInfo(
-    "eurosat_ms",
-    *_s2(S2_BANDS),
-    mean=(0.13544, 0.11182, 0.10429, 0.09476, 0.11995, 0.19998, 0.23692, 0.22968, 0.25941,
-          0.07321, 0.00121, 0.18190, 0.11189),
-    std=(0.02457, 0.03330, 0.03951, 0.05938, 0.05664, 0.08612, 0.10866, 0.11180, 0.12316,
-         0.04049, 0.00048, 0.10026, 0.07613),
-    scale=10000.0,
-    num_classes=10,
-    class_names=EUROSAT_CLASSES,
-    image_size=64,
-))
+register(
+    DatasetInfo(
+        "eurosat_ms",
+        *_s2(S2_BANDS),
+        mean=(
+            0.13544,
+            0.11182,
+            0.10429,
+            0.09476,
+            0.11995,
+            0.19998,
+            0.23692,
+            0.22968,
+            0.25941,
+            0.07321,
+            0.00121,
+            0.18190,
+            0.11189,
+        ),
+        std=(
+            0.02457,
+            0.03330,
+            0.03951,
+            0.05938,
+            0.05664,
+            0.08612,
+            0.10866,
+            0.11180,
+            0.12316,
+            0.04049,
+            0.00048,
+            0.10026,
+            0.07613,
+        ),
+        scale=10000.0,
+        num_classes=10,
+        class_names=EUROSAT_CLASSES,
+        image_size=64,
+    )
+)
 
-register(DatasetInfo(
-    "bigearthnet",
-    bands=_BEN_BANDS,
-    wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in _BEN_BANDS),
-    # The builder resamples every band onto the 120 x 120 grid of the 10 m bands.
-    gsd_m=(10.0,) * len(_BEN_BANDS),
-    mean=(0.034077, 0.042994, 0.061422, 0.059024, 0.095068, 0.179246, 0.207547, 0.221895,
-          0.226646, 0.224606, 0.159443, 0.100933),
-    std=(0.055481, 0.057242, 0.058288, 0.067589, 0.072990, 0.109601, 0.127345, 0.136546,
-         0.135614, 0.130233, 0.107919, 0.081887),
-    scale=10000.0,
-    num_classes=len(BIGEARTHNET19_CLASSES),
-    class_names=BIGEARTHNET19_CLASSES,
-    image_size=120,
-    multi_label=True,
-    task="multilabel",
-))
+register(
+    DatasetInfo(
+        "bigearthnet",
+        bands=_BEN_BANDS,
+        wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in _BEN_BANDS),
+        # The builder resamples every band onto the 120 x 120 grid of the 10 m bands.
+        gsd_m=(10.0,) * len(_BEN_BANDS),
+        mean=(
+            0.034077,
+            0.042994,
+            0.061422,
+            0.059024,
+            0.095068,
+            0.179246,
+            0.207547,
+            0.221895,
+            0.226646,
+            0.224606,
+            0.159443,
+            0.100933,
+        ),
+        std=(
+            0.055481,
+            0.057242,
+            0.058288,
+            0.067589,
+            0.072990,
+            0.109601,
+            0.127345,
+            0.136546,
+            0.135614,
+            0.130233,
+            0.107919,
+            0.081887,
+        ),
+        scale=10000.0,
+        num_classes=len(BIGEARTHNET19_CLASSES),
+        class_names=BIGEARTHNET19_CLASSES,
+        image_size=120,
+        multi_label=True,
+        task="multilabel",
+    )
+)
 
-register(DatasetInfo(
-    "ssl4eo_s12",
-    *_s2(S2_BANDS),
-    mean=(0.16129, 0.13976, 0.13223, 0.13731, 0.15610, 0.21084, 0.23907, 0.23187, 0.25810,
-          0.08377, 0.00220, 0.21952, 0.15374),
-    std=(0.07910, 0.08543, 0.08787, 0.11449, 0.11275, 0.11642, 0.12760, 0.12495, 0.13459,
-         0.05775, 0.00475, 0.13400, 0.11429),
-    scale=10000.0,
-    num_classes=0,
-    class_names=(),
-    image_size=264,
-    task="pretraining",
-))
+register(
+    DatasetInfo(
+        "ssl4eo_s12",
+        *_s2(S2_BANDS),
+        mean=(
+            0.16129,
+            0.13976,
+            0.13223,
+            0.13731,
+            0.15610,
+            0.21084,
+            0.23907,
+            0.23187,
+            0.25810,
+            0.08377,
+            0.00220,
+            0.21952,
+            0.15374,
+        ),
+        std=(
+            0.07910,
+            0.08543,
+            0.08787,
+            0.11449,
+            0.11275,
+            0.11642,
+            0.12760,
+            0.12495,
+            0.13459,
+            0.05775,
+            0.00475,
+            0.13400,
+            0.11429,
+        ),
+        scale=10000.0,
+        num_classes=0,
+        class_names=(),
+        image_size=264,
+        task="pretraining",
+    )
+)
 
-register(DatasetInfo(
-    "levir_cd",
-    bands=("R", "G", "B"),
-    wavelengths_nm=RGB_WAVELENGTHS_NM,
-    gsd_m=(0.5, 0.5, 0.5),
-    mean=(0.42139, 0.42027, 0.37585),
-    std=(0.21720, 0.20907, 0.19826),
-    scale=255.0,
-    num_classes=2,
-    class_names=("no_change", "change"),
-    image_size=256,
-    task="change_detection",
-))
+register(
+    DatasetInfo(
+        "levir_cd",
+        bands=("R", "G", "B"),
+        wavelengths_nm=RGB_WAVELENGTHS_NM,
+        gsd_m=(0.5, 0.5, 0.5),
+        mean=(0.42139, 0.42027, 0.37585),
+        std=(0.21720, 0.20907, 0.19826),
+        scale=255.0,
+        num_classes=2,
+        class_names=("no_change", "change"),
+        image_size=256,
+        task="change_detection",
+    )
+)
 
 
 def warn_if_upsampling(image_size: int, stored, *, what: str) -> bool:
@@ -291,10 +425,13 @@ def warn_if_upsampling(image_size: int, stored, *, what: str) -> bool:
     hw = (int(stored), int(stored)) if np.ndim(stored) == 0 else tuple(int(v) for v in stored)[:2]
     if not image_size or int(image_size) <= min(hw):
         return False
-    warnings.warn(f"config.data.image_size={int(image_size)} is larger than the stored images of {what} "
-                  f"({hw[0]} x {hw[1]} px): they are upsampled {int(image_size) / min(hw):.3g}x, which adds no "
-                  f"detail (set config.data.image_size <= {min(hw)} unless this is intended)", UserWarning,
-                  stacklevel=2)
+    warnings.warn(
+        f"config.data.image_size={int(image_size)} is larger than the stored images of {what} "
+        f"({hw[0]} x {hw[1]} px): they are upsampled {int(image_size) / min(hw):.3g}x, which adds no "
+        f"detail (set config.data.image_size <= {min(hw)} unless this is intended)",
+        UserWarning,
+        stacklevel=2,
+    )
     return True
 
 
@@ -310,8 +447,7 @@ def _base_info(name: str) -> DatasetInfo:
         return _REGISTRY[base]
     except KeyError:
         raise ConfigError(
-            f"unknown dataset {name!r} (config key data.name); known datasets: "
-            f"{', '.join(known_datasets())}"
+            f"unknown dataset {name!r} (config key data.name); known datasets: {', '.join(known_datasets())}"
         ) from None
 
 
@@ -362,8 +498,7 @@ def normalize(x_raw, info: DatasetInfo, xp=np):
 
 def denormalize(x: np.ndarray, info: DatasetInfo) -> np.ndarray:
     """Inverse of :func:`normalize`, back to *scaled* units (``x_raw / scale``), float32."""
-    return (np.asarray(x, np.float32) * np.asarray(info.std, np.float32)
-            + np.asarray(info.mean, np.float32))
+    return np.asarray(x, np.float32) * np.asarray(info.std, np.float32) + np.asarray(info.mean, np.float32)
 
 
 # ------------------------------------------------------------------------------------------
@@ -397,9 +532,11 @@ def parse_normalization(mode: str | None) -> tuple[str, float | None]:
             s = float("nan")
         if np.isfinite(s) and s > 0:
             return "scale", s
-    raise ConfigError(f"data.normalization={mode!r}: expected 'registry' (per-band standardization with the "
-                     f"dataset's registry statistics) or 'scale:S' with a number S > 0 (x_raw / S, no "
-                     f"centring), e.g. 'scale:10000'")
+    raise ConfigError(
+        f"data.normalization={mode!r}: expected 'registry' (per-band standardization with the "
+        f"dataset's registry statistics) or 'scale:S' with a number S > 0 (x_raw / S, no "
+        f"centring), e.g. 'scale:10000'"
+    )
 
 
 def normalization_name(mode: str | None) -> str:
@@ -456,127 +593,170 @@ _L1C_MEAN = _REGISTRY["ssl4eo_s12"].mean
 _L1C_STD = _REGISTRY["ssl4eo_s12"].std
 
 DYNAMIC_WORLD_CLASSES: tuple[str, ...] = (
-    "water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub", "built",
-    "bare", "snow_and_ice",
+    "water",
+    "trees",
+    "grass",
+    "flooded_vegetation",
+    "crops",
+    "shrub_and_scrub",
+    "built",
+    "bare",
+    "snow_and_ice",
 )
 ISPRS_CLASSES: tuple[str, ...] = (
-    "impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter",
+    "impervious_surfaces",
+    "building",
+    "low_vegetation",
+    "tree",
+    "car",
+    "clutter",
 )
 LOVEDA_CLASSES: tuple[str, ...] = (
-    "background", "building", "road", "water", "barren", "forest", "agriculture",
+    "background",
+    "building",
+    "road",
+    "water",
+    "barren",
+    "forest",
+    "agriculture",
 )
 DEEPGLOBE_CLASSES: tuple[str, ...] = (
-    "urban_land", "agriculture_land", "rangeland", "forest_land", "water", "barren_land",
+    "urban_land",
+    "agriculture_land",
+    "rangeland",
+    "forest_land",
+    "water",
+    "barren_land",
 )
 NYC_LANDCOVER_CLASSES: tuple[str, ...] = (
-    "tree_canopy", "grass_shrubs", "bare_soil", "water", "buildings", "roads",
-    "other_impervious", "railroads",
+    "tree_canopy",
+    "grass_shrubs",
+    "bare_soil",
+    "water",
+    "buildings",
+    "roads",
+    "other_impervious",
+    "railroads",
 )
 NIR_WAVELENGTH_NM = 842.0  # nominal (Sentinel-2 B08 centre) for aerial near-infrared bands
 
-register(DatasetInfo(
-    "oscd",
-    bands=S2_BANDS,
-    wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in S2_BANDS),
-    gsd_m=(10.0,) * len(S2_BANDS),  # the builder stores every band on the 10 m grid
-    mean=_L1C_MEAN,
-    std=_L1C_STD,
-    scale=10000.0,
-    num_classes=2,
-    class_names=("no_change", "change"),
-    image_size=128,
-    task="change_detection",
-))
+register(
+    DatasetInfo(
+        "oscd",
+        bands=S2_BANDS,
+        wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in S2_BANDS),
+        gsd_m=(10.0,) * len(S2_BANDS),  # the builder stores every band on the 10 m grid
+        mean=_L1C_MEAN,
+        std=_L1C_STD,
+        scale=10000.0,
+        num_classes=2,
+        class_names=("no_change", "change"),
+        image_size=128,
+        task="change_detection",
+    )
+)
 
-register(DatasetInfo(
-    "dynamic_world",
-    bands=S2_BANDS,
-    wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in S2_BANDS),
-    gsd_m=(10.0,) * len(S2_BANDS),
-    mean=_L1C_MEAN,
-    std=_L1C_STD,
-    scale=10000.0,
-    num_classes=len(DYNAMIC_WORLD_CLASSES),
-    class_names=DYNAMIC_WORLD_CLASSES,
-    image_size=256,
-    task="segmentation",
-    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
-))
+register(
+    DatasetInfo(
+        "dynamic_world",
+        bands=S2_BANDS,
+        wavelengths_nm=tuple(S2_WAVELENGTHS_NM[b] for b in S2_BANDS),
+        gsd_m=(10.0,) * len(S2_BANDS),
+        mean=_L1C_MEAN,
+        std=_L1C_STD,
+        scale=10000.0,
+        num_classes=len(DYNAMIC_WORLD_CLASSES),
+        class_names=DYNAMIC_WORLD_CLASSES,
+        image_size=256,
+        task="segmentation",
+        mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
+    )
+)
 
-register(DatasetInfo(
-    "rs_segmentation/potsdam",
-    bands=("R", "G", "B"),
-    wavelengths_nm=RGB_WAVELENGTHS_NM,
-    gsd_m=(0.05,) * 3,
-    mean=(0.31824, 0.31165, 0.28182),
-    std=(0.17249, 0.11180, 0.09602),
-    scale=255.0,
-    num_classes=len(ISPRS_CLASSES),
-    class_names=ISPRS_CLASSES,
-    image_size=256,
-    task="segmentation",
-    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
-))
+register(
+    DatasetInfo(
+        "rs_segmentation/potsdam",
+        bands=("R", "G", "B"),
+        wavelengths_nm=RGB_WAVELENGTHS_NM,
+        gsd_m=(0.05,) * 3,
+        mean=(0.31824, 0.31165, 0.28182),
+        std=(0.17249, 0.11180, 0.09602),
+        scale=255.0,
+        num_classes=len(ISPRS_CLASSES),
+        class_names=ISPRS_CLASSES,
+        image_size=256,
+        task="segmentation",
+        mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
+    )
+)
 
-register(DatasetInfo(
-    "rs_segmentation/vaihingen",
-    bands=("NIR", "R", "G"),  # IRRG false colour
-    wavelengths_nm=(NIR_WAVELENGTH_NM, 665.0, 560.0),
-    gsd_m=(0.09,) * 3,
-    mean=(0.31273, 0.29459, 0.29086),
-    std=(0.17411, 0.14145, 0.14056),
-    scale=255.0,
-    num_classes=len(ISPRS_CLASSES),
-    class_names=ISPRS_CLASSES,
-    image_size=256,
-    task="segmentation",
-    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
-))
+register(
+    DatasetInfo(
+        "rs_segmentation/vaihingen",
+        bands=("NIR", "R", "G"),  # IRRG false colour
+        wavelengths_nm=(NIR_WAVELENGTH_NM, 665.0, 560.0),
+        gsd_m=(0.09,) * 3,
+        mean=(0.31273, 0.29459, 0.29086),
+        std=(0.17411, 0.14145, 0.14056),
+        scale=255.0,
+        num_classes=len(ISPRS_CLASSES),
+        class_names=ISPRS_CLASSES,
+        image_size=256,
+        task="segmentation",
+        mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
+    )
+)
 
-register(DatasetInfo(
-    "rs_segmentation/loveda",
-    bands=("R", "G", "B"),
-    wavelengths_nm=RGB_WAVELENGTHS_NM,
-    gsd_m=(0.3,) * 3,
-    mean=(0.28397, 0.31670, 0.30247),
-    std=(0.11497, 0.10546, 0.09244),
-    scale=255.0,
-    num_classes=len(LOVEDA_CLASSES),
-    class_names=LOVEDA_CLASSES,
-    image_size=512,
-    task="segmentation",
-    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
-))
+register(
+    DatasetInfo(
+        "rs_segmentation/loveda",
+        bands=("R", "G", "B"),
+        wavelengths_nm=RGB_WAVELENGTHS_NM,
+        gsd_m=(0.3,) * 3,
+        mean=(0.28397, 0.31670, 0.30247),
+        std=(0.11497, 0.10546, 0.09244),
+        scale=255.0,
+        num_classes=len(LOVEDA_CLASSES),
+        class_names=LOVEDA_CLASSES,
+        image_size=512,
+        task="segmentation",
+        mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
+    )
+)
 
-register(DatasetInfo(
-    "rs_segmentation/deepglobe",
-    bands=("R", "G", "B"),
-    wavelengths_nm=RGB_WAVELENGTHS_NM,
-    gsd_m=(0.5,) * 3,
-    mean=(0.485, 0.456, 0.406),  # placeholder (ImageNet)
-    std=(0.229, 0.224, 0.225),
-    scale=255.0,
-    num_classes=len(DEEPGLOBE_CLASSES),
-    class_names=DEEPGLOBE_CLASSES,
-    image_size=612,
-    task="segmentation",
-    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
-))
+register(
+    DatasetInfo(
+        "rs_segmentation/deepglobe",
+        bands=("R", "G", "B"),
+        wavelengths_nm=RGB_WAVELENGTHS_NM,
+        gsd_m=(0.5,) * 3,
+        mean=(0.485, 0.456, 0.406),  # placeholder (ImageNet)
+        std=(0.229, 0.224, 0.225),
+        scale=255.0,
+        num_classes=len(DEEPGLOBE_CLASSES),
+        class_names=DEEPGLOBE_CLASSES,
+        image_size=612,
+        task="segmentation",
+        mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
+    )
+)
 
-register(DatasetInfo(
-    "rs_segmentation/nyc4band",
-    bands=("NIR", "R", "G", "B"),
-    wavelengths_nm=(NIR_WAVELENGTH_NM,) + RGB_WAVELENGTHS_NM,
-    gsd_m=(0.15,) * 4,  # 6-inch orthophotos
-    mean=(0.40, 0.485, 0.456, 0.406),  # placeholder (NIR guess + ImageNet RGB)
-    std=(0.20, 0.229, 0.224, 0.225),
-    scale=255.0,
-    num_classes=len(NYC_LANDCOVER_CLASSES),
-    class_names=NYC_LANDCOVER_CLASSES,
-    image_size=256,
-    task="segmentation",
-    mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
-))
+register(
+    DatasetInfo(
+        "rs_segmentation/nyc4band",
+        bands=("NIR", "R", "G", "B"),
+        wavelengths_nm=(NIR_WAVELENGTH_NM,) + RGB_WAVELENGTHS_NM,
+        gsd_m=(0.15,) * 4,  # 6-inch orthophotos
+        mean=(0.40, 0.485, 0.456, 0.406),  # placeholder (NIR guess + ImageNet RGB)
+        std=(0.20, 0.229, 0.224, 0.225),
+        scale=255.0,
+        num_classes=len(NYC_LANDCOVER_CLASSES),
+        class_names=NYC_LANDCOVER_CLASSES,
+        image_size=256,
+        task="segmentation",
+        mask_ignore_value=0,  # the builder writes 0 = no label, v = class v - 1
+    )
+)
 
 
 # Dubai aerial imagery ("Semantic segmentation of aerial imagery", Humans in the Loop with MBRSC;
@@ -590,30 +770,32 @@ register(DatasetInfo(
 DUBAI_CLASSES: tuple[str, ...] = ("water", "land", "road", "building", "vegetation")
 DUBAI_MASK_COLOURS: tuple[tuple[str, str], ...] = (
     ("water", "#E2A929"),
-    ("land", "#8429F6"),       # "Land (unpaved area)"
+    ("land", "#8429F6"),  # "Land (unpaved area)"
     ("road", "#6EC1E4"),
     ("building", "#3C1098"),
     ("vegetation", "#FEDD3A"),
     ("unlabeled", "#9B9B9B"),  # ignored
-    ("no_data", "#000000"),    # ignored: not a class, the border outside the imaged area
+    ("no_data", "#000000"),  # ignored: not a class, the border outside the imaged area
 )
 
-register(DatasetInfo(
-    "dubai_aerial_seg",
-    bands=("R", "G", "B"),
-    wavelengths_nm=RGB_WAVELENGTHS_NM,
-    gsd_m=(1.0,) * 3,  # not documented; about 0.5-1 m by eye, varying between tiles
-    # measured on all 63 JPEGs at hand (92.55 Mpx, pixels / 255)
-    mean=(0.54107, 0.54661, 0.56296),
-    std=(0.28505, 0.29157, 0.30678),
-    scale=255.0,
-    num_classes=len(DUBAI_CLASSES),
-    class_names=DUBAI_CLASSES,
-    image_size=128,  # the crop side the configs use; the images are 509-2149 px, cut at data.image_size
-    task="segmentation",
-    mask_ignore_value=0,  # the colours become stored 0 = ignore, v = class v - 1
-    mask_colours=DUBAI_MASK_COLOURS,
-))
+register(
+    DatasetInfo(
+        "dubai_aerial_seg",
+        bands=("R", "G", "B"),
+        wavelengths_nm=RGB_WAVELENGTHS_NM,
+        gsd_m=(1.0,) * 3,  # not documented; about 0.5-1 m by eye, varying between tiles
+        # measured on all 63 JPEGs at hand (92.55 Mpx, pixels / 255)
+        mean=(0.54107, 0.54661, 0.56296),
+        std=(0.28505, 0.29157, 0.30678),
+        scale=255.0,
+        num_classes=len(DUBAI_CLASSES),
+        class_names=DUBAI_CLASSES,
+        image_size=128,  # the crop side the configs use; the images are 509-2149 px, cut at data.image_size
+        task="segmentation",
+        mask_ignore_value=0,  # the colours become stored 0 = ignore, v = class v - 1
+        mask_colours=DUBAI_MASK_COLOURS,
+    )
+)
 
 
 def get_config_info(name: str, config: str | None = None) -> DatasetInfo:
@@ -638,8 +820,10 @@ def check_bands(config, num_bands: int | None = None, what: str | None = None) -
         info = data_info(config.data)
         num_bands, what = len(info.bands), what or f"dataset {info.name!r} with bands {list(info.bands)}"
     if int(num_bands) != int(config.model.in_channels):
-        raise ConfigError(f"config.model.in_channels={config.model.in_channels} does not match "
-                          f"{what or 'the data'} ({num_bands} bands)")
+        raise ConfigError(
+            f"config.model.in_channels={config.model.in_channels} does not match "
+            f"{what or 'the data'} ({num_bands} bands)"
+        )
 
 
 def rgb_indices(bands) -> tuple[int, ...]:

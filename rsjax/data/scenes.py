@@ -38,8 +38,10 @@ def held_out(cfg_data) -> dict[str, list[int]]:
         try:
             out[split] = [int(s) for s in cfg_data[key]]
         except (TypeError, ValueError):
-            raise ConfigError(f"config.data.{key}={cfg_data[key]!r}: expected scene ids (integers: the records' "
-                              f"scene_id, e.g. the tile number), e.g. (3, 8)") from None
+            raise ConfigError(
+                f"config.data.{key}={cfg_data[key]!r}: expected scene ids (integers: the records' "
+                f"scene_id, e.g. the tile number), e.g. (3, 8)"
+            ) from None
     both = sorted(set(out["test"]) & set(out["validation"]))
     if both:
         raise ConfigError(f"config.data.test_scenes and config.data.val_scenes both hold scene {both[0]}")
@@ -69,15 +71,23 @@ def select(cfg_data, split: str, available: Sequence[int], *, where: str, split_
     for s_name, key in KEYS.items():
         unknown = [s for s in held[s_name] if s not in have]
         if unknown:
-            raise ConfigError(f"config.data.{key}={tuple(cfg_data[key])}: no scene {unknown[0]} in {where} "
-                              f"(its scenes: {', '.join(map(str, have))})")
-    rule = {"train": "every scene not in data.test_scenes / data.val_scenes", "test": "data.test_scenes",
-            "validation": "data.val_scenes"}
+            raise ConfigError(
+                f"config.data.{key}={tuple(cfg_data[key])}: no scene {unknown[0]} in {where} "
+                f"(its scenes: {', '.join(map(str, have))})"
+            )
+    rule = {
+        "train": "every scene not in data.test_scenes / data.val_scenes",
+        "test": "data.test_scenes",
+        "validation": "data.val_scenes",
+    }
     if split not in rule:
-        raise ConfigError(f"config.{split_key}={split!r}: splits cut by scene are "
-                          + "; ".join(f"{k} ({v})" for k, v in rule.items()))
+        raise ConfigError(
+            f"config.{split_key}={split!r}: splits cut by scene are " + "; ".join(f"{k} ({v})" for k, v in rule.items())
+        )
     out = held[split] if split in held else [s for s in have if s not in held["test"] + held["validation"]]
     if not out:
-        raise ConfigError(f"config.{split_key}={split!r}: no scene of {where} is in it ({rule[split]}; its "
-                          f"scenes: {', '.join(map(str, have))})")
+        raise ConfigError(
+            f"config.{split_key}={split!r}: no scene of {where} is in it ({rule[split]}; its "
+            f"scenes: {', '.join(map(str, have))})"
+        )
     return sorted(out)

@@ -52,9 +52,9 @@ SYNTHETIC_MERGE_MAP = (0, 1, 1, 1, 2, 2)  # water | forest, cropland, grassland 
 class SegData:
     """A segmentation split in host memory: raw images, int32 labels (-1 = ignore), scenes."""
 
-    images: np.ndarray       # [N, S, S, C] stored dtype (uint16 / uint8)
-    labels: np.ndarray       # [N, S, S] int32
-    scene_id: np.ndarray     # [N] int64
+    images: np.ndarray  # [N, S, S, C] stored dtype (uint16 / uint8)
+    labels: np.ndarray  # [N, S, S] int32
+    scene_id: np.ndarray  # [N] int64
     info: registry.DatasetInfo
     class_names: tuple[str, ...]
     recipe: str = ops.DEFAULT_PP_DENSE  # config.data.pp_dense: how the images become model inputs
@@ -63,8 +63,7 @@ class SegData:
         return len(self.images)
 
     def subset(self, idx) -> "SegData":
-        return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx],
-                                   scene_id=self.scene_id[idx])
+        return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx], scene_id=self.scene_id[idx])
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
         """``images`` (stored units, any leading axes) as model inputs: the dense recipe."""
@@ -87,9 +86,11 @@ def mask_ignore_value(info: registry.DatasetInfo, source=None):
     value = info.mask_ignore_value
     meta = (source.builder.info.metadata or {}) if source is not None else {}
     if "ignore_value" in meta and meta["ignore_value"] != value:
-        raise DataError(f"dataset {info.name!r}: the build's metadata says stored mask value "
-                        f"{meta['ignore_value']!r} = ignore, the registry (DatasetInfo.mask_ignore_value) says "
-                        f"{value!r}; rebuild the dataset or fix the registry entry")
+        raise DataError(
+            f"dataset {info.name!r}: the build's metadata says stored mask value "
+            f"{meta['ignore_value']!r} = ignore, the registry (DatasetInfo.mask_ignore_value) says "
+            f"{value!r}; rebuild the dataset or fix the registry entry"
+        )
     return value
 
 
@@ -102,8 +103,11 @@ def tile(images: np.ndarray, labels: np.ndarray, scene: np.ndarray, size: int):
     if size == h == w:
         return images, labels, scene
     offsets = grid(h, w, size)
-    stack = lambda a: np.stack([a[:, y:y + size, x:x + size] for y, x in offsets], 1).reshape(  # noqa: E731
-        (-1, size, size) + a.shape[3:])
+    stack = (
+        lambda a: np.stack([a[:, y : y + size, x : x + size] for y, x in offsets], 1).reshape(  # noqa: E731
+            (-1, size, size) + a.shape[3:]
+        )
+    )
     return stack(images), stack(labels), np.repeat(scene, len(offsets))
 
 
@@ -121,13 +125,16 @@ def load_split(cfg, split: str, *, image_size: int, max_examples: int | None = N
         if "scene_id" in source.features():
             fields["scene_id"] = "scene_id"
         ignore = mask_ignore_value(info, source)
-    arrays = pipeline.read_split(cfg, split, fields=fields, limit=max_examples,
-                                 split_key="data.train_split / analysis.split / transfer.split")
+    arrays = pipeline.read_split(
+        cfg, split, fields=fields, limit=max_examples, split_key="data.train_split / analysis.split / transfer.split"
+    )
     labels = masks_to_labels(arrays["mask"], ignore)
     bad = (labels < IGNORE_INDEX) | (labels >= info.num_classes)
     if bad.any():
-        raise DataError(f"dataset {cfg.name!r} split {split!r}: mask values {np.unique(arrays['mask'][bad])[:5]} "
-                         f"outside the {info.num_classes} classes {info.class_names}")
+        raise DataError(
+            f"dataset {cfg.name!r} split {split!r}: mask values {np.unique(arrays['mask'][bad])[:5]} "
+            f"outside the {info.num_classes} classes {info.class_names}"
+        )
     scene = arrays.get("scene_id", np.arange(len(labels))).astype(np.int64)
     images, labels, scene = tile(arrays["image"], labels, scene, int(image_size))
     if images.shape[-1] != info.num_bands:
@@ -165,10 +172,17 @@ def noisy_labels(config, labels: np.ndarray, num_classes: int) -> np.ndarray:
             raise ConfigError(f"config.noise.class_map has {len(cmap)} entries for {num_classes} classes")
         labels = remap(labels, cmap)
     return label_noise.apply_label_noise(
-        labels, num_classes=noise_num_classes(config, num_classes), flip_rate=float(n.flip_rate),
-        flip_mode=n.get("flip_mode", "regions"), erosion=int(n.get("erosion", 0)),
-        erosion_class=int(n.get("erosion_class", -1)), blob_radius=float(n.get("blob_radius", 6.0)),
-        pool_factor=int(n.get("pool_factor", 1) or 1), seed=int(n.get("seed", 0)), ignore_index=IGNORE_INDEX)
+        labels,
+        num_classes=noise_num_classes(config, num_classes),
+        flip_rate=float(n.flip_rate),
+        flip_mode=n.get("flip_mode", "regions"),
+        erosion=int(n.get("erosion", 0)),
+        erosion_class=int(n.get("erosion_class", -1)),
+        blob_radius=float(n.get("blob_radius", 6.0)),
+        pool_factor=int(n.get("pool_factor", 1) or 1),
+        seed=int(n.get("seed", 0)),
+        ignore_index=IGNORE_INDEX,
+    )
 
 
 def noise_agreement(config, clean: np.ndarray, noisy: np.ndarray) -> dict:
@@ -195,12 +209,15 @@ def downstream_data(config) -> tuple[SegData, SegData, tuple[str, ...]]:
     """(train, test, class names) of the transfer task ``config.transfer`` (module docstring)."""
     t = config.transfer
     data_block = t.get("data", None) or config.data
-    data = load_split(data_block, t.split, image_size=config.data.image_size,
-                      max_examples=t.get("max_examples", 0) or None)
+    data = load_split(
+        data_block, t.split, image_size=config.data.image_size, max_examples=t.get("max_examples", 0) or None
+    )
     class_map = tuple(t.class_map) if t.get("class_map", None) else tuple(range(data.info.num_classes))
     if len(class_map) != data.info.num_classes:
-        raise ConfigError(f"config.transfer.class_map has {len(class_map)} entries; dataset "
-                         f"{data.info.name!r} has {data.info.num_classes} classes {data.class_names}")
+        raise ConfigError(
+            f"config.transfer.class_map has {len(class_map)} entries; dataset "
+            f"{data.info.name!r} has {data.info.num_classes} classes {data.class_names}"
+        )
     k = max(class_map) + 1
     names = tuple(t.class_names) if t.get("class_names", None) else tuple(f"class_{i}" for i in range(k))
     if len(names) != k:
@@ -209,8 +226,10 @@ def downstream_data(config) -> tuple[SegData, SegData, tuple[str, ...]]:
     scenes = np.unique(data.scene_id)
     n_train = max(1, int(round(len(scenes) * float(t.train_scene_fraction))))
     if n_train >= len(scenes):
-        raise ConfigError(f"config.transfer.train_scene_fraction={t.train_scene_fraction} leaves no test scene "
-                         f"({len(scenes)} scenes in split {t.split!r})")
+        raise ConfigError(
+            f"config.transfer.train_scene_fraction={t.train_scene_fraction} leaves no test scene "
+            f"({len(scenes)} scenes in split {t.split!r})"
+        )
     is_train = np.isin(data.scene_id, scenes[:n_train])
     train_idx, test_idx = np.flatnonzero(is_train), np.flatnonzero(~is_train)
     if t.get("max_train_images", 0):

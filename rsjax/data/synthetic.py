@@ -49,24 +49,22 @@ S2_BANDS = registry.S2_BANDS
 # Endmember library, reflectance x 1e4 in S2 band order
 # B01   B02   B03   B04   B05   B06   B07   B08   B8A   B09  B10   B11   B12
 _E = {
-    "water":    [700, 620, 560, 360, 290, 230, 200, 180, 170, 60, 10, 60, 40],
-    "forest":   [300, 340, 560, 300, 820, 2300, 2900, 3100, 3200, 1000, 15, 1500, 650],
-    "crop":     [350, 440, 820, 430, 1350, 3050, 3750, 3950, 4050, 1250, 15, 2050, 980],
-    "grass":    [460, 560, 880, 720, 1350, 2150, 2550, 2750, 2850, 900, 15, 2500, 1500],
+    "water": [700, 620, 560, 360, 290, 230, 200, 180, 170, 60, 10, 60, 40],
+    "forest": [300, 340, 560, 300, 820, 2300, 2900, 3100, 3200, 1000, 15, 1500, 650],
+    "crop": [350, 440, 820, 430, 1350, 3050, 3750, 3950, 4050, 1250, 15, 2050, 980],
+    "grass": [460, 560, 880, 720, 1350, 2150, 2550, 2750, 2850, 900, 15, 2500, 1500],
     "concrete": [1100, 1200, 1300, 1400, 1450, 1550, 1650, 1700, 1750, 600, 25, 2200, 2000],
-    "soil":     [900, 1000, 1350, 1800, 2100, 2300, 2450, 2550, 2650, 850, 20, 3300, 2800],
+    "soil": [900, 1000, 1350, 1800, 2100, 2300, 2450, 2550, 2650, 850, 20, 3300, 2800],
     "roof_red": [800, 850, 1000, 2300, 2500, 2600, 2650, 2700, 2750, 850, 25, 3000, 2600],
     "roof_grey": [1500, 1600, 1700, 1750, 1800, 1850, 1900, 1950, 2000, 650, 25, 2300, 2100],
-    "asphalt":  [600, 650, 700, 750, 780, 800, 820, 850, 870, 300, 15, 1000, 950],
-    "stubble":  [700, 800, 1100, 1400, 1700, 2000, 2200, 2300, 2400, 800, 20, 3000, 2400],
+    "asphalt": [600, 650, 700, 750, 780, 800, 820, 850, 870, 300, 15, 1000, 950],
+    "stubble": [700, 800, 1100, 1400, 1700, 2000, 2200, 2300, 2400, 800, 20, 3000, 2400],
 }
 ENDMEMBER_NAMES = tuple(_E)
 ENDMEMBERS = np.asarray([_E[k] for k in ENDMEMBER_NAMES], np.float32)  # [E, 13]
 _EI = {k: i for i, k in enumerate(ENDMEMBER_NAMES)}
 # Base endmember of each class (its "pure" spectrum).
-CLASS_ENDMEMBER = np.asarray(
-    [_EI["water"], _EI["forest"], _EI["crop"], _EI["grass"], _EI["concrete"], _EI["soil"]]
-)
+CLASS_ENDMEMBER = np.asarray([_EI["water"], _EI["forest"], _EI["crop"], _EI["grass"], _EI["concrete"], _EI["soil"]])
 # Additive haze per band at strength 1 (path radiance falls steeply with wavelength).
 _HAZE = np.asarray([900, 700, 450, 280, 220, 180, 150, 130, 120, 40, 0, 20, 8], np.float32)
 
@@ -143,8 +141,7 @@ def _layout(rng: np.random.Generator, size: int, num_classes: int) -> _Tile:
     p = 0.55 * rng.dirichlet(np.full(num_classes, 0.7)) + 0.45 / num_classes
     cell_cls = rng.choice(num_classes, size=k, p=p)
 
-    yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32),
-                         indexing="ij")
+    yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
     warp = _smooth_noise(rng, 2, size, 5) * (size * 0.06)
     wy, wx = yy + warp[0], xx + warp[1]
     seeds = rng.uniform(0, size, size=(k, 2)).astype(np.float32)
@@ -287,8 +284,7 @@ def _second_date(rng, t: _Tile, num_classes: int) -> _Tile:
     if crop.any() and t.crop_cells:
         shift = rng.normal(0, 0.15, len(t.crop_cells["base"])).astype(np.float32)
         t2.m[crop] = np.clip(t.m[crop] + shift[t.cell[crop]], 0, 1)
-    kinds = [k for k, need in (("buildings", URBAN), ("flood", WATER), ("clearing", BARE_SOIL))
-             if need < num_classes]
+    kinds = [k for k, need in (("buildings", URBAN), ("flood", WATER), ("clearing", BARE_SOIL)) if need < num_classes]
     area = (size / 128.0) ** 2
     n_events = 0 if rng.random() < 0.1 else int(rng.integers(1, 5) * max(area, 0.25) + 0.5)
     for _ in range(n_events if kinds else 0):
@@ -352,8 +348,9 @@ def _acquire(rng, t: _Tile, band_idx: np.ndarray) -> np.ndarray:
     return img.astype(np.uint16)
 
 
-def generate_tile(tile_index: int, *, tile_size: int = 128, bands: int = 13,
-                  num_classes: int = NUM_CLASSES, seed: int = 0) -> dict[str, np.ndarray]:
+def generate_tile(
+    tile_index: int, *, tile_size: int = 128, bands: int = 13, num_classes: int = NUM_CLASSES, seed: int = 0
+) -> dict[str, np.ndarray]:
     """One full tile: ``image``/``image2`` uint16 [T,T,B], ``mask``/``mask2`` uint8 [T,T],
     ``change`` uint8 [T,T]. Deterministic in ``(seed, tile_index)``."""
     if not 2 <= num_classes <= NUM_CLASSES:
@@ -376,9 +373,16 @@ def generate_tile(tile_index: int, *, tile_size: int = 128, bands: int = 13,
     }
 
 
-def generate(num_tiles: int, *, tile_size: int = 128, crop_size: int = 32, bands: int = 13,
-             num_classes: int = NUM_CLASSES, seed: int = 0, scene_offset: int = 0,
-             ) -> dict[str, np.ndarray]:
+def generate(
+    num_tiles: int,
+    *,
+    tile_size: int = 128,
+    crop_size: int = 32,
+    bands: int = 13,
+    num_classes: int = NUM_CLASSES,
+    seed: int = 0,
+    scene_offset: int = 0,
+) -> dict[str, np.ndarray]:
     """Generates ``num_tiles`` tiles and cuts each into ``(tile_size // crop_size)**2`` crops.
 
     Args:
@@ -416,12 +420,10 @@ def generate(num_tiles: int, *, tile_size: int = 128, crop_size: int = 32, bands
     }
     j = 0
     for i in range(num_tiles):
-        tile = generate_tile(i, tile_size=tile_size, bands=bands, num_classes=num_classes,
-                             seed=seed)
+        tile = generate_tile(i, tile_size=tile_size, bands=bands, num_classes=num_classes, seed=seed)
         for cy in range(g):
             for cx in range(g):
-                sl = (slice(cy * crop_size, (cy + 1) * crop_size),
-                      slice(cx * crop_size, (cx + 1) * crop_size))
+                sl = (slice(cy * crop_size, (cy + 1) * crop_size), slice(cx * crop_size, (cx + 1) * crop_size))
                 for key in ("image", "image2", "mask", "change"):
                     out[key][j] = tile[key][sl]
                 counts = np.bincount(out["mask"][j].ravel(), minlength=num_classes)
@@ -432,10 +434,15 @@ def generate(num_tiles: int, *, tile_size: int = 128, crop_size: int = 32, bands
     return out
 
 
-def band_statistics(num_tiles: int = 96, *, tile_size: int = 128, seed: int = 0,
-                    bands: int = 13) -> tuple[np.ndarray, np.ndarray]:
+def band_statistics(
+    num_tiles: int = 96, *, tile_size: int = 128, seed: int = 0, bands: int = 13
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and std of ``image / 10000`` (the numbers stored in the registry)."""
-    x = np.concatenate([generate_tile(i, tile_size=tile_size, seed=seed, bands=bands)["image"]
-                        .reshape(-1, len(band_names(bands))) for i in range(num_tiles)])
+    x = np.concatenate(
+        [
+            generate_tile(i, tile_size=tile_size, seed=seed, bands=bands)["image"].reshape(-1, len(band_names(bands)))
+            for i in range(num_tiles)
+        ]
+    )
     x = x.astype(np.float64) / 10000.0
     return x.mean(0), x.std(0)

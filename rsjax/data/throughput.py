@@ -26,15 +26,34 @@ PRESETS = {
     # EuroSAT RGB, two 64 px views of each 64 px image (the SwiMDiff / SimCLR setting).
     "eurosat_rgb": {"name": "eurosat_rgb", "config": "default", "image_size": 64},
     # EuroSAT RGB with every image cut into 2 x 2 crops that form a scene, 4 per scene.
-    "eurosat_rgb_scenes": {"name": "eurosat_rgb", "config": "default", "image_size": 64,
-                           "crops_as_scenes": 2, "scenes_per_batch": 64,
-                           "samples_per_scene": 4},
+    "eurosat_rgb_scenes": {
+        "name": "eurosat_rgb",
+        "config": "default",
+        "image_size": 64,
+        "crops_as_scenes": 2,
+        "scenes_per_batch": 64,
+        "samples_per_scene": 4,
+    },
 }
+
 
 def _define_flags():
     """Flags exist only when this module runs as a program, so importing it (tests) never
     clashes with other entry points' flags (``--config`` of ``rsjax.main``)."""
-    global _DATA_DIR, _NAME, _CONFIG, _IMAGE_SIZE, _BATCH, _BATCHES, _THREADS, _WORKERS, _SPB, _SPS, _CAS, _MANUAL, _PRESET
+    global \
+        _DATA_DIR, \
+        _NAME, \
+        _CONFIG, \
+        _IMAGE_SIZE, \
+        _BATCH, \
+        _BATCHES, \
+        _THREADS, \
+        _WORKERS, \
+        _SPB, \
+        _SPS, \
+        _CAS, \
+        _MANUAL, \
+        _PRESET
     _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
     _NAME = flags.DEFINE_string("name", "rs_synthetic", "Dataset name.")
     _CONFIG = flags.DEFINE_string("config", "default", "Builder config.")
@@ -46,17 +65,18 @@ def _define_flags():
     _SPB = flags.DEFINE_integer("scenes_per_batch", 0, "Scene-aware batching (0 = off).")
     _SPS = flags.DEFINE_integer("samples_per_scene", 2, "Samples per scene.")
     _CAS = flags.DEFINE_integer("crops_as_scenes", 0, "Cut images into g x g crops as scenes.")
-    _MANUAL = flags.DEFINE_string("manual_dir", None, "Original files: build the dataset from "
-                                  "them first when it is not built in --data_dir.")
-    _PRESET = flags.DEFINE_enum("preset", None, sorted(PRESETS), "Named setup (see PRESETS); "
-                                "flags given explicitly override it.")
+    _MANUAL = flags.DEFINE_string(
+        "manual_dir", None, "Original files: build the dataset from them first when it is not built in --data_dir."
+    )
+    _PRESET = flags.DEFINE_enum(
+        "preset", None, sorted(PRESETS), "Named setup (see PRESETS); flags given explicitly override it."
+    )
 
 
 def measure(cfg, *, batch_size: int, image_size: int, batches: int) -> dict:
     """Returns ``{"images_per_s", "batches_per_s", "first_batch_s"}`` for one process."""
     t0 = time.perf_counter()
-    it = pipeline.make_pretrain_iterator(cfg, global_batch_size=batch_size, seed=0,
-                                         image_size=image_size)
+    it = pipeline.make_pretrain_iterator(cfg, global_batch_size=batch_size, seed=0, image_size=image_size)
     next(it)
     first = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -64,8 +84,7 @@ def measure(cfg, *, batch_size: int, image_size: int, batches: int) -> dict:
         next(it)
     dt = time.perf_counter() - t1
     it.close()
-    return {"images_per_s": batches * batch_size / dt, "batches_per_s": batches / dt,
-            "first_batch_s": first}
+    return {"images_per_s": batches * batch_size / dt, "batches_per_s": batches / dt, "first_batch_s": first}
 
 
 def _value(flag, preset: dict, key: str):
@@ -91,12 +110,17 @@ def main(argv):
     if _MANUAL.value:
         build.build_dataset(cfg.name, cfg.data_dir, _MANUAL.value, cfg.builder_config)
     r = measure(cfg, batch_size=_BATCH.value, image_size=image_size, batches=_BATCHES.value)
-    extra = (f", crops_as_scenes {cfg.crops_as_scenes}, {cfg.scenes_per_batch} scenes x "
-             f"{cfg.samples_per_scene}" if cfg.scenes_per_batch else "")
-    print(f"{cfg.name}/{cfg.builder_config} two views at {image_size} px, batch "
-          f"{_BATCH.value}, threads {_THREADS.value}, workers {_WORKERS.value}{extra}: "
-          f"{r['images_per_s']:.0f} images/s ({r['batches_per_s']:.2f} batches/s; first batch "
-          f"incl. setup {r['first_batch_s']:.2f} s)")
+    extra = (
+        f", crops_as_scenes {cfg.crops_as_scenes}, {cfg.scenes_per_batch} scenes x {cfg.samples_per_scene}"
+        if cfg.scenes_per_batch
+        else ""
+    )
+    print(
+        f"{cfg.name}/{cfg.builder_config} two views at {image_size} px, batch "
+        f"{_BATCH.value}, threads {_THREADS.value}, workers {_WORKERS.value}{extra}: "
+        f"{r['images_per_s']:.0f} images/s ({r['batches_per_s']:.2f} batches/s; first batch "
+        f"incl. setup {r['first_batch_s']:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.nd
     Raises DataError naming ``path``, the unknown colours (most frequent first) and their pixel
     counts: a colour off the table is a defect of the file (or of the table), never guessed."""
     code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    table = sorted((int(c[1:], 16), info.class_names.index(n) + 1 if n in info.class_names else 0)
-                   for n, c in info.mask_colours)
+    table = sorted(
+        (int(c[1:], 16), info.class_names.index(n) + 1 if n in info.class_names else 0) for n, c in info.mask_colours
+    )
     keys = np.asarray([k for k, _ in table], np.int32)
     values = np.asarray([v for _, v in table], np.uint8)
     idx = np.minimum(np.searchsorted(keys, code), len(keys) - 1)
@@ -59,10 +60,11 @@ def colour_mask(rgb: np.ndarray, info: registry.DatasetInfo, path: str) -> np.nd
         order = np.argsort(-counts, kind="stable")
         shown = ", ".join(f"#{colours[i]:06X} x {counts[i]}" for i in order[:3])
         more = f" and {len(colours) - 3} more colours" if len(colours) > 3 else ""
-        raise DataError(f"mask {path!r}: {int(counts.sum())} pixels of colours outside the colour table of "
-                        f"dataset {info.name!r} ({shown}{more}); the table "
-                        f"(registry DatasetInfo.mask_colours): "
-                        + ", ".join(f"{n} {c}" for n, c in info.mask_colours))
+        raise DataError(
+            f"mask {path!r}: {int(counts.sum())} pixels of colours outside the colour table of "
+            f"dataset {info.name!r} ({shown}{more}); the table "
+            f"(registry DatasetInfo.mask_colours): " + ", ".join(f"{n} {c}" for n, c in info.mask_colours)
+        )
     return values[idx]
 
 
@@ -71,8 +73,9 @@ def split_tiles(cfg, split: str, *, split_key: str = "data.train_split") -> list
     rule of :mod:`rsjax.data.scenes` (scene = tile number; ``data.test_scenes`` /
     ``data.val_scenes`` held out, ``train`` = every other tile). ConfigError naming the key."""
     numbers = list(folders.tile_folders(cfg.folder))
-    return scenes.select(cfg, split, numbers, split_key=split_key,
-                         where=f"the tile folder {cfg.folder!r} (scene = tile number)")
+    return scenes.select(
+        cfg, split, numbers, split_key=split_key, where=f"the tile folder {cfg.folder!r} (scene = tile number)"
+    )
 
 
 def crop_layout(cfg, split: str, *, split_key: str = "data.train_split") -> list[dict]:
@@ -119,16 +122,22 @@ def read(cfg, tile_numbers) -> dict[str, np.ndarray]:
             raise DataError(f"image {image_path!r} has {image.dtype} pixels; dataset {info.name!r} is 8-bit")
         mask = folders.read_image(mask_path, "RGB")
         if mask.shape[:2] != image.shape[:2]:
-            raise DataError(f"mask {mask_path!r} is {mask.shape[1]} x {mask.shape[0]} px (W x H), its image "
-                            f"{os.path.basename(image_path)!r} {image.shape[1]} x {image.shape[0]}")
+            raise DataError(
+                f"mask {mask_path!r} is {mask.shape[1]} x {mask.shape[0]} px (W x H), its image "
+                f"{os.path.basename(image_path)!r} {image.shape[1]} x {image.shape[0]}"
+            )
         offsets = grid(*image.shape[:2], size)
         if not offsets:
-            raise ConfigError(f"config.data.image_size={size} is larger than image {image_path!r} "
-                              f"({image.shape[1]} x {image.shape[0]} px)")
+            raise ConfigError(
+                f"config.data.image_size={size} is larger than image {image_path!r} "
+                f"({image.shape[1]} x {image.shape[0]} px)"
+            )
         stored = colour_mask(mask, info, mask_path)
-        return (np.stack([image[y:y + size, x:x + size] for y, x in offsets]),
-                np.stack([stored[y:y + size, x:x + size] for y, x in offsets]),
-                np.full(len(offsets), tile_number, np.int64))
+        return (
+            np.stack([image[y : y + size, x : x + size] for y, x in offsets]),
+            np.stack([stored[y : y + size, x : x + size] for y, x in offsets]),
+            np.full(len(offsets), tile_number, np.int64),
+        )
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
         parts = list(ex.map(one, pairs))

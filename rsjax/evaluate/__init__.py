@@ -58,8 +58,10 @@ def check_feature_evaluators(names_: tuple, *, multilabel: bool, key: str = "eva
     allowed = ("linear_multilabel",) if multilabel else ("knn", "linear")
     bad = [n for n in names_ if n not in allowed]
     if not names_ or bad:
-        raise errors.ConfigError(f"config.{key}={names_!r}: {'empty' if not names_ else f'{bad} not usable here'}; "
-                                 f"this job's frozen-feature evaluators are {allowed}")
+        raise errors.ConfigError(
+            f"config.{key}={names_!r}: {'empty' if not names_ else f'{bad} not usable here'}; "
+            f"this job's frozen-feature evaluators are {allowed}"
+        )
     return names_
 
 

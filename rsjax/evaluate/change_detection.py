@@ -58,10 +58,10 @@ def load_data(config):
     d = config.data
     keys = {"a": d.image_a_key, "b": d.image_b_key, "change": d.change_key}
     ec = config.eval
-    train = pipeline.read_split(d, ec.train_split, fields=keys, limit=ec.get("max_train", 0),
-                                  split_key="eval.train_split")
-    test = pipeline.read_split(d, ec.test_split, fields=keys, limit=ec.get("max_test", 0),
-                                  split_key="eval.test_split")
+    train = pipeline.read_split(
+        d, ec.train_split, fields=keys, limit=ec.get("max_train", 0), split_key="eval.train_split"
+    )
+    test = pipeline.read_split(d, ec.test_split, fields=keys, limit=ec.get("max_test", 0), split_key="eval.test_split")
     return train, test
 
 
@@ -78,8 +78,10 @@ def check(arrays, info, config, split):
     if ch.shape != a.shape[:3]:
         raise ValueError(f"{split}: change map {ch.shape} does not match the images {a.shape[:3]}")
     if a.shape[-1] != info.num_bands:
-        raise ValueError(f"{split}: images have {a.shape[-1]} bands, dataset {info.name!r} declares "
-                         f"{info.num_bands} {list(info.bands)}")
+        raise ValueError(
+            f"{split}: images have {a.shape[-1]} bands, dataset {info.name!r} declares "
+            f"{info.num_bands} {list(info.bands)}"
+        )
     registry.check_bands(config, a.shape[-1], f"dataset {info.name!r}")
 
 
@@ -99,5 +101,5 @@ def mosaic(crops: np.ndarray, ys, xs) -> np.ndarray:
     s = crops.shape[1]
     out = np.zeros((int(max(ys)) + s, int(max(xs)) + crops.shape[2], *crops.shape[3:]), crops.dtype)
     for crop, y, x in zip(crops, ys, xs):
-        out[int(y):int(y) + s, int(x):int(x) + crops.shape[2]] = crop
+        out[int(y) : int(y) + s, int(x) : int(x) + crops.shape[2]] = crop
     return out

@@ -43,8 +43,16 @@ def _l2n(x):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def knn_predict(train_feats, train_labels, test_feats, *, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+def knn_predict(
+    train_feats,
+    train_labels,
+    test_feats,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> np.ndarray:
     """Weighted cosine kNN (module docstring) -> predicted labels [N_test] (int)."""
     train = _l2n(jnp.asarray(train_feats, jnp.float32))
     labels = jnp.asarray(train_labels, jnp.int32)
@@ -52,8 +60,8 @@ def knn_predict(train_feats, train_labels, test_feats, *, num_classes: int, k: i
 
     @jax.jit
     def predict(q):
-        sim = _l2n(q) @ train.T                          # [n, N_train]
-        top_s, top_i = jax.lax.top_k(sim, k)             # [n, k]
+        sim = _l2n(q) @ train.T  # [n, N_train]
+        top_s, top_i = jax.lax.top_k(sim, k)  # [n, k]
         w = jnp.exp(top_s / temperature)
         votes = jax.nn.one_hot(labels[top_i], num_classes) * w[..., None]
         return jnp.argmax(votes.sum(axis=1), axis=-1)
@@ -63,8 +71,18 @@ def knn_predict(train_feats, train_labels, test_feats, *, num_classes: int, k: i
     return np.concatenate(preds) if preds else np.zeros((0,), np.int32)
 
 
-def linear_probe_logits(train_feats, train_targets, test_feats, *, num_outputs: int, multilabel: bool = False,
-                        epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+def linear_probe_logits(
+    train_feats,
+    train_targets,
+    test_feats,
+    *,
+    num_outputs: int,
+    multilabel: bool = False,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> np.ndarray:
     """THE linear probe (module docstring): trains on standardised frozen features and returns
     the test logits [N_test, num_outputs] (float32).
 
@@ -83,8 +101,10 @@ def linear_probe_logits(train_feats, train_targets, test_feats, *, num_outputs: 
     else:
         y = jnp.asarray(train_targets, jnp.int32)
         per_example = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, y)  # noqa: E731
-    w0 = {"w": jax.random.normal(jax.random.PRNGKey(seed), (x.shape[1], num_outputs)) * 0.01,
-          "b": jnp.zeros((num_outputs,))}
+    w0 = {
+        "w": jax.random.normal(jax.random.PRNGKey(seed), (x.shape[1], num_outputs)) * 0.01,
+        "b": jnp.zeros((num_outputs,)),
+    }
     tx = optax.adamw(optax.cosine_decay_schedule(lr, epochs), weight_decay=weight_decay)
 
     def loss_fn(p):
@@ -104,18 +124,52 @@ def linear_probe_logits(train_feats, train_targets, test_feats, *, num_outputs: 
     return np.asarray(xt @ p["w"] + p["b"], np.float32)
 
 
-def linear_probe(train_feats, train_labels, test_feats, *, num_classes: int, epochs: int = 300,
-                 lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+def linear_probe(
+    train_feats,
+    train_labels,
+    test_feats,
+    *,
+    num_classes: int,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> np.ndarray:
     """Single-label linear probe; returns the predicted test labels [N_test]."""
-    return linear_probe_logits(train_feats, train_labels, test_feats, num_outputs=num_classes, epochs=epochs,
-                               lr=lr, weight_decay=weight_decay, seed=seed).argmax(-1)
+    return linear_probe_logits(
+        train_feats,
+        train_labels,
+        test_feats,
+        num_outputs=num_classes,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+    ).argmax(-1)
 
 
-def linear_probe_multilabel(train_feats, train_targets, test_feats, *, epochs: int = 300, lr: float = 1e-2,
-                            weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+def linear_probe_multilabel(
+    train_feats,
+    train_targets,
+    test_feats,
+    *,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> np.ndarray:
     """Multi-label linear probe; returns the test logits [N_test, C]."""
-    return linear_probe_logits(train_feats, train_targets, test_feats, num_outputs=np.shape(train_targets)[1],
-                               multilabel=True, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+    return linear_probe_logits(
+        train_feats,
+        train_targets,
+        test_feats,
+        num_outputs=np.shape(train_targets)[1],
+        multilabel=True,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -128,8 +182,11 @@ def _num_classes(train_targets, test_targets, num_classes: int | None) -> int:
 
 
 def _class_metrics(pred, labels, num_classes: int) -> dict:
-    return {"top1": accuracy(pred, labels), "per_class": per_class_accuracy(pred, labels, num_classes),
-            "confusion_matrix": confusion_matrix(pred, labels, num_classes).tolist()}
+    return {
+        "top1": accuracy(pred, labels),
+        "per_class": per_class_accuracy(pred, labels, num_classes),
+        "confusion_matrix": confusion_matrix(pred, labels, num_classes).tolist(),
+    }
 
 
 def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -152,31 +209,61 @@ def targets_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Evaluators (registered by name in rsjax.evaluate)
 # --------------------------------------------------------------------------------------
-def knn_evaluator(train_feats, train_labels, test_feats, test_labels, *, num_classes: int | None = None,
-                  k: int = 20, temperature: float = 0.07, **_) -> tuple[dict, np.ndarray]:
+def knn_evaluator(
+    train_feats,
+    train_labels,
+    test_feats,
+    test_labels,
+    *,
+    num_classes: int | None = None,
+    k: int = 20,
+    temperature: float = 0.07,
+    **_,
+) -> tuple[dict, np.ndarray]:
     """``"knn"``: ``({"top1", "per_class", "confusion_matrix"}, predicted labels)``."""
     c = _num_classes(train_labels, test_labels, num_classes)
     pred = knn_predict(train_feats, train_labels, test_feats, num_classes=c, k=k, temperature=temperature)
     return _class_metrics(pred, test_labels, c), pred
 
 
-def linear_evaluator(train_feats, train_labels, test_feats, test_labels, *, num_classes: int | None = None,
-                     epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0,
-                     **_) -> tuple[dict, np.ndarray]:
+def linear_evaluator(
+    train_feats,
+    train_labels,
+    test_feats,
+    test_labels,
+    *,
+    num_classes: int | None = None,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    **_,
+) -> tuple[dict, np.ndarray]:
     """``"linear"``: ``({"top1", "per_class", "confusion_matrix"}, predicted labels)``."""
     c = _num_classes(train_labels, test_labels, num_classes)
-    pred = linear_probe(train_feats, train_labels, test_feats, num_classes=c, epochs=epochs, lr=lr,
-                        weight_decay=weight_decay, seed=seed)
+    pred = linear_probe(
+        train_feats, train_labels, test_feats, num_classes=c, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed
+    )
     return _class_metrics(pred, test_labels, c), pred
 
 
-def linear_multilabel_evaluator(train_feats, train_targets, test_feats, test_targets, *, epochs: int = 300,
-                                lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0,
-                                **_) -> tuple[dict, np.ndarray]:
+def linear_multilabel_evaluator(
+    train_feats,
+    train_targets,
+    test_feats,
+    test_targets,
+    *,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    **_,
+) -> tuple[dict, np.ndarray]:
     """``"linear_multilabel"``: ``({"micro_map", "macro_map", "per_class_ap",
     "classes_with_positives"}, test logits [N, C])`` (:func:`rsjax.evaluate.metrics.multilabel_map`)."""
-    scores = linear_probe_multilabel(train_feats, train_targets, test_feats, epochs=epochs, lr=lr,
-                                     weight_decay=weight_decay, seed=seed)
+    scores = linear_probe_multilabel(
+        train_feats, train_targets, test_feats, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed
+    )
     return M.multilabel_map(scores, test_targets), scores
 
 
@@ -190,8 +277,12 @@ def evaluator_options(name: str, eval_config, seed: int) -> dict:
     if name == "knn":
         return {"k": int(get("knn_k", 20)), "temperature": float(get("knn_temperature", 0.07))}
     if name in ("linear", "linear_multilabel"):
-        return {"epochs": int(get("linear_epochs", 300)), "lr": float(get("linear_lr", 1e-2)),
-                "weight_decay": float(get("linear_weight_decay", 1e-4)), "seed": int(seed)}
+        return {
+            "epochs": int(get("linear_epochs", 300)),
+            "lr": float(get("linear_lr", 1e-2)),
+            "weight_decay": float(get("linear_weight_decay", 1e-4)),
+            "seed": int(seed),
+        }
     return {}
 
 
@@ -210,8 +301,9 @@ def warn_if_exploding(values, what: str, *, limit: float = EXPLOSION_LIMIT) -> b
     numbers are meaningless (a kNN / linear probe at chance), typically after a learning rate
     far too high. ``what`` names the values in the message.
     """
-    x = np.asarray([np.nan if v is None else v for v in values] if isinstance(values, (list, tuple)) else values,
-                   np.float64)
+    x = np.asarray(
+        [np.nan if v is None else v for v in values] if isinstance(values, (list, tuple)) else values, np.float64
+    )
     if x.size == 0:
         return False
     rows = x.reshape(len(x), -1)
@@ -225,9 +317,12 @@ def warn_if_exploding(values, what: str, *, limit: float = EXPLOSION_LIMIT) -> b
         parts.append(f"{int((~finite).sum())} of {len(rows)} non-finite")
     if huge.any():
         parts.append(f"{int(huge.sum())} of {len(rows)} with norm > {limit:g} (largest {norms[finite].max():.3g})")
-    warnings.warn(f"numerical blow-up in {what}: {', '.join(parts)}; the training diverged (e.g. a learning rate "
-                  f"far too high: config.optimizer.lr) and the evaluation that follows is meaningless",
-                  UserWarning, stacklevel=2)
+    warnings.warn(
+        f"numerical blow-up in {what}: {', '.join(parts)}; the training diverged (e.g. a learning rate "
+        f"far too high: config.optimizer.lr) and the evaluation that follows is meaningless",
+        UserWarning,
+        stacklevel=2,
+    )
     return True
 
 
@@ -253,9 +348,20 @@ class FrozenEval:
     test_features: np.ndarray
 
 
-def frozen_eval(encode_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, x_train, y_train, x_test,
-                y_test, *, eval_config, seed: int, evaluators=None, num_classes: int | None = None,
-                mesh=None) -> FrozenEval:
+def frozen_eval(
+    encode_fn: Callable[[Any, jax.Array], jax.Array],
+    variables: Any,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    *,
+    eval_config,
+    seed: int,
+    evaluators=None,
+    num_classes: int | None = None,
+    mesh=None,
+) -> FrozenEval:
     """Frozen-feature evaluation of one encoder, shared by pretraining, the eval jobs and the study.
 
     Features ``encode_fn(variables, x) -> [B, F]`` (eval mode, row-wise) are extracted once per
@@ -275,16 +381,18 @@ def frozen_eval(encode_fn: Callable[[Any, jax.Array], jax.Array], variables: Any
 
     f_tr = features(x_train, "features train")
     f_te = features(x_test, "features test")
-    warn_if_exploding(np.concatenate([f_tr, f_te]) if len(f_tr) and len(f_te) else f_tr,
-                      "the frozen encoder features (train + test)")
+    warn_if_exploding(
+        np.concatenate([f_tr, f_te]) if len(f_tr) and len(f_te) else f_tr, "the frozen encoder features (train + test)"
+    )
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     multilabel = any(name == "linear_multilabel" for name in evaluators)
     metrics: dict = {}
     predictions: dict = {}
     c = None if multilabel else _num_classes(y_train, y_test, num_classes)
     for name in evaluators:
-        m, pred = evaluate.get(name)(f_tr, y_train, f_te, y_test, num_classes=c,
-                                     **evaluator_options(name, eval_config, seed))
+        m, pred = evaluate.get(name)(
+            f_tr, y_train, f_te, y_test, num_classes=c, **evaluator_options(name, eval_config, seed)
+        )
         predictions[name] = pred
         prefix = "linear" if name == "linear_multilabel" else name  # linear_micro_map, not ..._multilabel_...
         metrics.update({f"{prefix}_{k}": v for k, v in m.items()})

@@ -42,9 +42,14 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
         need = errors.require
         need(int(ec.batch_size) > 0, "eval.batch_size", ec.batch_size, "must be > 0")
         evaluate.check_feature_evaluators(
-            ec.get("evaluators", ("linear_multilabel",) if multilabel else ("knn", "linear")), multilabel=multilabel)
-        need(0 < float(ec.get("label_fraction", 1.0)) <= 1, "eval.label_fraction", ec.get("label_fraction"),
-             "must be in (0, 1]")
+            ec.get("evaluators", ("linear_multilabel",) if multilabel else ("knn", "linear")), multilabel=multilabel
+        )
+        need(
+            0 < float(ec.get("label_fraction", 1.0)) <= 1,
+            "eval.label_fraction",
+            ec.get("label_fraction"),
+            "must be in (0, 1]",
+        )
         for key in ("max_train", "max_test"):
             need(int(ec.get(key, 0) or 0) >= 0, f"eval.{key}", ec.get(key), "must be >= 0 (0 = all)")
         if not multilabel:
@@ -73,9 +78,14 @@ def validate(config: ml_collections.ConfigDict, *, multilabel: bool = False, tas
 
 def make_task(config, *, num_outputs: int, multilabel: bool, loaded=None):
     with errors.config_errors():  # unknown model name / stem
-        return ClassifierTask(config, num_outputs=num_outputs, multilabel=multilabel,
-                              image_size=int(config.data.image_size or 32),  # 0 = stored size
-                              optimizer=config.finetune.optimizer, pretrained=loaded)
+        return ClassifierTask(
+            config,
+            num_outputs=num_outputs,
+            multilabel=multilabel,
+            image_size=int(config.data.image_size or 32),  # 0 = stored size
+            optimizer=config.finetune.optimizer,
+            pretrained=loaded,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -90,13 +100,20 @@ def load_data(config):
     if d.folder:
         names = folders.class_folder_files(d.folder)[0]
         if info.class_names and tuple(names) != tuple(info.class_names):
-            raise errors.DataError(f"class folders {names} in {d.folder} differ from the classes of "
-                                   f"{d.name!r} {list(info.class_names)} (config.data.name)")
+            raise errors.DataError(
+                f"class folders {names} in {d.folder} differ from the classes of "
+                f"{d.name!r} {list(info.class_names)} (config.data.name)"
+            )
     ec = config.eval
     out = []
     for role in ("train", "test"):
-        x, y = pipeline.eval_arrays(d, ec[f"{role}_split"], limit=ec.get(f"max_{role}", 0), image_size=d.image_size,
-                                    split_key=f"eval.{role}_split")
+        x, y = pipeline.eval_arrays(
+            d,
+            ec[f"{role}_split"],
+            limit=ec.get(f"max_{role}", 0),
+            image_size=d.image_size,
+            split_key=f"eval.{role}_split",
+        )
         out += [x, y]
     return (*out, list(names))
 
@@ -119,13 +136,22 @@ def encode_fn(task):
 def finetune(config, wd, task, phase, x_tr, y_tr, x_te, mesh):
     """Fine-tunes ``task`` on ``(x_tr, y_tr)`` (phase ``finetune`` of the one loop) and returns
     ``(test logits [N, K] or None when stopped early, FitResult)``."""
-    it = ArrayIterator({"image": x_tr, "label": y_tr}, phase.batch_size, phase.seed,
-                       source="the fine-tune's training images: config.data, eval.max_train, eval.label_fraction")
+    it = ArrayIterator(
+        {"image": x_tr, "label": y_tr},
+        phase.batch_size,
+        phase.seed,
+        source="the fine-tune's training images: config.data, eval.max_train, eval.label_fraction",
+    )
     result = train.fit(task, it, phase, wd, config, mesh=mesh)
     if not result.finished:
         return None, result
     variables = {"params": result.state["params"], "batch_stats": result.state["batch_stats"]}
-    logits = shd.batched_predict(lambda v, b: task.predict(v["params"], v["batch_stats"], b), variables,
-                                 {"image": x_te}, batch_size=int(config.eval.batch_size), desc="fine-tune test",
-                                 mesh=mesh)
+    logits = shd.batched_predict(
+        lambda v, b: task.predict(v["params"], v["batch_stats"], b),
+        variables,
+        {"image": x_te},
+        batch_size=int(config.eval.batch_size),
+        desc="fine-tune test",
+        mesh=mesh,
+    )
     return np.asarray(logits, np.float32), result

@@ -36,7 +36,9 @@ def normalizer(info: registry.DatasetInfo, image_keys, recipe: str = ops.DEFAULT
     return transform
 
 
-def device_normalizer(info: registry.DatasetInfo, image_keys, recipe: str = ops.DEFAULT_PP_DENSE) -> Callable[[dict], dict]:
+def device_normalizer(
+    info: registry.DatasetInfo, image_keys, recipe: str = ops.DEFAULT_PP_DENSE
+) -> Callable[[dict], dict]:
     """The same recipe's jax backend, inside a jitted function (test images stay in stored units
     on the host)."""
     keys, pipe, ctx = tuple(image_keys), ops.dense_recipe(recipe, "jax"), ops.Context(info=info)
@@ -66,13 +68,25 @@ def warn_if_diverged(wd, variables) -> bool:
     losses = [r.get("loss") for r in wd.read_metrics() if "loss" in r and r.get("step") not in refused][-3:]
     warned = warn_if_exploding(losses, f"the last logged training losses ({wd.metrics_path})")
     leaves = [np.asarray(x) for x in jax.tree.leaves(variables)]
-    norms = [float(np.linalg.norm(np.where(np.isfinite(x), x, 0.0))) if np.isfinite(x).all() else float("nan")
-             for x in leaves if np.issubdtype(x.dtype, np.floating)]
+    norms = [
+        float(np.linalg.norm(np.where(np.isfinite(x), x, 0.0))) if np.isfinite(x).all() else float("nan")
+        for x in leaves
+        if np.issubdtype(x.dtype, np.floating)
+    ]
     return warn_if_exploding(norms, "the trained weights (per-tensor norms)") or warned
 
 
-def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepare: Callable, image_keys,
-        report: Callable, info: registry.DatasetInfo | None = None) -> dict:
+def run(
+    config,
+    workdir: str,
+    *,
+    make_task: Callable,
+    load_data: Callable,
+    prepare: Callable,
+    image_keys,
+    report: Callable,
+    info: registry.DatasetInfo | None = None,
+) -> dict:
     """``make_task(pretrained, train)`` -> task (``train``: the prepared training arrays, which a
     task may fit a constant to, e.g. change detection's ``pos_weight``; None while validating);
     ``load_data(config)`` -> (train, test) raw arrays;
@@ -87,10 +101,14 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
     with workdir_lib.Workdir(workdir, config) as wd:
         train_arrays, test_arrays = prepare(*load_data(config), info)
         task = make_task(loaded, train_arrays)
-        it = arrays_lib.ArrayIterator(train_arrays, phase.batch_size, phase.seed,
-                                      crop=int(config.data.crop_size),
-                                      transform=normalizer(info, image_keys, recipe),
-                                      source="the training split read from config.data")
+        it = arrays_lib.ArrayIterator(
+            train_arrays,
+            phase.batch_size,
+            phase.seed,
+            crop=int(config.data.crop_size),
+            transform=normalizer(info, image_keys, recipe),
+            source="the training split read from config.data",
+        )
         result = train.fit(task, it, phase, wd, config)
         if not result.finished:
             return {**result.summary, "finished": False}
@@ -106,10 +124,13 @@ def run(config, workdir: str, *, make_task: Callable, load_data: Callable, prepa
             return task.predict(v["params"], v["batch_stats"], on_device(batch))
 
         inputs = {k: test_arrays[k] for k in image_keys}
-        pred = shd.batched_predict(fn, variables, inputs, batch_size=int(config.eval.batch_size),
-                                   desc="predict test")
-        summary = {"train_steps": int(phase.total_steps), "num_train": int(len(next(iter(train_arrays.values())))),
-                   "encoder": encoders.pretrained_summary(loaded), "nonfinite_steps": result.summary["nonfinite_steps"]}
+        pred = shd.batched_predict(fn, variables, inputs, batch_size=int(config.eval.batch_size), desc="predict test")
+        summary = {
+            "train_steps": int(phase.total_steps),
+            "num_train": int(len(next(iter(train_arrays.values())))),
+            "encoder": encoders.pretrained_summary(loaded),
+            "nonfinite_steps": result.summary["nonfinite_steps"],
+        }
         metrics = report(wd, task, test_arrays, np.asarray(pred), info, summary)
         metrics["seconds"] = time.time() - t0
         return metrics

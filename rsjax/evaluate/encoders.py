@@ -33,8 +33,10 @@ def check_pretrained_meta(meta: Mapping, config, source: str) -> None:
     if int(meta["in_channels"]) != int(config.model.in_channels):
         bands = list(meta.get("bands") or [])
         named = f" {bands}" if bands else " (band names not recorded)"
-        problems.append(f"{meta['in_channels']} input bands{named} (checkpoint) vs "
-                        f"config.model.in_channels={config.model.in_channels}")
+        problems.append(
+            f"{meta['in_channels']} input bands{named} (checkpoint) vs "
+            f"config.model.in_channels={config.model.in_channels}"
+        )
     stem = config.model.get("stem", "standard")
     if meta.get("stem", "standard") != stem:
         problems.append(f"stem {meta.get('stem')!r} (checkpoint) vs config.model.stem={stem!r}")
@@ -42,8 +44,10 @@ def check_pretrained_meta(meta: Mapping, config, source: str) -> None:
     norm_ckpt = registry.normalization_name(meta.get("normalization"))
     norm_job = registry.normalization_name(config.data.normalization)
     if norm_ckpt != norm_job:
-        problems.append(f"input normalization {norm_ckpt!r} (checkpoint) vs config.data.normalization={norm_job!r} "
-                        f"(pass --config.data.normalization={norm_ckpt})")
+        problems.append(
+            f"input normalization {norm_ckpt!r} (checkpoint) vs config.data.normalization={norm_job!r} "
+            f"(pass --config.data.normalization={norm_ckpt})"
+        )
     if problems:
         raise ConfigError(f"pretrained encoder {source} does not match the job config: " + "; ".join(problems))
 
@@ -55,8 +59,9 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
         return None
 
     if not os.path.isdir(path):
-        raise ConfigError(f"config.pretrained={path!r} is not a directory (a pretraining workdir, or '' for "
-                          f"random initialisation)")
+        raise ConfigError(
+            f"config.pretrained={path!r} is not a directory (a pretraining workdir, or '' for random initialisation)"
+        )
     step = int(config.get("pretrained_step", 0) or 0) or None
     params, batch_stats, meta = ckpt_lib.load_encoder(path, step)
     check_pretrained_meta(meta, config, f"{path} (step {meta.get('step')})")
@@ -65,8 +70,11 @@ def load_pretrained(config) -> tuple[PyTree, PyTree, dict] | None:
     except ValueError:
         data_bands = ()
     if data_bands and tuple(meta.get("bands", ())) and tuple(meta["bands"]) != data_bands:
-        print(f"WARNING: pretrained encoder was trained on bands {meta['bands']} ({meta.get('dataset')}); "
-              f"{config.data.name} has bands {list(data_bands)} (same count, used in that order)", flush=True)
+        print(
+            f"WARNING: pretrained encoder was trained on bands {meta['bands']} ({meta.get('dataset')}); "
+            f"{config.data.name} has bands {list(data_bands)} (same count, used in that order)",
+            flush=True,
+        )
     return params, batch_stats, meta
 
 

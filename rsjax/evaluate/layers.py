@@ -115,8 +115,17 @@ class SegmentationProbe:
     only). One instance per model keeps its jitted function (compiled once per batch shape).
     """
 
-    def __init__(self, model, num_classes: int, levels=(), *, info=None, recipe: str = ops.DEFAULT_PP_DENSE,
-                 batch_size: int = 8, ignore_index: int = -1):
+    def __init__(
+        self,
+        model,
+        num_classes: int,
+        levels=(),
+        *,
+        info=None,
+        recipe: str = ops.DEFAULT_PP_DENSE,
+        batch_size: int = 8,
+        ignore_index: int = -1,
+    ):
         self.model, self.num_classes, self.levels = model, int(num_classes), list(levels)
         self.batch_size, self.ignore_index, self.info = int(batch_size), int(ignore_index), info
         self.prepare = ops.dense_recipe(recipe, "jax")
@@ -130,8 +139,12 @@ class SegmentationProbe:
             return {"pred": jnp.argmax(logits, -1).astype(jnp.int32)}
         wanted = {m for _, _, m in self.levels}
         logits, state = self.model.apply(
-            variables, x, train=False, mutable=["intermediates"],
-            capture_intermediates=lambda mdl, name: name == "__call__" and mdl.name in wanted)
+            variables,
+            x,
+            train=False,
+            mutable=["intermediates"],
+            capture_intermediates=lambda mdl, name: name == "__call__" and mdl.name in wanted,
+        )
         inter = state["intermediates"]
         out = {"pred": jnp.argmax(logits, -1).astype(jnp.int32)}
         for level, parent, mod in self.levels:
@@ -140,16 +153,22 @@ class SegmentationProbe:
             out[level] = jax.vmap(lambda f, y: fisher_stats(f[None], y[None], self.num_classes))(feat, labels)
         return out
 
-    def __call__(self, params, batch_stats, images: np.ndarray, labels: np.ndarray, *, keep_pred: int = 0,
-                 desc: str = "evaluate"):
+    def __call__(
+        self, params, batch_stats, images: np.ndarray, labels: np.ndarray, *, keep_pred: int = 0, desc: str = "evaluate"
+    ):
         """``(confusion [K, K] on labels != ignore, {level: Fisher ratio}, first keep_pred predictions)``.
         ``images`` [N, H, W, C]: stored pixels when the probe has an ``info`` (normalised on the
         device), else normalised float32; ``labels`` [N, H, W] int."""
         if not hasattr(self, "_jfn"):
             self._jfn = self._fn  # one function object: batched_predict caches its jit per function
-        out = shd.batched_predict(self._jfn, {"params": params, "batch_stats": batch_stats},
-                                  {"image": images, "mask": np.asarray(labels, np.int32)},
-                                  batch_size=self.batch_size, desc=desc, progress=False)
+        out = shd.batched_predict(
+            self._jfn,
+            {"params": params, "batch_stats": batch_stats},
+            {"image": images, "mask": np.asarray(labels, np.int32)},
+            batch_size=self.batch_size,
+            desc=desc,
+            progress=False,
+        )
         cm = metrics.dense_confusion_matrix(out["pred"], labels, self.num_classes, self.ignore_index)
         fisher = {lvl: fisher_ratio(*(np.sum(a, 0) for a in out[lvl])) for lvl, _, _ in self.levels}
         return cm, fisher, (out["pred"][:keep_pred] if keep_pred else None)

@@ -41,8 +41,7 @@ def accuracy(pred, labels) -> float:
 
 def per_class_accuracy(pred, labels, num_classes: int) -> list[float]:
     pred, labels = np.asarray(pred), np.asarray(labels)
-    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
-            for c in range(num_classes)]
+    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
 
 
 def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
@@ -52,8 +51,15 @@ def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
 
 
 __all__ = [
-    "accuracy", "per_class_accuracy", "confusion_matrix", "average_precision", "multilabel_map",
-    "dense_confusion_matrix", "segmentation_scores", "binary_scores", "segmentation_metrics",
+    "accuracy",
+    "per_class_accuracy",
+    "confusion_matrix",
+    "average_precision",
+    "multilabel_map",
+    "dense_confusion_matrix",
+    "segmentation_scores",
+    "binary_scores",
+    "segmentation_metrics",
     "binary_change_metrics",
 ]
 
@@ -124,8 +130,10 @@ def dense_confusion_matrix(pred, labels, num_classes: int, ignore_index: int | N
         p, y = p[keep], y[keep]
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
-        raise ValueError(f"labels contain values {sorted(set(np.unique(y[bad]).tolist()))[:5]} outside "
-                         f"[0, {num_classes}) that are not ignore_index={ignore_index}")
+        raise ValueError(
+            f"labels contain values {sorted(set(np.unique(y[bad]).tolist()))[:5]} outside "
+            f"[0, {num_classes}) that are not ignore_index={ignore_index}"
+        )
     if ((p < 0) | (p >= num_classes)).any():
         raise ValueError(f"predictions outside [0, {num_classes})")
     return np.bincount(y * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
@@ -169,7 +177,10 @@ def binary_scores(cm) -> dict:
         "f1": 1.0 if empty else float(2 * tp / (2 * tp + fp + fn)),
         "iou": 1.0 if empty else float(tp / (tp + fp + fn)),
         "overall_accuracy": float((tp + tn) / cm.sum()) if cm.sum() else float("nan"),
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
     }
 
 

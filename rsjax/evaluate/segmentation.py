@@ -53,10 +53,10 @@ def load_data(config):
     d = config.data
     keys = {"image": d.image_key, "mask": d.mask_key}
     ec = config.eval
-    train = pipeline.read_split(d, ec.train_split, fields=keys, limit=ec.get("max_train", 0),
-                                  split_key="eval.train_split")
-    test = pipeline.read_split(d, ec.test_split, fields=keys, limit=ec.get("max_test", 0),
-                                  split_key="eval.test_split")
+    train = pipeline.read_split(
+        d, ec.train_split, fields=keys, limit=ec.get("max_train", 0), split_key="eval.train_split"
+    )
+    test = pipeline.read_split(d, ec.test_split, fields=keys, limit=ec.get("max_test", 0), split_key="eval.test_split")
     return train, test
 
 
@@ -72,16 +72,20 @@ def check(arrays, info, config, split):
     if x.ndim != 4 or m.shape != x.shape[:3]:
         raise DataError(f"{split}: images {x.shape} must be [N, H, W, C] and masks {m.shape} [N, H, W]")
     if x.shape[-1] != info.num_bands:
-        raise DataError(f"{split}: images have {x.shape[-1]} bands, dataset {info.name!r} declares "
-                        f"{info.num_bands} {list(info.bands)}")
+        raise DataError(
+            f"{split}: images have {x.shape[-1]} bands, dataset {info.name!r} declares "
+            f"{info.num_bands} {list(info.bands)}"
+        )
     registry.check_bands(config, x.shape[-1], f"dataset {info.name!r}")
     vals = np.unique(m)
     bad = [int(v) for v in vals if (v < 0 or v >= config.model.num_classes) and v != IGNORE_INDEX]
     if bad:
         shown = [v + 1 for v in bad[:5]] if info.mask_ignore_value == 0 else bad[:5]
-        raise DataError(f"{split}: stored mask values {shown} are not classes of [0, model.num_classes="
-                        f"{config.model.num_classes}) under the mask convention of dataset {info.name!r} "
-                        f"(mask_ignore_value={info.mask_ignore_value!r} in its registry entry)")
+        raise DataError(
+            f"{split}: stored mask values {shown} are not classes of [0, model.num_classes="
+            f"{config.model.num_classes}) under the mask convention of dataset {info.name!r} "
+            f"(mask_ignore_value={info.mask_ignore_value!r} in its registry entry)"
+        )
 
 
 def overlay(test: dict, pred: np.ndarray, info, num_classes: int, names, ignore, path: str, n: int = 4) -> str:
@@ -90,9 +94,13 @@ def overlay(test: dict, pred: np.ndarray, info, num_classes: int, names, ignore,
     pal = plots.label_palette(num_classes)
     rows = []
     for i in range(min(n, len(pred))):
-        rows.append([plots.display_rgb(test["image"][i], idx),
-                     plots.colorize(test["mask"][i], num_classes, ignore),
-                     plots.colorize(pred[i], num_classes)])
+        rows.append(
+            [
+                plots.display_rgb(test["image"][i], idx),
+                plots.colorize(test["mask"][i], num_classes, ignore),
+                plots.colorize(pred[i], num_classes),
+            ]
+        )
     legend = {str(nm): tuple(pal[c]) for c, nm in enumerate(names)}
     if ignore is not None:
         legend["ignored"] = (0.0, 0.0, 0.0)

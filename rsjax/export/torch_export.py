@@ -227,8 +227,11 @@ def _prepare_out(out: pathlib.Path) -> None:
         p = out.parent
         while not p.exists() and p != p.parent:
             p = p.parent
-        what = (f"{p} is a file, not a folder" if p.is_file()
-                else f"cannot create the folder {out.parent} ({e.strerror or type(e).__name__})")
+        what = (
+            f"{p} is a file, not a folder"
+            if p.is_file()
+            else f"cannot create the folder {out.parent} ({e.strerror or type(e).__name__})"
+        )
         raise ConfigError(f"--out={out}: {what}") from None
     if not os.access(out.parent, os.W_OK):
         raise ConfigError(f"--out={out}: the folder {out.parent} is not writable")
@@ -295,12 +298,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         # torch's message suggests turning the check off: rsjax never runs code from a weights file,
         # so only the reason is kept (a class torch refuses to unpickle, or no pickle at all)
         if "unsupported global" in str(e).lower():
-            raise DataError(f"{p} holds pickled Python objects besides tensors, which rsjax does not load "
-                            "(it never unpickles code); save the tensors alone: "
-                            "torch.save(model.state_dict(), path) or safetensors.torch.save_file") from None
+            raise DataError(
+                f"{p} holds pickled Python objects besides tensors, which rsjax does not load "
+                "(it never unpickles code); save the tensors alone: "
+                "torch.save(model.state_dict(), path) or safetensors.torch.save_file"
+            ) from None
         why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        raise DataError(f"{p} is not a readable PyTorch state dict "
-                        f"({why.group(1).strip()[:160] if why else errors.short(e, 160)})") from None
+        raise DataError(
+            f"{p} is not a readable PyTorch state dict ({why.group(1).strip()[:160] if why else errors.short(e, 160)})"
+        ) from None
     if not isinstance(sd, dict):
         raise DataError(f"{p} does not hold a state dict (got {type(sd).__name__})")
     return sd
@@ -336,8 +342,7 @@ def data_metadata(meta: Mapping[str, Any], builder_config: str | None = None) ->
     ``normalization_formula``. Fields are None when the run has no registered dataset (an
     imported workdir without ``--data``) or when the registry's bands differ from ``bands``.
     """
-    out: dict[str, Any] = {"wavelengths_nm": None, "gsd_m": None, "product_level": None,
-                           "normalization_formula": None}
+    out: dict[str, Any] = {"wavelengths_nm": None, "gsd_m": None, "product_level": None, "normalization_formula": None}
     mode = meta.get("normalization") or "registry"
     if str(mode).startswith("scale") and meta.get("scale"):
         out["normalization_formula"] = f"x = x_raw / {float(meta['scale']):g}"
@@ -347,16 +352,18 @@ def data_metadata(meta: Mapping[str, Any], builder_config: str | None = None) ->
     info = registry.get_config_info(dataset, builder_config)
     bands = list(meta.get("bands") or [])
     if bands and list(info.bands) != bands:
-        logging.warning("registry entry %s has bands %s, the run %s: no wavelengths in the sidecar",
-                        info.name, info.bands, bands)
+        logging.warning(
+            "registry entry %s has bands %s, the run %s: no wavelengths in the sidecar", info.name, info.bands, bands
+        )
         return out
     out["wavelengths_nm"] = [float(w) for w in info.wavelengths_nm]
     out["gsd_m"] = [float(g) for g in info.gsd_m]
     out["product_level"] = getattr(info, "product_level", None) or PRODUCT_LEVELS.get(info.name.split("/")[0])
     if out["normalization_formula"] is None:
         formula = getattr(registry, "normalization_formula", None)
-        out["normalization_formula"] = (formula(info, mode) if formula is not None
-                                        else f"x[c] = (x_raw[c] / {info.scale:g} - mean[c]) / std[c]")
+        out["normalization_formula"] = (
+            formula(info, mode) if formula is not None else f"x[c] = (x_raw[c] / {info.scale:g} - mean[c]) / std[c]"
+        )
     return out
 
 
@@ -370,8 +377,13 @@ def timm_overlay(arch: str, in_channels: int, safetensors_name: str) -> dict[str
     """
     if arch not in TIMM_ARCHS:
         return None
-    return {"file": safetensors_name, "num_classes": 0, "input_size": [int(in_channels), 224, 224],
-            "first_conv": "conv1", "classifier": "fc"}
+    return {
+        "file": safetensors_name,
+        "num_classes": 0,
+        "input_size": [int(in_channels), 224, 224],
+        "first_conv": "conv1",
+        "classifier": "fc",
+    }
 
 
 def _builder_config_of(workdir: str) -> str | None:
@@ -396,8 +408,9 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None, fmt: str 
     from rsjax.checkpoint import load_encoder
 
     if os.path.isdir(out) or str(out).endswith(os.sep):
-        raise ConfigError(f"--out={out} names a folder; give the .pt file to write, e.g. "
-                          f"--out={os.path.join(str(out), 'encoder.pt')}")
+        raise ConfigError(
+            f"--out={out} names a folder; give the .pt file to write, e.g. --out={os.path.join(str(out), 'encoder.pt')}"
+        )
 
     _prepare_out(pathlib.Path(out))  # before the checkpoint is read: a bad --out fails at once
     params, batch_stats, meta = load_encoder(workdir, step)

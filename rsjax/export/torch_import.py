@@ -56,7 +56,7 @@ def _unwrap_file(sd: Mapping[str, Any], source: str) -> Mapping[str, Any]:
     # A checkpoint holding only {"state_dict": {...}} (or {"model": {...}}) carries the weights
     # one level down; anything else is taken as the state dict itself.
     if len(sd) == 1:
-        (k, v), = sd.items()
+        ((k, v),) = sd.items()
         if k in _WRAPPERS and isinstance(v, Mapping):
             return v
     return sd
@@ -65,8 +65,9 @@ def _unwrap_file(sd: Mapping[str, Any], source: str) -> Mapping[str, Any]:
 def expected_shapes(arch: str, in_channels: int, stem: str = "standard") -> tuple[dict, dict]:
     """``(params, batch_stats)`` trees of ``jax.ShapeDtypeStruct`` of the Flax encoder (no init compile)."""
     model = create_encoder(arch, stem=stem)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                            jnp.zeros((1, 32, 32, int(in_channels)), jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros((1, 32, 32, int(in_channels)), jnp.float32)
+    )
     return shapes["params"], shapes.get("batch_stats", {})
 
 
@@ -135,10 +136,13 @@ def torch_to_flax_state(
     if unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
     if problems:
-        raise DataError(f"{source} is not a {fmt} {arch} encoder with the standard stem: " + "; ".join(problems)
-                         + f". Expected {fmt} ResNet keys (conv1.weight, bn1.*, layer1.0.conv1.weight, ...; "
-                         f"fc.* is ignored); check --arch / --format, or strip a prefix such as 'module.' / "
-                         f"'backbone.' from the keys first")
+        raise DataError(
+            f"{source} is not a {fmt} {arch} encoder with the standard stem: "
+            + "; ".join(problems)
+            + f". Expected {fmt} ResNet keys (conv1.weight, bn1.*, layer1.0.conv1.weight, ...; "
+            f"fc.* is ignored); check --arch / --format, or strip a prefix such as 'module.' / "
+            f"'backbone.' from the keys first"
+        )
 
     params: dict = {}
     batch_stats: dict = {}
@@ -161,16 +165,17 @@ def torch_to_flax_state(
             want_t = tuple(want[i] for i in (3, 2, 0, 1)) if is_conv else tuple(want)
             bad_shape.append(f"{key} {shown} (want {want_t})")
             continue
-        _set(params if collection == "params" else batch_stats, fpath,
-             np.ascontiguousarray(x, dtype=np.float32))
+        _set(params if collection == "params" else batch_stats, fpath, np.ascontiguousarray(x, dtype=np.float32))
     if bad_dtype:
         raise DataError(f"{source}: tensors that are not floating point: {_names(bad_dtype)}")
     if bad_shape:
         hint = ""
         if any(k.startswith("conv1.weight ") for k in bad_shape):
             hint = f" (conv1.weight sets the band count: --in_channels={in_channels})"
-        raise DataError(f"{source}: shapes differ from a {arch} encoder with {in_channels} input bands{hint}: "
-                         f"{_names(bad_shape, 8)}")
+        raise DataError(
+            f"{source}: shapes differ from a {arch} encoder with {in_channels} input bands{hint}: "
+            f"{_names(bad_shape, 8)}"
+        )
     report = {
         "ignored": ignored,
         "num_batches_tracked": len(counters & given),

@@ -50,8 +50,7 @@ def _modules() -> dict[str, Any]:
             self.relu = nn.ReLU()
             self.downsample = None
             if stride != 1 or cin != planes:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False),
-                                                nn.BatchNorm2d(planes))
+                self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
         def forward(self, x):
             y = self.relu(self.bn1(self.conv1(x)))

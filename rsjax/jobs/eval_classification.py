@@ -58,8 +58,9 @@ from rsjax.evaluate import metrics as M
 # --------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------
-def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, *, loaded=None, phase=None,
-                    mesh=None) -> dict:
+def evaluate_arrays(
+    config, wd, x_tr, y_tr, x_te, y_te, class_names=None, *, loaded=None, phase=None, mesh=None
+) -> dict:
     """kNN + linear probe (+ fine-tune) on prepared arrays; writes the report and pictures."""
     t0 = time.time()
     mesh = mesh or shd.make_mesh()
@@ -72,9 +73,19 @@ def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, *, loa
     registry.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
     task = clf.make_task(config, num_outputs=num_classes, multilabel=False, loaded=loaded)
     evaluators = evaluate.check_feature_evaluators(ec.get("evaluators", ("knn", "linear")), multilabel=False)
-    frozen = cls.frozen_eval(clf.encode_fn(task), clf.init_variables(task, config.seed), x_tr, y_tr, x_te, y_te,
-                             eval_config=ec, seed=config.seed, evaluators=evaluators, num_classes=num_classes,
-                             mesh=mesh)
+    frozen = cls.frozen_eval(
+        clf.encode_fn(task),
+        clf.init_variables(task, config.seed),
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        eval_config=ec,
+        seed=config.seed,
+        evaluators=evaluators,
+        num_classes=num_classes,
+        mesh=mesh,
+    )
     metrics = dict(frozen.metrics)
     for m in evaluators:
         metrics[f"{m}_per_class"] = dict(zip(names, metrics[f"{m}_per_class"]))
@@ -90,27 +101,41 @@ def evaluate_arrays(config, wd, x_tr, y_tr, x_te, y_te, class_names=None, *, loa
         metrics["finetune_confusion_matrix"] = M.confusion_matrix(ft, y_te, num_classes).tolist()
         metrics["finetune_nonfinite_steps"] = int(result.summary.get("nonfinite_steps", 0))
         if wd.is_main:
-            wd.plot_confusion(np.asarray(metrics["finetune_confusion_matrix"]), "confusion_finetune.png",
-                              class_names=names)
+            wd.plot_confusion(
+                np.asarray(metrics["finetune_confusion_matrix"]), "confusion_finetune.png", class_names=names
+            )
     metrics["seconds"] = time.time() - t0
     if wd.is_main:
         if "linear" in evaluators:
             wd.plot_confusion(np.asarray(metrics["linear_confusion_matrix"]), "confusion_linear.png", class_names=names)
         first = evaluators[0]
         label = {"linear": "linear-probe", "knn": "kNN"}
-        plots.bars(metrics[f"{first}_per_class"], os.path.join(wd.path, "per_class_accuracy.png"),
-                   ylabel=f"{label[first]} accuracy", title=f"{config.data.name}: per-class accuracy")
-        plots.embedding_scatter(frozen.test_features, y_te, os.path.join(wd.path, "embedding_pca.png"),
-                                class_names=names,
-                                title=f"{config.model.name} test features (PCA), {metrics['encoder']['init']}")
+        plots.bars(
+            metrics[f"{first}_per_class"],
+            os.path.join(wd.path, "per_class_accuracy.png"),
+            ylabel=f"{label[first]} accuracy",
+            title=f"{config.data.name}: per-class accuracy",
+        )
+        plots.embedding_scatter(
+            frozen.test_features,
+            y_te,
+            os.path.join(wd.path, "embedding_pca.png"),
+            class_names=names,
+            title=f"{config.model.name} test features (PCA), {metrics['encoder']['init']}",
+        )
         wd.write_eval_report("classification", metrics, config)
-        parts = {"linear": lambda: f"linear probe top-1 {metrics['linear_top1']:.2%}",
-                 "knn": lambda: f"kNN (k={ec.knn_k}) {metrics['knn_top1']:.2%}"}
+        parts = {
+            "linear": lambda: f"linear probe top-1 {metrics['linear_top1']:.2%}",
+            "knn": lambda: f"kNN (k={ec.knn_k}) {metrics['knn_top1']:.2%}",
+        }
         msg = f"{config.data.name}: " + " | ".join(parts[n]() for n in sorted(evaluators, key=("linear", "knn").index))
         if "finetune_top1" in metrics:
             msg += f" | fine-tune {metrics['finetune_top1']:.2%}"
-        print(msg + f" | majority {metrics['majority_baseline']:.2%} ({metrics['num_train']} train / "
-              f"{metrics['num_test']} test, {metrics['seconds']:.0f} s)", flush=True)
+        print(
+            msg + f" | majority {metrics['majority_baseline']:.2%} ({metrics['num_train']} train / "
+            f"{metrics['num_test']} test, {metrics['seconds']:.0f} s)",
+            flush=True,
+        )
     return metrics
 
 

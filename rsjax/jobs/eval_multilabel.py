@@ -51,8 +51,9 @@ def load_data(config):
     for role in ("train", "test"):
         split, cap, key = ec[f"{role}_split"], ec[f"max_{role}"], f"eval.{role}_split"
         if d.multilabel_from_mask:
-            f = pipeline.read_split(d, split, fields={"image": d.image_key, "mask": d.mask_key}, limit=cap,
-                                    split_key=key)
+            f = pipeline.read_split(
+                d, split, fields={"image": d.image_key, "mask": d.mask_key}, limit=cap, split_key=key
+            )
             x = pipeline.prepare(f["image"], info, d.pp_eval, image_size=d.image_size)
             t = cls.targets_from_mask(f["mask"], info.num_classes)
         else:
@@ -60,13 +61,15 @@ def load_data(config):
             if t.ndim != 2:
                 raise errors.DataError(
                     f"dataset {d.name!r} has single labels {t.shape}; eval_multilabel needs multi-hot [N, C] "
-                    f"labels (or config.data.multilabel_from_mask=True)")
+                    f"labels (or config.data.multilabel_from_mask=True)"
+                )
         out += [x, t]
     return (*out, list(info.class_names))
 
 
-def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loaded=None, phase=None,
-                    mesh=None) -> dict:
+def evaluate_arrays(
+    config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loaded=None, phase=None, mesh=None
+) -> dict:
     t0 = time.time()
     mesh = mesh or shd.make_mesh()
     t_tr, t_te = np.asarray(t_tr, np.int32), np.asarray(t_te, np.int32)
@@ -78,8 +81,18 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
     x_tr, t_tr = x_tr[keep], t_tr[keep]
     registry.check_bands(config, x_tr.shape[-1], f"dataset {config.data.name!r}")
     task = clf.make_task(config, num_outputs=num_classes, multilabel=True, loaded=loaded)
-    frozen = cls.frozen_eval(clf.encode_fn(task), clf.init_variables(task, config.seed), x_tr, t_tr, x_te, t_te,
-                             eval_config=ec, seed=config.seed, evaluators=("linear_multilabel",), mesh=mesh)  # eval.evaluators: checked by clf.validate
+    frozen = cls.frozen_eval(
+        clf.encode_fn(task),
+        clf.init_variables(task, config.seed),
+        x_tr,
+        t_tr,
+        x_te,
+        t_te,
+        eval_config=ec,
+        seed=config.seed,
+        evaluators=("linear_multilabel",),
+        mesh=mesh,
+    )  # eval.evaluators: checked by clf.validate
     fm = frozen.metrics
     metrics = {
         "linear_micro_map": fm["linear_micro_map"],
@@ -98,22 +111,31 @@ def evaluate_arrays(config, wd, x_tr, t_tr, x_te, t_te, class_names=None, *, loa
         if logits is None:  # stopped by stop_after_steps: the rerun continues and reports
             return {**metrics, "finetune_step": result.step, "finetune_finished": False}
         ft = M.multilabel_map(logits, t_te)
-        metrics.update(finetune_micro_map=ft["micro_map"], finetune_macro_map=ft["macro_map"],
-                       finetune_per_class_ap=dict(zip(names, ft["per_class_ap"])),
-                       finetune_nonfinite_steps=int(result.summary.get("nonfinite_steps", 0)))
+        metrics.update(
+            finetune_micro_map=ft["micro_map"],
+            finetune_macro_map=ft["macro_map"],
+            finetune_per_class_ap=dict(zip(names, ft["per_class_ap"])),
+            finetune_nonfinite_steps=int(result.summary.get("nonfinite_steps", 0)),
+        )
     metrics["seconds"] = time.time() - t0
     if wd.is_main:
         short = [n if len(n) <= 28 else n[:26] + ".." for n in names]
-        plots.bars({s: (0.0 if np.isnan(v) else v) for s, v in zip(short, fm["linear_per_class_ap"])},
-                   os.path.join(wd.path, "per_class_ap.png"), ylabel="average precision",
-                   title=f"{config.data.name}: linear-probe AP per class ({frac:g} of labels)")
+        plots.bars(
+            {s: (0.0 if np.isnan(v) else v) for s, v in zip(short, fm["linear_per_class_ap"])},
+            os.path.join(wd.path, "per_class_ap.png"),
+            ylabel="average precision",
+            title=f"{config.data.name}: linear-probe AP per class ({frac:g} of labels)",
+        )
         wd.write_eval_report("multilabel", metrics, config)
-        msg = (f"{config.data.name}: linear probe mAP micro {metrics['linear_micro_map']:.4f} macro "
-               f"{metrics['linear_macro_map']:.4f}")
+        msg = (
+            f"{config.data.name}: linear probe mAP micro {metrics['linear_micro_map']:.4f} macro "
+            f"{metrics['linear_macro_map']:.4f}"
+        )
         if "finetune_micro_map" in metrics:
             msg += f" | fine-tune micro {metrics['finetune_micro_map']:.4f} macro {metrics['finetune_macro_map']:.4f}"
-        print(msg + f" ({metrics['num_train']} train at label_fraction {frac:g} / {metrics['num_test']} test)",
-              flush=True)
+        print(
+            msg + f" ({metrics['num_train']} train at label_fraction {frac:g} / {metrics['num_test']} test)", flush=True
+        )
     return metrics
 
 

@@ -71,35 +71,59 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     with workdir_lib.Workdir(workdir, config, is_main=is_main) as wd:
         pre, ana = nl.load_data(config)
-        pre, labels, val = nl.split_pretraining(config, pre, segdata.noisy_labels(config, pre.labels,
-                                                                                  pre.info.num_classes))
+        pre, labels, val = nl.split_pretraining(
+            config, pre, segdata.noisy_labels(config, pre.labels, pre.info.num_classes)
+        )
         rate = 1.0 - segdata.noise_agreement(config, pre.labels, labels)["pixel"]
         # clean labels from here on in the pretraining's classes (noise.class_map: a coarser legend)
         pre, ana = nl.in_pretraining_legend(config, pre), nl.in_pretraining_legend(config, ana)
         k = len(pre.class_names)
         if is_main:
-            print(f"{config.data.name}: {len(pre)} training crops of {config.data.image_size} px, {k} classes; "
-                  f"label noise: {rate:.1%} of pixels differ from the clean masks", flush=True)
+            print(
+                f"{config.data.name}: {len(pre)} training crops of {config.data.image_size} px, {k} classes; "
+                f"label noise: {rate:.1%} of pixels differ from the clean masks",
+                flush=True,
+            )
         out = nl.pretrain(config, wd, mesh, pre, labels, val=val, analysis_data=ana, desc="noisy_label")
         res = out["result"]
         if not res.finished:
             return {"stopped": "pretrain", "step": res.step}
-        cm, fisher, pred = out["probe"](res.state["params"], res.state["batch_stats"], ana.images, ana.labels,
-                                        keep_pred=4)
+        cm, fisher, pred = out["probe"](
+            res.state["params"], res.state["batch_stats"], ana.images, ana.labels, keep_pred=4
+        )
         pre_scores = metrics.segmentation_scores(cm)
         report = {
-            "pretrain": {"dataset": config.data.name, "num_train": len(pre), "pixel_noise_rate": rate,
-                         "noise": config.noise.to_dict(), "clean_test": pre_scores, "fisher": fisher,
-                         "class_names": list(pre.class_names), "step": res.step},
+            "pretrain": {
+                "dataset": config.data.name,
+                "num_train": len(pre),
+                "pixel_noise_rate": rate,
+                "noise": config.noise.to_dict(),
+                "clean_test": pre_scores,
+                "fisher": fisher,
+                "class_names": list(pre.class_names),
+                "step": res.step,
+            },
         }
         if is_main:
-            print(f"pretraining task (clean test labels, {k} classes): mIoU {pre_scores['miou']:.3f}, "
-                  f"OA {pre_scores['overall_accuracy']:.3f}", flush=True)
-            plots.class_map_rows(wd.file("predictions.png"), nl.rgb(ana, 4),
-                                 [("clean label", ana.labels), ("prediction (pretraining task)", pred)], k,
-                                 pre.class_names)
-            plots.class_map_rows(wd.file("label_noise.png"), nl.rgb(pre, 4),
-                                 [("clean mask", pre.labels), ("noisy training mask", labels)], k, pre.class_names)
+            print(
+                f"pretraining task (clean test labels, {k} classes): mIoU {pre_scores['miou']:.3f}, "
+                f"OA {pre_scores['overall_accuracy']:.3f}",
+                flush=True,
+            )
+            plots.class_map_rows(
+                wd.file("predictions.png"),
+                nl.rgb(ana, 4),
+                [("clean label", ana.labels), ("prediction (pretraining task)", pred)],
+                k,
+                pre.class_names,
+            )
+            plots.class_map_rows(
+                wd.file("label_noise.png"),
+                nl.rgb(pre, 4),
+                [("clean mask", pre.labels), ("noisy training mask", labels)],
+                k,
+                pre.class_names,
+            )
             wd.plot_confusion(cm, "confusion_pretrain.png", class_names=list(pre.class_names))
         if config.transfer.get("enabled", True):
             tr_train, tr_test, names = segdata.downstream_data(config)
@@ -109,11 +133,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             results = nl.transfer(config, wd, mesh, encoders, tr_train, tr_test)
             if results is None:
                 return {"stopped": "transfer", "step": res.step}
-            report["transfer"] = {"class_names": list(names), "num_train": len(tr_train), "num_test": len(tr_test),
-                                  "results": results}
+            report["transfer"] = {
+                "class_names": list(names),
+                "num_train": len(tr_train),
+                "num_test": len(tr_test),
+                "results": results,
+            }
             if is_main:
-                plots.transfer_miou(wd.file("transfer_miou.png"), results,
-                                    f"{config.data.name}: encoder transferred to {len(names)} classes")
+                plots.transfer_miou(
+                    wd.file("transfer_miou.png"),
+                    results,
+                    f"{config.data.name}: encoder transferred to {len(names)} classes",
+                )
         if is_main:
             wd.write_eval_report("noisy_label_pretraining", report, config)
     return report

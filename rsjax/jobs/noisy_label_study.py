@@ -67,15 +67,19 @@ def validate(config) -> list[tuple[str, ml_collections.ConfigDict]]:
 
 
 def markdown_table(table, decoders) -> str:
-    head = "| arm | flip rate | pixel noise | pretrain mIoU (clean test) | " + " | ".join(
-        f"{d} mIoU" for d in decoders) + " |"
+    head = (
+        "| arm | flip rate | pixel noise | pretrain mIoU (clean test) | "
+        + " | ".join(f"{d} mIoU" for d in decoders)
+        + " |"
+    )
     sep = "|" + "---|" * (4 + len(decoders))
     lines = [head, sep]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in table:
-        lines.append(f"| {r['arm']} | {fmt(r['flip_rate'])} | {fmt(r['pixel_noise_rate'])} | "
-                     f"{fmt(r['pretrain_miou'])} | " + " | ".join(fmt(r['downstream_miou'][d]) for d in decoders)
-                     + " |")
+        lines.append(
+            f"| {r['arm']} | {fmt(r['flip_rate'])} | {fmt(r['pixel_noise_rate'])} | "
+            f"{fmt(r['pretrain_miou'])} | " + " | ".join(fmt(r["downstream_miou"][d]) for d in decoders) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -99,20 +103,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         table, analysis, transfer = [], {}, {}
         if config.study.get("include_random_init", True):
-            res = nl.transfer(config, wd.sub("random_init"), mesh, {"random_init": None}, tr_train, tr_test,
-                              tagged=False)
+            res = nl.transfer(
+                config, wd.sub("random_init"), mesh, {"random_init": None}, tr_train, tr_test, tagged=False
+            )
             if res is None:
                 return {"stopped": "random_init"}
             transfer["random_init"] = res["random_init"]
-            table.append({"arm": "random_init", "flip_rate": None, "pixel_noise_rate": None, "pretrain_miou": None,
-                          "downstream_miou": {d: res["random_init"][d]["miou"] for d in decoders}})
+            table.append(
+                {
+                    "arm": "random_init",
+                    "flip_rate": None,
+                    "pixel_noise_rate": None,
+                    "pretrain_miou": None,
+                    "downstream_miou": {d: res["random_init"][d]["miou"] for d in decoders},
+                }
+            )
         for name, arm_cfg in arms:
-            _, labels, val = nl.split_pretraining(arm_cfg, pre_all,
-                                                  segdata.noisy_labels(arm_cfg, pre_all.labels, k))
+            _, labels, val = nl.split_pretraining(arm_cfg, pre_all, segdata.noisy_labels(arm_cfg, pre_all.labels, k))
             rate = label_noise.noise_rate(pre.labels, labels, IGNORE_INDEX)
             if is_main:
-                print(f"arm {name}: flip rate {arm_cfg.noise.flip_rate:.2f}, erosion {arm_cfg.noise.erosion} px -> "
-                      f"{rate:.1%} noisy pixels", flush=True)
+                print(
+                    f"arm {name}: flip rate {arm_cfg.noise.flip_rate:.2f}, erosion {arm_cfg.noise.erosion} px -> "
+                    f"{rate:.1%} noisy pixels",
+                    flush=True,
+                )
             arm_wd = wd.sub(name)
             out = nl.pretrain(arm_cfg, arm_wd, mesh, pre, labels, val=val, analysis_data=ana, desc=name)
             state = out["result"].state
@@ -124,9 +138,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if res is None:
                 return {"stopped": f"{name}/transfer"}
             transfer[name] = res[name]
-            table.append({"arm": name, "flip_rate": float(arm_cfg.noise.flip_rate), "pixel_noise_rate": rate,
-                          "pretrain_miou": metrics.segmentation_scores(cm)["miou"],
-                          "downstream_miou": {d: res[name][d]["miou"] for d in decoders}})
+            table.append(
+                {
+                    "arm": name,
+                    "flip_rate": float(arm_cfg.noise.flip_rate),
+                    "pixel_noise_rate": rate,
+                    "pretrain_miou": metrics.segmentation_scores(cm)["miou"],
+                    "downstream_miou": {d: res[name][d]["miou"] for d in decoders},
+                }
+            )
 
         summary = {
             "table": table,
@@ -142,15 +162,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }
         if is_main:
             with open(wd.file("study.json"), "w") as f:
-                f.write(workdir_lib.dumps({"config": json.loads(config.to_json_best_effort()), **summary},
-                                          indent=1))
+                f.write(workdir_lib.dumps({"config": json.loads(config.to_json_best_effort()), **summary}, indent=1))
             steps = nl.total_steps(config, len(pre))
-            md = (f"# Noisy-label pretraining study ({config.data.name})\n\n"
-                  f"Pretraining: {len(pre)} crops, {k} classes ({', '.join(pre.class_names)}), "
-                  f"{config.model.name} + {config.model.decoder}, {steps} steps per arm.\n"
-                  f"Downstream: {len(tr_train)} train / {len(tr_test)} test crops, classes "
-                  f"{', '.join(names)}; {config.transfer.total_steps} fine-tuning steps.\n\n"
-                  + markdown_table(table, decoders))
+            md = (
+                f"# Noisy-label pretraining study ({config.data.name})\n\n"
+                f"Pretraining: {len(pre)} crops, {k} classes ({', '.join(pre.class_names)}), "
+                f"{config.model.name} + {config.model.decoder}, {steps} steps per arm.\n"
+                f"Downstream: {len(tr_train)} train / {len(tr_test)} test crops, classes "
+                f"{', '.join(names)}; {config.transfer.total_steps} fine-tuning steps.\n\n"
+                + markdown_table(table, decoders)
+            )
             with open(wd.file("study.md"), "w") as f:
                 f.write(md)
             print(md, flush=True)

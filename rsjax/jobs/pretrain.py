@@ -56,26 +56,44 @@ def evaluate_pretrained(method, state, config, wd) -> dict:
     """kNN + linear probe of the frozen encoder on ``eval.train_split`` / ``eval.test_split``."""
     ecfg = config.eval
     data_cfg = config.data
-    x_tr, y_tr = pipeline.eval_arrays(data_cfg, ecfg.train_split, limit=ecfg.get("max_train", None),
-                                      split_key="eval.train_split")
-    x_te, y_te = pipeline.eval_arrays(data_cfg, ecfg.test_split, limit=ecfg.get("max_test", None),
-                                      split_key="eval.test_split")
+    x_tr, y_tr = pipeline.eval_arrays(
+        data_cfg, ecfg.train_split, limit=ecfg.get("max_train", None), split_key="eval.train_split"
+    )
+    x_te, y_te = pipeline.eval_arrays(
+        data_cfg, ecfg.test_split, limit=ecfg.get("max_test", None), split_key="eval.test_split"
+    )
     for split, y in ((ecfg.train_split, y_tr), (ecfg.test_split, y_te)):
         if y.ndim != 1 or (y < 0).any():
             raise errors.DataError(
                 f"dataset {config.data.name!r} split {split!r} has no single-class labels (missing = -1, or "
-                f"multi-hot); the kNN / linear-probe evaluation needs them: set config.eval.enabled=False")
+                f"multi-hot); the kNN / linear-probe evaluation needs them: set config.eval.enabled=False"
+            )
     evaluators = evaluate.check_feature_evaluators(ecfg.get("evaluators", ("knn", "linear")), multilabel=False)
     variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    result = cls.frozen_eval(lambda v, x: method.encode(v["params"], v["batch_stats"], x), variables,
-                             x_tr, y_tr, x_te, y_te, eval_config=ecfg, seed=int(config.seed), evaluators=evaluators)
+    result = cls.frozen_eval(
+        lambda v, x: method.encode(v["params"], v["batch_stats"], x),
+        variables,
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        eval_config=ecfg,
+        seed=int(config.seed),
+        evaluators=evaluators,
+    )
     metrics = result.metrics
     if wd.is_main:
-        parts = {"knn": lambda: f"kNN top-1 (k={ecfg.knn_k}): {metrics['knn_top1']:.2%}",
-                 "linear": lambda: f"linear probe top-1: {metrics['linear_top1']:.2%}"}
-        print(" | ".join([parts[n]() for n in evaluators] + [
-            f"majority-class baseline {metrics['majority_baseline']:.2%} ({metrics['num_test']} test crops)"]),
-            flush=True)
+        parts = {
+            "knn": lambda: f"kNN top-1 (k={ecfg.knn_k}): {metrics['knn_top1']:.2%}",
+            "linear": lambda: f"linear probe top-1: {metrics['linear_top1']:.2%}",
+        }
+        print(
+            " | ".join(
+                [parts[n]() for n in evaluators]
+                + [f"majority-class baseline {metrics['majority_baseline']:.2%} ({metrics['num_test']} test crops)"]
+            ),
+            flush=True,
+        )
         wd.write_eval_report("pretrain_knn_linear", metrics, config)
         if "linear" in evaluators:
             wd.plot_confusion(np.asarray(metrics["linear_confusion_matrix"]), "confusion_linear.png")

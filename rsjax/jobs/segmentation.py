@@ -36,9 +36,10 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
         return train, test
 
     def report(wd, task, test, pred, info, summary):
-        names = list(config.data.class_names or
-                     (info.class_names if len(info.class_names) == num_classes else
-                      [str(i) for i in range(num_classes)]))
+        names = list(
+            config.data.class_names
+            or (info.class_names if len(info.class_names) == num_classes else [str(i) for i in range(num_classes)])
+        )
         cm = M.dense_confusion_matrix(pred, test["mask"], num_classes, ignore)
         scores = M.segmentation_scores(cm)
         metrics = {
@@ -55,15 +56,37 @@ def run(config, workdir: str, *, data=None, info=None) -> dict:
             **summary,
         }
         if wd.is_main:
-            seg.overlay(test, pred, info, num_classes, names, ignore, os.path.join(wd.path, "segmentation_overlay.png"),
-                        n=int(config.eval.get("num_pictures", 4)))
-            plots.bars({k: (0.0 if np.isnan(v) else v) for k, v in metrics["per_class_iou"].items()},
-                       os.path.join(wd.path, "per_class_iou.png"), ylabel="IoU",
-                       title=f"{config.data.name} {config.model.decoder}: mIoU {metrics['miou']:.3f}")
+            seg.overlay(
+                test,
+                pred,
+                info,
+                num_classes,
+                names,
+                ignore,
+                os.path.join(wd.path, "segmentation_overlay.png"),
+                n=int(config.eval.get("num_pictures", 4)),
+            )
+            plots.bars(
+                {k: (0.0 if np.isnan(v) else v) for k, v in metrics["per_class_iou"].items()},
+                os.path.join(wd.path, "per_class_iou.png"),
+                ylabel="IoU",
+                title=f"{config.data.name} {config.model.decoder}: mIoU {metrics['miou']:.3f}",
+            )
             wd.write_eval_report("segmentation", metrics, config)
-            print(f"{config.data.name} ({config.model.decoder}): mIoU {metrics['miou']:.4f} overall accuracy "
-                  f"{metrics['overall_accuracy']:.4f} ({metrics['num_test']} test images)", flush=True)
+            print(
+                f"{config.data.name} ({config.model.decoder}): mIoU {metrics['miou']:.4f} overall accuracy "
+                f"{metrics['overall_accuracy']:.4f} ({metrics['num_test']} test images)",
+                flush=True,
+            )
         return metrics
 
-    return dense.run(config, workdir, make_task=make_task, load_data=(lambda c: data) if data is not None else seg.load_data, prepare=prepare,
-                      image_keys=("image",), report=report, info=info)
+    return dense.run(
+        config,
+        workdir,
+        make_task=make_task,
+        load_data=(lambda c: data) if data is not None else seg.load_data,
+        prepare=prepare,
+        image_keys=("image",),
+        report=report,
+        info=info,
+    )

@@ -109,11 +109,15 @@ def validate(config) -> tuple[list[int], list[str]]:
             raise errors.ConfigError(f"config.study.arms={config.study.arms!r}: no arm; known: {', '.join(known)}")
         fr = [float(f) for f in config.study.label_fractions]
         if not fr or any(not 0 < f <= 1 for f in fr) or len(set(fr)) != len(fr):
-            raise errors.ConfigError(f"config.study.label_fractions={tuple(config.study.label_fractions)}: "
-                                     f"distinct fractions in (0, 1] expected")
+            raise errors.ConfigError(
+                f"config.study.label_fractions={tuple(config.study.label_fractions)}: "
+                f"distinct fractions in (0, 1] expected"
+            )
         if float(config.study.overlay_fraction) and float(config.study.overlay_fraction) not in fr:
-            raise errors.ConfigError(f"config.study.overlay_fraction={config.study.overlay_fraction}: not one of "
-                                     f"config.study.label_fractions {tuple(fr)} (0 = no overlay picture)")
+            raise errors.ConfigError(
+                f"config.study.overlay_fraction={config.study.overlay_fraction}: not one of "
+                f"config.study.label_fractions {tuple(fr)} (0 = no overlay picture)"
+            )
         for key in ("max_test", "firing_batches"):
             if int(config.study[key]) < 0:
                 raise errors.ConfigError(f"config.study.{key}={config.study[key]!r}: must be >= 0")
@@ -122,11 +126,14 @@ def validate(config) -> tuple[list[int], list[str]]:
             raise errors.ConfigError(f"config.study.comparisons: unknown arm in {bad}; known: {', '.join(known)}")
         info = registry.data_info(config.data)
         if not info.mask_colours:
-            raise errors.ConfigError(f"config.data.name={config.data.name!r}: the study reads a tile folder "
-                                     f"(a dataset with a colour table, e.g. dubai_aerial_seg)")
+            raise errors.ConfigError(
+                f"config.data.name={config.data.name!r}: the study reads a tile folder "
+                f"(a dataset with a colour table, e.g. dubai_aerial_seg)"
+            )
         if not config.data.folder:
-            raise errors.ConfigError(f"config.data.folder is empty: set it to the folder of {info.name!r} "
-                                     f"(e.g. $DATA/{info.name})")
+            raise errors.ConfigError(
+                f"config.data.folder is empty: set it to the folder of {info.name!r} (e.g. $DATA/{info.name})"
+            )
         if not int(config.max_steps_per_arm) > 0:
             raise errors.ConfigError(f"config.max_steps_per_arm={config.max_steps_per_arm!r}: must be > 0")
     for arm in arms:
@@ -158,12 +165,12 @@ class _Study:
     wd: workdir_lib.Workdir
     mesh: object
     seeds: list[int]
-    train: SegData       # the training crops, clean labels
-    test: SegData        # the scored test crops
-    overlay: SegData     # the crops of one test image (the overlay picture)
+    train: SegData  # the training crops, clean labels
+    test: SegData  # the scored test crops
+    overlay: SegData  # the crops of one test image (the overlay picture)
     overlay_grid: tuple[int, int]
-    analysis: SegData    # clean test crops of the per-layer analysis
-    num_test_all: int    # test crops of the test tiles (study.max_test of them scored)
+    analysis: SegData  # clean test crops of the per-layer analysis
+    num_test_all: int  # test crops of the test tiles (study.max_test of them scored)
     noisy: dict = dataclasses.field(default_factory=dict)  # arm -> (labels, agreement), the arm running
 
     def noisy_labels(self, arm: str, cfg) -> tuple[np.ndarray, dict]:
@@ -175,8 +182,11 @@ class _Study:
             labels = segdata.noisy_labels(cfg, self.train.labels, self.train.info.num_classes).astype(np.int8)
             agree = segdata.noise_agreement(cfg, self.train.labels, labels)
             self.noisy[arm] = (labels, agree)
-            print(f"   {arm}: noisy labels of {len(labels)} crops in {time.time() - t:.0f} s, "
-                  f"{agree['pixel']:.1%} pixel agreement with the clean ones", flush=True)
+            print(
+                f"   {arm}: noisy labels of {len(labels)} crops in {time.time() - t:.0f} s, "
+                f"{agree['pixel']:.1%} pixel agreement with the clean ones",
+                flush=True,
+            )
         return self.noisy[arm]
 
 
@@ -192,24 +202,31 @@ def _load(config, mesh, wd, seeds) -> _Study:
     first = tiles.crop_layout(d, "test", split_key="data.test_scenes")[0]
     overlay = test_all.subset(np.arange(first["rows"] * first["cols"]))
     ana = test.subset(folders.subset_indices(len(test), int(config.analysis.max_images) or None))
-    print(f"{d.name}: {len(train)} training crops (tiles {sorted(set(train.scene_id.tolist()))}), {len(test)} of "
-          f"{len(test_all)} test crops scored (tiles {sorted(set(test_all.scene_id.tolist()))}), "
-          f"{d.image_size} px", flush=True)
+    print(
+        f"{d.name}: {len(train)} training crops (tiles {sorted(set(train.scene_id.tolist()))}), {len(test)} of "
+        f"{len(test_all)} test crops scored (tiles {sorted(set(test_all.scene_id.tolist()))}), "
+        f"{d.image_size} px",
+        flush=True,
+    )
     return _Study(config, wd, mesh, seeds, train, test, overlay, (first["rows"], first["cols"]), ana, len(test_all))
 
 
 def _fit_summary(summary: dict, metrics_path: str, total_steps: int) -> dict:
-    return {"steps": int(summary.get("step", 0)), "train_s": float(summary.get("train_seconds") or 0.0),
-            "compile_s": float(summary.get("compile_seconds") or 0.0),
-            "refused_steps": int(summary.get("nonfinite_steps", 0) or 0),
-            "last_window": lib.last_window(metrics_path, total_steps)}
+    return {
+        "steps": int(summary.get("step", 0)),
+        "train_s": float(summary.get("train_seconds") or 0.0),
+        "compile_s": float(summary.get("compile_seconds") or 0.0),
+        "refused_steps": int(summary.get("nonfinite_steps", 0) or 0),
+        "last_window": lib.last_window(metrics_path, total_steps),
+    }
 
 
 def _pretrain_supervised(s: _Study, arm: str, seed: int, aw) -> tuple[tuple, dict]:
     cfg = lib.arm_config(s.config, arm, seed, len(s.train))
     labels, agree = s.noisy_labels(arm, cfg)
-    out = nl.pretrain(cfg, aw, s.mesh, s.train, labels, analysis_data=nl.in_pretraining_legend(cfg, s.analysis),
-                      desc=f"{arm} s{seed}")
+    out = nl.pretrain(
+        cfg, aw, s.mesh, s.train, labels, analysis_data=nl.in_pretraining_legend(cfg, s.analysis), desc=f"{arm} s{seed}"
+    )
     res = out["result"]
     if not res.finished:
         raise errors.RsjaxError(f"study arm {arm}: pretraining stopped at step {res.step} (stop_after_steps)")
@@ -227,14 +244,21 @@ def _pretrain_ssl(s: _Study, arm: str, seed: int, arm_wd: str) -> tuple[tuple, d
     rows = [r for r in workdir_lib.read_jsonl(os.path.join(path, "metrics.jsonl")) if "false_calibrated" in r]
     if rows:  # every logged step: how often the selection fired at the configured threshold
         cal = np.asarray([r["false_calibrated"] for r in rows], float)
-        rec["logged_firing"] = {"rows": len(rows), "threshold": float(cfg.loss.threshold),
-                                "calibrated_mean": float(cal.mean()), "steps_firing": int((cal > 0).sum()),
-                                "gated_mean": float(np.mean([r["false_gated"] for r in rows]))}
+        rec["logged_firing"] = {
+            "rows": len(rows),
+            "threshold": float(cfg.loss.threshold),
+            "calibrated_mean": float(cal.mean()),
+            "steps_firing": int((cal > 0).sum()),
+            "gated_mean": float(np.mean([r["false_gated"] for r in rows])),
+        }
     if cfg.method == "false" and float(cfg.loss.alpha) > 0 and int(s.config.study.firing_batches):
         _, state = checkpoint.read_state(path)
-        rec["firing"] = lib.false_firing(cfg, {"init": None, "trained": (state["params"], state["batch_stats"])},
-                                         thresholds=tuple(s.config.study.firing_thresholds),
-                                         num_batches=int(s.config.study.firing_batches))
+        rec["firing"] = lib.false_firing(
+            cfg,
+            {"init": None, "trained": (state["params"], state["batch_stats"])},
+            thresholds=tuple(s.config.study.firing_thresholds),
+            num_batches=int(s.config.study.firing_batches),
+        )
     return (params, batch_stats), rec
 
 
@@ -265,28 +289,45 @@ def _run_seed(s: _Study, arm: str, seed: int, arm_wd: str) -> dict:
         for dec, sc in res[tag].items():
             if "overlay_pred" in sc:
                 np.save(aw.file(f"overlay_{tag}_{dec}.npy"), sc["overlay_pred"].astype(np.int8))
-            out[dec] = {"miou": sc["miou"], "overall_accuracy": sc["overall_accuracy"],
-                        "per_class_iou": dict(zip(names, sc["per_class_iou"])),
-                        "final_loss": sc["loss_curve"][-1]["loss"] if sc["loss_curve"] else None}
+            out[dec] = {
+                "miou": sc["miou"],
+                "overall_accuracy": sc["overall_accuracy"],
+                "per_class_iou": dict(zip(names, sc["per_class_iou"])),
+                "final_loss": sc["loss_curve"][-1]["loss"] if sc["loss_curve"] else None,
+            }
         rec["finetune"][f"{float(f):g}"] = {"num_train": int(len(idx)), "decoders": out}
     return rec
 
 
 def _describe(r: dict) -> str:
-    return ", ".join(f"f={f}: " + " ".join(f"{d} mIoU {v['miou']:.3f}" for d, v in x["decoders"].items())
-                     for f, x in r["finetune"].items())
+    return ", ".join(
+        f"f={f}: " + " ".join(f"{d} mIoU {v['miou']:.3f}" for d, v in x["decoders"].items())
+        for f, x in r["finetune"].items()
+    )
 
 
 def settings(s: _Study) -> dict:
     """What every arm of this study shares, recorded beside each arm's numbers."""
     c = s.config
-    return {"dataset": c.data.name, "model": c.model.name, "image_size": int(c.data.image_size),
-            "decoder_channels": list(c.model.decoder_channels), "test_scenes": [int(t) for t in c.data.test_scenes],
-            "pretrain_steps": int(c.max_steps_per_arm), "pretrain_batch": int(c.batch_size),
-            "finetune_steps": int(c.finetune.total_steps), "finetune_batch": int(c.finetune.batch_size),
-            "finetune_lr": float(c.finetune.lr), "decoders": list(c.finetune.decoders),
-            "label_fractions": [float(f) for f in c.study.label_fractions], "num_train": len(s.train),
-            "num_test": len(s.test), "num_test_all": s.num_test_all, "class_names": list(s.train.class_names), "dtype": c.dtype}
+    return {
+        "dataset": c.data.name,
+        "model": c.model.name,
+        "image_size": int(c.data.image_size),
+        "decoder_channels": list(c.model.decoder_channels),
+        "test_scenes": [int(t) for t in c.data.test_scenes],
+        "pretrain_steps": int(c.max_steps_per_arm),
+        "pretrain_batch": int(c.batch_size),
+        "finetune_steps": int(c.finetune.total_steps),
+        "finetune_batch": int(c.finetune.batch_size),
+        "finetune_lr": float(c.finetune.lr),
+        "decoders": list(c.finetune.decoders),
+        "label_fractions": [float(f) for f in c.study.label_fractions],
+        "num_train": len(s.train),
+        "num_test": len(s.test),
+        "num_test_all": s.num_test_all,
+        "class_names": list(s.train.class_names),
+        "dtype": c.dtype,
+    }
 
 
 def arm_payload(s: _Study, shared: dict, arm: str, arm_index: int, runs: list[dict]) -> dict:
@@ -295,10 +336,19 @@ def arm_payload(s: _Study, shared: dict, arm: str, arm_index: int, runs: list[di
     config = s.config
     source = json.loads(config.arm_sources[arm]) if arm in config.arm_sources else {"config": None, "overrides": {}}
     ok = [r for r in runs if "error" not in r]
-    p = {"format": RESULT_FORMAT, "setting": config.study.name, "arm": arm, "arm_index": arm_index,
-         "kind": kind(config, arm), "config_file": source["config"], "overrides": source["overrides"],
-         "settings": shared, "runs": runs, "errors": [{"seed": r["seed"], "error": r["error"]} for r in runs if "error" in r],
-         "comparisons": [list(c) for c in comparisons(config)]}
+    p = {
+        "format": RESULT_FORMAT,
+        "setting": config.study.name,
+        "arm": arm,
+        "arm_index": arm_index,
+        "kind": kind(config, arm),
+        "config_file": source["config"],
+        "overrides": source["overrides"],
+        "settings": shared,
+        "runs": runs,
+        "errors": [{"seed": r["seed"], "error": r["error"]} for r in runs if "error" in r],
+        "comparisons": [list(c) for c in comparisons(config)],
+    }
     if p["kind"] == "supervised":
         cfg = config.arms[arm]
         p["noise"] = cfg.noise.to_dict()
@@ -334,13 +384,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         s = _load(config, mesh, wd, seeds)
         shared = settings(s)
         results, not_started = lib.run_arms(
-            config, workdir, arms, [{"seed": seed} for seed in seeds],
+            config,
+            workdir,
+            arms,
+            [{"seed": seed} for seed in seeds],
             run_one=lambda arm, unit, arm_wd: _run_seed(s, arm, unit["seed"], arm_wd),
             payload=lambda arm, arm_index, runs: arm_payload(s, shared, arm, arm_index, runs),
-            file_name=lambda arm: f"dubai_{config.study.name}_{arm}.json", line=lambda arm, r: _describe(r))
-        report = {"date": time.strftime("%Y-%m-%d"), "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-                  "seeds": seeds, "settings": shared, "results": results, "not_started": not_started,
-                  "config": json.loads(config.to_json_best_effort())}
+            file_name=lambda arm: f"dubai_{config.study.name}_{arm}.json",
+            line=lambda arm, r: _describe(r),
+        )
+        report = {
+            "date": time.strftime("%Y-%m-%d"),
+            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+            "seeds": seeds,
+            "settings": shared,
+            "results": results,
+            "not_started": not_started,
+            "config": json.loads(config.to_json_best_effort()),
+        }
         results_lib.save(report, os.path.join(workdir, "study.json"))
         md = results_lib.render_dubai_table(list(results.values()))
         with open(os.path.join(workdir, "study.md"), "w") as f:

@@ -64,8 +64,10 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str]]:
 
         info = registry.data_info(config.data)
         if len(info.bands) != config.model.in_channels:
-            raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels} but {config.data.name} "
-                                     f"has {len(info.bands)} bands")
+            raise errors.ConfigError(
+                f"config.model.in_channels={config.model.in_channels} but {config.data.name} "
+                f"has {len(info.bands)} bands"
+            )
     return seeds, arms
 
 
@@ -95,12 +97,16 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
     params, batch_stats, meta = checkpoint.load_encoder(arm_wd)
     enc = resnet.create_encoder(meta["arch"], stem=meta["stem"], dtype=dtype, conv=conv_lib.from_config(config.model))
     r = _score(_encode_fn(enc), {"params": params, "batch_stats": batch_stats}, arrays, config, seed)
-    r.update(seed=seed, pretrain_s=summary["train_seconds"], compile_s=summary["compile_seconds"],
-             steps=summary["step"],
-             images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9),
-             refused_steps=int(summary.get("nonfinite_steps", 0) or 0),
-             last_window=lib.last_window(os.path.join(arm_wd, "metrics.jsonl"), cfg.total_steps),
-             optimizer=cfg.optimizer.to_dict())
+    r.update(
+        seed=seed,
+        pretrain_s=summary["train_seconds"],
+        compile_s=summary["compile_seconds"],
+        steps=summary["step"],
+        images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9),
+        refused_steps=int(summary.get("nonfinite_steps", 0) or 0),
+        last_window=lib.last_window(os.path.join(arm_wd, "metrics.jsonl"), cfg.total_steps),
+        optimizer=cfg.optimizer.to_dict(),
+    )
     for key in ("swimdiff", "loss", "moco"):
         if key in cfg:
             r[key] = cfg[key].to_dict()  # every setting of the arm's loss terms, overrides included
@@ -115,10 +121,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if data.device_resident and data.folder and not data.cache_dir:
             data.cache_dir = os.path.join(os.path.abspath(workdir), "cache")
         ecfg = config.eval
-        x_tr, y_tr = pipeline.eval_arrays(data, ecfg.train_split, limit=ecfg.max_train, image_size=data.image_size,
-                                          split_key="eval.train_split")
-        x_te, y_te = pipeline.eval_arrays(data, ecfg.test_split, limit=ecfg.max_test, image_size=data.image_size,
-                                          split_key="eval.test_split")
+        x_tr, y_tr = pipeline.eval_arrays(
+            data, ecfg.train_split, limit=ecfg.max_train, image_size=data.image_size, split_key="eval.train_split"
+        )
+        x_te, y_te = pipeline.eval_arrays(
+            data, ecfg.test_split, limit=ecfg.max_test, image_size=data.image_size, split_key="eval.test_split"
+        )
         num_train = pipeline.num_records(data, data.train_split)  # the probe may see a subset
         arrays = (x_tr, y_tr, x_te, y_te)
         return _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots)
@@ -128,11 +136,15 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
     y_te = arrays[3]
     shared = lib.settings(config, data, num_train, len(y_te))
     results, not_started = lib.run_arms(
-        config, workdir, arms, [{"seed": s} for s in seeds],
+        config,
+        workdir,
+        arms,
+        [{"seed": s} for s in seeds],
         run_one=lambda arm, unit, folder: _run_arm_seed(config, arm, unit["seed"], folder, arrays, num_train),
         payload=lambda arm, index, runs: lib.arm_payload(config, arm, index, runs, shared),
         file_name=lambda arm: f"study_{config.study.name}_{arm}.json",
-        line=lambda arm, r: f"linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s training)")
+        line=lambda arm, r: f"linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s training)",
+    )
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
@@ -150,8 +162,12 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
         f.write(md)
     scored = {k: v for k, v in results.items() if v.get("linear_mean") is not None}  # failed arms have none
     if scored:
-        plots.bars({k: 100 * v["linear_mean"] for k, v in scored.items()}, os.path.join(workdir, "study.png"),
-                   errors={k: 100 * (v["linear_sd"] or 0.0) for k, v in scored.items()}, ylabel="linear probe top-1 (%)",
-                   title=f"{data.name}: linear probe on frozen features")
+        plots.bars(
+            {k: 100 * v["linear_mean"] for k, v in scored.items()},
+            os.path.join(workdir, "study.png"),
+            errors={k: 100 * (v["linear_sd"] or 0.0) for k, v in scored.items()},
+            ylabel="linear probe top-1 (%)",
+            title=f"{data.name}: linear probe on frozen features",
+        )
     print(md, flush=True)
     return report

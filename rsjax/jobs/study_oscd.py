@@ -67,8 +67,10 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str], l
     with errors.config_errors():
         folds = [[s.strip() for s in f.split("+") if s.strip()] for f in str(config.study.folds).split(",")]
         if len(folds) < 2 or not all(folds):
-            raise errors.ConfigError(f"config.study.folds={config.study.folds!r}: expected at least 2 folds of test "
-                                     f"scenes, e.g. 'bercy+paris,bordeaux+hongkong'")
+            raise errors.ConfigError(
+                f"config.study.folds={config.study.folds!r}: expected at least 2 folds of test "
+                f"scenes, e.g. 'bercy+paris,bordeaux+hongkong'"
+            )
         names = [s for f in folds for s in f]
         twice = sorted({s for s in names if names.count(s) > 1})
         if twice:
@@ -77,15 +79,20 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[int], list[str], l
             raise errors.ConfigError(f"config.epochs={config.epochs}: must be > 0 (or config.max_steps_per_arm)")
         d = config.data
         if d.test_scenes or d.val_scenes or config.cd.data.test_scenes or config.cd.data.val_scenes:
-            raise errors.ConfigError("config.data.test_scenes / val_scenes (and config.cd.data.*) are set per fold "
-                                     "by the study from config.study.folds; leave them ()")
+            raise errors.ConfigError(
+                "config.data.test_scenes / val_scenes (and config.cd.data.*) are set per fold "
+                "by the study from config.study.folds; leave them ()"
+            )
         if not (d.device_resident and d.pretrain_images):
-            raise errors.ConfigError("the study pretrains on both images of each record: set "
-                                     "config.data.device_resident=True and config.data.pretrain_images")
+            raise errors.ConfigError(
+                "the study pretrains on both images of each record: set "
+                "config.data.device_resident=True and config.data.pretrain_images"
+            )
         info = registry.data_info(d)
         if len(info.bands) != int(config.model.in_channels):
-            raise errors.ConfigError(f"config.model.in_channels={config.model.in_channels} but {d.name} has "
-                                     f"{len(info.bands)} bands")
+            raise errors.ConfigError(
+                f"config.model.in_channels={config.model.in_channels} but {d.name} has {len(info.bands)} bands"
+            )
     return seeds, arms, folds
 
 
@@ -101,15 +108,25 @@ def fold_table(config, folds: list[list[str]]) -> list[dict]:
     with errors.config_errors():
         unknown = [s for f in folds for s in f if s not in ids]
         if unknown:
-            raise errors.ConfigError(f"config.study.folds: no scene {unknown[0]!r} in split 'train' of "
-                                     f"{config.data.name!r} (its scenes: {', '.join(sorted(ids))})")
+            raise errors.ConfigError(
+                f"config.study.folds: no scene {unknown[0]!r} in split 'train' of "
+                f"{config.data.name!r} (its scenes: {', '.join(sorted(ids))})"
+            )
         untested = sorted(set(ids) - {s for f in folds for s in f})
         if untested:
-            raise errors.ConfigError(f"config.study.folds tests every scene once; not in any fold: "
-                                     f"{', '.join(untested)}")
-    return [{"fold": k, "test": sorted(f), "train": sorted(set(ids) - set(f)),
-             "test_scenes": sorted(ids[s] for s in f), "train_scenes": sorted(ids[s] for s in set(ids) - set(f))}
-            for k, f in enumerate(folds)]
+            raise errors.ConfigError(
+                f"config.study.folds tests every scene once; not in any fold: {', '.join(untested)}"
+            )
+    return [
+        {
+            "fold": k,
+            "test": sorted(f),
+            "train": sorted(set(ids) - set(f)),
+            "test_scenes": sorted(ids[s] for s in f),
+            "train_scenes": sorted(ids[s] for s in set(ids) - set(f)),
+        }
+        for k, f in enumerate(folds)
+    ]
 
 
 def pretrain_units(config, fold: dict) -> int:
@@ -150,21 +167,43 @@ def run_one(config, arm: str, fold: dict, seed: int, folder: str) -> dict:
     pretrained = ""
     if arm != "random_init":
         cfg = pretrain_config(config, arm, fold, seed)
-        print(f"== study arm {arm} (fold {fold['fold']}, seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True)
+        print(
+            f"== study arm {arm} (fold {fold['fold']}, seed {seed}): {cfg.method}, {cfg.total_steps} steps", flush=True
+        )
         pretrained = os.path.join(folder, "pretrain")
         summary = jobs.get("pretrain")(cfg, pretrained)
-        r.update(pretrain_s=summary["train_seconds"], compile_s=summary["compile_seconds"], steps=summary["step"],
-                 refused_steps=int(summary.get("nonfinite_steps", 0) or 0),
-                 last_window=lib.last_window(os.path.join(pretrained, "metrics.jsonl"), cfg.total_steps),
-                 optimizer=cfg.optimizer.to_dict())
+        r.update(
+            pretrain_s=summary["train_seconds"],
+            compile_s=summary["compile_seconds"],
+            steps=summary["step"],
+            refused_steps=int(summary.get("nonfinite_steps", 0) or 0),
+            last_window=lib.last_window(os.path.join(pretrained, "metrics.jsonl"), cfg.total_steps),
+            optimizer=cfg.optimizer.to_dict(),
+        )
         for key in ("swimdiff", "loss", "moco"):
             if key in cfg:
                 r[key] = cfg[key].to_dict()  # every setting of the arm's loss terms
     for mode in MODES:
-        m = jobs.get("change_detection")(cd_config(config, fold, seed, pretrained, mode),
-                                         os.path.join(folder, f"cd_{mode}"))
-        r[mode] = {k: m.get(k) for k in (*SCORES, "tp", "fp", "fn", "tn", "num_test", "num_train", "train_steps",
-                                         "nonfinite_steps", "seconds", "pos_weight", "train_change_fraction")}
+        m = jobs.get("change_detection")(
+            cd_config(config, fold, seed, pretrained, mode), os.path.join(folder, f"cd_{mode}")
+        )
+        r[mode] = {
+            k: m.get(k)
+            for k in (
+                *SCORES,
+                "tp",
+                "fp",
+                "fn",
+                "tn",
+                "num_test",
+                "num_train",
+                "train_steps",
+                "nonfinite_steps",
+                "seconds",
+                "pos_weight",
+                "train_change_fraction",
+            )
+        }
     return r
 
 
@@ -190,16 +229,29 @@ def settings(config, folds: list[dict]) -> dict:
     """What every arm of the study shares, recorded beside each arm's numbers."""
     c = config.cd
     return {
-        "dataset": config.data.name, "model": config.model.name, "image_size": int(config.data.image_size),
-        "crops_as_scenes": int(config.data.crops_as_scenes), "pretrain_images": list(config.data.pretrain_images),
-        "epochs": int(config.epochs), "max_steps_per_arm": int(config.max_steps_per_arm or 0),
-        "batch_size": int(config.batch_size), "dtype": config.dtype, "optimizer": config.optimizer.name,
-        "lr": config.optimizer.lr, "augment": config.data.augment,
+        "dataset": config.data.name,
+        "model": config.model.name,
+        "image_size": int(config.data.image_size),
+        "crops_as_scenes": int(config.data.crops_as_scenes),
+        "pretrain_images": list(config.data.pretrain_images),
+        "epochs": int(config.epochs),
+        "max_steps_per_arm": int(config.max_steps_per_arm or 0),
+        "batch_size": int(config.batch_size),
+        "dtype": config.dtype,
+        "optimizer": config.optimizer.name,
+        "lr": config.optimizer.lr,
+        "augment": config.data.augment,
         "folds": [{k: f[k] for k in ("fold", "test", "train")} for f in folds],
-        "cd": {"crop_size": int(c.data.crop_size), "steps": {m: int(config.cd_steps[m]) for m in MODES},
-               "batch_size": int(c.batch_size),
-               "optimizer": c.optimizer.name, "lr": c.optimizer.lr, "decoder_channels": list(c.model.decoder_channels),
-               "loss_dice_weight": c.loss.dice_weight, "loss_pos_weight_power": c.loss.pos_weight_power},
+        "cd": {
+            "crop_size": int(c.data.crop_size),
+            "steps": {m: int(config.cd_steps[m]) for m in MODES},
+            "batch_size": int(c.batch_size),
+            "optimizer": c.optimizer.name,
+            "lr": c.optimizer.lr,
+            "decoder_channels": list(c.model.decoder_channels),
+            "loss_dice_weight": c.loss.dice_weight,
+            "loss_pos_weight_power": c.loss.pos_weight_power,
+        },
     }
 
 
@@ -211,11 +263,19 @@ def payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict, fo
         source = json.loads(config.arm_sources[arm])
         method, overrides = source["config"], source["overrides"]
     ok = [r for r in runs if "error" not in r]
-    p = {"format": "rsjax.oscd_arm/v1", "setting": config.study.name, "arm": arm, "arm_index": arm_index,
-         "config_file": method, "overrides": dict(overrides), "settings": shared, "runs": runs,
-         "pooled": pooled(runs, folds),
-         "comparisons": [c.split("-") for c in str(config.study.comparisons).split(",") if "-" in c],
-         "errors": [{k: r[k] for k in ("fold", "seed", "error")} for r in runs if "error" in r]}
+    p = {
+        "format": "rsjax.oscd_arm/v1",
+        "setting": config.study.name,
+        "arm": arm,
+        "arm_index": arm_index,
+        "config_file": method,
+        "overrides": dict(overrides),
+        "settings": shared,
+        "runs": runs,
+        "pooled": pooled(runs, folds),
+        "comparisons": [c.split("-") for c in str(config.study.comparisons).split(",") if "-" in c],
+        "errors": [{k: r[k] for k in ("fold", "seed", "error")} for r in runs if "error" in r],
+    }
     windows = [r["last_window"] for r in ok if r.get("last_window")]
     keys = sorted({k for w in windows for k in w})
     p["last_window_mean"] = {k: float(np.mean([w[k] for w in windows if k in w])) for k in keys}
@@ -230,6 +290,7 @@ def _picture(config, workdir: str, results: dict, folds: list[dict], seed: int) 
     """``prediction_<city>.png``: the test city ``study.picture_city`` stitched from its crops, one
     row per encoder (the floor random_init, and the arm with the best pooled fine-tuned F1), in the
     fold that tests it, seed ``seed``. None when a needed run is missing."""
+
     def best_f1(p):
         vals = [row["finetuned"]["f1"] for row in p.get("pooled", [])]
         return float(np.mean(vals)) if vals else -1.0
@@ -244,16 +305,22 @@ def _picture(config, workdir: str, results: dict, folds: list[dict], seed: int) 
     rows[f"{best} (best)"] = best
     preds = {}
     for label, arm in rows.items():
-        path = os.path.join(lib.run_dir(workdir, arm, {"fold": fold["fold"], "seed": seed}), "cd_finetuned",
-                            "predictions.npz")
+        path = os.path.join(
+            lib.run_dir(workdir, arm, {"fold": fold["fold"], "seed": seed}), "cd_finetuned", "predictions.npz"
+        )
         if not os.path.exists(path):
             return None
         with np.load(path) as z:
             preds[label] = z["change"]
     d = cd_config(config, fold, seed, "", "finetuned").data
     have = pipeline.open_source(d, "train").features()
-    fields = {"a": d.image_a_key, "b": d.image_b_key, "change": d.change_key, "scene_id": "scene_id",
-              **({"y": "crop_y", "x": "crop_x"} if "crop_y" in have else {})}
+    fields = {
+        "a": d.image_a_key,
+        "b": d.image_b_key,
+        "change": d.change_key,
+        "scene_id": "scene_id",
+        **({"y": "crop_y", "x": "crop_x"} if "crop_y" in have else {}),
+    }
     test = pipeline.read_split(d, "test", fields=fields, desc="picture")
     keep = test["scene_id"] == fold["test_scenes"][fold["test"].index(city)]
     n, s = int(keep.sum()), test["a"].shape[1]
@@ -278,16 +345,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         def line(arm, r):
             return ", ".join(f"{mode} F1 {r[mode]['f1']:.3f}" for mode in MODES) + (
-                f" ({r['pretrain_s']:.0f} s pretraining)" if "pretrain_s" in r else "")
+                f" ({r['pretrain_s']:.0f} s pretraining)" if "pretrain_s" in r else ""
+            )
 
         results, not_started = lib.run_arms(
-            config, workdir, arms, units,
+            config,
+            workdir,
+            arms,
+            units,
             run_one=lambda arm, unit, folder: run_one(config, arm, folds[unit["fold"]], unit["seed"], folder),
             payload=lambda arm, index, runs: payload(config, arm, index, runs, shared, folds),
-            file_name=lambda arm: f"oscd_{config.study.name}_{arm}.json", line=line)
-        report = {"date": time.strftime("%Y-%m-%d"), "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-                  "seeds": seeds, "folds": shared["folds"], "results": results, "not_started": not_started,
-                  "config": json.loads(config.to_json_best_effort())}
+            file_name=lambda arm: f"oscd_{config.study.name}_{arm}.json",
+            line=line,
+        )
+        report = {
+            "date": time.strftime("%Y-%m-%d"),
+            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+            "seeds": seeds,
+            "folds": shared["folds"],
+            "results": results,
+            "not_started": not_started,
+            "config": json.loads(config.to_json_best_effort()),
+        }
         results_lib.save(report, os.path.join(workdir, "study.json"))
         md = results_lib.render_oscd_table(list(results.values()))
         with open(os.path.join(workdir, "study.md"), "w") as f:

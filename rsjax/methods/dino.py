@@ -159,14 +159,22 @@ class DINOHead(nn.Module):
         init = nn.initializers.truncated_normal(0.02)
         x = jnp.asarray(x, self.dtype)
         for i in range(self.num_layers - 1):
-            x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init,
-                         name=f"dense_{i}")(x)
+            x = nn.Dense(
+                self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=f"dense_{i}"
+            )(x)
             if self.use_bn:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                                 param_dtype=jnp.float32, name=f"bn_{i}")(x)
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                    name=f"bn_{i}",
+                )(x)
             x = nn.gelu(x, approximate=False)
-        x = nn.Dense(self.bottleneck_dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init,
-                     name="bottleneck")(x)
+        x = nn.Dense(
+            self.bottleneck_dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name="bottleneck"
+        )(x)
         x = x.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
         v = self.param("last_v", init, (self.bottleneck_dim, self.out_dim), jnp.float32)
@@ -220,11 +228,15 @@ class DINO(Method):
         """Encoder + DINO head -> (logits [N, K] float32, new batch_stats)."""
         mut = ["batch_stats"] if train else []
         pooled, enc_upd = self.encoder.apply(
-            {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, x, train=train, mutable=mut)
+            {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, x, train=train, mutable=mut
+        )
         logits, head_upd = self.head.apply(
-            {"params": params["head"], "batch_stats": batch_stats["head"]}, pooled, train=train, mutable=mut)
-        new_bs = {"encoder": enc_upd.get("batch_stats", batch_stats["encoder"]),
-                  "head": head_upd.get("batch_stats", batch_stats["head"])}
+            {"params": params["head"], "batch_stats": batch_stats["head"]}, pooled, train=train, mutable=mut
+        )
+        new_bs = {
+            "encoder": enc_upd.get("batch_stats", batch_stats["encoder"]),
+            "head": head_upd.get("batch_stats", batch_stats["head"]),
+        }
         return logits.astype(jnp.float32), new_bs
 
     def loss(self, params, batch_stats, extra, batch, rngs, step):
@@ -243,17 +255,20 @@ class DINO(Method):
         s_global, new_bs = self.forward(params, batch_stats, views.reshape(2 * b, *views.shape[2:]), train=True)
         student = [s_global.reshape(2, b, k)]
         if d.num_local_crops:
-            loc = local_crops(rngs["augment"], views, num_crops=d.num_local_crops, size=d.local_crop_size,
-                              scale=tuple(d.local_scale))
+            loc = local_crops(
+                rngs["augment"], views, num_crops=d.num_local_crops, size=d.local_crop_size, scale=tuple(d.local_scale)
+            )
             s_local, new_bs = self.forward(params, new_bs, loc, train=True)
             student.append(s_local.reshape(d.num_local_crops, b, k))
         student = jnp.concatenate(student, axis=0)
 
-        t_global, _ = self.forward(extra["teacher_params"], extra["teacher_batch_stats"],
-                                   views.reshape(2 * b, *views.shape[2:]), train=True)
+        t_global, _ = self.forward(
+            extra["teacher_params"], extra["teacher_batch_stats"], views.reshape(2 * b, *views.shape[2:]), train=True
+        )
         t_global = jax.lax.stop_gradient(t_global).reshape(2, b, k)
-        t_temp = teacher_temperature(step, warmup_temp=d.warmup_teacher_temp, temp=d.teacher_temp,
-                                     warmup_steps=d.warmup_teacher_temp_steps)
+        t_temp = teacher_temperature(
+            step, warmup_temp=d.warmup_teacher_temp, temp=d.teacher_temp, warmup_steps=d.warmup_teacher_temp_steps
+        )
         loss = dino_loss(student, t_global, extra["center"], student_temp=d.student_temp, teacher_temp=t_temp)
         new_center = update_center(extra["center"], t_global, d.center_momentum)
 
@@ -261,7 +276,7 @@ class DINO(Method):
         entropy = -jnp.mean(jnp.sum(p_t * jnp.log(jnp.maximum(p_t, 1e-12)), axis=-1))
         metrics = {
             "loss_dino": loss,
-            "teacher_entropy": entropy,       # log K = uniform collapse, 0 = one-hot collapse
+            "teacher_entropy": entropy,  # log K = uniform collapse, 0 = one-hot collapse
             "teacher_temp": t_temp,
             "center_norm": jnp.linalg.norm(new_center),
         }

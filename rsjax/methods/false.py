@@ -54,7 +54,8 @@ class FALSE(Method):
             raise ValueError(
                 "config.loss.fnsd_mode='official' is no longer accepted: it meant gate-then-pick, which "
                 "is not the official VISSL selection; choose 'vissl' (the VISSL code's pick-then-gate), "
-                "'gate_then_pick' (the former rsjax rule) or 'per_anchor'")
+                "'gate_then_pick' (the former rsjax rule) or 'per_anchor'"
+            )
         if mode not in losses.FNSD_MODES:
             raise ValueError(f"config.loss.fnsd_mode={mode!r}: expected one of {losses.FNSD_MODES}")
         if float(config.loss.get("alpha", 1.0)) < 0:
@@ -78,8 +79,10 @@ class FALSE(Method):
         kw = self.loss_kwargs()
         per_example = losses.false_nt_xent(z1, z2, **kw)
         loss = jnp.mean(per_example)
-        metrics = {"loss_contrastive": loss,
-                   **selection_counts(z1, z2, per_example, temperature=kw["temperature"], threshold=kw["threshold"])}
+        metrics = {
+            "loss_contrastive": loss,
+            **selection_counts(z1, z2, per_example, temperature=kw["temperature"], threshold=kw["threshold"]),
+        }
         return loss, {"batch_stats": new_bs, "metrics": metrics}
 
 
@@ -108,8 +111,9 @@ def firing(z1, z2, *, thresholds, temperature, alpha=1.0, fnsd_mode="vissl") -> 
     ``loss.threshold = T``)."""
     out = {"threshold": [float(t) for t in thresholds], "false_calibrated": [], "false_gated": []}
     for t in thresholds:
-        per_example = losses.false_nt_xent(z1, z2, temperature=temperature, threshold=float(t), alpha=alpha,
-                                           fnsd_mode=fnsd_mode)
+        per_example = losses.false_nt_xent(
+            z1, z2, temperature=temperature, threshold=float(t), alpha=alpha, fnsd_mode=fnsd_mode
+        )
         c = selection_counts(z1, z2, per_example, temperature=temperature, threshold=float(t))
         out["false_calibrated"].append(float(c["false_calibrated"]))
         out["false_gated"].append(float(c["false_gated"]))

@@ -80,7 +80,9 @@ class SwiMDiff(MoCo):
             x = batch["view1"]
             _, feats = self.encoder.apply(
                 {"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
-                x, train=False, return_features=True,
+                x,
+                train=False,
+                return_features=True,
             )
             size = int(self.config.swimdiff.get("diffusion_size", 0) or 0)
             if size:
@@ -129,13 +131,19 @@ class SwiMDiff(MoCo):
         def diagnostics(_):
             l_nc = with_cond([jnp.zeros(f.shape, f.dtype) for f in sg])
             l_sh = with_cond([jnp.roll(f, b // 2, axis=0) for f in sg])
-            return {"loss_diffusion_nocond": l_nc, "loss_diffusion_shuffled": l_sh,
-                    "conditioning_gain": (l_nc - jax.lax.stop_gradient(l_d)) / l_nc}
+            return {
+                "loss_diffusion_nocond": l_nc,
+                "loss_diffusion_shuffled": l_sh,
+                "conditioning_gain": (l_nc - jax.lax.stop_gradient(l_d)) / l_nc,
+            }
 
         nan = jnp.full((), jnp.nan, jnp.float32)
-        return l_d, jax.lax.cond(self.logged(step), diagnostics,
-                                 lambda _: {k: nan for k in ("loss_diffusion_nocond", "loss_diffusion_shuffled",
-                                                             "conditioning_gain")}, None)
+        return l_d, jax.lax.cond(
+            self.logged(step),
+            diagnostics,
+            lambda _: {k: nan for k in ("loss_diffusion_nocond", "loss_diffusion_shuffled", "conditioning_gain")},
+            None,
+        )
 
     def loss(self, params, batch_stats, extra, batch, rngs, step):
         cfg = self.config.swimdiff
@@ -144,7 +152,8 @@ class SwiMDiff(MoCo):
         if self.use_diffusion:
             # feats: the query encoder's stage maps of view 1 (the clean x0's view)
             l_d, diag = self.diffusion_loss(
-                params, batch["view1"], feats, rngs, step=step if cfg.get("log_nocond", True) else None)
+                params, batch["view1"], feats, rngs, step=step if cfg.get("log_nocond", True) else None
+            )
             metrics["loss_diffusion"] = l_d
             metrics.update(diag or {})
             loss = loss + cfg.lambda_d * l_d

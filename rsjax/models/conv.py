@@ -62,8 +62,10 @@ def _pair(v, what: str) -> tuple[int, int]:
 def _padding(padding) -> _Pad:
     """``int`` (symmetric) or ``((top, bottom), (left, right))``; strings are refused."""
     if isinstance(padding, str):
-        raise ValueError(f"conv padding must be explicit (an int or ((top, bottom), (left, right))), got "
-                         f"{padding!r}: 'SAME' pads stride-2 convolutions asymmetrically, unlike PyTorch")
+        raise ValueError(
+            f"conv padding must be explicit (an int or ((top, bottom), (left, right))), got "
+            f"{padding!r}: 'SAME' pads stride-2 convolutions asymmetrically, unlike PyTorch"
+        )
     if isinstance(padding, int):
         return ((padding, padding), (padding, padding))
     pads = tuple(_pair(p, "padding") for p in padding)
@@ -95,8 +97,9 @@ def from_config(model_cfg) -> str:
     return impl
 
 
-def choose(x_shape: Sequence[int], kernel_shape: Sequence[int], strides, padding, dilation,
-           backend: str | None = None) -> str:
+def choose(
+    x_shape: Sequence[int], kernel_shape: Sequence[int], strides, padding, dilation, backend: str | None = None
+) -> str:
     """The formulation ``auto`` uses for this convolution on ``backend`` (default: JAX's default
     backend): see the module docstring; the rule comes from ``python -m rsjax.bench --conv_shapes``."""
     backend = backend or jax.default_backend()
@@ -153,20 +156,30 @@ def conv2d(x, kernel, *, strides=1, padding=0, dilation=1, impl: str = "auto", p
     if x.ndim != 4 or kernel.ndim != 4:
         raise ValueError(f"conv2d expects NHWC input and HWIO kernel, got shapes {x.shape} and {kernel.shape}")
     if x.shape[-1] != kernel.shape[2]:
-        raise ValueError(f"conv2d: input has {x.shape[-1]} channels, kernel expects {kernel.shape[2]} "
-                         f"(kernel shape {kernel.shape})")
+        raise ValueError(
+            f"conv2d: input has {x.shape[-1]} channels, kernel expects {kernel.shape[2]} (kernel shape {kernel.shape})"
+        )
     strides, pads, dilation = _pair(strides, "strides"), _padding(padding), _pair(dilation, "dilation")
     if impl == "auto":
         impl = choose(x.shape, kernel.shape, strides, pads, dilation)
     if impl == "lax":
-        return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            strides,
+            pads,
+            rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision,
+        )
     kh, kw, cin, cout = kernel.shape
     ho = output_size(x.shape[1], kh, strides[0], pads[0], dilation[0])
     wo = output_size(x.shape[2], kw, strides[1], pads[1], dilation[1])
     if ho < 1 or wo < 1:
-        raise ValueError(f"conv2d: input {x.shape[1:3]} is smaller than the dilated kernel {kernel.shape[:2]} "
-                         f"(dilation {dilation}, padding {pads})")
+        raise ValueError(
+            f"conv2d: input {x.shape[1:3]} is smaller than the dilated kernel {kernel.shape[:2]} "
+            f"(dilation {dilation}, padding {pads})"
+        )
     taps = _strided_taps(x, (kh, kw), strides, pads, dilation, (ho, wo))
     out_dtype = jnp.result_type(x.dtype, kernel.dtype)
     if not taps:  # every tap reads padding only: the output is zero
@@ -177,8 +190,9 @@ def conv2d(x, kernel, *, strides=1, padding=0, dilation=1, impl: str = "auto", p
         return _matmul(cols, w, precision).astype(out_dtype)
     acc = None  # taps: accumulate in float32 so bf16 sums do not lose precision tap by tap
     for i, j, t in taps:
-        y = lax.dot_general(t, kernel[i, j], (((3,), (0,)), ((), ())), precision=precision,
-                            preferred_element_type=jnp.float32)
+        y = lax.dot_general(
+            t, kernel[i, j], (((3,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+        )
         acc = y if acc is None else acc + y
     return acc.astype(out_dtype)
 
@@ -192,8 +206,11 @@ def _window_slices(x, window, strides, pads: _Pad, fill):
     (kh, kw), (sh, sw) = window, strides
     ho, wo = output_size(h, kh, sh, pads[0], 1), output_size(w, kw, sw, pads[1], 1)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=fill)
-    return [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
+    return [
+        lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
 
 
 def _make_max_pool(window, strides, pads):
@@ -204,8 +221,7 @@ def _make_max_pool(window, strides, pads):
 
     def pool(x):
         # XLA:CPU runs reduce_window's forward well (its gradient is the slow part).
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
-                                 ((0, 0), *pads, (0, 0)))
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
     def fwd(x):
         out = pool(x)
@@ -272,8 +288,15 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation,
-                   impl=self.impl, precision=self.precision)
+        y = conv2d(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation=self.kernel_dilation,
+            impl=self.impl,
+            precision=self.precision,
+        )
         if bias is not None:
             y = y + bias.reshape((1, 1, 1, -1))
         return y

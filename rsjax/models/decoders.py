@@ -112,19 +112,40 @@ class ConvBNReLU(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         pad = self.dilation * (self.kernel // 2)
-        x = conv_lib.Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
-                          kernel_dilation=(self.dilation, self.dilation), use_bias=False, dtype=self.dtype,
-                          param_dtype=jnp.float32, kernel_init=resnet_lib.conv_kernel_init, impl=self.conv,
-                          name="conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                         param_dtype=jnp.float32, name="bn")(x)
+        x = conv_lib.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            padding=((pad, pad), (pad, pad)),
+            kernel_dilation=(self.dilation, self.dilation),
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=resnet_lib.conv_kernel_init,
+            impl=self.conv,
+            name="conv",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="bn",
+        )(x)
         return nn.relu(x)
 
 
 def _head(features: int, kernel: int, dtype, name: str, impl: str) -> conv_lib.Conv:
     pad = kernel // 2
-    return conv_lib.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
-                         param_dtype=jnp.float32, impl=impl, name=name)
+    return conv_lib.Conv(
+        features,
+        (kernel, kernel),
+        padding=((pad, pad), (pad, pad)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        impl=impl,
+        name=name,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -141,8 +162,10 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, stem, features, out_hw, *, train: bool):
         if len(features) != 4 or len(self.decoder_channels) != 5:
-            raise ValueError("UNet needs 4 stage features and 5 decoder_channels, got "
-                             f"{len(features)} and {tuple(self.decoder_channels)}")
+            raise ValueError(
+                "UNet needs 4 stage features and 5 decoder_channels, got "
+                f"{len(features)} and {tuple(self.decoder_channels)}"
+            )
         c1, c2, c3, c4 = features
         x = c4
         skips = (c3, c2, c1, stem, None)
@@ -194,10 +217,13 @@ class DeepLabV3Plus(nn.Module):
     def __call__(self, stem, features, out_hw, *, train: bool):
         del stem
         c1, c4 = features[0], features[3]
-        x = ASPP(self.aspp_channels, tuple(self.atrous_rates), self.dropout_rate, self.dtype, self.conv,
-                 name="aspp")(c4, train=train)
+        x = ASPP(self.aspp_channels, tuple(self.atrous_rates), self.dropout_rate, self.dtype, self.conv, name="aspp")(
+            c4, train=train
+        )
         x = _resize(x, c1.shape[1:3], "bilinear")
-        low = ConvBNReLU(self.low_level_channels, 1, dtype=self.dtype, conv=self.conv, name="low_level")(c1, train=train)
+        low = ConvBNReLU(self.low_level_channels, 1, dtype=self.dtype, conv=self.conv, name="low_level")(
+            c1, train=train
+        )
         x = jnp.concatenate([x, low.astype(x.dtype)], axis=-1)
         x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, conv=self.conv, name="fuse1")(x, train=train)
         x = ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype, conv=self.conv, name="fuse2")(x, train=train)
@@ -241,9 +267,18 @@ def _default_unet_channels(encoder_name: str) -> tuple[int, ...]:
     return (32, 16, 16, 8, 8) if encoder_name == "tiny" else (256, 128, 64, 32, 16)
 
 
-def make_decoder(decoder: str, num_classes: int, *, encoder_name: str = "resnet18", output_stride: int = 32,
-                 decoder_channels: Sequence[int] | int | None = None, dropout_rate: float | None = None,
-                 dtype: Any = jnp.float32, conv: str = "auto", name: str | None = None) -> nn.Module:
+def make_decoder(
+    decoder: str,
+    num_classes: int,
+    *,
+    encoder_name: str = "resnet18",
+    output_stride: int = 32,
+    decoder_channels: Sequence[int] | int | None = None,
+    dropout_rate: float | None = None,
+    dtype: Any = jnp.float32,
+    conv: str = "auto",
+    name: str | None = None,
+) -> nn.Module:
     """Builds decoder ``unet | deeplabv3plus | pspnet`` with sizes suited to ``encoder_name``."""
     small = encoder_name == "tiny"
     kw = {} if name is None else {"name": name}
@@ -252,14 +287,27 @@ def make_decoder(decoder: str, num_classes: int, *, encoder_name: str = "resnet1
         return UNet(num_classes, ch, dtype, conv, **kw)
     if decoder == "deeplabv3plus":
         ch = int(decoder_channels) if decoder_channels else (16 if small else 256)
-        return DeepLabV3Plus(num_classes, aspp_rates(output_stride), aspp_channels=ch,
-                             low_level_channels=8 if small else 48, decoder_channels=ch,
-                             dropout_rate=0.5 if dropout_rate is None else dropout_rate, dtype=dtype, conv=conv,
-                             **kw)
+        return DeepLabV3Plus(
+            num_classes,
+            aspp_rates(output_stride),
+            aspp_channels=ch,
+            low_level_channels=8 if small else 48,
+            decoder_channels=ch,
+            dropout_rate=0.5 if dropout_rate is None else dropout_rate,
+            dtype=dtype,
+            conv=conv,
+            **kw,
+        )
     if decoder == "pspnet":
         ch = int(decoder_channels) if decoder_channels else (16 if small else 512)
-        return PSPNet(num_classes, decoder_channels=ch, dropout_rate=0.1 if dropout_rate is None else dropout_rate,
-                      dtype=dtype, conv=conv, **kw)
+        return PSPNet(
+            num_classes,
+            decoder_channels=ch,
+            dropout_rate=0.1 if dropout_rate is None else dropout_rate,
+            dtype=dtype,
+            conv=conv,
+            **kw,
+        )
     raise ValueError(f"unknown decoder {decoder!r} (config key model.decoder); known: {', '.join(DECODERS)}")
 
 
@@ -295,17 +343,31 @@ class SegmentationModel(nn.Module):
 
     def setup(self):
         self.encoder = resnet_lib.create_encoder(
-            self.encoder_name, dtype=self.dtype, stem=self.stem,
-            replace_stride_with_dilation=resnet_lib.dilation_for_output_stride(self.output_stride), conv=self.conv)
-        self.head = make_decoder(self.decoder, self.num_classes, encoder_name=self.encoder_name,
-                                 output_stride=self.output_stride, decoder_channels=self.decoder_channels,
-                                 dropout_rate=self.dropout_rate, dtype=self.dtype, conv=self.conv, name="decoder")
+            self.encoder_name,
+            dtype=self.dtype,
+            stem=self.stem,
+            replace_stride_with_dilation=resnet_lib.dilation_for_output_stride(self.output_stride),
+            conv=self.conv,
+        )
+        self.head = make_decoder(
+            self.decoder,
+            self.num_classes,
+            encoder_name=self.encoder_name,
+            output_stride=self.output_stride,
+            decoder_channels=self.decoder_channels,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            conv=self.conv,
+            name="decoder",
+        )
 
     def encode(self, x, *, train: bool):
         """(stem, [c1..c4]) of the encoder, honouring ``freeze_encoder``."""
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects [B, H, W, {self.in_channels}] input "
-                             f"(model.in_channels), got shape {x.shape}")
+            raise ValueError(
+                f"{type(self).__name__} expects [B, H, W, {self.in_channels}] input "
+                f"(model.in_channels), got shape {x.shape}"
+            )
         enc_train = train and not self.freeze_encoder
         _, feats, stem = self.encoder(x, train=enc_train, return_features=True, return_stem=True)
         if self.freeze_encoder:
@@ -342,15 +404,18 @@ class SiameseCDUNet(nn.Module):
     def __call__(self, a, b, *, train: bool):
         for name, x in (("image A", a), ("image B", b)):
             if x.ndim != 4 or x.shape[-1] != self.in_channels:
-                raise ValueError(f"SiameseCDUNet expects {name} as [B, H, W, {self.in_channels}] "
-                                 f"(model.in_channels), got shape {x.shape}")
+                raise ValueError(
+                    f"SiameseCDUNet expects {name} as [B, H, W, {self.in_channels}] "
+                    f"(model.in_channels), got shape {x.shape}"
+                )
         if a.shape != b.shape:
             raise ValueError(f"SiameseCDUNet: image A {a.shape} and image B {b.shape} differ in shape")
         n = a.shape[0]
         enc_train = train and not self.freeze_encoder
         # One call on [A; B]: shared weights, and BatchNorm sees both dates at once.
-        _, feats, stem = self.encoder(jnp.concatenate([a, b], 0), train=enc_train,
-                                      return_features=True, return_stem=True)
+        _, feats, stem = self.encoder(
+            jnp.concatenate([a, b], 0), train=enc_train, return_features=True, return_stem=True
+        )
         diff = lambda f: jnp.abs(f[:n] - f[n:])  # noqa: E731
         feats, stem = [diff(f) for f in feats], diff(stem)
         if self.freeze_encoder:
@@ -365,24 +430,27 @@ def plug_encoder(variables: dict, encoder_params, encoder_batch_stats) -> dict:
     Checks that every leaf of the new encoder has the shape of the one it replaces and raises
     ValueError naming the first mismatching parameter (e.g. a different band count).
     """
+
     def check(new, old, what):
         flat_old = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(old)[0]}
         flat_new = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(new)[0]}
         if set(flat_old) != set(flat_new):
             missing = sorted(set(flat_old) - set(flat_new))[:3]
             extra = sorted(set(flat_new) - set(flat_old))[:3]
-            raise ValueError(f"pretrained encoder {what} do not match the model's: missing {missing}, "
-                             f"unexpected {extra}")
+            raise ValueError(
+                f"pretrained encoder {what} do not match the model's: missing {missing}, unexpected {extra}"
+            )
         for k, v in flat_old.items():
             if tuple(np.shape(flat_new[k])) != tuple(np.shape(v)):
-                raise ValueError(f"pretrained encoder {what}{k} has shape {tuple(np.shape(flat_new[k]))}, "
-                                 f"the model expects {tuple(np.shape(v))}")
+                raise ValueError(
+                    f"pretrained encoder {what}{k} has shape {tuple(np.shape(flat_new[k]))}, "
+                    f"the model expects {tuple(np.shape(v))}"
+                )
 
     check(encoder_params, variables["params"]["encoder"], "params")
     check(encoder_batch_stats, variables.get("batch_stats", {}).get("encoder", {}), "batch_stats")
     out = dict(variables)
     out["params"] = {**variables["params"], "encoder": jax.tree.map(jnp.asarray, encoder_params)}
     if "batch_stats" in variables:
-        out["batch_stats"] = {**variables["batch_stats"],
-                              "encoder": jax.tree.map(jnp.asarray, encoder_batch_stats)}
+        out["batch_stats"] = {**variables["batch_stats"], "encoder": jax.tree.map(jnp.asarray, encoder_batch_stats)}
     return out

@@ -124,14 +124,18 @@ class _ResBlock(nn.Module):
         h = conv(self.channels, 3, "conv1")(nn.silu(h))
         if self.adagn:
             mod = nn.Dense(2 * self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="emb_proj")(
-                nn.silu(temb))[:, None, None, :]
+                nn.silu(temb)
+            )[:, None, None, :]
             scale, shift = jnp.split(mod, 2, axis=-1)
             h = nn.GroupNorm(_groups(self.channels, self.num_groups), dtype=self.dtype, name="norm2")(h)
             h = h * (1 + scale) + shift
         else:
-            h = h + nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="time_proj")(temb)[
-                :, None, None, :
-            ]
+            h = (
+                h
+                + nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="time_proj")(temb)[
+                    :, None, None, :
+                ]
+            )
             h = nn.GroupNorm(_groups(self.channels, self.num_groups), dtype=self.dtype, name="norm2")(h)
         h = conv(self.channels, 3, "conv2")(nn.silu(h))
         if x.shape[-1] != self.channels:
@@ -181,8 +185,10 @@ class Denoiser(nn.Module):
         if self.conditioning == "film":
             cond = None
         if film and (vec is None or vec.ndim != 2 or vec.shape[0] != x_t.shape[0]):
-            raise ValueError(f"Denoiser.conditioning={self.conditioning!r} needs vec [B, D] with B = "
-                             f"{x_t.shape[0]}, got {None if vec is None else vec.shape}")
+            raise ValueError(
+                f"Denoiser.conditioning={self.conditioning!r} needs vec [B, D] with B = "
+                f"{x_t.shape[0]}, got {None if vec is None else vec.shape}"
+            )
         if x_t.ndim != 4:
             raise ValueError(f"Denoiser expects x_t as [B, H, W, C], got shape {x_t.shape}")
         if x_t.shape[-1] != self.out_channels:
@@ -203,7 +209,8 @@ class Denoiser(nn.Module):
         if film:
             # class-conditional DDPM style: the condition's embedding joins the time embedding
             c = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="vec_mlp_0")(
-                jnp.asarray(vec, self.dtype))
+                jnp.asarray(vec, self.dtype)
+            )
             c = nn.Dense(self.time_dim, dtype=self.dtype, param_dtype=jnp.float32, name="vec_mlp_1")(nn.silu(c))
             temb = temb + c
 
@@ -215,17 +222,22 @@ class Denoiser(nn.Module):
             ch_h = c.shape[1]
             dist = [abs(math.log2(ch_h / lh)) for lh, _ in level_hw]
             lvl = min(range(n_levels), key=lambda i: (dist[i], i))
-            p = conv_lib.Conv(chans[lvl], (1, 1), dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv,
-                              name=f"cond_proj_{k}")(
-                jnp.asarray(c, self.dtype)
-            )
+            p = conv_lib.Conv(
+                chans[lvl], (1, 1), dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv, name=f"cond_proj_{k}"
+            )(jnp.asarray(c, self.dtype))
             if p.shape[1:3] != level_hw[lvl]:
                 p = jax.image.resize(p, (b, *level_hw[lvl], p.shape[-1]), method="bilinear")
             cond_at_level[lvl] = p if cond_at_level[lvl] is None else cond_at_level[lvl] + p
 
         conv3 = lambda c, name, stride=1: conv_lib.Conv(  # noqa: E731
-            c, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-            dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv, name=name,
+            c,
+            (3, 3),
+            strides=(stride, stride),
+            padding=((1, 1), (1, 1)),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            impl=self.conv,
+            name=name,
         )
 
         x = conv3(chans[0], "conv_in")(jnp.asarray(x_t, self.dtype))

@@ -102,8 +102,9 @@ def feature_dim(name: str) -> int:
     return stage_channels(name)[-1]
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str, dilation: int = 1,
-          impl: str = "auto") -> conv_lib.Conv:
+def _conv(
+    features: int, kernel: int, stride: int, dtype: Any, name: str, dilation: int = 1, impl: str = "auto"
+) -> conv_lib.Conv:
     pad = dilation * (kernel // 2)
     return conv_lib.Conv(
         features,
@@ -240,8 +241,10 @@ class ResNet(nn.Module):
         if len(self.stage_sizes) != 4:
             raise ValueError(f"ResNet needs 4 stage sizes, got {tuple(self.stage_sizes)}")
         if len(tuple(self.replace_stride_with_dilation)) != 3:
-            raise ValueError("replace_stride_with_dilation needs 3 flags (layer2, layer3, layer4), got "
-                             f"{tuple(self.replace_stride_with_dilation)}")
+            raise ValueError(
+                "replace_stride_with_dilation needs 3 flags (layer2, layer3, layer4), got "
+                f"{tuple(self.replace_stride_with_dilation)}"
+            )
         _check_block(self.block)
         if self.stem not in _STEMS:
             raise ValueError(f"ResNet stem must be one of {_STEMS}, got {self.stem!r}")
@@ -322,8 +325,13 @@ def create_encoder(
 
 def encoder_from_config(model_cfg, dtype: Any = jnp.float32, **kwargs) -> ResNet:
     """The encoder a config's ``model`` block names: ``model.name``, ``model.stem``, ``model.conv``."""
-    return create_encoder(model_cfg.name, dtype=dtype, stem=model_cfg.get("stem", "standard"),
-                          conv=conv_lib.from_config(model_cfg), **kwargs)
+    return create_encoder(
+        model_cfg.name,
+        dtype=dtype,
+        stem=model_cfg.get("stem", "standard"),
+        conv=conv_lib.from_config(model_cfg),
+        **kwargs,
+    )
 
 
 def dilation_for_output_stride(output_stride: int) -> tuple[bool, bool, bool]:

@@ -48,15 +48,17 @@ class Task:
     def _finish_init(self, variables) -> tuple[PyTree, PyTree, PyTree]:
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         if self.pretrained is not None:
-            plugged = decoders.plug_encoder({"params": params, "batch_stats": batch_stats},
-                                            self.pretrained[0], self.pretrained[1])
+            plugged = decoders.plug_encoder(
+                {"params": params, "batch_stats": batch_stats}, self.pretrained[0], self.pretrained[1]
+            )
             params, batch_stats = plugged["params"], plugged["batch_stats"]
         return params, batch_stats, {}
 
     def encode(self, params, batch_stats, x):
         """Pooled eval-mode features of the task's encoder (float32 [B, F])."""
-        return self.encoder.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, x,
-                                  train=False).astype(jnp.float32)
+        return self.encoder.apply(
+            {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, x, train=False
+        ).astype(jnp.float32)
 
     def predict(self, params, batch_stats, batch):
         raise NotImplementedError
@@ -64,4 +66,3 @@ class Task:
     @staticmethod
     def _masked_accuracy(pred, labels, valid):
         return jnp.sum((pred == labels) & valid) / jnp.maximum(jnp.sum(valid), 1)
-

@@ -38,8 +38,15 @@ def positive_weight(change, power: float, ignore_index: int | None = None) -> tu
 class ChangeDetectionTask(Task):
     name = "change_detection"
 
-    def __init__(self, config, *, ignore_index: int | None = None, image_size: int | None = None, pretrained=None,
-                 train_change=None):
+    def __init__(
+        self,
+        config,
+        *,
+        ignore_index: int | None = None,
+        image_size: int | None = None,
+        pretrained=None,
+        train_change=None,
+    ):
         """``train_change``: the training change maps (int labels, ``ignore_index`` skipped) that
         ``loss.pos_weight_power`` > 0 derives ``pos_weight`` from (None: 1, e.g. while validating)."""
         super().__init__(config, pretrained=pretrained)
@@ -54,10 +61,15 @@ class ChangeDetectionTask(Task):
         self.image_size = int(image_size or config.data.crop_size or config.data.image_size)
         self.dice_weight, self.dice_reduction = dice_settings(config)
         self.freeze_encoder = freezes_encoder(config)
-        self.model = decoders.SiameseCDUNet(m.name, int(m.in_channels), stem=m.get("stem", "standard"),
-                                            decoder_channels=tuple(m.get("decoder_channels", ())) or None,
-                                            freeze_encoder=self.freeze_encoder, dtype=self.dtype,
-                                            conv=conv_lib.from_config(m))
+        self.model = decoders.SiameseCDUNet(
+            m.name,
+            int(m.in_channels),
+            stem=m.get("stem", "standard"),
+            decoder_channels=tuple(m.get("decoder_channels", ())) or None,
+            freeze_encoder=self.freeze_encoder,
+            dtype=self.dtype,
+            conv=conv_lib.from_config(m),
+        )
         self.encoder = resnet_lib.encoder_from_config(m, self.dtype)
 
     def sample_batch(self, batch_size: int = 2) -> dict:
@@ -70,15 +82,26 @@ class ChangeDetectionTask(Task):
 
     def loss(self, params, batch_stats, extra, batch, rngs, step):
         del extra, rngs, step
-        logits, upd = self.model.apply({"params": params, "batch_stats": batch_stats}, batch["a"], batch["b"],
-                                       train=True, mutable=["batch_stats"])
+        logits, upd = self.model.apply(
+            {"params": params, "batch_stats": batch_stats}, batch["a"], batch["b"], train=True, mutable=["batch_stats"]
+        )
         change = batch["change"].astype(jnp.int32)
-        loss = jnp.mean(losses.bce_dice(logits, change, ignore_index=self.ignore_index, dice_weight=self.dice_weight,
-                                        reduction=self.dice_reduction, pos_weight=self.pos_weight))
+        loss = jnp.mean(
+            losses.bce_dice(
+                logits,
+                change,
+                ignore_index=self.ignore_index,
+                dice_weight=self.dice_weight,
+                reduction=self.dice_reduction,
+                pos_weight=self.pos_weight,
+            )
+        )
         valid = change != self.ignore_index if self.ignore_index is not None else jnp.ones_like(change, bool)
         pred = (jax.lax.stop_gradient(logits) > 0).astype(jnp.int32)
-        return loss, {"batch_stats": upd["batch_stats"],
-                      "metrics": {"train_pixel_acc": self._masked_accuracy(pred, change, valid)}}
+        return loss, {
+            "batch_stats": upd["batch_stats"],
+            "metrics": {"train_pixel_acc": self._masked_accuracy(pred, change, valid)},
+        }
 
     def predict(self, params, batch_stats, batch):
         """Change map uint8 {0, 1} [B, H, W] (logit > 0)."""

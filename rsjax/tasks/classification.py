@@ -36,8 +36,16 @@ class EncoderClassifier(nn.Module):
 class ClassifierTask(Task):
     name = "classification"
 
-    def __init__(self, config, *, num_outputs: int, multilabel: bool = False, image_size: int | None = None,
-                 optimizer=None, pretrained=None):
+    def __init__(
+        self,
+        config,
+        *,
+        num_outputs: int,
+        multilabel: bool = False,
+        image_size: int | None = None,
+        optimizer=None,
+        pretrained=None,
+    ):
         super().__init__(config, pretrained=pretrained)
         m = config.model
         self.num_outputs, self.multilabel = int(num_outputs), bool(multilabel)
@@ -45,7 +53,9 @@ class ClassifierTask(Task):
         self.encoder = resnet_lib.encoder_from_config(m, self.dtype)
         block = optimizer if optimizer is not None else config.optimizer
 
-        self.model = EncoderClassifier(resnet_lib.encoder_from_config(m, self.dtype), self.num_outputs, optim.freezes_module(block, "encoder"))
+        self.model = EncoderClassifier(
+            resnet_lib.encoder_from_config(m, self.dtype), self.num_outputs, optim.freezes_module(block, "encoder")
+        )
 
     def sample_batch(self, batch_size: int = 2) -> dict:
         s, c = self.image_size, int(self.config.model.in_channels)
@@ -57,8 +67,9 @@ class ClassifierTask(Task):
 
     def loss(self, params, batch_stats, extra, batch, rngs, step):
         del extra, rngs, step
-        logits, upd = self.model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
-                                       mutable=["batch_stats"])
+        logits, upd = self.model.apply(
+            {"params": params, "batch_stats": batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
+        )
         if self.multilabel:
             loss = optax.sigmoid_binary_cross_entropy(logits, batch["label"].astype(jnp.float32)).mean()
             acc = jnp.mean((logits > 0) == (batch["label"] > 0))

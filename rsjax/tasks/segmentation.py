@@ -37,8 +37,16 @@ def output_stride(model_config, decoder: str | None = None) -> int:
 class SegmentationTask(Task):
     name = "segmentation"
 
-    def __init__(self, config, *, num_classes: int | None = None, ignore_index: int | None = -1,
-                 image_size: int | None = None, decoder: str | None = None, pretrained=None):
+    def __init__(
+        self,
+        config,
+        *,
+        num_classes: int | None = None,
+        ignore_index: int | None = -1,
+        image_size: int | None = None,
+        decoder: str | None = None,
+        pretrained=None,
+    ):
         super().__init__(config, pretrained=pretrained)
         m = config.model
         self.num_classes = int(num_classes or m.num_classes)
@@ -49,16 +57,25 @@ class SegmentationTask(Task):
         if self.num_classes < 2:
             raise ValueError(f"config.model.num_classes={self.num_classes}: need >= 2 classes")
         if self.decoder_name not in DEFAULT_OUTPUT_STRIDE:
-            raise ValueError(f"config.model.decoder={self.decoder_name!r}: expected one of "
-                             f"{sorted(DEFAULT_OUTPUT_STRIDE)}")
+            raise ValueError(
+                f"config.model.decoder={self.decoder_name!r}: expected one of {sorted(DEFAULT_OUTPUT_STRIDE)}"
+            )
         ch = m.get("decoder_channels", ())
         ch = tuple(ch) if isinstance(ch, (list, tuple)) else ch
         self.freeze_encoder = freezes_encoder(config)
         self.model = decoders.SegmentationModel(
-            m.name, self.decoder_name, self.num_classes, int(m.in_channels), stem=m.get("stem", "standard"),
-            output_stride=output_stride(m, self.decoder_name), decoder_channels=ch or None,
-            dropout_rate=m.get("dropout_rate", None), freeze_encoder=self.freeze_encoder, dtype=self.dtype,
-            conv=conv_lib.from_config(m))
+            m.name,
+            self.decoder_name,
+            self.num_classes,
+            int(m.in_channels),
+            stem=m.get("stem", "standard"),
+            output_stride=output_stride(m, self.decoder_name),
+            decoder_channels=ch or None,
+            dropout_rate=m.get("dropout_rate", None),
+            freeze_encoder=self.freeze_encoder,
+            dtype=self.dtype,
+            conv=conv_lib.from_config(m),
+        )
         self.encoder = resnet_lib.encoder_from_config(m, self.dtype)
 
     def sample_batch(self, batch_size: int = 2) -> dict:
@@ -80,12 +97,21 @@ class SegmentationTask(Task):
         del extra, step
         logits, upd = self.apply(params, batch_stats, batch["image"], train=True, rng=rngs["dropout"])
         labels = batch["mask"].astype(jnp.int32)
-        loss = jnp.mean(losses.ce_dice(logits, labels, ignore_index=self.ignore_index, dice_weight=self.dice_weight,
-                                       reduction=self.dice_reduction))
+        loss = jnp.mean(
+            losses.ce_dice(
+                logits,
+                labels,
+                ignore_index=self.ignore_index,
+                dice_weight=self.dice_weight,
+                reduction=self.dice_reduction,
+            )
+        )
         valid = labels != self.ignore_index if self.ignore_index is not None else jnp.ones_like(labels, bool)
         pred = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
-        return loss, {"batch_stats": upd["batch_stats"],
-                      "metrics": {"train_pixel_acc": self._masked_accuracy(pred, labels, valid)}}
+        return loss, {
+            "batch_stats": upd["batch_stats"],
+            "metrics": {"train_pixel_acc": self._masked_accuracy(pred, labels, valid)},
+        }
 
     def predict(self, params, batch_stats, batch):
         """Class ids int32 [B, H, W] of whole images (eval mode)."""

@@ -102,21 +102,23 @@ BEN19_FROM_43: dict[str, tuple[str, ...]] = {
     "Urban fabric": ("Continuous urban fabric", "Discontinuous urban fabric"),
     "Industrial or commercial units": ("Industrial or commercial units",),
     "Arable land": ("Non-irrigated arable land", "Permanently irrigated land", "Rice fields"),
-    "Permanent crops": ("Vineyards", "Fruit trees and berry plantations", "Olive groves",
-                        "Annual crops associated with permanent crops"),
+    "Permanent crops": (
+        "Vineyards",
+        "Fruit trees and berry plantations",
+        "Olive groves",
+        "Annual crops associated with permanent crops",
+    ),
     "Pastures": ("Pastures",),
     "Complex cultivation patterns": ("Complex cultivation patterns",),
     "Land principally occupied by agriculture, with significant areas of natural vegetation": (
-        "Land principally occupied by agriculture, with significant areas of natural "
-        "vegetation",),
+        "Land principally occupied by agriculture, with significant areas of natural vegetation",
+    ),
     "Agro-forestry areas": ("Agro-forestry areas",),
     "Broad-leaved forest": ("Broad-leaved forest",),
     "Coniferous forest": ("Coniferous forest",),
     "Mixed forest": ("Mixed forest",),
-    "Natural grassland and sparsely vegetated areas": ("Natural grassland",
-                                                       "Sparsely vegetated areas"),
-    "Moors, heathland and sclerophyllous vegetation": ("Moors and heathland",
-                                                       "Sclerophyllous vegetation"),
+    "Natural grassland and sparsely vegetated areas": ("Natural grassland", "Sparsely vegetated areas"),
+    "Moors, heathland and sclerophyllous vegetation": ("Moors and heathland", "Sclerophyllous vegetation"),
     "Transitional woodland, shrub": ("Transitional woodland/shrub",),
     "Beaches, dunes, sands": ("Beaches, dunes, sands",),
     "Inland wetlands": ("Inland marshes", "Peatbogs"),
@@ -191,12 +193,12 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for bigearthnet."""
 
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "1.1.0": "Georeferencing of the 10 m grid (B02): `crs`, `transform`."}
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Georeferencing of the 10 m grid (B02): `crs`, `transform`."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR where DIR holds the extracted BigEarthNet-S2 v1.0 patch folders "
         "<patch>/<patch>_B01.tif .. _B12.tif + <patch>_labels_metadata.json; optional "
-        "train.csv / val.csv / test.csv split files at its top.")
+        "train.csv / val.csv / test.csv split files at its top."
+    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         nb = _INFO.num_bands
@@ -208,25 +210,28 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             label_conversion_43_to_19={k: list(v) for k, v in BEN19_FROM_43.items()},
             native_gsd_m=[registry.S2_GSD_M[b] for b in _INFO.bands],
             resampling="bilinear, half-pixel centres (align_corners=False), no antialiasing, "
-                       "rounded to uint16; 20 m and 60 m bands upsampled to 120 x 120",
-            num_unlisted=0, num_excluded=0,
+            "rounded to uint16; 20 m and 60 m bands upsampled to 120 x 120",
+            num_unlisted=0,
+            num_excluded=0,
         )
         return self.dataset_info_from_configs(
             description=(
                 "BigEarthNet-S2 v1.0: Sentinel-2 L2A patches of 1.2 x 1.2 km, 12 bands "
                 "resampled to 120 x 120 px at 10 m (uint16 reflectance x 1e4), with CORINE "
-                "multi-labels in the 43-class and the 19-class nomenclature (multi-hot)."),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(SIZE, SIZE, nb), dtype=np.uint16,
-                                              encoding="bytes"),
-                "labels_43": tfds.features.Tensor(shape=(len(BEN43_CLASSES),), dtype=np.uint8),
-                "labels_19": tfds.features.Tensor(shape=(len(BEN19_CLASSES),), dtype=np.uint8),
-                "label": tfds.features.Tensor(shape=(len(BEN19_CLASSES),), dtype=np.uint8),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-                "patch": tfds.features.Text(),
-                "acquisition_date": tfds.features.Text(),
-                **_common.georef_features(),
-            }),
+                "multi-labels in the 43-class and the 19-class nomenclature (multi-hot)."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(SIZE, SIZE, nb), dtype=np.uint16, encoding="bytes"),
+                    "labels_43": tfds.features.Tensor(shape=(len(BEN43_CLASSES),), dtype=np.uint8),
+                    "labels_19": tfds.features.Tensor(shape=(len(BEN19_CLASSES),), dtype=np.uint8),
+                    "label": tfds.features.Tensor(shape=(len(BEN19_CLASSES),), dtype=np.uint8),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                    "patch": tfds.features.Text(),
+                    "acquisition_date": tfds.features.Text(),
+                    **_common.georef_features(),
+                }
+            ),
             supervised_keys=("image", "labels_19"),
             homepage="https://bigearth.net",
             citation="""@inproceedings{sumbul2019bigearthnet,
@@ -241,8 +246,8 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         patches = find_patches(root)
         if not patches:
             raise FileNotFoundError(
-                f"{root}: no BigEarthNet patch folders (<patch>/<patch>_B02.tif + "
-                f"<patch>_labels_metadata.json) found")
+                f"{root}: no BigEarthNet patch folders (<patch>/<patch>_B02.tif + <patch>_labels_metadata.json) found"
+            )
         excluded = set()
         for name in _EXCLUDE_FILES:
             p = _find_list(root, name)
@@ -265,8 +270,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             self.info.metadata["num_unlisted"] = len(set(by_name) - listed)
         else:
             splits["train"] = [by_name[n] for n in sorted(by_name)]
-        return {s: self._generate_examples(root, s, items, scene_of)
-                for s, items in splits.items() if items}
+        return {s: self._generate_examples(root, s, items, scene_of) for s, items in splits.items() if items}
 
     def _generate_examples(self, root, split, patches, scene_of):
         def one(pdir: pathlib.Path):
@@ -277,8 +281,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 arr = _common.read_tif(path)
                 side = _NATIVE_SIDE[registry.S2_GSD_M[b]]
                 if arr.shape != (side, side):
-                    raise _common.BadFileError(
-                        path, f"band {b} should be {side} x {side} px, got shape {arr.shape}")
+                    raise _common.BadFileError(path, f"band {b} should be {side} x {side} px, got shape {arr.shape}")
                 arr = _common.as_uint16(arr, path)
                 bands.append(_common.resize_bilinear(arr, SIZE, SIZE))
             meta_path = pdir / f"{name}_labels_metadata.json"
@@ -290,14 +293,19 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             except (ValueError, KeyError, TypeError) as e:
                 raise _common.BadFileError(meta_path, f"not a BigEarthNet label file ({e})")
             m43, m19 = labels_to_multi_hot(names, meta_path)
-            yield name, {
-                "image": np.stack(bands, axis=-1),
-                "labels_43": m43, "labels_19": m19, "label": m19,
-                "scene_id": np.int32(scene_of[_PATCH_SUFFIX.sub("", name)]),
-                "patch": name,
-                "acquisition_date": str(meta.get("acquisition_date", "")),
-                **_common.read_georef(pdir / f"{name}_B02.tif").features(),  # the 10 m grid
-            }
+            yield (
+                name,
+                {
+                    "image": np.stack(bands, axis=-1),
+                    "labels_43": m43,
+                    "labels_19": m19,
+                    "label": m19,
+                    "scene_id": np.int32(scene_of[_PATCH_SUFFIX.sub("", name)]),
+                    "patch": name,
+                    "acquisition_date": str(meta.get("acquisition_date", "")),
+                    **_common.read_georef(pdir / f"{name}_B02.tif").features(),  # the 10 m grid
+                },
+            )
 
         yield from _common.iter_with_skip(self, patches, one, root)
         self._report_skipped(split)

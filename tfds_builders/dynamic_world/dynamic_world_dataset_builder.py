@@ -54,13 +54,11 @@ def read_label(path: pathlib.Path, encoding: str) -> np.ndarray:
     if lab.ndim == 3 and 1 in (lab.shape[0], lab.shape[-1]):
         lab = lab.reshape(lab.shape[1:] if lab.shape[0] == 1 else lab.shape[:2])
     if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
-        raise _common.BadFileError(path, f"expected a single-band integer label, got "
-                                   f"{lab.dtype} {lab.shape}")
+        raise _common.BadFileError(path, f"expected a single-band integer label, got {lab.dtype} {lab.shape}")
     if encoding == "product":
         return np.where((lab >= 0) & (lab < _K), lab + 1, 0).astype(np.uint8)
     if lab.size and (lab.min() < 0 or lab.max() > _K):
-        raise _common.BadFileError(path, f"label values must be 0..{_K} (0 = no label), found "
-                                   f"{lab.min()}..{lab.max()}")
+        raise _common.BadFileError(path, f"label values must be 0..{_K} (0 = no label), found {lab.min()}..{lab.max()}")
     return lab.astype(np.uint8)
 
 
@@ -68,43 +66,57 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for dynamic_world."""
 
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "1.1.0": "Georeferencing of each crop (image GeoTIFF): `crs`, `transform`."}
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Georeferencing of each crop (image GeoTIFF): `crs`, `transform`.",
+    }
     BUILDER_CONFIGS = [
-        DynamicWorldConfig(name="default", description="Annotation labels: 0 = no label, "
-                           "1..9 classes; 256 px crops.", label_encoding="annotation"),
-        DynamicWorldConfig(name="product", description="Dynamic World product labels 0..8 "
-                           "(other values = no label); 256 px crops.", label_encoding="product"),
+        DynamicWorldConfig(
+            name="default",
+            description="Annotation labels: 0 = no label, 1..9 classes; 256 px crops.",
+            label_encoding="annotation",
+        ),
+        DynamicWorldConfig(
+            name="product",
+            description="Dynamic World product labels 0..8 (other values = no label); 256 px crops.",
+            label_encoding="product",
+        ),
     ]
     DEFAULT_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR holding <id>_s2.tif (13 bands) + <id>_label.tif pairs, "
-        "optionally in train/ val/ test/ folders.")
+        "optionally in train/ val/ test/ folders."
+    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         s, nb = cfg.crop_size, _INFO.num_bands
         metadata = tfds.core.MetadataDict(
-            **_INFO.as_metadata(), **_common.skip_metadata(), crop_size=s, ignore_value=0,
+            **_INFO.as_metadata(),
+            **_common.skip_metadata(),
+            crop_size=s,
+            ignore_value=0,
             label_encoding=cfg.label_encoding,
-            mask_values={"0": "ignore", **{str(i + 1): n for i, n in
-                                           enumerate(_INFO.class_names)}})
+            mask_values={"0": "ignore", **{str(i + 1): n for i, n in enumerate(_INFO.class_names)}},
+        )
         metadata["image_size"] = s
         return self.dataset_info_from_configs(
             description=(
                 "Sentinel-2 L1C patches (13 bands, uint16 reflectance x 1e4) with 9-class "
                 "Dynamic World land-cover labels (mask 0 = no label), cut into fixed-size "
-                "crops sharing their patch as scene_id; for noisy-label pretraining."),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16,
-                                              encoding="bytes"),
-                "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-                "filename": tfds.features.Text(),
-                "crop_y": tfds.features.Scalar(dtype=np.int32),
-                "crop_x": tfds.features.Scalar(dtype=np.int32),
-                **_common.georef_features(),
-            }),
+                "crops sharing their patch as scene_id; for noisy-label pretraining."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16, encoding="bytes"),
+                    "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                    "filename": tfds.features.Text(),
+                    "crop_y": tfds.features.Scalar(dtype=np.int32),
+                    "crop_x": tfds.features.Scalar(dtype=np.int32),
+                    **_common.georef_features(),
+                }
+            ),
             supervised_keys=("image", "mask"),
             homepage="https://dynamicworld.app",
             citation="""@article{brown2022dynamic,
@@ -122,7 +134,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             split = "train"
             for part in rel.parts[:-1]:
                 split = _common.split_name(part) or split
-            label = img.with_name(img.name[:-len("_s2.tif")] + "_label.tif")
+            label = img.with_name(img.name[: -len("_s2.tif")] + "_label.tif")
             pairs.append((split, img, label, str(rel)))
         if not pairs:
             raise FileNotFoundError(f"{root}: no <id>_s2.tif files")
@@ -139,23 +151,26 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
 
         def one(item):
             img_path, lab_path, rel, sid = item
-            img = _common.as_uint16(
-                _common.to_hwc(_common.read_tif(img_path), _INFO.num_bands, img_path), img_path)
+            img = _common.as_uint16(_common.to_hwc(_common.read_tif(img_path), _INFO.num_bands, img_path), img_path)
             if not lab_path.is_file():
                 raise _common.BadFileError(lab_path, "label file is missing")
             mask = read_label(lab_path, cfg.label_encoding)
             if mask.shape != img.shape[:2]:
-                raise _common.BadFileError(
-                    lab_path, f"wrong-size mask: {mask.shape} but the image is {img.shape[:2]}")
+                raise _common.BadFileError(lab_path, f"wrong-size mask: {mask.shape} but the image is {img.shape[:2]}")
             geo = _common.read_georef(img_path)
             for y, x in _common.crop_grid(img.shape[0], img.shape[1], crop):
-                yield f"{split}/{rel}/{y}_{x}", {
-                    **geo.window(y, x).features(),
-                    "image": _common.take_crop(img, y, x, crop),
-                    "mask": _common.take_crop(mask, y, x, crop),
-                    "scene_id": np.int32(sid), "filename": rel,
-                    "crop_y": np.int32(y), "crop_x": np.int32(x),
-                }
+                yield (
+                    f"{split}/{rel}/{y}_{x}",
+                    {
+                        **geo.window(y, x).features(),
+                        "image": _common.take_crop(img, y, x, crop),
+                        "mask": _common.take_crop(mask, y, x, crop),
+                        "scene_id": np.int32(sid),
+                        "filename": rel,
+                        "crop_y": np.int32(y),
+                        "crop_x": np.int32(x),
+                    },
+                )
 
         yield from _common.iter_with_skip(self, items, one, root)
         self._report_skipped(split)

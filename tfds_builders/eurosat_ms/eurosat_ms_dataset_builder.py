@@ -31,19 +31,22 @@ class Builder(_eurosat.EuroSATBuilderBase):
         "x 1e4) in 10 land-use / land-cover classes, read from the original class folders. "
         "Stratified 80/20 train/test split with a fixed seed (optional validation config). "
         "Normalize as (image / 10000 - mean) / std with the per-band statistics in the "
-        "metadata.")
+        "metadata."
+    )
 
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "1.1.0": "Georeferencing of each patch: `crs`, `transform`."}
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Georeferencing of each patch: `crs`, `transform`."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         base = super()._info()
         return self.dataset_info_from_configs(
             description=base.description,
             features=tfds.features.FeaturesDict({**base.features, **_common.georef_features()}),
-            supervised_keys=base.supervised_keys, homepage=base.homepage, citation=base.citation,
-            metadata=base.metadata)
+            supervised_keys=base.supervised_keys,
+            homepage=base.homepage,
+            citation=base.citation,
+            metadata=base.metadata,
+        )
 
     def _generate_examples(self, root, split, items):
         for key, example in super()._generate_examples(root, split, items):

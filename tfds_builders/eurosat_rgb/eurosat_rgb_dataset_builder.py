@@ -36,7 +36,8 @@ class Builder(_eurosat.EuroSATBuilderBase):
         "EuroSAT RGB: 27,000 Sentinel-2 patches (64 x 64 px, 10 m, 8-bit RGB JPEG) in 10 "
         "land-use / land-cover classes, read from the original class folders. Stratified "
         "80/20 train/test split with a fixed seed (optional validation config). Normalize as "
-        "(image / 255 - mean) / std with the per-band statistics in the metadata.")
+        "(image / 255 - mean) / std with the per-band statistics in the metadata."
+    )
 
     def _load(self, path):
         return _common.to_hwc(_common.read_pil(path), 3, path).astype(np.uint8, copy=False)

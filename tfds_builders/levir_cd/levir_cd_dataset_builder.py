@@ -74,8 +74,7 @@ def read_change_label(path) -> np.ndarray:
         return lab.astype(np.uint8)
     vals = np.unique(lab)
     if not (set(vals.tolist()) <= {0, 255} or set(vals.tolist()) <= {0, 1}):
-        raise _common.BadFileError(
-            path, f"label values must be {{0, 255}} or {{0, 1}}, found {vals[:10].tolist()}")
+        raise _common.BadFileError(path, f"label values must be {{0, 255}} or {{0, 1}}, found {vals[:10].tolist()}")
     return (lab > 0).astype(np.uint8)
 
 
@@ -96,6 +95,7 @@ def _partner(folder: pathlib.Path, name: str) -> pathlib.Path:
 
 def _find_sets(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
     """(split or '', folder holding A/, B/, label/) pairs."""
+
     def is_set(d):
         return (d / "A").is_dir() and (d / "B").is_dir() and (d / "label").is_dir()
 
@@ -108,8 +108,7 @@ def _find_sets(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
         return sets
     d = _common.find_dir(root, is_set, max_depth=3)
     if d is None:
-        raise FileNotFoundError(
-            f"{root}: expected LEVIR-CD folders A/, B/, label/ (or train|val|test/A|B|label)")
+        raise FileNotFoundError(f"{root}: expected LEVIR-CD folders A/, B/, label/ (or train|val|test/A|B|label)")
     return [("", d)]
 
 
@@ -118,34 +117,34 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [LevirCDConfig(name="default", description="256 x 256 crops.",
-                                     crop_size=256)]
+    BUILDER_CONFIGS = [LevirCDConfig(name="default", description="256 x 256 crops.", crop_size=256)]
     DEFAULT_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR with LEVIR-CD image files in A/, B/, label/ (optionally under "
-        "train/, val/, test/) and an optional list/{train,val,test}.txt.")
+        "train/, val/, test/) and an optional list/{train,val,test}.txt."
+    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.crop_size
-        metadata = tfds.core.MetadataDict(**_INFO.as_metadata(), **_common.skip_metadata(),
-                                          crop_size=s)
+        metadata = tfds.core.MetadataDict(**_INFO.as_metadata(), **_common.skip_metadata(), crop_size=s)
         metadata["image_size"] = s
         return self.dataset_info_from_configs(
             description=(
                 "LEVIR-CD: bi-temporal 0.5 m Google Earth RGB images with building-change "
-                "masks, cut into fixed-size crops that keep their source tile as scene_id."),
-            features=tfds.features.FeaturesDict({
-                "image_a": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8,
-                                                encoding="bytes"),
-                "image_b": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8,
-                                                encoding="bytes"),
-                "change": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-                "tile": tfds.features.Text(),
-                "filename": tfds.features.Text(),
-                "crop_y": tfds.features.Scalar(dtype=np.int32),
-                "crop_x": tfds.features.Scalar(dtype=np.int32),
-            }),
+                "masks, cut into fixed-size crops that keep their source tile as scene_id."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image_a": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8, encoding="bytes"),
+                    "image_b": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8, encoding="bytes"),
+                    "change": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                    "tile": tfds.features.Text(),
+                    "filename": tfds.features.Text(),
+                    "crop_y": tfds.features.Scalar(dtype=np.int32),
+                    "crop_x": tfds.features.Scalar(dtype=np.int32),
+                }
+            ),
             homepage="https://justchenhao.github.io/LEVIR/",
             citation="""@article{chen2020levircd,
   title={A Spatial-Temporal Attention-Based Method and a New Dataset for Remote Sensing Image
@@ -161,8 +160,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         unsplit = []  # files with no split information: split by tile below
         for set_split, d in _find_sets(root):
             lists = {}
-            for s, fname in (("train", "train.txt"), ("validation", "val.txt"),
-                             ("test", "test.txt")):
+            for s, fname in (("train", "train.txt"), ("validation", "val.txt"), ("test", "test.txt")):
                 p = d / "list" / fname
                 if p.is_file():
                     for line in p.read_text().split():
@@ -170,9 +168,12 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             for a in _common.list_files(d / "A"):
                 stem = a.stem
                 m_pre = _SPLIT_PREFIX.match(stem)
-                split = (set_split or lists.get(stem)
-                         or (_common.split_name(m_pre.group(1)) if m_pre else None)
-                         or ("train" if lists else None))  # split lists given: unlisted = train
+                split = (
+                    set_split
+                    or lists.get(stem)
+                    or (_common.split_name(m_pre.group(1)) if m_pre else None)
+                    or ("train" if lists else None)
+                )  # split lists given: unlisted = train
                 m = _CROP_NAME.match(stem)
                 if m:
                     tile, oy, ox = m.group("tile"), int(m.group("y")), int(m.group("x"))
@@ -184,15 +185,18 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                     items[split].append((d, a.name, f"{split}/{tile}", tile, oy, ox))
         if unsplit:
             cfg = self.builder_config
-            assign = folders.fraction_split([t for _, _, t, _, _ in unsplit], test_fraction=cfg.test_fraction,
-                                            seed=cfg.split_seed)
+            assign = folders.fraction_split(
+                [t for _, _, t, _, _ in unsplit], test_fraction=cfg.test_fraction, seed=cfg.split_seed
+            )
             for d, name, tile, oy, ox in unsplit:
                 items[assign[tile]].append((d, name, f"{assign[tile]}/{tile}", tile, oy, ox))
             n_test = sum(v == "test" for v in assign.values())
-            rule = (f"{len(unsplit)} file(s) of {len(assign)} tile(s) carry no split (no train/val/test folder, "
-                    f"list/ file or name prefix): split by tile, seeded fraction (test_fraction="
-                    f"{cfg.test_fraction}, split_seed={cfg.split_seed}, rsjax.data.folders.fraction_split): "
-                    f"{len(assign) - n_test} train / {n_test} test tiles")
+            rule = (
+                f"{len(unsplit)} file(s) of {len(assign)} tile(s) carry no split (no train/val/test folder, "
+                f"list/ file or name prefix): split by tile, seeded fraction (test_fraction="
+                f"{cfg.test_fraction}, split_seed={cfg.split_seed}, rsjax.data.folders.fraction_split): "
+                f"{len(assign) - n_test} train / {n_test} test tiles"
+            )
             _common.log.warning("%s: %s", self.name, rule)
             if self.info.metadata is not None:
                 self.info.metadata["split_rule"] = rule
@@ -200,8 +204,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         scene_of = {t: i for i, t in enumerate(tiles)}
         if not tiles:
             raise FileNotFoundError(f"{root}: no image files ({', '.join(_common.IMAGE_EXTENSIONS)}) in A/")
-        return {s: self._generate_examples(root, s, its, scene_of)
-                for s, its in items.items() if its}
+        return {s: self._generate_examples(root, s, its, scene_of) for s, its in items.items() if its}
 
     def _generate_examples(self, root, split, items, scene_of):
         crop = self.builder_config.crop_size
@@ -216,17 +219,22 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             lab = read_change_label(pl)
             if lab.shape != a.shape[:2]:
                 raise _common.BadFileError(
-                    pl, f"wrong-size mask: label is {lab.shape} but the images are "
-                    f"{a.shape[:2]}")
+                    pl, f"wrong-size mask: label is {lab.shape} but the images are {a.shape[:2]}"
+                )
             for y, x in _common.crop_grid(a.shape[0], a.shape[1], crop):
-                yield f"{key}/{name}/{y}_{x}", {
-                    "image_a": _common.take_crop(a, y, x, crop),
-                    "image_b": _common.take_crop(b, y, x, crop),
-                    "change": _common.take_crop(lab, y, x, crop),
-                    "scene_id": np.int32(scene_of[key]),
-                    "tile": tile, "filename": name,
-                    "crop_y": np.int32(oy + y), "crop_x": np.int32(ox + x),
-                }
+                yield (
+                    f"{key}/{name}/{y}_{x}",
+                    {
+                        "image_a": _common.take_crop(a, y, x, crop),
+                        "image_b": _common.take_crop(b, y, x, crop),
+                        "change": _common.take_crop(lab, y, x, crop),
+                        "scene_id": np.int32(scene_of[key]),
+                        "tile": tile,
+                        "filename": name,
+                        "crop_y": np.int32(oy + y),
+                        "crop_x": np.int32(ox + x),
+                    },
+                )
 
         yield from _common.iter_with_skip(self, items, one, root)
         self._report_skipped(split)

@@ -92,6 +92,7 @@ class OSCDConfig(tfds.core.BuilderConfig):
 
 # ------------------------------------------------------------------------------- bands
 
+
 def _one_band(path: pathlib.Path) -> np.ndarray:
     arr = _common.read_tif(path)
     if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
@@ -110,8 +111,9 @@ def band_files(folder: pathlib.Path, bands: Sequence[str]) -> dict[str, pathlib.
     files = _common.s2_band_files(folder)
     missing = [b for b in bands if b not in files]
     if missing:
-        raise _common.BadFileError(folder / f"{missing[0]}.tif",
-                                   f"band file missing (no {', '.join(missing)} in {folder})")
+        raise _common.BadFileError(
+            folder / f"{missing[0]}.tif", f"band file missing (no {', '.join(missing)} in {folder})"
+        )
     return {b: files[b] for b in bands}
 
 
@@ -121,8 +123,7 @@ def grid_file(files: dict[str, pathlib.Path]) -> pathlib.Path:
     return files.get("B02", next(iter(files.values())))
 
 
-def read_bands(files: dict[str, pathlib.Path],
-               size: tuple[int, int] | None = None) -> np.ndarray:
+def read_bands(files: dict[str, pathlib.Path], size: tuple[int, int] | None = None) -> np.ndarray:
     """The bands of :func:`band_files` as ``[h, w, len(files)]`` uint16 on the grid of
     :func:`grid_file`, or resampled onto ``size = (h, w)`` (bilinear; every band resampled
     once, straight from its own size).
@@ -137,8 +138,7 @@ def read_bands(files: dict[str, pathlib.Path],
     return out
 
 
-def check_same_ground(date1: pathlib.Path, size1: tuple[int, int], date2: pathlib.Path,
-                      size2: tuple[int, int]) -> None:
+def check_same_ground(date1: pathlib.Path, size1: tuple[int, int], date2: pathlib.Path, size2: tuple[int, int]) -> None:
     """Refuses a date-2 grid file that does not cover date 1's ground, so cannot be resampled
     onto date 1's grid (sizes ``(h, w)``): footprints more than ``MAX_FOOTPRINT_OFFSET_PX``
     apart when both files are georeferenced in one CRS, else sizes more than
@@ -147,24 +147,28 @@ def check_same_ground(date1: pathlib.Path, size1: tuple[int, int], date2: pathli
     Raises:
       BadFileError: naming ``date2``.
     """
-    offset = _common.footprint_offset_px(_common.read_georef(date1), size1,
-                                         _common.read_georef(date2), size2)
+    offset = _common.footprint_offset_px(_common.read_georef(date1), size1, _common.read_georef(date2), size2)
     if offset is not None:
         if offset > MAX_FOOTPRINT_OFFSET_PX:
             raise _common.BadFileError(
-                date2, f"date 2 ({size2[0]} x {size2[1]} px) lies {offset:.1f} date-1 pixels off "
+                date2,
+                f"date 2 ({size2[0]} x {size2[1]} px) lies {offset:.1f} date-1 pixels off "
                 f"the ground of date 1 ({date1.name}, {size1[0]} x {size1[1]} px): not a pair "
-                "of one city; check the imgs_1 / imgs_2 folders")
+                "of one city; check the imgs_1 / imgs_2 folders",
+            )
         return
     worst = max(abs(a - b) / a for a, b in zip(size1, size2))
     if worst > MAX_UNREFERENCED_MISMATCH:
         raise _common.BadFileError(
-            date2, f"date 2 is {size2[0]} x {size2[1]} px, date 1 ({date1.name}) "
+            date2,
+            f"date 2 is {size2[0]} x {size2[1]} px, date 1 ({date1.name}) "
             f"{size1[0]} x {size1[1]} px: over {MAX_UNREFERENCED_MISMATCH:.0%} apart and no "
-            "common georeference shows they cover the same ground; check the pairing")
+            "common georeference shows they cover the same ground; check the pairing",
+        )
 
 
 # ------------------------------------------------------------------------------ labels
+
 
 def label_file(cm_dir: pathlib.Path, city: str) -> pathlib.Path | None:
     """The change map in ``cm_dir``: ``<city>-cm.tif``, else the first ``*cm*.tif``, else
@@ -192,11 +196,11 @@ def read_change_map(path: pathlib.Path) -> np.ndarray:
         return (a == 2).astype(np.uint8)
     if vals <= {0, 1}:
         return a.astype(np.uint8)
-    raise _common.BadFileError(path, f"change map values must be {{1, 2}} or {{0, 1}}, "
-                               f"found {sorted(vals)[:10]}")
+    raise _common.BadFileError(path, f"change map values must be {{1, 2}} or {{0, 1}}, found {sorted(vals)[:10]}")
 
 
 # ----------------------------------------------------------------------------- pairing
+
 
 def image_dirs(city: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path] | None:
     """``(date-1 folder, date-2 folder)`` of a city folder (``_rect`` preferred), or None."""
@@ -209,18 +213,19 @@ def image_dirs(city: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path] | None:
 @dataclasses.dataclass(frozen=True)
 class City:
     name: str
-    folder: pathlib.Path           # holds imgs_1[_rect]/, imgs_2[_rect]/
+    folder: pathlib.Path  # holds imgs_1[_rect]/, imgs_2[_rect]/
     split: str
-    label: pathlib.Path | None     # the change map; None when none was found
+    label: pathlib.Path | None  # the change map; None when none was found
 
 
 @dataclasses.dataclass(frozen=True)
 class Pairing:
     """What :func:`pair_cities` found below ``--manual_dir``."""
-    cities: list[City]                  # every city folder, sorted by name
-    absent: dict[str, list[str]]        # split -> cities its list names without a folder
-    orphan_labels: list[pathlib.Path]   # change maps of cities without a folder
-    label_roots: list[pathlib.Path]     # folders holding <city>/cm/ apart from the images
+
+    cities: list[City]  # every city folder, sorted by name
+    absent: dict[str, list[str]]  # split -> cities its list names without a folder
+    orphan_labels: list[pathlib.Path]  # change maps of cities without a folder
+    label_roots: list[pathlib.Path]  # folders holding <city>/cm/ apart from the images
 
 
 def _read_city_list(path: pathlib.Path) -> list[str]:
@@ -241,8 +246,7 @@ def split_lists(bases: Sequence[pathlib.Path]) -> dict[str, tuple[str, pathlib.P
                 continue
             for c in _read_city_list(path):
                 if out.get(c, (split,))[0] != split:
-                    raise _common.BadFileError(path, f"city {c!r} is also listed in "
-                                               f"{out[c][1]}: one split per city")
+                    raise _common.BadFileError(path, f"city {c!r} is also listed in {out[c][1]}: one split per city")
                 out[c] = (split, path)
     return out
 
@@ -261,12 +265,15 @@ def pair_cities(root: pathlib.Path) -> Pairing:
     for d in dirs:
         if image_dirs(d) is not None:
             if d.name in folders:
-                raise _common.BadFileError(d, f"a second image folder of city {d.name!r} "
-                                           f"(the first: {folders[d.name]}); keep one")
+                raise _common.BadFileError(
+                    d, f"a second image folder of city {d.name!r} (the first: {folders[d.name]}); keep one"
+                )
             folders[d.name] = d
     if not folders:
-        raise FileNotFoundError(f"{root}: no OSCD city folders (<city>/imgs_1[_rect]/); pass the "
-                                "folder the OSCD images archive was unpacked into")
+        raise FileNotFoundError(
+            f"{root}: no OSCD city folders (<city>/imgs_1[_rect]/); pass the "
+            "folder the OSCD images archive was unpacked into"
+        )
     outside: dict[str, list[pathlib.Path]] = {}
     for cm in (d for d in dirs if d.name == "cm"):
         city = cm.parent.name
@@ -279,12 +286,11 @@ def pair_cities(root: pathlib.Path) -> Pairing:
         label = label_file(folders[name] / "cm", name)
         found = outside.get(name, [])
         if label is None and len(found) > 1:
-            raise _common.BadFileError(found[1], f"a second change map of city {name!r} (the "
-                                       f"first: {found[0]}); keep one")
-        cities.append(City(name, folders[name], lists.get(name, ("train",))[0],
-                           label or (found[0] if found else None)))
-    absent = {s: sorted(c for c, (split, _) in lists.items() if split == s and c not in folders)
-              for s in SPLITS}
+            raise _common.BadFileError(
+                found[1], f"a second change map of city {name!r} (the first: {found[0]}); keep one"
+            )
+        cities.append(City(name, folders[name], lists.get(name, ("train",))[0], label or (found[0] if found else None)))
+    absent = {s: sorted(c for c, (split, _) in lists.items() if split == s and c not in folders) for s in SPLITS}
     orphans = [p for c, ps in sorted(outside.items()) if c not in folders for p in ps]
     roots = sorted({p.parent.parent.parent for ps in outside.values() for p in ps})
     return Pairing(cities, absent, orphans, roots)
@@ -298,6 +304,7 @@ def labelled_splits(cities: Sequence[City]) -> set[str]:
 
 # ----------------------------------------------------------------------------- builder
 
+
 class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for oscd."""
 
@@ -306,43 +313,49 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         "1.0.0": "Initial release.",
         "1.1.0": "Georeferencing of each crop (date-1 10 m grid): `crs`, `transform`.",
         "1.2.0": "Reads the images and labels archives as they unpack (labels paired by city); "
-                 "a date-2 grid of another size (hongkong, saclay_e) is resampled onto date 1's; "
-                 "`<city>-cm.tif` preferred over `cm.png`; metadata `cities`, `absent_cities`, "
-                 "`unlabelled_cities`.",
+        "a date-2 grid of another size (hongkong, saclay_e) is resampled onto date 1's; "
+        "`<city>-cm.tif` preferred over `cm.png`; metadata `cities`, `absent_cities`, "
+        "`unlabelled_cities`.",
     }
-    BUILDER_CONFIGS = [OSCDConfig(name="default", description="128 x 128 crops.",
-                                  crop_size=128)]
+    BUILDER_CONFIGS = [OSCDConfig(name="default", description="128 x 128 crops.", crop_size=128)]
     DEFAULT_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Unpack the OSCD images archive and the train labels archive (and the test labels "
         "archive, if you have it) into one folder and pass it as --manual_dir; city folders "
-        "holding their own cm/ also work.")
+        "holding their own cm/ also work."
+    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         s, nb = self.builder_config.crop_size, _INFO.num_bands
         metadata = tfds.core.MetadataDict(
-            **_INFO.as_metadata(), **_common.skip_metadata(), crop_size=s,
+            **_INFO.as_metadata(),
+            **_common.skip_metadata(),
+            crop_size=s,
             resampling="bands smaller than B02, and a date-2 grid of another size than date "
-                       "1's, resampled bilinearly (half-pixel centres) onto date 1's B02 grid",
-            cities={}, absent_cities={}, unlabelled_cities=[])
+            "1's, resampled bilinearly (half-pixel centres) onto date 1's B02 grid",
+            cities={},
+            absent_cities={},
+            unlabelled_cities=[],
+        )
         metadata["image_size"] = s
         return self.dataset_info_from_configs(
             description=(
                 "OSCD: bi-temporal Sentinel-2 L1C image pairs (13 bands, 10 m grid) of 24 "
                 "cities with urban change maps, cut into fixed-size crops sharing the city "
-                "as scene_id."),
-            features=tfds.features.FeaturesDict({
-                "image_a": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16,
-                                                encoding="bytes"),
-                "image_b": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16,
-                                                encoding="bytes"),
-                "change": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-                "city": tfds.features.Text(),
-                "crop_y": tfds.features.Scalar(dtype=np.int32),
-                "crop_x": tfds.features.Scalar(dtype=np.int32),
-                **_common.georef_features(),
-            }),
+                "as scene_id."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image_a": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16, encoding="bytes"),
+                    "image_b": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16, encoding="bytes"),
+                    "change": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                    "city": tfds.features.Text(),
+                    "crop_y": tfds.features.Scalar(dtype=np.int32),
+                    "crop_x": tfds.features.Scalar(dtype=np.int32),
+                    **_common.georef_features(),
+                }
+            ),
             homepage="https://rcdaudt.github.io/oscd/",
             citation="""@inproceedings{daudt2018oscd,
   title={Urban Change Detection for Multispectral Earth Observation Using Convolutional Neural
@@ -357,16 +370,23 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         found = pair_cities(root)
         md = self.info.metadata
         for path in found.orphan_labels:
-            self._bad_file(_common.BadFileError(
-                path, f"change map of city {path.parent.parent.name!r}, which has no image "
-                "folder (<city>/imgs_1/) below --manual_dir; unpack its images or remove it"),
-                root)
+            self._bad_file(
+                _common.BadFileError(
+                    path,
+                    f"change map of city {path.parent.parent.name!r}, which has no image "
+                    "folder (<city>/imgs_1/) below --manual_dir; unpack its images or remove it",
+                ),
+                root,
+            )
         absent = {s: names for s, names in found.absent.items() if names}
         if absent:
             md["absent_cities"] = absent
-            _common.log.warning("%s: cities listed but not found below %s, left out: %s",
-                                self.name, root, "; ".join(f"{s}: {', '.join(n)}"
-                                                           for s, n in absent.items()))
+            _common.log.warning(
+                "%s: cities listed but not found below %s, left out: %s",
+                self.name,
+                root,
+                "; ".join(f"{s}: {', '.join(n)}" for s, n in absent.items()),
+            )
         labelled = labelled_splits(found.cities)
         unlabelled = [c.name for c in found.cities if c.split not in labelled]
         if unlabelled:
@@ -374,15 +394,20 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             _common.log.warning(
                 "%s: no change map for any %s city, left out (no such split is written; "
                 "unpack the OSCD test labels archive beside the others to build it): %s",
-                self.name, "/".join(sorted({c.split for c in found.cities} - labelled)),
-                ", ".join(unlabelled))
+                self.name,
+                "/".join(sorted({c.split for c in found.cities} - labelled)),
+                ", ".join(unlabelled),
+            )
         items = {s: [c for c in found.cities if c.split == s and s in labelled] for s in SPLITS}
         if not any(items.values()):
-            raise FileNotFoundError(f"{root}: none of the {len(found.cities)} OSCD cities is in "
-                                    "a labelled split; unpack the labels archive beside the images")
+            raise FileNotFoundError(
+                f"{root}: none of the {len(found.cities)} OSCD cities is in "
+                "a labelled split; unpack the labels archive beside the images"
+            )
         scene_of = {c.name: i for i, c in enumerate(found.cities)}
-        return {s: self._generate_examples(root, s, its, scene_of, found.label_roots)
-                for s, its in items.items() if its}
+        return {
+            s: self._generate_examples(root, s, its, scene_of, found.label_roots) for s, its in items.items() if its
+        }
 
     def _generate_examples(self, root, split, cities, scene_of, label_roots):
         crop = self.builder_config.crop_size
@@ -392,9 +417,11 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             if city.label is None:
                 where = ", ".join(str(r / city.name / "cm") for r in label_roots)
                 raise _common.BadFileError(
-                    city.folder, f"city {city.name!r} ({split} split) has images but no change "
+                    city.folder,
+                    f"city {city.name!r} ({split} split) has images but no change "
                     f"map (<city>-cm.tif or cm.png) in its cm/{' or in ' + where if where else ''}"
-                    "; unpack the OSCD labels archive beside the images archive, or --skip_bad")
+                    "; unpack the OSCD labels archive beside the images archive, or --skip_bad",
+                )
             d1, d2 = image_dirs(city.folder)
             if not d2.is_dir():
                 raise _common.BadFileError(d2, f"date-2 folder of city {city.name!r} missing")
@@ -404,26 +431,38 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             size1, size2 = a.shape[:2], _one_band(g2).shape
             check_same_ground(g1, size1, g2, size2)
             if size2 != size1:
-                _common.log.info("%s: %s: date 2 is %d x %d px, resampled onto date 1's "
-                                 "%d x %d px grid", self.name, city.name, *size2, *size1)
+                _common.log.info(
+                    "%s: %s: date 2 is %d x %d px, resampled onto date 1's %d x %d px grid",
+                    self.name,
+                    city.name,
+                    *size2,
+                    *size1,
+                )
             b = read_bands(f2, size=size1)
             cm = read_change_map(city.label)
             if cm.shape != size1:
-                raise _common.BadFileError(city.label, f"wrong-size change map {cm.shape}, "
-                                           f"date-1 images are {size1}")
-            md["cities"][city.name] = {"split": split, "size": list(size1),
-                                       "date_2_size": list(size2),
-                                       "change_fraction": round(float(cm.mean()), 6)}
+                raise _common.BadFileError(city.label, f"wrong-size change map {cm.shape}, date-1 images are {size1}")
+            md["cities"][city.name] = {
+                "split": split,
+                "size": list(size1),
+                "date_2_size": list(size2),
+                "change_fraction": round(float(cm.mean()), 6),
+            }
             geo = _common.read_georef(g1)
             for y, x in _common.crop_grid(size1[0], size1[1], crop):
-                yield f"{city.name}/{y}_{x}", {
-                    **geo.window(y, x).features(),
-                    "image_a": _common.take_crop(a, y, x, crop),
-                    "image_b": _common.take_crop(b, y, x, crop),
-                    "change": _common.take_crop(cm, y, x, crop),
-                    "scene_id": np.int32(scene_of[city.name]),
-                    "city": city.name, "crop_y": np.int32(y), "crop_x": np.int32(x),
-                }
+                yield (
+                    f"{city.name}/{y}_{x}",
+                    {
+                        **geo.window(y, x).features(),
+                        "image_a": _common.take_crop(a, y, x, crop),
+                        "image_b": _common.take_crop(b, y, x, crop),
+                        "change": _common.take_crop(cm, y, x, crop),
+                        "scene_id": np.int32(scene_of[city.name]),
+                        "city": city.name,
+                        "crop_y": np.int32(y),
+                        "crop_x": np.int32(x),
+                    },
+                )
 
         yield from _common.iter_with_skip(self, cities, one, root)
         self._report_skipped(split)

@@ -61,20 +61,20 @@ log = logging.getLogger(__name__)
 ISPRS_PALETTE: tuple[tuple[tuple[int, int, int], int], ...] = (
     ((0, 0, 0), 0),
     ((255, 255, 255), 1),  # impervious surfaces
-    ((0, 0, 255), 2),      # building
-    ((0, 255, 255), 3),    # low vegetation
-    ((0, 255, 0), 4),      # tree
-    ((255, 255, 0), 5),    # car
-    ((255, 0, 0), 6),      # clutter / background
+    ((0, 0, 255), 2),  # building
+    ((0, 255, 255), 3),  # low vegetation
+    ((0, 255, 0), 4),  # tree
+    ((255, 255, 0), 5),  # car
+    ((255, 0, 0), 6),  # clutter / background
 )
 # DeepGlobe Land Cover Classification colour code -> stored value (unknown -> ignore).
 DEEPGLOBE_PALETTE: tuple[tuple[tuple[int, int, int], int], ...] = (
-    ((0, 0, 0), 0),        # unknown
-    ((0, 255, 255), 1),    # urban land
-    ((255, 255, 0), 2),    # agriculture land
-    ((255, 0, 255), 3),    # rangeland
-    ((0, 255, 0), 4),      # forest land
-    ((0, 0, 255), 5),      # water
+    ((0, 0, 0), 0),  # unknown
+    ((0, 255, 255), 1),  # urban land
+    ((255, 255, 0), 2),  # agriculture land
+    ((255, 0, 255), 3),  # rangeland
+    ((0, 255, 0), 4),  # forest land
+    ((0, 0, 255), 5),  # water
     ((255, 255, 255), 6),  # barren land
 )
 
@@ -89,7 +89,7 @@ class SegmentationConfig(tfds.core.BuilderConfig):
 
     crop_size: int = 256
     layout: str = "mmseg"  # "mmseg" | "deepglobe"
-    palette: tuple = ()    # ((r, g, b), value) pairs for colour-coded masks
+    palette: tuple = ()  # ((r, g, b), value) pairs for colour-coded masks
     image_extensions: tuple = (".png", ".tif", ".tiff", ".jpg")
 
     @property
@@ -99,21 +99,33 @@ class SegmentationConfig(tfds.core.BuilderConfig):
 
 def _cfg(name, description, **kw):
     info = registry.get_config_info("rs_segmentation", name)
-    return SegmentationConfig(name=name, description=description, crop_size=info.image_size,
-                              **kw)
+    return SegmentationConfig(name=name, description=description, crop_size=info.image_size, **kw)
 
 
 CONFIGS = [
-    _cfg("potsdam", "ISPRS Potsdam RGB (5 cm), 256 px crops; index masks 0 = ignore, 1..6 "
-         "(mmseg) or ISPRS colour masks.", palette=ISPRS_PALETTE),
-    _cfg("vaihingen", "ISPRS Vaihingen IRRG (9 cm), 256 px crops; index masks 0 = ignore, 1..6 "
-         "(mmseg) or ISPRS colour masks.", palette=ISPRS_PALETTE),
+    _cfg(
+        "potsdam",
+        "ISPRS Potsdam RGB (5 cm), 256 px crops; index masks 0 = ignore, 1..6 (mmseg) or ISPRS colour masks.",
+        palette=ISPRS_PALETTE,
+    ),
+    _cfg(
+        "vaihingen",
+        "ISPRS Vaihingen IRRG (9 cm), 256 px crops; index masks 0 = ignore, 1..6 (mmseg) or ISPRS colour masks.",
+        palette=ISPRS_PALETTE,
+    ),
     _cfg("loveda", "LoveDA RGB (0.3 m), 512 px crops; index masks 0 = no-data, 1..7."),
-    _cfg("deepglobe", "DeepGlobe Land Cover RGB (0.5 m), 612 px crops (a quarter of a 2448 px "
-         "tile); colour masks, unknown = ignore.", layout="deepglobe",
-         palette=DEEPGLOBE_PALETTE, image_extensions=(".jpg",)),
-    _cfg("nyc4band", "NYC 4-band NIR-R-G-B orthophotos (6 inch), 256 px crops; index masks "
-         "0 = no data, 1..8 (NYC 2017 land cover).", image_extensions=(".tif", ".tiff")),
+    _cfg(
+        "deepglobe",
+        "DeepGlobe Land Cover RGB (0.5 m), 612 px crops (a quarter of a 2448 px tile); colour masks, unknown = ignore.",
+        layout="deepglobe",
+        palette=DEEPGLOBE_PALETTE,
+        image_extensions=(".jpg",),
+    ),
+    _cfg(
+        "nyc4band",
+        "NYC 4-band NIR-R-G-B orthophotos (6 inch), 256 px crops; index masks 0 = no data, 1..8 (NYC 2017 land cover).",
+        image_extensions=(".tif", ".tiff"),
+    ),
 ]
 
 
@@ -130,8 +142,10 @@ def decode_colour_mask(rgb: np.ndarray, palette, path) -> np.ndarray:
     if bad.any():
         y, x = np.argwhere(bad)[0]
         raise _common.BadFileError(
-            path, f"{int(bad.sum())} mask pixels have colours outside the palette, e.g. "
-            f"{tuple(int(c) for c in rgb[y, x, :3])} at ({y}, {x})")
+            path,
+            f"{int(bad.sum())} mask pixels have colours outside the palette, e.g. "
+            f"{tuple(int(c) for c in rgb[y, x, :3])} at ({y}, {x})",
+        )
     return out.astype(np.uint8)
 
 
@@ -142,8 +156,9 @@ def read_mask(path: pathlib.Path, num_classes: int, palette) -> np.ndarray:
         m = m[..., 0]
     if m.ndim == 3:
         if not palette:
-            raise _common.BadFileError(path, f"colour mask {m.shape} but this config has no "
-                                       "palette (expected a single-channel index mask)")
+            raise _common.BadFileError(
+                path, f"colour mask {m.shape} but this config has no palette (expected a single-channel index mask)"
+            )
         return decode_colour_mask(m, palette, path)
     if m.ndim != 2:
         raise _common.BadFileError(path, f"unexpected mask shape {m.shape}")
@@ -153,8 +168,7 @@ def read_mask(path: pathlib.Path, num_classes: int, palette) -> np.ndarray:
         raise _common.BadFileError(path, f"mask must hold integers, got {m.dtype}")
     m = np.where(m == 255, 0, m)
     if m.size and (m.max() > num_classes or m.min() < 0):
-        raise _common.BadFileError(
-            path, f"mask values must be 0..{num_classes} (0 = ignore), found max {m.max()}")
+        raise _common.BadFileError(path, f"mask values must be 0..{num_classes} (0 = ignore), found max {m.max()}")
     return m.astype(np.uint8)
 
 
@@ -162,7 +176,7 @@ def _find_mask(ann_dir: pathlib.Path, stem: str):
     stems = [stem]
     for suf in _IMAGE_SUFFIXES:
         if stem.endswith(suf):
-            stems += [stem[:-len(suf)] + rep for rep in _MASK_SUFFIXES]
+            stems += [stem[: -len(suf)] + rep for rep in _MASK_SUFFIXES]
     for s in stems:
         for ext in _MASK_EXTS:
             p = ann_dir / f"{s}{ext}"
@@ -183,22 +197,25 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for rs_segmentation."""
 
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "1.1.0": "Georeferencing of each crop (GeoTIFF tiles; empty for png / jpg): "
-                              "`crs`, `transform`."}
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Georeferencing of each crop (GeoTIFF tiles; empty for png / jpg): `crs`, `transform`.",
+    }
     BUILDER_CONFIGS = CONFIGS
     DEFAULT_CONFIG_NAME = "potsdam"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass --manual_dir=DIR with img_dir/ + ann_dir/ (mmseg style; potsdam, vaihingen, "
         "loveda, nyc4band), the LoveDA Train/Val folders, or DeepGlobe <id>_sat.jpg + "
-        "<id>_mask.png files; pick the layout with --config.")
+        "<id>_mask.png files; pick the layout with --config."
+    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         info = cfg.dataset_info
         s, c = cfg.crop_size, info.num_bands
         metadata = tfds.core.MetadataDict(
-            **info.as_metadata(), **_common.skip_metadata(),
+            **info.as_metadata(),
+            **_common.skip_metadata(),
             crop_size=s,
             ignore_value=0,
             mask_values={"0": "ignore", **{str(i + 1): n for i, n in enumerate(info.class_names)}},
@@ -209,16 +226,19 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             description=(
                 f"{cfg.description} Semantic segmentation tiles cut into {s} x {s} crops that "
-                "keep their tile as scene_id; mask 0 = ignore, v = class_names[v - 1]."),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(s, s, c), dtype=np.uint8, encoding="bytes"),
-                "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-                "filename": tfds.features.Text(),
-                "crop_y": tfds.features.Scalar(dtype=np.int32),
-                "crop_x": tfds.features.Scalar(dtype=np.int32),
-                **_common.georef_features(),
-            }),
+                "keep their tile as scene_id; mask 0 = ignore, v = class_names[v - 1]."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(s, s, c), dtype=np.uint8, encoding="bytes"),
+                    "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                    "filename": tfds.features.Text(),
+                    "crop_y": tfds.features.Scalar(dtype=np.int32),
+                    "crop_x": tfds.features.Scalar(dtype=np.int32),
+                    **_common.georef_features(),
+                }
+            ),
             supervised_keys=("image", "mask"),
             metadata=metadata,
         )
@@ -227,21 +247,18 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
 
     def _pairs_mmseg(self, root: pathlib.Path):
         cfg = self.builder_config
-        base = _common.find_dir(
-            root, lambda d: (d / "img_dir").is_dir() and (d / "ann_dir").is_dir(), max_depth=4)
+        base = _common.find_dir(root, lambda d: (d / "img_dir").is_dir() and (d / "ann_dir").is_dir(), max_depth=4)
         if base is None:
             return None
         img_root, ann_root = base / "img_dir", base / "ann_dir"
         out = []
-        subdirs = [d for d in sorted(img_root.iterdir()) if d.is_dir()
-                   and _common.split_name(d.name)]
+        subdirs = [d for d in sorted(img_root.iterdir()) if d.is_dir() and _common.split_name(d.name)]
         folders = [(_common.split_name(d.name), d, ann_root / d.name) for d in subdirs]
         if _common.list_files(img_root, cfg.image_extensions):
             folders.insert(0, ("train", img_root, ann_root))
         for split, idir, adir in folders:
             for img in _common.list_files(idir, cfg.image_extensions):
-                out.append((split, img, _find_mask(adir, img.stem),
-                            str(img.relative_to(img_root))))
+                out.append((split, img, _find_mask(adir, img.stem), str(img.relative_to(img_root))))
         return out
 
     def _pairs_loveda_original(self, root: pathlib.Path):
@@ -250,12 +267,10 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             mdir = idir.parent / "masks_png"
             rel = idir.relative_to(root).parts
             if not mdir.is_dir():
-                log.warning("%s: %s has no masks_png/ sibling; skipped (unlabelled split)",
-                            self.name, idir)
+                log.warning("%s: %s has no masks_png/ sibling; skipped (unlabelled split)", self.name, idir)
                 continue
             for img in _common.list_files(idir, (".png",)):
-                out.append((_split_of(rel), img, mdir / img.name,
-                            str(img.relative_to(root))))
+                out.append((_split_of(rel), img, mdir / img.name, str(img.relative_to(root))))
         return out
 
     def _pairs_deepglobe(self, root: pathlib.Path):
@@ -264,10 +279,14 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
         for img in sorted(root.rglob("*_sat.jpg")):
             by_dir.setdefault(img.parent, []).append(img)
         for d, imgs in sorted(by_dir.items()):
-            masks = [d / (i.name[:-len("_sat.jpg")] + "_mask.png") for i in imgs]
+            masks = [d / (i.name[: -len("_sat.jpg")] + "_mask.png") for i in imgs]
             if not any(m.is_file() for m in masks):
-                log.warning("%s: %s has no *_mask.png files; its %d images are skipped "
-                            "(unlabelled split)", self.name, d, len(imgs))
+                log.warning(
+                    "%s: %s has no *_mask.png files; its %d images are skipped (unlabelled split)",
+                    self.name,
+                    d,
+                    len(imgs),
+                )
                 continue
             rel = d.relative_to(root).parts
             for img, m in zip(imgs, masks):
@@ -284,11 +303,9 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             if pairs is None and cfg.name == "loveda":
                 pairs = self._pairs_loveda_original(root)
             if pairs is None:
-                raise FileNotFoundError(
-                    f"{root}: no img_dir/ + ann_dir/ folders for rs_segmentation/{cfg.name}")
+                raise FileNotFoundError(f"{root}: no img_dir/ + ann_dir/ folders for rs_segmentation/{cfg.name}")
         if not pairs:
-            raise FileNotFoundError(f"{root}: no image / mask pairs for "
-                                    f"rs_segmentation/{cfg.name}")
+            raise FileNotFoundError(f"{root}: no image / mask pairs for rs_segmentation/{cfg.name}")
         keys = sorted(f"{s}/{rel}" for s, _, _, rel in pairs)
         scene_of = {k: i for i, k in enumerate(keys)}
         items: dict[str, list] = {"train": [], "validation": [], "test": []}
@@ -311,17 +328,22 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             mask = read_mask(mask_path, info.num_classes, cfg.palette)
             if mask.shape != img.shape[:2]:
                 raise _common.BadFileError(
-                    mask_path, f"wrong-size mask: {mask.shape} but image {img_path.name} is "
-                    f"{img.shape[:2]}")
+                    mask_path, f"wrong-size mask: {mask.shape} but image {img_path.name} is {img.shape[:2]}"
+                )
             geo = _common.read_georef(img_path)  # empty for png / jpg tiles
             for y, x in _common.crop_grid(img.shape[0], img.shape[1], crop):
-                yield f"{split}/{rel}/{y}_{x}", {
-                    **geo.window(y, x).features(),
-                    "image": _common.take_crop(img, y, x, crop),
-                    "mask": _common.take_crop(mask, y, x, crop),
-                    "scene_id": np.int32(sid), "filename": rel,
-                    "crop_y": np.int32(y), "crop_x": np.int32(x),
-                }
+                yield (
+                    f"{split}/{rel}/{y}_{x}",
+                    {
+                        **geo.window(y, x).features(),
+                        "image": _common.take_crop(img, y, x, crop),
+                        "mask": _common.take_crop(mask, y, x, crop),
+                        "scene_id": np.int32(sid),
+                        "filename": rel,
+                        "crop_y": np.int32(y),
+                        "crop_x": np.int32(x),
+                    },
+                )
 
         yield from _common.iter_with_skip(self, items, one, root)
         self._report_skipped(split)

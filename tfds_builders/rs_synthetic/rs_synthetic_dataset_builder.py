@@ -41,18 +41,18 @@ _INFO = registry.get_config_info("rs_synthetic")
 
 
 def _description() -> str:
-    bands = ", ".join(
-        f"{b} ({w:.0f} nm, {g:.0f} m)"
-        for b, w, g in zip(_INFO.bands, _INFO.wavelengths_nm, _INFO.gsd_m)
-    )
+    bands = ", ".join(f"{b} ({w:.0f} nm, {g:.0f} m)" for b, w, g in zip(_INFO.bands, _INFO.wavelengths_nm, _INFO.gsd_m))
     return (
         "Procedural multispectral land-cover scenes (13 Sentinel-2 bands, reflectance x 1e4 as "
         "uint16) painted by rsjax.data.synthetic: Voronoi land-cover regions with per-class "
         "spectra and textures (striped fields, forest speckle, buildings and roads, rivers), "
         "per-tile illumination/haze/noise. Each example is a crop of a larger tile; crops of "
         "one tile share `scene_id`. `image2` is the same crop at a second date with land-cover "
-        "changes marked in `change`. Classes: " + ", ".join(_INFO.class_names) + ". Bands: "
-        + bands + ". Normalize as (image / 10000 - mean) / std with the per-band mean/std in "
+        "changes marked in `change`. Classes: "
+        + ", ".join(_INFO.class_names)
+        + ". Bands: "
+        + bands
+        + ". Normalize as (image / 10000 - mean) / std with the per-band mean/std in "
         "the dataset metadata (rsjax.data.registry)."
     )
 
@@ -65,21 +65,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         RsSyntheticConfig(
             name="default",
-            description="96 train + 24 test tiles of 128 px cut into 32 px crops "
-            "(1536 + 384 examples).",
-            train_tiles=96, test_tiles=24, tile_size=128, crop_size=32,
+            description="96 train + 24 test tiles of 128 px cut into 32 px crops (1536 + 384 examples).",
+            train_tiles=96,
+            test_tiles=24,
+            tile_size=128,
+            crop_size=32,
         ),
         RsSyntheticConfig(
             name="tiny",
-            description="8 train + 4 test tiles of 64 px cut into 32 px crops (32 + 16 examples), "
-            "for tests.",
-            train_tiles=8, test_tiles=4, tile_size=64, crop_size=32,
+            description="8 train + 4 test tiles of 64 px cut into 32 px crops (32 + 16 examples), for tests.",
+            train_tiles=8,
+            test_tiles=4,
+            tile_size=64,
+            crop_size=32,
         ),
         RsSyntheticConfig(
             name="large",
-            description="512 train + 128 test tiles of 256 px cut into 64 px crops "
-            "(8192 + 2048 examples).",
-            train_tiles=512, test_tiles=128, tile_size=256, crop_size=64,
+            description="512 train + 128 test tiles of 256 px cut into 64 px crops (8192 + 2048 examples).",
+            train_tiles=512,
+            test_tiles=128,
+            tile_size=256,
+            crop_size=64,
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
@@ -103,15 +109,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         metadata["image_size"] = s
         return self.dataset_info_from_configs(
             description=_description(),
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(),
-                "image": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16, encoding="bytes"),
-                "image2": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16, encoding="bytes"),
-                "label": tfds.features.ClassLabel(names=list(_INFO.class_names)),
-                "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
-                "change": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": tfds.features.Text(),
+                    "image": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16, encoding="bytes"),
+                    "image2": tfds.features.Tensor(shape=(s, s, nb), dtype=np.uint16, encoding="bytes"),
+                    "label": tfds.features.ClassLabel(names=list(_INFO.class_names)),
+                    "mask": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
+                    "change": tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding="bytes"),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://github.com/rsjax/rsjax",
             metadata=metadata,
@@ -137,12 +145,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     mask = np.ascontiguousarray(tile["mask"][sl])
                     key = f"{split}_{scene_offset + t:05d}_{cy:02d}_{cx:02d}"
                     label = np.bincount(mask.ravel(), minlength=len(_INFO.class_names)).argmax()
-                    yield key, {
-                        "id": key,
-                        "image": np.ascontiguousarray(tile["image"][sl]),
-                        "image2": np.ascontiguousarray(tile["image2"][sl]),
-                        "label": int(label),
-                        "mask": mask,
-                        "change": np.ascontiguousarray(tile["change"][sl]),
-                        "scene_id": np.int32(scene_offset + t),
-                    }
+                    yield (
+                        key,
+                        {
+                            "id": key,
+                            "image": np.ascontiguousarray(tile["image"][sl]),
+                            "image2": np.ascontiguousarray(tile["image2"][sl]),
+                            "label": int(label),
+                            "mask": mask,
+                            "change": np.ascontiguousarray(tile["change"][sl]),
+                            "scene_id": np.int32(scene_offset + t),
+                        },
+                    )

@@ -38,30 +38,32 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for ssl4eo_s12."""
 
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "1.1.0": "Georeferencing of the 10 m grid (B02): `crs`, `transform`."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Pass --manual_dir=DIR holding s2c/<location>/<season>/B*.tif (SSL4EO-S12 L1C).")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Georeferencing of the 10 m grid (B02): `crs`, `transform`."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass --manual_dir=DIR holding s2c/<location>/<season>/B*.tif (SSL4EO-S12 L1C)."
 
     def _info(self) -> tfds.core.DatasetInfo:
         nb = _INFO.num_bands
         metadata = tfds.core.MetadataDict(
-            **_INFO.as_metadata(), **_common.skip_metadata(),
+            **_INFO.as_metadata(),
+            **_common.skip_metadata(),
             resampling="20 m / 60 m bands upsampled to 264 x 264 bilinearly (half-pixel "
-                       "centres) when stored at native resolution")
+            "centres) when stored at native resolution",
+        )
         return self.dataset_info_from_configs(
             description=(
                 "SSL4EO-S12 Sentinel-2 L1C: 264 x 264 px patches, 13 bands (uint16 reflectance "
-                "x 1e4), four seasons per location; the location is the scene."),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(SIZE, SIZE, nb), dtype=np.uint16,
-                                              encoding="bytes"),
-                "scene_id": tfds.features.Scalar(dtype=np.int32),
-                "season": tfds.features.Scalar(dtype=np.int32),
-                "season_name": tfds.features.Text(),
-                "location": tfds.features.Text(),
-                **_common.georef_features(),
-            }),
+                "x 1e4), four seasons per location; the location is the scene."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(SIZE, SIZE, nb), dtype=np.uint16, encoding="bytes"),
+                    "scene_id": tfds.features.Scalar(dtype=np.int32),
+                    "season": tfds.features.Scalar(dtype=np.int32),
+                    "season_name": tfds.features.Text(),
+                    "location": tfds.features.Text(),
+                    **_common.georef_features(),
+                }
+            ),
             homepage="https://github.com/zhu-xlab/SSL4EO-S12",
             citation="""@article{wang2022ssl4eo,
   title={SSL4EO-S12: A Large-Scale Multi-Modal, Multi-Temporal Dataset for Self-Supervised
@@ -93,8 +95,7 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
             files = _common.s2_band_files(season)
             missing = [b for b in _INFO.bands if b not in files]
             if missing:
-                raise _common.BadFileError(season / f"{missing[0]}.tif",
-                                           f"band file missing ({', '.join(missing)})")
+                raise _common.BadFileError(season / f"{missing[0]}.tif", f"band file missing ({', '.join(missing)})")
             img = np.empty((SIZE, SIZE, _INFO.num_bands), np.uint16)
             for i, b in enumerate(_INFO.bands):
                 arr = _common.read_tif(files[b])
@@ -103,15 +104,19 @@ class Builder(_common.ManualDataMixin, tfds.core.GeneratorBasedBuilder):
                 if arr.ndim != 2:
                     raise _common.BadFileError(files[b], f"expected one band, got {arr.shape}")
                 if b in _TEN_M and arr.shape != (SIZE, SIZE):
-                    raise _common.BadFileError(
-                        files[b], f"10 m band should be {SIZE} x {SIZE}, got {arr.shape}")
-                img[..., i] = _common.resize_bilinear(_common.as_uint16(arr, files[b]),
-                                                      SIZE, SIZE)
-            yield f"{loc.name}/{season.name}", {
-                "image": img, "scene_id": np.int32(sid), "season": np.int32(k),
-                "season_name": season.name, "location": loc.name,
-                **_common.read_georef(files["B02"]).features(),  # the 10 m grid all bands are on
-            }
+                    raise _common.BadFileError(files[b], f"10 m band should be {SIZE} x {SIZE}, got {arr.shape}")
+                img[..., i] = _common.resize_bilinear(_common.as_uint16(arr, files[b]), SIZE, SIZE)
+            yield (
+                f"{loc.name}/{season.name}",
+                {
+                    "image": img,
+                    "scene_id": np.int32(sid),
+                    "season": np.int32(k),
+                    "season_name": season.name,
+                    "location": loc.name,
+                    **_common.read_georef(files["B02"]).features(),  # the 10 m grid all bands are on
+                },
+            )
 
         yield from _common.iter_with_skip(self, items, one, root)
         self._report_skipped(split)
