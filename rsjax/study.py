@@ -146,35 +146,73 @@ def settings(config, data, num_train: int, num_test: int) -> dict:
     }
 
 
-def arm_payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict) -> dict:
-    """One arm's result record (``study_<name>_<arm>.json``; rendered by rsjax.results)."""
-    if arm == "random_init":
-        method, overrides = None, {}
-    else:
-        source = json.loads(config.arm_sources[arm])
-        method, overrides = source["config"], source["overrides"]
-    p = {
-        "format": "rsjax.study_arm/v2",
+def comparisons(config) -> list[list[str]]:
+    """``config.study.comparisons`` (``"a-b,c-d"``: first arm minus second) as ``[[a, b], ...]``."""
+    return [c.strip().split("-", 1) for c in str(config.study.get("comparisons", "")).split(",") if "-" in c]
+
+
+def arm_record(config, arm: str, arm_index: int, runs: list[dict], shared: dict, fmt: str) -> dict:
+    """The fields every study's arm record starts with (format, setting, arm, its config module
+    and overrides, the shared settings, the runs, the comparisons, the runs that failed)."""
+    source = json.loads(config.arm_sources[arm]) if arm in config.get("arm_sources", {}) else {}
+    return {
+        "format": fmt,
         "setting": config.study.name,
         "arm": arm,
         "arm_index": arm_index,
-        "config_file": method,
-        "overrides": dict(overrides),
+        "config_file": source.get("config"),
+        "overrides": dict(source.get("overrides", {})),
         "settings": shared,
         "runs": runs,
-        "comparisons": [c.split("-") for c in str(config.study.get("comparisons", "")).split(",") if "-" in c],
+        "comparisons": comparisons(config),
+        "errors": [
+            {**{k: r[k] for k in ("fold", "seed") if k in r}, "error": r["error"]} for r in runs if "error" in r
+        ],
     }
+
+
+def mechanism(ok_runs: list[dict]) -> dict:
+    """What the runs' training logged, over the finished runs: the last-window mean of every
+    metric (:func:`last_window`) and the refused (non-finite) steps."""
+    windows = [r["last_window"] for r in ok_runs if r.get("last_window")]
+    keys = sorted({k for w in windows for k in w})
+    return {
+        "last_window_mean": {k: float(np.mean([w[k] for w in windows if k in w])) for k in keys},
+        "refused_steps": int(sum(r.get("refused_steps", 0) for r in ok_runs)),
+    }
+
+
+def write_report(
+    workdir: str, config, seeds: list[int], results: dict, not_started: list[str], markdown, **extra
+) -> dict:
+    """A study's ``study.json`` (date, device, seeds, ``extra``, the arm records, the arms not
+    started, the config) and ``study.md`` (``markdown(report)``, also printed); returns the report."""
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "seeds": seeds,
+        **extra,
+        "results": results,
+        "not_started": not_started,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    results_lib.save(report, os.path.join(workdir, "study.json"))
+    md = markdown(report)
+    with open(os.path.join(workdir, "study.md"), "w") as f:
+        f.write(md)
+    print(md, flush=True)
+    return report
+
+
+def arm_payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict) -> dict:
+    """One arm's result record of the EuroSAT study (``study_<name>_<arm>.json``; rendered by rsjax.results)."""
+    p = arm_record(config, arm, arm_index, runs, shared, "rsjax.study_arm/v2")
     ok = [r for r in runs if "error" not in r]
-    p["errors"] = [{"seed": r["seed"], "error": r["error"]} for r in runs if "error" in r]
     for m in ("linear", "knn"):
         vals = [r[m] for r in ok]
         p[f"{m}_mean"] = float(np.mean(vals)) if vals else None
         p[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None  # sample sd
-    # the mechanism, averaged over seeds: last-window means of every logged metric
-    windows = [r["last_window"] for r in ok if r.get("last_window")]
-    keys = sorted({k for w in windows for k in w})
-    p["last_window_mean"] = {k: float(np.mean([w[k] for w in windows if k in w])) for k in keys}
-    p["refused_steps"] = int(sum(r.get("refused_steps", 0) for r in ok))
+    p.update(mechanism(ok))  # the mechanism, averaged over seeds
     p["pretrain_s"] = float(np.mean([r["pretrain_s"] for r in ok])) if ok else None
     p["compile_s"] = float(np.mean([r.get("compile_s") or 0.0 for r in ok])) if ok else None
     p["wall_s"] = float(sum(r.get("wall_s") or 0.0 for r in runs))

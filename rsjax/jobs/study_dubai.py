@@ -47,12 +47,10 @@ XLA's persistent compilation cache goes to ``<workdir>/xla_cache`` unless one is
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -95,10 +93,6 @@ def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
     return folders.subset_indices(n, None if fraction >= 1 else max(1, int(round(fraction * n))), seed=seed)
 
 
-def comparisons(config) -> list[tuple[str, str]]:
-    return [tuple(c.strip().split("-", 1)) for c in str(config.study.comparisons).split(",") if "-" in c]
-
-
 def validate(config) -> tuple[list[int], list[str]]:
     """``(seeds, arms)`` after checking the study's keys and every arm's config (ConfigError
     naming the key) before anything is written or read."""
@@ -121,7 +115,7 @@ def validate(config) -> tuple[list[int], list[str]]:
         for key in ("max_test", "firing_batches"):
             if int(config.study[key]) < 0:
                 raise errors.ConfigError(f"config.study.{key}={config.study[key]!r}: must be >= 0")
-        bad = [f"{a}-{b}" for a, b in comparisons(config) if a not in known or b not in known]
+        bad = [f"{a}-{b}" for a, b in lib.comparisons(config) if a not in known or b not in known]
         if bad:
             raise errors.ConfigError(f"config.study.comparisons: unknown arm in {bad}; known: {', '.join(known)}")
         info = registry.data_info(config.data)
@@ -334,21 +328,9 @@ def arm_payload(s: _Study, shared: dict, arm: str, arm_index: int, runs: list[di
     """One arm's result record (``dubai_<study.name>_<arm>.json``; rendered by
     :func:`rsjax.results.render_dubai_table`)."""
     config = s.config
-    source = json.loads(config.arm_sources[arm]) if arm in config.arm_sources else {"config": None, "overrides": {}}
     ok = [r for r in runs if "error" not in r]
-    p = {
-        "format": RESULT_FORMAT,
-        "setting": config.study.name,
-        "arm": arm,
-        "arm_index": arm_index,
-        "kind": kind(config, arm),
-        "config_file": source["config"],
-        "overrides": source["overrides"],
-        "settings": shared,
-        "runs": runs,
-        "errors": [{"seed": r["seed"], "error": r["error"]} for r in runs if "error" in r],
-        "comparisons": [list(c) for c in comparisons(config)],
-    }
+    p = lib.arm_record(config, arm, arm_index, runs, shared, RESULT_FORMAT)
+    p["kind"] = kind(config, arm)
     if p["kind"] == "supervised":
         cfg = config.arms[arm]
         p["noise"] = cfg.noise.to_dict()
@@ -393,23 +375,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             file_name=lambda arm: f"dubai_{config.study.name}_{arm}.json",
             line=lambda arm, r: _describe(r),
         )
-        report = {
-            "date": time.strftime("%Y-%m-%d"),
-            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-            "seeds": seeds,
-            "settings": shared,
-            "results": results,
-            "not_started": not_started,
-            "config": json.loads(config.to_json_best_effort()),
-        }
-        results_lib.save(report, os.path.join(workdir, "study.json"))
-        md = results_lib.render_dubai_table(list(results.values()))
-        with open(os.path.join(workdir, "study.md"), "w") as f:
-            f.write(md)
+        report = lib.write_report(
+            workdir,
+            config,
+            seeds,
+            results,
+            not_started,
+            lambda report: results_lib.render_dubai_table(list(report["results"].values())),
+            settings=shared,
+        )
         if float(config.study.overlay_fraction):
             picture = _overlay_picture(s, list(results), os.path.join(workdir, "study_overlay.png"))
             for d in lib.out_dirs(config, workdir)[1:]:  # beside the arm records (e.g. results/)
                 if picture:
                     shutil.copyfile(picture, os.path.join(d, f"dubai_{config.study.name}_overlay.png"))
-        print(md, flush=True)
     return report

@@ -27,9 +27,7 @@ README table from ``results/study_*.json``.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +39,6 @@ from rsjax import (
     jobs,  # the registry: a study runs the pretraining job by name
     plots,
 )
-from rsjax import results as results_lib
 from rsjax import study as lib
 from rsjax import workdir as workdir_lib
 from rsjax.data import pipeline, registry
@@ -146,20 +143,16 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
         line=lambda arm, r: f"linear {r['linear']:.2%}  kNN {r['knn']:.2%}  ({r['pretrain_s']:.0f} s training)",
     )
 
-    report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-        "seeds": seeds,
-        "num_train": int(num_train),
-        "num_test": int(len(y_te)),
-        "results": results,
-        "not_started": not_started,
-        "config": json.loads(config.to_json_best_effort()),
-    }
-    results_lib.save(report, os.path.join(workdir, "study.json"))
-    md = lib.markdown_table(report)
-    with open(os.path.join(workdir, "study.md"), "w") as f:
-        f.write(md)
+    report = lib.write_report(
+        workdir,
+        config,
+        seeds,
+        results,
+        not_started,
+        lib.markdown_table,
+        num_train=int(num_train),
+        num_test=int(len(y_te)),
+    )
     scored = {k: v for k, v in results.items() if v.get("linear_mean") is not None}  # failed arms have none
     if scored:
         plots.bars(
@@ -169,5 +162,4 @@ def _run_arms(config, workdir, data, arms, seeds, arrays, num_train, plots) -> d
             ylabel="linear probe top-1 (%)",
             title=f"{data.name}: linear probe on frozen features",
         )
-    print(md, flush=True)
     return report

@@ -36,11 +36,8 @@ and errors on one stitched test city for the floor and the best arm, fine-tuned,
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -257,29 +254,10 @@ def settings(config, folds: list[dict]) -> dict:
 
 def payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict, folds: list[dict]) -> dict:
     """One arm's result record (``oscd_<name>_<arm>.json``; rendered by rsjax.results)."""
-    if arm == "random_init":
-        method, overrides = None, {}
-    else:
-        source = json.loads(config.arm_sources[arm])
-        method, overrides = source["config"], source["overrides"]
     ok = [r for r in runs if "error" not in r]
-    p = {
-        "format": "rsjax.oscd_arm/v1",
-        "setting": config.study.name,
-        "arm": arm,
-        "arm_index": arm_index,
-        "config_file": method,
-        "overrides": dict(overrides),
-        "settings": shared,
-        "runs": runs,
-        "pooled": pooled(runs, folds),
-        "comparisons": [c.split("-") for c in str(config.study.comparisons).split(",") if "-" in c],
-        "errors": [{k: r[k] for k in ("fold", "seed", "error")} for r in runs if "error" in r],
-    }
-    windows = [r["last_window"] for r in ok if r.get("last_window")]
-    keys = sorted({k for w in windows for k in w})
-    p["last_window_mean"] = {k: float(np.mean([w[k] for w in windows if k in w])) for k in keys}
-    p["refused_steps"] = int(sum(r.get("refused_steps", 0) for r in ok))
+    p = lib.arm_record(config, arm, arm_index, runs, shared, "rsjax.oscd_arm/v1")
+    p["pooled"] = pooled(runs, folds)
+    p.update(lib.mechanism(ok))
     p["pretrain_s"] = float(np.mean([r.get("pretrain_s", 0.0) for r in ok])) if ok else None
     p["wall_s"] = float(sum(r.get("wall_s") or 0.0 for r in runs))
     p["provenance"] = results_lib.provenance()
@@ -358,21 +336,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             file_name=lambda arm: f"oscd_{config.study.name}_{arm}.json",
             line=line,
         )
-        report = {
-            "date": time.strftime("%Y-%m-%d"),
-            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-            "seeds": seeds,
-            "folds": shared["folds"],
-            "results": results,
-            "not_started": not_started,
-            "config": json.loads(config.to_json_best_effort()),
-        }
-        results_lib.save(report, os.path.join(workdir, "study.json"))
-        md = results_lib.render_oscd_table(list(results.values()))
-        with open(os.path.join(workdir, "study.md"), "w") as f:
-            f.write(md)
+        report = lib.write_report(
+            workdir,
+            config,
+            seeds,
+            results,
+            not_started,
+            lambda report: results_lib.render_oscd_table(list(report["results"].values())),
+            folds=shared["folds"],
+        )
         picture = _picture(config, workdir, results, folds, seeds[0])
         if picture:
             report["picture"] = picture
-        print(md, flush=True)
         return report
