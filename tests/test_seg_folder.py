@@ -95,6 +95,8 @@ def test_split_by_tile(dubai):
     assert not np.isin(got["train"]["scene_id"], [2, 3]).any()
     np.testing.assert_array_equal(SD.masks_to_labels(got["test"]["mask"], 0), _crops(truth, [(3, "image_part_001")])[1])
     assert len(read(d, "test", limit=3)["image"]) == 3
+    # what read_split reads, counted from the image headers (not the <Class>/<image> rule)
+    assert {s: pipeline.num_records(d, s) for s in got} == {s: len(a["image"]) for s, a in got.items()}
 
 
 def test_the_segmentation_job_reads_the_same_folder(dubai):

@@ -317,7 +317,10 @@ def _split_rows(cfg_data, split: str, split_key: str) -> tuple[DataSource, np.nd
 
 
 def num_records(cfg_data, split: str) -> int:
-    """The number of records of a split (what :func:`read_split` reads without ``limit``)."""
+    """The number of records of a split (what :func:`read_split` reads without ``limit``): for a
+    tile folder its crops (:func:`rsjax.data.tiles.crop_layout`, image headers only)."""
+    if cfg_data.get("folder") and registry.data_info(cfg_data).mask_colours:
+        return sum(c["rows"] * c["cols"] for c in tiles.crop_layout(cfg_data, split, split_key="data.train_split"))
     if cfg_data.get("folder"):
         if split == "all":
             return sum(len(f) for f in folders.class_folder_files(cfg_data.folder)[1])
