@@ -224,12 +224,19 @@ def arm_payload(config, arm: str, arm_index: int, runs: list[dict], shared: dict
 WINDOW = 0.2
 
 
-def last_window(metrics_path: str, total_steps: int, fraction: float = WINDOW) -> dict:
+def last_window(metrics_path: str, total_steps: int, log_every: int = 0, fraction: float = WINDOW) -> dict:
     """Means of every metric ``metrics.jsonl`` logged in the last ``fraction`` of the run's steps
     (rows with ``step > (1 - fraction) * total_steps``; null values skipped): the loss terms,
     ``conditioning_gain``, ``grad_share_diffusion``, ``scene_false_negatives``, ... Also
-    ``window_rows``, the number of logged rows averaged."""
-    rows = [r for r in workdir_lib.read_jsonl(metrics_path) if r.get("step", 0) > (1 - fraction) * total_steps]
+    ``window_rows``, the number of logged rows averaged. With ``log_every`` > 0 only the rows of
+    the logging cadence and the last step count: a row a stop forced off the cadence (a run
+    stopped and resumed) would weigh its one step like a whole interval."""
+    rows = [
+        r
+        for r in workdir_lib.read_jsonl(metrics_path)
+        if r.get("step", 0) > (1 - fraction) * total_steps
+        and (not log_every or r["step"] % log_every == 0 or r["step"] == total_steps)
+    ]
     keys = sorted({k for r in rows for k in r if k != "step"})
     out: dict = {"window_rows": len(rows)}
     for k in keys:

@@ -4,6 +4,8 @@ tested in tests/test_results.py; arm configs in tests/test_module_lr_scale.py.)"
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import load_config
@@ -123,3 +125,21 @@ def test_an_arms_override_stays_in_that_arm(monkeypatch):
     assert c.arms.simclr.optimizer.lr == 0.5 and c.arms.swimdiff.optimizer.lr == 0.5
     assert c.arms.moco_v2.moco.queue_size == 64 * 16
     assert c.arms.simclr_hot.optimizer.lr == 0.01 and c.arms.simclr_hot.batch_size == 32
+
+
+def test_last_window_averages_the_logged_cadence_of_the_last_fifth(tmp_path):
+    """The mechanism columns: the mean of each metric over the rows of the last 20 % of the steps,
+    written out here; a row a stop forced off the cadence (step 93 of a run logged every 10) is
+    left out, the last step counts, null values are skipped."""
+    from rsjax import study
+
+    rows = [{"step": s, "loss": float(s), "gain": None if s == 90 else 2.0 * s} for s in range(10, 101, 10)]
+    rows.insert(9, {"step": 93, "loss": 1e6, "gain": 1e6})  # forced by a stop, then resumed
+    rows.append({"step": 97, "loss": 1e6})  # another off-cadence row
+    rows = sorted(rows, key=lambda r: r["step"])
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = study.last_window(str(path), 100, 10)
+    # steps > 80: 90 and 100 on the cadence
+    assert got == {"window_rows": 2, "loss": (90 + 100) / 2, "gain": 200.0}
+    assert study.last_window(str(path), 100)["window_rows"] == 4  # without the cadence: every row

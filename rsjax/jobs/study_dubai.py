@@ -205,13 +205,13 @@ def _load(config, mesh, wd, seeds) -> _Study:
     return _Study(config, wd, mesh, seeds, train, test, overlay, (first["rows"], first["cols"]), ana, len(test_all))
 
 
-def _fit_summary(summary: dict, metrics_path: str, total_steps: int) -> dict:
+def _fit_summary(summary: dict, metrics_path: str, cfg) -> dict:
     return {
         "steps": int(summary.get("step", 0)),
         "train_s": float(summary.get("train_seconds") or 0.0),
         "compile_s": float(summary.get("compile_seconds") or 0.0),
         "refused_steps": int(summary.get("nonfinite_steps", 0) or 0),
-        "last_window": lib.last_window(metrics_path, total_steps),
+        "last_window": lib.last_window(metrics_path, cfg.total_steps, cfg.log_every),
     }
 
 
@@ -224,7 +224,7 @@ def _pretrain_supervised(s: _Study, arm: str, seed: int, aw) -> tuple[tuple, dic
     res = out["result"]
     if not res.finished:
         raise errors.RsjaxError(f"study arm {arm}: pretraining stopped at step {res.step} (stop_after_steps)")
-    rec = _fit_summary(res.summary, aw.sub("pretrain").metrics_path, cfg.total_steps)
+    rec = _fit_summary(res.summary, aw.sub("pretrain").metrics_path, cfg)
     rec.update(agreement=agree, analysis=out["analysis"], classes=int(cfg.model.num_classes))
     return nl.encoder_of(res.state), rec
 
@@ -234,7 +234,7 @@ def _pretrain_ssl(s: _Study, arm: str, seed: int, arm_wd: str) -> tuple[tuple, d
     path = os.path.join(arm_wd, "pretrain")
     summary = jobs.get("pretrain")(cfg, path)
     params, batch_stats, _ = checkpoint.load_encoder(path)
-    rec = _fit_summary(summary, os.path.join(path, "metrics.jsonl"), cfg.total_steps)
+    rec = _fit_summary(summary, os.path.join(path, "metrics.jsonl"), cfg)
     rows = [r for r in workdir_lib.read_jsonl(os.path.join(path, "metrics.jsonl")) if "false_calibrated" in r]
     if rows:  # every logged step: how often the selection fired at the configured threshold
         cal = np.asarray([r["false_calibrated"] for r in rows], float)

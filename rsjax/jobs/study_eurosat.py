@@ -101,7 +101,7 @@ def _run_arm_seed(config, arm: str, seed: int, arm_wd: str, arrays, num_train: i
         steps=summary["step"],
         images_per_s=2 * cfg.batch_size * summary["step"] / max(summary["train_seconds"], 1e-9),
         refused_steps=int(summary.get("nonfinite_steps", 0) or 0),
-        last_window=lib.last_window(os.path.join(arm_wd, "metrics.jsonl"), cfg.total_steps),
+        last_window=lib.last_window(os.path.join(arm_wd, "metrics.jsonl"), cfg.total_steps, cfg.log_every),
         optimizer=cfg.optimizer.to_dict(),
     )
     for key in ("swimdiff", "loss", "moco"):

@@ -174,7 +174,7 @@ def run_one(config, arm: str, fold: dict, seed: int, folder: str) -> dict:
             compile_s=summary["compile_seconds"],
             steps=summary["step"],
             refused_steps=int(summary.get("nonfinite_steps", 0) or 0),
-            last_window=lib.last_window(os.path.join(pretrained, "metrics.jsonl"), cfg.total_steps),
+            last_window=lib.last_window(os.path.join(pretrained, "metrics.jsonl"), cfg.total_steps, cfg.log_every),
             optimizer=cfg.optimizer.to_dict(),
         )
         for key in ("swimdiff", "loss", "moco"):
