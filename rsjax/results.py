@@ -390,7 +390,7 @@ def render_oscd_table(payloads: list[dict]) -> str:
     F1, IoU, precision and recall pooled over the folds (the confusion counts of every test city
     summed, per seed; mean ± sample sd over seeds), F1 per fold (mean over seeds), and F1 over the
     fold x seed runs (mean ± sample sd); then the pretraining record (steps, seconds, same-scene
-    candidates per query, L_D, refused steps) and the paired differences of
+    candidates per query, L_D, L_D with the conditioning zeroed / shuffled, refused steps) and the paired differences of
     ``payload["comparisons"]`` (first arm minus second) with 95 % t-intervals: over the fold x seed
     pairs both arms have, and over the seeds of the pooled F1.
     """
@@ -440,9 +440,9 @@ def render_oscd_table(payloads: list[dict]) -> str:
                 )
         lines += [
             "",
-            "| arm | runs (fold x seed) | pretraining steps | pretraining s | same-scene cand. | L_D | refused "
-            "| arm wall min | device | date | commit |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| arm | runs (fold x seed) | pretraining steps | pretraining s | same-scene cand. | L_D "
+            "| L_D zeroed / shuffled cond. | refused | arm wall min | device | date | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in rows:
             runs = p.get("runs", [])
@@ -453,10 +453,15 @@ def render_oscd_table(payloads: list[dict]) -> str:
             commit = (git.get("commit", "?") + ("-dirty" if git.get("dirty") else "")) if git else "n/a"
             fn = "" if w.get("scene_false_negatives") is None else f"{w['scene_false_negatives']:.1f}"
             ld = "" if w.get("loss_diffusion") is None else f"{w['loss_diffusion']:.4f}"
+            nocond = (
+                ""
+                if w.get("loss_diffusion_nocond") is None
+                else f"{w['loss_diffusion_nocond']:.4f} / {w.get('loss_diffusion_shuffled', float('nan')):.4f}"
+            )
             failed = f" ({len(p['errors'])} failed)" if p.get("errors") else ""
             lines.append(
                 f"| {p.get('arm', '?')} | {len(runs)}{failed} | {'/'.join(str(x) for x in steps) or '0'} "
-                f"| {_secs(p.get('pretrain_s'))} | {fn} | {ld} | {p.get('refused_steps', 0)} "
+                f"| {_secs(p.get('pretrain_s'))} | {fn} | {ld} | {nocond} | {p.get('refused_steps', 0)} "
                 f"| {(p.get('wall_s') or 0) / 60:,.0f} | {_device(prov)} | {str(prov.get('date', '?'))[:10]} "
                 f"| {commit} |"
             )

@@ -348,7 +348,16 @@ def test_oscd_table_numbers_recomputed_independently():
         a: {m: {key: float(rng.uniform(0.1, 0.6)) for key in keys} for m in ("frozen", "finetuned")}
         for a in ("random_init", "simclr")
     }
-    md = R.render_oscd_table([_arm("simclr", 1, f1["simclr"]), _arm("random_init", 0, f1["random_init"])])
+    simclr = _arm("simclr", 1, f1["simclr"])
+    simclr["last_window_mean"] = {
+        "scene_false_negatives": 33.66,
+        "loss_diffusion": 0.56194,
+        "loss_diffusion_nocond": 0.61116,
+        "loss_diffusion_shuffled": 0.56507,
+    }
+    md = R.render_oscd_table([simclr, _arm("random_init", 0, f1["random_init"])])
+    record = next(x for x in md.splitlines() if x.startswith("| simclr | 6 |"))
+    assert record.split(" | ")[4:7] == ["33.7", "0.5619", "0.6112 / 0.5651"]
     assert md.index("| random_init | frozen |") < md.index("| simclr | frozen |")  # arm_index order
     assert "F0 bercy + paris, F1 hongkong" in md
 
