@@ -159,14 +159,19 @@ class FitResult:
 def init_state(trainable, tx, sample_batch, seed: int) -> dict:
     """The train state as a plain dict pytree (checkpointed as is)."""
     params, batch_stats, extra = trainable.init(jax.random.PRNGKey(seed), sample_batch)
+    return _state(params, batch_stats, extra, tx.init(params), lambda: jnp.zeros((), jnp.int32))
+
+
+def _state(params, batch_stats, extra, opt_state, zero) -> dict:
+    """The state's layout; ``zero()`` makes each int32 counter (its own buffer: the step donates them)."""
     return {
-        "step": jnp.zeros((), jnp.int32),
+        "step": zero(),
         "params": params,
         "batch_stats": batch_stats,
-        "opt_state": tx.init(params),
+        "opt_state": opt_state,
         "extra": extra,
-        "nonfinite_run": jnp.zeros((), jnp.int32),  # consecutive refused steps
-        "nonfinite_total": jnp.zeros((), jnp.int32),
+        "nonfinite_run": zero(),  # consecutive refused steps
+        "nonfinite_total": zero(),
     }
 
 
@@ -257,16 +262,24 @@ def jit_train_step(train_step, mesh):
 
 
 def create_state(trainable, tx, seed: int, mesh, sample_batch=None):
-    """Initialises the replicated train state directly on the mesh.
+    """Initialises the replicated train state directly on the mesh: the same values as
+    :func:`init_state`, from two programs.
 
-    The init program runs once, so on CPU it is compiled without backend optimisation:
-    XLA:CPU otherwise spends tens of seconds optimising the unrolled threefry hashes of
-    the parameter initialisers for no run-time benefit.
+    The parameter init is one program whose key is an argument, so it does not depend on the
+    seed, the optimizer or the schedule (XLA's persistent compilation cache serves it to every
+    run of the same model, and no hash of a constant key is folded at compile time); on CPU it is
+    compiled without backend optimisation, since it runs once and XLA:CPU otherwise spends tens
+    of seconds optimising the unrolled threefry hashes of the initialisers for no run-time
+    benefit. The optimizer state (zeros and counters) is a second, small program.
     """
     batch = trainable.sample_batch(2) if sample_batch is None else sample_batch
-    lowered = jax.jit(lambda b: init_state(trainable, tx, b, seed), out_shardings=shd.replicated(mesh)).lower(batch)
+    rep = shd.replicated(mesh)
+    key = np.asarray(jax.random.PRNGKey(seed))  # host array: valid input of a multi-process program
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    return lowered.compile(compiler_options=options)(batch)
+    init = jax.jit(lambda b, k: trainable.init(k, b), out_shardings=rep).lower(batch, key)
+    params, batch_stats, extra = init.compile(compiler_options=options)(batch, key)
+    opt_state = jax.jit(tx.init, out_shardings=rep)(params)
+    return _state(params, batch_stats, extra, opt_state, jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=rep))
 
 
 # --------------------------------------------------------------------------------------

@@ -166,6 +166,7 @@ def test_swimdiff_nocond_metric_is_zero_conditioning_same_noise_no_gradient(cond
     config.total_steps = 100
     config.swimdiff.conditioning = conditioning
     config.swimdiff.log_grad_share = False
+    config.swimdiff.log_nocond = True  # the smoke variant leaves it off (compile time)
     method = methods.get_method(config)
     batch = _batches(config, 1, [0])[0]
     params, batch_stats, extra = method.init(jax.random.PRNGKey(0), batch)

@@ -268,3 +268,32 @@ def test_cli_unknown_key_is_one_line_error(tmp_path):
     assert r.returncode != 0
     assert "no_such_key" in r.stderr
     assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("name,opt", [("swimdiff", "adamw"), ("moco", "sgd")])
+def test_create_state_is_init_state_with_the_seed_as_an_argument(config_loader, name, opt):
+    """create_state (the parameter init compiled with its key as an argument, the optimizer state
+    a second program) gives bit for bit the state of init_state with the seed as a constant, the
+    one program it replaced, for seeds 0 and 3; every leaf replicated on the mesh, and the three
+    counters separate buffers (the train step donates the state)."""
+    c = config_loader(name, "smoke")
+    c.optimizer.name = opt
+    mesh = shd.make_mesh(jax.devices())
+    method = methods.get_method(c)
+    tx, _ = optim.make(c.optimizer, c.total_steps)
+    batch = method.sample_batch(2)
+    for seed in (0, 3):
+        got = train.create_state(method, tx, seed, mesh)
+        ref = (
+            jax.jit(lambda b, seed=seed: train.init_state(method, tx, b, seed))
+            .lower(batch)
+            .compile(compiler_options={"xla_backend_optimization_level": 0})(batch)
+        )
+        assert jax.tree.structure(got) == jax.tree.structure(ref)
+        for (path, a), b in zip(jax.tree.leaves_with_path(got), jax.tree.leaves(ref)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+            assert a.sharding.is_equivalent_to(shd.replicated(mesh), a.ndim), jax.tree_util.keystr(path)
+        counters = [got[k] for k in ("step", "nonfinite_run", "nonfinite_total")]
+        assert len({x.addressable_shards[0].data.unsafe_buffer_pointer() for x in counters}) == 3
+    other = train.create_state(method, tx, 1, mesh)["params"]  # the seed does reach the parameters
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(got["params"])))
