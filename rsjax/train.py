@@ -192,11 +192,17 @@ def make_train_step(
     lambda_D * L_D: one more pass of the same pullback) and adds
     ``trainable.probe_metrics(grads, probe_grads)``; the loop runs this variant on logged steps
     only (a second program: inside a ``lax.cond`` XLA:CPU ran that pullback ~13x slower).
-    """
-    root_key = jax.random.PRNGKey(seed)
 
-    def train_step(state, batch):
+    The step's random streams derive from the seed's key: ``root_key`` when given (an argument:
+    :func:`jit_train_step` passes ``train_step.root_key``, so the compiled step does not depend
+    on the seed and every seed of a study shares one program), else the same key as a constant.
+    """
+    seed_key = jax.random.PRNGKey(seed)
+
+    def train_step(state, batch, root_key=None):
         train_step.trace_count += 1  # runs only while tracing: counts compilations
+        if root_key is None:
+            root_key = seed_key
         stop_any = None
         if "stop" in batch:  # multi-process runs: whether any process was signalled (_StopFlag)
             batch = dict(batch)
@@ -253,12 +259,37 @@ def make_train_step(
         return new_state, metrics
 
     train_step.trace_count = 0
+    train_step.root_key = np.asarray(seed_key)  # host array: valid input of a multi-process program
     return train_step
 
 
+class _SeededStep:
+    """A jitted train step, or its lowered or compiled form, called as ``(state, batch)``: the
+    seed's key, its last argument, is bound (``lower`` and ``compile`` keep it bound; anything
+    else, e.g. ``as_text``, is the wrapped object's)."""
+
+    def __init__(self, fn, root_key):
+        self._fn, self._key = fn, root_key
+
+    def __call__(self, state, batch):
+        return self._fn(state, batch, self._key)
+
+    def lower(self, state, batch):
+        return _SeededStep(self._fn.lower(state, batch, self._key), self._key)
+
+    def compile(self, *args, **kwargs):
+        return _SeededStep(self._fn.compile(*args, **kwargs), self._key)
+
+    def __getattr__(self, name):
+        return getattr(self._fn, name)
+
+
 def jit_train_step(train_step, mesh):
+    """``train_step`` (from :func:`make_train_step`) jitted on ``mesh``: state replicated and
+    donated, batch sharded over the data axis; one compiled program for every seed."""
     rep, dat = shd.replicated(mesh), shd.data_sharded(mesh)
-    return jax.jit(train_step, in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=(0,))
+    jitted = jax.jit(train_step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+    return _SeededStep(jitted, train_step.root_key)
 
 
 def create_state(trainable, tx, seed: int, mesh, sample_batch=None):

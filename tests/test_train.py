@@ -297,3 +297,25 @@ def test_create_state_is_init_state_with_the_seed_as_an_argument(config_loader, 
         assert len({x.addressable_shards[0].data.unsafe_buffer_pointer() for x in counters}) == 3
     other = train.create_state(method, tx, 1, mesh)["params"]  # the seed does reach the parameters
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(got["params"])))
+
+
+def test_jitted_step_takes_the_seed_as_an_argument(config_loader):
+    """jit_train_step compiles one program for every seed (the seed's key is an argument: a
+    study's seeds share it through the persistent cache), and that program gives bit for bit
+    the state and metrics of the step with the key as a constant (jax.jit of the plain step)."""
+    c = config_loader("swimdiff", "smoke")
+    mesh = shd.make_mesh(jax.devices())
+    method = methods.get_method(c)
+    tx, schedule = optim.make(c.optimizer, c.total_steps)
+    batch = jax.device_put(_random_batch(c, 16), shd.data_sharded(mesh))
+    steps = {seed: train.make_train_step(method, tx, schedule, seed=seed) for seed in (0, 5)}
+    jitted = {seed: train.jit_train_step(fn, mesh) for seed, fn in steps.items()}
+    state = train.create_state(method, tx, 0, mesh)
+    assert jitted[0].lower(state, batch).as_text() == jitted[5].lower(state, batch).as_text()
+
+    got, m_got = jitted[0](train.create_state(method, tx, 0, mesh), batch)
+    ref, m_ref = jax.jit(steps[0])(train.create_state(method, tx, 0, mesh), batch)
+    for (path, a), b in zip(jax.tree.leaves_with_path((got, m_got)), jax.tree.leaves((ref, m_ref))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+    _, m_other = jitted[5](train.create_state(method, tx, 0, mesh), batch)
+    assert float(m_other["loss_diffusion"]) != float(m_got["loss_diffusion"])  # the key does reach the step
