@@ -390,9 +390,9 @@ def render_oscd_table(payloads: list[dict]) -> str:
     F1, IoU, precision and recall pooled over the folds (the confusion counts of every test city
     summed, per seed; mean ± sample sd over seeds), F1 per fold (mean over seeds), and F1 over the
     fold x seed runs (mean ± sample sd); then the pretraining record (steps, seconds, same-scene
-    candidates per query, L_D, L_D with the conditioning zeroed / shuffled, refused steps) and the paired differences of
-    ``payload["comparisons"]`` (first arm minus second) with 95 % t-intervals: over the fold x seed
-    pairs both arms have, and over the seeds of the pooled F1.
+    candidates per query, L_D, L_D with the conditioning zeroed / shuffled, refused steps) and
+    the paired differences of ``payload["comparisons"]`` (first arm minus second) with 95 %
+    t-intervals: over the fold x seed pairs both arms have, and over the seeds of the pooled F1.
     """
     if not payloads:
         return "_No OSCD study results yet (`results/oscd_*.json`)._\n"

@@ -156,6 +156,11 @@ class FitResult:
 # --------------------------------------------------------------------------------------
 # State and step
 # --------------------------------------------------------------------------------------
+def _seed_key(seed: int) -> np.ndarray:
+    """The seed's PRNG key as a host array (a valid input of a multi-process program too)."""
+    return np.asarray(jax.random.PRNGKey(seed))
+
+
 def init_state(trainable, tx, sample_batch, seed: int) -> dict:
     """The train state as a plain dict pytree (checkpointed as is)."""
     params, batch_stats, extra = trainable.init(jax.random.PRNGKey(seed), sample_batch)
@@ -197,7 +202,7 @@ def make_train_step(
     :func:`jit_train_step` passes ``train_step.root_key``, so the compiled step does not depend
     on the seed and every seed of a study shares one program), else the same key as a constant.
     """
-    seed_key = jax.random.PRNGKey(seed)
+    seed_key = _seed_key(seed)
 
     def train_step(state, batch, root_key=None):
         train_step.trace_count += 1  # runs only while tracing: counts compilations
@@ -259,7 +264,7 @@ def make_train_step(
         return new_state, metrics
 
     train_step.trace_count = 0
-    train_step.root_key = np.asarray(seed_key)  # host array: valid input of a multi-process program
+    train_step.root_key = seed_key
     return train_step
 
 
@@ -298,14 +303,14 @@ def create_state(trainable, tx, seed: int, mesh, sample_batch=None):
 
     The parameter init is one program whose key is an argument, so it does not depend on the
     seed, the optimizer or the schedule (XLA's persistent compilation cache serves it to every
-    run of the same model, and no hash of a constant key is folded at compile time); on CPU it is
-    compiled without backend optimisation, since it runs once and XLA:CPU otherwise spends tens
-    of seconds optimising the unrolled threefry hashes of the initialisers for no run-time
-    benefit. The optimizer state (zeros and counters) is a second, small program.
+    run of the same model); on CPU it is compiled without backend optimisation, since it runs
+    once and XLA:CPU otherwise spends tens of seconds optimising the unrolled threefry hashes of
+    the initialisers for no run-time benefit. The optimizer state (zeros and counters) is a
+    second, small program.
     """
     batch = trainable.sample_batch(2) if sample_batch is None else sample_batch
     rep = shd.replicated(mesh)
-    key = np.asarray(jax.random.PRNGKey(seed))  # host array: valid input of a multi-process program
+    key = _seed_key(seed)
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     init = jax.jit(lambda b, k: trainable.init(k, b), out_shardings=rep).lower(batch, key)
     params, batch_stats, extra = init.compile(compiler_options=options)(batch, key)
