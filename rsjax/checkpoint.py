@@ -115,11 +115,32 @@ def _save_replicated_from_one_device() -> None:
     _save_replicated_from_one_device.done = True  # type: ignore[attr-defined]
 
 
+def _host_io() -> bool:
+    """Whether checkpoints are written from and read into host (numpy) arrays: one process on
+    CPU (see :func:`save`). Multi-process runs and accelerators use Orbax's jax.Array handler,
+    which writes each process's shards and restores straight onto the devices."""
+    return jax.process_count() == 1 and jax.default_backend() == "cpu"
+
+
+def _host_template(tree):
+    """Numpy stand-ins (shape and dtype) of ``tree``'s leaves: Orbax then restores host arrays."""
+    return jax.tree.map(lambda x: np.zeros(tuple(getattr(x, "shape", ())), x.dtype), tree)
+
+
 def save(
     manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any, config_dict: dict, *, block: bool = True
 ) -> None:
     """Saves ``step``; with ``block=False`` an asynchronous manager returns once the arrays are
-    on the host (the caller waits with ``manager.wait_until_finished()`` before exiting)."""
+    on the host (the caller waits with ``manager.wait_until_finished()`` before exiting).
+
+    A single process on CPU writes the state as host (numpy) arrays: the same files and values,
+    without the per-array device bookkeeping of Orbax's jax.Array handler (sharding metadata,
+    replica slices), which made each save of the smoke model's 486 small arrays take ~0.7 s
+    instead of ~0.2 s. Restores are unchanged (their target gives the sharding). Copies, not
+    views: the train step donates the device buffers while an asynchronous save may still read.
+    """
+    if _host_io():
+        state = jax.tree.map(lambda x: np.array(x, copy=True) if isinstance(x, jax.Array) else x, state)
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -307,6 +328,7 @@ def restore_latest(
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
     found = None
+    host = _host_io()  # read host arrays, then place them as the template's are (see save)
     for i, step in enumerate(steps):
         path = os.path.join(str(manager.directory), str(step))
         try:
@@ -338,7 +360,7 @@ def restore_latest(
                     restored = manager.restore(
                         step,
                         args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(state_template),
+                            state=ocp.args.StandardRestore(_host_template(state_template) if host else state_template),
                             data=ocp.args.JsonRestore(),
                         ),
                     )
@@ -356,7 +378,10 @@ def restore_latest(
                 )
             )
             continue
-        found = step, restored["state"], restored["data"]["iterator"]
+        state = restored["state"]
+        if host:
+            state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state_template))
+        found = step, state, restored["data"]["iterator"]
         break
     _set_aside(manager, unreadable)
     return found
@@ -414,11 +439,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def _read_state_at(manager: ocp.CheckpointManager, step: int):
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device),
-        manager.item_metadata(step)["state"],
-    )
+    metadata = manager.item_metadata(step)["state"]
+    if _host_io():
+        target = _host_template(metadata)
+    else:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(getattr(m, "shape", ())), m.dtype, sharding=device), metadata
+        )
     with _quiet_failed_restore():
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return jax.tree.map(np.asarray, restored["state"])

@@ -205,6 +205,27 @@ def dumps(x: Any, **kwargs) -> str:
     return json.dumps(strict_json(x), allow_nan=False, **kwargs)
 
 
+def _tensorboardx():
+    """The tensorboardX module, imported when the first writer opens (a heavy import).
+
+    tensorboardX imports torch at its top, where torch is installed, only so that it can take
+    torch tensors as values: about 1 s and hundreds of MB for every training process, which
+    writes numpy scalars. Unless this process already holds torch, that import is made to
+    fail for the moment tensorboardX loads (torch stays importable afterwards)."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        import tensorboardX
+        import tensorboardX.summary
+
+        return tensorboardX
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        import tensorboardX
+        import tensorboardX.summary
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
+
+
 def read_jsonl(path: str) -> list[dict]:
     """The rows of a ``.jsonl`` file; a torn (unparseable) LAST line is ignored (a run killed
     mid-write), a bad line elsewhere raises :class:`WorkdirError` naming file and line."""
@@ -509,9 +530,7 @@ class Workdir:
         tb = self._writer()
         if tb is None:
             return
-        from tensorboardX.summary import (
-            hparams,  # heavy import (tensorboardX): only when a writer is opened
-        )
+        hparams = _tensorboardx().summary.hparams
 
         hp = {}
         for k, v in _flatten(config_dict).items():
@@ -538,14 +557,12 @@ class Workdir:
     def _writer(self):
         if self._tb is None:
             try:
-                from tensorboardX import (
-                    SummaryWriter,  # heavy import (tensorboardX): only when a writer is opened
-                )
+                tbx = _tensorboardx()
             except ImportError:  # optional: metrics.jsonl is the record of truth
                 self._tb = False
                 return None
             try:
-                self._tb = SummaryWriter(os.path.join(self.path, "tb"))
+                self._tb = tbx.SummaryWriter(os.path.join(self.path, "tb"))
             except OSError as e:  # read-only disk: metrics.jsonl stays the record
                 print(f"WARNING: no TensorBoard events in {self.path}/tb ({e.strerror or e})", flush=True)
                 self._tb = False

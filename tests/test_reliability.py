@@ -162,6 +162,43 @@ def test_corrupt_newest_checkpoint_warns_and_falls_back(ref, tmp_path, capsys, d
     assert manager.all_steps() == [4]
 
 
+@pytest.mark.parametrize(
+    "write_host,read_host", [(True, False), (False, True)], ids=["host-to-device", "device-to-host"]
+)
+def test_checkpoints_of_host_and_device_arrays_read_each_other_bit_for_bit(
+    tmp_path, monkeypatch, write_host, read_host
+):
+    """One process on CPU writes and reads checkpoints as host arrays (checkpoint._host_io);
+    accelerators and multi-process runs use Orbax's jax.Array handler. A checkpoint of either
+    kind must resume through the other (a CPU run resumed on a GPU, a 2-host run exported here):
+    the same values, dtypes and placement, and the data state."""
+    from rsjax import sharding as shd
+
+    mesh = shd.make_mesh(jax.devices())
+    rng = np.random.default_rng(0)
+    host = {
+        "params": {"conv": rng.standard_normal((3, 3, 13, 8)).astype(np.float32), "bias": np.float32([1e-30, -0.0, 3])},
+        "step": np.int32(7),
+        "count": np.arange(5, dtype=np.int32),
+        "half": rng.standard_normal((4, 2)).astype(jax.numpy.bfloat16),
+    }
+    state = jax.device_put(host, shd.replicated(mesh))
+    wd = str(tmp_path / "wd")
+    monkeypatch.setattr(ckpt_lib, "_host_io", lambda: write_host)
+    ckpt_lib.save(ckpt_lib.make_manager(wd), 3, state, {"next_batch": 3}, {"job": "probe"})
+    monkeypatch.setattr(ckpt_lib, "_host_io", lambda: read_host)
+    template = jax.tree.map(jax.numpy.zeros_like, state)
+    step, restored, data_state = ckpt_lib.restore_latest(ckpt_lib.make_manager(wd), template)
+    assert step == 3 and data_state == {"next_batch": 3}
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(restored)[0], jax.tree.leaves(host)):
+        assert a.sharding == shd.replicated(mesh) and a.dtype == b.dtype, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=jax.tree_util.keystr(path))
+    _, read = ckpt_lib.read_state(wd)
+    for a, b in zip(jax.tree.leaves(read), jax.tree.leaves(host)):  # the reader of export / eval
+        assert isinstance(a, np.ndarray) and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
 # Orbax leaves the other reads of a failed restore running; they end in tensorstore errors
 # that surface as "exception ignored" / "never awaited" noise after the test.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

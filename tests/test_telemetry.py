@@ -86,6 +86,26 @@ def synth_dir(tmp_path_factory):
     return d
 
 
+def test_tensorboard_writer_leaves_torch_unimported_and_importable(tmp_path):
+    """tensorboardX imports torch at its top where torch is installed (about 1 s per training
+    process, for values rsjax never passes): a run's TensorBoard writer must not pull it in, and
+    torch must still import afterwards. In a fresh process, as a CLI run starts."""
+    pytest.importorskip("torch")
+    code = f"""
+import sys, ml_collections
+from rsjax import workdir
+with workdir.Workdir({str(tmp_path / "wd")!r}, ml_collections.ConfigDict({{"seed": 0}})) as wd:
+    wd.log_hparams({{"seed": 0}})
+    wd.log_scalars(1, {{"loss": 0.5}}, "train")
+assert "torch" not in sys.modules, "the writer imported torch"
+import torch
+assert torch.zeros(2).sum().item() == 0.0
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert list((tmp_path / "wd" / "tb").glob("events*"))
+
+
 def test_pretrain_smoke_reaches_tensorboard(synth_dir, tmp_path):
     config = _load_config("simclr.py")
     config.data.data_dir = synth_dir
