@@ -11,6 +11,7 @@ import sys
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -299,23 +300,54 @@ def test_create_state_is_init_state_with_the_seed_as_an_argument(config_loader, 
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(got["params"])))
 
 
-def test_jitted_step_takes_the_seed_as_an_argument(config_loader):
+class _NoisyRegression:
+    """The smallest trainable whose step draws from every random stream (the loop's plumbing of
+    the seed's key is what is tested, not a method: a SwiMDiff step costs ~10 s to compile)."""
+
+    def sample_batch(self, batch_size: int = 2) -> dict:
+        return {"view1": np.zeros((batch_size, 4), np.float32)}
+
+    def init(self, rng, batch):
+        return {"w": jax.random.normal(rng, (4, 3))}, {}, {}
+
+    def loss(self, params, batch_stats, extra, batch, rngs, step):
+        x = batch["view1"]
+        draws = {k: jax.random.normal(rngs[k], (x.shape[0], 3)) for k in train.RNG_STREAMS}
+        err = x @ params["w"] - sum(draws.values())
+        metrics = {f"draw_{k}": jnp.mean(v) for k, v in draws.items()}
+        return jnp.mean(err**2), {"batch_stats": batch_stats, "metrics": metrics}
+
+    def update_extra(self, params, batch_stats, extra, aux, step):
+        return extra
+
+    def encode(self, params, batch_stats, x):
+        return x @ params["w"]
+
+
+def test_jitted_step_takes_the_seed_as_an_argument():
     """jit_train_step compiles one program for every seed (the seed's key is an argument: a
     study's seeds share it through the persistent cache), and that program gives bit for bit
     the state and metrics of the step with the key as a constant (jax.jit of the plain step)."""
-    c = config_loader("swimdiff", "smoke")
+    c = load_config("simclr.py")
     mesh = shd.make_mesh(jax.devices())
-    method = methods.get_method(c)
+    trainable = _NoisyRegression()
     tx, schedule = optim.make(c.optimizer, c.total_steps)
-    batch = jax.device_put(_random_batch(c, 16), shd.data_sharded(mesh))
-    steps = {seed: train.make_train_step(method, tx, schedule, seed=seed) for seed in (0, 5)}
+    batch = jax.device_put(
+        {"view1": np.random.default_rng(0).standard_normal((16, 4), np.float32)}, shd.data_sharded(mesh)
+    )
+    steps = {seed: train.make_train_step(trainable, tx, schedule, seed=seed) for seed in (0, 5)}
     jitted = {seed: train.jit_train_step(fn, mesh) for seed, fn in steps.items()}
-    state = train.create_state(method, tx, 0, mesh)
+    state = train.create_state(trainable, tx, 0, mesh, sample_batch=trainable.sample_batch(16))
     assert jitted[0].lower(state, batch).as_text() == jitted[5].lower(state, batch).as_text()
 
-    got, m_got = jitted[0](train.create_state(method, tx, 0, mesh), batch)
-    ref, m_ref = jax.jit(steps[0])(train.create_state(method, tx, 0, mesh), batch)
+    fresh = lambda: train.create_state(trainable, tx, 0, mesh, sample_batch=trainable.sample_batch(16))  # noqa: E731
+    got, m_first = jitted[0](fresh(), batch)
+    got, m_got = jitted[0](got, batch)  # a second step: the step number reaches the key too
+    ref, m_ref = jax.jit(steps[0])(fresh(), batch)
+    ref, m_ref = jax.jit(steps[0])(ref, batch)
     for (path, a), b in zip(jax.tree.leaves_with_path((got, m_got)), jax.tree.leaves((ref, m_ref))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
-    _, m_other = jitted[5](train.create_state(method, tx, 0, mesh), batch)
-    assert float(m_other["loss_diffusion"]) != float(m_got["loss_diffusion"])  # the key does reach the step
+    _, m_other = jitted[5](fresh(), batch)
+    for k in train.RNG_STREAMS:  # every stream depends on the seed
+        assert float(m_other[f"draw_{k}"]) != float(m_first[f"draw_{k}"]), k
+        assert float(m_got[f"draw_{k}"]) != float(m_first[f"draw_{k}"]), k  # ... and on the step
