@@ -212,17 +212,16 @@ def _tensorboardx():
     torch tensors as values: about 1 s and hundreds of MB for every training process, which
     writes numpy scalars. Unless this process already holds torch, that import is made to
     fail for the moment tensorboardX loads (torch stays importable afterwards)."""
-    if "tensorboardX" in sys.modules or "torch" in sys.modules:
-        import tensorboardX
-        import tensorboardX.summary
-
-        return tensorboardX
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    hide_torch = "tensorboardX" not in sys.modules and "torch" not in sys.modules
+    if hide_torch:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
     try:
+        # heavy, optional (metrics.jsonl is the record): only when a writer opens
         import tensorboardX
-        import tensorboardX.summary
+        import tensorboardX.summary  # noqa: F401 - loads the hparams helpers
     finally:
-        del sys.modules["torch"]
+        if hide_torch:
+            del sys.modules["torch"]
     return tensorboardX
 
 
