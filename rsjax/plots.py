@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-import matplotlib
+import functools
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+
+
+@functools.cache
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported when the first picture is drawn."""
+    import matplotlib  # heavy (~0.4-0.7 s): a CLI that draws nothing (an error, --help) skips it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # heavy: see above
+
+    return matplotlib.pyplot
+
+
+class _LazyPyplot:
+    """``plt`` for the functions below: attribute access imports pyplot (see :func:`_pyplot`)."""
+
+    def __getattr__(self, name):
+        return getattr(_pyplot(), name)
+
+
+plt = _LazyPyplot()
 
 
 def loss_curve(rows: list[dict], path: str) -> str:

@@ -423,8 +423,10 @@ def test_load_state_dict_refuses_pickled_objects(tmp_path):
 def test_importing_export_does_not_import_torch_and_cli_has_flags():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     code = (
-        "import sys, rsjax.export, rsjax.export.__main__, rsjax.export.torch_resnet; "
-        "assert 'torch' not in sys.modules, 'torch imported'"
+        "import sys, rsjax.export, rsjax.export.__main__, rsjax.export.torch_resnet, rsjax.main; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        # matplotlib (~0.5 s) loads with the first picture (rsjax.plots), not with the CLIs
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     res = subprocess.run(
