@@ -135,10 +135,9 @@ def save(
 
     A single process on CPU writes the state as host (numpy) arrays: the same files and values,
     without the per-array device bookkeeping of Orbax's jax.Array handler (sharding metadata,
-    replica slices), which made each save of the smoke model's 486 small arrays take ~0.7 s
-    instead of ~0.2 s; :func:`restore_latest` reads host arrays back and places them as its
-    template's are. Copies, not views: the train step donates the device buffers while an
-    asynchronous save may still read.
+    replica slices), an overhead paid for every array of the state. :func:`restore_latest`
+    reads host arrays back and places them as its template's are. Copies, not views: the train
+    step donates the device buffers while an asynchronous save may still read.
     """
     if _host_io():
         state = jax.tree.map(lambda x: np.array(x, copy=True) if isinstance(x, jax.Array) else x, state)

@@ -10,7 +10,7 @@ import numpy as np
 @functools.cache
 def _pyplot():
     """matplotlib.pyplot on the Agg backend, imported when the first picture is drawn."""
-    import matplotlib  # heavy (~0.4-0.7 s): a CLI that draws nothing (an error, --help) skips it
+    import matplotlib  # heavy: a CLI that draws nothing (an error, --help) skips it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # heavy: see above

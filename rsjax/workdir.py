@@ -209,9 +209,9 @@ def _tensorboardx():
     """The tensorboardX module, imported when the first writer opens (a heavy import).
 
     tensorboardX imports torch at its top, where torch is installed, only so that it can take
-    torch tensors as values: about 1 s and hundreds of MB for every training process, which
-    writes numpy scalars. Unless this process already holds torch, that import is made to
-    fail for the moment tensorboardX loads (torch stays importable afterwards)."""
+    torch tensors as values: a heavy import in every training process, which writes numpy
+    scalars. Unless this process already holds torch, that import is made to fail for the
+    moment tensorboardX loads (torch stays importable afterwards)."""
     hide_torch = "tensorboardX" not in sys.modules and "torch" not in sys.modules
     if hide_torch:
         sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
