@@ -30,7 +30,14 @@ def load_config(name: str = CONFIG, variant: str = "smoke"):
 
 
 def smoke_config(data_dir: str):
-    """The run every reliability test compares with (swimdiff :smoke, 6 steps, SGD, no eval).
+    """The run every reliability test compares with (swimdiff :smoke, 6 steps, SGD, no eval,
+    the matching-only ablation ``swimdiff.lambda_d=0``).
+
+    Matching only: the state keeps what makes a resume hard (the MoCo queue, the EMA key
+    encoder, scene-aware batches whose plan must resume, the global-batch scene matching),
+    and the step compiles in well under half the time without the denoiser; every test here
+    starts from a fresh process or rebuilds the step several times. The denoiser's random
+    streams resume through the same per-step key as every stream (tests/test_train.py).
 
     SGD rather than the smoke config's AdamW: Adam divides each update by the gradient's own
     magnitude, so a parameter whose gradient is zero in exact arithmetic (a conv bias in
@@ -41,6 +48,7 @@ def smoke_config(data_dir: str):
     c = load_config()
     c.total_steps = TOTAL_STEPS
     c.optimizer.name = "sgd"
+    c.swimdiff.lambda_d = 0.0
     c.data.data_dir = data_dir
     c.eval.enabled = False
     return c
@@ -54,6 +62,7 @@ def cli_overrides(data_dir: str) -> list[str]:
         f"--config.data.data_dir={data_dir}",
         "--config.eval.enabled=False",
         "--config.optimizer.name=sgd",
+        "--config.swimdiff.lambda_d=0.0",
     ]
 
 

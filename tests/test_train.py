@@ -154,13 +154,15 @@ def _params(workdir):
     return enc, meta
 
 
-def test_resume_equals_uninterrupted(tmp_path_factory, tmp_path):
-    """``stop_after_steps`` then a rerun ends bit-identical to the uninterrupted reference run
-    (swimdiff :smoke with its queue and EMA key encoder; the run the reliability tests share)."""
-    import _reliability_util as U
-
-    ref = U.reference_run(tmp_path_factory)
-    config = U.smoke_config(U.synth_dir(tmp_path_factory))
+def test_resume_equals_uninterrupted(synth_dir, tmp_path):
+    """``stop_after_steps`` then a rerun ends bit-identical to an uninterrupted run: the full
+    SwiMDiff :smoke (queue, EMA key encoder, denoiser and its diffusion noise; the reliability
+    tests resume its matching-only ablation across processes)."""
+    config = load_config("swimdiff.py", "smoke")
+    config.data.data_dir = synth_dir
+    config.eval.enabled = False
+    ref = tmp_path / "ref"
+    pretrain.run(config, str(ref))
     config.stop_after_steps = 3  # not a checkpoint step: the stop writes its own checkpoint
     s = pretrain.run(config, str(tmp_path / "split"))
     assert s["step"] == 3
@@ -173,7 +175,7 @@ def test_resume_equals_uninterrupted(tmp_path_factory, tmp_path):
     assert losses(ref) == losses(tmp_path / "split")
     a, meta = _params(ref)
     b, _ = _params(tmp_path / "split")
-    assert meta["step"] == U.TOTAL_STEPS
+    assert meta["step"] == config.total_steps
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
 
