@@ -33,10 +33,14 @@ they change neither ``config.json`` nor the compiled step when unset):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import signal
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -45,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax._src import config as jax_config  # private: trace_context(), what jit's own caches key on
 from tqdm.auto import tqdm
 
 from rsjax import checkpoint as ckpt_lib
@@ -268,15 +273,102 @@ def make_train_step(
     return train_step
 
 
+# --------------------------------------------------------------------------------------
+# Compiled programs, once per process
+# --------------------------------------------------------------------------------------
+# A fit builds its step and init anew (the trainable and optimizer are new objects), so jax's
+# own caches, which key on the Python function, miss when the same program comes again in one
+# process: a resumed run, a study's seeds and folds, a job's phases. XLA's persistent cache
+# then still serves the executable, but lowering and loading it cost more than tracing. These
+# executables are kept by what they compute instead: the traced program itself (its jaxpr
+# text, constants and argument types), the shardings and placement of its arguments, jax's
+# tracing context (matmul precision, x64, ...), the backend and the compiler options.
+_PROGRAMS: collections.OrderedDict[str, Any] = collections.OrderedDict()
+_PROGRAMS_MAX = 32  # executables (code, no buffers), least recently used dropped first
+_PROGRAMS_LOCK = threading.Lock()
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
+def _describe(v) -> str:
+    """repr, with the device ids of shardings (a mesh's repr names its axes, not its devices)."""
+    if isinstance(v, (tuple, list)):
+        return "(" + ",".join(map(_describe, v)) + ")"
+    mesh = getattr(v, "mesh", None)
+    if mesh is not None and hasattr(mesh, "devices"):
+        return f"{v!r}@{[d.id for d in mesh.devices.flat]}"
+    if isinstance(v, jax.sharding.Sharding):
+        return f"{v!r}@{sorted(d.id for d in v.device_set)}"
+    return repr(v)
+
+
+def _program_key(traced, args, compiler_options) -> str | None:
+    """None when the traced program cannot be told apart from others by its text: it names a
+    Python object by address (masked by jax's printer) or calls back into Python (the callback
+    is not printed), or this jax keeps the jit's parameters elsewhere."""
+    text = str(traced.jaxpr)
+    params = getattr(traced, "_params", None)  # the jit's in/out shardings, donation, options
+    if "0xXXXX" in text or "callback" in text or not isinstance(params, dict):
+        return None
+    h = hashlib.sha256()
+    for part in (
+        text,
+        repr(traced.args_info),  # argument types and donation
+        *(f"{k}={_describe(v)}" for k, v in sorted(params.items()) if k != "jaxpr"),
+        _ADDRESS.sub("", repr(jax_config.trace_context())),
+        jax.default_backend(),
+        repr(sorted((compiler_options or {}).items())),
+        *(_describe(getattr(x, "sharding", None)) for x in jax.tree.leaves(args)),
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    for c in traced.jaxpr.consts:
+        a = np.asarray(c)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def compile_once(jitted, *args, compiler_options=None):
+    """``jitted.lower(*args).compile(...)``, or the executable this process already compiled for
+    the same program (see above); ``jitted`` is a ``jax.jit`` object."""
+    traced = jitted.trace(*args)
+    key = _program_key(traced, args, compiler_options)
+    if key is None:
+        return traced.lower().compile(compiler_options=compiler_options)
+    with _PROGRAMS_LOCK:
+        compiled = _PROGRAMS.get(key)
+        if compiled is not None:
+            _PROGRAMS.move_to_end(key)
+            return compiled
+    compiled = traced.lower().compile(compiler_options=compiler_options)
+    with _PROGRAMS_LOCK:
+        _PROGRAMS[key] = compiled
+        while len(_PROGRAMS) > _PROGRAMS_MAX:
+            _PROGRAMS.popitem(last=False)
+    return compiled
+
+
 class _SeededStep:
     """A jitted train step, or its lowered or compiled form, called as ``(state, batch)``: the
     seed's key, its last argument, is bound (``lower`` and ``compile`` keep it bound; anything
-    else, e.g. ``as_text``, is the wrapped object's)."""
+    else, e.g. ``as_text``, is the wrapped object's).
+
+    The jitted form compiles through :func:`compile_once` on its first call; a later call with
+    other argument types than the first goes through ``jax.jit`` itself.
+    """
 
     def __init__(self, fn, root_key):
         self._fn, self._key = fn, root_key
+        self._compiled = self._types = None
 
     def __call__(self, state, batch):
+        if not hasattr(self._fn, "trace"):  # a Lowered / Compiled form
+            return self._fn(state, batch, self._key)
+        types = jax.tree.structure((state, batch)), [(x.shape, x.dtype) for x in jax.tree.leaves((state, batch))]
+        if self._compiled is None:
+            self._compiled, self._types = compile_once(self._fn, state, batch, self._key), types
+        if types == self._types:
+            return self._compiled(state, batch, self._key)
         return self._fn(state, batch, self._key)
 
     def lower(self, state, batch):
@@ -291,7 +383,8 @@ class _SeededStep:
 
 def jit_train_step(train_step, mesh):
     """``train_step`` (from :func:`make_train_step`) jitted on ``mesh``: state replicated and
-    donated, batch sharded over the data axis; one compiled program for every seed."""
+    donated, batch sharded over the data axis; one compiled program for every seed, and for
+    every fit of the same program in this process (:func:`compile_once`)."""
     rep, dat = shd.replicated(mesh), shd.data_sharded(mesh)
     jitted = jax.jit(train_step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=(0,))
     return _SeededStep(jitted, train_step.root_key)
@@ -302,18 +395,18 @@ def create_state(trainable, tx, seed: int, mesh, sample_batch=None):
     :func:`init_state`, from two programs.
 
     The parameter init is one program whose key is an argument, so it does not depend on the
-    seed, the optimizer or the schedule (XLA's persistent compilation cache serves it to every
-    run of the same model); on CPU it is compiled without backend optimisation, since it runs
-    once and XLA:CPU otherwise spends tens of seconds optimising the unrolled threefry hashes of
-    the initialisers for no run-time benefit. The optimizer state (zeros and counters) is a
-    second, small program.
+    seed, the optimizer or the schedule (compiled once per process, :func:`compile_once`, and
+    served by XLA's persistent compilation cache to every run of the same model); on CPU it is
+    compiled without backend optimisation, since it runs once and XLA:CPU otherwise spends tens
+    of seconds optimising the unrolled threefry hashes of the initialisers for no run-time
+    benefit. The optimizer state (zeros and counters) is a second, small program.
     """
     batch = trainable.sample_batch(2) if sample_batch is None else sample_batch
     rep = shd.replicated(mesh)
     key = _seed_key(seed)
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    init = jax.jit(lambda b, k: trainable.init(k, b), out_shardings=rep).lower(batch, key)
-    params, batch_stats, extra = init.compile(compiler_options=options)(batch, key)
+    init = jax.jit(lambda b, k: trainable.init(k, b), out_shardings=rep)
+    params, batch_stats, extra = compile_once(init, batch, key, compiler_options=options)(batch, key)
     opt_state = jax.jit(tx.init, out_shardings=rep)(params)
     return _state(params, batch_stats, extra, opt_state, jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=rep))
 

@@ -353,3 +353,72 @@ def test_jitted_step_takes_the_seed_as_an_argument():
     for k in train.RNG_STREAMS:  # every stream depends on the seed
         assert float(m_other[f"draw_{k}"]) != float(m_first[f"draw_{k}"]), k
         assert float(m_got[f"draw_{k}"]) != float(m_first[f"draw_{k}"]), k  # ... and on the step
+
+
+class _ScaledRegression(_NoisyRegression):
+    """_NoisyRegression whose loss closes over a scalar and an array (a task's data-derived
+    constants, e.g. change detection's pos_weight): programs that differ only there."""
+
+    def __init__(self, scale=1.0, weights=(1.0, 1.0, 1.0)):
+        self.scale, self.weights = scale, np.asarray(weights, np.float32)
+
+    def loss(self, params, batch_stats, extra, batch, rngs, step):
+        loss, aux = super().loss(params, batch_stats, extra, batch, rngs, step)
+        return self.scale * loss + jnp.sum(jnp.asarray(self.weights) * params["w"]), aux
+
+
+def test_compile_once_shares_only_identical_programs():
+    """Fits rebuild their step from new objects; train.compile_once gives a second build of the
+    same program the executable of the first (no new trace-to-executable work), and anything
+    that changes the program -- a closed-over scalar or array, the mesh, the compiler options,
+    jax's matmul precision, a Python callback -- gets its own. Every step's result equals a
+    plain jax.jit of the same step (the independent reference)."""
+    c = load_config("simclr.py")
+    tx, schedule = optim.make(c.optimizer, c.total_steps)
+    mesh8, mesh1 = shd.make_mesh(jax.devices()), shd.make_mesh(jax.devices()[:1])
+
+    def run(trainable, mesh, compiled_log):
+        batch = jax.device_put(
+            {"view1": np.random.default_rng(0).standard_normal((16, 4), np.float32)}, shd.data_sharded(mesh)
+        )
+        fn = train.make_train_step(trainable, tx, schedule, seed=0)
+        jitted = train.jit_train_step(fn, mesh)
+        fresh = lambda: train.create_state(trainable, tx, 0, mesh, sample_batch=trainable.sample_batch(16))  # noqa: E731
+        got, _ = jitted(fresh(), batch)
+        compiled_log.append(jitted._compiled)
+        ref, _ = jax.jit(fn)(fresh(), batch)
+        for (path, a), b in zip(jax.tree.leaves_with_path(got), jax.tree.leaves(ref)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+        return np.asarray(got["params"]["w"])
+
+    log = []
+    base = run(_ScaledRegression(), mesh8, log)
+    assert np.array_equal(run(_ScaledRegression(), mesh8, log), base)
+    assert log[1] is log[0]  # the same program: one executable
+    variants = [
+        lambda: run(_ScaledRegression(scale=2.0), mesh8, log),
+        lambda: run(_ScaledRegression(weights=(1.0, 1.0, 1.5)), mesh8, log),
+        lambda: run(_ScaledRegression(), mesh1, log),
+    ]
+    for v in variants:
+        v()
+        assert all(log[-1] is not earlier for earlier in log[:-1])
+    with jax.default_matmul_precision("highest"):
+        run(_ScaledRegression(), mesh8, log)
+        assert all(log[-1] is not earlier for earlier in log[:-1])
+
+    # the init: compiler options are part of the program
+    trainable = _ScaledRegression()
+    init = jax.jit(lambda b, k: trainable.init(k, b))
+    args = (trainable.sample_batch(2), np.asarray(jax.random.PRNGKey(0)))
+    plain = train.compile_once(init, *args)
+    assert train.compile_once(init, *args) is plain
+    assert train.compile_once(init, *args, compiler_options={"xla_backend_optimization_level": 0}) is not plain
+
+    # a callback into Python is not visible in the jaxpr's text: never shared
+    def calls_back(offset):
+        return jax.jit(lambda x: jax.pure_callback(lambda a: a + offset, jax.ShapeDtypeStruct((3,), jnp.float32), x))
+
+    x = np.zeros(3, np.float32)
+    assert float(train.compile_once(calls_back(1.0), x)(x)[0]) == 1.0
+    assert float(train.compile_once(calls_back(2.0), x)(x)[0]) == 2.0
