@@ -60,20 +60,23 @@ def config_loader():
     return load_config
 
 
-# The modules whose tests run longest (each over ~60 s in all, 2026-12-07 durations), started
-# first: pytest-xdist hands out tests in collection order and steals from the busier worker at
-# the end, so long tests at the front overlap the rest of the suite instead of running alone at
-# its end. Whole modules move, so module-scoped fixtures are still built once. Order only: a
-# stale entry costs time, never a result.
+# The modules whose tests run longest (each over ~30 s in all, or one test over ~20 s;
+# 2026-12-07 durations), started first: pytest-xdist hands out tests in collection order and
+# steals from the busier worker at the end, so long tests at the front overlap the rest of the
+# suite instead of running alone at its end. Whole modules move, so module-scoped fixtures are
+# still built once. Order only: a stale entry costs time, never a result.
 _LONG_MODULES = (
+    "test_study_dubai.py",
     "test_multihost.py",
-    "test_reliability.py",
+    "test_study_oscd.py",
+    "test_reference_moco.py",
     "test_noisy_label.py",
     "test_train.py",
-    "test_notebooks.py",
-    "test_reference_moco.py",
+    "test_eval_jobs.py",
     "test_conv.py",
-    "test_input_paths.py",
+    "test_faults.py",
+    "test_reliability.py",
+    "test_notebooks.py",
 )
 
 
