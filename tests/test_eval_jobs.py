@@ -120,7 +120,7 @@ def test_change_detection_pos_weight_from_the_training_change_maps(tmp_path, mon
     seen = []
     real = losses.bce_dice
     monkeypatch.setattr(losses, "bce_dice", lambda *a, **k: seen.append(k["pos_weight"]) or real(*a, **k))
-    for power in (0.5, 0.0):
+    for power in (0.5,):  # power 0 end to end: the cd_levir smoke runs of tests/test_train.py
         config = load_config("cd_levir.py")
         config.model.name = "tiny"
         config.total_steps = 1
@@ -133,10 +133,16 @@ def test_change_detection_pos_weight_from_the_training_change_maps(tmp_path, mon
         want = ((1 - f) / f) ** power
         np.testing.assert_allclose([m["pos_weight"], seen[-1]], [want, want], rtol=1e-12)
         np.testing.assert_allclose(m["train_change_fraction"], f, rtol=1e-12)
-    assert want == 1.0 and isinstance(seen[-1], float)  # power 0: the unweighted program
+    assert seen[-1] != 1.0
+    # power 0: the job hands bce_dice what positive_weight gives, a Python 1.0 (the unweighted program)
+    weight0 = positive_weight(train["change"], 0.0)[0]
+    assert weight0 == 1.0 and isinstance(weight0, float)
     old = json.load(open(os.path.join(wd, "config.json")))
     del old["loss"]["pos_weight_power"]
+    config.loss.pos_weight_power = 0.0
     assert workdir_lib.config_diff(old, config.to_dict()) == []
+    config.loss.pos_weight_power = 0.5
+    assert workdir_lib.config_diff(old, config.to_dict()) != []
     # ignored pixels (-1) count in neither class; no change at all: nothing to balance
     maps = np.array([[1, 0, 0, -1], [0, 0, -1, -1]])
     assert positive_weight(maps, 1.0, -1) == (4.0, 0.2)
