@@ -304,7 +304,17 @@ def _describe(v) -> str:
 def _program_key(traced, args, compiler_options) -> str | None:
     """None when the traced program cannot be told apart from others by its text: it names a
     Python object by address (masked by jax's printer) or calls back into Python (the callback
-    is not printed), or this jax keeps the jit's parameters elsewhere."""
+    is not printed), a constant is not readable here (another process's shards), or this jax
+    keeps the jit's parameters elsewhere. A key that cannot be computed never fails a fit: the
+    program then compiles as without this cache."""
+    try:
+        return _program_key_or_none(traced, args, compiler_options)
+    except Exception as e:  # noqa: BLE001 (a cache key must never be why a run fails)
+        logging.warning("compiling without the per-process program cache: %s", e)
+        return None
+
+
+def _program_key_or_none(traced, args, compiler_options) -> str | None:
     text = str(traced.jaxpr)
     params = getattr(traced, "_params", None)  # the jit's in/out shardings, donation, options
     if "0xXXXX" in text or "callback" in text or not isinstance(params, dict):
@@ -322,6 +332,8 @@ def _program_key(traced, args, compiler_options) -> str | None:
         h.update(part.encode())
         h.update(b"\0")
     for c in traced.jaxpr.consts:
+        if isinstance(c, jax.Array) and not c.is_fully_addressable:
+            return None
         a = np.asarray(c)
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
