@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-from scipy import stats
+from scipy import special  # stdtrit: Student's t quantile, without importing all of scipy.stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,7 +228,7 @@ def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
     n = len(d)
     m = sum(d) / n
     sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    half = float(special.stdtrit(n - 1, 0.5 + level / 2)) * sd / math.sqrt(n)
     return {"mean": m, "sd": sd, "n": n, "lo": m - half, "hi": m + half}
 
 
